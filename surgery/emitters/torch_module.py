@@ -1,0 +1,345 @@
+"""PyTorch emitter: the IR becomes Python source for an ``nn.Module``, generated with
+torch.fx, plus the weights.
+
+One code path serves both uses: the in-memory model is an instance of the generated
+class, executed from the same source that a saved folder holds, so what you test in
+memory is what loads from disk. Submodules carry the layer names (torch module paths
+stay dotted), so an unedited torchvision net keeps its exact state_dict keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import itertools
+import json
+import operator
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+import torch
+from torch import fx, nn
+
+from surgery.emitters import torch_runtime
+from surgery.ir import Layer, Net
+from surgery.layers import ModuleRecipe, layer_type
+
+CLASS_NAME = "SurgeryModel"
+WEIGHTS_FILE = "weights.pt"
+OPAQUE_FILE = "opaque_modules.pt"
+SOURCE_FILE = "model.py"
+
+_FX_DEFAULT_GLOBALS = {"torch", "inf", "nan", "NoneType", "device", "fx_pytree", "pytree"}
+
+
+@dataclass
+class TorchProgram:
+    """Everything needed to build the model: generated source, and per-layer modules."""
+
+    source: str
+    recipes: dict[str, ModuleRecipe]
+    opaque: dict[str, nn.Module]
+
+
+def _phase_layers(net: Net, phase: str) -> list[Layer]:
+    """The layers computed in ``phase``: all of them in train, the ancestors of the
+    deploy outputs in eval (train-only branches left out)."""
+    layers = list(net.layers())
+    if phase == "train":
+        return layers
+    needed: set[str] = set()
+    for blob in net.outputs_for(None):
+        producer = net.producer(blob).name
+        needed |= net.ancestors(producer) | {producer}
+    return [layer for layer in layers if layer.name in needed]
+
+
+def _build_graph(net: Net, layers: list[Layer], outputs: list[str]) -> fx.Graph:
+    graph = fx.Graph()
+    shapes = net.shapes()
+    values: dict[str, fx.Node] = {}
+    for layer in layers:
+        kind = layer_type(layer.type)
+        inputs = [values[blob] for blob in layer.inputs]
+        result = kind.emit_fx(layer, graph, inputs, [shapes[b] for b in layer.inputs])
+        if len(layer.outputs) == 1:
+            values[layer.outputs[0]] = result
+        else:
+            for index, blob in enumerate(layer.outputs):
+                values[blob] = graph.call_function(operator.getitem, (result, index))
+    if len(outputs) == 1:
+        graph.output(values[outputs[0]])
+    else:
+        graph.output({blob: values[blob] for blob in outputs})
+    graph.lint()
+    return graph
+
+
+def _method_source(graph: fx.Graph, method: str, imports: dict[str, str]) -> str:
+    code = graph.python_code(root_module="self")
+    for name, value in code.globals.items():
+        if name in _FX_DEFAULT_GLOBALS or name in imports:
+            continue
+        module = getattr(value, "__module__", None)
+        qualname = getattr(value, "__qualname__", None)
+        if module is None or qualname is None or "<" in qualname:
+            raise ValueError(f"cannot emit a reference to {value!r} in generated code")
+        if module == "builtins":
+            imports[name] = f"{name} = {qualname}"
+        else:
+            head, _, rest = qualname.partition(".")
+            imports[name] = f"from {module} import {head} as {name}" if not rest else (
+                f"import {module} as _m_{name}\n{name} = _m_{name}.{qualname}"
+            )
+    body = code.src.strip("\n")
+    body = body.replace("def forward(self", f"def {method}(self", 1)
+    return "\n".join("    " + line if line.strip() else "" for line in body.splitlines())
+
+
+def _recipe_source(recipe: ModuleRecipe) -> str:
+    cls = recipe.cls
+    if cls.__module__.startswith("torch.nn"):
+        ref = f"nn.{cls.__name__}"
+    elif cls.__module__ == torch_runtime.__name__:
+        ref = cls.__name__
+    else:
+        raise ValueError(f"module class {cls} is neither torch.nn nor surgery's runtime")
+    args = ", ".join(f"{key}={value!r}" for key, value in recipe.kwargs.items())
+    return f"{ref}({args})"
+
+
+def _runtime_source() -> str:
+    return inspect.getsource(torch_runtime).split("from torch import nn\n", 1)[1].strip("\n")
+
+
+def generate(net: Net) -> TorchProgram:
+    """Generate the model source for ``net``. Reads no weights."""
+    shapes = net.shapes()
+    recipes: dict[str, ModuleRecipe] = {}
+    opaque: dict[str, nn.Module] = {}
+    for layer in net.layers():
+        if "module_path" in layer.extra:
+            continue  # calls a module another layer owns
+        if layer.type == "Opaque":
+            opaque[layer.name] = layer.extra["module"]
+            continue
+        recipe = layer_type(layer.type).module_recipe(layer, [shapes[b] for b in layer.inputs])
+        if recipe is not None:
+            recipes[layer.name] = recipe
+
+    train_layers, eval_layers = _phase_layers(net, "train"), _phase_layers(net, "eval")
+    train_outputs, eval_outputs = net.outputs_for("train"), net.outputs_for(None)
+    imports: dict[str, str] = {}
+    same = [l.name for l in train_layers] == [l.name for l in eval_layers] and train_outputs == eval_outputs
+    if same:
+        methods = [_method_source(_build_graph(net, train_layers, train_outputs), "forward", imports)]
+    else:
+        methods = [
+            "    def forward(self, *inputs):\n"
+            "        if self.training:\n"
+            "            return self._forward_train(*inputs)\n"
+            "        return self._forward_eval(*inputs)",
+            _method_source(_build_graph(net, train_layers, train_outputs), "_forward_train", imports),
+            _method_source(_build_graph(net, eval_layers, eval_outputs), "_forward_eval", imports),
+        ]
+
+    lr_mults = {}
+    for layer in net.layers():
+        for role, blob in layer.blobs.items():
+            if blob.trainable:
+                lr_mults[f"{layer.name}.{role}"] = (float(blob.lr_mult), float(blob.decay_mult))
+
+    init_lines = []
+    for layer in net.layers():
+        if layer.name in recipes:
+            init_lines.append(f"        self._add_layer({layer.name!r}, {_recipe_source(recipes[layer.name])})")
+        elif layer.name in opaque:
+            init_lines.append(f"        self._add_layer({layer.name!r}, _opaque_module({layer.name!r}))")
+
+    source = _TEMPLATE.format(
+        name=net.name,
+        runtime=_runtime_source(),
+        imports="\n".join(imports.values()),
+        class_name=CLASS_NAME,
+        lr_mults=_format_dict(lr_mults),
+        outputs=json.dumps({"train": train_outputs, "eval": eval_outputs}),
+        init="\n".join(init_lines) or "        pass",
+        methods="\n\n".join(methods),
+        weights=WEIGHTS_FILE,
+        opaque=OPAQUE_FILE,
+    )
+    return TorchProgram(source=source, recipes=recipes, opaque=opaque)
+
+
+def _format_dict(mapping: dict[str, tuple[float, float]]) -> str:
+    if not mapping:
+        return "{}"
+    lines = [f"        {key!r}: {value!r}," for key, value in mapping.items()]
+    return "{\n" + "\n".join(lines) + "\n    }"
+
+
+_TEMPLATE = '''"""Generated by surgery from net {name!r}. Loads with only torch installed:
+
+    import importlib.util, sys
+    spec = importlib.util.spec_from_file_location("model", "path/to/folder/model.py")
+    module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
+    model = module.load()                     # weights from the same folder
+    optimizer = torch.optim.SGD(model.param_groups(lr=0.01, weight_decay=5e-4), momentum=0.9)
+"""
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+import torch.fx._pytree as fx_pytree
+import torch.utils._pytree as pytree
+from torch import device
+
+inf, nan, NoneType = math.inf, math.nan, type(None)
+{imports}
+
+# ---- surgery runtime (copied from surgery/emitters/torch_runtime.py) ----
+{runtime}
+# ---- end of runtime ----
+
+_OPAQUE_MODULES = {{}}
+
+
+def _opaque_module(name):
+    """A module surgery carries without a layer type; pickled in {opaque}."""
+    return _OPAQUE_MODULES[name]
+
+
+class {class_name}(SurgeryModule):
+    LR_MULTS = {lr_mults}
+    OUTPUTS = {outputs}
+
+    def __init__(self):
+        super().__init__()
+{init}
+
+{methods}
+
+
+def load(folder=None, map_location="cpu"):
+    """Build the model and load its weights from ``folder`` (default: this file's folder)."""
+    folder = Path(folder) if folder is not None else Path(__file__).resolve().parent
+    opaque_file = folder / "{opaque}"
+    if opaque_file.exists():
+        _OPAQUE_MODULES.update(torch.load(opaque_file, map_location=map_location, weights_only=False))
+    with torch.device("meta"):
+        model = {class_name}()
+    state = torch.load(folder / "{weights}", map_location=map_location, weights_only=True)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    missing = [key for key in missing if not any(key.startswith(name + ".") for name in _OPAQUE_MODULES)]
+    if missing or unexpected:
+        raise RuntimeError(f"weights do not match the model: missing {{missing}}, unexpected {{unexpected}}")
+    model.apply_lr_mults()
+    return model
+'''
+
+_counter = itertools.count()
+
+
+def exec_program(program: TorchProgram) -> types.ModuleType:
+    """Execute generated source as a fresh module (registered in sys.modules, so the
+    model pickles and `inspect` finds its source)."""
+    digest = hashlib.sha1(program.source.encode()).hexdigest()[:12]
+    module = types.ModuleType(f"surgery_generated_{digest}_{next(_counter)}")
+    module.__file__ = f"<surgery generated {digest}>"
+    sys.modules[module.__name__] = module
+    module._OPAQUE_MODULES = {}
+    exec(compile(program.source, module.__file__, "exec"), module.__dict__)
+    return module
+
+
+def _attach_blobs(model: nn.Module, net: Net, copy_weights: bool) -> None:
+    """Give every module its tensors from the blobs (roles may be dotted inside opaque
+    modules). Parameters get ``requires_grad`` from the blob's lr_mult."""
+    for layer in net.layers():
+        for role, blob in layer.blobs.items():
+            owner_path, _, leaf = f"{layer.name}.{role}".rpartition(".")
+            owner = model.get_submodule(owner_path)
+            data = blob.data.clone() if copy_weights else blob.data
+            if leaf in owner._parameters:
+                owner._parameters[leaf] = nn.Parameter(data, requires_grad=not blob.frozen)
+            elif leaf in owner._buffers:
+                owner._buffers[leaf] = data
+            else:
+                raise RuntimeError(f"{layer.type} module of {layer.name!r} has no parameter or buffer {role!r}")
+    for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if tensor.is_meta:
+            layer_name, _, role = name.rpartition(".")
+            if role == "num_batches_tracked":
+                model.get_submodule(layer_name)._buffers[role] = torch.zeros((), dtype=torch.long)
+            else:
+                raise RuntimeError(f"no weights for {name!r}")
+
+
+def emit_torch(net: Net, copy_weights: bool = True) -> nn.Module:
+    """Build the emitted model in memory.
+
+    Args:
+        net: the (edited) net.
+        copy_weights: copy blob data into the model. False shares storage with the
+            source tensors (no copy: what file-to-file ``apply`` uses).
+
+    Returns:
+        An instance of the generated ``SurgeryModel`` (an ``nn.Module`` subclass of
+        :class:`~surgery.emitters.torch_runtime.SurgeryModule`), in train mode.
+    """
+    program = generate(net)
+    module = exec_program(program)
+    # Opaque modules are copied (cheap when on the meta device) and get their tensors from
+    # the blobs like every other module, so the source model is never touched.
+    opaque = {name: copy.deepcopy(m) for name, m in program.opaque.items()}
+    module._OPAQUE_MODULES.update(opaque)
+    with torch.device("meta"):
+        model = getattr(module, CLASS_NAME)()
+    for name, m in opaque.items():
+        model._add_layer(name, m)
+    _attach_blobs(model, net, copy_weights)
+    model.apply_lr_mults()
+    model.train()
+    model.surgery_source = program.source
+    return model
+
+
+def save_torch_folder(net: Net, folder: Path) -> Path:
+    """Write the standalone folder: ``model.py`` (generated source), ``weights.pt``
+    (the state_dict) and, when the net has opaque modules, ``opaque_modules.pt``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = emit_torch(net, copy_weights=False)
+    (folder / SOURCE_FILE).write_text(model.surgery_source)
+    opaque = {layer.name: model.get_submodule(layer.name) for layer in net.layers()
+              if layer.type == "Opaque" and "module_path" not in layer.extra}
+    # Opaque modules' tensors live in their pickle, not in weights.pt.
+    state = {
+        name: tensor.detach() for name, tensor in model.state_dict().items()
+        if not any(name.startswith(prefix + ".") for prefix in opaque)
+    }
+    torch.save(state, folder / WEIGHTS_FILE)
+    if opaque:
+        torch.save(opaque, folder / OPAQUE_FILE)
+    return folder
+
+
+def load_torch_folder(folder: str | Path, map_location: str = "cpu") -> nn.Module:
+    """Load a folder written by :func:`save_torch_folder` (the same as running its
+    ``model.py``'s ``load()``)."""
+    import importlib.util
+
+    folder = Path(folder)
+    name = f"surgery_loaded_{next(_counter)}"
+    spec = importlib.util.spec_from_file_location(name, folder / SOURCE_FILE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module.load(folder, map_location=map_location)
+
+
+__all__ = ["emit_torch", "generate", "load_torch_folder", "save_torch_folder"]

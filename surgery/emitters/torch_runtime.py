@@ -1,0 +1,92 @@
+# The runtime of an emitted PyTorch model. Its source text is copied verbatim into every
+# generated `model.py`, so a saved model loads in a fresh Python with only torch
+# installed: this file must import nothing but torch and the standard library.
+"""Base class and helper modules of emitted PyTorch models."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FrozenBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose statistics stay fixed while the model trains (Caffe's
+    ``use_global_stats: true``): it always normalises with the running statistics
+    and never updates them. Its affine parameters, if trainable, still learn."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+class FrozenBatchNorm1d(nn.BatchNorm1d):
+    """The 1-D (N, C) / (N, C, L) form of :class:`FrozenBatchNorm2d`."""
+
+    forward = FrozenBatchNorm2d.forward
+
+
+class SurgeryModule(nn.Module):
+    """Base class of emitted models.
+
+    Class attributes set by the generated subclass:
+        LR_MULTS: parameter name -> (lr_mult, decay_mult); lr_mult 0 = frozen.
+        OUTPUTS: output names per mode ({"train": [...], "eval": [...]}); a mode with
+            several outputs returns a dict keyed by these names.
+    """
+
+    LR_MULTS: dict[str, tuple[float, float]] = {}
+    OUTPUTS: dict[str, list[str]] = {}
+
+    def _add_layer(self, path: str, module: nn.Module) -> None:
+        """Register ``module`` under a dotted path, creating plain containers between."""
+        *parents, leaf = path.split(".")
+        owner: nn.Module = self
+        for part in parents:
+            if part not in owner._modules:
+                owner.add_module(part, nn.Module())
+            owner = owner._modules[part]
+        owner.add_module(leaf, module)
+
+    def apply_lr_mults(self) -> None:
+        """Set ``requires_grad`` from LR_MULTS: lr_mult 0 freezes a parameter."""
+        for name, param in self.named_parameters():
+            lr_mult, _ = self.LR_MULTS.get(name, (1.0, 1.0))
+            param.requires_grad_(lr_mult != 0)
+
+    def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict]:
+        """torch.optim parameter groups honouring each parameter's lr_mult / decay_mult.
+
+        Frozen parameters (lr_mult 0) are left out. Each group has ``params``, ``lr``
+        = lr * lr_mult, ``weight_decay`` = weight_decay * decay_mult, ``lr_mult``,
+        ``decay_mult`` and ``names``.
+
+        Example:
+            >>> optimizer = torch.optim.SGD(model.param_groups(lr=0.01, weight_decay=5e-4), momentum=0.9)
+        """
+        groups: dict[tuple[float, float], dict] = {}
+        for name, param in self.named_parameters():
+            lr_mult, decay_mult = self.LR_MULTS.get(name, (1.0, 1.0))
+            if lr_mult == 0 or not param.requires_grad:
+                continue
+            group = groups.setdefault((lr_mult, decay_mult), {
+                "params": [], "names": [], "lr": lr * lr_mult, "weight_decay": weight_decay * decay_mult,
+                "lr_mult": lr_mult, "decay_mult": decay_mult,
+            })
+            group["params"].append(param)
+            group["names"].append(name)
+        return list(groups.values())
+
+
+class ConstantTensor(nn.Module):
+    """Holds one tensor the model reads directly (a traced ``get_attr``)."""
+
+    def __init__(self, shape: tuple[int, ...], trainable: bool) -> None:
+        super().__init__()
+        value = torch.empty(shape)
+        if trainable:
+            self.value = nn.Parameter(value)
+        else:
+            self.register_buffer("value", value)
+
+    def forward(self) -> torch.Tensor:
+        return self.value

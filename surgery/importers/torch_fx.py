@@ -1,0 +1,270 @@
+"""Torch importer: any ``nn.Module`` traced with torch.fx becomes a :class:`Net`.
+
+Known module and function types become typed layers through the layer registry;
+anything else stays an opaque layer that carries its module (or its call) and still
+emits to torch. Layer names are the module paths (``features.0``, ``aux1.fc2``).
+
+The model is traced twice: in train mode for the full graph (GoogLeNet's auxiliary
+heads only exist there), and in eval mode to learn the deploy outputs; layers that
+only the train-mode outputs need are marked ``phase="train"``.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from surgery.errors import ModelFormatError
+from surgery.ir import Layer, Net, ParamBlob
+from surgery.layers import torch_function_map, torch_module_map
+from surgery.layers.opaque_call import InputRef
+
+_NON_TENSOR_METHODS = {"size", "dim", "numel", "ndimension", "nelement"}
+
+
+def _trace(model: nn.Module, train: bool) -> fx.GraphModule:
+    was_training = model.training
+    model.train(train)
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as error:
+        raise ModelFormatError(
+            f"torch.fx cannot trace {type(model).__name__}: {type(error).__name__}: {_first_line(error)}"
+            f"{_user_frame(error)}",
+            fix="make that call traceable (no data-dependent Python control flow), or wrap the offending "
+            "submodule so fx treats it as a leaf",
+        ) from None
+    finally:
+        model.train(was_training)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else ""
+
+
+def _user_frame(error: Exception) -> str:
+    """' (at file:line: code)' for the innermost frame outside torch, where tracing broke."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if "/torch/" not in f.filename]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f" (at {frame.filename}:{frame.lineno}: {frame.line})"
+
+
+def _leaves(structure: Any) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg(structure, lambda node: found.append(node) or node)
+    return found
+
+
+def _is_output_tuple(node: fx.Node) -> bool:
+    """A namedtuple built only to return several heads (GoogLeNet's GoogLeNetOutputs)."""
+    target = node.target
+    return (
+        node.op == "call_function" and isinstance(target, type) and issubclass(target, tuple)
+        and all(user.op == "output" for user in node.users)
+    )
+
+
+def _output_leaves(graph: fx.Graph) -> list[fx.Node]:
+    """The tensors a traced graph returns, looking through output namedtuples."""
+    output = next(n for n in graph.nodes if n.op == "output")
+    leaves: list[fx.Node] = []
+    for leaf in _leaves(output.args[0]):
+        leaves.extend(_leaves((leaf.args, leaf.kwargs)) if _is_output_tuple(leaf) else [leaf])
+    return leaves
+
+
+class _Importer:
+    def __init__(self, model: nn.Module, input_shapes: list[tuple[int, ...]],
+                 state_dict: Mapping[str, torch.Tensor] | None, name: str) -> None:
+        self.model = model
+        self.input_shapes = input_shapes
+        self.state_dict = state_dict
+        self.net = Net(name)
+        self.blob_of: dict[fx.Node, str] = {}
+        self.non_tensor: set[fx.Node] = set()
+        self.module_layers: dict[str, str] = {}  # module path -> first layer that calls it
+        self.modules = torch_module_map()
+        self.functions = torch_function_map()
+
+    # ------------------------------------------------------------------ blobs
+    def _blob(self, key: str, tensor: torch.Tensor, trainable: bool) -> ParamBlob:
+        if self.state_dict is None or tensor.device.type != "meta":
+            return ParamBlob.from_tensor(tensor, trainable=trainable)
+        if key not in self.state_dict:
+            raise ModelFormatError(f"the weights file has no entry {key!r}", fix="pass the state_dict saved from this model")
+        stored = self.state_dict[key]
+        if tuple(stored.shape) != tuple(tensor.shape):
+            raise ModelFormatError(
+                f"weights entry {key!r} has shape {tuple(stored.shape)}, the model expects {tuple(tensor.shape)}"
+            )
+        return ParamBlob.lazy(tuple(stored.shape), stored.dtype, lambda: self.state_dict[key], trainable=trainable)
+
+    def _module_blobs(self, path: str, module: nn.Module, recurse: bool) -> dict[str, ParamBlob]:
+        blobs = {}
+        for role, param in module.named_parameters(recurse=recurse):
+            blobs[role] = self._blob(f"{path}.{role}", param, trainable=True)
+        for role, buffer in module.named_buffers(recurse=recurse):
+            if buffer is not None:
+                blobs[role] = self._blob(f"{path}.{role}", buffer, trainable=False)
+        return blobs
+
+    # ------------------------------------------------------------------ nodes
+    def _unique(self, name: str) -> str:
+        candidate, k = name, 1
+        while candidate in self.net or self.net.has_blob(candidate):
+            candidate, k = f"{name}@{k}", k + 1
+        return candidate
+
+    def _add(self, node: fx.Node, layer: Layer) -> None:
+        layer.outputs = [layer.name]
+        self.net.add_layer(layer)
+        self.blob_of[node] = layer.name
+
+    def placeholder(self, node: fx.Node, index: int) -> None:
+        if index >= len(self.input_shapes):
+            raise ModelFormatError(
+                f"the model takes an input {node.target!r} but only {len(self.input_shapes)} input shape(s) were given"
+            )
+        self._add(node, Layer(self._unique(node.name), "Input", params={"shape": tuple(self.input_shapes[index])}))
+
+    def get_attr(self, node: fx.Node) -> None:
+        tensor = _get_attr(self.model, node.target)
+        blob = self._blob(node.target, tensor, trainable=isinstance(tensor, nn.Parameter))
+        self._add(node, Layer(self._unique(node.target), "Constant", blobs={"value": blob}))
+
+    def call_module(self, node: fx.Node) -> None:
+        path = node.target
+        module = self.model.get_submodule(path)
+        inputs = [self.blob_of[n] for n in _leaves((node.args, node.kwargs))]
+        kind = self.modules.get(type(module))
+        params = kind.import_torch_module(module) if kind is not None and not node.kwargs else None
+        first = self.module_layers.get(path)
+        if params is not None and len(node.args) == 1:
+            layer = Layer(self._unique(path), kind.name, inputs=inputs[:1], params=params)
+        else:
+            layer = Layer(self._unique(path), "Opaque", inputs=inputs, extra={"module": module})
+            if node.kwargs:
+                layer.extra["kwargs"] = fx.node.map_arg(node.kwargs, lambda n: InputRef(inputs.index(self.blob_of[n])))
+        if first is None:
+            self.module_layers[path] = layer.name
+            layer.blobs = self._module_blobs(path, module, recurse=layer.type == "Opaque")
+        else:
+            layer.extra["module_path"] = first  # a module called again: share it, weights and all
+        self._add(node, layer)
+
+    def call_function(self, node: fx.Node) -> None:
+        target = node.target
+        tensor_args = [n for n in _leaves((node.args, node.kwargs))]
+        non_tensor_inputs = [n for n in tensor_args if n in self.non_tensor]
+        if node.op == "call_method" and target in _NON_TENSOR_METHODS or (
+            tensor_args and len(non_tensor_inputs) == len(tensor_args) and target is not torch.cat
+        ):
+            self.non_tensor.add(node)
+        inputs: list[str] = []
+        for n in tensor_args:
+            if self.blob_of[n] not in inputs:
+                inputs.append(self.blob_of[n])
+        if not non_tensor_inputs:
+            for kind in self.functions.get(target, []):
+                blanked_args = fx.node.map_arg(node.args, lambda n: None)
+                blanked_kwargs = fx.node.map_arg(node.kwargs, lambda n: None)
+                params = kind.import_torch_call(target, tuple(blanked_args), dict(blanked_kwargs))
+                if params is not None:
+                    layer = Layer(self._unique(node.name), kind.name, inputs=[self.blob_of[n] for n in tensor_args],
+                                  params=params)
+                    self._add(node, layer)
+                    return
+        refs = lambda n: InputRef(inputs.index(self.blob_of[n]))  # noqa: E731
+        layer = Layer(
+            self._unique(node.name), "OpaqueCall", inputs=inputs,
+            extra={"kind": node.op, "target": target, "args": fx.node.map_arg(node.args, refs),
+                   "kwargs": dict(fx.node.map_arg(node.kwargs, refs))},
+        )
+        self._add(node, layer)
+
+    # ------------------------------------------------------------------- run
+    def run(self) -> Net:
+        train_graph = _trace(self.model, train=True).graph
+        eval_graph = _trace(self.model, train=False).graph
+        index = 0
+        for node in train_graph.nodes:
+            if _is_output_tuple(node):
+                continue
+            if node.op == "placeholder":
+                self.placeholder(node, index)
+                index += 1
+            elif node.op == "get_attr":
+                self.get_attr(node)
+            elif node.op == "call_module":
+                self.call_module(node)
+            elif node.op in ("call_function", "call_method"):
+                self.call_function(node)
+        outputs = [self.blob_of[n] for n in _output_leaves(train_graph)]
+        self.net.set_outputs(dict.fromkeys(outputs))
+        self._mark_train_only(train_graph, eval_graph)
+        return self.net
+
+    def _mark_train_only(self, train_graph: fx.Graph, eval_graph: fx.Graph) -> None:
+        """Layers only the train-mode outputs need get phase "train"."""
+        train_names = {n.name: n for n in train_graph.nodes}
+        deploy = []
+        for leaf in _output_leaves(eval_graph):
+            twin = train_names.get(leaf.name)
+            if twin is None or twin not in self.blob_of or (leaf.op, leaf.target) != (twin.op, twin.target):
+                return  # the two traces differ in a way we cannot match: every layer runs in both
+            deploy.append(self.net.producer(self.blob_of[twin]).name)
+        needed: set[str] = set()
+        for name in deploy:
+            needed |= self.net.ancestors(name) | {name}
+        for layer in self.net.layers():
+            if layer.name not in needed:
+                layer.phase = "train"
+
+
+def _get_attr(model: nn.Module, target: str) -> torch.Tensor:
+    owner_path, _, attr = target.rpartition(".")
+    return getattr(model.get_submodule(owner_path), attr)
+
+
+def import_torch(
+    model: nn.Module,
+    input_shape: tuple[int, ...] | list[tuple[int, ...]],
+    *,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+    name: str | None = None,
+) -> Net:
+    """Trace ``model`` into a :class:`Net`.
+
+    Args:
+        model: any ``nn.Module`` torch.fx can trace. It is not modified (its train/eval
+            mode is restored after tracing).
+        input_shape: the input's shape, batch axis first, or a list of shapes for a
+            model with several inputs.
+        state_dict: weights to use instead of the model's own, read lazily (pass a
+            model built on the meta device and ``torch.load(path, mmap=True)`` to never
+            hold two copies).
+        name: the net's name (default: the model's class name).
+
+    Returns:
+        The net; blobs share storage with ``model``'s tensors (no copy).
+
+    Example:
+        >>> import torchvision
+        >>> net = import_torch(torchvision.models.resnet18(), (1, 3, 224, 224))
+        >>> net.layer("fc").type
+        'InnerProduct'
+    """
+    shapes = [tuple(input_shape)] if input_shape and isinstance(input_shape[0], int) else [tuple(s) for s in input_shape]
+    net = _Importer(model, shapes, state_dict, name or type(model).__name__).run()
+    net.shapes()  # validate now: a bad input shape fails at import, naming the layer
+    return net
+
+
+__all__ = ["import_torch"]

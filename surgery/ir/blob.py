@@ -1,0 +1,104 @@
+"""Parameter blobs: a layer's weights, with their learning-rate multipliers and origin.
+
+A blob may be *lazy*: it knows its shape and dtype but reads its data only on first
+use (from a memory-mapped checkpoint, an ONNX initializer, a caffemodel), so that
+``inspect`` and ``plan`` never read weights and untouched weights pass from source to
+output without a copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a blob's values came from.
+
+    kind is one of ``source`` (copied from the pretrained model), ``filler`` (freshly
+    initialised: detail names the filler and seed), ``derived`` (computed from other
+    blobs, e.g. a folded BatchNorm: detail says from what), ``resized`` (source values
+    sliced or padded to a new shape).
+    """
+
+    kind: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.detail}" if self.detail else self.kind
+
+
+SOURCE = Origin("source")
+
+
+@dataclass
+class ParamBlob:
+    """One parameter or buffer of a layer.
+
+    Attributes:
+        shape: the blob's shape (known without reading data).
+        dtype: the blob's dtype.
+        lr_mult: learning-rate multiplier (0 = frozen). Meaningless for buffers.
+        decay_mult: weight-decay multiplier.
+        trainable: False for buffers (BatchNorm running statistics), which never get
+            gradients whatever their lr_mult.
+        origin: where the values came from.
+    """
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+    lr_mult: float = 1.0
+    decay_mult: float = 1.0
+    trainable: bool = True
+    origin: Origin = SOURCE
+    _data: torch.Tensor | None = field(default=None, repr=False)
+    _loader: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_tensor(cls, tensor: torch.Tensor, **kwargs) -> "ParamBlob":
+        """A blob holding ``tensor`` (not copied)."""
+        return cls(shape=tuple(tensor.shape), dtype=tensor.dtype, _data=tensor.detach(), **kwargs)
+
+    @classmethod
+    def lazy(cls, shape: tuple[int, ...], dtype: torch.dtype, loader: Callable[[], torch.Tensor], **kwargs) -> "ParamBlob":
+        """A blob whose data is read by ``loader`` on first use."""
+        return cls(shape=tuple(shape), dtype=dtype, _loader=loader, **kwargs)
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._data is not None
+
+    @property
+    def data(self) -> torch.Tensor:
+        """The values; read from the source on first access."""
+        if self._data is None:
+            if self._loader is None:
+                raise RuntimeError("blob has neither data nor a loader")
+            tensor = self._loader()
+            if tuple(tensor.shape) != self.shape:
+                raise RuntimeError(f"blob loader returned shape {tuple(tensor.shape)}, expected {self.shape}")
+            self._data = tensor
+            self._loader = None
+        return self._data
+
+    def set_data(self, tensor: torch.Tensor, origin: Origin) -> None:
+        """Replace the values (and shape) of this blob, recording where they came from."""
+        self._data = tensor.detach()
+        self._loader = None
+        self.shape = tuple(tensor.shape)
+        self.dtype = tensor.dtype
+        self.origin = origin
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def frozen(self) -> bool:
+        return not self.trainable or self.lr_mult == 0

@@ -1,0 +1,270 @@
+"""The IR: a net is one networkx graph of layers, owned and mutated only by :class:`Net`.
+
+Nodes are layer names (attribute ``layer`` holds the :class:`Layer`); an edge
+``producer -> consumer`` exists for every blob the consumer reads, keyed by
+``(blob, input_index)``. The layer records hold the ordered blob names; the edges are
+the index networkx runs its algorithms on, and only this class keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+
+import networkx as nx
+
+from surgery.errors import ShapeError, SpecError, unknown_layer
+from surgery.ir.layer import Layer
+
+Shape = tuple[int, ...]
+
+
+class Net:
+    """A network: layers connected by named blobs.
+
+    Example:
+        >>> net = Net("tiny")
+        >>> net.add_layer(Layer("data", "Input", outputs=["data"], params={"shape": (1, 3, 8, 8)}))
+        >>> net.add_layer(Layer("relu", "ReLU", inputs=["data"], outputs=["relu"]))
+        >>> [layer.name for layer in net.layers()]
+        ['data', 'relu']
+    """
+
+    def __init__(self, name: str = "net") -> None:
+        self.name = name
+        self.graph = nx.MultiDiGraph()
+        self._producer: dict[str, str] = {}
+        self._order = itertools.count()
+        self._outputs: list[str] | None = None
+        self._shapes: dict[str, Shape | None] | None = None
+        #: Training metadata (e.g. Caffe loss weights per output blob).
+        self.loss_weights: dict[str, float] = {}
+
+    # ----------------------------------------------------------------- queries
+    def __contains__(self, name: str) -> bool:
+        return name in self.graph
+
+    def __len__(self) -> int:
+        return self.graph.number_of_nodes()
+
+    def layer(self, name: str) -> Layer:
+        """The layer called ``name``; a did-you-mean error when there is none."""
+        try:
+            return self.graph.nodes[name]["layer"]
+        except KeyError:
+            raise unknown_layer(name, self.graph.nodes) from None
+
+    def layer_names(self) -> list[str]:
+        """Layer names in execution order."""
+        return list(
+            nx.lexicographical_topological_sort(self.graph, key=lambda n: self.graph.nodes[n]["order"])
+        )
+
+    def layers(self) -> Iterator[Layer]:
+        """Layers in execution order (topological, ties broken by insertion order)."""
+        for name in self.layer_names():
+            yield self.graph.nodes[name]["layer"]
+
+    def producer(self, blob: str) -> Layer:
+        """The layer that writes ``blob``."""
+        try:
+            return self.layer(self._producer[blob])
+        except KeyError:
+            raise unknown_layer(blob, self._producer, what="blob") from None
+
+    def has_blob(self, blob: str) -> bool:
+        return blob in self._producer
+
+    def blob_names(self) -> list[str]:
+        return list(self._producer)
+
+    def consumers(self, blob: str) -> list[tuple[Layer, int]]:
+        """Every ``(layer, input_index)`` that reads ``blob``."""
+        producer = self._producer[blob]
+        found = []
+        for _, consumer, (edge_blob, index) in self.graph.out_edges(producer, keys=True):
+            if edge_blob == blob:
+                found.append((self.layer(consumer), index))
+        return sorted(found, key=lambda item: (self.graph.nodes[item[0].name]["order"], item[1]))
+
+    def input_layers(self) -> list[Layer]:
+        return [layer for layer in self.layers() if layer.type == "Input"]
+
+    @property
+    def outputs(self) -> list[str]:
+        """The net's output blobs: set explicitly, or every blob nothing consumes."""
+        if self._outputs is not None:
+            return list(self._outputs)
+        consumed = {blob for _, _, (blob, _) in self.graph.edges(keys=True)}
+        return [blob for layer in self.layers() for blob in layer.outputs if blob not in consumed]
+
+    def set_outputs(self, blobs: Iterable[str]) -> None:
+        blobs = list(blobs)
+        for blob in blobs:
+            if blob not in self._producer:
+                raise unknown_layer(blob, self._producer, what="blob")
+        self._outputs = blobs
+
+    def outputs_for(self, phase: str | None) -> list[str]:
+        """Output blobs present in ``phase`` (``None`` = deploy: no train-only layers)."""
+        if phase == "train":
+            return self.outputs
+        return [blob for blob in self.outputs if self.producer(blob).phase != "train"]
+
+    def ancestors(self, name: str) -> set[str]:
+        """Names of every layer ``name`` depends on (not including itself)."""
+        self.layer(name)
+        return nx.ancestors(self.graph, name)
+
+    def descendants(self, name: str) -> set[str]:
+        """Names of every layer that depends on ``name`` (not including itself)."""
+        self.layer(name)
+        return nx.descendants(self.graph, name)
+
+    # --------------------------------------------------------------- mutation
+    def add_layer(self, layer: Layer) -> Layer:
+        """Add a layer whose input blobs already exist. Blob names must be new."""
+        if layer.name in self.graph:
+            raise SpecError(f"a layer named {layer.name!r} already exists", fix="choose another name", subject=layer.name)
+        for blob in layer.inputs:
+            if blob not in self._producer:
+                raise unknown_layer(blob, self._producer, what="blob")
+        for blob in layer.outputs:
+            if blob in self._producer:
+                raise SpecError(
+                    f"layer {layer.name!r} writes blob {blob!r}, which layer {self._producer[blob]!r} already writes",
+                    fix="give the new layer's top a new name",
+                    subject=layer.name,
+                )
+        self.graph.add_node(layer.name, layer=layer, order=next(self._order))
+        for blob in layer.outputs:
+            self._producer[blob] = layer.name
+        for index, blob in enumerate(layer.inputs):
+            self.graph.add_edge(self._producer[blob], layer.name, key=(blob, index))
+        self._changed()
+        return layer
+
+    def remove_layer(self, name: str) -> Layer:
+        """Remove a layer. Nothing may still read its outputs (rewire first)."""
+        layer = self.layer(name)
+        for blob in layer.outputs:
+            readers = [c.name for c, _ in self.consumers(blob)]
+            if readers:
+                raise SpecError(
+                    f"cannot remove {name!r}: {', '.join(readers)} still read its output {blob!r}",
+                    subject=name,
+                )
+        self.graph.remove_node(name)
+        for blob in layer.outputs:
+            del self._producer[blob]
+        if self._outputs is not None:
+            self._outputs = [b for b in self._outputs if b not in layer.outputs]
+        self._changed()
+        return layer
+
+    def set_input(self, consumer: str, index: int, blob: str) -> None:
+        """Make input ``index`` of layer ``consumer`` read ``blob``."""
+        layer = self.layer(consumer)
+        old = layer.inputs[index]
+        self.graph.remove_edge(self._producer[old], consumer, key=(old, index))
+        layer.inputs[index] = blob
+        self.graph.add_edge(self._producer[blob], consumer, key=(blob, index))
+        if nx.has_path(self.graph, consumer, self._producer[blob]) and self._producer[blob] != consumer:
+            raise SpecError(f"rewiring {consumer!r} to read {blob!r} would make a cycle", subject=consumer)
+        self._changed()
+
+    def redirect_consumers(self, old_blob: str, new_blob: str, only: Iterable[str] | None = None) -> list[str]:
+        """Make the consumers of ``old_blob`` read ``new_blob``; returns their names.
+
+        The producer of ``new_blob`` is never rewired (so a layer inserted after
+        ``old_blob`` keeps reading it). Net outputs naming ``old_blob`` follow.
+        """
+        keep = set(only) if only is not None else None
+        skip = self._producer.get(new_blob)
+        moved = []
+        for consumer, index in self.consumers(old_blob):
+            if consumer.name == skip or (keep is not None and consumer.name not in keep):
+                continue
+            self.set_input(consumer.name, index, new_blob)
+            moved.append(consumer.name)
+        if keep is None and self._outputs is not None:
+            self._outputs = [new_blob if b == old_blob else b for b in self._outputs]
+        return moved
+
+    def rename_layer(self, old: str, new: str) -> None:
+        """Rename a layer (its blobs keep their names unless they were named after it)."""
+        if new in self.graph:
+            raise SpecError(f"cannot rename {old!r} to {new!r}: that name is taken", subject=new)
+        layer = self.layer(old)
+        nx.relabel_nodes(self.graph, {old: new}, copy=False)
+        layer.name = new
+        for blob, producer in list(self._producer.items()):
+            if producer == old:
+                self._producer[blob] = new
+        if old in layer.outputs:
+            self._rename_blob(old, new)
+        self._changed()
+
+    def _rename_blob(self, old: str, new: str) -> None:
+        if new in self._producer:
+            return  # keep the old blob name rather than collide
+        producer = self._producer.pop(old)
+        self._producer[new] = producer
+        layer = self.layer(producer)
+        layer.outputs = [new if b == old else b for b in layer.outputs]
+        for consumer, index in [(c, i) for _, c, (b, i) in self.graph.out_edges(producer, keys=True) if b == old]:
+            self.graph.remove_edge(producer, consumer, key=(old, index))
+            self.graph.add_edge(producer, consumer, key=(new, index))
+            self.layer(consumer).inputs[index] = new
+        if self._outputs is not None:
+            self._outputs = [new if b == old else b for b in self._outputs]
+        if old in self.loss_weights:
+            self.loss_weights[new] = self.loss_weights.pop(old)
+
+    def prune_to(self, keep: set[str]) -> list[str]:
+        """Drop every layer not in ``keep``; returns the dropped names in order."""
+        dropped = [name for name in self.layer_names() if name not in keep]
+        for name in dropped:
+            layer = self.layer(name)
+            for blob in layer.outputs:
+                del self._producer[blob]
+            self.graph.remove_node(name)
+        if self._outputs is not None:
+            self._outputs = [b for b in self._outputs if b in self._producer]
+        self.loss_weights = {b: w for b, w in self.loss_weights.items() if b in self._producer}
+        self._changed()
+        return dropped
+
+    def _changed(self) -> None:
+        self._shapes = None
+
+    # ---------------------------------------------------------- shape inference
+    def shapes(self) -> dict[str, Shape | None]:
+        """Every blob's shape, inferred from the Input layers' shapes (cached).
+
+        Raises:
+            ShapeError: a layer's inputs do not fit it; the message names the layer.
+        """
+        if self._shapes is None:
+            from surgery.layers import layer_type
+
+            shapes: dict[str, Shape | None] = {}
+            for layer in self.layers():
+                kind = layer_type(layer.type)
+                in_shapes = [shapes[b] for b in layer.inputs]
+                try:
+                    out = kind.infer_shapes(layer, in_shapes)
+                except ShapeError as error:
+                    if error.subject is None:
+                        error.subject = layer.name
+                    if not error.message.startswith(f"layer {layer.name!r}"):
+                        error.message = f"layer {layer.name!r} ({layer.type}): {error.message}"
+                    raise
+                if len(out) != len(layer.outputs):
+                    raise ShapeError(f"layer {layer.name!r} ({layer.type}) makes {len(out)} outputs, has {len(layer.outputs)} tops")
+                shapes.update(zip(layer.outputs, out))
+            self._shapes = shapes
+        return dict(self._shapes)
+
+    def shape(self, blob: str) -> Shape | None:
+        return self.shapes()[blob]

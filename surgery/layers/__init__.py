@@ -1,0 +1,48 @@
+"""Layer types, one module each, registered by name on import.
+
+Adding a type is adding one file with a :func:`register_layer` class and importing it
+here.
+"""
+
+from surgery.layers import (  # noqa: F401  (importing registers the types)
+    adaptive_pooling,
+    batch_norm,
+    concat,
+    constant,
+    convolution,
+    dropout,
+    eltwise,
+    flatten,
+    hard_sigmoid,
+    hard_swish,
+    inner_product,
+    input,
+    lrn,
+    opaque,
+    opaque_call,
+    pooling,
+    prelu,
+    relu,
+    sigmoid,
+    softmax,
+    tanh,
+)
+from surgery.layers.registry import (
+    LayerType,
+    ModuleRecipe,
+    layer_type,
+    register_layer,
+    registered_types,
+    torch_function_map,
+    torch_module_map,
+)
+
+__all__ = [
+    "LayerType",
+    "ModuleRecipe",
+    "layer_type",
+    "register_layer",
+    "registered_types",
+    "torch_function_map",
+    "torch_module_map",
+]

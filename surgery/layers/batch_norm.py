@@ -1,0 +1,69 @@
+"""BatchNorm: normalisation by running statistics, optionally with torch's affine
+scale and shift (Caffe expresses those as a following Scale layer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from surgery.errors import ShapeError
+from surgery.ir import Layer, Shape
+from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+
+
+@register_layer
+class BatchNorm(LayerType):
+    """Params: eps, momentum (torch's: new = (1-m) old + m batch), affine,
+    use_global_stats (True = frozen statistics, also while training; None = batch
+    statistics in train mode, running ones in eval, as torch does).
+    Blobs: running_mean [C], running_var [C], weight [C] and bias [C] when affine,
+    num_batches_tracked (a torch buffer, kept so state_dicts round-trip)."""
+
+    name = "BatchNorm"
+    torch_modules = (nn.BatchNorm1d, nn.BatchNorm2d)
+    blob_roles = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+    def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
+        self.expect_inputs(layer, in_shapes, 1)
+        shape = in_shapes[0]
+        if shape is None or len(shape) not in (2, 3, 4):
+            raise ShapeError(f"expects a 2-D, 3-D or 4-D input, got {shape}")
+        mean = layer.blobs.get("running_mean")
+        if mean is not None and mean.shape[0] != shape[1]:
+            raise ShapeError(f"has statistics for {mean.shape[0]} channels, the input has {shape[1]}")
+        return [shape]
+
+    def param_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> dict[str, Shape]:
+        channels = in_shapes[0][1]
+        shapes = {"running_mean": (channels,), "running_var": (channels,)}
+        if layer.params.get("affine", True):
+            shapes = {"weight": (channels,), "bias": (channels,)} | shapes
+        return shapes
+
+    def default_filler(self, layer: Layer, role: str) -> dict[str, Any]:
+        value = 1.0 if role in ("weight", "running_var") else 0.0
+        return {"type": "constant", "value": value}  # the identity transform
+
+    def trainable_roles(self, layer: Layer) -> tuple[str, ...]:
+        return tuple(role for role in ("weight", "bias") if role in layer.blobs)
+
+    def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
+        from surgery.emitters.torch_runtime import FrozenBatchNorm1d, FrozenBatchNorm2d
+
+        p = layer.params
+        rank = len(in_shapes[0])
+        frozen = bool(p.get("use_global_stats"))
+        if rank == 4:
+            cls = FrozenBatchNorm2d if frozen else nn.BatchNorm2d
+        else:
+            cls = FrozenBatchNorm1d if frozen else nn.BatchNorm1d
+        return ModuleRecipe(cls, {
+            "num_features": in_shapes[0][1], "eps": p.get("eps", 1e-5), "momentum": p.get("momentum", 0.1),
+            "affine": "weight" in layer.blobs,
+        })
+
+    def import_torch_module(self, module: nn.Module) -> dict[str, Any] | None:
+        if not module.track_running_stats:
+            return None
+        return {"eps": module.eps, "momentum": module.momentum, "affine": module.affine, "use_global_stats": None}

@@ -1,0 +1,37 @@
+"""Concat: join blobs along one axis (torch.cat)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx
+
+from surgery.errors import ShapeError
+from surgery.ir import Layer, Shape
+from surgery.layers.registry import LayerType, register_layer
+
+
+@register_layer
+class Concat(LayerType):
+    """Params: axis (default 1)."""
+
+    name = "Concat"
+    torch_functions = (torch.cat, torch.concat)
+
+    def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
+        if not in_shapes:
+            raise ShapeError("needs at least one input")
+        first = in_shapes[0]
+        axis = layer.params.get("axis", 1) % len(first)
+        for shape in in_shapes[1:]:
+            if len(shape) != len(first) or any(a != b for i, (a, b) in enumerate(zip(shape, first)) if i != axis):
+                raise ShapeError(f"inputs {in_shapes} differ outside the concatenation axis {axis}")
+        return [(*first[:axis], sum(s[axis] for s in in_shapes), *first[axis + 1:])]
+
+    def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
+        return graph.call_function(torch.cat, (list(inputs),), {"dim": layer.params.get("axis", 1)})
+
+    def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        return {"axis": dim} if isinstance(dim, int) else None

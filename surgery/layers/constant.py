@@ -1,0 +1,27 @@
+"""Constant: a tensor the traced model reads directly (``get_attr``), e.g. a learned
+class token. Emitted as a tiny module holding it, so it stays a named parameter."""
+
+from __future__ import annotations
+
+from surgery.ir import Layer, Shape
+from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+
+
+@register_layer
+class Constant(LayerType):
+    """No inputs. Blobs: value."""
+
+    name = "Constant"
+    blob_roles = ("value",)
+
+    def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
+        return [layer.blobs["value"].shape]
+
+    def trainable_roles(self, layer: Layer) -> tuple[str, ...]:
+        return ("value",) if layer.blobs["value"].trainable else ()
+
+    def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
+        from surgery.emitters.torch_runtime import ConstantTensor
+
+        blob = layer.blobs["value"]
+        return ModuleRecipe(ConstantTensor, {"shape": blob.shape, "trainable": blob.trainable})

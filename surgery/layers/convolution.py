@@ -1,0 +1,87 @@
+"""Convolution: Caffe's Convolution, torch's Conv2d (2-D, groups, dilation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from surgery.errors import ShapeError
+from surgery.ir import Layer, Shape
+from surgery.layers.registry import LayerType, ModuleRecipe, pair, register_layer
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
+    """Caffe's and torch's convolution output size (floor)."""
+    return (size + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
+
+
+@register_layer
+class Convolution(LayerType):
+    """2-D convolution. Params: num_output, kernel, stride, pad, dilation (pairs), group,
+    bias_term. Blobs: weight [O, C/group, kh, kw], bias [O]."""
+
+    name = "Convolution"
+    torch_modules = (nn.Conv2d,)
+    blob_roles = ("weight", "bias")
+
+    def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
+        self.expect_inputs(layer, in_shapes, 1)
+        shape = in_shapes[0]
+        p = layer.params
+        if shape is None or len(shape) != 4:
+            raise ShapeError(f"expects a 4-D input (N, C, H, W), got {shape}")
+        channels = shape[1]
+        if channels % p["group"] or p["num_output"] % p["group"]:
+            raise ShapeError(f"group {p['group']} must divide input channels {channels} and num_output {p['num_output']}")
+        weight = layer.blobs.get("weight")
+        if weight is not None and weight.shape[1] * p["group"] != channels:
+            raise ShapeError(
+                f"weight expects {weight.shape[1] * p['group']} input channels, the input has {channels}",
+                fix="resize the layer that feeds it, or replace this layer",
+            )
+        out = [
+            conv_output_size(shape[2 + i], p["kernel"][i], p["stride"][i], p["pad"][i], p["dilation"][i])
+            for i in range(2)
+        ]
+        if min(out) < 1:
+            raise ShapeError(f"input {shape} is too small for kernel {p['kernel']}")
+        return [(shape[0], p["num_output"], *out)]
+
+    def param_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> dict[str, Shape]:
+        p = layer.params
+        shapes = {"weight": (p["num_output"], in_shapes[0][1] // p["group"], *p["kernel"])}
+        if p["bias_term"]:
+            shapes["bias"] = (p["num_output"],)
+        return shapes
+
+    def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
+        p = layer.params
+        return ModuleRecipe(nn.Conv2d, {
+            "in_channels": in_shapes[0][1], "out_channels": p["num_output"], "kernel_size": tuple(p["kernel"]),
+            "stride": tuple(p["stride"]), "padding": tuple(p["pad"]), "dilation": tuple(p["dilation"]),
+            "groups": p["group"], "bias": p["bias_term"], "padding_mode": p.get("padding_mode", "zeros"),
+        })
+
+    def import_torch_module(self, module: nn.Conv2d) -> dict[str, Any] | None:
+        if isinstance(module.padding, str):
+            return None  # 'same'/'valid' padding: carried as an opaque layer
+        return {
+            "num_output": module.out_channels,
+            "kernel": pair(module.kernel_size),
+            "stride": pair(module.stride),
+            "pad": pair(module.padding),
+            "dilation": pair(module.dilation),
+            "group": module.groups,
+            "bias_term": module.bias is not None,
+            "padding_mode": module.padding_mode,
+        }
+
+
+def conv_params(num_output: int, kernel: int | tuple = 3, stride: int | tuple = 1, pad: int | tuple = 0,
+                dilation: int | tuple = 1, group: int = 1, bias_term: bool = True) -> dict[str, Any]:
+    """Hyper-parameters of a Convolution layer, with Caffe's defaults."""
+    return {
+        "num_output": num_output, "kernel": pair(kernel), "stride": pair(stride), "pad": pair(pad),
+        "dilation": pair(dilation), "group": group, "bias_term": bias_term,
+    }

@@ -1,0 +1,30 @@
+"""Dropout: inverted dropout while training, identity in eval (Caffe's and torch's)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import nn
+
+from surgery.ir import Layer, Shape
+from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+
+
+@register_layer
+class Dropout(LayerType):
+    """Params: ratio (the probability of zeroing an element)."""
+
+    name = "Dropout"
+    torch_modules = (nn.Dropout,)
+    torch_functions = (F.dropout,)
+
+    def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
+        return ModuleRecipe(nn.Dropout, {"p": layer.params.get("ratio", 0.5)})
+
+    def import_torch_module(self, module: nn.Dropout) -> dict[str, Any]:
+        return {"ratio": module.p}
+
+    def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+        # The traced `training=` flag is dropped: the emitted module follows train()/eval().
+        return {"ratio": float(args[1] if len(args) > 1 else kwargs.get("p", 0.5))}

@@ -1,0 +1,68 @@
+"""Eltwise: elementwise SUM (with coefficients), PROD or MAX of several blobs, with
+numpy broadcasting (Caffe's Eltwise needs equal shapes; the Caffe emitter checks that)."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+from torch import fx
+
+from surgery.errors import ShapeError
+from surgery.ir import Layer, Shape
+from surgery.layers.registry import LayerType, register_layer
+
+_FUNCTIONS = {
+    operator.add: "SUM", operator.iadd: "SUM", torch.add: "SUM", "add": "SUM", "add_": "SUM",
+    operator.sub: "SUB", operator.isub: "SUB", torch.sub: "SUB", "sub": "SUB",
+    operator.mul: "PROD", operator.imul: "PROD", torch.mul: "PROD", "mul": "PROD", "mul_": "PROD",
+    torch.maximum: "MAX", torch.max: "MAX",
+}
+
+
+@register_layer
+class Eltwise(LayerType):
+    """Params: operation ("SUM"|"PROD"|"MAX"), coeff (SUM only: one per input)."""
+
+    name = "Eltwise"
+    torch_functions = tuple(_FUNCTIONS)
+
+    def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
+        if len(in_shapes) < 2:
+            raise ShapeError(f"needs at least two inputs, got {len(in_shapes)}")
+        coeff = layer.params.get("coeff") or []
+        if coeff and (layer.params["operation"] != "SUM" or len(coeff) != len(in_shapes)):
+            raise ShapeError("coeff needs operation SUM and one value per input")
+        try:
+            return [tuple(torch.broadcast_shapes(*in_shapes))]
+        except RuntimeError:
+            raise ShapeError(
+                f"input shapes {' and '.join(str(tuple(s)) for s in in_shapes)} do not broadcast",
+                fix="make the inputs agree on every axis, or be 1 where they differ (a 1-channel gate)",
+            ) from None
+
+    def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
+        operation = layer.params["operation"]
+        coeff = layer.params.get("coeff") or []
+        terms: list[Any] = list(inputs)
+        if coeff:
+            terms = [t if c == 1 else graph.call_function(operator.mul, (t, float(c))) for t, c in zip(terms, coeff)]
+        combine = {"SUM": operator.add, "PROD": operator.mul, "MAX": torch.maximum}[operation]
+        result = terms[0]
+        for term in terms[1:]:
+            result = graph.call_function(combine, (result, term))
+        return result
+
+    def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+        if len(args) != 2 or any(a is not None for a in args) or set(kwargs) - {"alpha"}:
+            return None  # a scalar operand, or not a two-tensor call: stays an opaque call
+        operation = _FUNCTIONS[target]
+        alpha = float(kwargs.get("alpha", 1))
+        if target is torch.max and kwargs:
+            return None
+        if operation == "SUB":
+            return {"operation": "SUM", "coeff": [1.0, -alpha]}
+        if alpha != 1:
+            return {"operation": "SUM", "coeff": [1.0, alpha]} if operation == "SUM" else None
+        return {"operation": operation, "coeff": []}

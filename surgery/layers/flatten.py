@@ -1,0 +1,44 @@
+"""Flatten: merge axes ``axis..end_axis`` into one (Caffe's Flatten, torch.flatten)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from surgery.errors import ShapeError
+from surgery.ir import Layer, Shape
+from surgery.layers.registry import LayerType, register_layer
+
+
+@register_layer
+class Flatten(LayerType):
+    """Params: axis (default 1), end_axis (default -1)."""
+
+    name = "Flatten"
+    torch_modules = (nn.Flatten,)
+    torch_functions = (torch.flatten, "flatten")
+
+    def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
+        self.expect_inputs(layer, in_shapes, 1)
+        shape = in_shapes[0]
+        rank = len(shape)
+        start, end = layer.params.get("axis", 1) % rank, layer.params.get("end_axis", -1) % rank
+        if start > end:
+            raise ShapeError(f"axis {start} comes after end_axis {end} for input {shape}")
+        return [(*shape[:start], math.prod(shape[start:end + 1]), *shape[end + 1:])]
+
+    def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
+        return graph.call_function(torch.flatten, (inputs[0], layer.params.get("axis", 1), layer.params.get("end_axis", -1)))
+
+    def import_torch_module(self, module: nn.Flatten) -> dict[str, Any]:
+        return {"axis": module.start_dim, "end_axis": module.end_dim}
+
+    def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+        start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
+        end = args[2] if len(args) > 2 else kwargs.get("end_dim", -1)
+        if not isinstance(start, int) or not isinstance(end, int):
+            return None
+        return {"axis": start, "end_axis": end}

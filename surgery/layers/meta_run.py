@@ -1,0 +1,58 @@
+"""Shape inference by running a callable on meta tensors (no data, no compute).
+
+Used for the layers surgery cannot reason about itself: opaque modules and calls.
+A blob's "shape" is a tuple for a tensor, and the value itself for a non-tensor
+(``x.size(0)`` feeds ``view``), so such values keep flowing between opaque calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from surgery.errors import ShapeError
+from surgery.ir import Layer
+
+
+class NonTensor:
+    """A non-tensor value flowing between layers (an int from ``x.size(0)``)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"NonTensor({self.value!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NonTensor) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(repr(self.value))
+
+
+def _to_meta(shape: Any) -> Any:
+    if isinstance(shape, NonTensor):
+        return shape.value
+    return torch.empty(shape, device="meta")
+
+
+def _from_result(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    if isinstance(value, torch.Size):
+        return NonTensor(tuple(value))
+    return NonTensor(value)
+
+
+def run_on_meta(fn: Callable[..., Any], layer: Layer, in_shapes: list[Any], n_outputs: int) -> list[Any]:
+    """Output shapes of ``fn`` applied to meta tensors shaped ``in_shapes``."""
+    try:
+        with torch.no_grad():
+            result = fn(*(_to_meta(s) for s in in_shapes))
+    except Exception as error:  # the user's module raised: report it as a shape problem
+        raise ShapeError(f"fails on inputs shaped {in_shapes}: {type(error).__name__}: {error}") from None
+    if n_outputs == 1:
+        return [_from_result(result)]
+    return [_from_result(item) for item in result]

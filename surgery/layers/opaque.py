@@ -1,0 +1,36 @@
+"""Opaque: a torch module surgery has no layer type for. It carries the module and its
+weights through the surgery untouched, and still emits to torch."""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+from surgery.ir import Layer, Shape
+from surgery.layers.registry import LayerType, register_layer
+
+
+@register_layer
+class Opaque(LayerType):
+    """``extra["module"]`` is the module; its parameters and buffers are the blobs (by
+    their names inside the module). Shapes are inferred by running it on the meta device."""
+
+    name = "Opaque"
+
+    def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
+        from surgery.layers.meta_run import run_on_meta
+
+        module: nn.Module = layer.extra["module"]
+        state = {name: torch.empty(blob.shape, dtype=blob.dtype, device="meta") for name, blob in layer.blobs.items()}
+        return run_on_meta(
+            lambda *xs: torch.func.functional_call(module, state, xs), layer, in_shapes, len(layer.outputs)
+        )
+
+    def trainable_roles(self, layer: Layer) -> tuple[str, ...]:
+        return tuple(name for name, _ in layer.extra["module"].named_parameters())
+
+    def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
+        from surgery.layers.opaque_call import substitute
+
+        target = layer.extra.get("module_path", layer.name)
+        return graph.call_module(target, tuple(inputs), substitute(layer.extra.get("kwargs", {}), inputs))

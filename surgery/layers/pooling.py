@@ -1,0 +1,100 @@
+"""Pooling: MAX / AVE windows, Caffe's and torch's ceil rounding, global pooling."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch.nn.functional as F
+from torch import nn
+
+from surgery.errors import ShapeError
+from surgery.ir import Layer, Shape
+from surgery.layers.registry import LayerType, ModuleRecipe, pair, register_layer
+
+
+def pool_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
+    """torch's pooling output size; with ceil_mode the last window must start inside
+    the input or its left padding (Caffe applies the same clip when pad > 0)."""
+    span = size + 2 * pad - dilation * (kernel - 1) - 1
+    out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+@register_layer
+class Pooling(LayerType):
+    """Params: pool ("MAX"|"AVE"), kernel, stride, pad, dilation, ceil_mode,
+    count_include_pad (AVE), global_pooling."""
+
+    name = "Pooling"
+    torch_modules = (nn.MaxPool2d, nn.AvgPool2d)
+    torch_functions = (F.max_pool2d, F.avg_pool2d)
+
+    def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
+        self.expect_inputs(layer, in_shapes, 1)
+        shape, p = in_shapes[0], layer.params
+        if shape is None or len(shape) != 4:
+            raise ShapeError(f"expects a 4-D input (N, C, H, W), got {shape}")
+        if p.get("global_pooling"):
+            return [(shape[0], shape[1], 1, 1)]
+        out = [
+            pool_output_size(shape[2 + i], p["kernel"][i], p["stride"][i], p["pad"][i], p["dilation"][i], p["ceil_mode"])
+            for i in range(2)
+        ]
+        if min(out) < 1:
+            raise ShapeError(f"input {shape} is too small for a {p['kernel']} pooling window")
+        return [(shape[0], shape[1], *out)]
+
+    def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
+        p = layer.params
+        if p.get("global_pooling"):
+            cls = nn.AdaptiveMaxPool2d if p["pool"] == "MAX" else nn.AdaptiveAvgPool2d
+            return ModuleRecipe(cls, {"output_size": 1})
+        common = {"kernel_size": tuple(p["kernel"]), "stride": tuple(p["stride"]), "padding": tuple(p["pad"]),
+                  "ceil_mode": p["ceil_mode"]}
+        if p["pool"] == "MAX":
+            return ModuleRecipe(nn.MaxPool2d, common | {"dilation": tuple(p["dilation"])})
+        return ModuleRecipe(nn.AvgPool2d, common | {
+            "count_include_pad": p["count_include_pad"], "divisor_override": p.get("divisor_override"),
+        })
+
+    def import_torch_module(self, module: nn.Module) -> dict[str, Any] | None:
+        if isinstance(module, nn.MaxPool2d):
+            if module.return_indices:
+                return None
+            return pooling_params("MAX", module.kernel_size, module.stride, module.padding,
+                                  dilation=module.dilation, ceil_mode=module.ceil_mode)
+        return pooling_params("AVE", module.kernel_size, module.stride, module.padding, ceil_mode=module.ceil_mode,
+                              count_include_pad=module.count_include_pad, divisor_override=module.divisor_override)
+
+    def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+        names = ["input", "kernel_size", "stride", "padding"]
+        values = dict(zip(names, args)) | kwargs
+        if target is F.max_pool2d:
+            if values.get("return_indices") or len(args) > 4:
+                return None
+            return pooling_params("MAX", values["kernel_size"], values.get("stride"), values.get("padding", 0),
+                                  dilation=values.get("dilation", 1), ceil_mode=values.get("ceil_mode", False))
+        if len(args) > 4:
+            return None
+        return pooling_params("AVE", values["kernel_size"], values.get("stride"), values.get("padding", 0),
+                              ceil_mode=values.get("ceil_mode", False),
+                              count_include_pad=values.get("count_include_pad", True),
+                              divisor_override=values.get("divisor_override"))
+
+
+def pooling_params(pool: str, kernel: Any, stride: Any = None, pad: Any = 0, *, dilation: Any = 1,
+                   ceil_mode: bool = False, count_include_pad: bool = True, global_pooling: bool = False,
+                   divisor_override: int | None = None) -> dict[str, Any]:
+    """Hyper-parameters of a Pooling layer; ``stride`` None means ``kernel`` (torch's default)."""
+    kernel = pair(kernel)
+    params = {
+        "pool": pool, "kernel": kernel, "stride": pair(stride) if stride else kernel, "pad": pair(pad),
+        "dilation": pair(dilation), "ceil_mode": bool(ceil_mode), "count_include_pad": bool(count_include_pad),
+        "global_pooling": global_pooling,
+    }
+    if divisor_override:
+        params["divisor_override"] = divisor_override
+    return params

@@ -1,0 +1,31 @@
+"""PReLU: a learned negative slope per channel (or one shared)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from surgery.ir import Layer, Shape
+from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+
+
+@register_layer
+class PReLU(LayerType):
+    """Params: channel_shared. Blobs: weight [C] (or [1])."""
+
+    name = "PReLU"
+    torch_modules = (nn.PReLU,)
+    blob_roles = ("weight",)
+
+    def param_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> dict[str, Shape]:
+        return {"weight": (1,) if layer.params.get("channel_shared") else (in_shapes[0][1],)}
+
+    def default_filler(self, layer: Layer, role: str) -> dict[str, Any]:
+        return {"type": "constant", "value": 0.25}  # Caffe's and torch's default slope
+
+    def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
+        return ModuleRecipe(nn.PReLU, {"num_parameters": layer.blobs["weight"].shape[0]})
+
+    def import_torch_module(self, module: nn.PReLU) -> dict[str, Any]:
+        return {"channel_shared": module.num_parameters == 1}

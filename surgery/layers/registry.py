@@ -1,0 +1,171 @@
+"""The layer-type registry: one :class:`LayerType` subclass per file, registered by name.
+
+Importers and emitters dispatch through this registry and hold no per-type ``if``
+chains. A layer type owns everything about its layers: hyper-parameter defaults,
+parameter-blob shapes, shape inference, its PyTorch module, and how importers
+recognise it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import fx, nn
+
+from surgery.errors import ModelFormatError, ShapeError, did_you_mean
+from surgery.ir import Layer, Shape
+
+_REGISTRY: dict[str, "LayerType"] = {}
+
+
+@dataclass(frozen=True)
+class ModuleRecipe:
+    """A module class and the keyword arguments that construct it.
+
+    The class is a ``torch.nn`` class or one of ``surgery.emitters.torch_runtime``'s, so
+    the generated standalone source can construct it with only torch installed.
+    """
+
+    cls: type[nn.Module]
+    kwargs: dict[str, Any]
+
+    def build(self, device: str | torch.device = "meta") -> nn.Module:
+        with torch.device(device):
+            return self.cls(**self.kwargs)
+
+
+class LayerType:
+    """Base class of a layer type. Subclasses set ``name`` and override what applies.
+
+    Class attributes:
+        name: the registered type name (Caffe's, e.g. ``"Convolution"``).
+        torch_modules: ``nn.Module`` classes the torch importer maps to this type.
+        torch_functions: callables / method names (``"flatten"``) it maps to this type.
+        blob_roles: parameter-blob roles in storage order (``("weight", "bias")``).
+    """
+
+    name: ClassVar[str] = ""
+    torch_modules: ClassVar[tuple[type, ...]] = ()
+    torch_functions: ClassVar[tuple[Any, ...]] = ()
+    blob_roles: ClassVar[tuple[str, ...]] = ()
+
+    # ------------------------------------------------------------- shapes
+    def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
+        """Output shapes from input shapes. Default: one output shaped like input 0."""
+        self.expect_inputs(layer, in_shapes, 1)
+        return [in_shapes[0]]
+
+    def param_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> dict[str, Shape]:
+        """Shapes of the blobs a new layer of this type needs, from its input shapes."""
+        return {}
+
+    def default_filler(self, layer: Layer, role: str) -> dict[str, Any]:
+        """The filler for a new blob of ``role`` (a FillerParameter as a dict).
+
+        Weights default to xavier (never Caffe's silent constant 0); biases to 0.
+        """
+        if role == "bias":
+            return {"type": "constant", "value": 0.0}
+        return {"type": "xavier"}
+
+    def trainable_roles(self, layer: Layer) -> tuple[str, ...]:
+        """Blob roles that are parameters (the rest are buffers)."""
+        return tuple(role for role in layer.blobs)
+
+    # -------------------------------------------------------------- torch
+    def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe | None:
+        """How to construct the ``nn.Module`` computing this layer (its parameters are
+        attached afterwards from the blobs, without a copy), or None when the layer is
+        emitted as function calls instead (see :meth:`emit_fx`)."""
+        return None
+
+    def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
+        """Add the node(s) computing this layer to ``graph``; returns its output node.
+
+        Default: call the layer's module, registered under the layer's name (or under
+        ``extra["module_path"]`` when the layer calls a module another layer owns).
+        """
+        return graph.call_module(layer.extra.get("module_path", layer.name), tuple(inputs))
+
+    def import_torch_module(self, module: nn.Module) -> dict[str, Any]:
+        """Hyper-parameters of a layer made from ``module`` (torch importer hook)."""
+        raise NotImplementedError
+
+    def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+        """Hyper-parameters of a layer made from a traced call, or None when this call
+        (e.g. ``torch.flatten`` with unusual arguments) is not one this type can take.
+        ``args`` holds ``None`` where a tensor input stands."""
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- helpers
+    def expect_inputs(self, layer: Layer, in_shapes: list[Shape | None], count: int) -> None:
+        if len(in_shapes) != count:
+            raise ShapeError(f"takes {count} input(s), got {len(in_shapes)}", subject=layer.name)
+
+
+def register_layer(cls: type[LayerType]) -> type[LayerType]:
+    """Class decorator: register a layer type under ``cls.name``. Twice is an error."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} has no `name`")
+    if cls.name in _REGISTRY:
+        raise TypeError(f"layer type {cls.name!r} is registered twice ({cls.__name__})")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def layer_type(name: str) -> LayerType:
+    """The registered layer type called ``name``."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        hint = did_you_mean(name, _REGISTRY)
+        raise ModelFormatError(
+            f"unknown layer type {name!r}",
+            fix=hint or f"supported types: {', '.join(sorted(_REGISTRY))}",
+            subject=name,
+        ) from None
+
+
+def registered_types() -> dict[str, LayerType]:
+    return dict(_REGISTRY)
+
+
+def torch_module_map() -> dict[type, LayerType]:
+    """``nn.Module`` class -> layer type, for the torch importer."""
+    return {cls: kind for kind in _REGISTRY.values() for cls in kind.torch_modules}
+
+
+def torch_function_map() -> dict[Any, list[LayerType]]:
+    """Traced callable / method name -> candidate layer types, for the torch importer."""
+    found: dict[Any, list[LayerType]] = {}
+    for kind in _REGISTRY.values():
+        for fn in kind.torch_functions:
+            found.setdefault(fn, []).append(kind)
+    return found
+
+
+def pair(value: Any) -> tuple[int, int]:
+    """A 2-tuple from an int or a sequence of one or two ints."""
+    if isinstance(value, int):
+        return (value, value)
+    values = tuple(int(v) for v in value)
+    return values * 2 if len(values) == 1 else values  # type: ignore[return-value]
+
+
+
+class ActivationType(LayerType):
+    """A parameter-free elementwise layer computed by one torch module class."""
+
+    module_class: ClassVar[type[nn.Module]]
+
+    def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
+        return ModuleRecipe(self.module_class, {})
+
+    def import_torch_module(self, module: nn.Module) -> dict[str, Any]:
+        return {}
+
+    def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+        return {}

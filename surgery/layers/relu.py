@@ -1,0 +1,34 @@
+"""ReLU, with Caffe's negative_slope (torch's LeakyReLU)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from surgery.ir import Layer, Shape
+from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+
+
+@register_layer
+class ReLU(LayerType):
+    """Params: negative_slope (0 = plain ReLU)."""
+
+    name = "ReLU"
+    torch_modules = (nn.ReLU, nn.LeakyReLU)
+    torch_functions = (F.relu, torch.relu, F.leaky_relu, "relu")
+
+    def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
+        slope = layer.params.get("negative_slope", 0.0)
+        return ModuleRecipe(nn.LeakyReLU, {"negative_slope": slope}) if slope else ModuleRecipe(nn.ReLU, {})
+
+    def import_torch_module(self, module: nn.Module) -> dict[str, Any]:
+        return {"negative_slope": float(getattr(module, "negative_slope", 0.0))}
+
+    def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+        if target is F.leaky_relu:
+            slope = args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01)
+            return {"negative_slope": float(slope)}
+        return {"negative_slope": 0.0}

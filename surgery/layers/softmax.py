@@ -1,0 +1,33 @@
+"""Softmax over one axis (Caffe's default: the channel axis 1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from surgery.ir import Layer, Shape
+from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+
+
+@register_layer
+class Softmax(LayerType):
+    """Params: axis."""
+
+    name = "Softmax"
+    torch_modules = (nn.Softmax,)
+    torch_functions = (F.softmax, torch.softmax, "softmax")
+
+    def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
+        return ModuleRecipe(nn.Softmax, {"dim": layer.params.get("axis", 1)})
+
+    def import_torch_module(self, module: nn.Softmax) -> dict[str, Any] | None:
+        return None if module.dim is None else {"axis": module.dim}
+
+    def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+        dim = args[1] if len(args) > 1 else kwargs.get("dim")
+        if not isinstance(dim, int) or kwargs.get("dtype") is not None:
+            return None
+        return {"axis": dim}
