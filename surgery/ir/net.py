@@ -141,7 +141,7 @@ class Net:
             self._producer[blob] = layer.name
         for index, blob in enumerate(layer.inputs):
             self.graph.add_edge(self._producer[blob], layer.name, key=(blob, index))
-        self._changed()
+        self.invalidate()
         return layer
 
     def remove_layer(self, name: str) -> Layer:
@@ -159,7 +159,7 @@ class Net:
             del self._producer[blob]
         if self._outputs is not None:
             self._outputs = [b for b in self._outputs if b not in layer.outputs]
-        self._changed()
+        self.invalidate()
         return layer
 
     def set_input(self, consumer: str, index: int, blob: str) -> None:
@@ -171,7 +171,7 @@ class Net:
         self.graph.add_edge(self._producer[blob], consumer, key=(blob, index))
         if nx.has_path(self.graph, consumer, self._producer[blob]) and self._producer[blob] != consumer:
             raise SpecError(f"rewiring {consumer!r} to read {blob!r} would make a cycle", subject=consumer)
-        self._changed()
+        self.invalidate()
 
     def redirect_consumers(self, old_blob: str, new_blob: str, only: Iterable[str] | None = None) -> list[str]:
         """Make the consumers of ``old_blob`` read ``new_blob``; returns their names.
@@ -203,7 +203,7 @@ class Net:
                 self._producer[blob] = new
         if old in layer.outputs:
             self._rename_blob(old, new)
-        self._changed()
+        self.invalidate()
 
     def _rename_blob(self, old: str, new: str) -> None:
         if new in self._producer:
@@ -232,10 +232,11 @@ class Net:
         if self._outputs is not None:
             self._outputs = [b for b in self._outputs if b in self._producer]
         self.loss_weights = {b: w for b, w in self.loss_weights.items() if b in self._producer}
-        self._changed()
+        self.invalidate()
         return dropped
 
-    def _changed(self) -> None:
+    def invalidate(self) -> None:
+        """Forget cached shapes (call after changing blobs or params in place)."""
         self._shapes = None
 
     # ---------------------------------------------------------- shape inference

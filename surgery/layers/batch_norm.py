@@ -67,3 +67,13 @@ class BatchNorm(LayerType):
         if not module.track_running_stats:
             return None
         return {"eps": module.eps, "momentum": module.momentum, "affine": module.affine, "use_global_stats": None}
+
+    caffe_param_field = "batch_norm_param"
+
+    def from_caffe(self, param: Any) -> dict[str, Any]:
+        # Caffe's BatchNorm has no affine part (a Scale layer follows) and its running
+        # averages move by 1 - moving_average_fraction per step.
+        return {
+            "eps": param.eps, "momentum": 1.0 - param.moving_average_fraction, "affine": False,
+            "use_global_stats": param.use_global_stats if param.HasField("use_global_stats") else None,
+        }

@@ -35,3 +35,8 @@ class Concat(LayerType):
     def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
         dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
         return {"axis": dim} if isinstance(dim, int) else None
+
+    caffe_param_field = "concat_param"
+
+    def from_caffe(self, param: Any) -> dict[str, Any]:
+        return {"axis": param.axis if param.HasField("axis") or not param.HasField("concat_dim") else param.concat_dim}

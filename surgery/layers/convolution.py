@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from surgery.errors import ShapeError
+from surgery.errors import ModelFormatError, ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, pair, register_layer
 
@@ -77,6 +77,24 @@ class Convolution(LayerType):
             "padding_mode": module.padding_mode,
         }
 
+    caffe_param_field = "convolution_param"
+
+    def from_caffe(self, param: Any) -> dict[str, Any]:
+        if param.axis != 1:
+            raise ModelFormatError("only axis 1 (N, C, H, W) convolutions are supported")
+        return {
+            "num_output": param.num_output,
+            "kernel": caffe_pair(param.kernel_size, param.kernel_h, param.kernel_w, param.HasField("kernel_h"), None),
+            "stride": caffe_pair(param.stride, param.stride_h, param.stride_w, param.HasField("stride_h"), 1),
+            "pad": caffe_pair(param.pad, param.pad_h, param.pad_w, param.HasField("pad_h"), 0),
+            "dilation": caffe_pair(param.dilation, 1, 1, False, 1),
+            "group": param.group,
+            "bias_term": param.bias_term,
+        }
+
+    def caffe_fillers(self, param: Any) -> dict[str, Any]:
+        return {role: getattr(param, f"{role}_filler") for role in ("weight", "bias") if param.HasField(f"{role}_filler")}
+
 
 def conv_params(num_output: int, kernel: int | tuple = 3, stride: int | tuple = 1, pad: int | tuple = 0,
                 dilation: int | tuple = 1, group: int = 1, bias_term: bool = True) -> dict[str, Any]:
@@ -85,3 +103,15 @@ def conv_params(num_output: int, kernel: int | tuple = 3, stride: int | tuple = 
         "num_output": num_output, "kernel": pair(kernel), "stride": pair(stride), "pad": pair(pad),
         "dilation": pair(dilation), "group": group, "bias_term": bias_term,
     }
+
+
+def caffe_pair(repeated: Any, h: int, w: int, has_hw: bool, default: int | None) -> tuple[int, int]:
+    """(h, w) from Caffe's repeated value (one for both axes, or one per axis) or *_h/*_w."""
+    if has_hw:
+        return (int(h), int(w))
+    values = [int(v) for v in repeated]
+    if not values:
+        if default is None:
+            raise ModelFormatError("a kernel size is required (kernel_size, or kernel_h and kernel_w)")
+        return (default, default)
+    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])

@@ -28,3 +28,8 @@ class Dropout(LayerType):
     def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
         # The traced `training=` flag is dropped: the emitted module follows train()/eval().
         return {"ratio": float(args[1] if len(args) > 1 else kwargs.get("p", 0.5))}
+
+    caffe_param_field = "dropout_param"
+
+    def from_caffe(self, param: Any) -> dict[str, Any]:
+        return {"ratio": param.dropout_ratio}

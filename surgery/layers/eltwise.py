@@ -66,3 +66,9 @@ class Eltwise(LayerType):
         if alpha != 1:
             return {"operation": "SUM", "coeff": [1.0, alpha]} if operation == "SUM" else None
         return {"operation": operation, "coeff": []}
+
+    caffe_param_field = "eltwise_param"
+
+    def from_caffe(self, param: Any) -> dict[str, Any]:
+        operation = param.DESCRIPTOR.fields_by_name["operation"].enum_type.values_by_number[param.operation].name
+        return {"operation": operation, "coeff": [float(c) for c in param.coeff]}

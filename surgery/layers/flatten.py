@@ -42,3 +42,8 @@ class Flatten(LayerType):
         if not isinstance(start, int) or not isinstance(end, int):
             return None
         return {"axis": start, "end_axis": end}
+
+    caffe_param_field = "flatten_param"
+
+    def from_caffe(self, param: Any) -> dict[str, Any]:
+        return {"axis": param.axis, "end_axis": param.end_axis}

@@ -71,3 +71,13 @@ class InnerProduct(LayerType):
     def import_torch_module(self, module: nn.Linear) -> dict[str, Any]:
         return {"num_output": module.out_features, "bias_term": module.bias is not None, "axis": -1}
 
+    caffe_param_field = "inner_product_param"
+
+    def from_caffe(self, param: Any) -> dict[str, Any]:
+        if param.transpose:
+            raise ShapeError("transpose: true InnerProduct layers are not supported")
+        return {"num_output": param.num_output, "bias_term": param.bias_term, "axis": param.axis}
+
+    def caffe_fillers(self, param: Any) -> dict[str, Any]:
+        return {role: getattr(param, f"{role}_filler") for role in ("weight", "bias") if param.HasField(f"{role}_filler")}
+

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import fx
 
+from surgery.errors import ModelFormatError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, register_layer
 
@@ -19,3 +22,10 @@ class Input(LayerType):
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
         return graph.placeholder(layer.outputs[0])
+
+    caffe_param_field = "input_param"
+
+    def from_caffe(self, param: Any) -> dict[str, Any]:
+        if len(param.shape) > 1:
+            raise ModelFormatError("an Input layer with several shapes: give each input its own layer")
+        return {"shape": tuple(int(d) for d in param.shape[0].dim)} if param.shape else {}

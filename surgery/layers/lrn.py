@@ -32,3 +32,10 @@ class LRN(LayerType):
     def import_torch_module(self, module: nn.LocalResponseNorm) -> dict[str, Any]:
         return {"local_size": module.size, "alpha": module.alpha, "beta": module.beta, "k": module.k,
                 "norm_region": "ACROSS_CHANNELS"}
+
+    caffe_param_field = "lrn_param"
+
+    def from_caffe(self, param: Any) -> dict[str, Any]:
+        region = param.DESCRIPTOR.fields_by_name["norm_region"].enum_type.values_by_number[param.norm_region].name
+        return {"local_size": param.local_size, "alpha": param.alpha, "beta": param.beta, "k": param.k,
+                "norm_region": region}

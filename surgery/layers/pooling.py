@@ -84,6 +84,20 @@ class Pooling(LayerType):
                               count_include_pad=values.get("count_include_pad", True),
                               divisor_override=values.get("divisor_override"))
 
+    caffe_param_field = "pooling_param"
+
+    def from_caffe(self, param: Any) -> dict[str, Any]:
+        pool = param.DESCRIPTOR.fields_by_name["pool"].enum_type.values_by_number[param.pool].name
+        if pool not in ("MAX", "AVE"):
+            raise ShapeError(f"{pool} pooling is not supported (Caffe has no CPU implementation of it either)")
+        if param.global_pooling:
+            return pooling_params(pool, 1, 1, 0, global_pooling=True)
+        kernel = (param.kernel_h, param.kernel_w) if param.HasField("kernel_h") else param.kernel_size
+        stride = (param.stride_h, param.stride_w) if param.HasField("stride_h") else param.stride
+        pad = (param.pad_h, param.pad_w) if param.HasField("pad_h") else param.pad
+        # Caffe rounds up (CEIL, its default) and its AVE divisor counts padding cells.
+        return pooling_params(pool, kernel, stride, pad, ceil_mode=param.round_mode == 0, count_include_pad=True)
+
 
 def pooling_params(pool: str, kernel: Any, stride: Any = None, pad: Any = 0, *, dilation: Any = 1,
                    ceil_mode: bool = False, count_include_pad: bool = True, global_pooling: bool = False,

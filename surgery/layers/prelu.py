@@ -29,3 +29,11 @@ class PReLU(LayerType):
 
     def import_torch_module(self, module: nn.PReLU) -> dict[str, Any]:
         return {"channel_shared": module.num_parameters == 1}
+
+    caffe_param_field = "prelu_param"
+
+    def from_caffe(self, param: Any) -> dict[str, Any]:
+        return {"channel_shared": param.channel_shared}
+
+    def caffe_fillers(self, param: Any) -> dict[str, Any]:
+        return {"weight": param.filler} if param.HasField("filler") else {}

@@ -100,6 +100,19 @@ class LayerType:
         ``args`` holds ``None`` where a tensor input stands."""
         raise NotImplementedError
 
+    # -------------------------------------------------------------- caffe
+    #: The LayerParameter field holding this type's hyper-parameters ("convolution_param").
+    caffe_param_field: ClassVar[str | None] = None
+
+    def from_caffe(self, param: Any) -> dict[str, Any]:
+        """Hyper-parameters from this type's Caffe ``*_param`` message (None when the
+        type has none). Spec files write new layers this way."""
+        return {}
+
+    def caffe_fillers(self, param: Any) -> dict[str, Any]:
+        """Fillers a Caffe ``*_param`` message names, by blob role (FillerParameter messages)."""
+        return {}
+
     # -------------------------------------------------------------- helpers
     def expect_inputs(self, layer: Layer, in_shapes: list[Shape | None], count: int) -> None:
         if len(in_shapes) != count:

@@ -32,3 +32,8 @@ class ReLU(LayerType):
             slope = args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01)
             return {"negative_slope": float(slope)}
         return {"negative_slope": 0.0}
+
+    caffe_param_field = "relu_param"
+
+    def from_caffe(self, param: Any) -> dict[str, Any]:
+        return {"negative_slope": float(param.negative_slope)}

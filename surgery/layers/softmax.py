@@ -31,3 +31,8 @@ class Softmax(LayerType):
         if not isinstance(dim, int) or kwargs.get("dtype") is not None:
             return None
         return {"axis": dim}
+
+    caffe_param_field = "softmax_param"
+
+    def from_caffe(self, param: Any) -> dict[str, Any]:
+        return {"axis": param.axis}

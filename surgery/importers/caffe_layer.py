@@ -1,0 +1,55 @@
+"""One Caffe ``LayerParameter`` to an IR :class:`Layer` (hyper-parameters, param specs,
+fillers). Spec files write new layers in this syntax; the Caffe importer uses it for
+every layer of a prototxt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from surgery.errors import SpecError
+from surgery.ir import Layer
+from surgery.layers import layer_type
+from surgery.math.fillers import Filler
+
+
+@dataclass
+class CaffeLayer:
+    """A layer read from Caffe syntax, before it has blobs.
+
+    Attributes:
+        layer: the IR layer (no blobs yet).
+        fillers: fillers the message names, by blob role.
+        param_specs: ``(lr_mult, decay_mult)`` per blob position, from ``param { }``.
+    """
+
+    layer: Layer
+    fillers: dict[str, Filler] = field(default_factory=dict)
+    param_specs: list[tuple[float, float]] = field(default_factory=list)
+
+
+def layer_from_caffe(message: Any) -> CaffeLayer:
+    """Convert a ``surgery.caffe.LayerParameter`` message.
+
+    Raises:
+        SpecError: no name, or a type surgery does not know (with a did-you-mean).
+    """
+    if not message.name:
+        raise SpecError("a layer needs a name", fix='add `name: "..."` to the layer')
+    kind = layer_type(message.type)
+    param_field = kind.caffe_param_field
+    params: dict[str, Any] = {}
+    fillers: dict[str, Filler] = {}
+    if param_field is not None:
+        param = getattr(message, param_field)
+        params = kind.from_caffe(param)
+        fillers = {role: Filler.from_proto(f) for role, f in kind.caffe_fillers(param).items()}
+    layer = Layer(
+        name=message.name,
+        type=kind.name,
+        inputs=list(message.bottom),
+        outputs=list(message.top),
+        params=params,
+    )
+    specs = [(p.lr_mult, p.decay_mult) for p in message.param]
+    return CaffeLayer(layer, fillers, specs)
