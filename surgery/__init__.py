@@ -1,0 +1,41 @@
+"""surgery: declarative model surgery.
+
+Load a pretrained network (PyTorch, ONNX, Caffe) as a graph, edit it with a spec file
+or these functions, and emit a trainable PyTorch model (and ONNX), with a report of
+where every weight came from.
+
+Example:
+    >>> import surgery
+    >>> result = surgery.apply("specs/digits_parity.prototxt", "out/digits_parity")
+    >>> print(result.report.format_table())
+"""
+
+from surgery.api import (
+    ApplyResult,
+    Plan,
+    append,
+    apply,
+    classifier,
+    cut,
+    edit,
+    insert,
+    load,
+    lr,
+    plan,
+    remove,
+    report,
+    save_torch,
+    to_torch,
+)
+from surgery.emitters.torch_module import load_torch_folder
+from surgery.errors import ModelFormatError, ShapeError, SpecError, SurgeryError
+from surgery.ir import Layer, Net, ParamBlob
+from surgery.report import Report
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ApplyResult", "Layer", "ModelFormatError", "Net", "ParamBlob", "Plan", "Report", "ShapeError", "SpecError",
+    "SurgeryError", "append", "apply", "classifier", "cut", "edit", "insert", "load", "load_torch_folder", "lr",
+    "plan", "remove", "report", "save_torch", "to_torch",
+]

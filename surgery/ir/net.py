@@ -8,6 +8,8 @@ the index networkx runs its algorithms on, and only this class keeps the two in 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import itertools
 from collections.abc import Iterable, Iterator
 
@@ -238,6 +240,42 @@ class Net:
     def invalidate(self) -> None:
         """Forget cached shapes (call after changing blobs or params in place)."""
         self._shapes = None
+
+    # ------------------------------------------------------------ transactions
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Undo every change made inside the block if it raises.
+
+        The snapshot copies the graph and the layer records but no tensor data (a blob
+        whose values change gets a new tensor, never an in-place write), so it is cheap
+        even for large nets.
+        """
+        saved = self._snapshot()
+        try:
+            yield
+        except BaseException:
+            self._restore(saved)
+            raise
+
+    def _snapshot(self) -> tuple:
+        layers = {}
+        for name in self.graph.nodes:
+            layer = self.graph.nodes[name]["layer"]
+            fields = dict(vars(layer))
+            fields.update(
+                inputs=list(layer.inputs), outputs=list(layer.outputs), params=copy.deepcopy(layer.params),
+                blobs={role: copy.copy(blob) for role, blob in layer.blobs.items()}, extra=dict(layer.extra),
+            )
+            layers[name] = (layer, fields)
+        return (self.graph.copy(), dict(self._producer), self._outputs and list(self._outputs),
+                dict(self.loss_weights), layers)
+
+    def _restore(self, saved: tuple) -> None:
+        graph, producer, outputs, loss_weights, layers = saved
+        for original, fields in layers.values():
+            original.__dict__.update(fields)
+        self.graph, self._producer, self._outputs, self.loss_weights = graph, producer, outputs, loss_weights
+        self.invalidate()
 
     # ---------------------------------------------------------- shape inference
     def shapes(self) -> dict[str, Shape | None]:

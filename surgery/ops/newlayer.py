@@ -52,3 +52,36 @@ def init_new_blobs(
         notes.append(f"{role} {tuple(shape)} <- {filler.describe()}")
     net.invalidate()
     return notes
+
+
+def resolve_bottom(net: Net, name: str) -> str:
+    """A blob name; a layer name with one output stands for that output."""
+    if net.has_blob(name):
+        return name
+    if name in net and len(net.layer(name).outputs) == 1:
+        return net.layer(name).outputs[0]
+    from surgery.errors import unknown_layer
+
+    raise unknown_layer(name, set(net.blob_names()) | set(net.layer_names()), what="blob or layer")
+
+
+def add_caffe_layers(net: Net, messages: list, first_bottom: str, seed: int, allow_zero: bool = False) -> list[tuple[Layer, list[str]]]:
+    """Add layers written in Caffe syntax as a chain: a layer without ``bottom`` reads the
+    previous layer's top (the first one reads ``first_bottom``); a layer without ``top``
+    writes a blob named after itself. Returns each layer with its blob-init notes."""
+    from surgery.importers.caffe_layer import layer_from_caffe
+
+    added = []
+    previous = first_bottom
+    for message in messages:
+        parsed = layer_from_caffe(message)
+        layer = parsed.layer
+        layer.inputs = [resolve_bottom(net, b) for b in layer.inputs] or [previous]
+        layer.outputs = layer.outputs or [layer.name]
+        net.add_layer(layer)
+        net.shapes()  # a new layer that does not fit its input fails here, by name
+        notes = init_new_blobs(net, layer, seed, parsed.fillers, parsed.param_specs, allow_zero)
+        net.shapes()
+        added.append((layer, notes))
+        previous = layer.outputs[0]
+    return added

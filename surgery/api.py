@@ -1,0 +1,321 @@
+"""The Python API: what scripts and the CLI both call.
+
+Scripted surgery without a spec file::
+
+    import surgery
+    from surgery.zoo import DigitsCNN
+
+    net = surgery.load(DigitsCNN(), input_shape=(1, 1, 8, 8))
+    surgery.classifier(net, layer=["classifier.fc2"], num_output=2, seed=7)
+    surgery.lr(net, up_to="features.pool2", lr_mult=0)
+    model = surgery.to_torch(net)                     # a trainable nn.Module
+    optimizer = torch.optim.SGD(model.param_groups(lr=0.01), momentum=0.9)
+
+A spec file is the same list of calls: ``surgery.apply("specs/x.prototxt", "out/x")``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format, text_format
+from torch import nn
+
+import surgery.layers  # noqa: F401  (registers the layer types)
+from surgery import ops
+from surgery.emitters.torch_module import emit_torch, save_torch_folder
+from surgery.errors import SpecError, SurgeryError
+from surgery.importers.sources import load_source, load_torch_source
+from surgery.importers.torch_fx import import_torch
+from surgery.ir import Net
+from surgery.ops.base import Action, OpContext
+from surgery.report import Report, build_report
+from surgery.spec import LoadedSpec, load_spec, spec_class
+from surgery.spec.loader import spec_to_dict
+
+Progress = Callable[[str], None]
+_EDIT_MESSAGES = {"classifier": "Classifier", "lr": "Lr", "cut": "Cut", "append": "Append", "insert": "Insert",
+                  "remove": "Remove"}
+
+
+# ------------------------------------------------------------------ loading
+def load(model: Any, input_shape: Iterable[int] | None = None, *, weights: str | Path | None = None,
+         name: str | None = None) -> Net:
+    """Load a network as a :class:`Net`.
+
+    Args:
+        model: an ``nn.Module``; a factory reference ``"package.module:callable"`` or
+            ``"file.py:callable"``; an ``.onnx`` file; or a Caffe ``.prototxt``.
+        input_shape: the input's shape, batch axis first (needed for torch models).
+        weights: a state_dict file (torch factory) or a ``.caffemodel`` (Caffe).
+        name: the net's name.
+
+    Example:
+        >>> net = surgery.load("torchvision.models:resnet18", (1, 3, 224, 224))
+    """
+    shape = tuple(input_shape) if input_shape is not None else ()
+    if isinstance(model, nn.Module):
+        if not shape:
+            raise SpecError("loading a torch module needs input_shape", fix="pass input_shape=(1, 3, 224, 224)")
+        return import_torch(model, shape, name=name)
+    reference = str(model)
+    suffix = Path(reference).suffix.lower()
+    if suffix == ".onnx":
+        from surgery.importers.onnx_model import import_onnx
+
+        return import_onnx(Path(reference), input_shape=shape or None)
+    if suffix in (".prototxt", ".pbtxt"):
+        from surgery.importers.caffe import import_caffe
+
+        return import_caffe(Path(reference), Path(weights) if weights else None, input_shape=shape or None)
+    return load_torch_source(reference, "", str(weights or ""), shape, Path.cwd(), name)
+
+
+# -------------------------------------------------------------------- edits
+def edit(net: Net, op: str, *, seed: int = 0, **fields: Any) -> list[Action]:
+    """Apply one spec operation by name, with the spec's fields as keyword arguments.
+
+    The fields go through the same schema as spec files (unknown names are rejected).
+    If the operation fails, the net is left exactly as it was.
+
+    Example:
+        >>> surgery.edit(net, "lr", match=["features.*"], lr_mult=0)
+    """
+    if op not in _EDIT_MESSAGES:
+        from surgery.errors import did_you_mean
+
+        raise SpecError(f"unknown operation {op!r}", fix=did_you_mean(op, _EDIT_MESSAGES) or
+                        f"operations: {', '.join(_EDIT_MESSAGES)}")
+    message = spec_class(_EDIT_MESSAGES[op])()
+    try:
+        json_format.ParseDict({k: v for k, v in fields.items() if v is not None}, message)
+    except json_format.ParseError as error:
+        raise SpecError(f"{op}: {error}") from None
+    return run_edit(net, op, message, OpContext(seed))
+
+
+def run_edit(net: Net, op: str, message: Any, ctx: OpContext) -> list[Action]:
+    """Run one operation as a transaction: on error the net is unchanged."""
+    with net.transaction():
+        return ops.op_function(op)(net, message, ctx)
+
+
+def _layers(layers: Iterable[dict | str]) -> list[dict]:
+    out = []
+    for item in layers:
+        if isinstance(item, str):  # Caffe syntax: 'name: "fc" type: "InnerProduct" ...'
+            message = spec_class("Append")()
+            text_format.Parse(f"layer {{ {item} }}", message)
+            out.append(json_format.MessageToDict(message.layer[0], preserving_proto_field_name=True))
+        else:
+            out.append(item)
+    return out
+
+
+def classifier(net: Net, layer: str | list[str], *, rename: str | list[str] | None = None,
+               num_output: int | None = None, weight_filler: dict | None = None, bias_filler: dict | None = None,
+               seed: int = 0) -> list[Action]:
+    """Rename and/or resize classifier layers with fresh filler weights.
+
+    Example:
+        >>> surgery.classifier(net, ["loss1/classifier", "loss2/classifier", "loss3/classifier"],
+        ...                    rename=["loss1/flowers", "loss2/flowers", "loss3/flowers"], num_output=102)
+    """
+    return edit(net, "classifier", seed=seed, layer=_list(layer), rename=_list(rename), num_output=num_output,
+                weight_filler=weight_filler, bias_filler=bias_filler)
+
+
+def lr(net: Net, *, layer: str | list[str] | None = None, match: str | list[str] | None = None,
+       regex: str | list[str] | None = None, up_to: str | None = None, lr_mult: float | None = None,
+       decay_mult: float | None = None, blob: str | None = None) -> list[Action]:
+    """Set lr_mult / decay_mult (0 = frozen) by name, glob, regex or "up to layer X"."""
+    return edit(net, "lr", layer=_list(layer), match=_list(match), regex=_list(regex), up_to=up_to,
+                lr_mult=lr_mult, decay_mult=decay_mult, blob=blob)
+
+
+def cut(net: Net, at: str) -> list[Action]:
+    """Keep the net up to and including layer ``at``."""
+    return edit(net, "cut", at=at)
+
+
+def append(net: Net, layers: Iterable[dict | str], *, seed: int = 0) -> list[Action]:
+    """Stack new layers (Caffe syntax, as dicts or prototxt text) on the net's output."""
+    return edit(net, "append", seed=seed, layer=_layers(layers))
+
+
+def insert(net: Net, after: str, layers: Iterable[dict | str], *, before: str | None = None,
+           seed: int = 0) -> list[Action]:
+    """Insert new layers between ``after`` and its consumers (or only ``before``)."""
+    return edit(net, "insert", seed=seed, after=after, before=before, layer=_layers(layers))
+
+
+def remove(net: Net, *, layer: str | list[str] | None = None, branch: str | list[str] | None = None) -> list[Action]:
+    """Bypass one-in-one-out layers, or delete branches with everything downstream."""
+    return edit(net, "remove", layer=_list(layer), branch=_list(branch))
+
+
+def _list(value: Any) -> list | None:
+    if value is None:
+        return None
+    return [value] if isinstance(value, str) else list(value)
+
+
+# ------------------------------------------------------------------ outputs
+def to_torch(net: Net, copy: bool = True) -> nn.Module:
+    """The net as a trainable ``nn.Module`` (see :func:`surgery.emitters.torch_module.emit_torch`).
+
+    The module has ``param_groups(lr, weight_decay)`` for torch.optim; frozen parameters
+    have ``requires_grad=False``. ``copy=False`` shares storage with the source weights.
+    """
+    return emit_torch(net, copy_weights=copy)
+
+
+def save_torch(net: Net, folder: str | Path) -> Path:
+    """Write a standalone folder (``model.py`` + ``weights.pt``) that loads with only torch."""
+    return save_torch_folder(net, Path(folder))
+
+
+def report(net: Net, actions: list[Action] | None = None) -> Report:
+    """The per-layer report of ``net`` (type, shape, params, origin, lr, trainable)."""
+    return build_report(net, actions)
+
+
+# -------------------------------------------------------------------- specs
+@dataclass
+class Plan:
+    """A validated spec applied in memory: the edited net and its report."""
+
+    spec: LoadedSpec
+    net: Net
+    report: Report
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _step(progress: Progress | None, text: str) -> None:
+    if progress is not None:
+        progress(text)
+
+
+def plan(spec_path: str | Path, progress: Progress | None = None) -> Plan:
+    """Load the spec and its source, apply every edit in memory, build the report.
+
+    Reads no weights and writes nothing. Errors carry the spec's ``file:line:col``.
+    """
+    loaded = load_spec(spec_path)
+    message = loaded.message
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    _step(progress, f"loading the source model of {loaded.path}")
+    try:
+        net = load_source(message.source, loaded.base_dir, name=message.name or None)
+    except SurgeryError as error:
+        error.location = error.location or str(loaded.path)
+        raise
+    timings["load"] = time.perf_counter() - start
+    actions: list[Action] = []
+    ctx = OpContext(seed=message.seed)
+    for index, item in enumerate(message.edit):
+        op = item.WhichOneof("op")
+        if op is None:
+            raise SpecError("empty edit", location=loaded.locator.edit(index), fix="put one operation inside edit { }")
+        _step(progress, f"edit {index + 1}/{len(message.edit)}: {op}")
+        try:
+            actions += run_edit(net, op, getattr(item, op), ctx)
+        except SurgeryError as error:
+            error.location = error.location or loaded.locator.find(index, error.subject)
+            raise
+    timings["edits"] = time.perf_counter() - start - timings["load"]
+    return Plan(loaded, net, build_report(net, actions, spec_to_dict(message)), timings)
+
+
+@dataclass
+class ApplyResult:
+    """What ``apply`` wrote."""
+
+    out_dir: Path
+    files: list[Path]
+    report: Report
+    timings: dict[str, float]
+
+
+def apply(spec_path: str | Path, out_dir: str | Path, *, force: bool = False,
+          progress: Progress | None = None) -> ApplyResult:
+    """Apply a spec and write its outputs into ``out_dir``, atomically.
+
+    Everything is built in a temporary sibling folder that replaces ``out_dir`` only
+    when complete, so a failure leaves no half-written output. Inputs are never
+    modified.
+
+    Args:
+        spec_path: the spec file (prototxt, YAML or JSON).
+        out_dir: the output folder; it must not exist (or be empty) unless ``force``.
+        force: replace an existing, non-empty ``out_dir``.
+        progress: called with a line of text at each step.
+
+    Example:
+        >>> result = surgery.apply("specs/digits_parity.prototxt", "out/digits_parity")
+        >>> print(result.report.format_table())
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise SurgeryError(f"output folder {str(out)!r} already exists and is not empty",
+                           fix="choose another -o folder, or pass --force to replace it")
+    planned = plan(spec_path, progress)
+    timings = dict(planned.timings)
+    start = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        files = _write_outputs(planned, staging, progress)
+        _replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    timings["write"] = time.perf_counter() - start
+    return ApplyResult(out, [out / f.relative_to(staging) for f in files], planned.report, timings)
+
+
+def _write_outputs(planned: Plan, staging: Path, progress: Progress | None) -> list[Path]:
+    output = planned.spec.message.output
+    files: list[Path] = []
+    torch_dir = staging / (output.pytorch.path if output.HasField("pytorch") else "torch")
+    _step(progress, f"writing the PyTorch model to {torch_dir.name}/")
+    save_torch_folder(planned.net, torch_dir)
+    files += sorted(torch_dir.iterdir())
+    if output.HasField("onnx"):
+        from surgery.emitters.onnx_model import emit_onnx
+
+        onnx = output.onnx
+        _step(progress, f"writing {onnx.path}")
+        files.append(emit_onnx(planned.net, staging / onnx.path, **_onnx_options(onnx)))
+    report_file = staging / "report.json"
+    report_file.write_text(planned.report.to_json())
+    files.append(report_file)
+    return files
+
+
+def _onnx_options(onnx: Any) -> dict[str, Any]:
+    options: dict[str, Any] = {"keep_train_branches": onnx.keep_train_branches}
+    if onnx.HasField("opset"):
+        options["opset"] = onnx.opset
+    if onnx.HasField("ir_version"):
+        options["ir_version"] = onnx.ir_version
+    if onnx.HasField("external_data"):
+        options["external_data"] = onnx.external_data
+    return options
+
+
+def _replace_dir(staging: Path, out: Path) -> None:
+    if out.exists():
+        backup = out.with_name(f".{out.name}.old-{time.time_ns()}")
+        out.rename(backup)
+        staging.rename(out)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        staging.rename(out)

@@ -1,0 +1,134 @@
+"""The ``surgery`` command.
+
+    surgery inspect MODEL           the layers, shapes and params a spec can name
+    surgery plan SPEC               validate a spec and print its report; write nothing
+    surgery apply SPEC -o DIR       write the edited model (torch folder, report.json)
+
+User errors print one message (``file:line:col: what`` and the fix) and exit with
+code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from surgery.errors import SurgeryError
+
+EXIT_USER_ERROR = 2
+
+
+class _Progress:
+    """Step lines on stderr with the time since start (silent with --quiet)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.start = time.perf_counter()
+
+    def __call__(self, text: str) -> None:
+        if not self.quiet:
+            print(f"[{time.perf_counter() - self.start:6.2f}s] {text}", file=sys.stderr, flush=True)
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape like 1,3,224,224") from None
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape like 1,3,224,224")
+    return shape
+
+
+def _is_spec_file(path: Path) -> bool:
+    """A spec names a `source`; a Caffe prototxt has layers instead."""
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml", ".json"):
+        return True
+    if suffix not in (".prototxt", ".pbtxt", ".txt") or not path.is_file():
+        return False
+    return re.search(r"^\s*source\s*[{:]", path.read_text(errors="replace"), re.MULTILINE) is not None
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from surgery import api
+
+    if _is_spec_file(Path(args.model)):
+        from surgery.importers.sources import load_source
+        from surgery.spec import load_spec
+
+        loaded = load_spec(args.model)
+        net = load_source(loaded.message.source, loaded.base_dir, name=loaded.message.name or None)
+    else:
+        net = api.load(args.model, args.input_shape, weights=args.weights)
+    print(api.report(net).format_table(only_params=args.params_only))
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from surgery import api
+
+    planned = api.plan(args.spec, progress=_Progress(args.quiet))
+    print(planned.report.format_table(only_params=args.params_only))
+    return 0
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    from surgery import api
+
+    progress = _Progress(args.quiet)
+    result = api.apply(args.spec, args.out, force=args.force, progress=progress)
+    if not args.quiet:
+        print(result.report.format_table(only_params=args.params_only))
+    print(f"wrote {result.out_dir}/: " + ", ".join(str(f.relative_to(result.out_dir)) for f in result.files))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="surgery", description="Declarative model surgery.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    inspect = sub.add_parser("inspect", help="list layers, shapes and params (reads no weights)")
+    inspect.add_argument("model", help="a spec file, an .onnx file, a Caffe .prototxt, or a torch factory "
+                         "'package.module:callable'")
+    inspect.add_argument("--input-shape", type=_shape, help="input shape, e.g. 1,3,224,224 (torch models)")
+    inspect.add_argument("--weights", help="state_dict (torch) or .caffemodel (Caffe)")
+    inspect.add_argument("--params-only", action="store_true", help="only layers with parameters")
+    inspect.set_defaults(run=_cmd_inspect)
+
+    plan = sub.add_parser("plan", help="validate a spec and print its report; writes nothing")
+    plan.add_argument("spec")
+    plan.add_argument("-q", "--quiet", action="store_true")
+    plan.add_argument("--params-only", action="store_true", help="only layers with parameters")
+    plan.set_defaults(run=_cmd_plan)
+
+    apply = sub.add_parser("apply", help="apply a spec and write the outputs")
+    apply.add_argument("spec")
+    apply.add_argument("-o", "--out", required=True, help="output folder (written atomically)")
+    apply.add_argument("--force", action="store_true", help="replace an existing output folder")
+    apply.add_argument("-q", "--quiet", action="store_true")
+    apply.add_argument("--params-only", action="store_true", help="only layers with parameters in the table")
+    apply.set_defaults(run=_cmd_apply)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``surgery`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except SurgeryError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""From a spec's ``source { }`` block (or a CLI argument) to a :class:`Net`.
+
+Weights are never read here: a torch factory is built on the meta device and its
+state_dict memory-mapped, so ``inspect`` and ``plan`` cost the same on any model size
+and ``apply`` reads each untouched weight once, when it writes it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from surgery.errors import ModelFormatError, SpecError
+from surgery.importers.torch_fx import import_torch
+from surgery.ir import Net
+
+
+def resolve_factory(reference: str, base_dir: Path) -> Callable[..., nn.Module]:
+    """``"package.module:callable"`` or ``"path/to/file.py:callable"`` to the callable."""
+    module_ref, sep, attr = reference.rpartition(":")
+    if not sep or not module_ref or not attr:
+        raise SpecError(
+            f"factory {reference!r} is not of the form 'module:callable'",
+            fix='write e.g. factory: "torchvision.models:resnet18" or "models/net.py:build"',
+            subject=reference,
+        )
+    if module_ref.endswith(".py"):
+        path = (base_dir / module_ref).resolve()
+        if not path.exists():
+            raise SpecError(f"factory file {str(path)!r} does not exist", subject=reference)
+        name = f"surgery_factory_{abs(hash(str(path)))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_ref)
+        except ImportError as error:
+            raise SpecError(f"cannot import {module_ref!r}: {error}", subject=reference,
+                            fix="install the package that provides it") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        from surgery.errors import did_you_mean
+
+        raise SpecError(
+            f"{module_ref!r} has no attribute {attr!r}",
+            fix=did_you_mean(attr, [n for n in dir(module) if not n.startswith("_")]),
+            subject=reference,
+        ) from None
+
+
+def _kwargs(text: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SpecError(f"kwargs is not valid JSON: {error.msg}", fix='write e.g. kwargs: \'{"num_classes": 10}\'',
+                        subject=text) from None
+    if not isinstance(value, dict):
+        raise SpecError("kwargs must be a JSON object", subject=text)
+    return value
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state_dict file, memory-mapped (no weight is read until used)."""
+    if not path.exists():
+        raise SpecError(f"weights file {str(path)!r} does not exist", subject=str(path))
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as error:  # torch raises many types for a corrupt file
+        raise ModelFormatError(f"cannot read weights file {str(path)!r}: {type(error).__name__}: {error}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFormatError(f"{str(path)!r} is not a state_dict (a dict of tensors)",
+                               fix="save it with torch.save(model.state_dict(), path)")
+    return state
+
+
+def load_torch_source(factory: str, kwargs: str, weights: str, input_shape: tuple[int, ...], base_dir: Path,
+                      name: str | None = None) -> Net:
+    """Build the model (on the meta device when a weights file is given) and trace it."""
+    build = resolve_factory(factory, base_dir)
+    arguments = _kwargs(kwargs)
+    if not input_shape:
+        raise SpecError("a torch source needs input_shape (batch axis first)", fix="add input_shape: [1, 3, 224, 224]")
+    try:
+        if weights:
+            state = load_state_dict((base_dir / weights))
+            with torch.device("meta"):
+                model = build(**arguments)
+            _check_keys(model, state, weights)
+            return import_torch(model, input_shape, state_dict=state, name=name)
+        model = build(**arguments)
+    except TypeError as error:
+        raise SpecError(f"calling {factory!r} failed: {error}", subject=factory) from None
+    if not isinstance(model, nn.Module):
+        raise SpecError(f"{factory!r} returned a {type(model).__name__}, not an nn.Module", subject=factory)
+    return import_torch(model, input_shape, name=name)
+
+
+def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], weights: str) -> None:
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+        raise ModelFormatError(
+            f"weights file {weights!r} does not match the model: {'; '.join(parts)}",
+            fix="pass the state_dict saved from the same architecture (and factory kwargs)",
+        )
+
+
+def load_source(source: Any, base_dir: Path, name: str | None = None) -> Net:
+    """The net a spec's ``source { }`` names (paths relative to ``base_dir``)."""
+    fmt = source.WhichOneof("format")
+    shape = tuple(source.input_shape)
+    if fmt == "torch":
+        t = source.torch
+        if not t.factory:
+            raise SpecError("source.torch needs a factory", fix='add factory: "torchvision.models:resnet18"')
+        return load_torch_source(t.factory, t.kwargs, t.weights, shape, base_dir, name)
+    if fmt == "onnx":
+        try:
+            from surgery.importers.onnx_model import import_onnx
+        except ImportError as error:
+            raise SpecError(f"ONNX sources need the ONNX importer: {error}") from None
+        return import_onnx(base_dir / source.onnx.path, input_shape=shape or None)
+    if fmt == "caffe":
+        try:
+            from surgery.importers.caffe import import_caffe
+        except ImportError as error:
+            raise SpecError(f"Caffe sources need the Caffe importer: {error}") from None
+        c = source.caffe
+        phase = "TRAIN" if c.phase == 0 else "TEST"
+        return import_caffe(base_dir / c.prototxt, base_dir / c.weights if c.weights else None,
+                            phase=phase, input_shape=shape or None)
+    raise SpecError("the spec names no source model", fix="add source { torch { factory: ... } } (or onnx / caffe)")

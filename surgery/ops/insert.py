@@ -1,0 +1,35 @@
+"""``insert``: new layers (Caffe syntax) between a layer and its consumers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from surgery.errors import SpecError
+from surgery.ir import Net
+from surgery.ops.base import ADDED, Action, OpContext, register_op
+from surgery.ops.newlayer import add_caffe_layers
+
+
+@register_op("insert")
+def insert(net: Net, op: Any, ctx: OpContext) -> list[Action]:
+    """The first new layer reads ``op.after``'s output; that output's consumers (or only
+    ``op.before``) read the last new layer's output instead."""
+    if not op.after or not op.layer:
+        raise SpecError("insert needs `after` and at least one `layer { }`", fix='add after: "conv1" and a layer')
+    source = net.layer(op.after)
+    if len(source.outputs) != 1:
+        raise SpecError(f"{op.after!r} has {len(source.outputs)} outputs; insert after a one-output layer", subject=op.after)
+    blob = source.outputs[0]
+    only = None
+    if op.HasField("before"):
+        before = net.layer(op.before)
+        if blob not in before.inputs:
+            raise SpecError(f"{op.before!r} does not read {op.after!r}'s output", subject=op.before)
+        only = [op.before]
+    added = add_caffe_layers(net, list(op.layer), blob, ctx.seed)
+    last = added[-1][0].outputs[0]
+    moved = net.redirect_consumers(blob, last, only=only)
+    new_names = {layer.name for layer, _ in added}
+    moved = [m for m in moved if m not in new_names]
+    where = f"between {op.after!r} and {', '.join(repr(m) for m in moved) or 'the output'}"
+    return [Action("insert", layer.name, ADDED, f"{layer.type} {where}; " + "; ".join(notes)) for layer, notes in added]

@@ -1,0 +1,136 @@
+"""The per-layer report: where every weight came from, and how it will train."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from surgery.ir import Layer, Net
+from surgery.layers import layer_type
+from surgery.ops.base import Action
+
+
+def _origin(layer: Layer) -> str:
+    kinds = {str(blob.origin) for blob in layer.blobs.values()}
+    if not kinds:
+        return "-"
+    if len(kinds) == 1:
+        return kinds.pop()
+    return "; ".join(f"{role}: {blob.origin}" for role, blob in layer.blobs.items())
+
+
+def _mults(layer: Layer) -> tuple[Any, Any, bool]:
+    roles = [r for r in layer_type(layer.type).trainable_roles(layer) if r in layer.blobs]
+    if not roles:
+        return None, None, False
+    lrs = [layer.blobs[r].lr_mult for r in roles]
+    decays = [layer.blobs[r].decay_mult for r in roles]
+    trainable = any(lr != 0 for lr in lrs)
+    lr = lrs[0] if len(set(lrs)) == 1 else lrs
+    decay = decays[0] if len(set(decays)) == 1 else decays
+    return lr, decay, trainable
+
+
+@dataclass
+class Report:
+    """The report of a surgery: one row per layer, plus what each edit did.
+
+    ``rows`` entries have ``name``, ``type``, ``output_shape``, ``params``, ``origin``,
+    ``lr_mult``, ``decay_mult``, ``trainable``, ``phase``.
+    """
+
+    net_name: str
+    rows: list[dict[str, Any]]
+    actions: list[Action] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    spec: dict[str, Any] | None = None
+    loss_weights: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_params(self) -> int:
+        return sum(row["params"] for row in self.rows)
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(row["params"] for row in self.rows if row["trainable"])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "net": self.net_name,
+            "outputs": self.outputs,
+            "total_params": self.total_params,
+            "trainable_params": self.trainable_params,
+            "layers": self.rows,
+            "edits": [a.as_dict() for a in self.actions],
+            **({"loss_weights": self.loss_weights} if self.loss_weights else {}),
+            **({"spec": self.spec} if self.spec is not None else {}),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2, sort_keys=False) + "\n"
+
+    def format_table(self, only_params: bool = False) -> str:
+        """A fixed-width table for the terminal (``only_params``: layers with weights)."""
+        headers = ["layer", "type", "output", "params", "lr", "decay", "train", "origin"]
+        lines = []
+        for row in self.rows:
+            if only_params and not row["params"]:
+                continue
+            lines.append([
+                row["name"] + (" [train]" if row["phase"] == "train" else ""),
+                row["type"],
+                "x".join(str(d) for d in row["output_shape"]) if row["output_shape"] else "-",
+                f"{row['params']:,}" if row["params"] else "-",
+                _fmt(row["lr_mult"]),
+                _fmt(row["decay_mult"]),
+                ("yes" if row["trainable"] else "frozen") if row["lr_mult"] is not None else "-",
+                row["origin"],
+            ])
+        widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(headers)]
+        out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+        out.append("  ".join("-" * w for w in widths))
+        out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+        out.append(
+            f"{len(self.rows)} layers, {self.total_params:,} parameters "
+            f"({self.trainable_params:,} trainable); outputs: {', '.join(self.outputs)}"
+        )
+        if self.actions:
+            out.append("")
+            out.append("edits:")
+            out += [f"  {a.op:<10} {a.what:<13} {a.layer}: {a.detail}" for a in self.actions]
+        return "\n".join(out)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return "/".join(f"{v:g}" for v in value)
+    return f"{value:g}"
+
+
+def build_report(net: Net, actions: list[Action] | None = None, spec: dict[str, Any] | None = None) -> Report:
+    """The report of ``net`` as it stands (reads shapes only, never weights)."""
+    shapes = net.shapes()
+    rows = []
+    for layer in net.layers():
+        lr, decay, trainable = _mults(layer)
+        shape = shapes.get(layer.outputs[0]) if layer.outputs else None
+        rows.append({
+            "name": layer.name,
+            "type": layer.type,
+            "output_shape": list(shape) if isinstance(shape, tuple) else None,
+            "params": layer.param_count,
+            "origin": _origin(layer),
+            "lr_mult": lr,
+            "decay_mult": decay,
+            "trainable": trainable,
+            "phase": layer.phase,
+            "blobs": {
+                role: {"shape": list(b.shape), "origin": str(b.origin), "lr_mult": b.lr_mult,
+                       "decay_mult": b.decay_mult, "trainable": b.trainable}
+                for role, b in layer.blobs.items()
+            },
+        })
+    return Report(net.name, rows, list(actions or []), net.outputs, spec, dict(net.loss_weights))

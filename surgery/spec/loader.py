@@ -1,0 +1,232 @@
+"""Reading spec files: prototxt text, YAML or JSON, all through the one schema in
+``surgery.proto``. Unknown fields and wrong types are rejected with ``file:line:col``;
+every edit and every string in it keeps its position, so errors found later (a layer
+name the net does not have) point at the spec line too."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf import json_format, text_format
+
+from surgery.errors import SpecError
+from surgery.spec.schema import spec_class
+
+TEXT_SUFFIXES = {".prototxt", ".pbtxt", ".txt", ".spec"}
+YAML_SUFFIXES = {".yaml", ".yml", ".json"}
+
+
+@dataclass
+class Locator:
+    """Positions of a spec file's edits and of the strings inside each edit."""
+
+    path: str
+    edit_positions: list[tuple[int, int]] = field(default_factory=list)
+    strings: list[list[tuple[str, int, int]]] = field(default_factory=list)
+
+    def edit(self, index: int) -> str:
+        """``file:line:col`` of edit number ``index`` (0-based)."""
+        if 0 <= index < len(self.edit_positions):
+            line, col = self.edit_positions[index]
+            return f"{self.path}:{line}:{col}"
+        return self.path
+
+    def find(self, index: int, subject: str | None) -> str:
+        """``file:line:col`` of the string ``subject`` inside edit ``index`` (the first
+        one equal to it, or containing it), else the edit's own position."""
+        if subject is not None and 0 <= index < len(self.strings):
+            for exact in (True, False):
+                for value, line, col in self.strings[index]:
+                    if value == subject if exact else subject in value:
+                        return f"{self.path}:{line}:{col}"
+        return self.edit(index)
+
+
+@dataclass
+class LoadedSpec:
+    """A parsed spec: the ``surgery.spec.Spec`` message, where it came from, positions."""
+
+    message: Any
+    path: Path
+    locator: Locator
+
+    @property
+    def base_dir(self) -> Path:
+        """Relative paths in a spec are relative to the spec file's folder."""
+        return self.path.parent
+
+
+# --------------------------------------------------------------------- text format
+_TOKEN = re.compile(r'#[^\n]*|"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|[{}<>\[\]:,;]|[^\s{}<>\[\]:,;#"\']+')
+
+
+def _text_positions(text: str, path: str) -> Locator:
+    """Where each top-level ``edit`` starts and where the strings inside it stand.
+
+    protobuf's text parser does the validation; this only scans tokens (comments and
+    quoted strings respected) to remember positions, which the Python API of protobuf
+    does not expose."""
+    locator = Locator(path)
+    depth = 0
+    line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+    current = -1
+    for match in _TOKEN.finditer(text):
+        token = match.group()
+        if token.startswith("#"):
+            continue
+        offset = match.start()
+        line = _line_of(line_starts, offset)
+        col = offset - line_starts[line - 1] + 1
+        if token in ("{", "<"):
+            depth += 1
+        elif token in ("}", ">"):
+            depth -= 1
+        elif depth == 0 and token == "edit":
+            locator.edit_positions.append((line, col))
+            locator.strings.append([])
+            current = len(locator.edit_positions) - 1
+        elif token[0] in "\"'" and depth > 0 and current >= 0:
+            locator.strings[current].append((_unquote(token), line, col))
+    return locator
+
+
+def _line_of(line_starts: list[int], offset: int) -> int:
+    import bisect
+
+    return bisect.bisect_right(line_starts, offset)
+
+
+def _unquote(token: str) -> str:
+    body = token[1:-1]
+    try:
+        return body.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError:
+        return body
+
+
+def _parse_text(text: str, path: str) -> tuple[Any, Locator]:
+    message = spec_class("Spec")()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as error:
+        line, col = error.GetLine(), error.GetColumn()
+        reason = str(error)
+        reason = re.sub(r"^\d+:\d+ : ", "", reason)
+        where = f"{path}:{line}:{col}" if line else path
+        raise SpecError(reason, location=where, fix=_text_fix(reason)) from None
+    return message, _text_positions(text, path)
+
+
+def _text_fix(reason: str) -> str | None:
+    found = re.search(r'Message type "([\w.]+)" has no field named "(\w+)"', reason)
+    if not found:
+        return None
+    from surgery.errors import did_you_mean
+
+    descriptor = spec_class(found.group(1).split(".")[-1])().DESCRIPTOR if found.group(1).startswith(
+        "surgery.spec.") else None
+    if descriptor is None:
+        return None
+    hint = did_you_mean(found.group(2), [f.name for f in descriptor.fields])
+    return hint or f"fields of {descriptor.name}: {', '.join(f.name for f in descriptor.fields)}"
+
+
+# ------------------------------------------------------------------- YAML / JSON
+def _yaml_positions(node: Any, path: str) -> Locator:
+    locator = Locator(path)
+    if not isinstance(node, yaml.MappingNode):
+        return locator
+    for key, value in node.value:
+        if key.value == "edit" and isinstance(value, yaml.SequenceNode):
+            for item in value.value:
+                mark = item.start_mark
+                locator.edit_positions.append((mark.line + 1, mark.column + 1))
+                strings: list[tuple[str, int, int]] = []
+                _collect_scalars(item, strings)
+                locator.strings.append(strings)
+    return locator
+
+
+def _collect_scalars(node: Any, out: list[tuple[str, int, int]]) -> None:
+    if isinstance(node, yaml.ScalarNode):
+        out.append((str(node.value), node.start_mark.line + 1, node.start_mark.column + 1))
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _collect_scalars(item, out)
+    elif isinstance(node, yaml.MappingNode):
+        for _, value in node.value:
+            _collect_scalars(value, out)
+
+
+def _parse_yaml(text: str, path: str) -> tuple[Any, Locator]:
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+        raise SpecError(f"not valid YAML/JSON: {getattr(error, 'problem', error)}", location=where) from None
+    locator = _yaml_positions(node, path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError("a spec is a mapping (source, seed, edit, output)", location=f"{path}:1:1")
+    message = spec_class("Spec")()
+    edits = data.pop("edit", []) or []
+    if not isinstance(edits, list):
+        raise SpecError("`edit` is a list of edits", location=path)
+    try:
+        json_format.ParseDict(data, message)
+    except json_format.ParseError as error:
+        raise SpecError(_json_reason(error), location=f"{path}:1:1") from None
+    for index, item in enumerate(edits):
+        try:
+            json_format.ParseDict(item, message.edit.add())
+        except json_format.ParseError as error:
+            raise SpecError(_json_reason(error), location=locator.edit(index)) from None
+    return message, locator
+
+
+def _json_reason(error: Exception) -> str:
+    return str(error).replace("Message type ", "").strip()
+
+
+# ----------------------------------------------------------------------- entry
+def parse_spec(text: str, path: str = "<spec>", fmt: str = "prototxt") -> LoadedSpec:
+    """Parse spec ``text`` (``fmt`` is ``prototxt``, ``yaml`` or ``json``)."""
+    if fmt == "prototxt":
+        message, locator = _parse_text(text, path)
+    else:
+        message, locator = _parse_yaml(text, path)
+    return LoadedSpec(message, Path(path), locator)
+
+
+def load_spec(path: str | Path) -> LoadedSpec:
+    """Read and validate the syntax of a spec file.
+
+    Raises:
+        SpecError: the file is missing, unreadable, or not valid against the schema
+            (the message carries ``file:line:col``).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"spec file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SpecError(f"cannot read spec file {str(path)!r}: {error}") from None
+    suffix = path.suffix.lower()
+    fmt = "prototxt" if suffix in TEXT_SUFFIXES or suffix not in YAML_SUFFIXES else "yaml"
+    loaded = parse_spec(text, str(path), fmt)
+    loaded.path = path
+    return loaded
+
+
+def spec_to_dict(message: Any) -> dict[str, Any]:
+    """The spec as plain data (for the report)."""
+    return json.loads(json_format.MessageToJson(message, preserving_proto_field_name=True))
