@@ -98,8 +98,22 @@ class Report:
         if self.actions:
             out.append("")
             out.append("edits:")
-            out += [f"  {a.op:<10} {a.what:<13} {a.layer}: {a.detail}" for a in self.actions]
+            out += [f"  {op:<10} {what:<13} {who}: {detail}" for op, what, who, detail in _grouped(self.actions)]
         return "\n".join(out)
+
+
+def _grouped(actions: list[Action]) -> list[tuple[str, str, str, str]]:
+    """Actions saying the same thing fold into one line (60 frozen layers), in order of
+    first appearance."""
+    groups: dict[tuple[str, str, str], list[Action]] = {}
+    for action in actions:
+        groups.setdefault((action.op, action.what, action.detail), []).append(action)
+    lines = []
+    for group in groups.values():
+        first = group[0]
+        who = first.layer if len(group) == 1 else f"{first.layer} ... {group[-1].layer} ({len(group)} layers)"
+        lines.append((first.op, first.what, who, first.detail))
+    return lines
 
 
 def _fmt(value: Any) -> str:
