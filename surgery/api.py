@@ -46,7 +46,7 @@ _EDIT_MESSAGES = {"classifier": "Classifier", "lr": "Lr", "cut": "Cut", "append"
 
 # ------------------------------------------------------------------ loading
 def load(model: Any, input_shape: Iterable[int] | None = None, *, weights: str | Path | None = None,
-         name: str | None = None) -> Net:
+         name: str | None = None, shapes_only: bool = False) -> Net:
     """Load a network as a :class:`Net`.
 
     Args:
@@ -55,6 +55,8 @@ def load(model: Any, input_shape: Iterable[int] | None = None, *, weights: str |
         input_shape: the input's shape, batch axis first (needed for torch models).
         weights: a state_dict file (torch factory) or a ``.caffemodel`` (Caffe).
         name: the net's name.
+        shapes_only: only names and shapes are needed (a torch factory is then built on
+            the meta device: no weights are initialised or read).
 
     Example:
         >>> net = surgery.load("torchvision.models:resnet18", (1, 3, 224, 224))
@@ -74,7 +76,7 @@ def load(model: Any, input_shape: Iterable[int] | None = None, *, weights: str |
         from surgery.importers.caffe import import_caffe
 
         return import_caffe(Path(reference), Path(weights) if weights else None, input_shape=shape or None)
-    return load_torch_source(reference, "", str(weights or ""), shape, Path.cwd(), name)
+    return load_torch_source(reference, "", str(weights or ""), shape, Path.cwd(), name, shapes_only)
 
 
 # -------------------------------------------------------------------- edits
@@ -202,10 +204,12 @@ def _step(progress: Progress | None, text: str) -> None:
         progress(text)
 
 
-def plan(spec_path: str | Path, progress: Progress | None = None) -> Plan:
+def plan(spec_path: str | Path, progress: Progress | None = None, *, shapes_only: bool = True) -> Plan:
     """Load the spec and its source, apply every edit in memory, build the report.
 
-    Reads no weights and writes nothing. Errors carry the spec's ``file:line:col``.
+    Writes nothing, and with ``shapes_only`` (the default) reads no weights: the plan's
+    net then has names, shapes and new-layer weights only. Errors carry the spec's
+    ``file:line:col``.
     """
     loaded = load_spec(spec_path)
     message = loaded.message
@@ -213,7 +217,7 @@ def plan(spec_path: str | Path, progress: Progress | None = None) -> Plan:
     start = time.perf_counter()
     _step(progress, f"loading the source model of {loaded.path}")
     try:
-        net = load_source(message.source, loaded.base_dir, name=message.name or None)
+        net = load_source(message.source, loaded.base_dir, name=message.name or None, shapes_only=shapes_only)
     except SurgeryError as error:
         error.location = error.location or str(loaded.path)
         raise
@@ -266,7 +270,7 @@ def apply(spec_path: str | Path, out_dir: str | Path, *, force: bool = False,
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise SurgeryError(f"output folder {str(out)!r} already exists and is not empty",
                            fix="choose another -o folder, or pass --force to replace it")
-    planned = plan(spec_path, progress)
+    planned = plan(spec_path, progress, shapes_only=False)
     timings = dict(planned.timings)
     start = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)

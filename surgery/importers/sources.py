@@ -87,8 +87,9 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_torch_source(factory: str, kwargs: str, weights: str, input_shape: tuple[int, ...], base_dir: Path,
-                      name: str | None = None) -> Net:
-    """Build the model (on the meta device when a weights file is given) and trace it."""
+                      name: str | None = None, shapes_only: bool = False) -> Net:
+    """Build the model (on the meta device when a weights file is given, or when only
+    shapes are wanted) and trace it."""
     build = resolve_factory(factory, base_dir)
     arguments = _kwargs(kwargs)
     if not input_shape:
@@ -100,7 +101,11 @@ def load_torch_source(factory: str, kwargs: str, weights: str, input_shape: tupl
                 model = build(**arguments)
             _check_keys(model, state, weights)
             return import_torch(model, input_shape, state_dict=state, name=name)
-        model = build(**arguments)
+        if shapes_only:  # inspect / plan: the factory's own init would cost time and memory
+            with torch.device("meta"):
+                model = build(**arguments)
+        else:
+            model = build(**arguments)
     except TypeError as error:
         raise SpecError(f"calling {factory!r} failed: {error}", subject=factory) from None
     if not isinstance(model, nn.Module):
@@ -123,15 +128,18 @@ def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], weights: str) 
         )
 
 
-def load_source(source: Any, base_dir: Path, name: str | None = None) -> Net:
-    """The net a spec's ``source { }`` names (paths relative to ``base_dir``)."""
+def load_source(source: Any, base_dir: Path, name: str | None = None, shapes_only: bool = False) -> Net:
+    """The net a spec's ``source { }`` names (paths relative to ``base_dir``).
+
+    ``shapes_only``: the net is for shapes and names only (``inspect``, ``plan``);
+    blobs may then have no readable data."""
     fmt = source.WhichOneof("format")
     shape = tuple(source.input_shape)
     if fmt == "torch":
         t = source.torch
         if not t.factory:
             raise SpecError("source.torch needs a factory", fix='add factory: "torchvision.models:resnet18"')
-        return load_torch_source(t.factory, t.kwargs, t.weights, shape, base_dir, name)
+        return load_torch_source(t.factory, t.kwargs, t.weights, shape, base_dir, name, shapes_only)
     if fmt == "onnx":
         try:
             from surgery.importers.onnx_model import import_onnx

@@ -28,5 +28,4 @@ def append(net: Net, op: Any, ctx: OpContext) -> list[Action]:
     written = [blob for layer, _ in added for blob in layer.outputs]
     new_outputs = [b for b in outputs if b not in read] + [b for b in written if b not in read]
     net.set_outputs(new_outputs)
-    return [Action("append", layer.name, ADDED, f"{layer.type}; " + "; ".join(notes) if notes else layer.type)
-            for layer, notes in added]
+    return [Action("append", layer.name, ADDED, "; ".join([layer.type, *notes])) for layer, notes in added]

@@ -32,4 +32,4 @@ def insert(net: Net, op: Any, ctx: OpContext) -> list[Action]:
     new_names = {layer.name for layer, _ in added}
     moved = [m for m in moved if m not in new_names]
     where = f"between {op.after!r} and {', '.join(repr(m) for m in moved) or 'the output'}"
-    return [Action("insert", layer.name, ADDED, f"{layer.type} {where}; " + "; ".join(notes)) for layer, notes in added]
+    return [Action("insert", layer.name, ADDED, "; ".join([f"{layer.type} {where}", *notes])) for layer, notes in added]

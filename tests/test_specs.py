@@ -1,0 +1,64 @@
+"""Every spec in specs/ applies, and the README's quickstart command works."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import surgery
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = sorted(p for p in (ROOT / "specs").iterdir() if p.suffix in (".prototxt", ".yaml", ".yml", ".json"))
+
+
+def _needs(spec: Path) -> None:
+    text = spec.read_text()
+    if "torchvision" in text:
+        pytest.importorskip("torchvision")
+    if re.search(r"\bonnx\s*[{:]", text):
+        pytest.importorskip("onnxruntime")
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[p.name for p in SPECS])
+def test_every_spec_applies(spec: Path, tmp_path: Path) -> None:
+    _needs(spec)
+    result = surgery.apply(spec, tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["layers"], "the report lists the layers"
+    assert {"name", "type", "output_shape", "params", "origin", "lr_mult", "decay_mult", "trainable"} <= set(
+        report["layers"][0]
+    )
+    assert (tmp_path / "out" / "torch" / "model.py").exists()
+    assert result.report.rows == report["layers"]
+
+
+def test_readme_quickstart_command(tmp_path: Path) -> None:
+    """The README's install-and-run command, minus the install (this process has it)."""
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"pip install -e \"\.\[ort\]\" && (surgery apply \S+ -o \S+)", readme).group(1)
+    parts = command.split()
+    out = tmp_path / "quickstart"
+    parts[-1] = str(out)
+    run = subprocess.run([sys.executable, "-m", "surgery.cli", *parts[1:]], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "classifier.parity" in run.stdout
+    spec = importlib.util.spec_from_file_location("quickstart_model", out / "torch" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.load().eval()
+    import torch
+
+    assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 2)
+
+
+def test_readme_test_command_is_the_ci_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = re.search(r"Run the tests:\s*```sh\s*(.+?)\s*```", readme, re.S).group(1).strip()
+    assert command in ci.splitlines(), f"{command!r} must be the last step of .ci/run"
