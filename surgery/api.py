@@ -188,6 +188,13 @@ def report(net: Net, actions: list[Action] | None = None) -> Report:
     return build_report(net, actions)
 
 
+def save_onnx(net: Net, path: str | Path, **options: Any) -> Path:
+    """Write the deploy ONNX file (see :func:`surgery.emitters.onnx_model.emit_onnx`)."""
+    from surgery.emitters.onnx_model import emit_onnx
+
+    return emit_onnx(net, path, **options)
+
+
 # -------------------------------------------------------------------- specs
 @dataclass
 class Plan:
@@ -204,23 +211,28 @@ def _step(progress: Progress | None, text: str) -> None:
         progress(text)
 
 
-def plan(spec_path: str | Path, progress: Progress | None = None, *, shapes_only: bool = True) -> Plan:
+def plan(spec_path: str | Path, progress: Progress | None = None, *, shapes_only: bool = True,
+         source: Net | None = None) -> Plan:
     """Load the spec and its source, apply every edit in memory, build the report.
 
     Writes nothing, and with ``shapes_only`` (the default) reads no weights: the plan's
-    net then has names, shapes and new-layer weights only. Errors carry the spec's
-    ``file:line:col``.
+    net then has names, shapes and new-layer weights only. ``source``: edit a copy of
+    this already loaded net instead of loading the spec's source. Errors carry the
+    spec's ``file:line:col``.
     """
     loaded = load_spec(spec_path)
     message = loaded.message
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    _step(progress, f"loading the source model of {loaded.path}")
-    try:
-        net = load_source(message.source, loaded.base_dir, name=message.name or None, shapes_only=shapes_only)
-    except SurgeryError as error:
-        error.location = error.location or str(loaded.path)
-        raise
+    if source is not None:
+        net = source.copy()
+    else:
+        _step(progress, f"loading the source model of {loaded.path}")
+        try:
+            net = load_source(message.source, loaded.base_dir, name=message.name or None, shapes_only=shapes_only)
+        except SurgeryError as error:
+            error.location = error.location or str(loaded.path)
+            raise
     timings["load"] = time.perf_counter() - start
     actions: list[Action] = []
     ctx = OpContext(seed=message.seed)
@@ -286,22 +298,53 @@ def apply(spec_path: str | Path, out_dir: str | Path, *, force: bool = False,
 
 
 def _write_outputs(planned: Plan, staging: Path, progress: Progress | None) -> list[Path]:
-    output = planned.spec.message.output
+    message = planned.spec.message
+    output = message.output
+    # Without an output block, both: the trainable torch folder and the deploy ONNX.
+    want_torch = output.HasField("pytorch") or not message.HasField("output")
+    want_onnx = output.HasField("onnx") or not message.HasField("output")
     files: list[Path] = []
-    torch_dir = staging / (output.pytorch.path if output.HasField("pytorch") else "torch")
-    _step(progress, f"writing the PyTorch model to {torch_dir.name}/")
-    save_torch_folder(planned.net, torch_dir)
-    files += sorted(torch_dir.iterdir())
-    if output.HasField("onnx"):
+    if want_torch:
+        torch_dir = staging / output.pytorch.path
+        _step(progress, f"writing the PyTorch model to {output.pytorch.path}/")
+        save_torch_folder(planned.net, torch_dir)
+        files += sorted(torch_dir.iterdir())
+    if want_onnx:
         from surgery.emitters.onnx_model import emit_onnx
 
         onnx = output.onnx
         _step(progress, f"writing {onnx.path}")
-        files.append(emit_onnx(planned.net, staging / onnx.path, **_onnx_options(onnx)))
+        try:
+            files.append(emit_onnx(planned.net, staging / onnx.path, **_onnx_options(onnx)))
+        except SurgeryError as error:
+            if not message.HasField("output"):
+                error.fix = (error.fix or "") + "; or add `output { pytorch { } }` to the spec to write PyTorch only"
+            raise
+        files += sorted(p for p in staging.glob(onnx.path + ".data"))
     report_file = staging / "report.json"
     report_file.write_text(planned.report.to_json())
     files.append(report_file)
     return files
+
+
+def verify(spec_path: str | Path, *, seed: int = 0, atol: float = 1e-5, progress: Progress | None = None):
+    """Apply a spec in memory and compare emitted torch, emitted ONNX (onnxruntime) and
+    the source model on the same seeded inputs. Returns a
+    :class:`surgery.verify.VerifyResult` (``.ok``, ``.comparisons``, ``.provider``)."""
+    from surgery.verify import verify as run_verify
+
+    loaded = load_spec(spec_path)
+    message = loaded.message
+    _step(progress, f"loading the source model of {loaded.path}")
+    try:
+        source = load_source(message.source, loaded.base_dir, name=message.name or None)
+    except SurgeryError as error:
+        error.location = error.location or str(loaded.path)
+        raise
+    planned = plan(spec_path, progress, shapes_only=False, source=source)
+    _step(progress, f"running torch, onnxruntime and the source on seeded inputs (seed {seed})")
+    opset = message.output.onnx.opset if message.output.onnx.HasField("opset") else 17
+    return run_verify(source, planned.net, seed=seed, atol=atol, opset=opset)
 
 
 def _onnx_options(onnx: Any) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
     surgery inspect MODEL           the layers, shapes and params a spec can name
     surgery plan SPEC               validate a spec and print its report; write nothing
-    surgery apply SPEC -o DIR       write the edited model (torch folder, report.json)
+    surgery apply SPEC -o DIR       write the edited model (torch folder, model.onnx, report.json)
+    surgery verify SPEC             emitted torch vs emitted ONNX (onnxruntime) vs the source
 
 User errors print one message (``file:line:col: what`` and the fix) and exit with
 code 2, without a traceback.
@@ -88,6 +89,15 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from surgery import api
+    from surgery.verify import format_verify
+
+    result = api.verify(args.spec, seed=args.seed, atol=args.atol, progress=_Progress(args.quiet))
+    print(format_verify(result))
+    return 0 if result.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="surgery", description="Declarative model surgery.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("-q", "--quiet", action="store_true")
     apply.add_argument("--params-only", action="store_true", help="only layers with parameters in the table")
     apply.set_defaults(run=_cmd_apply)
+
+    verify = sub.add_parser("verify", help="compare emitted torch, emitted ONNX (onnxruntime) and the source; "
+                            "exit 1 above tolerance")
+    verify.add_argument("spec")
+    verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    verify.add_argument("--atol", type=float, default=1e-5, help="largest allowed max-abs difference (float32)")
+    verify.add_argument("-q", "--quiet", action="store_true")
+    verify.set_defaults(run=_cmd_verify)
     return parser
 
 

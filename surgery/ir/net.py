@@ -14,6 +14,7 @@ import itertools
 from collections.abc import Iterable, Iterator
 
 import networkx as nx
+import torch
 
 from surgery.errors import ShapeError, SpecError, unknown_layer
 from surgery.ir.layer import Layer
@@ -256,6 +257,29 @@ class Net:
         except BaseException:
             self._restore(saved)
             raise
+
+    def copy(self) -> "Net":
+        """An independent copy of the graph and layer records that shares the weight
+        tensors (and opaque modules): cheap, and edits to the copy never reach this net."""
+        memo: dict[int, object] = {}
+        for layer in self.layers():
+            for blob in layer.blobs.values():
+                if blob._data is not None:
+                    memo[id(blob._data)] = blob._data
+            for value in layer.extra.values():
+                if isinstance(value, torch.nn.Module):
+                    memo[id(value)] = value
+        return copy.deepcopy(self, memo)
+
+    @contextlib.contextmanager
+    def temporarily(self) -> Iterator[None]:
+        """Undo every change made inside the block when it ends (for probes: extra
+        outputs for a parity check)."""
+        saved = self._snapshot()
+        try:
+            yield
+        finally:
+            self._restore(saved)
 
     def _snapshot(self) -> tuple:
         layers = {}

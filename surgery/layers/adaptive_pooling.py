@@ -32,6 +32,21 @@ class AdaptivePooling(LayerType):
         cls = nn.AdaptiveMaxPool2d if layer.params["pool"] == "MAX" else nn.AdaptiveAvgPool2d
         return ModuleRecipe(cls, {"output_size": tuple(layer.params["output_size"])})
 
+    def to_onnx(self, layer: Layer, writer: Any) -> None:
+        from surgery.emitters.onnx_model import unsupported
+
+        shape = writer.in_shapes(layer)[0][2:]
+        size = [s if s is not None else shape[i] for i, s in enumerate(layer.params["output_size"])]
+        io = (list(layer.inputs), list(layer.outputs), layer.name)
+        if size == [1, 1]:
+            writer.node("GlobalMaxPool" if layer.params["pool"] == "MAX" else "GlobalAveragePool", *io)
+        elif all(n % s == 0 for n, s in zip(shape, size)):  # equal windows: a plain pooling
+            kernel = [n // s for n, s in zip(shape, size)]
+            op = "MaxPool" if layer.params["pool"] == "MAX" else "AveragePool"
+            writer.node(op, *io, kernel_shape=kernel, strides=kernel)
+        else:
+            raise unsupported(layer)
+
     def import_torch_module(self, module: nn.Module) -> dict[str, Any] | None:
         if isinstance(module, nn.AdaptiveMaxPool2d) and module.return_indices:
             return None

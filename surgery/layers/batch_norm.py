@@ -68,6 +68,33 @@ class BatchNorm(LayerType):
             return None
         return {"eps": module.eps, "momentum": module.momentum, "affine": module.affine, "use_global_stats": None}
 
+    onnx_ops = ("BatchNormalization",)
+
+    def to_onnx(self, layer: Layer, writer: Any) -> None:
+        import torch
+
+        channels = layer.blobs["running_mean"].shape[0]
+        scale = writer.weight(layer, "weight") if "weight" in layer.blobs else writer.weight(
+            layer, "weight", torch.ones(channels))
+        bias = writer.weight(layer, "bias") if "bias" in layer.blobs else writer.weight(
+            layer, "bias", torch.zeros(channels))
+        inputs = [layer.inputs[0], scale, bias, writer.weight(layer, "running_mean"),
+                  writer.weight(layer, "running_var")]
+        writer.node("BatchNormalization", inputs, list(layer.outputs), layer.name,
+                    epsilon=float(layer.params.get("eps", 1e-5)))
+
+    def from_onnx(self, node: Any, reader: Any) -> Layer | None:
+        if any(reader.const(name) is None for name in node.input[1:5]):
+            return None
+        attrs = reader.attrs(node)
+        blobs = {"weight": reader.param(node.input[1]), "bias": reader.param(node.input[2]),
+                 "running_mean": reader.param(node.input[3], trainable=False),
+                 "running_var": reader.param(node.input[4], trainable=False)}
+        params = {"eps": float(attrs.get("epsilon", 1e-5)), "momentum": 1.0 - float(attrs.get("momentum", 0.9)),
+                  "affine": True, "use_global_stats": None}
+        return reader.layer(node, self.name, params, inputs=[reader.blob(node.input[0])], blobs=blobs,
+                            outputs=node.output[:1])
+
     caffe_param_field = "batch_norm_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

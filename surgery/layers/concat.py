@@ -36,6 +36,15 @@ class Concat(LayerType):
         dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
         return {"axis": dim} if isinstance(dim, int) else None
 
+    onnx_ops = ("Concat",)
+
+    def to_onnx(self, layer: Layer, writer: Any) -> None:
+        writer.node("Concat", list(layer.inputs), list(layer.outputs), layer.name, axis=layer.params.get("axis", 1))
+
+    def from_onnx(self, node: Any, reader: Any) -> Layer | None:
+        return reader.layer(node, self.name, {"axis": reader.attrs(node)["axis"]},
+                            inputs=[reader.blob_or_const(n, node) for n in node.input])
+
     caffe_param_field = "concat_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

@@ -3,6 +3,8 @@ class token. Emitted as a tiny module holding it, so it stays a named parameter.
 
 from __future__ import annotations
 
+from typing import Any
+
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
 
@@ -25,3 +27,8 @@ class Constant(LayerType):
 
         blob = layer.blobs["value"]
         return ModuleRecipe(ConstantTensor, {"shape": blob.shape, "trainable": blob.trainable})
+
+    onnx_ops = ("Constant",)
+
+    def to_onnx(self, layer: Layer, writer: Any) -> None:
+        writer.node("Identity", [writer.weight(layer, "value")], list(layer.outputs), layer.name)

@@ -77,6 +77,42 @@ class Convolution(LayerType):
             "padding_mode": module.padding_mode,
         }
 
+    onnx_ops = ("Conv",)
+
+    def to_onnx(self, layer: Layer, writer: Any) -> None:
+        p = layer.params
+        if p.get("padding_mode", "zeros") != "zeros":
+            from surgery.emitters.onnx_model import unsupported
+
+            raise unsupported(layer)
+        inputs = [layer.inputs[0], writer.weight(layer, "weight")]
+        if p["bias_term"]:
+            inputs.append(writer.weight(layer, "bias"))
+        writer.node("Conv", inputs, list(layer.outputs), layer.name, kernel_shape=list(p["kernel"]),
+                    strides=list(p["stride"]), pads=[*p["pad"], *p["pad"]], dilations=list(p["dilation"]),
+                    group=p["group"])
+
+    def from_onnx(self, node: Any, reader: Any) -> Layer | None:
+        attrs = reader.attrs(node)
+        weight = reader.const(node.input[1])
+        if weight is None or weight.ndim != 4:
+            return None
+        kernel = tuple(attrs.get("kernel_shape", weight.shape[2:]))
+        stride = tuple(attrs.get("strides", (1, 1)))
+        dilation = tuple(attrs.get("dilations", (1, 1)))
+        source = reader.blob(node.input[0])
+        pads = reader.pads(node, source, kernel, stride, dilation)
+        begin, end = pads[:2], pads[2:]
+        if begin != end:  # asymmetric: an explicit Pad layer, then an unpadded convolution
+            source = reader.pad_layer(node, source, [0, 0, *begin, 0, 0, *end])
+            begin = (0, 0)
+        params = {"num_output": int(weight.shape[0]), "kernel": kernel, "stride": stride, "pad": tuple(begin),
+                  "dilation": dilation, "group": int(attrs.get("group", 1)), "bias_term": len(node.input) > 2}
+        blobs = {"weight": reader.param(node.input[1])}
+        if len(node.input) > 2:
+            blobs["bias"] = reader.param(node.input[2])
+        return reader.layer(node, self.name, params, inputs=[source], blobs=blobs)
+
     caffe_param_field = "convolution_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

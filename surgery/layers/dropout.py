@@ -29,6 +29,20 @@ class Dropout(LayerType):
         # The traced `training=` flag is dropped: the emitted module follows train()/eval().
         return {"ratio": float(args[1] if len(args) > 1 else kwargs.get("p", 0.5))}
 
+    onnx_ops = ("Dropout",)
+
+    def to_onnx(self, layer: Layer, writer: Any) -> None:
+        # A deploy graph: dropout is the identity at inference.
+        writer.node("Identity", list(layer.inputs), list(layer.outputs), layer.name)
+
+    def from_onnx(self, node: Any, reader: Any) -> Layer | None:
+        ratio = reader.attrs(node).get("ratio")
+        if ratio is None and len(node.input) > 1 and node.input[1]:
+            values = reader.const_list(node.input[1])
+            ratio = values[0] if values else 0.5
+        return reader.layer(node, self.name, {"ratio": float(0.5 if ratio is None else ratio)},
+                            inputs=[reader.blob(node.input[0])], outputs=node.output[:1])
+
     caffe_param_field = "dropout_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

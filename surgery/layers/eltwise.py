@@ -67,6 +67,46 @@ class Eltwise(LayerType):
             return {"operation": "SUM", "coeff": [1.0, alpha]} if operation == "SUM" else None
         return {"operation": operation, "coeff": []}
 
+    onnx_ops = ("Add", "Sub", "Mul", "Div", "Max", "Sum")
+
+    def to_onnx(self, layer: Layer, writer: Any) -> None:
+        import numpy as np
+
+        operation = layer.params["operation"]
+        coeff = layer.params.get("coeff") or []
+        terms = list(layer.inputs)
+        for index, c in enumerate(coeff):
+            if c != 1:
+                scaled = f"{layer.name}/coeff{index}"
+                factor = writer.const(f"{layer.name}.coeff{index}", np.array(c, dtype=np.float32))
+                writer.node("Mul", [terms[index], factor], [scaled], scaled)
+                terms[index] = scaled
+        op = {"SUM": "Add", "PROD": "Mul", "MAX": "Max"}[operation]
+        result = terms[0]
+        for index, term in enumerate(terms[1:], start=1):
+            last = index == len(terms) - 1
+            out = layer.outputs[0] if last else f"{layer.name}/{index}"
+            writer.node(op, [result, term], [out], layer.name if last else out)
+            result = out
+
+    def from_onnx(self, node: Any, reader: Any) -> Layer | None:
+        import numpy as np
+
+        op = node.op_type
+        if op in ("Max", "Sum") and len(node.input) != 2:
+            return None
+        consts = [reader.const(name) for name in node.input]
+        if op == "Div":
+            if consts[1] is None or consts[0] is not None:
+                return None  # x / y of two tensors has no Eltwise form
+            inputs = [reader.blob(node.input[0]), reader.constant_layer(node, np.reciprocal(consts[1]), "divisor")]
+            return reader.layer(node, self.name, {"operation": "PROD", "coeff": []}, inputs=inputs)
+        inputs = [reader.blob_or_const(name, node) for name in node.input]
+        if op == "Sub":
+            return reader.layer(node, self.name, {"operation": "SUM", "coeff": [1.0, -1.0]}, inputs=inputs)
+        operation = {"Add": "SUM", "Sum": "SUM", "Mul": "PROD", "Max": "MAX"}[op]
+        return reader.layer(node, self.name, {"operation": operation, "coeff": []}, inputs=inputs)
+
     caffe_param_field = "eltwise_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

@@ -43,6 +43,27 @@ class Flatten(LayerType):
             return None
         return {"axis": start, "end_axis": end}
 
+    onnx_ops = ("Flatten",)
+
+    def to_onnx(self, layer: Layer, writer: Any) -> None:
+        shape = writer.in_shapes(layer)[0]
+        rank = len(shape)
+        start, end = layer.params.get("axis", 1) % rank, layer.params.get("end_axis", -1) % rank
+        io = (list(layer.inputs), list(layer.outputs), layer.name)
+        if end == rank - 1 and start == 1:
+            writer.node("Flatten", *io, axis=1)
+            return
+        # 0 keeps an axis (the batch stays dynamic), -1 takes the merged axes.
+        target = [0] * start + [-1] + list(shape[end + 1:])
+        writer.node("Reshape", [layer.inputs[0], writer.const(f"{layer.name}.shape", target)],
+                    list(layer.outputs), layer.name)
+
+    def from_onnx(self, node: Any, reader: Any) -> Layer | None:
+        axis = reader.attrs(node).get("axis", 1)
+        if axis != 1:
+            return None  # ONNX merges the leading axes too; not a Caffe/torch flatten
+        return reader.layer(node, self.name, {"axis": 1, "end_axis": -1})
+
     caffe_param_field = "flatten_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

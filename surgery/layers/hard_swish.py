@@ -14,3 +14,5 @@ class HardSwish(ActivationType):
     module_class = nn.Hardswish
     torch_modules = (nn.Hardswish,)
     torch_functions = (F.hardswish,)
+    onnx_op = "HardSwish"
+    onnx_ops = ("HardSwish",)

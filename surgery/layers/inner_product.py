@@ -71,6 +71,56 @@ class InnerProduct(LayerType):
     def import_torch_module(self, module: nn.Linear) -> dict[str, Any]:
         return {"num_output": module.out_features, "bias_term": module.bias is not None, "axis": -1}
 
+    onnx_ops = ("Gemm", "MatMul")
+
+    def to_onnx(self, layer: Layer, writer: Any) -> None:
+        shape = writer.in_shapes(layer)[0]
+        axis = layer.params.get("axis", 1) % len(shape)
+        source = layer.inputs[0]
+        if axis == len(shape) - 1 and len(shape) > 2:  # torch Linear on (N, T, K): MatMul + Add
+            weight_t = writer.weight(layer, "weight", layer.blobs["weight"].data.t())
+            if not layer.params["bias_term"]:
+                writer.node("MatMul", [source, weight_t], list(layer.outputs), layer.name)
+                return
+            product = f"{layer.name}/matmul"
+            writer.node("MatMul", [source, weight_t], [product], f"{layer.name}/matmul")
+            writer.node("Add", [product, writer.weight(layer, "bias")], list(layer.outputs), layer.name)
+            return
+        if len(shape) > 2:  # Caffe flattens every axis from `axis` on
+            flat = f"{layer.name}/flatten"
+            writer.node("Flatten", [source], [flat], flat, axis=axis)
+            source = flat
+        inputs = [source, writer.weight(layer, "weight")]
+        if layer.params["bias_term"]:
+            inputs.append(writer.weight(layer, "bias"))
+        writer.node("Gemm", inputs, list(layer.outputs), layer.name, transB=1)
+
+    def from_onnx(self, node: Any, reader: Any) -> Layer | None:
+        import numpy as np
+        import torch
+
+        weight = reader.const(node.input[1])
+        if weight is None or weight.ndim != 2:
+            return None
+        if node.op_type == "MatMul":
+            params = {"num_output": int(weight.shape[1]), "bias_term": False, "axis": -1}
+            blobs = {"weight": reader.param_from(torch.from_numpy(np.ascontiguousarray(weight.T)))}
+            return reader.layer(node, self.name, params, inputs=[reader.blob(node.input[0])], blobs=blobs)
+        attrs = reader.attrs(node)
+        if attrs.get("transA", 0):
+            return None
+        alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
+        w = weight if attrs.get("transB", 0) else weight.T
+        blobs = {"weight": reader.param(node.input[1]) if attrs.get("transB", 0) and alpha == 1
+                 else reader.param_from(torch.from_numpy(np.ascontiguousarray(w * alpha)))}
+        params = {"num_output": int(w.shape[0]), "bias_term": len(node.input) > 2, "axis": 1}
+        if len(node.input) > 2:
+            bias = reader.const(node.input[2])
+            if bias is None or bias.size != w.shape[0]:
+                return None
+            blobs["bias"] = reader.param_from(torch.from_numpy(np.ascontiguousarray(bias.reshape(-1) * beta)))
+        return reader.layer(node, self.name, params, inputs=[reader.blob(node.input[0])], blobs=blobs)
+
     caffe_param_field = "inner_product_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

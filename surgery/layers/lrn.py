@@ -33,6 +33,19 @@ class LRN(LayerType):
         return {"local_size": module.size, "alpha": module.alpha, "beta": module.beta, "k": module.k,
                 "norm_region": "ACROSS_CHANNELS"}
 
+    onnx_ops = ("LRN",)
+
+    def to_onnx(self, layer: Layer, writer: Any) -> None:
+        p = layer.params
+        writer.node("LRN", list(layer.inputs), list(layer.outputs), layer.name, size=p["local_size"],
+                    alpha=float(p["alpha"]), beta=float(p["beta"]), bias=float(p["k"]))
+
+    def from_onnx(self, node: Any, reader: Any) -> Layer | None:
+        a = reader.attrs(node)
+        return reader.layer(node, self.name, {"local_size": a["size"], "alpha": a.get("alpha", 1e-4),
+                                              "beta": a.get("beta", 0.75), "k": a.get("bias", 1.0),
+                                              "norm_region": "ACROSS_CHANNELS"})
+
     caffe_param_field = "lrn_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

@@ -84,6 +84,54 @@ class Pooling(LayerType):
                               count_include_pad=values.get("count_include_pad", True),
                               divisor_override=values.get("divisor_override"))
 
+    onnx_ops = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean")
+
+    def to_onnx(self, layer: Layer, writer: Any) -> None:
+        p = layer.params
+        io = (list(layer.inputs), list(layer.outputs), layer.name)
+        if p.get("global_pooling"):
+            writer.node("GlobalMaxPool" if p["pool"] == "MAX" else "GlobalAveragePool", *io)
+            return
+        common = {"kernel_shape": list(p["kernel"]), "strides": list(p["stride"]), "pads": [*p["pad"], *p["pad"]],
+                  "ceil_mode": int(p["ceil_mode"])}
+        if p["pool"] == "MAX":
+            writer.node("MaxPool", *io, dilations=list(p["dilation"]), **common)
+        elif p.get("divisor_override"):
+            from surgery.emitters.onnx_model import unsupported
+
+            raise unsupported(layer)
+        else:
+            writer.node("AveragePool", *io, count_include_pad=int(p["count_include_pad"]), **common)
+
+    def from_onnx(self, node: Any, reader: Any) -> Layer | None:
+        source = reader.blob(node.input[0])
+        if node.op_type in ("GlobalAveragePool", "GlobalMaxPool"):
+            params = pooling_params("MAX" if node.op_type == "GlobalMaxPool" else "AVE", 1, global_pooling=True)
+            return reader.layer(node, self.name, params, inputs=[source])
+        attrs = reader.attrs(node)
+        if node.op_type == "ReduceMean":
+            axes = attrs.get("axes") or reader.const_list(node.input[1] if len(node.input) > 1 else None)
+            rank = len(reader.shape(source))
+            if rank != 4 or sorted(a % rank for a in axes or []) != [2, 3]:
+                return None
+            params = pooling_params("AVE", 1, global_pooling=True)
+            if attrs.get("keepdims", 1):
+                return reader.layer(node, self.name, params, inputs=[source])
+            pooled = reader.layer(node, self.name, params, inputs=[source], outputs=[f"{node.output[0]}/keepdims"])
+            return reader.add(Layer(reader.unique(f"{pooled.name}/flatten"), "Flatten", inputs=pooled.outputs,
+                                    outputs=[node.output[0]], params={"axis": 1, "end_axis": -1}))
+        kernel = tuple(attrs["kernel_shape"])
+        stride = tuple(attrs.get("strides", (1, 1)))
+        dilation = tuple(attrs.get("dilations", (1, 1)))
+        pads = reader.pads(node, source, kernel, stride, dilation)
+        if pads[:2] != pads[2:]:
+            return None
+        pool = "MAX" if node.op_type == "MaxPool" else "AVE"
+        params = pooling_params(pool, kernel, stride, pads[:2], dilation=dilation,
+                                ceil_mode=bool(attrs.get("ceil_mode", 0)),
+                                count_include_pad=bool(attrs.get("count_include_pad", 0)))
+        return reader.layer(node, self.name, params, inputs=[source])
+
     caffe_param_field = "pooling_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

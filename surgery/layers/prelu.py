@@ -30,6 +30,24 @@ class PReLU(LayerType):
     def import_torch_module(self, module: nn.PReLU) -> dict[str, Any]:
         return {"channel_shared": module.num_parameters == 1}
 
+    onnx_ops = ("PRelu",)
+
+    def to_onnx(self, layer: Layer, writer: Any) -> None:
+        rank = len(writer.in_shapes(layer)[0])
+        weight = layer.blobs["weight"].data
+        slope = weight.reshape(-1, *([1] * (rank - 2))) if rank > 2 else weight
+        writer.node("PRelu", [layer.inputs[0], writer.weight(layer, "weight", slope)], list(layer.outputs), layer.name)
+
+    def from_onnx(self, node: Any, reader: Any) -> Layer | None:
+        import torch
+
+        slope = reader.const(node.input[1])
+        if slope is None:
+            return None
+        flat = torch.from_numpy(slope.reshape(-1).copy())
+        return reader.layer(node, self.name, {"channel_shared": flat.numel() == 1},
+                            inputs=[reader.blob(node.input[0])], blobs={"weight": reader.param_from(flat)})
+
     caffe_param_field = "prelu_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

@@ -100,6 +100,22 @@ class LayerType:
         ``args`` holds ``None`` where a tensor input stands."""
         raise NotImplementedError
 
+    # --------------------------------------------------------------- onnx
+    #: ONNX operator types the ONNX importer maps to this layer type.
+    onnx_ops: ClassVar[tuple[str, ...]] = ()
+
+    def to_onnx(self, layer: Layer, writer: Any) -> None:
+        """Write this layer's ONNX node(s) into an ``OnnxWriter`` (node names derive
+        from the layer's name, initializer names from ``<layer>.<role>``)."""
+        from surgery.emitters.onnx_model import unsupported
+
+        raise unsupported(layer)
+
+    def from_onnx(self, node: Any, reader: Any) -> Layer | None:
+        """The layer for one ONNX node (its inputs already resolved by ``reader``), or
+        None when this node's attributes are outside what the type can express."""
+        raise NotImplementedError
+
     # -------------------------------------------------------------- caffe
     #: The LayerParameter field holding this type's hyper-parameters ("convolution_param").
     caffe_param_field: ClassVar[str | None] = None
@@ -170,9 +186,17 @@ def pair(value: Any) -> tuple[int, int]:
 
 
 class ActivationType(LayerType):
-    """A parameter-free elementwise layer computed by one torch module class."""
+    """A parameter-free elementwise layer computed by one torch module class and one
+    ONNX operator."""
 
     module_class: ClassVar[type[nn.Module]]
+    onnx_op: ClassVar[str]
+
+    def to_onnx(self, layer: Layer, writer: Any) -> None:
+        writer.node(self.onnx_op, list(layer.inputs), list(layer.outputs), layer.name)
+
+    def from_onnx(self, node: Any, reader: Any) -> Layer | None:
+        return reader.layer(node, self.name, {})
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
         return ModuleRecipe(self.module_class, {})

@@ -33,6 +33,17 @@ class ReLU(LayerType):
             return {"negative_slope": float(slope)}
         return {"negative_slope": 0.0}
 
+    onnx_ops = ("Relu", "LeakyRelu")
+
+    def to_onnx(self, layer: Layer, writer: Any) -> None:
+        slope = layer.params.get("negative_slope", 0.0)
+        io = (list(layer.inputs), list(layer.outputs), layer.name)
+        writer.node("LeakyRelu", *io, alpha=slope) if slope else writer.node("Relu", *io)
+
+    def from_onnx(self, node: Any, reader: Any) -> Layer | None:
+        slope = reader.attrs(node).get("alpha", 0.01) if node.op_type == "LeakyRelu" else 0.0
+        return reader.layer(node, self.name, {"negative_slope": float(slope)})
+
     caffe_param_field = "relu_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

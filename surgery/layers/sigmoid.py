@@ -15,3 +15,5 @@ class Sigmoid(ActivationType):
     module_class = nn.Sigmoid
     torch_modules = (nn.Sigmoid,)
     torch_functions = (torch.sigmoid, F.sigmoid, "sigmoid")
+    onnx_op = "Sigmoid"
+    onnx_ops = ("Sigmoid",)

@@ -32,6 +32,19 @@ class Softmax(LayerType):
             return None
         return {"axis": dim}
 
+    onnx_ops = ("Softmax",)
+
+    def to_onnx(self, layer: Layer, writer: Any) -> None:
+        writer.node("Softmax", list(layer.inputs), list(layer.outputs), layer.name, axis=layer.params.get("axis", 1))
+
+    def from_onnx(self, node: Any, reader: Any) -> Layer | None:
+        source = reader.blob(node.input[0])
+        axis = reader.attrs(node).get("axis", 1 if reader.opset < 13 else -1)
+        rank = len(reader.shape(source))
+        if reader.opset < 13 and axis % rank != rank - 1:
+            return None  # before opset 13 Softmax flattens from `axis` on
+        return reader.layer(node, self.name, {"axis": axis}, inputs=[source])
+
     caffe_param_field = "softmax_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

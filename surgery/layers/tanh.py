@@ -15,3 +15,5 @@ class TanH(ActivationType):
     module_class = nn.Tanh
     torch_modules = (nn.Tanh,)
     torch_functions = (torch.tanh, F.tanh, "tanh")
+    onnx_op = "Tanh"
+    onnx_ops = ("Tanh",)

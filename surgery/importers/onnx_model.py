@@ -1,0 +1,268 @@
+"""ONNX importer: an ONNX model's nodes and initializers become a :class:`Net`.
+
+Each node is mapped through the layer registry (``onnx_ops`` + ``from_onnx`` in each
+layer type's file). Layer names come from node names (generated and unique when
+empty); blob names are the ONNX value names. Initializers become lazy blobs that are
+read from the file only when an output needs them.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+
+from surgery.errors import ModelFormatError, ShapeError
+from surgery.ir import Layer, Net, ParamBlob, Shape
+from surgery.layers import layer_type, registered_types
+from surgery.layers.convolution import conv_output_size
+
+_PASS_THROUGH = {"Identity"}
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    if not path.exists():
+        raise ModelFormatError(f"ONNX file {str(path)!r} does not exist")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError and friends
+        raise ModelFormatError(f"{str(path)!r} is not a readable ONNX file ({type(error).__name__}: {error})",
+                               fix="check the file is complete (re-export or re-download it)") from None
+    if not model.graph.node:
+        raise ModelFormatError(f"{str(path)!r} has no graph nodes (truncated or not an ONNX model)")
+    _check_external_data(model, path)
+    return model
+
+
+def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
+    folder = path.resolve().parent
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if not target.is_relative_to(folder):
+            raise ModelFormatError(
+                f"initializer {tensor.name!r} points outside the model's folder ({location!r})",
+                fix="keep external data files beside the .onnx file",
+            )
+        if not target.exists():
+            raise ModelFormatError(f"external data file {location!r} of {tensor.name!r} is missing")
+
+
+class OnnxReader:
+    """What a layer type's ``from_onnx`` hook reads from and adds to."""
+
+    def __init__(self, model: onnx.ModelProto, path: Path, net: Net) -> None:
+        self.model = model
+        self.folder = path.resolve().parent
+        self.net = net
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        self.initializers = {t.name: t for t in model.graph.initializer}
+        self.constants: dict[str, np.ndarray] = {}
+        self.alias: dict[str, str] = {}
+        self.shapes: dict[str, Shape] = {}
+        self.batch = 1
+        self._names: collections.Counter = collections.Counter()
+
+    # ----------------------------------------------------------- values
+    def attrs(self, node: onnx.NodeProto) -> dict[str, Any]:
+        return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+    def const(self, name: str | None) -> np.ndarray | None:
+        """The value of an initializer or Constant output, else None."""
+        if not name:
+            return None
+        name = self.alias.get(name, name)
+        if name in self.constants:
+            return self.constants[name]
+        tensor = self.initializers.get(name)
+        if tensor is None:
+            return None
+        array = numpy_helper.to_array(tensor, base_dir=str(self.folder))
+        self.constants[name] = array
+        return array
+
+    def const_list(self, name: str | None) -> list | None:
+        value = self.const(name)
+        return None if value is None else value.reshape(-1).tolist()
+
+    def blob(self, name: str) -> str:
+        """The IR blob for an ONNX value (Identity nodes looked through)."""
+        name = self.alias.get(name, name)
+        if not self.net.has_blob(name):
+            if self.const(name) is not None:
+                raise ModelFormatError(f"constant {name!r} is used where a computed tensor is expected")
+            raise ModelFormatError(f"value {name!r} is read before any node writes it (the graph is not sorted)")
+        return name
+
+    def blob_or_const(self, name: str, node: onnx.NodeProto) -> str:
+        """A blob; a constant operand becomes a Constant layer first."""
+        value = self.const(name)
+        if value is not None and not self.net.has_blob(name):
+            return self.constant_layer(node, value, name)
+        return self.blob(name)
+
+    def shape(self, blob: str) -> Shape:
+        return self.shapes[blob]
+
+    def param(self, name: str, trainable: bool = True) -> ParamBlob:
+        """A lazy blob for initializer ``name`` (read from the file on first use)."""
+        name = self.alias.get(name, name)
+        tensor = self.initializers.get(name)
+        if tensor is None or name in self.constants:
+            return self.param_from(torch.from_numpy(np.array(self.const(name))), trainable)
+        dims = tuple(int(d) for d in tensor.dims)
+        dtype = torch.from_numpy(np.zeros(0, helper.tensor_dtype_to_np_dtype(tensor.data_type))).dtype
+        folder = str(self.folder)
+        return ParamBlob.lazy(dims, dtype, lambda: torch.from_numpy(
+            np.array(numpy_helper.to_array(tensor, base_dir=folder))), trainable=trainable)
+
+    def param_from(self, tensor: torch.Tensor, trainable: bool = True) -> ParamBlob:
+        return ParamBlob.from_tensor(tensor.contiguous(), trainable=trainable)
+
+    # ----------------------------------------------------------- layers
+    def unique(self, name: str) -> str:
+        candidate = name
+        while candidate in self.net:
+            self._names[name] += 1
+            candidate = f"{name}_{self._names[name]}"
+        return candidate
+
+    def layer(self, node: onnx.NodeProto, type_name: str, params: dict[str, Any], *, inputs: list[str] | None = None,
+              blobs: dict[str, ParamBlob] | None = None, outputs: list[str] | None = None) -> Layer:
+        """Add the layer a node becomes (default inputs: the node's first input)."""
+        name = self.unique(node.name or f"{node.op_type}_{len(self.net)}")
+        layer = Layer(name, type_name, inputs=inputs if inputs is not None else [self.blob(node.input[0])],
+                      outputs=list(outputs if outputs is not None else node.output[:1]), params=params,
+                      blobs=blobs or {})
+        return self.add(layer)
+
+    def add(self, layer: Layer) -> Layer:
+        self.net.add_layer(layer)
+        kind = layer_type(layer.type)
+        out = kind.infer_shapes(layer, [self.shapes[b] for b in layer.inputs])
+        self.shapes.update(zip(layer.outputs, out))
+        return layer
+
+    def constant_layer(self, node: onnx.NodeProto, value: np.ndarray, suffix: str) -> str:
+        name = self.unique(f"{node.name or node.op_type}/{suffix}")
+        tensor = torch.from_numpy(np.array(value, dtype=np.float32))
+        layer = Layer(name, "Constant", outputs=[name],
+                      blobs={"value": ParamBlob.from_tensor(tensor, trainable=False)})
+        self.add(layer)
+        return name
+
+    def pads(self, node: onnx.NodeProto, source: str, kernel: tuple, stride: tuple, dilation: tuple) -> list[int]:
+        """[top, left, bottom, right] from ``pads`` or ``auto_pad``."""
+        attrs = self.attrs(node)
+        auto = attrs.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            pads = [0, 0, 0, 0]
+            for i, size in enumerate(self.shape(source)[2:]):
+                out = -(-size // stride[i])
+                total = max(0, (out - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1 - size)
+                small, big = total // 2, total - total // 2
+                pads[i], pads[i + 2] = (small, big) if auto == "SAME_UPPER" else (big, small)
+            return pads
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        return [int(p) for p in pads] if len(pads) == 4 else [0, 0, 0, 0]
+
+    def pad_layer(self, node: onnx.NodeProto, source: str, pads: list[int]) -> str:
+        name = self.unique(f"{node.name or node.op_type}/pad")
+        self.add(Layer(name, "Pad", inputs=[source], outputs=[name], params={"pads": pads, "value": 0.0}))
+        return name
+
+
+def _dispatch() -> dict[str, list]:
+    table: dict[str, list] = collections.defaultdict(list)
+    for kind in registered_types().values():
+        for op in kind.onnx_ops:
+            table[op].append(kind)
+    return table
+
+
+def _unsupported(model: onnx.ModelProto, table: dict) -> None:
+    counts = collections.Counter(
+        n.op_type for n in model.graph.node if n.op_type not in table and n.op_type not in _PASS_THROUGH
+        and n.op_type != "Constant"
+    )
+    if counts:
+        listing = ", ".join(f"{op} x{count}" for op, count in sorted(counts.items()))
+        raise ModelFormatError(f"the ONNX file uses operators surgery does not support: {listing}",
+                               fix="export with constant folding (or simplify the model) so these disappear")
+
+
+def _input_shape(value: onnx.ValueInfoProto, given: tuple[int, ...] | None) -> tuple[int, ...]:
+    dims = value.type.tensor_type.shape.dim
+    file_shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    if given is not None:
+        if len(given) != len(file_shape) or any(f is not None and f != g for f, g in zip(file_shape[1:], given[1:])):
+            raise ShapeError(f"input {value.name!r} has shape {file_shape} in the file, not {list(given)}",
+                             fix="pass an input shape that matches the model (any batch size)")
+        return tuple(given)
+    if any(d is None for d in file_shape[1:]):
+        raise ShapeError(f"input {value.name!r} has symbolic axes {file_shape}", fix="give input_shape in the spec")
+    return tuple(d or 1 for d in file_shape)
+
+
+def import_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None, name: str | None = None) -> Net:
+    """Read an ONNX file into a :class:`Net`.
+
+    Args:
+        path: the ``.onnx`` file (external data must sit in its folder).
+        input_shape: the input's shape; default: the file's (a symbolic batch axis becomes 1).
+        name: the net's name (default: the graph's).
+
+    Raises:
+        ModelFormatError: unreadable file, or operators surgery does not support (all
+            listed, with counts).
+
+    Example:
+        >>> net = import_onnx("resnet18.onnx")
+    """
+    path = Path(path)
+    model = _load(path)
+    table = _dispatch()
+    _unsupported(model, table)
+    net = Net(name or model.graph.name or path.stem)
+    reader = OnnxReader(model, path, net)
+    for value in model.graph.input:
+        if value.name in reader.initializers:
+            continue  # old exporters list initializers as inputs too
+        shape = _input_shape(value, input_shape)
+        reader.batch = shape[0]
+        reader.add(Layer(reader.unique(value.name), "Input", outputs=[value.name], params={"shape": shape}))
+    for node in model.graph.node:
+        _import_node(node, reader, table)
+    outputs = [reader.alias.get(o.name, o.name) for o in model.graph.output]
+    net.set_outputs(outputs)
+    net.shapes()
+    return net
+
+
+def _import_node(node: onnx.NodeProto, reader: OnnxReader, table: dict) -> None:
+    if node.op_type == "Constant":
+        value = reader.attrs(node).get("value")
+        if value is None:
+            raise ModelFormatError(f"Constant node {node.name!r} has no tensor value")
+        reader.constants[node.output[0]] = numpy_helper.to_array(value)
+        return
+    if node.op_type in _PASS_THROUGH:
+        reader.alias[node.output[0]] = reader.alias.get(node.input[0], node.input[0])
+        return
+    if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1]:
+        pass  # the mask output is never used by inference graphs
+    for kind in table[node.op_type]:
+        if kind.from_onnx(node, reader) is not None:
+            return
+    raise ModelFormatError(
+        f"ONNX node {node.name or node.op_type!r} ({node.op_type}) uses attributes or inputs surgery cannot map",
+        fix="export with constant folding, or a newer opset",
+    )

@@ -1,0 +1,65 @@
+"""Reshape to a fixed shape (ONNX semantics: 0 copies the input's axis, -1 is inferred)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import fx
+
+from surgery.errors import ShapeError
+from surgery.ir import Layer, Shape
+from surgery.layers.registry import LayerType, register_layer
+
+
+def resolve_shape(target: list[int], shape: Shape) -> tuple[int, ...]:
+    """The concrete shape ``target`` means for an input of ``shape``."""
+    out = [shape[i] if d == 0 else d for i, d in enumerate(target)]
+    if out.count(-1) > 1:
+        raise ShapeError(f"shape {target} has more than one -1")
+    if -1 in out:
+        known = math.prod(d for d in out if d != -1)
+        if known == 0 or math.prod(shape) % known:
+            raise ShapeError(f"cannot reshape {shape} to {target}")
+        out[out.index(-1)] = math.prod(shape) // known
+    if math.prod(out) != math.prod(shape):
+        raise ShapeError(f"cannot reshape {shape} ({math.prod(shape)} values) to {target}")
+    return tuple(out)
+
+
+@register_layer
+class Reshape(LayerType):
+    """Params: shape (0 = copy that input axis, -1 = infer; keep the batch axis as 0)."""
+
+    name = "Reshape"
+    onnx_ops = ("Reshape",)
+
+    def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
+        self.expect_inputs(layer, in_shapes, 1)
+        return [resolve_shape(list(layer.params["shape"]), in_shapes[0])]
+
+    def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
+        target = list(layer.params["shape"])
+        if target and target[0] == 0:  # keep the batch axis dynamic
+            size = graph.call_method("size", (inputs[0], 0))
+            args = [size, *[in_shapes[0][i] if d == 0 else d for i, d in enumerate(target) if i > 0]]
+        else:
+            args = [in_shapes[0][i] if d == 0 else d for i, d in enumerate(target)]
+        return graph.call_method("reshape", (inputs[0], *args))
+
+    def to_onnx(self, layer: Layer, writer: Any) -> None:
+        import numpy as np
+
+        shape = writer.const(f"{layer.name}.shape", np.array(layer.params["shape"], dtype=np.int64))
+        writer.node("Reshape", [layer.inputs[0], shape], list(layer.outputs), layer.name)
+
+    def from_onnx(self, node: Any, reader: Any) -> Layer | None:
+        target = reader.const_list(node.input[1])
+        if target is None or reader.attrs(node).get("allowzero", 0):
+            return None
+        source = reader.blob(node.input[0])
+        target = [int(d) for d in target]
+        batch = reader.shape(source)[0]
+        if target and target[0] == batch and batch == reader.batch:
+            target[0] = 0  # the exporter baked its batch size in: keep the batch axis dynamic
+        return reader.layer(node, self.name, {"shape": target}, inputs=[source])

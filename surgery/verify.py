@@ -1,0 +1,167 @@
+"""Parity runs: the emitted PyTorch model, the emitted ONNX file (in onnxruntime) and the
+source model on the same seeded inputs.
+
+Three comparisons, each with an explicit tolerance:
+
+- emitted torch vs emitted ONNX, on every deploy output (promise 4: both outputs agree);
+- source vs emitted torch, on every *untouched frontier*: the last blobs whose whole
+  upstream the spec did not touch (promise 1: untouched means untouched);
+- source vs emitted torch on the outputs, when the spec touched nothing upstream of them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from surgery.emitters.onnx_model import emit_onnx
+from surgery.emitters.torch_module import emit_torch
+from surgery.ir import Net
+
+
+@dataclass
+class Comparison:
+    """One compared tensor: what against what, and how far apart."""
+
+    what: str
+    blob: str
+    max_abs: float
+    max_rel: float
+    atol: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs <= self.atol
+
+
+@dataclass
+class VerifyResult:
+    provider: str
+    comparisons: list[Comparison] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.comparisons)
+
+
+def onnx_session(path: Path):
+    """An onnxruntime session on the CUDA provider when it really starts, else the CPU.
+    ``session.get_providers()[0]`` is the provider that actually runs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # the GPU package logs noise when it falls back to the CPU
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        try:
+            session = ort.InferenceSession(str(path), options,
+                                           providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+            if session.get_providers()[0] == "CUDAExecutionProvider":
+                return session
+        except Exception:  # noqa: BLE001  (a CUDA build without a GPU: fall back, and say so below)
+            pass
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _diff(ours: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    if ours.shape != reference.shape:
+        return float("inf"), float("inf")
+    delta = float(np.max(np.abs(ours.astype(np.float64) - reference.astype(np.float64)))) if ours.size else 0.0
+    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    return delta, delta / scale if scale else delta
+
+
+def seeded_inputs(net: Net, seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {layer.outputs[0]: torch.randn(*layer.params["shape"], generator=generator)
+            for layer in net.input_layers()}
+
+
+def untouched_frontier(source: Net, edited: Net) -> list[str]:
+    """Blobs of ``edited`` computed exactly as in ``source`` whose consumers (or the net
+    output) are where the edits begin."""
+    def untouched(name: str) -> bool:
+        if name not in source:
+            return False
+        a, b = edited.layer(name), source.layer(name)
+        # use_global_stats only changes training; the deploy computation is the same.
+        same_params = {k: v for k, v in a.params.items() if k != "use_global_stats"} == {
+            k: v for k, v in b.params.items() if k != "use_global_stats"}
+        return (a.type == b.type and a.inputs == b.inputs and a.outputs == b.outputs and same_params
+                and all(blob.origin.kind == "source" for blob in a.blobs.values())
+                and set(a.blobs) == set(b.blobs))
+
+    clean = {name for name in edited.layer_names()
+             if untouched(name) and all(untouched(n) for n in edited.ancestors(name))}
+    frontier = []
+    for name in edited.layer_names():
+        layer = edited.layer(name)
+        if name not in clean or layer.type == "Input":
+            continue
+        for blob in layer.outputs:
+            readers = [c.name for c, _ in edited.consumers(blob)]
+            if blob in edited.outputs or any(r not in clean for r in readers):
+                frontier.append(blob)
+    return frontier
+
+
+def _torch_blobs(net: Net, blobs: list[str], inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    with net.temporarily():
+        for layer in list(net.layers()):
+            layer.phase = None  # probes read deploy-mode values of every blob
+        net.set_outputs(blobs)
+        model = emit_torch(net, copy_weights=False).eval()
+    with torch.no_grad():
+        out = model(*inputs.values())
+    if len(blobs) == 1:
+        out = {blobs[0]: out}
+    return {name: value.numpy() for name, value in out.items()}
+
+
+def verify(source: Net, edited: Net, *, seed: int = 0, atol: float = 1e-5, opset: int = 17) -> VerifyResult:
+    """Compare emitted torch, emitted ONNX (onnxruntime) and the source.
+
+    Args:
+        source: the source model as loaded (with its weights).
+        edited: the net after the spec's edits.
+        seed: seeds the random inputs (standard normal, the Input layers' shapes).
+        atol: the largest allowed max-abs difference (float32: 1e-5 by default).
+
+    Example:
+        >>> result = verify(surgery.load(model, shape), edited)
+        >>> print(format_verify(result)); assert result.ok
+    """
+    inputs = seeded_inputs(edited, seed)
+    deploy = edited.outputs_for(None)
+    ours = _torch_blobs(edited, deploy, inputs)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = emit_onnx(edited, Path(tmp) / "model.onnx", opset=opset)
+        session = onnx_session(path)
+        feeds = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
+        names = [o.name for o in session.get_outputs()]
+        theirs = dict(zip(names, session.run(names, feeds)))
+        provider = session.get_providers()[0]
+    result = VerifyResult(provider)
+    for blob in deploy:
+        result.comparisons.append(Comparison("onnx vs torch", blob, *_diff(theirs[blob], ours[blob]), atol))
+    frontier = untouched_frontier(source, edited)
+    if frontier:
+        source_values = _torch_blobs(source, frontier, {k: inputs[k] for k in seeded_inputs(source, seed)})
+        edited_values = _torch_blobs(edited, frontier, inputs)
+        for blob in frontier:
+            result.comparisons.append(
+                Comparison("torch vs source (untouched)", blob, *_diff(edited_values[blob], source_values[blob]), atol))
+    return result
+
+
+def format_verify(result: VerifyResult) -> str:
+    lines = [f"onnxruntime provider: {result.provider}"]
+    width = max((len(c.blob) for c in result.comparisons), default=10)
+    for c in result.comparisons:
+        status = "ok" if c.ok else f"FAIL (> {c.atol:g})"
+        lines.append(f"  {c.what:<28} {c.blob:<{width}}  max abs {c.max_abs:.3g}  max rel {c.max_rel:.3g}  {status}")
+    lines.append("verified: all within tolerance" if result.ok else "verification FAILED")
+    return "\n".join(lines)
