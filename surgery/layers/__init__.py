@@ -23,6 +23,7 @@ from surgery.layers import (  # noqa: F401  (importing registers the types)
     opaque_call,
     pad,
     pooling,
+    power,
     prelu,
     relu,
     reshape,

@@ -55,8 +55,8 @@ class Reshape(LayerType):
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
         target = reader.const_list(node.input[1])
-        if target is None or reader.attrs(node).get("allowzero", 0):
-            return None
+        if target is None or (reader.attrs(node).get("allowzero", 0) and 0 in target):
+            return None  # allowzero makes 0 a literal empty axis
         source = reader.blob(node.input[0])
         target = [int(d) for d in target]
         batch = reader.shape(source)[0]
