@@ -94,6 +94,20 @@ def test_names_batch_axis_opset_and_determinism(tmp_path: Path) -> None:
         emit_onnx(net, tmp_path / "old.onnx", opset=13)
 
 
+def test_streamed_file_equals_protobuf_serialisation(tmp_path: Path) -> None:
+    """The streaming writer produces exactly the bytes protobuf would, for both layouts."""
+    from surgery.emitters.onnx_model import build_model
+
+    net = surgery.load(toy_cnn(), (2, 3, 16, 16))
+    path = emit_onnx(net, tmp_path / "m.onnx")
+    assert path.read_bytes() == build_model(net).SerializeToString()
+    external = emit_onnx(net, tmp_path / "e.onnx", external_data=True)
+    loaded = onnx.load(str(external))  # loads the external data too
+    assert loaded.graph.initializer[0].name == "features.block1_conv1.weight"
+    for ours, reference in zip(loaded.graph.initializer, build_model(net).graph.initializer):
+        assert numpy_helper.to_array(ours).tobytes() == numpy_helper.to_array(reference).tobytes()
+
+
 def test_train_only_heads_are_left_out_unless_asked(tmp_path: Path) -> None:
     net = surgery.load(three_heads(), (2, 3, 8, 8))
     deploy = onnx.load(str(emit_onnx(net, tmp_path / "d.onnx")))

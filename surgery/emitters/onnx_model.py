@@ -40,8 +40,8 @@ class OnnxWriter:
         self.opset = opset
         self.shapes = net.shapes()
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self._names: set[str] = set()
+        #: initializer name -> contiguous numpy array (weights are not copied into protobuf)
+        self.tensors: dict[str, np.ndarray] = {}
 
     def node(self, op_type: str, inputs: list[str], outputs: list[str], name: str, **attrs: Any) -> None:
         """Add one node; ``name`` should be the layer's (suffixed when a layer needs several)."""
@@ -54,10 +54,9 @@ class OnnxWriter:
 
     def const(self, name: str, array: np.ndarray | list) -> str:
         """An initializer with a fixed value (a shape, a scale); its name."""
-        if name in self._names:
+        if name in self.tensors:
             raise SurgeryError(f"two initializers would be called {name!r}")
-        self._names.add(name)
-        self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        self.tensors[name] = np.ascontiguousarray(array)
         return name
 
     def in_shapes(self, layer: Layer) -> list[Shape | None]:
@@ -82,9 +81,10 @@ def _deploy_layers(net: Net, keep_train_branches: bool) -> tuple[list[Layer], li
     return [layer for layer in net.layers() if layer.name in needed], outputs
 
 
-def build_model(net: Net, *, opset: int = DEFAULT_OPSET, ir_version: int | None = None, dynamic_batch: bool = True,
-                keep_train_branches: bool = False) -> onnx.ModelProto:
-    """The ONNX model of ``net`` (deploy outputs only unless ``keep_train_branches``)."""
+def build_parts(net: Net, *, opset: int = DEFAULT_OPSET, ir_version: int | None = None, dynamic_batch: bool = True,
+                keep_train_branches: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The ONNX model of ``net`` without its initializers, and the initializers' values
+    (deploy outputs only unless ``keep_train_branches``)."""
     if opset < 17:
         raise SurgeryError(f"opset {opset} is too old", fix="use opset 17 or newer")
     writer = OnnxWriter(net, opset)
@@ -96,22 +96,41 @@ def build_model(net: Net, *, opset: int = DEFAULT_OPSET, ir_version: int | None 
             continue
         layer_type(layer.type).to_onnx(layer, writer)
     graph = helper.make_graph(
-        writer.nodes, net.name, inputs,
-        [_value_info(blob, writer.shapes[blob], dynamic_batch) for blob in outputs],
-        writer.initializers,
+        writer.nodes, net.name, inputs, [_value_info(blob, writer.shapes[blob], dynamic_batch) for blob in outputs],
     )
     ir = ir_version or IR_FOR_OPSET.get(opset, 10)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir,
                               producer_name="surgery")
+    return model, writer.tensors
+
+
+def build_model(net: Net, **options: Any) -> onnx.ModelProto:
+    """The complete ONNX model of ``net`` in memory (initializers included)."""
+    model, tensors = build_parts(net, **options)
+    model.graph.initializer.extend(numpy_helper.from_array(array, name) for name, array in tensors.items())
     return model
 
 
-def check_model(model: onnx.ModelProto, path: Path | None = None) -> None:
-    """Full checker + strict shape inference (on the file when it has external data)."""
+def _skeleton(model: onnx.ModelProto, tensors: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The model with its initializers declared as typed graph inputs: the same graph,
+    names, types and shapes for the checker, without a copy of any weight."""
+    checked = onnx.ModelProto()
+    checked.CopyFrom(model)
+    checked.graph.input.extend(
+        helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape))
+        for name, a in tensors.items()
+    )
+    return checked
+
+
+def check_model(model: onnx.ModelProto, tensors: dict[str, np.ndarray]) -> None:
+    """Full checker + strict shape inference on the model's structure (names, types,
+    shapes, operator schemas). Weight values are left out of the check (serialising
+    them twice more would triple the write time); their types and shapes are checked."""
+    skeleton = _skeleton(model, tensors)
     try:
-        onnx.checker.check_model(str(path) if path is not None else model, full_check=True)
-        if path is None:
-            onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        onnx.checker.check_model(skeleton, full_check=True)
+        onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise SurgeryError(f"the ONNX model does not check: {str(error).strip().splitlines()[0]}") from None
 
@@ -137,28 +156,115 @@ def emit_onnx(net: Net, path: str | Path, *, opset: int = DEFAULT_OPSET, ir_vers
         >>> emit_onnx(net, "out/model.onnx")
     """
     path = Path(path)
-    model = build_model(net, opset=opset, ir_version=ir_version, dynamic_batch=dynamic_batch,
-                        keep_train_branches=keep_train_branches)
-    size = sum(t.ByteSize() for t in model.graph.initializer)
+    model, tensors = build_parts(net, opset=opset, ir_version=ir_version, dynamic_batch=dynamic_batch,
+                                 keep_train_branches=keep_train_branches)
+    size = sum(a.nbytes for a in tensors.values())
     external = external_data if external_data is not None else size > EXTERNAL_DATA_THRESHOLD
-    if not external:
-        check_model(model)
+    check_model(model, tensors)
     path.parent.mkdir(parents=True, exist_ok=True)
+    data_path = path.with_name(path.name + ".data")
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     os.close(handle)
+    temp_data = Path(temp + ".data") if external else None
     try:
+        with open(temp, "wb") as out:
+            if external:
+                with open(temp_data, "wb") as data:
+                    write_model(out, model, tensors, data, data_path.name)
+            else:
+                write_model(out, model, tensors)
         if external:
-            data_name = path.name + ".data"
-            onnx.save_model(model, temp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
-            check_model(model, Path(temp))
-        else:
-            onnx.save_model(model, temp)
+            os.replace(temp_data, data_path)
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
+        if temp_data is not None:
+            temp_data.unlink(missing_ok=True)
         raise
     return path
+
+
+# ---- streaming writer ---------------------------------------------------------------
+# A ModelProto is written field by field: the small parts serialised by protobuf, each
+# weight's bytes straight from the tensor's memory (a memory-mapped source included).
+# protobuf parsers accept fields in any order and repeated fields one by one, so the file
+# is exactly what serialising the complete ModelProto would give, minus two full copies.
+_GRAPH_FIELD, _INITIALIZER_FIELD, _RAW_DATA_FIELD = 7, 5, 9
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _tag(field: int) -> bytes:
+    return _varint(field << 3 | 2)  # length-delimited
+
+
+def _tensor_head(name: str, array: np.ndarray, location: str | None, offset: int) -> onnx.TensorProto:
+    head = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+    head.dims.extend(array.shape)
+    if location is not None:
+        head.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(array.nbytes))):
+            entry = head.external_data.add()
+            entry.key, entry.value = key, value
+    return head
+
+
+def write_model(out, model: onnx.ModelProto, tensors: dict[str, np.ndarray], data=None,
+                location: str | None = None) -> None:
+    """Write ``model`` with ``tensors`` as its initializers to the binary file ``out``;
+    with ``data``, the weights go to that file instead (external data at ``location``)."""
+    # Fields are written in field-number order, as protobuf does: the model's fields
+    # before `graph` (7), the graph's before `initializer` (5), the initializers, the rest.
+    model_head, model_tail = _split(model, 7)
+    graph_head, graph_tail = _split(model.graph, 5)
+    pieces: list[tuple[bytes, memoryview | None]] = []
+    offset = 0
+    for name, array in tensors.items():
+        head = _tensor_head(name, array, location, offset).SerializeToString()
+        if data is None:
+            raw = memoryview(np.ascontiguousarray(array)).cast("B")
+            body = head + _tag(_RAW_DATA_FIELD) + _varint(len(raw))
+            pieces.append((_tag(_INITIALIZER_FIELD) + _varint(len(body) + len(raw)) + body, raw))
+        else:
+            data.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+            offset += array.nbytes
+            pieces.append((_tag(_INITIALIZER_FIELD) + _varint(len(head)) + head, None))
+    graph_length = len(graph_head) + len(graph_tail) + sum(len(p) + (len(r) if r is not None else 0) for p, r in pieces)
+    out.write(model_head)
+    out.write(_tag(_GRAPH_FIELD) + _varint(graph_length))
+    out.write(graph_head)
+    for prefix, raw in pieces:
+        out.write(prefix)
+        if raw is not None:
+            out.write(raw)
+    out.write(graph_tail)
+    out.write(model_tail)
+
+
+def _split(message: Any, field_number: int) -> tuple[bytes, bytes]:
+    """The serialised fields of ``message`` numbered below and above ``field_number``."""
+    below, above = type(message)(), type(message)()
+    for field, value in message.ListFields():
+        if field.number == field_number:
+            continue
+        target = below if field.number < field_number else above
+        if hasattr(value, "extend"):  # a repeated field (protobuf 7 dropped FieldDescriptor.label)
+            getattr(target, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+    return below.SerializeToString(), above.SerializeToString()
 
 
 def unsupported(layer: Layer) -> ModelFormatError:

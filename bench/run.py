@@ -1,0 +1,20 @@
+"""Run every benchmark in one process and print its ratios (each measured side by side).
+
+    python bench/run.py            # about 2 minutes on 2 cores; needs torchvision + onnxruntime
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_core  # noqa: E402
+import bench_onnx  # noqa: E402
+
+if __name__ == "__main__":
+    print("== core (torch) ==")
+    bench_core.main([])
+    print("== onnx ==")
+    bench_onnx.main([])
