@@ -46,6 +46,7 @@ class Report:
     outputs: list[str] = field(default_factory=list)
     spec: dict[str, Any] | None = None
     loss_weights: dict[str, float] = field(default_factory=dict)
+    weight_copy: dict[str, list[str]] | None = None
 
     @property
     def total_params(self) -> int:
@@ -64,6 +65,7 @@ class Report:
             "layers": self.rows,
             "edits": [a.as_dict() for a in self.actions],
             **({"loss_weights": self.loss_weights} if self.loss_weights else {}),
+            **({"weight_copy": self.weight_copy} if self.weight_copy is not None else {}),
             **({"spec": self.spec} if self.spec is not None else {}),
         }
 
@@ -95,6 +97,12 @@ class Report:
             f"{len(self.rows)} layers, {self.total_params:,} parameters "
             f"({self.trainable_params:,} trainable); outputs: {', '.join(self.outputs)}"
         )
+        if self.weight_copy is not None:
+            out.append("weights by layer name: " + "; ".join(
+                f"{what} {len(names)}" + (f" ({', '.join(names[:6])}{' ...' if len(names) > 6 else ''})" if names else "")
+                for what, names in self.weight_copy.items()))
+        if self.loss_weights:
+            out.append("loss weights: " + ", ".join(f"{b} {w:g}" for b, w in self.loss_weights.items()))
         if self.actions:
             out.append("")
             out.append("edits:")
@@ -147,4 +155,4 @@ def build_report(net: Net, actions: list[Action] | None = None, spec: dict[str, 
                 for role, b in layer.blobs.items()
             },
         })
-    return Report(net.name, rows, list(actions or []), net.outputs, spec, dict(net.loss_weights))
+    return Report(net.name, rows, list(actions or []), net.outputs, spec, dict(net.loss_weights), net.weight_copy)

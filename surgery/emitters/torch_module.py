@@ -13,8 +13,10 @@ import copy
 import hashlib
 import inspect
 import itertools
+import keyword
 import json
 import operator
+import re
 import sys
 import types
 from dataclasses import dataclass
@@ -93,9 +95,20 @@ def _method_source(graph: fx.Graph, method: str, imports: dict[str, str]) -> str
             imports[name] = f"from {module} import {head} as {name}" if not rest else (
                 f"import {module} as _m_{name}\n{name} = _m_{name}.{qualname}"
             )
-    body = code.src.strip("\n")
+    body = _quote_keywords(code.src.strip("\n"))
     body = body.replace("def forward(self", f"def {method}(self", 1)
     return "\n".join("    " + line if line.strip() else "" for line in body.splitlines())
+
+
+_KEYWORD_ATTRIBUTE = re.compile(r"(self(?:\.[A-Za-z_]\w*)*)\.(" + "|".join(keyword.kwlist) + r")\b(?=[.(])")
+
+
+def _quote_keywords(code: str) -> str:
+    """fx writes ``self.global(x)`` for a layer named ``global``; make it ``getattr``."""
+    previous = None
+    while previous != code:
+        previous, code = code, _KEYWORD_ATTRIBUTE.sub(lambda m: f'getattr({m.group(1)}, "{m.group(2)}")', code)
+    return code
 
 
 def _recipe_source(recipe: ModuleRecipe) -> str:

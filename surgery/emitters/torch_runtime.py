@@ -90,3 +90,38 @@ class ConstantTensor(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return self.value
+
+
+class ChannelAffine(nn.Module):
+    """Caffe's Scale / Bias layers: ``y = x * weight + bias`` with the parameters
+    broadcast over the axes after ``axis + ndim(weight)``."""
+
+    def __init__(self, shape: tuple[int, ...], axis: int, scale: bool, bias: bool) -> None:
+        super().__init__()
+        self.axis = axis
+        self.weight = nn.Parameter(torch.empty(shape)) if scale else None
+        self.bias = nn.Parameter(torch.empty(shape)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        param = self.weight if self.weight is not None else self.bias
+        view = (1,) * self.axis + tuple(param.shape) + (1,) * (x.dim() - self.axis - param.dim())
+        if self.weight is not None:
+            x = x * self.weight.reshape(view)
+        if self.bias is not None:
+            x = x + self.bias.reshape(view)
+        return x
+
+
+class WithinChannelLRN(nn.Module):
+    """Caffe's LRN with norm_region WITHIN_CHANNEL:
+    ``y = x * (1 + alpha / size^2 * sum of x^2 over a size x size window)^-beta``
+    (Caffe ignores k in this mode)."""
+
+    def __init__(self, size: int, alpha: float, beta: float) -> None:
+        super().__init__()
+        self.size, self.alpha, self.beta = size, alpha, beta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = (self.size - 1) // 2
+        mean = F.avg_pool2d(x * x, self.size, stride=1, padding=pad, count_include_pad=True)
+        return x * (1 + self.alpha * mean) ** -self.beta

@@ -42,6 +42,8 @@ class Net:
         self._shapes: dict[str, Shape | None] | None = None
         #: Training metadata (e.g. Caffe loss weights per output blob).
         self.loss_weights: dict[str, float] = {}
+        #: How an importer matched weights to layers ({"copied", "initialised", "ignored"}).
+        self.weight_copy: dict[str, list[str]] | None = None
 
     # ----------------------------------------------------------------- queries
     def __contains__(self, name: str) -> bool:

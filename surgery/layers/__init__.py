@@ -7,10 +7,12 @@ here.
 from surgery.layers import (  # noqa: F401  (importing registers the types)
     adaptive_pooling,
     batch_norm,
+    bias,
     clip,
     concat,
     constant,
     convolution,
+    deconvolution,
     dropout,
     eltwise,
     flatten,
@@ -27,7 +29,9 @@ from surgery.layers import (  # noqa: F401  (importing registers the types)
     prelu,
     relu,
     reshape,
+    scale,
     sigmoid,
+    slice,
     softmax,
     tanh,
 )

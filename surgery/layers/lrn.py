@@ -21,12 +21,16 @@ class LRN(LayerType):
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)
-        if layer.params.get("norm_region", "ACROSS_CHANNELS") != "ACROSS_CHANNELS":
-            raise ShapeError("only ACROSS_CHANNELS normalisation has a torch module")
+        if layer.params["local_size"] % 2 == 0:
+            raise ShapeError(f"local_size must be odd, got {layer.params['local_size']}")
         return [in_shapes[0]]
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
         p = layer.params
+        if p.get("norm_region", "ACROSS_CHANNELS") == "WITHIN_CHANNEL":
+            from surgery.emitters.torch_runtime import WithinChannelLRN
+
+            return ModuleRecipe(WithinChannelLRN, {"size": p["local_size"], "alpha": p["alpha"], "beta": p["beta"]})
         return ModuleRecipe(nn.LocalResponseNorm, {"size": p["local_size"], "alpha": p["alpha"], "beta": p["beta"], "k": p["k"]})
 
     def import_torch_module(self, module: nn.LocalResponseNorm) -> dict[str, Any]:
@@ -37,8 +41,27 @@ class LRN(LayerType):
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:
         p = layer.params
+        if p.get("norm_region", "ACROSS_CHANNELS") == "WITHIN_CHANNEL":
+            self._within_channel_onnx(layer, writer)
+            return
         writer.node("LRN", list(layer.inputs), list(layer.outputs), layer.name, size=p["local_size"],
                     alpha=float(p["alpha"]), beta=float(p["beta"]), bias=float(p["k"]))
+
+    @staticmethod
+    def _within_channel_onnx(layer: Layer, writer: Any) -> None:
+        """x * (1 + alpha * avgpool(x^2))^-beta, as Caffe computes WITHIN_CHANNEL."""
+        import numpy as np
+
+        p, name, x = layer.params, layer.name, layer.inputs[0]
+        pad = (p["local_size"] - 1) // 2
+        const = lambda role, v: writer.const(f"{name}.{role}", np.array(v, dtype=np.float32))  # noqa: E731
+        writer.node("Mul", [x, x], [f"{name}/sq"], f"{name}/sq")
+        writer.node("AveragePool", [f"{name}/sq"], [f"{name}/mean"], f"{name}/mean",
+                    kernel_shape=[p["local_size"]] * 2, pads=[pad] * 4, count_include_pad=1)
+        writer.node("Mul", [f"{name}/mean", const("alpha", p["alpha"])], [f"{name}/scaled"], f"{name}/scaled")
+        writer.node("Add", [f"{name}/scaled", const("one", 1.0)], [f"{name}/base"], f"{name}/base")
+        writer.node("Pow", [f"{name}/base", const("beta", -p["beta"])], [f"{name}/norm"], f"{name}/norm")
+        writer.node("Mul", [x, f"{name}/norm"], list(layer.outputs), name)
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
         a = reader.attrs(node)
