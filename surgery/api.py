@@ -321,6 +321,11 @@ def _write_outputs(planned: Plan, staging: Path, progress: Progress | None) -> l
                 error.fix = (error.fix or "") + "; or add `output { pytorch { } }` to the spec to write PyTorch only"
             raise
         files += sorted(p for p in staging.glob(onnx.path + ".data"))
+    if output.HasField("caffe"):
+        from surgery.emitters.caffe import emit_caffe
+
+        _step(progress, f"writing {output.caffe.prototxt} and {output.caffe.weights}")
+        files += emit_caffe(planned.net, staging / output.caffe.prototxt, staging / output.caffe.weights)
     report_file = staging / "report.json"
     report_file.write_text(planned.report.to_json())
     files.append(report_file)

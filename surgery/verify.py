@@ -91,8 +91,9 @@ def untouched_frontier(source: Net, edited: Net) -> list[str]:
         same_params = {k: v for k, v in a.params.items() if k != "use_global_stats"} == {
             k: v for k, v in b.params.items() if k != "use_global_stats"}
         return (a.type == b.type and a.inputs == b.inputs and a.outputs == b.outputs and same_params
-                and all(blob.origin.kind == "source" for blob in a.blobs.values())
-                and set(a.blobs) == set(b.blobs))
+                and set(a.blobs) == set(b.blobs)
+                and all(a.blobs[r].origin == b.blobs[r].origin and a.blobs[r].shape == b.blobs[r].shape
+                        for r in a.blobs))
 
     clean = {name for name in edited.layer_names()
              if untouched(name) and all(untouched(n) for n in edited.ancestors(name))}

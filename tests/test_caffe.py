@@ -221,3 +221,63 @@ def test_caffe_source_errors_point_at_the_spec(tmp_path: Path) -> None:
     spec.write_text('source { caffe { prototxt: "missing.prototxt" } }\n')
     with pytest.raises(SurgeryError, match="missing.prototxt"):
         surgery.plan(spec)
+
+
+def test_caffe_round_trip_keeps_outputs(tmp_path: Path) -> None:
+    """Caffe -> IR -> Caffe -> IR computes the same, and the prototxt stays readable."""
+    from surgery.emitters.caffe import emit_caffe
+
+    text, model = write_net(tmp_path, "mini", MINI_GOOGLENET, mini_googlenet_weights())
+    first = import_caffe(text, model, phase="TEST", input_shape=(2, 3, 32, 32))
+    prototxt, weights = emit_caffe(first, tmp_path / "deploy.prototxt", tmp_path / "deploy.caffemodel")
+    written = prototxt.read_text()
+    assert 'name: "loss3/classifier"' in written and "blobs" not in written
+    second = import_caffe(prototxt, weights)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(surgery.to_torch(first).eval()(x), surgery.to_torch(second).eval()(x))
+    cv2 = pytest.importorskip("cv2")
+    net = cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
+    net.setInput(x.numpy())
+    np.testing.assert_allclose(net.forward(), surgery.to_torch(first).eval()(x).detach().numpy(), atol=1e-4)
+
+
+def test_torch_model_to_caffe_runs_in_opencv(tmp_path: Path) -> None:
+    """A torch model (BatchNorm with affine -> BatchNorm + Scale) written as Caffe files."""
+    from surgery.emitters.caffe import emit_caffe
+    from toy_nets import toy_cnn
+
+    source = toy_cnn()
+    net = surgery.load(source, (1, 3, 16, 16))
+    prototxt, weights = emit_caffe(net, tmp_path / "toy.prototxt", tmp_path / "toy.caffemodel")
+    x = torch.randn(1, 3, 16, 16)
+    again = surgery.to_torch(import_caffe(prototxt, weights)).eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(again(x).numpy(), source(x).numpy(), atol=1e-5)
+    cv2 = pytest.importorskip("cv2")
+    cv_net = cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
+    cv_net.setInput(x.numpy())
+    with torch.no_grad():
+        np.testing.assert_allclose(cv_net.forward(), source(x).numpy(), atol=1e-4)
+
+
+def test_what_caffe_cannot_express_is_named(tmp_path: Path) -> None:
+    from surgery.emitters.caffe import emit_caffe
+    from test_torch_roundtrip import Wrap
+
+    class Gate(torch.nn.Module):
+        def forward(self, x):
+            return x * x.mean(1, keepdim=True).sigmoid()
+
+    class Broadcast(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = torch.nn.Conv2d(4, 1, 1)
+
+        def forward(self, x):
+            return x * self.gate(x)
+
+    with pytest.raises(ModelFormatError, match=r"'mul' \(Eltwise\) cannot be written to Caffe: .*no broadcasting"):
+        emit_caffe(surgery.load(Broadcast(), (1, 4, 5, 5)), tmp_path / "b.prototxt", tmp_path / "b.caffemodel")
+    with pytest.raises(ModelFormatError, match="cannot be written to Caffe"):
+        emit_caffe(surgery.load(Wrap(Gate()), (1, 4, 5, 5)), tmp_path / "g.prototxt", tmp_path / "g.caffemodel")
+    assert not list(tmp_path.iterdir())

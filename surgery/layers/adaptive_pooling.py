@@ -60,3 +60,13 @@ class AdaptivePooling(LayerType):
 
 def _size(size: Any) -> list[int | None]:
     return [size, size] if isinstance(size, int) or size is None else list(size)
+
+    def to_caffe(self, layer: Layer, writer: Any) -> None:
+        from surgery.emitters.caffe import unsupported_in_caffe
+
+        shape = writer.in_shapes(layer)[0][2:]
+        size = [s if s is not None else shape[i] for i, s in enumerate(layer.params["output_size"])]
+        if size != [1, 1]:
+            raise unsupported_in_caffe(layer, "only global adaptive pooling has a Caffe form")
+        param = writer.layer(layer, "Pooling").pooling_param
+        param.pool, param.global_pooling = (0 if layer.params["pool"] == "MAX" else 1), True

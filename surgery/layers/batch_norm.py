@@ -95,6 +95,23 @@ class BatchNorm(LayerType):
         return reader.layer(node, self.name, params, inputs=[reader.blob(node.input[0])], blobs=blobs,
                             outputs=node.output[:1])
 
+    def to_caffe(self, layer: Layer, writer: Any) -> None:
+        """Caffe's BatchNorm (statistics, factor 1) plus a Scale for torch's affine part."""
+        import torch
+
+        affine = "weight" in layer.blobs
+        middle = f"{layer.name}/normalized" if affine else layer.outputs[0]
+        message = writer.layer(layer, "BatchNorm", top=[middle])
+        message.batch_norm_param.eps = float(layer.params.get("eps", 1e-5))
+        message.batch_norm_param.use_global_stats = True
+        for role in ("running_mean", "running_var"):
+            writer.blob(message, layer.blobs[role].data, 0.0, 0.0)
+        writer.blob(message, torch.ones(1), 0.0, 0.0)
+        if affine:
+            scale = writer.layer(layer, "Scale", name=f"{layer.name}/scale", bottom=[middle])
+            scale.scale_param.bias_term = True
+            writer.blobs(scale, layer, ("weight", "bias"))
+
     caffe_param_field = "batch_norm_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

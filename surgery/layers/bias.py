@@ -43,6 +43,12 @@ class Bias(LayerType):
         view = blob.reshape(*blob.shape, *([1] * (len(shape) - axis - blob.dim())))
         writer.node("Add", [layer.inputs[0], writer.weight(layer, "bias", view)], list(layer.outputs), layer.name)
 
+    def to_caffe(self, layer: Layer, writer: Any) -> None:
+        message = writer.layer(layer, "Bias")
+        message.bias_param.axis = layer.params.get("axis", 1)
+        message.bias_param.num_axes = layer.params.get("num_axes", 1)
+        writer.blobs(message, layer, ("bias",))
+
     def from_caffe(self, param: Any) -> dict[str, Any]:
         return {"axis": param.axis, "num_axes": param.num_axes}
 

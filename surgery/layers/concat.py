@@ -45,6 +45,9 @@ class Concat(LayerType):
         return reader.layer(node, self.name, {"axis": reader.attrs(node)["axis"]},
                             inputs=[reader.blob_or_const(n, node) for n in node.input])
 
+    def to_caffe(self, layer: Layer, writer: Any) -> None:
+        writer.layer(layer, "Concat").concat_param.axis = layer.params.get("axis", 1)
+
     caffe_param_field = "concat_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

@@ -113,6 +113,22 @@ class Convolution(LayerType):
             blobs["bias"] = reader.param(node.input[2])
         return reader.layer(node, self.name, params, inputs=[source], blobs=blobs)
 
+    def to_caffe(self, layer: Layer, writer: Any) -> None:
+        p = layer.params
+        message = writer.layer(layer, self.name)
+        param = message.convolution_param
+        param.num_output, param.bias_term, param.group = p["num_output"], p["bias_term"], p["group"]
+        param.kernel_h, param.kernel_w = p["kernel"]
+        param.stride_h, param.stride_w = p["stride"]
+        param.pad_h, param.pad_w = p["pad"]
+        if tuple(p["dilation"]) != (1, 1):
+            param.dilation.extend(p["dilation"])
+        writer.blobs(message, layer, ("weight", "bias"))
+        if p.get("padding_mode", "zeros") != "zeros":
+            from surgery.emitters.caffe import unsupported_in_caffe
+
+            raise unsupported_in_caffe(layer, f"padding_mode {p['padding_mode']!r}")
+
     caffe_param_field = "convolution_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

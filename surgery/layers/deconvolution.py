@@ -21,6 +21,22 @@ class Deconvolution(LayerType):
     torch_modules = (nn.ConvTranspose2d,)
     onnx_ops = ("ConvTranspose",)
     blob_roles = ("weight", "bias")
+    def to_caffe(self, layer: Layer, writer: Any) -> None:
+        p = layer.params
+        message = writer.layer(layer, self.name)
+        param = message.convolution_param
+        param.num_output, param.bias_term, param.group = p["num_output"], p["bias_term"], p["group"]
+        param.kernel_h, param.kernel_w = p["kernel"]
+        param.stride_h, param.stride_w = p["stride"]
+        param.pad_h, param.pad_w = p["pad"]
+        if tuple(p["dilation"]) != (1, 1):
+            param.dilation.extend(p["dilation"])
+        writer.blobs(message, layer, ("weight", "bias"))
+        if tuple(p.get("output_padding", (0, 0))) != (0, 0):
+            from surgery.emitters.caffe import unsupported_in_caffe
+
+            raise unsupported_in_caffe(layer, "Caffe's Deconvolution has no output_padding")
+
     caffe_param_field = "convolution_param"
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:

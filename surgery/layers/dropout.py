@@ -43,6 +43,9 @@ class Dropout(LayerType):
         return reader.layer(node, self.name, {"ratio": float(0.5 if ratio is None else ratio)},
                             inputs=[reader.blob(node.input[0])], outputs=node.output[:1])
 
+    def to_caffe(self, layer: Layer, writer: Any) -> None:
+        writer.layer(layer, "Dropout").dropout_param.dropout_ratio = layer.params.get("ratio", 0.5)
+
     caffe_param_field = "dropout_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

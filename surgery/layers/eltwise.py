@@ -107,6 +107,16 @@ class Eltwise(LayerType):
         operation = {"Add": "SUM", "Sum": "SUM", "Mul": "PROD", "Max": "MAX"}[op]
         return reader.layer(node, self.name, {"operation": operation, "coeff": []}, inputs=inputs)
 
+    def to_caffe(self, layer: Layer, writer: Any) -> None:
+        shapes = writer.in_shapes(layer)
+        if any(tuple(s) != tuple(shapes[0]) for s in shapes):
+            from surgery.emitters.caffe import unsupported_in_caffe
+
+            raise unsupported_in_caffe(layer, f"Caffe's Eltwise needs equal shapes, got {shapes} (no broadcasting)")
+        param = writer.layer(layer, "Eltwise").eltwise_param
+        param.operation = {"PROD": 0, "SUM": 1, "MAX": 2}[layer.params["operation"]]
+        param.coeff.extend(layer.params.get("coeff") or [])
+
     caffe_param_field = "eltwise_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

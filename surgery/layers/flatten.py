@@ -64,6 +64,10 @@ class Flatten(LayerType):
             return None  # ONNX merges the leading axes too; not a Caffe/torch flatten
         return reader.layer(node, self.name, {"axis": 1, "end_axis": -1})
 
+    def to_caffe(self, layer: Layer, writer: Any) -> None:
+        param = writer.layer(layer, "Flatten").flatten_param
+        param.axis, param.end_axis = layer.params.get("axis", 1), layer.params.get("end_axis", -1)
+
     caffe_param_field = "flatten_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

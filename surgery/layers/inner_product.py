@@ -121,6 +121,15 @@ class InnerProduct(LayerType):
             blobs["bias"] = reader.param_from(torch.from_numpy(np.ascontiguousarray(bias.reshape(-1) * beta)))
         return reader.layer(node, self.name, params, inputs=[reader.blob(node.input[0])], blobs=blobs)
 
+    def to_caffe(self, layer: Layer, writer: Any) -> None:
+        rank = len(writer.in_shapes(layer)[0])
+        axis = layer.params.get("axis", 1) % rank
+        message = writer.layer(layer, "InnerProduct")
+        message.inner_product_param.num_output = layer.params["num_output"]
+        message.inner_product_param.bias_term = layer.params["bias_term"]
+        message.inner_product_param.axis = axis
+        writer.blobs(message, layer, ("weight", "bias"))
+
     caffe_param_field = "inner_product_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

@@ -29,3 +29,6 @@ class Input(LayerType):
         if len(param.shape) > 1:
             raise ModelFormatError("an Input layer with several shapes: give each input its own layer")
         return {"shape": tuple(int(d) for d in param.shape[0].dim)} if param.shape else {}
+
+    def to_caffe(self, layer: Layer, writer: Any) -> None:
+        writer.layer(layer, "Input").input_param.shape.add().dim.extend(layer.params["shape"])

@@ -69,6 +69,12 @@ class LRN(LayerType):
                                               "beta": a.get("beta", 0.75), "k": a.get("bias", 1.0),
                                               "norm_region": "ACROSS_CHANNELS"})
 
+    def to_caffe(self, layer: Layer, writer: Any) -> None:
+        p = layer.params
+        param = writer.layer(layer, "LRN").lrn_param
+        param.local_size, param.alpha, param.beta, param.k = p["local_size"], p["alpha"], p["beta"], p["k"]
+        param.norm_region = 1 if p.get("norm_region") == "WITHIN_CHANNEL" else 0
+
     caffe_param_field = "lrn_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

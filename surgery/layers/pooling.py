@@ -132,6 +132,24 @@ class Pooling(LayerType):
                                 count_include_pad=bool(attrs.get("count_include_pad", 0)))
         return reader.layer(node, self.name, params, inputs=[source])
 
+    def to_caffe(self, layer: Layer, writer: Any) -> None:
+        from surgery.emitters.caffe import unsupported_in_caffe
+
+        p = layer.params
+        param = writer.layer(layer, "Pooling").pooling_param
+        param.pool = 0 if p["pool"] == "MAX" else 1
+        if p.get("global_pooling"):
+            param.global_pooling = True
+            return
+        if p["pool"] == "AVE" and not p["count_include_pad"] and any(p["pad"]):
+            raise unsupported_in_caffe(layer, "Caffe's AVE pooling counts padding in its divisor")
+        if tuple(p["dilation"]) != (1, 1) or p.get("divisor_override"):
+            raise unsupported_in_caffe(layer, "dilated pooling / divisor_override")
+        param.kernel_h, param.kernel_w = p["kernel"]
+        param.stride_h, param.stride_w = p["stride"]
+        param.pad_h, param.pad_w = p["pad"]
+        param.round_mode = 0 if p["ceil_mode"] else 1
+
     caffe_param_field = "pooling_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

@@ -68,6 +68,10 @@ class Power(LayerType):
             writer.node(op, inputs, [out], layer.name if last else out)
             current = out
 
+    def to_caffe(self, layer: Layer, writer: Any) -> None:
+        param = writer.layer(layer, "Power").power_param
+        param.power, param.scale, param.shift = (layer.params[k] for k in ("power", "scale", "shift"))
+
     caffe_param_field = "power_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

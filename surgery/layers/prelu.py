@@ -48,6 +48,11 @@ class PReLU(LayerType):
         return reader.layer(node, self.name, {"channel_shared": flat.numel() == 1},
                             inputs=[reader.blob(node.input[0])], blobs={"weight": reader.param_from(flat)})
 
+    def to_caffe(self, layer: Layer, writer: Any) -> None:
+        message = writer.layer(layer, "PReLU")
+        message.prelu_param.channel_shared = bool(layer.params.get("channel_shared"))
+        writer.blobs(message, layer, ("weight",))
+
     caffe_param_field = "prelu_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

@@ -129,6 +129,11 @@ class LayerType:
         """Fillers a Caffe ``*_param`` message names, by blob role (FillerParameter messages)."""
         return {}
 
+    def to_caffe(self, layer: Layer, writer: Any) -> None:
+        """Write this layer's Caffe LayerParameter(s) into a ``CaffeWriter``."""
+        from surgery.emitters.caffe import unsupported_in_caffe
+
+        raise unsupported_in_caffe(layer)
     # -------------------------------------------------------------- helpers
     def expect_inputs(self, layer: Layer, in_shapes: list[Shape | None], count: int) -> None:
         if len(in_shapes) != count:

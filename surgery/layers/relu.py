@@ -44,6 +44,11 @@ class ReLU(LayerType):
         slope = reader.attrs(node).get("alpha", 0.01) if node.op_type == "LeakyRelu" else 0.0
         return reader.layer(node, self.name, {"negative_slope": float(slope)})
 
+    def to_caffe(self, layer: Layer, writer: Any) -> None:
+        message = writer.layer(layer, "ReLU")
+        if layer.params.get("negative_slope"):
+            message.relu_param.negative_slope = layer.params["negative_slope"]
+
     caffe_param_field = "relu_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

@@ -63,3 +63,6 @@ class Reshape(LayerType):
         if target and target[0] == batch and batch == reader.batch:
             target[0] = 0  # the exporter baked its batch size in: keep the batch axis dynamic
         return reader.layer(node, self.name, {"shape": target}, inputs=[source])
+
+    def to_caffe(self, layer: Layer, writer: Any) -> None:
+        writer.layer(layer, "Reshape").reshape_param.shape.dim.extend(layer.params["shape"])

@@ -64,6 +64,13 @@ class Scale(LayerType):
                         layer.name if last else out)
             current = out
 
+    def to_caffe(self, layer: Layer, writer: Any) -> None:
+        message = writer.layer(layer, "Scale")
+        message.scale_param.axis = layer.params.get("axis", 1)
+        message.scale_param.num_axes = layer.params.get("num_axes", 1)
+        message.scale_param.bias_term = bool(layer.params.get("bias_term"))
+        writer.blobs(message, layer, ("weight", "bias"))
+
     def from_caffe(self, param: Any) -> dict[str, Any]:
         return {"axis": param.axis, "num_axes": param.num_axes, "bias_term": param.bias_term}
 

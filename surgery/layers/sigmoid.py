@@ -17,3 +17,6 @@ class Sigmoid(ActivationType):
     torch_functions = (torch.sigmoid, F.sigmoid, "sigmoid")
     onnx_op = "Sigmoid"
     onnx_ops = ("Sigmoid",)
+
+    def to_caffe(self, layer, writer) -> None:
+        writer.layer(layer, "Sigmoid")

@@ -52,6 +52,11 @@ class Slice(LayerType):
         writer.node("Split", [layer.inputs[0], split], list(layer.outputs), layer.name,
                     axis=layer.params.get("axis", 1) % len(shape))
 
+    def to_caffe(self, layer: Layer, writer: Any) -> None:
+        param = writer.layer(layer, "Slice").slice_param
+        param.axis = layer.params.get("axis", 1)
+        param.slice_point.extend(layer.params.get("slice_point") or [])
+
     def from_caffe(self, param: Any) -> dict[str, Any]:
         axis = param.axis if param.HasField("axis") or not param.HasField("slice_dim") else param.slice_dim
         return {"axis": axis, "slice_point": [int(p) for p in param.slice_point]}

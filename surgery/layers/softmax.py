@@ -45,6 +45,9 @@ class Softmax(LayerType):
             return None  # before opset 13 Softmax flattens from `axis` on
         return reader.layer(node, self.name, {"axis": axis}, inputs=[source])
 
+    def to_caffe(self, layer: Layer, writer: Any) -> None:
+        writer.layer(layer, "Softmax").softmax_param.axis = layer.params.get("axis", 1)
+
     caffe_param_field = "softmax_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:

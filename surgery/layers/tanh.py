@@ -17,3 +17,6 @@ class TanH(ActivationType):
     torch_functions = (torch.tanh, F.tanh, "tanh")
     onnx_op = "Tanh"
     onnx_ops = ("Tanh",)
+
+    def to_caffe(self, layer, writer) -> None:
+        writer.layer(layer, "TanH")
