@@ -16,13 +16,18 @@ from surgery.api import (
     append,
     apply,
     classifier,
+    collapse,
     cut,
     edit,
+    eltwise,
+    fc_to_conv,
+    fold_batchnorm,
     insert,
     load,
     lr,
     plan,
     remove,
+    replace,
     report,
     save_torch,
     to_torch,
@@ -36,6 +41,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ApplyResult", "Layer", "ModelFormatError", "Net", "ParamBlob", "Plan", "Report", "ShapeError", "SpecError",
-    "SurgeryError", "append", "apply", "classifier", "cut", "edit", "insert", "load", "load_torch_folder", "lr",
-    "plan", "remove", "report", "save_torch", "to_torch",
+    "SurgeryError", "append", "apply", "classifier", "collapse", "cut", "edit", "eltwise", "fc_to_conv",
+    "fold_batchnorm", "insert", "load", "load_torch_folder", "lr", "plan", "remove", "replace", "report", "save_torch",
+    "to_torch",
 ]

@@ -41,7 +41,8 @@ from surgery.spec.loader import spec_to_dict
 
 Progress = Callable[[str], None]
 _EDIT_MESSAGES = {"classifier": "Classifier", "lr": "Lr", "cut": "Cut", "append": "Append", "insert": "Insert",
-                  "remove": "Remove"}
+                  "remove": "Remove", "collapse": "Collapse", "eltwise": "EltwiseInsert",
+                  "fold_batchnorm": "FoldBatchNorm", "replace": "Replace", "fc_to_conv": "FcToConv"}
 
 
 # ------------------------------------------------------------------ loading
@@ -122,7 +123,7 @@ def _layers(layers: Iterable[dict | str]) -> list[dict]:
 
 def classifier(net: Net, layer: str | list[str], *, rename: str | list[str] | None = None,
                num_output: int | None = None, weight_filler: dict | None = None, bias_filler: dict | None = None,
-               seed: int = 0) -> list[Action]:
+               propagate: str | None = None, seed: int = 0) -> list[Action]:
     """Rename and/or resize classifier layers with fresh filler weights.
 
     Example:
@@ -130,7 +131,7 @@ def classifier(net: Net, layer: str | list[str], *, rename: str | list[str] | No
         ...                    rename=["loss1/flowers", "loss2/flowers", "loss3/flowers"], num_output=102)
     """
     return edit(net, "classifier", seed=seed, layer=_list(layer), rename=_list(rename), num_output=num_output,
-                weight_filler=weight_filler, bias_filler=bias_filler)
+                weight_filler=weight_filler, bias_filler=bias_filler, propagate=propagate)
 
 
 def lr(net: Net, *, layer: str | list[str] | None = None, match: str | list[str] | None = None,
@@ -160,6 +161,39 @@ def insert(net: Net, after: str, layers: Iterable[dict | str], *, before: str | 
 def remove(net: Net, *, layer: str | list[str] | None = None, branch: str | list[str] | None = None) -> list[Action]:
     """Bypass one-in-one-out layers, or delete branches with everything downstream."""
     return edit(net, "remove", layer=_list(layer), branch=_list(branch))
+
+
+def collapse(net: Net, first: str, second: str, name: str, *, mode: str = "EXACT", kernel_size: int | None = None,
+             accept_border: bool | None = None, calibration: str | None = None, samples: int | None = None,
+             weight_filler: dict | None = None, seed: int = 0) -> list[Action]:
+    """Two convolutions into one (``mode`` EXACT / FIT / FRESH)."""
+    return edit(net, "collapse", seed=seed, first=first, second=second, name=name, mode=mode,
+                kernel_size=kernel_size, accept_border=accept_border, calibration=calibration, samples=samples,
+                weight_filler=weight_filler)
+
+
+def eltwise(net: Net, name: str, bottom: str | list[str], *, operation: str = "PROD",
+            layers: Iterable[dict | str] = (), near_identity: bool | None = None, allow_zero: bool | None = None,
+            seed: int = 0) -> list[Action]:
+    """Insert an elementwise PROD / SUM / MAX (broadcasting) of ``bottom[0]`` and a second
+    input (``bottom[1]``, or the output of new ``layers``)."""
+    return edit(net, "eltwise", seed=seed, name=name, bottom=_list(bottom), operation=operation,
+                layer=_layers(layers) or None, near_identity=near_identity, allow_zero=allow_zero)
+
+
+def fold_batchnorm(net: Net, layer: str | list[str] | None = None) -> list[Action]:
+    """Fold BatchNorm (+ Scale) into the preceding Convolution / InnerProduct."""
+    return edit(net, "fold_batchnorm", layer=_list(layer))
+
+
+def replace(net: Net, layer: str, by: dict | str, *, propagate: str = "REINIT", seed: int = 0) -> list[Action]:
+    """Give ``layer`` a new definition (Caffe syntax), keeping weights that still fit."""
+    return edit(net, "replace", seed=seed, layer=layer, by=_layers([by])[0], propagate=propagate)
+
+
+def fc_to_conv(net: Net, layer: str | list[str]) -> list[Action]:
+    """InnerProduct layers into equivalent Convolutions (fully convolutional use)."""
+    return edit(net, "fc_to_conv", layer=_list(layer))
 
 
 def _list(value: Any) -> list | None:
@@ -235,7 +269,7 @@ def plan(spec_path: str | Path, progress: Progress | None = None, *, shapes_only
             raise
     timings["load"] = time.perf_counter() - start
     actions: list[Action] = []
-    ctx = OpContext(seed=message.seed)
+    ctx = OpContext(seed=message.seed, base_dir=loaded.base_dir)
     for index, item in enumerate(message.edit):
         op = item.WhichOneof("op")
         if op is None:

@@ -75,12 +75,23 @@ def test_classifier_refuses_a_non_classifier_layer_and_leaves_the_net_alone() ->
     assert _snapshot(net) == before
 
 
-def test_resizing_a_hidden_layer_fails_naming_the_consumer_and_rolls_back() -> None:
+def test_resizing_a_hidden_layer_propagates_to_its_consumer() -> None:
+    """fc1 32 -> 7: fc2 (behind ReLU and Dropout) is re-initialised (default), sliced, or refused."""
+    source = toy_cnn()
     net = _net()
     before = _snapshot(net)
-    with pytest.raises(ShapeError, match="classifier.fc2"):
-        surgery.classifier(net, "classifier.fc1", num_output=7)
+    with pytest.raises(SpecError, match="changes the input of 'classifier.fc2'"):
+        surgery.classifier(net, "classifier.fc1", num_output=7, propagate="ERROR")
     assert _snapshot(net) == before
+    actions = surgery.classifier(net, "classifier.fc1", num_output=7)
+    assert [(a.op, a.layer, a.what) for a in actions] == [
+        ("classifier", "classifier.fc1", "reinitialised"), ("propagate", "classifier.fc2", "reinitialised")]
+    assert net.layer("classifier.fc2").blobs["weight"].shape == (5, 7)
+    sliced = _net()
+    surgery.classifier(sliced, "classifier.fc1", num_output=40, propagate="SLICE")
+    weight = sliced.layer("classifier.fc2").blobs["weight"]
+    assert weight.shape == (5, 40) and weight.origin.kind == "resized"
+    assert torch.equal(weight.data[:, :32], source.classifier.fc2.weight) and not weight.data[:, 32:].any()
 
 
 def test_lr_selectors() -> None:

@@ -101,7 +101,8 @@ def test_cli_errors_exit_2_and_write_nothing(case: str, toy_spec, tmp_path: Path
     elif case == "unknown_layer":
         spec = toy_spec('edit { lr { layer: "classifier.fc7" lr_mult: 0 } }')
     elif case == "bad_shape":
-        spec = toy_spec('edit { classifier { layer: "classifier.fc1" num_output: 7 } }')
+        spec = toy_spec('edit { append { layer { name: "c" type: "Convolution" '
+                        'convolution_param { num_output: 2 kernel_size: 3 } } } }')
     elif case == "exists":
         out.mkdir()
         (out / "keep.txt").write_text("mine")

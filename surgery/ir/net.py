@@ -331,5 +331,20 @@ class Net:
             self._shapes = shapes
         return dict(self._shapes)
 
+    def input_shapes(self, name: str) -> list[Shape | None]:
+        """The shapes of layer ``name``'s inputs, inferred over its ancestors only (so a
+        layer downstream that no longer fits, while an edit is under way, does not matter)."""
+        if self._shapes is not None:
+            return [self._shapes[b] for b in self.layer(name).inputs]
+        from surgery.layers import layer_type
+
+        keep = self.ancestors(name)
+        shapes: dict[str, Shape | None] = {}
+        for layer in self.layers():
+            if layer.name in keep:
+                out = layer_type(layer.type).infer_shapes(layer, [shapes[b] for b in layer.inputs])
+                shapes.update(zip(layer.outputs, out))
+        return [shapes[b] for b in self.layer(name).inputs]
+
     def shape(self, blob: str) -> Shape | None:
         return self.shapes()[blob]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from surgery.ir import Net
@@ -38,9 +39,11 @@ class Action:
 
 @dataclass
 class OpContext:
-    """What every operation may read besides the net: the spec's seed."""
+    """What every operation may read besides the net: the spec's seed, and the folder
+    relative paths in the spec (calibration files) start from."""
 
     seed: int = 0
+    base_dir: Path | None = None
 
 
 OpFunction = Callable[[Net, Any, OpContext], list[Action]]

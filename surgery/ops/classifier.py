@@ -14,6 +14,7 @@ from surgery.ir import Net
 from surgery.math.fillers import Filler
 from surgery.ops.base import REINITIALISED, Action, OpContext, register_op
 from surgery.ops.newlayer import init_new_blobs
+from surgery.ops.propagate import propagate_resize
 
 CLASSIFIER_TYPES = ("InnerProduct", "Convolution")
 
@@ -72,5 +73,7 @@ def classifier(net: Net, op: Any, ctx: OpContext) -> list[Action]:
         if new_name == name:
             notes.append("re-initialised: a resized layer cannot keep its pretrained weights")
         actions.append(Action("classifier", new_name, REINITIALISED, "; ".join(notes)))
-    net.shapes()  # a consumer that depended on the old size fails here, naming itself
+        if op.HasField("num_output") and op.num_output != old_outputs:
+            actions += propagate_resize(net, layer, op.propagate, ctx)
+    net.shapes()
     return actions

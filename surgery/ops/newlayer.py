@@ -24,8 +24,7 @@ def init_new_blobs(
             silent zero), or too many ``param`` entries.
     """
     kind = layer_type(layer.type)
-    shapes = net.shapes()
-    wanted = kind.param_shapes(layer, [shapes[b] for b in layer.inputs])
+    wanted = kind.param_shapes(layer, net.input_shapes(layer.name))
     fillers = fillers or {}
     specs = param_specs or []
     if len(specs) > len(wanted):

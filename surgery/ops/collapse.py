@@ -1,0 +1,169 @@
+"""``collapse``: two convolutions into one new, named layer.
+
+- ``EXACT``: compose the kernels (``surgery.math.conv_compose``). Exact when nothing sits
+  between and the second convolution has no padding; with padding the border outputs
+  differ, which is measured and must be accepted (``accept_border``).
+- ``FIT``: least-squares fit of one convolution to the pair, on calibration inputs (a
+  nonlinearity may sit between); the report gives the relative error on held-out inputs.
+- ``FRESH``: a new convolution of the requested size with filler weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from surgery.errors import SpecError
+from surgery.ir import Layer, Net, Origin, ParamBlob
+from surgery.layers.convolution import conv_params
+from surgery.math.conv_compose import compose_weights, composed_geometry, fit_conv, relative_error
+from surgery.math.fillers import Filler
+from surgery.ops.base import ADDED, DROPPED, Action, OpContext, register_op
+from surgery.ops.newlayer import init_new_blobs
+
+_MODES = {0: "EXACT", 1: "FIT", 2: "FRESH"}
+
+
+def _between(net: Net, first: Layer, second: Layer) -> list[Layer]:
+    """The single-file chain of layers from ``first``'s output to ``second``'s input."""
+    chain, blob = [], first.outputs[0]
+    while True:
+        readers = net.consumers(blob)
+        if len(readers) != 1 or blob in net.outputs:
+            raise SpecError(f"{net.producer(blob).name!r}'s output has other readers: the pair is not a chain",
+                            subject=first.name, fix="collapse two convolutions where one feeds only the other")
+        reader = readers[0][0]
+        if reader.name == second.name:
+            return chain
+        if len(reader.inputs) != 1 or len(reader.outputs) != 1 or len(chain) > 8:
+            raise SpecError(f"{second.name!r} is not reached from {first.name!r} by a simple chain",
+                            subject=second.name)
+        chain.append(reader)
+        blob = reader.outputs[0]
+
+
+def _check(net: Net, op: Any) -> tuple[Layer, Layer, list[Layer]]:
+    if not (op.first and op.second and op.name):
+        raise SpecError("collapse needs first, second and name", fix='e.g. first: "conv1" second: "conv2" name: "conv12"')
+    first, second = net.layer(op.first), net.layer(op.second)
+    for layer in (first, second):
+        if layer.type != "Convolution":
+            raise SpecError(f"{layer.name!r} is a {layer.type}, not a Convolution", subject=layer.name)
+        if layer.params["group"] != 1:
+            raise SpecError(f"{layer.name!r} is a grouped convolution; collapse composes groups of 1",
+                            subject=layer.name)
+    if op.name in net and op.name not in (op.first, op.second):
+        raise SpecError(f"a layer named {op.name!r} already exists", subject=op.name)
+    return first, second, _between(net, first, second)
+
+
+def _geometry(first: Layer, second: Layer) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    p1, p2 = first.params, second.params
+    parts = [composed_geometry(p1["kernel"][i], p1["stride"][i], p1["dilation"][i], p1["pad"][i],
+                               p2["kernel"][i], p2["stride"][i], p2["dilation"][i], p2["pad"][i]) for i in range(2)]
+    return tuple(p[0] for p in parts), tuple(p[1] for p in parts), tuple(p[2] for p in parts)
+
+
+def _replace_pair(net: Net, first: Layer, second: Layer, chain: list[Layer], name: str, params: dict) -> Layer:
+    source, target = first.inputs[0], second.outputs[0]
+    layer = Layer(name, "Convolution", inputs=[source], outputs=[name], params=params)
+    outputs_before = net.outputs
+    readers = [(r.name, i) for r, i in net.consumers(target)]
+    for reader, index in readers:
+        net.set_input(reader, index, source)  # park them on the source while the pair goes
+    for old in (second, *reversed(chain), first):
+        net.remove_layer(old.name)
+    net.add_layer(layer)
+    for reader, index in readers:
+        net.set_input(reader, index, layer.outputs[0])
+    net.set_outputs([layer.outputs[0] if b == target else b for b in outputs_before])
+    return layer
+
+
+def _calibration(net: Net, op: Any, base_dir: Path | None, count: int, seed: int) -> list[torch.Tensor]:
+    if op.calibration:
+        path = (base_dir or Path.cwd()) / op.calibration
+        try:
+            array = np.load(path)
+        except (OSError, ValueError) as error:
+            raise SpecError(f"cannot read calibration inputs {str(path)!r}: {error}", subject=op.calibration) from None
+        return [torch.from_numpy(np.asarray(array, dtype=np.float32))]
+    generator = torch.Generator().manual_seed(seed)
+    layer = net.input_layers()[0]
+    shape = (count, *layer.params["shape"][1:])
+    return [torch.randn(*shape, generator=generator)]
+
+
+def _fit(net: Net, op: Any, first: Layer, second: Layer, kernel, stride, pad, ctx: OpContext) -> tuple:
+    from surgery.probe import blob_values
+
+    wanted = [first.inputs[0], second.outputs[0]]
+    train = blob_values(net, wanted, _calibration(net, op, ctx.base_dir, op.samples, ctx.seed))
+    held = blob_values(net, wanted, _calibration(net, op, None, max(2, op.samples // 2), ctx.seed + 1)) \
+        if not op.calibration else train
+    weight, bias = fit_conv(train[wanted[0]], train[wanted[1]], kernel, stride, pad)
+    estimate = F.conv2d(held[wanted[0]], weight, bias, stride=stride, padding=pad)
+    if estimate.shape != held[wanted[1]].shape:
+        raise SpecError(f"a {kernel} convolution with stride {stride} cannot reproduce {second.name!r}'s output "
+                        f"shape {tuple(held[wanted[1]].shape)}", subject=op.name)
+    return weight, bias, relative_error(estimate, held[wanted[1]])
+
+
+@register_op("collapse")
+def collapse(net: Net, op: Any, ctx: OpContext) -> list[Action]:
+    """Replace the pair ``op.first`` -> ``op.second`` by one convolution ``op.name``."""
+    first, second, chain = _check(net, op)
+    mode = _MODES[op.mode]
+    kernel, stride, pad = _geometry(first, second)
+    if op.kernel_size and mode != "EXACT":
+        kernel = (op.kernel_size, op.kernel_size)
+        pad = tuple((k - 1) // 2 if s == 1 else p for k, s, p in zip(kernel, stride, pad))
+    detail = ""
+    if mode == "EXACT":
+        if chain:
+            raise SpecError(f"{chain[0].name!r} ({chain[0].type}) sits between {first.name!r} and {second.name!r}: "
+                            "the pair is not linear", subject=first.name,
+                            fix="use mode: FIT (least squares) or FRESH, or fold/remove that layer first")
+        p1, p2 = first.params, second.params
+        weight, bias = compose_weights(first.blobs["weight"].data, first.blobs.get("bias") and first.blobs["bias"].data,
+                                       second.blobs["weight"].data,
+                                       second.blobs.get("bias") and second.blobs["bias"].data,
+                                       p1["stride"], p1["dilation"], p2["dilation"])
+        border = _border_error(net, first, second, weight, bias, stride, pad, ctx) if any(p2["pad"]) else 0.0
+        if border and not op.accept_border:
+            raise SpecError(
+                f"{second.name!r} pads its input, so the composite differs at the borders (interior exact, max "
+                f"border deviation {border:.3g} on a probe input)", subject=op.name,
+                fix="add accept_border: true to accept it, or use mode: FIT")
+        detail = "exact composition" + (f"; interior exact, max border deviation {border:.3g}" if border else "")
+        origin = Origin("derived", f"composed from {first.name} and {second.name}")
+    elif mode == "FIT":
+        weight, bias, error = _fit(net, op, first, second, kernel, stride, pad, ctx)
+        detail = f"least-squares fit, relative error {error:.4f} on held-out inputs"
+        origin = Origin("derived", f"fitted to {first.name} -> {second.name} ({detail})")
+    params = conv_params(second.params["num_output"], kernel, stride, pad)
+    removed = [first.name, *(c.name for c in chain), second.name]
+    layer = _replace_pair(net, first, second, chain, op.name, params)
+    if mode == "FRESH":
+        fillers = {"weight": Filler.from_proto(op.weight_filler)} if op.HasField("weight_filler") else {}
+        detail = "fresh: " + "; ".join(init_new_blobs(net, layer, ctx.seed, fillers))
+    else:
+        layer.blobs = {"weight": ParamBlob.from_tensor(weight, origin=origin),
+                       "bias": ParamBlob.from_tensor(bias, origin=origin)}
+    net.shapes()
+    return [Action("collapse", op.name, ADDED, f"{kernel[0]}x{kernel[1]} stride {stride[0]} from "
+                   f"{' + '.join(removed)}: {detail}")] + [
+        Action("collapse", name, DROPPED, f"collapsed into {op.name}") for name in removed]
+
+
+def _border_error(net: Net, first: Layer, second: Layer, weight, bias, stride, pad, ctx: OpContext) -> float:
+    from surgery.probe import blob_values
+
+    probe = _calibration(net, type("P", (), {"calibration": ""})(), None, 2, ctx.seed)
+    values = blob_values(net, [first.inputs[0], second.outputs[0]], probe)
+    estimate = F.conv2d(values[first.inputs[0]], weight, bias, stride=stride, padding=pad)
+    return float((estimate - values[second.outputs[0]]).abs().max())

@@ -1,0 +1,84 @@
+"""``fold_batchnorm``: Convolution / InnerProduct + BatchNorm (+ Caffe's Scale) into one
+layer, for deploy exports (the math is in ``surgery.math.batchnorm_fold``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from surgery.errors import SpecError
+from surgery.ir import Layer, Net, Origin
+from surgery.math.batchnorm_fold import fold_batchnorm as fold
+from surgery.ops.base import DERIVED, DROPPED, Action, OpContext, register_op
+from surgery.ops.selectors import match_name
+
+FOLDABLE = ("Convolution", "InnerProduct")
+
+
+def _chain(net: Net, layer: Layer) -> tuple[Layer, Layer | None] | str:
+    """(BatchNorm, Scale or None) after ``layer``, or the reason there is none."""
+    consumers = net.consumers(layer.outputs[0])
+    if len(consumers) != 1 or consumers[0][0].type != "BatchNorm":
+        kinds = ", ".join(f"{c.name} ({c.type})" for c, _ in consumers) or "nothing"
+        return f"its output feeds {kinds}, not a single BatchNorm"
+    bn = consumers[0][0]
+    after = net.consumers(bn.outputs[0])
+    scale = after[0][0] if len(after) == 1 and after[0][0].type == "Scale" and "bias" in after[0][0].blobs else None
+    if layer.outputs[0] in net.outputs:
+        return "its output is a net output"
+    return bn, scale
+
+
+def _fold_one(net: Net, layer: Layer, bn: Layer, scale: Layer | None) -> list[Action]:
+    if bn.params.get("use_global_stats") is False:
+        raise SpecError(f"BatchNorm {bn.name!r} normalises with batch statistics; folding needs fixed ones",
+                        subject=layer.name)
+    gamma = bn.blobs["weight"].data if "weight" in bn.blobs else None
+    beta = bn.blobs["bias"].data if "bias" in bn.blobs else None
+    if scale is not None:  # Caffe: BatchNorm without affine, then Scale(bias_term)
+        gamma, beta = scale.blobs["weight"].data, scale.blobs["bias"].data
+    bias = layer.blobs["bias"].data if "bias" in layer.blobs else None
+    weight, new_bias = fold(layer.blobs["weight"].data, bias, bn.blobs["running_mean"].data,
+                            bn.blobs["running_var"].data, float(bn.params.get("eps", 1e-5)), gamma, beta)
+    folded = [bn] + ([scale] if scale is not None else [])
+    origin = Origin("derived", f"{layer.name} folded with {' + '.join(l.name for l in folded)}")
+    layer.blobs["weight"].set_data(weight, origin)
+    if "bias" in layer.blobs:
+        layer.blobs["bias"].set_data(new_bias, origin)
+    else:
+        from surgery.ir import ParamBlob
+
+        decay = layer.blobs["weight"].decay_mult
+        layer.blobs["bias"] = ParamBlob.from_tensor(new_bias, lr_mult=layer.blobs["weight"].lr_mult,
+                                                    decay_mult=decay, origin=origin)
+        layer.params["bias_term"] = True
+    last = folded[-1]
+    net.redirect_consumers(last.outputs[0], layer.outputs[0])
+    for gone in reversed(folded):
+        net.remove_layer(gone.name)
+    return [Action("fold_batchnorm", layer.name, DERIVED, f"absorbed {', '.join(l.name for l in folded)}")] + [
+        Action("fold_batchnorm", l.name, DROPPED, f"folded into {layer.name}") for l in folded]
+
+
+@register_op("fold_batchnorm")
+def fold_batchnorm(net: Net, op: Any, ctx: OpContext) -> list[Action]:
+    """Fold each named layer's following BatchNorm (every foldable pair when none is named)."""
+    explicit = bool(op.layer)
+    names = [n for pattern in op.layer for n in match_name(net, pattern)] if explicit else [
+        l.name for l in net.layers() if l.type in FOLDABLE]
+    actions: list[Action] = []
+    for name in names:
+        layer = net.layer(name)
+        if layer.type not in FOLDABLE:
+            raise SpecError(f"{name!r} is a {layer.type}; fold_batchnorm folds into Convolution or InnerProduct",
+                            subject=name)
+        chain = _chain(net, layer)
+        if isinstance(chain, str):
+            if explicit:
+                raise SpecError(f"cannot fold a BatchNorm into {name!r}: {chain}", subject=name,
+                                fix="the BatchNorm's input must have no other consumers")
+            continue
+        actions += _fold_one(net, layer, *chain)
+    if not actions:
+        raise SpecError("fold_batchnorm found no Convolution/InnerProduct followed by a BatchNorm")
+    net.shapes()
+    return actions

@@ -1,0 +1,71 @@
+"""What the consumers of a resized layer do (fc7 4096 -> 1024 changes fc8's input)."""
+
+from __future__ import annotations
+
+import torch
+
+from surgery.errors import SpecError
+from surgery.ir import Layer, Net, Origin
+from surgery.layers import layer_type
+from surgery.ops.base import REINITIALISED, Action, OpContext
+from surgery.ops.newlayer import init_new_blobs
+
+REINIT, SLICE, ERROR = 0, 1, 2
+#: Layers a resize passes through unchanged in meaning (channel-wise or parameter-free).
+_PASS_THROUGH = {"ReLU", "Dropout", "Sigmoid", "TanH", "HardSwish", "HardSigmoid", "Power", "Clip", "Pooling",
+                 "AdaptivePooling", "Flatten", "LRN"}
+
+
+def _affected(net: Net, resized: Layer) -> list[Layer]:
+    """The first layers downstream whose parameters depend on the resized size."""
+    found, frontier, seen = [], list(resized.outputs), set()
+    while frontier:
+        blob = frontier.pop()
+        for reader, _ in net.consumers(blob):
+            if reader.name in seen:
+                continue
+            seen.add(reader.name)
+            if reader.blobs:
+                found.append(reader)
+            elif reader.type in _PASS_THROUGH:
+                frontier += reader.outputs
+    return found
+
+
+def _slice(layer: Layer, wanted: dict[str, tuple[int, ...]]) -> None:
+    """Keep the weights for the inputs that remain; new inputs start at zero (they add nothing)."""
+    for role, blob in layer.blobs.items():
+        target = wanted.get(role, blob.shape)
+        if blob.shape == target:
+            continue
+        data = torch.zeros(target, dtype=blob.dtype)
+        index = tuple(slice(0, min(a, b)) for a, b in zip(blob.shape, target))
+        data[index] = blob.data[index]
+        blob.set_data(data, Origin("resized", f"sliced/padded from {tuple(blob.shape)}"))
+
+
+def propagate_resize(net: Net, resized: Layer, policy: int, ctx: OpContext) -> list[Action]:
+    """Fix every consumer whose parameters no longer fit ``resized``'s new output."""
+    actions = []
+    net.invalidate()
+    for layer in _affected(net, resized):
+        in_shapes = net.input_shapes(layer.name)
+        wanted = layer_type(layer.type).param_shapes(layer, in_shapes)
+        if all(layer.blobs[r].shape == s for r, s in wanted.items() if r in layer.blobs):
+            continue
+        if policy == ERROR:
+            raise SpecError(f"resizing {resized.name!r} changes the input of {layer.name!r}",
+                            subject=resized.name, fix="set propagate: REINIT or SLICE, or change that layer too")
+        if policy == SLICE:
+            _slice(layer, wanted)
+            actions.append(Action("propagate", layer.name, "resized", f"weights sliced/padded to {resized.name}'s "
+                                                                      "new size"))
+        else:
+            mults = [(b.lr_mult, b.decay_mult) for b in layer.blobs.values()]
+            layer.blobs = {}
+            notes = init_new_blobs(net, layer, ctx.seed, None, mults)
+            actions.append(Action("propagate", layer.name, REINITIALISED,
+                                  f"its input changed with {resized.name}: " + "; ".join(notes)))
+        net.invalidate()
+    return actions
+

@@ -1,0 +1,26 @@
+"""Running part of a net on given inputs: the values of chosen blobs.
+
+Rewrites that learn from data (collapse's least-squares fit) and parity checks need
+activations in the middle of a net; this emits a throw-away torch model whose outputs are
+those blobs, in eval mode, and leaves the net as it was.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from surgery.ir import Net
+
+
+def blob_values(net: Net, blobs: list[str], inputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The deploy-mode values of ``blobs`` for ``inputs`` (one tensor per net input)."""
+    from surgery.emitters.torch_module import emit_torch
+
+    with net.temporarily():
+        for layer in list(net.layers()):
+            layer.phase = None
+        net.set_outputs(blobs)
+        model = emit_torch(net, copy_weights=False).eval()
+    with torch.no_grad():
+        out = model(*inputs)
+    return {blobs[0]: out} if len(blobs) == 1 else dict(out)
