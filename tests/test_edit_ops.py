@@ -171,6 +171,51 @@ def test_insert_between_layers() -> None:
         surgery.insert(net, "features.block1_conv1", ['name: "x2" type: "ReLU"'], before="classifier.fc2")
 
 
+def test_insert_a_chain_of_layers_and_at_the_output() -> None:
+    """The first new layer keeps reading `after`; the old readers (or the net output) move
+    to the last one."""
+    source = toy_cnn()
+    net = surgery.load(source, SHAPE)
+    actions = surgery.insert(net, "features.block2_relu", [
+        'name: "mix" type: "Convolution" convolution_param { num_output: 16 kernel_size: 1 }',
+        'name: "mix_relu" type: "ReLU"'], seed=2)
+    assert [a.layer for a in actions] == ["mix", "mix_relu"]
+    assert net.layer("mix").inputs == ["features.block2_relu"]
+    assert net.layer("mix_relu").inputs == ["mix"]
+    assert net.layer("features.block2_pool").inputs == ["mix_relu"]
+    _untouched_equal(surgery.to_torch(net), source, ("mix",))
+    surgery.insert(net, "classifier.fc2", ['name: "probs" type: "Softmax"', 'name: "scaled" type: "Power"'])
+    assert net.outputs == ["scaled"]
+    x = torch.randn(*SHAPE)
+    with torch.no_grad():
+        probabilities = surgery.to_torch(net).eval()(x)
+    assert torch.allclose(probabilities.sum(1), torch.ones(SHAPE[0]), atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["REINIT", "SLICE"])
+def test_resize_propagates_through_batchnorm_to_the_next_conv(policy: str) -> None:
+    """block1_conv1 8 -> 12 channels: its BatchNorm and block2_conv1 (behind ReLU and
+    pooling) both follow; SLICE keeps the old channels' values and makes the new
+    BatchNorm channels the identity."""
+    source = toy_cnn()
+    net = surgery.load(source, SHAPE)
+    actions = surgery.replace(net, "features.block1_conv1", 'type: "Convolution" convolution_param { '
+                                                            'num_output: 12 kernel_size: 3 pad: 1 }', propagate=policy)
+    assert [a.layer for a in actions] == ["features.block1_conv1", "features.block1_bn", "features.block2_conv1"]
+    bn, conv = net.layer("features.block1_bn"), net.layer("features.block2_conv1")
+    assert bn.blobs["running_mean"].shape == (12,) and conv.blobs["weight"].shape == (16, 12, 3, 3)
+    model = surgery.to_torch(net).eval()
+    assert model(torch.randn(*SHAPE)).shape == (SHAPE[0], 5)
+    _untouched_equal(model, source, ("features.block1_", "features.block2_conv1"))
+    if policy == "SLICE":
+        old = source.features.block1_bn
+        assert torch.equal(bn.blobs["running_var"].data[:8], old.running_var)
+        assert torch.equal(bn.blobs["running_var"].data[8:], torch.ones(4))
+        assert torch.equal(bn.blobs["weight"].data[8:], torch.ones(4))
+        assert torch.equal(conv.blobs["weight"].data[:, :8], source.features.block2_conv1.weight)
+        assert not conv.blobs["weight"].data[:, 8:].any()
+
+
 def test_remove_bypass_and_branch() -> None:
     net = _net()
     surgery.remove(net, layer="classifier.drop")

@@ -242,3 +242,37 @@ def test_torchvision_models_are_bit_identical(name: str, shape: tuple) -> None:
         assert all(torch.equal(a, b) for a, b in zip(got.values(), expected))
     else:
         assert torch.equal(got, expected)
+
+
+class InPlaceCases(nn.Module):
+    """ReLUs the emitter may and may not run in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_input = nn.ReLU()            # the user's tensor: never overwritten
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.after_conv = nn.ReLU()          # conv output read only here: in place
+        self.conv2 = nn.Conv2d(4, 4, 1)
+        self.shared_input = nn.ReLU()        # conv2 output is also read by the sum: not in place
+        self.on_view = nn.ReLU()             # a flatten is a view of its input: not in place
+
+    def forward(self, x):
+        y = self.after_conv(self.conv(self.on_input(x)))
+        z = self.conv2(y)
+        w = self.shared_input(z) + z
+        return self.on_view(torch.flatten(w, 1))
+
+
+def test_activations_run_in_place_only_where_safe() -> None:
+    torch.manual_seed(0)
+    source = InPlaceCases()
+    x = torch.randn(2, 3, 5, 5)
+    model = surgery.to_torch(surgery.load(source, tuple(x.shape)))
+    assert {name: m.inplace for name, m in model.named_modules() if isinstance(m, nn.ReLU)} == {
+        "on_input": False, "after_conv": True, "shared_input": False, "on_view": False}
+    kept = x.clone()
+    model(x).sum().backward()
+    source(x).sum().backward()
+    assert torch.equal(x, kept), "the input tensor is never overwritten"
+    for (name, ours), (_, theirs) in zip(model.named_parameters(), source.named_parameters()):
+        assert torch.equal(ours.grad, theirs.grad), name

@@ -127,20 +127,45 @@ def _runtime_source() -> str:
     return inspect.getsource(torch_runtime).split("from torch import nn\n", 1)[1].strip("\n")
 
 
-def generate(net: Net) -> TorchProgram:
-    """Generate the model source for ``net``. Reads no weights."""
+def _may_run_in_place(net: Net, layer: Layer) -> bool:
+    """An activation may overwrite its input when nothing else reads that input (no
+    other layer, not a net output) and its producer made it fresh (not a view, not the
+    user's input tensor) without needing it for its own backward. Activation memory
+    then matches eager models written with ``inplace=True`` (torchvision's)."""
+    if len(layer.inputs) != 1:
+        return False
+    blob = layer.inputs[0]
+    producer = net.producer(blob)
+    return (layer_type(producer.type).output_is_fresh(producer) and len(net.consumers(blob)) == 1
+            and blob not in net.outputs)
+
+
+def _recipes(net: Net) -> tuple[dict[str, ModuleRecipe], dict[str, nn.Module]]:
+    """The module recipe of every layer that owns a module, and the opaque modules."""
     shapes = net.shapes()
     recipes: dict[str, ModuleRecipe] = {}
     opaque: dict[str, nn.Module] = {}
+    callers: dict[str, list[Layer]] = {}  # a module called by several layers (resnet's relu)
+    for layer in net.layers():
+        callers.setdefault(layer.extra.get("module_path", layer.name), []).append(layer)
     for layer in net.layers():
         if "module_path" in layer.extra:
             continue  # calls a module another layer owns
         if layer.type == "Opaque":
             opaque[layer.name] = layer.extra["module"]
             continue
-        recipe = layer_type(layer.type).module_recipe(layer, [shapes[b] for b in layer.inputs])
+        kind = layer_type(layer.type)
+        recipe = kind.module_recipe(layer, [shapes[b] for b in layer.inputs])
+        if recipe is not None and kind.runs_in_place and all(_may_run_in_place(net, c) for c in callers[layer.name]):
+            recipe = ModuleRecipe(recipe.cls, {**recipe.kwargs, "inplace": True})
         if recipe is not None:
             recipes[layer.name] = recipe
+    return recipes, opaque
+
+
+def generate(net: Net) -> TorchProgram:
+    """Generate the model source for ``net``. Reads no weights."""
+    recipes, opaque = _recipes(net)
 
     train_layers, eval_layers = _phase_layers(net, "train"), _phase_layers(net, "eval")
     train_outputs, eval_outputs = net.outputs_for("train"), net.outputs_for(None)

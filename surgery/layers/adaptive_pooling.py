@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
@@ -17,6 +18,8 @@ class AdaptivePooling(LayerType):
     """Params: pool ("AVE"|"MAX"), output_size (h, w; None keeps that input size)."""
 
     name = "AdaptivePooling"
+    passes_resize = True
+    fresh_output = True
     torch_modules = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
     torch_functions = (F.adaptive_avg_pool2d,)
 
@@ -44,8 +47,39 @@ class AdaptivePooling(LayerType):
             kernel = [n // s for n, s in zip(shape, size)]
             op = "MaxPool" if layer.params["pool"] == "MAX" else "AveragePool"
             writer.node(op, *io, kernel_shape=kernel, strides=kernel)
+        elif layer.params["pool"] == "AVE":
+            # Uneven (or overlapping) windows: average pooling is linear and separable,
+            # so it is rows @ x @ cols exactly, with constant averaging matrices.
+            cols = writer.const(f"{layer.name}.cols", average_matrix(shape[1], size[1]).T)
+            rows = writer.const(f"{layer.name}.rows", average_matrix(shape[0], size[0]))
+            pooled_w = f"{layer.name}/cols"
+            writer.node("MatMul", [layer.inputs[0], cols], [pooled_w], pooled_w)
+            writer.node("MatMul", [rows, pooled_w], list(layer.outputs), layer.name)
         else:
-            raise unsupported(layer)
+            raise unsupported(layer, "uneven adaptive max pooling has no ONNX operator")
+
+    onnx_ops = ("MatMul",)
+
+    def from_onnx(self, node: Any, reader: Any) -> Layer | None:
+        """The two-MatMul form :meth:`to_onnx` writes for uneven windows: ``x @ cols``
+        then ``rows @ that``, both constants equal to the averaging matrices."""
+        cols = reader.const(node.input[1])
+        source = reader.alias.get(node.input[0], node.input[0])
+        if cols is None or cols.ndim != 2 or not reader.net.has_blob(source):
+            return None
+        shape = reader.shape(source)
+        readers = [n for n in reader.model.graph.node if node.output[0] in n.input]
+        if len(shape) != 4 or len(readers) != 1 or readers[0].op_type != "MatMul" or \
+                list(readers[0].input) != [readers[0].input[0], node.output[0]]:
+            return None
+        rows = reader.const(readers[0].input[0])
+        if rows is None or rows.ndim != 2 or cols.shape[0] != shape[3] or rows.shape[1] != shape[2]:
+            return None
+        size = [int(rows.shape[0]), int(cols.shape[1])]
+        if not (np.array_equal(cols, average_matrix(shape[3], size[1]).T)
+                and np.array_equal(rows, average_matrix(shape[2], size[0]))):
+            return None
+        return reader.layer(readers[0], self.name, {"pool": "AVE", "output_size": size}, inputs=[source])
 
     def import_torch_module(self, module: nn.Module) -> dict[str, Any] | None:
         if isinstance(module, nn.AdaptiveMaxPool2d) and module.return_indices:
@@ -57,10 +91,6 @@ class AdaptivePooling(LayerType):
         size = args[1] if len(args) > 1 else kwargs.get("output_size")
         return {"pool": "AVE", "output_size": _size(size)}
 
-
-def _size(size: Any) -> list[int | None]:
-    return [size, size] if isinstance(size, int) or size is None else list(size)
-
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         from surgery.emitters.caffe import unsupported_in_caffe
 
@@ -70,3 +100,17 @@ def _size(size: Any) -> list[int | None]:
             raise unsupported_in_caffe(layer, "only global adaptive pooling has a Caffe form")
         param = writer.layer(layer, "Pooling").pooling_param
         param.pool, param.global_pooling = (0 if layer.params["pool"] == "MAX" else 1), True
+
+
+def _size(size: Any) -> list[int | None]:
+    return [size, size] if isinstance(size, int) or size is None else list(size)
+
+
+def average_matrix(size: int, out: int) -> np.ndarray:
+    """The (out, size) matrix whose row i averages torch's adaptive window i:
+    ``[floor(i * size / out), ceil((i + 1) * size / out))``."""
+    matrix = np.zeros((out, size), dtype=np.float32)
+    for i in range(out):
+        start, end = (i * size) // out, -((-(i + 1) * size) // out)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix

@@ -21,6 +21,8 @@ class BatchNorm(LayerType):
     num_batches_tracked (a torch buffer, kept so state_dicts round-trip)."""
 
     name = "BatchNorm"
+    passes_resize = True
+    fresh_output = True
     torch_modules = (nn.BatchNorm1d, nn.BatchNorm2d)
     blob_roles = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 

@@ -15,6 +15,8 @@ class Bias(LayerType):
     """Params: axis, num_axes. Blobs: bias."""
 
     name = "Bias"
+    passes_resize = True
+    fresh_output = True
     blob_roles = ("bias",)
     caffe_param_field = "bias_param"
 

@@ -17,6 +17,7 @@ class Concat(LayerType):
     """Params: axis (default 1)."""
 
     name = "Concat"
+    fresh_output = True
     torch_functions = (torch.cat, torch.concat)
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:

@@ -22,6 +22,7 @@ class Convolution(LayerType):
     bias_term. Blobs: weight [O, C/group, kh, kw], bias [O]."""
 
     name = "Convolution"
+    fresh_output = True
     torch_modules = (nn.Conv2d,)
     blob_roles = ("weight", "bias")
 

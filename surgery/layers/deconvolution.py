@@ -18,6 +18,7 @@ class Deconvolution(LayerType):
     """Params as Convolution's (num_output, kernel, stride, pad, dilation, group, bias_term)."""
 
     name = "Deconvolution"
+    fresh_output = True
     torch_modules = (nn.ConvTranspose2d,)
     onnx_ops = ("ConvTranspose",)
     blob_roles = ("weight", "bias")

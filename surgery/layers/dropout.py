@@ -16,6 +16,7 @@ class Dropout(LayerType):
     """Params: ratio (the probability of zeroing an element)."""
 
     name = "Dropout"
+    passes_resize = True
     torch_modules = (nn.Dropout,)
     torch_functions = (F.dropout,)
 

@@ -26,6 +26,7 @@ class Eltwise(LayerType):
     """Params: operation ("SUM"|"PROD"|"MAX"), coeff (SUM only: one per input)."""
 
     name = "Eltwise"
+    fresh_output = True
     torch_functions = tuple(_FUNCTIONS)
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
@@ -41,6 +42,9 @@ class Eltwise(LayerType):
                 f"input shapes {' and '.join(str(tuple(s)) for s in in_shapes)} do not broadcast",
                 fix="make the inputs agree on every axis, or be 1 where they differ (a 1-channel gate)",
             ) from None
+
+    def output_is_fresh(self, layer: Layer) -> bool:
+        return len(layer.inputs) > 1  # one input with coefficient 1 is that input itself
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
         operation = layer.params["operation"]

@@ -18,6 +18,7 @@ class Flatten(LayerType):
     """Params: axis (default 1), end_axis (default -1)."""
 
     name = "Flatten"
+    passes_resize = True
     torch_modules = (nn.Flatten,)
     torch_functions = (torch.flatten, "flatten")
 

@@ -22,6 +22,7 @@ class InnerProduct(LayerType):
     """
 
     name = "InnerProduct"
+    fresh_output = True
     torch_modules = (nn.Linear,)
     blob_roles = ("weight", "bias")
 

@@ -17,6 +17,7 @@ class LRN(LayerType):
     ``y = x / (k + alpha/size * sum of x^2 over size neighbouring channels)^beta``."""
 
     name = "LRN"
+    passes_resize = True
     torch_modules = (nn.LocalResponseNorm,)
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:

@@ -18,6 +18,7 @@ class Pad(LayerType):
     """Params: pads (ONNX order: begin of every axis, then end of every axis), value."""
 
     name = "Pad"
+    passes_resize = True
     onnx_ops = ("Pad",)
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:

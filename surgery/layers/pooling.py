@@ -29,6 +29,8 @@ class Pooling(LayerType):
     count_include_pad (AVE), global_pooling."""
 
     name = "Pooling"
+    passes_resize = True
+    fresh_output = True
     torch_modules = (nn.MaxPool2d, nn.AvgPool2d)
     torch_functions = (F.max_pool2d, F.avg_pool2d)
 

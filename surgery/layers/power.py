@@ -23,6 +23,7 @@ class Power(LayerType):
     """Params: power, scale, shift (Caffe's defaults 1, 1, 0)."""
 
     name = "Power"
+    passes_resize = True
     torch_functions = tuple(_SCALAR_OPS)
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:

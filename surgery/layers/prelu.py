@@ -15,6 +15,7 @@ class PReLU(LayerType):
     """Params: channel_shared. Blobs: weight [C] (or [1])."""
 
     name = "PReLU"
+    passes_resize = True
     torch_modules = (nn.PReLU,)
     blob_roles = ("weight",)
 

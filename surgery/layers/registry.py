@@ -45,12 +45,23 @@ class LayerType:
         torch_modules: ``nn.Module`` classes the torch importer maps to this type.
         torch_functions: callables / method names (``"flatten"``) it maps to this type.
         blob_roles: parameter-blob roles in storage order (``("weight", "bias")``).
+        passes_resize: a channel-count change flows through (see the attribute).
+        runs_in_place / fresh_output: when the torch emitter may run an activation in place.
     """
 
     name: ClassVar[str] = ""
     torch_modules: ClassVar[tuple[type, ...]] = ()
     torch_functions: ClassVar[tuple[Any, ...]] = ()
     blob_roles: ClassVar[tuple[str, ...]] = ()
+    #: A change in the input's channel count flows through this layer to its consumers
+    #: (elementwise, per-channel or flattening layers); its own per-channel blobs, if
+    #: any, are resized with it. Resize propagation walks through these.
+    passes_resize: ClassVar[bool] = False
+    #: Its torch module takes ``inplace=True`` (an activation that may overwrite its input).
+    runs_in_place: ClassVar[bool] = False
+    #: Its torch output is a new tensor (never a view of an input) that its own backward
+    #: does not read, so an activation reading only it may overwrite it in place.
+    fresh_output: ClassVar[bool] = False
 
     # ------------------------------------------------------------- shapes
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
@@ -70,6 +81,10 @@ class LayerType:
         if role == "bias":
             return {"type": "constant", "value": 0.0}
         return {"type": "xavier"}
+
+    def output_is_fresh(self, layer: Layer) -> bool:
+        """Whether this layer's torch output may be overwritten in place (``fresh_output``)."""
+        return self.fresh_output
 
     def trainable_roles(self, layer: Layer) -> tuple[str, ...]:
         """Blob roles that are parameters (the rest are buffers)."""
@@ -196,6 +211,7 @@ class ActivationType(LayerType):
 
     module_class: ClassVar[type[nn.Module]]
     onnx_op: ClassVar[str]
+    passes_resize = True
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:
         writer.node(self.onnx_op, list(layer.inputs), list(layer.outputs), layer.name)

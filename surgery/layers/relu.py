@@ -17,6 +17,8 @@ class ReLU(LayerType):
     """Params: negative_slope (0 = plain ReLU)."""
 
     name = "ReLU"
+    passes_resize = True
+    runs_in_place = True
     torch_modules = (nn.ReLU, nn.LeakyReLU)
     torch_functions = (F.relu, torch.relu, F.leaky_relu, "relu")
 

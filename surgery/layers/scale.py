@@ -25,6 +25,8 @@ class Scale(LayerType):
     """Params: axis, num_axes, bias_term. Blobs: weight (the scale), bias (when bias_term)."""
 
     name = "Scale"
+    passes_resize = True
+    fresh_output = True
     blob_roles = ("weight", "bias")
     caffe_param_field = "scale_param"
 

@@ -17,6 +17,7 @@ class Softmax(LayerType):
     """Params: axis."""
 
     name = "Softmax"
+    passes_resize = True
     torch_modules = (nn.Softmax,)
     torch_functions = (F.softmax, torch.softmax, "softmax")
 

@@ -48,6 +48,8 @@ def eltwise(net: Net, op: Any, ctx: OpContext) -> list[Action]:
     main = resolve_bottom(net, op.bottom[0]) if op.bottom else None
     if main is None:
         raise SpecError("eltwise needs bottom: the blob to gate (and the second input)", subject=op.name)
+    # Taken before any new layer exists: the gate's own layers read `main` and must keep it.
+    readers = [reader.name for reader, _ in net.consumers(main)]
     actions = []
     added: list[Layer] = []
     if op.layer:
@@ -75,8 +77,6 @@ def eltwise(net: Net, op: Any, ctx: OpContext) -> list[Action]:
     except RuntimeError:
         raise ShapeError(f"{main!r} {shapes[main]} and {other!r} {shapes[other]} do not broadcast",
                          subject=op.name, fix="make the gate 1 where the shapes differ (e.g. num_output: 1)") from None
-    readers = [c.name for c, _ in net.consumers(main) if c.name not in {l.name for l in added}
-               and not c.name.endswith("/sigmoid")]
     layer = Layer(op.name, "Eltwise", inputs=[main, other], outputs=[op.name],
                   params={"operation": operation, "coeff": []})
     net.add_layer(layer)

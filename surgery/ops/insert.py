@@ -20,16 +20,18 @@ def insert(net: Net, op: Any, ctx: OpContext) -> list[Action]:
     if len(source.outputs) != 1:
         raise SpecError(f"{op.after!r} has {len(source.outputs)} outputs; insert after a one-output layer", subject=op.after)
     blob = source.outputs[0]
-    only = None
+    # The readers are taken before the new layers exist: the first new layer reads `blob`
+    # too, and must keep reading it.
+    readers = [reader.name for reader, _ in net.consumers(blob)]
     if op.HasField("before"):
         before = net.layer(op.before)
         if blob not in before.inputs:
             raise SpecError(f"{op.before!r} does not read {op.after!r}'s output", subject=op.before)
-        only = [op.before]
+        readers = [op.before]
     added = add_caffe_layers(net, list(op.layer), blob, ctx.seed)
     last = added[-1][0].outputs[0]
-    moved = net.redirect_consumers(blob, last, only=only)
-    new_names = {layer.name for layer, _ in added}
-    moved = [m for m in moved if m not in new_names]
+    moved = net.redirect_consumers(blob, last, only=readers)
+    if blob in net.outputs and not op.HasField("before"):
+        net.set_outputs([last if b == blob else b for b in net.outputs])
     where = f"between {op.after!r} and {', '.join(repr(m) for m in moved) or 'the output'}"
     return [Action("insert", layer.name, ADDED, "; ".join([f"{layer.type} {where}", *notes])) for layer, notes in added]

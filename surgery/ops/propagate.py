@@ -1,4 +1,11 @@
-"""What the consumers of a resized layer do (fc7 4096 -> 1024 changes fc8's input)."""
+"""What the consumers of a resized layer do (fc7 4096 -> 1024 changes fc8's input).
+
+The walk goes downstream from the resized layer through every layer type that lets a
+channel-count change flow through (``LayerType.passes_resize``: activations, pooling,
+Flatten, and per-channel layers such as BatchNorm and Scale) and stops at the first
+layer of any other kind with parameters (the next Convolution / InnerProduct). Each
+layer met whose blobs no longer fit is fixed by the spec's policy, in execution order.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +18,12 @@ from surgery.ops.base import REINITIALISED, Action, OpContext
 from surgery.ops.newlayer import init_new_blobs
 
 REINIT, SLICE, ERROR = 0, 1, 2
-#: Layers a resize passes through unchanged in meaning (channel-wise or parameter-free).
-_PASS_THROUGH = {"ReLU", "Dropout", "Sigmoid", "TanH", "HardSwish", "HardSigmoid", "Power", "Clip", "Pooling",
-                 "AdaptivePooling", "Flatten", "LRN"}
 
 
 def _affected(net: Net, resized: Layer) -> list[Layer]:
-    """The first layers downstream whose parameters depend on the resized size."""
-    found, frontier, seen = [], list(resized.outputs), set()
+    """The layers downstream whose parameters may depend on the resized size, in
+    execution order."""
+    found, frontier, seen = set(), list(resized.outputs), set()
     while frontier:
         blob = frontier.pop()
         for reader, _ in net.consumers(blob):
@@ -26,19 +31,27 @@ def _affected(net: Net, resized: Layer) -> list[Layer]:
                 continue
             seen.add(reader.name)
             if reader.blobs:
-                found.append(reader)
-            elif reader.type in _PASS_THROUGH:
+                found.add(reader.name)
+            if layer_type(reader.type).passes_resize:
                 frontier += reader.outputs
-    return found
+    return [layer for layer in net.layers() if layer.name in found]
+
+
+def _pad_value(layer: Layer, role: str) -> float:
+    """What new entries of a sliced/padded blob hold: the type's constant default (1 for
+    a BatchNorm's scale and variance: new channels pass through unchanged), else 0 (a
+    new input channel adds nothing)."""
+    filler = layer_type(layer.type).default_filler(layer, role)
+    return float(filler.get("value", 0.0)) if filler.get("type") == "constant" else 0.0
 
 
 def _slice(layer: Layer, wanted: dict[str, tuple[int, ...]]) -> None:
-    """Keep the weights for the inputs that remain; new inputs start at zero (they add nothing)."""
+    """Keep the weights for the channels that remain; new ones get :func:`_pad_value`."""
     for role, blob in layer.blobs.items():
         target = wanted.get(role, blob.shape)
         if blob.shape == target:
             continue
-        data = torch.zeros(target, dtype=blob.dtype)
+        data = torch.full(target, _pad_value(layer, role), dtype=blob.dtype)
         index = tuple(slice(0, min(a, b)) for a, b in zip(blob.shape, target))
         data[index] = blob.data[index]
         blob.set_data(data, Origin("resized", f"sliced/padded from {tuple(blob.shape)}"))
@@ -61,11 +74,10 @@ def propagate_resize(net: Net, resized: Layer, policy: int, ctx: OpContext) -> l
             actions.append(Action("propagate", layer.name, "resized", f"weights sliced/padded to {resized.name}'s "
                                                                       "new size"))
         else:
-            mults = [(b.lr_mult, b.decay_mult) for b in layer.blobs.values()]
+            mults = [(b.lr_mult, b.decay_mult) for b in layer.blobs.values() if b.trainable]
             layer.blobs = {}
             notes = init_new_blobs(net, layer, ctx.seed, None, mults)
             actions.append(Action("propagate", layer.name, REINITIALISED,
                                   f"its input changed with {resized.name}: " + "; ".join(notes)))
         net.invalidate()
     return actions
-

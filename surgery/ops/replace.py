@@ -8,6 +8,7 @@ from typing import Any
 from surgery.errors import SpecError
 from surgery.importers.caffe_layer import layer_from_caffe
 from surgery.ir import Net
+from surgery.layers import layer_type
 from surgery.ops.base import KEPT, REINITIALISED, Action, OpContext, register_op
 from surgery.ops.newlayer import init_new_blobs
 from surgery.ops.propagate import propagate_resize
@@ -26,7 +27,7 @@ def replace(net: Net, op: Any, ctx: OpContext) -> list[Action]:
     new = parsed.layer
     if new.name != old.name:
         net.rename_layer(old.name, new.name)
-    old_outputs = net.shapes()[old.outputs[0]]
+    old_outputs = net.shapes()[old.outputs[0]]  # the net still fits as a whole here
     kept_blobs = dict(old.blobs)
     old.type, old.params, old.blobs = new.type, new.params, {}
     init_new_blobs(net, old, ctx.seed, parsed.fillers, parsed.param_specs)
@@ -41,7 +42,9 @@ def replace(net: Net, op: Any, ctx: OpContext) -> list[Action]:
     actions = [Action("replace", old.name, KEPT if not fresh else REINITIALISED,
                       f"now {old.type}; kept {', '.join(kept) or 'no weights'}"
                       + (f"; new {', '.join(fresh)} from fillers" if fresh else ""))]
-    if net.shapes()[old.outputs[0]] != old_outputs:
+    # Only this layer's ancestors are sure to fit until propagation has fixed its consumers.
+    new_outputs = layer_type(old.type).infer_shapes(old, net.input_shapes(old.name))[0]
+    if new_outputs != old_outputs:
         actions += propagate_resize(net, old, op.propagate, ctx)
     net.shapes()
     return actions
