@@ -29,6 +29,7 @@ from surgery.api import (
     remove,
     replace,
     report,
+    save_onnx,
     save_torch,
     to_torch,
 )
@@ -42,6 +43,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ApplyResult", "Layer", "ModelFormatError", "Net", "ParamBlob", "Plan", "Report", "ShapeError", "SpecError",
     "SurgeryError", "append", "apply", "classifier", "collapse", "cut", "edit", "eltwise", "fc_to_conv",
-    "fold_batchnorm", "insert", "load", "load_torch_folder", "lr", "plan", "remove", "replace", "report", "save_torch",
+    "fold_batchnorm", "insert", "load", "load_torch_folder", "lr", "plan", "remove", "replace", "report", "save_onnx", "save_torch",
     "to_torch",
 ]

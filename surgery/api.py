@@ -265,7 +265,7 @@ def plan(spec_path: str | Path, progress: Progress | None = None, *, shapes_only
         try:
             net = load_source(message.source, loaded.base_dir, name=message.name or None, shapes_only=shapes_only)
         except SurgeryError as error:
-            error.location = error.location or str(loaded.path)
+            error.location = error.location or loaded.locator.section("source", error.subject)
             raise
     timings["load"] = time.perf_counter() - start
     actions: list[Action] = []
@@ -324,6 +324,10 @@ def apply(spec_path: str | Path, out_dir: str | Path, *, force: bool = False,
     try:
         files = _write_outputs(planned, staging, progress)
         _replace_dir(staging, out)
+    except SurgeryError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        error.location = error.location or planned.spec.locator.section("output", error.subject)
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -378,7 +382,7 @@ def verify(spec_path: str | Path, *, seed: int = 0, atol: float = 1e-5, progress
     try:
         source = load_source(message.source, loaded.base_dir, name=message.name or None)
     except SurgeryError as error:
-        error.location = error.location or str(loaded.path)
+        error.location = error.location or loaded.locator.section("source", error.subject)
         raise
     planned = plan(spec_path, progress, shapes_only=False, source=source)
     _step(progress, f"running torch, onnxruntime and the source on seeded inputs (seed {seed})")
@@ -394,6 +398,10 @@ def _onnx_options(onnx: Any) -> dict[str, Any]:
         options["ir_version"] = onnx.ir_version
     if onnx.HasField("external_data"):
         options["external_data"] = onnx.external_data
+    if onnx.dynamic_axis:
+        from surgery.emitters.onnx_dynamic import parse_dynamic_axes
+
+        options["dynamic_axes"] = parse_dynamic_axes(onnx.dynamic_axis)
     return options
 
 

@@ -260,6 +260,29 @@ def test_torch_model_to_caffe_runs_in_opencv(tmp_path: Path) -> None:
         np.testing.assert_allclose(cv_net.forward(), source(x).numpy(), atol=1e-4)
 
 
+def test_global_adaptive_pooling_head_to_caffe(tmp_path: Path) -> None:
+    """A resnet-style head (AdaptiveAvgPool2d(1), flatten, Linear) becomes a global
+    Caffe Pooling; uneven adaptive windows have no Caffe form and say so."""
+    from surgery.emitters.caffe import emit_caffe
+
+    torch.manual_seed(3)
+    source = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                 torch.nn.Flatten(), torch.nn.Linear(6, 4)).eval()
+    net = surgery.load(source, (1, 3, 9, 9))
+    prototxt, weights = emit_caffe(net, tmp_path / "head.prototxt", tmp_path / "head.caffemodel")
+    assert "global_pooling: true" in prototxt.read_text()
+    x = torch.randn(1, 3, 9, 9)
+    with torch.no_grad():
+        expected = source(x).numpy()
+    cv2 = pytest.importorskip("cv2")
+    cv_net = cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
+    cv_net.setInput(x.numpy())
+    np.testing.assert_allclose(cv_net.forward().reshape(expected.shape), expected, atol=1e-4)
+    uneven = surgery.load(torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d((3, 2))), (1, 2, 7, 6))
+    with pytest.raises(ModelFormatError, match="'0' .AdaptivePooling. cannot be written to Caffe: only global"):
+        emit_caffe(uneven, tmp_path / "u.prototxt", tmp_path / "u.caffemodel")
+
+
 def test_what_caffe_cannot_express_is_named(tmp_path: Path) -> None:
     from surgery.emitters.caffe import emit_caffe
     from test_torch_roundtrip import Wrap

@@ -15,7 +15,7 @@ from torch import nn
 import surgery
 from surgery.cli import main
 from surgery.emitters.onnx_model import emit_onnx
-from surgery.errors import ModelFormatError, ShapeError, SurgeryError
+from surgery.errors import ModelFormatError, ShapeError, SpecError, SurgeryError
 from surgery.importers.onnx_model import import_onnx
 from surgery.verify import onnx_session
 from test_torch_roundtrip import LAYER_CASES, Wrap, _with_random_stats
@@ -70,10 +70,29 @@ def test_each_layer_type_onnx_matches_torch(case: str, tmp_path: Path) -> None:
         np.testing.assert_allclose(again(x).numpy(), expected, atol=ATOL, rtol=0)
 
 
-def test_uneven_adaptive_pooling_has_no_onnx_form(tmp_path: Path) -> None:
-    net = surgery.load(Wrap(nn.AdaptiveAvgPool2d((3, 2))), (1, 2, 7, 6))
-    with pytest.raises(ModelFormatError, match="'body' .AdaptivePooling. cannot be written to ONNX"):
+@pytest.mark.parametrize("size,shape", [((3, 2), (2, 2, 7, 6)), ((7, 7), (1, 3, 2, 2)), ((5, 3), (1, 2, 9, 4))])
+def test_uneven_adaptive_average_pooling_is_exact_in_onnx(size, shape, tmp_path: Path) -> None:
+    """Windows that do not divide the input (vgg16's 7x7 pool on a small input
+    upsamples 2x2): written as two MatMuls with averaging matrices, read back as one
+    AdaptivePooling layer."""
+    net = surgery.load(Wrap(nn.AdaptiveAvgPool2d(size)), shape)
+    path = emit_onnx(net, tmp_path / "a.onnx")
+    x = torch.randn(shape)
+    expected = nn.functional.adaptive_avg_pool2d(x, size).numpy()
+    np.testing.assert_allclose(_run_onnx(path, x)[0], expected, atol=ATOL, rtol=0)
+    again = import_onnx(path)
+    assert [(l.name, l.type, l.params["output_size"]) for l in again.layers() if l.type != "Input"] == [
+        ("body", "AdaptivePooling", list(size))]
+    with torch.no_grad():
+        np.testing.assert_allclose(surgery.to_torch(again).eval()(x).numpy(), expected, atol=ATOL, rtol=0)
+
+
+def test_uneven_adaptive_max_pooling_has_no_onnx_form(tmp_path: Path) -> None:
+    net = surgery.load(Wrap(nn.AdaptiveMaxPool2d((3, 2))), (1, 2, 7, 6))
+    with pytest.raises(ModelFormatError, match="'body' .AdaptivePooling. cannot be written to ONNX: uneven adaptive "
+                                               "max pooling"):
         emit_onnx(net, tmp_path / "a.onnx")
+    assert not (tmp_path / "a.onnx").exists()
 
 
 def test_names_batch_axis_opset_and_determinism(tmp_path: Path) -> None:
@@ -92,6 +111,50 @@ def test_names_batch_axis_opset_and_determinism(tmp_path: Path) -> None:
     assert out.shape == (5, 5)
     with pytest.raises(SurgeryError, match="opset 13 is too old"):
         emit_onnx(net, tmp_path / "old.onnx", opset=13)
+
+
+class FullyConvolutional(nn.Module):
+    """Any input size works: convolutions, then a global pooling before the classifier."""
+
+    def __init__(self, pooled: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1) if pooled else nn.Identity()
+        self.fc = nn.Linear(4, 2) if pooled else nn.Identity()
+
+    def forward(self, x):
+        y = self.pool(torch.relu(self.conv(x)))
+        return self.fc(torch.flatten(y, 1)) if isinstance(self.fc, nn.Linear) else y
+
+
+@pytest.mark.parametrize("pooled", [True, False])
+def test_dynamic_spatial_axes(pooled: bool, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = FullyConvolutional(pooled).eval()
+    net = surgery.load(source, (1, 3, 16, 16))
+    path = emit_onnx(net, tmp_path / "d.onnx", dynamic_axes={"x": [2, -1]})
+    model = onnx.load(str(path))
+    dims = lambda value: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]  # noqa: E731
+    assert dims(model.graph.input[0]) == ["batch", 3, "x_2", "x_3"]
+    output = model.graph.output[0].name
+    assert dims(model.graph.output[0]) == (["batch", 2] if pooled else ["batch", 4, f"{output}_2", f"{output}_3"])
+    for shape in [(2, 3, 16, 16), (1, 3, 40, 24), (3, 3, 7, 9)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            np.testing.assert_allclose(_run_onnx(path, x)[0], source(x).numpy(), atol=ATOL, rtol=0)
+
+
+def test_dynamic_axes_that_the_graph_fixes_are_refused(tmp_path: Path) -> None:
+    """A classifier after a flatten fixes H and W; a pooling that reaches 7x7 with a
+    kernel chosen from the input size bakes it in; unknown inputs get a did-you-mean."""
+    with pytest.raises(SpecError, match=r"fixed along a requested dynamic axis: layer 'classifier.fc1'"):
+        emit_onnx(surgery.load(toy_cnn(), (1, 3, 16, 16)), tmp_path / "a.onnx", dynamic_axes={"x": [2]})
+    pooled = surgery.load(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(7)), (1, 3, 14, 14))
+    with pytest.raises(SpecError, match=r"node '1' \(AveragePool\) depends on the input's size"):
+        emit_onnx(pooled, tmp_path / "b.onnx", dynamic_axes={"input_1": [2, 3]})
+    with pytest.raises(SpecError, match="did you mean 'x'"):
+        emit_onnx(surgery.load(toy_cnn(), (1, 3, 16, 16)), tmp_path / "c.onnx", dynamic_axes={"X": [2]})
+    assert not list(tmp_path.iterdir())
 
 
 def test_streamed_file_equals_protobuf_serialisation(tmp_path: Path) -> None:

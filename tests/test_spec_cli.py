@@ -133,6 +133,20 @@ def test_cli_error_in_a_subprocess_has_no_traceback(toy_spec, tmp_path: Path) ->
     assert f"{spec}:4:28: no layer named 'classifier.fc3'" in run.stderr and "did you mean" in run.stderr
 
 
+@pytest.mark.parametrize("output,where,message", [
+    ('output { onnx { dynamic_axis: "x:9" } }', ":4:31:", "axis 9 cannot be dynamic"),
+    ('output { onnx { dynamic_axis: "x:2" } }', ":4:1:", "fixed along a requested dynamic axis"),
+    ('output {\n  onnx { dynamic_axis: "data:2" } }', ":5:24:", "not an input of the net"),
+])
+def test_output_errors_point_at_the_output_block(output: str, where: str, message: str, toy_spec,
+                                                 tmp_path: Path) -> None:
+    spec = toy_spec(output)
+    with pytest.raises(SpecError) as error:
+        surgery.apply(spec, tmp_path / "out")
+    assert f"{spec}{where} " in str(error.value) and message in str(error.value)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
 def test_force_replaces_and_plan_writes_nothing(toy_spec, tmp_path: Path) -> None:
     spec = toy_spec(EDITS)
     out = tmp_path / "out"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from surgery.emitters import onnx_dynamic
 from surgery.errors import ModelFormatError, SurgeryError
 from surgery.ir import Layer, Net, Shape
 from surgery.layers import layer_type
@@ -63,10 +65,10 @@ class OnnxWriter:
         return [self.shapes[b] for b in layer.inputs]
 
 
-def _value_info(name: str, shape: Shape, dynamic_batch: bool) -> onnx.ValueInfoProto:
-    dims: list[Any] = list(shape)
-    if dynamic_batch and dims:
-        dims[0] = "batch"
+def _value_info(name: str, shape: Shape, dynamic: set[int]) -> onnx.ValueInfoProto:
+    """A float tensor's type; axis 0 of a dynamic set is "batch", others "<name>_<axis>"."""
+    dims: list[Any] = [("batch" if axis == 0 else f"{name}_{axis}") if axis in dynamic else size
+                       for axis, size in enumerate(shape)]
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
 
 
@@ -81,22 +83,36 @@ def _deploy_layers(net: Net, keep_train_branches: bool) -> tuple[list[Layer], li
     return [layer for layer in net.layers() if layer.name in needed], outputs
 
 
-def build_parts(net: Net, *, opset: int = DEFAULT_OPSET, ir_version: int | None = None, dynamic_batch: bool = True,
-                keep_train_branches: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """The ONNX model of ``net`` without its initializers, and the initializers' values
-    (deploy outputs only unless ``keep_train_branches``)."""
-    if opset < 17:
-        raise SurgeryError(f"opset {opset} is too old", fix="use opset 17 or newer")
+def _write_layers(net: Net, opset: int, keep_train_branches: bool) -> tuple[OnnxWriter, list[Layer], list[str]]:
+    """Every deployed layer's nodes and initializers; the input layers; the outputs."""
     writer = OnnxWriter(net, opset)
     layers, outputs = _deploy_layers(net, keep_train_branches)
-    inputs = []
     for layer in layers:
-        if layer.type == "Input":
-            inputs.append(_value_info(layer.outputs[0], writer.shapes[layer.outputs[0]], dynamic_batch))
-            continue
-        layer_type(layer.type).to_onnx(layer, writer)
+        if layer.type != "Input":
+            layer_type(layer.type).to_onnx(layer, writer)
+    return writer, [layer for layer in layers if layer.type == "Input"], outputs
+
+
+def build_parts(net: Net, *, opset: int = DEFAULT_OPSET, ir_version: int | None = None, dynamic_batch: bool = True,
+                dynamic_axes: Mapping[str, Iterable[int]] | None = None,
+                keep_train_branches: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The ONNX model of ``net`` without its initializers, and the initializers' values
+    (deploy outputs only unless ``keep_train_branches``). ``dynamic_axes``: input name
+    -> axes to leave symbolic besides the batch (see :mod:`surgery.emitters.onnx_dynamic`)."""
+    if opset < 17:
+        raise SurgeryError(f"opset {opset} is too old", fix="use opset 17 or newer")
+    axes = onnx_dynamic.resolve(net, dynamic_axes, dynamic_batch)
+    writer, input_layers, outputs = _write_layers(net, opset, keep_train_branches)
+    batch = {0} if dynamic_batch else set()
+    output_axes = {blob: batch for blob in outputs}
+    if any(axis for wanted in axes.values() for axis in wanted):
+        resized = onnx_dynamic.resized_copy(net, axes)
+        onnx_dynamic.check_same_graph(writer, _write_layers(resized, opset, keep_train_branches)[0])
+        output_axes = {blob: varying | batch for blob, varying in onnx_dynamic.varying_axes(net, resized, outputs).items()}
+    inputs = [_value_info(layer.outputs[0], writer.shapes[layer.outputs[0]], axes[layer.outputs[0]])
+              for layer in input_layers]
     graph = helper.make_graph(
-        writer.nodes, net.name, inputs, [_value_info(blob, writer.shapes[blob], dynamic_batch) for blob in outputs],
+        writer.nodes, net.name, inputs, [_value_info(blob, writer.shapes[blob], output_axes[blob]) for blob in outputs],
     )
     ir = ir_version or IR_FOR_OPSET.get(opset, 10)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir,
@@ -136,8 +152,8 @@ def check_model(model: onnx.ModelProto, tensors: dict[str, np.ndarray]) -> None:
 
 
 def emit_onnx(net: Net, path: str | Path, *, opset: int = DEFAULT_OPSET, ir_version: int | None = None,
-              dynamic_batch: bool = True, external_data: bool | None = None,
-              keep_train_branches: bool = False) -> Path:
+              dynamic_batch: bool = True, dynamic_axes: Mapping[str, Iterable[int]] | None = None,
+              external_data: bool | None = None, keep_train_branches: bool = False) -> Path:
     """Write ``net`` as an ONNX file, atomically.
 
     Args:
@@ -147,6 +163,8 @@ def emit_onnx(net: Net, path: str | Path, *, opset: int = DEFAULT_OPSET, ir_vers
         opset: ONNX opset (>= 17).
         ir_version: ONNX IR version (default: the one ``opset`` needs).
         dynamic_batch: make axis 0 of inputs and outputs symbolic (``batch``).
+        dynamic_axes: input name -> further axes to make symbolic (``{"data": [2, 3]}``);
+            refused, naming the node, when a layer's ONNX form depends on that size.
         external_data: store weights in ``<file>.data`` beside it; default: only past 2 GB.
 
     Returns:
@@ -157,7 +175,7 @@ def emit_onnx(net: Net, path: str | Path, *, opset: int = DEFAULT_OPSET, ir_vers
     """
     path = Path(path)
     model, tensors = build_parts(net, opset=opset, ir_version=ir_version, dynamic_batch=dynamic_batch,
-                                 keep_train_branches=keep_train_branches)
+                                 dynamic_axes=dynamic_axes, keep_train_branches=keep_train_branches)
     size = sum(a.nbytes for a in tensors.values())
     external = external_data if external_data is not None else size > EXTERNAL_DATA_THRESHOLD
     check_model(model, tensors)
@@ -267,10 +285,10 @@ def _split(message: Any, field_number: int) -> tuple[bytes, bytes]:
     return below.SerializeToString(), above.SerializeToString()
 
 
-def unsupported(layer: Layer) -> ModelFormatError:
-    """The error for a layer that has no ONNX form."""
+def unsupported(layer: Layer, why: str | None = None) -> ModelFormatError:
+    """The error for a layer that has no ONNX form (``why``: the reason, when known)."""
     return ModelFormatError(
-        f"layer {layer.name!r} ({layer.type}) cannot be written to ONNX",
+        f"layer {layer.name!r} ({layer.type}) cannot be written to ONNX" + (f": {why}" if why else ""),
         fix="replace or remove it in the spec, or emit PyTorch only",
         subject=layer.name,
     )

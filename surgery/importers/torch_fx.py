@@ -142,6 +142,9 @@ class _Importer:
     def call_module(self, node: fx.Node) -> None:
         path = node.target
         module = self.model.get_submodule(path)
+        if type(module) is nn.Identity and len(node.args) == 1 and not node.kwargs:
+            self.blob_of[node] = self.blob_of[node.args[0]]  # a placeholder (a removed fc): no layer
+            return
         inputs = [self.blob_of[n] for n in _leaves((node.args, node.kwargs))]
         kind = self.modules.get(type(module))
         params = kind.import_torch_module(module) if kind is not None and not node.kwargs else None

@@ -28,6 +28,8 @@ class Locator:
     path: str
     edit_positions: list[tuple[int, int]] = field(default_factory=list)
     strings: list[list[tuple[str, int, int]]] = field(default_factory=list)
+    #: The other top-level fields (``source``, ``output``): position and strings inside.
+    sections: dict[str, tuple[int, int, list[tuple[str, int, int]]]] = field(default_factory=dict)
 
     def edit(self, index: int) -> str:
         """``file:line:col`` of edit number ``index`` (0-based)."""
@@ -45,6 +47,19 @@ class Locator:
                     if value == subject if exact else subject in value:
                         return f"{self.path}:{line}:{col}"
         return self.edit(index)
+
+    def section(self, name: str, subject: str | None = None) -> str:
+        """``file:line:col`` of ``subject`` inside the top-level field ``name`` (e.g.
+        ``output``), else of the field itself, else the file."""
+        if name not in self.sections:
+            return self.path
+        line, col, strings = self.sections[name]
+        if subject is not None:
+            for exact in (True, False):
+                for value, at_line, at_col in strings:
+                    if value == subject if exact else subject in value:
+                        return f"{self.path}:{at_line}:{at_col}"
+        return f"{self.path}:{line}:{col}"
 
 
 @dataclass
@@ -65,6 +80,9 @@ class LoadedSpec:
 _TOKEN = re.compile(r'#[^\n]*|"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|[{}<>\[\]:,;]|[^\s{}<>\[\]:,;#"\']+')
 
 
+_FIELD = re.compile(r"[A-Za-z_]\w*$")
+
+
 def _text_positions(text: str, path: str) -> Locator:
     """Where each top-level ``edit`` starts and where the strings inside it stand.
 
@@ -74,7 +92,7 @@ def _text_positions(text: str, path: str) -> Locator:
     locator = Locator(path)
     depth = 0
     line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
-    current = -1
+    current, section = -1, None
     for match in _TOKEN.finditer(text):
         token = match.group()
         if token.startswith("#"):
@@ -89,9 +107,15 @@ def _text_positions(text: str, path: str) -> Locator:
         elif depth == 0 and token == "edit":
             locator.edit_positions.append((line, col))
             locator.strings.append([])
-            current = len(locator.edit_positions) - 1
-        elif token[0] in "\"'" and depth > 0 and current >= 0:
-            locator.strings[current].append((_unquote(token), line, col))
+            current, section = len(locator.edit_positions) - 1, None
+        elif depth == 0 and _FIELD.match(token):
+            current, section = -1, token
+            locator.sections.setdefault(token, (line, col, []))
+        elif token[0] in "\"'" and depth > 0:
+            if current >= 0:
+                locator.strings[current].append((_unquote(token), line, col))
+            elif section is not None:
+                locator.sections[section][2].append((_unquote(token), line, col))
     return locator
 
 
@@ -142,13 +166,17 @@ def _yaml_positions(node: Any, path: str) -> Locator:
     if not isinstance(node, yaml.MappingNode):
         return locator
     for key, value in node.value:
-        if key.value == "edit" and isinstance(value, yaml.SequenceNode):
+        if key.value != "edit":
+            strings: list[tuple[str, int, int]] = []
+            _collect_scalars(value, strings)
+            locator.sections[key.value] = (key.start_mark.line + 1, key.start_mark.column + 1, strings)
+        elif isinstance(value, yaml.SequenceNode):
             for item in value.value:
                 mark = item.start_mark
                 locator.edit_positions.append((mark.line + 1, mark.column + 1))
-                strings: list[tuple[str, int, int]] = []
-                _collect_scalars(item, strings)
-                locator.strings.append(strings)
+                found: list[tuple[str, int, int]] = []
+                _collect_scalars(item, found)
+                locator.strings.append(found)
     return locator
 
 
