@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from surgery.emitters.onnx_model import emit_onnx
-from surgery.emitters.torch_module import emit_torch
 from surgery.ir import Net
+from surgery.probe import blob_values
 
 
 @dataclass
@@ -110,16 +110,7 @@ def untouched_frontier(source: Net, edited: Net) -> list[str]:
 
 
 def _torch_blobs(net: Net, blobs: list[str], inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    with net.temporarily():
-        for layer in list(net.layers()):
-            layer.phase = None  # probes read deploy-mode values of every blob
-        net.set_outputs(blobs)
-        model = emit_torch(net, copy_weights=False).eval()
-    with torch.no_grad():
-        out = model(*inputs.values())
-    if len(blobs) == 1:
-        out = {blobs[0]: out}
-    return {name: value.numpy() for name, value in out.items()}
+    return {name: value.numpy() for name, value in blob_values(net, blobs, list(inputs.values())).items()}
 
 
 def verify(source: Net, edited: Net, *, seed: int = 0, atol: float = 1e-5, opset: int = 17) -> VerifyResult:

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 import surgery
+from surgery.api import verify
+from surgery.spec import load_spec
+from surgery.verify import format_verify
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted(p for p in (ROOT / "specs").iterdir() if p.suffix in (".prototxt", ".yaml", ".yml", ".json"))
@@ -25,17 +28,38 @@ def _needs(spec: Path) -> None:
         pytest.importorskip("onnxruntime")
 
 
+def _expected_files(spec: Path) -> set[str]:
+    """What the spec's output block asks for (both torch and ONNX without one)."""
+    message = load_spec(spec).message
+    output, default = message.output, not message.HasField("output")
+    files = {"report.json"}
+    if default or output.HasField("pytorch"):
+        files |= {f"{output.pytorch.path}/model.py", f"{output.pytorch.path}/weights.pt"}
+    if default or output.HasField("onnx"):
+        files.add(output.onnx.path)
+    if output.HasField("caffe"):
+        files |= {output.caffe.prototxt, output.caffe.weights}
+    return files
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=[p.name for p in SPECS])
-def test_every_spec_applies(spec: Path, tmp_path: Path) -> None:
+def test_every_spec_applies_and_verifies(spec: Path, tmp_path: Path) -> None:
+    """apply writes what the spec asks for; verify finds emitted torch, onnxruntime and the
+    source's untouched paths equal within 1e-5 (float32)."""
     _needs(spec)
     result = surgery.apply(spec, tmp_path / "out")
+    written = {str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert written == _expected_files(spec)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["layers"], "the report lists the layers"
     assert {"name", "type", "output_shape", "params", "origin", "lr_mult", "decay_mult", "trainable"} <= set(
         report["layers"][0]
     )
-    assert (tmp_path / "out" / "torch" / "model.py").exists()
     assert result.report.rows == report["layers"]
+    pytest.importorskip("onnxruntime")
+    verified = verify(spec, atol=1e-5)
+    assert verified.ok, format_verify(verified)
+    assert any(c.what == "onnx vs torch" for c in verified.comparisons)
 
 
 def test_readme_quickstart_command(tmp_path: Path) -> None:

@@ -84,33 +84,51 @@ def _replace_pair(net: Net, first: Layer, second: Layer, chain: list[Layer], nam
     return layer
 
 
-def _calibration(net: Net, op: Any, base_dir: Path | None, count: int, seed: int) -> list[torch.Tensor]:
-    if op.calibration:
-        path = (base_dir or Path.cwd()) / op.calibration
-        try:
-            array = np.load(path)
-        except (OSError, ValueError) as error:
-            raise SpecError(f"cannot read calibration inputs {str(path)!r}: {error}", subject=op.calibration) from None
-        return [torch.from_numpy(np.asarray(array, dtype=np.float32))]
+def _random_inputs(net: Net, count: int, seed: int) -> list[torch.Tensor]:
+    """``count`` seeded standard-normal samples of the net's input."""
     generator = torch.Generator().manual_seed(seed)
-    layer = net.input_layers()[0]
-    shape = (count, *layer.params["shape"][1:])
+    shape = (count, *net.input_layers()[0].params["shape"][1:])
     return [torch.randn(*shape, generator=generator)]
+
+
+def _calibration(net: Net, path: Path) -> torch.Tensor:
+    """The user's calibration inputs: a .npy array of input samples (N, C, H, W)."""
+    try:
+        array = np.load(path)
+    except (OSError, ValueError) as error:
+        raise SpecError(f"cannot read calibration inputs {str(path)!r}: {error}", subject=path.name) from None
+    expected = tuple(net.input_layers()[0].params["shape"][1:])
+    if array.ndim != len(expected) + 1 or tuple(array.shape[1:]) != expected:
+        raise SpecError(f"calibration inputs {str(path)!r} have shape {array.shape}; the net's input is "
+                        f"(N, {', '.join(map(str, expected))})", subject=path.name,
+                        fix="save an array of input samples, batch axis first")
+    return torch.from_numpy(np.asarray(array, dtype=np.float32))
+
+
+def _fit_and_held_out(net: Net, op: Any, ctx: OpContext) -> tuple[list[torch.Tensor], list[torch.Tensor], str]:
+    """Inputs to fit on, inputs to measure the fit on, and what the latter are."""
+    if not op.calibration:
+        held = max(2, op.samples // 2)
+        return _random_inputs(net, op.samples, ctx.seed), _random_inputs(net, held, ctx.seed + 1), "held-out inputs"
+    samples = _calibration(net, (ctx.base_dir or Path.cwd()) / op.calibration)
+    if len(samples) < 4:  # too few to hold some out: say so rather than call them held out
+        return [samples], [samples], "the calibration inputs"
+    split = len(samples) - len(samples) // 4
+    return [samples[:split]], [samples[split:]], f"{len(samples) - split} held-out calibration inputs"
 
 
 def _fit(net: Net, op: Any, first: Layer, second: Layer, kernel, stride, pad, ctx: OpContext) -> tuple:
     from surgery.probe import blob_values
 
     wanted = [first.inputs[0], second.outputs[0]]
-    train = blob_values(net, wanted, _calibration(net, op, ctx.base_dir, op.samples, ctx.seed))
-    held = blob_values(net, wanted, _calibration(net, op, None, max(2, op.samples // 2), ctx.seed + 1)) \
-        if not op.calibration else train
+    fit_on, measure_on, measured = _fit_and_held_out(net, op, ctx)
+    train, held = blob_values(net, wanted, fit_on), blob_values(net, wanted, measure_on)
     weight, bias = fit_conv(train[wanted[0]], train[wanted[1]], kernel, stride, pad)
     estimate = F.conv2d(held[wanted[0]], weight, bias, stride=stride, padding=pad)
     if estimate.shape != held[wanted[1]].shape:
         raise SpecError(f"a {kernel} convolution with stride {stride} cannot reproduce {second.name!r}'s output "
                         f"shape {tuple(held[wanted[1]].shape)}", subject=op.name)
-    return weight, bias, relative_error(estimate, held[wanted[1]])
+    return weight, bias, relative_error(estimate, held[wanted[1]]), measured
 
 
 @register_op("collapse")
@@ -142,8 +160,8 @@ def collapse(net: Net, op: Any, ctx: OpContext) -> list[Action]:
         detail = "exact composition" + (f"; interior exact, max border deviation {border:.3g}" if border else "")
         origin = Origin("derived", f"composed from {first.name} and {second.name}")
     elif mode == "FIT":
-        weight, bias, error = _fit(net, op, first, second, kernel, stride, pad, ctx)
-        detail = f"least-squares fit, relative error {error:.4f} on held-out inputs"
+        weight, bias, error, measured = _fit(net, op, first, second, kernel, stride, pad, ctx)
+        detail = f"least-squares fit, relative error {error:.4f} on {measured}"
         origin = Origin("derived", f"fitted to {first.name} -> {second.name} ({detail})")
     params = conv_params(second.params["num_output"], kernel, stride, pad)
     removed = [first.name, *(c.name for c in chain), second.name]
@@ -163,7 +181,6 @@ def collapse(net: Net, op: Any, ctx: OpContext) -> list[Action]:
 def _border_error(net: Net, first: Layer, second: Layer, weight, bias, stride, pad, ctx: OpContext) -> float:
     from surgery.probe import blob_values
 
-    probe = _calibration(net, type("P", (), {"calibration": ""})(), None, 2, ctx.seed)
-    values = blob_values(net, [first.inputs[0], second.outputs[0]], probe)
+    values = blob_values(net, [first.inputs[0], second.outputs[0]], _random_inputs(net, 2, ctx.seed))
     estimate = F.conv2d(values[first.inputs[0]], weight, bias, stride=stride, padding=pad)
     return float((estimate - values[second.outputs[0]]).abs().max())

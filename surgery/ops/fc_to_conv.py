@@ -14,8 +14,9 @@ from surgery.ops.selectors import match_name
 
 @register_op("fc_to_conv")
 def fc_to_conv(net: Net, op: Any, ctx: OpContext) -> list[Action]:
-    """Turn each named InnerProduct into a Convolution. The input must be 4-D (the
-    flatten happens inside the IP), or 2-D (a 1x1 convolution)."""
+    """Turn each named InnerProduct into a Convolution. Its input must be 4-D (N, C, H, W),
+    flattened inside the IP: the first fully connected layer after the last pooling.
+    Later IPs are converted by naming them too (they then read (N, C, 1, 1))."""
     if not op.layer:
         raise SpecError("fc_to_conv names no layer", fix='add layer: "fc6"')
     actions = []
