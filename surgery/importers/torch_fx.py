@@ -26,11 +26,11 @@ from surgery.layers.opaque_call import InputRef
 _NON_TENSOR_METHODS = {"size", "dim", "numel", "ndimension", "nelement"}
 
 
-def _trace(model: nn.Module, train: bool) -> fx.GraphModule:
+def _trace(model: nn.Module, train: bool) -> fx.Graph:
     was_training = model.training
     model.train(train)
     try:
-        return fx.symbolic_trace(model)
+        return fx.Tracer().trace(model)  # the graph only: no GraphModule to compile
     except Exception as error:
         raise ModelFormatError(
             f"torch.fx cannot trace {type(model).__name__}: {type(error).__name__}: {_first_line(error)}"
@@ -194,8 +194,8 @@ class _Importer:
 
     # ------------------------------------------------------------------- run
     def run(self) -> Net:
-        train_graph = _trace(self.model, train=True).graph
-        eval_graph = _trace(self.model, train=False).graph
+        train_graph = _trace(self.model, train=True)
+        eval_graph = _trace(self.model, train=False)
         index = 0
         for node in train_graph.nodes:
             if _is_output_tuple(node):

@@ -40,6 +40,7 @@ class Net:
         self._order = itertools.count()
         self._outputs: list[str] | None = None
         self._shapes: dict[str, Shape | None] | None = None
+        self._names: list[str] | None = None  # execution order, cached until the graph changes
         #: Training metadata (e.g. Caffe loss weights per output blob).
         self.loss_weights: dict[str, float] = {}
         #: How an importer matched weights to layers ({"copied", "initialised", "ignored"}).
@@ -61,9 +62,10 @@ class Net:
 
     def layer_names(self) -> list[str]:
         """Layer names in execution order."""
-        return list(
-            nx.lexicographical_topological_sort(self.graph, key=lambda n: self.graph.nodes[n]["order"])
-        )
+        if self._names is None:
+            self._names = list(
+                nx.lexicographical_topological_sort(self.graph, key=lambda n: self.graph.nodes[n]["order"]))
+        return list(self._names)
 
     def layers(self) -> Iterator[Layer]:
         """Layers in execution order (topological, ties broken by insertion order)."""
@@ -241,8 +243,9 @@ class Net:
         return dropped
 
     def invalidate(self) -> None:
-        """Forget cached shapes (call after changing blobs or params in place)."""
+        """Forget cached shapes and order (call after changing blobs or params in place)."""
         self._shapes = None
+        self._names = None
 
     # ------------------------------------------------------------ transactions
     @contextlib.contextmanager
