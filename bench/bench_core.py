@@ -193,14 +193,17 @@ def main(argv: list[str] | None = None) -> dict:
         results["apply_vs_load_save"] = bench_apply(workdir, weights, spec, args.repeat)
         print_row("apply vgg16 torch to torch / torch.load+torch.save", results["apply_vs_load_save"], "apply_s", "floor_s")
         results["memory"] = bench_memory(workdir, spec, nbytes)
-        m = results["memory"]
-        print(f"{'peak RSS of apply above imports / weights bytes':<55} {m['ratio_above_imports']:6.2f}x  "
-              f"({m['rss_above_imports_mb']:.0f} MB vs {m['weights_mb']:.0f} MB; process peak {m['peak_rss_mb']:.0f} MB)")
+        print_memory_row("peak RSS of torch apply above imports / weights bytes", results["memory"])
     results["forward_backward"] = bench_forward_backward(3 * args.repeat)
     print_row("emitted vgg16 fwd+bwd / torchvision eager", results["forward_backward"], "emitted_s", "eager_s")
     results["frozen_step"] = bench_frozen_step(args.repeat)
     print_row("SGD step, conv trunk frozen / all trainable", results["frozen_step"], "frozen_trunk_s", "all_trainable_s")
     return results
+
+
+def print_memory_row(label: str, m: dict) -> None:
+    print(f"{label:<55} {m['ratio_above_imports']:6.2f}x  ({m['rss_above_imports_mb']:.0f} MB vs "
+          f"{m['weights_mb']:.0f} MB; process peak {m['peak_rss_mb']:.0f} MB)", flush=True)
 
 
 def print_row(label: str, row: dict, ours: str, reference: str) -> None:

@@ -2,7 +2,10 @@
 
 1. onnxruntime latency of surgery's ONNX file vs ``torch.onnx.export``'s file for the
    same emitted model (same session options, same input, interleaved runs);
-2. surgery's ONNX write time vs ``onnx.save`` of a model holding the same initializers.
+2. file-to-file ``apply`` (ONNX source, classifier edit, ONNX output) vs ``onnx.load`` +
+   ``onnx.save`` of the same file;
+3. peak RSS of that ``apply`` (in a fresh process) vs the bytes of the weights;
+4. surgery's ONNX write time vs ``onnx.save`` of a model holding the same initializers.
 
 Run: ``python bench/bench_onnx.py`` (needs torchvision and onnxruntime).
 """
@@ -21,7 +24,7 @@ import onnx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import interleaved, print_row  # noqa: E402
+from bench_core import bench_memory, interleaved, print_memory_row, print_row  # noqa: E402
 
 
 def _session(path: Path):
@@ -75,18 +78,26 @@ def bench_write(workdir: Path, repeat: int) -> dict:
     return {"onnx_save_s": t_save, "emit_onnx_s": t_ours, "ratio": t_ours / t_save}
 
 
-def bench_apply(workdir: Path, repeat: int) -> dict:
-    """File to file: an ONNX source, a classifier edit, an ONNX output, vs onnx.load + onnx.save."""
+def prepare_apply(workdir: Path) -> tuple[Path, Path, int]:
+    """vgg16 as an ONNX file, and a spec that edits its classifier and writes ONNX:
+    the source, the spec and the weights' bytes."""
     import torchvision
 
     import surgery
     from surgery.emitters.onnx_model import emit_onnx
 
     torch.manual_seed(0)
-    source = emit_onnx(surgery.load(torchvision.models.vgg16(), (1, 3, 224, 224)), workdir / "vgg16.onnx")
+    model = torchvision.models.vgg16()
+    source = emit_onnx(surgery.load(model, (1, 3, 224, 224)), workdir / "vgg16.onnx")
     spec = workdir / "onnx_head.prototxt"
     spec.write_text('source { onnx { path: "vgg16.onnx" } }\nedit { classifier { layer: "classifier.6" '
                     'num_output: 10 } }\noutput { onnx { path: "model.onnx" } }\n')
+    return source, spec, sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def bench_apply(workdir: Path, source: Path, spec: Path, repeat: int) -> dict:
+    """File to file: an ONNX source, a classifier edit, an ONNX output, vs onnx.load + onnx.save."""
+    import surgery
 
     def floor() -> None:
         onnx.save(onnx.load(str(source)), str(workdir / "floor.onnx"))
@@ -110,8 +121,11 @@ def main(argv: list[str] | None = None) -> dict:
         results["latency"] = bench_latency(workdir, args.repeat)
         print_row("onnxruntime vgg16: surgery's ONNX / torch.onnx.export's", results["latency"], "surgery_s",
                   "torch_onnx_export_s")
-        results["apply"] = bench_apply(workdir, max(2, args.repeat // 2))
+        source, spec, nbytes = prepare_apply(workdir)
+        results["apply"] = bench_apply(workdir, source, spec, max(2, args.repeat // 2))
         print_row("apply vgg16 ONNX to ONNX / onnx.load+onnx.save", results["apply"], "apply_s", "floor_s")
+        results["memory"] = bench_memory(workdir, spec, nbytes)
+        print_memory_row("peak RSS of ONNX apply above imports / weights bytes", results["memory"])
         results["write"] = bench_write(workdir, max(2, args.repeat // 2))
         print_row("write vgg16 ONNX: emit_onnx (build+check+save) / onnx.save", results["write"], "emit_onnx_s",
                   "onnx_save_s")

@@ -17,7 +17,6 @@ Caffe's own rules (../shared/reference/caffe_facts.md has the sources):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 from google.protobuf import text_format
-from google.protobuf.message import DecodeError
 
 from surgery.errors import ModelFormatError, ShapeError, did_you_mean
 from surgery.importers.caffe_layer import layer_from_caffe
+from surgery.importers.caffemodel import StoredBlob, stored_weights
 from surgery.ir import Layer, Net, Origin, ParamBlob
 from surgery.layers import layer_type, registered_types
 from surgery.ops.newlayer import init_new_blobs
@@ -79,21 +78,6 @@ def read_prototxt(path: Path) -> Any:
     except text_format.ParseError as error:
         reason = str(error).split(" : ", 1)[-1]
         raise ModelFormatError(reason, location=f"{path}:{error.GetLine()}:{error.GetColumn()}") from None
-    return message
-
-
-def read_caffemodel(path: Path) -> Any:
-    """A NetParameter from binary format (V1 or V2)."""
-    if not path.exists():
-        raise ModelFormatError(f"caffemodel {str(path)!r} does not exist")
-    message = caffe_class("NetParameter")()
-    try:
-        message.ParseFromString(path.read_bytes())
-    except DecodeError as error:
-        raise ModelFormatError(f"{str(path)!r} is not a readable caffemodel ({error})",
-                               fix="the file is truncated or corrupt: download or export it again") from None
-    if not message.layer and not message.layers:
-        raise ModelFormatError(f"{str(path)!r} holds no layers (is it a caffemodel?)")
     return message
 
 
@@ -285,7 +269,7 @@ def import_caffe(prototxt: str | Path, weights: str | Path | None = None, *, pha
     _finish_heads(net, builder.loss_of)
     net.shapes()
     report = CaffeImport()
-    source = _weights_by_name(Path(weights)) if weights else {}
+    source = stored_weights(Path(weights)) if weights else {}
     for layer, fillers, specs in builder.pending:
         _give_blobs(net, layer, fillers, specs, source, report, seed, Path(weights).name if weights else None)
     report.ignored = [name for name in source if name not in net]
@@ -316,32 +300,18 @@ def _finish_heads(net: Net, loss_of: dict[str, float]) -> None:
 
 
 # --------------------------------------------------------------------- weights
-def _weights_by_name(path: Path) -> dict[str, list[Any]]:
-    """Source layer name -> its BlobProtos (the first layer of each name, as Caffe)."""
-    found: dict[str, list[Any]] = {}
-    for layer in layers_of(read_caffemodel(path), str(path)):
-        if layer.blobs and layer.name not in found:
-            found[layer.name] = list(layer.blobs)
-    return found
+def _fits(stored: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether a stored blob fits ``shape`` up to Caffe's legacy leading 1s."""
+    return stored == shape or ([d for d in stored if d != 1] or [1]) == ([d for d in shape if d != 1] or [1])
 
 
-def blob_array(proto: Any) -> np.ndarray:
-    """A BlobProto's values with its shape (legacy 4-D dims when any is present)."""
-    legacy = any(proto.HasField(f) for f in ("num", "channels", "height", "width"))
-    shape = (proto.num, proto.channels, proto.height, proto.width) if legacy else tuple(proto.shape.dim)
-    values = np.asarray(proto.double_data if len(proto.double_data) else proto.data, dtype=np.float32)
-    if values.size != math.prod(shape):
-        raise ModelFormatError(f"a blob holds {values.size} values for shape {shape}")
-    return values.reshape(shape)
+def _lazy(stored: StoredBlob, shape: tuple[int, ...], scale: Any = None, **kwargs: Any) -> ParamBlob:
+    """A blob read from the caffemodel on first use (times ``scale()`` when given)."""
+    def load() -> torch.Tensor:
+        array = stored.array().reshape(shape)
+        return torch.from_numpy(np.ascontiguousarray(array * scale() if scale is not None else array))
 
-
-def _fit(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
-    """``array`` as ``shape`` when they agree up to Caffe's legacy leading 1s."""
-    if array.shape == shape:
-        return array
-    squeezed = array.reshape([d for d in array.shape if d != 1] or [1])
-    wanted = [d for d in shape if d != 1] or [1]
-    return array.reshape(shape) if list(squeezed.shape) == wanted else None
+    return ParamBlob.lazy(shape, torch.float32, load, **kwargs)
 
 
 def _give_blobs(net: Net, layer: Layer, fillers: dict, specs: list, source: dict, report: CaffeImport, seed: int,
@@ -367,36 +337,35 @@ def _give_blobs(net: Net, layer: Layer, fillers: dict, specs: list, source: dict
                 f"layer {layer.name!r} has {len(wanted)} blobs but the caffemodel's has {len(blobs)}",
                 fix=f"rename {layer.name!r} in the spec (classifier rename) so it starts from its filler")
         layer.blobs = {}
-        for position, ((role, shape), proto) in enumerate(zip(wanted.items(), blobs)):
-            array = _fit(blob_array(proto), shape)
-            if array is None:
+        for position, ((role, shape), stored) in enumerate(zip(wanted.items(), blobs)):
+            if not _fits(stored.shape, shape):
                 raise ModelFormatError(
                     f"cannot copy {role} of layer {layer.name!r}: the caffemodel has shape "
-                    f"{tuple(blob_array(proto).shape)}, the net needs {shape}",
+                    f"{stored.shape}, the net needs {shape}",
                     fix=f"rename or resize {layer.name!r} in the spec (classifier {{ layer: \"{layer.name}\" "
                         "rename: ... }) so it gets fresh weights instead of these")
             lr, decay = specs[position] if position < len(specs) else (1.0, 1.0)
-            layer.blobs[role] = ParamBlob.from_tensor(torch.from_numpy(np.ascontiguousarray(array)), lr_mult=lr,
-                                                      decay_mult=decay, origin=origin)
+            layer.blobs[role] = _lazy(stored, shape, lr_mult=lr, decay_mult=decay, origin=origin)
     report.copied.append(layer.name)
     net.invalidate()
 
 
-def _batchnorm_blobs(layer: Layer, blobs: list[Any], wanted: dict, origin: Origin) -> dict[str, ParamBlob]:
+def _batchnorm_blobs(layer: Layer, blobs: list[StoredBlob], wanted: dict, origin: Origin) -> dict[str, ParamBlob]:
     """Caffe stores running *sums* and a scale factor: mean = sum / factor (§2.6)."""
     if len(blobs) != 3:
         raise ModelFormatError(f"BatchNorm {layer.name!r} needs 3 blobs in the caffemodel, it has {len(blobs)}")
-    factor = float(blob_array(blobs[2]).reshape(-1)[0])
-    scale = 0.0 if factor == 0 else 1.0 / factor
+
+    def scale() -> float:
+        factor = float(blobs[2].array().reshape(-1)[0])
+        return 0.0 if factor == 0 else 1.0 / factor
+
     out = {}
-    for role, proto in zip(("running_mean", "running_var"), blobs[:2]):
-        array = _fit(blob_array(proto), wanted[role])
-        if array is None:
+    for role, stored in zip(("running_mean", "running_var"), blobs[:2]):
+        if not _fits(stored.shape, wanted[role]):
             raise ModelFormatError(f"BatchNorm {layer.name!r} statistics do not fit {wanted[role]}")
-        out[role] = ParamBlob.from_tensor(torch.from_numpy(np.ascontiguousarray(array * scale)), lr_mult=0,
-                                          decay_mult=0, trainable=False,
-                                          origin=Origin("source", f"{origin.detail} (divided by the scale factor)"))
+        out[role] = _lazy(stored, wanted[role], scale, lr_mult=0, decay_mult=0, trainable=False,
+                          origin=Origin("source", f"{origin.detail} (divided by the scale factor)"))
     return out
 
 
-__all__ = ["CaffeImport", "blob_array", "import_caffe", "included", "layers_of", "read_caffemodel", "read_prototxt"]
+__all__ = ["CaffeImport", "import_caffe", "included", "layers_of", "read_prototxt"]

@@ -18,25 +18,96 @@ import torch
 from onnx import helper, numpy_helper
 
 from surgery.errors import ModelFormatError, ShapeError
+from surgery.importers import wire
 from surgery.ir import Layer, Net, ParamBlob, Shape
 from surgery.layers import layer_type, registered_types
-from surgery.layers.convolution import conv_output_size
 
 _PASS_THROUGH = {"Identity"}
 
 
-def _load(path: Path) -> onnx.ModelProto:
+_GRAPH = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+_INITIALIZER = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+_RAW_DATA = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
+
+
+class Weights:
+    """Where each initializer's values are, read only when asked for: ``raw_data`` in the
+    memory-mapped model file, an external data file beside it (also mapped), or the
+    tensor's typed fields (small tensors written by old exporters)."""
+
+    def __init__(self, path: Path, buffer: Any, raw: dict[str, tuple[int, int]]) -> None:
+        self.folder = path.resolve().parent
+        self.buffer = buffer
+        self.raw = raw
+        self._external: dict[str, Any] = {}
+
+    def array(self, tensor: onnx.TensorProto) -> np.ndarray:
+        """The initializer's values (a view into the mapped file when aligned)."""
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        dims = tuple(int(d) for d in tensor.dims)
+        if tensor.name in self.raw and dtype.kind in "fiub":
+            offset, length = self.raw[tensor.name]
+            return self._view(self.buffer, dtype, offset, length, dims, "the model file")
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            buffer = self._mapped(info["location"])
+            length = int(info.get("length", int(np.prod(dims)) * dtype.itemsize))
+            return self._view(buffer, dtype, int(info.get("offset", 0)), length, dims, info["location"])
+        if tensor.name in self.raw:  # strings and other exotic types: let onnx decode them
+            full = onnx.TensorProto()
+            full.CopyFrom(tensor)
+            offset, length = self.raw[tensor.name]
+            full.raw_data = bytes(self.buffer[offset:offset + length])
+            return numpy_helper.to_array(full)
+        return numpy_helper.to_array(tensor)
+
+    def _mapped(self, location: str) -> Any:
+        if location not in self._external:
+            self._external[location] = wire.open_mapped(self.folder / location)
+        return self._external[location]
+
+    @staticmethod
+    def _view(buffer: Any, dtype: np.dtype, offset: int, length: int, dims: tuple[int, ...], where: str) -> np.ndarray:
+        count = int(np.prod(dims))
+        if length != count * dtype.itemsize or offset + length > len(buffer):
+            raise ModelFormatError(f"{where} holds {max(0, min(length, len(buffer) - offset))} bytes for a tensor of "
+                                   f"{count * dtype.itemsize} (shape {list(dims)}, {dtype}): truncated or corrupt",
+                                   fix="re-export the model, or copy the file again")
+        return wire.view(buffer, dtype, offset, count).reshape(dims)
+
+
+def _skim(buffer: Any, size: int) -> tuple[onnx.ModelProto, dict[str, tuple[int, int]]]:
+    """The model with its initializers' ``raw_data`` left in the file: protobuf parses
+    the rest; each raw_data's (offset, length) is returned by initializer name."""
+    head, graphs = wire.split(buffer, 0, size, {_GRAPH})
+    model = onnx.ModelProto.FromString(head)
+    raw: dict[str, tuple[int, int]] = {}
+    for graph in graphs:  # a message field written twice merges, as protobuf does
+        graph_head, initializers = wire.split(buffer, graph.value_start, graph.end, {_INITIALIZER})
+        model.graph.MergeFromString(graph_head)
+        for item in initializers:
+            tensor_head, data = wire.split(buffer, item.value_start, item.end, {_RAW_DATA})
+            tensor = model.graph.initializer.add()
+            tensor.MergeFromString(tensor_head)
+            if data:
+                raw[tensor.name] = (data[-1].value_start, data[-1].end - data[-1].value_start)
+    return model, raw
+
+
+def _load(path: Path) -> tuple[onnx.ModelProto, Weights]:
+    """The model's structure (no weight read) and where its weights are."""
     if not path.exists():
         raise ModelFormatError(f"ONNX file {str(path)!r} does not exist")
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # protobuf's DecodeError and friends
+        buffer = wire.open_mapped(path)
+        model, raw = _skim(buffer, path.stat().st_size)
+    except Exception as error:  # wire.WireError, protobuf's DecodeError and friends
         raise ModelFormatError(f"{str(path)!r} is not a readable ONNX file ({type(error).__name__}: {error})",
                                fix="check the file is complete (re-export or re-download it)") from None
     if not model.graph.node:
         raise ModelFormatError(f"{str(path)!r} has no graph nodes (truncated or not an ONNX model)")
     _check_external_data(model, path)
-    return model
+    return model, Weights(path, buffer, raw)
 
 
 def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
@@ -58,9 +129,9 @@ def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
 class OnnxReader:
     """What a layer type's ``from_onnx`` hook reads from and adds to."""
 
-    def __init__(self, model: onnx.ModelProto, path: Path, net: Net) -> None:
+    def __init__(self, model: onnx.ModelProto, weights: Weights, net: Net) -> None:
         self.model = model
-        self.folder = path.resolve().parent
+        self.weights = weights
         self.net = net
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         self.initializers = {t.name: t for t in model.graph.initializer}
@@ -84,9 +155,19 @@ class OnnxReader:
         tensor = self.initializers.get(name)
         if tensor is None:
             return None
-        array = numpy_helper.to_array(tensor, base_dir=str(self.folder))
+        array = self.weights.array(tensor)
         self.constants[name] = array
         return array
+
+    def const_shape(self, name: str | None) -> tuple[int, ...] | None:
+        """The shape of an initializer or Constant output (its values are not read), else None."""
+        if not name:
+            return None
+        name = self.alias.get(name, name)
+        if name in self.constants:
+            return tuple(self.constants[name].shape)
+        tensor = self.initializers.get(name)
+        return None if tensor is None else tuple(int(d) for d in tensor.dims)
 
     def const_list(self, name: str | None) -> list | None:
         value = self.const(name)
@@ -117,11 +198,21 @@ class OnnxReader:
         tensor = self.initializers.get(name)
         if tensor is None or name in self.constants:
             return self.param_from(torch.from_numpy(np.array(self.const(name))), trainable)
-        dims = tuple(int(d) for d in tensor.dims)
-        dtype = torch.from_numpy(np.zeros(0, helper.tensor_dtype_to_np_dtype(tensor.data_type))).dtype
-        folder = str(self.folder)
-        return ParamBlob.lazy(dims, dtype, lambda: torch.from_numpy(
-            np.array(numpy_helper.to_array(tensor, base_dir=folder))), trainable=trainable)
+        weights = self.weights
+        return ParamBlob.lazy(tuple(int(d) for d in tensor.dims), self._torch_dtype(name),
+                              lambda: torch.from_numpy(weights.array(tensor)), trainable=trainable)
+
+    def param_derived(self, name: str, shape: tuple[int, ...], compute: Any, trainable: bool = True) -> ParamBlob:
+        """A lazy blob of ``shape`` holding ``compute(values of initializer name)`` (a
+        transpose, a scale), computed only when its data is first used."""
+        return ParamBlob.lazy(tuple(shape), self._torch_dtype(name), lambda: torch.from_numpy(
+            np.ascontiguousarray(compute(self.const(name)))), trainable=trainable)
+
+    def _torch_dtype(self, name: str) -> torch.dtype:
+        name = self.alias.get(name, name)
+        tensor = self.initializers.get(name)
+        np_dtype = self.constants[name].dtype if tensor is None else helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        return torch.from_numpy(np.zeros(0, np_dtype)).dtype
 
     def param_from(self, tensor: torch.Tensor, trainable: bool = True) -> ParamBlob:
         return ParamBlob.from_tensor(tensor.contiguous(), trainable=trainable)
@@ -228,11 +319,11 @@ def import_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None, na
         >>> net = import_onnx("resnet18.onnx")
     """
     path = Path(path)
-    model = _load(path)
+    model, weights = _load(path)
     table = _dispatch()
     _unsupported(model, table)
     net = Net(name or model.graph.name or path.stem)
-    reader = OnnxReader(model, path, net)
+    reader = OnnxReader(model, weights, net)
     for value in model.graph.input:
         if value.name in reader.initializers:
             continue  # old exporters list initializers as inputs too

@@ -63,19 +63,20 @@ class AdaptivePooling(LayerType):
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
         """The two-MatMul form :meth:`to_onnx` writes for uneven windows: ``x @ cols``
         then ``rows @ that``, both constants equal to the averaging matrices."""
-        cols = reader.const(node.input[1])
+        cols_shape = reader.const_shape(node.input[1])  # shapes first: a MatMul is usually a weight
         source = reader.alias.get(node.input[0], node.input[0])
-        if cols is None or cols.ndim != 2 or not reader.net.has_blob(source):
+        if cols_shape is None or len(cols_shape) != 2 or not reader.net.has_blob(source):
             return None
         shape = reader.shape(source)
         readers = [n for n in reader.model.graph.node if node.output[0] in n.input]
         if len(shape) != 4 or len(readers) != 1 or readers[0].op_type != "MatMul" or \
                 list(readers[0].input) != [readers[0].input[0], node.output[0]]:
             return None
-        rows = reader.const(readers[0].input[0])
-        if rows is None or rows.ndim != 2 or cols.shape[0] != shape[3] or rows.shape[1] != shape[2]:
+        rows_shape = reader.const_shape(readers[0].input[0])
+        if rows_shape is None or len(rows_shape) != 2 or cols_shape[0] != shape[3] or rows_shape[1] != shape[2]:
             return None
-        size = [int(rows.shape[0]), int(cols.shape[1])]
+        size = [int(rows_shape[0]), int(cols_shape[1])]
+        cols, rows = reader.const(node.input[1]), reader.const(readers[0].input[0])
         if not (np.array_equal(cols, average_matrix(shape[3], size[1]).T)
                 and np.array_equal(rows, average_matrix(shape[2], size[0]))):
             return None

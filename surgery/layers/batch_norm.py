@@ -86,7 +86,7 @@ class BatchNorm(LayerType):
                     epsilon=float(layer.params.get("eps", 1e-5)))
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
-        if any(reader.const(name) is None for name in node.input[1:5]):
+        if any(reader.const_shape(name) is None for name in node.input[1:5]):
             return None
         attrs = reader.attrs(node)
         blobs = {"weight": reader.param(node.input[1]), "bias": reader.param(node.input[2]),

@@ -95,10 +95,10 @@ class Convolution(LayerType):
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
         attrs = reader.attrs(node)
-        weight = reader.const(node.input[1])
-        if weight is None or weight.ndim != 4:
+        weight = reader.const_shape(node.input[1])  # the shape only: weights are read lazily
+        if weight is None or len(weight) != 4:
             return None
-        kernel = tuple(attrs.get("kernel_shape", weight.shape[2:]))
+        kernel = tuple(attrs.get("kernel_shape", weight[2:]))
         stride = tuple(attrs.get("strides", (1, 1)))
         dilation = tuple(attrs.get("dilations", (1, 1)))
         source = reader.blob(node.input[0])
@@ -107,7 +107,7 @@ class Convolution(LayerType):
         if begin != end:  # asymmetric: an explicit Pad layer, then an unpadded convolution
             source = reader.pad_layer(node, source, [0, 0, *begin, 0, 0, *end])
             begin = (0, 0)
-        params = {"num_output": int(weight.shape[0]), "kernel": kernel, "stride": stride, "pad": tuple(begin),
+        params = {"num_output": int(weight[0]), "kernel": kernel, "stride": stride, "pad": tuple(begin),
                   "dilation": dilation, "group": int(attrs.get("group", 1)), "bias_term": len(node.input) > 2}
         blobs = {"weight": reader.param(node.input[1])}
         if len(node.input) > 2:

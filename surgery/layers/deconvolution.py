@@ -80,14 +80,14 @@ class Deconvolution(LayerType):
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
         attrs = reader.attrs(node)
-        weight = reader.const(node.input[1])
-        if weight is None or weight.ndim != 4 or "output_shape" in attrs:
+        weight = reader.const_shape(node.input[1])  # the shape only: weights are read lazily
+        if weight is None or len(weight) != 4 or "output_shape" in attrs:
             return None
         pads = list(attrs.get("pads", [0, 0, 0, 0]))
         if pads[:2] != pads[2:] or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             return None
         group = int(attrs.get("group", 1))
-        params = {"num_output": int(weight.shape[1]) * group, "kernel": tuple(weight.shape[2:]),
+        params = {"num_output": int(weight[1]) * group, "kernel": tuple(weight[2:]),
                   "stride": tuple(attrs.get("strides", (1, 1))), "pad": tuple(pads[:2]),
                   "dilation": tuple(attrs.get("dilations", (1, 1))), "group": group,
                   "bias_term": len(node.input) > 2,

@@ -97,30 +97,32 @@ class InnerProduct(LayerType):
         writer.node("Gemm", inputs, list(layer.outputs), layer.name, transB=1)
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
-        import numpy as np
-        import torch
-
-        weight = reader.const(node.input[1])
-        if weight is None or weight.ndim != 2:
+        shape = reader.const_shape(node.input[1])  # the shape only: weights are read lazily
+        if shape is None or len(shape) != 2:
             return None
-        if node.op_type == "MatMul":
-            params = {"num_output": int(weight.shape[1]), "bias_term": False, "axis": -1}
-            blobs = {"weight": reader.param_from(torch.from_numpy(np.ascontiguousarray(weight.T)))}
-            return reader.layer(node, self.name, params, inputs=[reader.blob(node.input[0])], blobs=blobs)
+        source = [reader.blob(node.input[0])]
+        if node.op_type == "MatMul":  # x @ W with W (in, out): the IR stores (out, in)
+            params = {"num_output": int(shape[1]), "bias_term": False, "axis": -1}
+            blobs = {"weight": reader.param_derived(node.input[1], shape[::-1], lambda w: w.T)}
+            return reader.layer(node, self.name, params, inputs=source, blobs=blobs)
         attrs = reader.attrs(node)
         if attrs.get("transA", 0):
             return None
-        alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
-        w = weight if attrs.get("transB", 0) else weight.T
-        blobs = {"weight": reader.param(node.input[1]) if attrs.get("transB", 0) and alpha == 1
-                 else reader.param_from(torch.from_numpy(np.ascontiguousarray(w * alpha)))}
-        params = {"num_output": int(w.shape[0]), "bias_term": len(node.input) > 2, "axis": 1}
+        alpha, beta, trans_b = attrs.get("alpha", 1.0), attrs.get("beta", 1.0), attrs.get("transB", 0)
+        out_features = int(shape[0] if trans_b else shape[1])
+        weight_shape = (out_features, int(shape[1] if trans_b else shape[0]))
+        if trans_b and alpha == 1:
+            weight = reader.param(node.input[1])
+        else:
+            weight = reader.param_derived(node.input[1], weight_shape, lambda w: (w if trans_b else w.T) * alpha)
+        blobs = {"weight": weight}
+        params = {"num_output": out_features, "bias_term": len(node.input) > 2, "axis": 1}
         if len(node.input) > 2:
-            bias = reader.const(node.input[2])
-            if bias is None or bias.size != w.shape[0]:
+            bias = reader.const_shape(node.input[2])
+            if bias is None or math.prod(bias) != out_features:
                 return None
-            blobs["bias"] = reader.param_from(torch.from_numpy(np.ascontiguousarray(bias.reshape(-1) * beta)))
-        return reader.layer(node, self.name, params, inputs=[reader.blob(node.input[0])], blobs=blobs)
+            blobs["bias"] = reader.param_derived(node.input[2], (out_features,), lambda b: b.reshape(-1) * beta)
+        return reader.layer(node, self.name, params, inputs=source, blobs=blobs)
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         rank = len(writer.in_shapes(layer)[0])

@@ -40,14 +40,15 @@ class PReLU(LayerType):
         writer.node("PRelu", [layer.inputs[0], writer.weight(layer, "weight", slope)], list(layer.outputs), layer.name)
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
-        import torch
+        import math
 
-        slope = reader.const(node.input[1])
-        if slope is None:
+        shape = reader.const_shape(node.input[1])
+        if shape is None:
             return None
-        flat = torch.from_numpy(slope.reshape(-1).copy())
-        return reader.layer(node, self.name, {"channel_shared": flat.numel() == 1},
-                            inputs=[reader.blob(node.input[0])], blobs={"weight": reader.param_from(flat)})
+        count = math.prod(shape)
+        weight = reader.param_derived(node.input[1], (count,), lambda slope: slope.reshape(-1))
+        return reader.layer(node, self.name, {"channel_shared": count == 1},
+                            inputs=[reader.blob(node.input[0])], blobs={"weight": weight})
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         message = writer.layer(layer, "PReLU")
