@@ -78,6 +78,9 @@ def test_torch_and_caffe_sources_stay_unread_by_plan(tmp_path: Path) -> None:
                            "input_shape: [1, 3, 32, 32]", "loss3/classifier")
     net = surgery.plan(spec).net
     assert _source_blobs(net) and not any(b.is_loaded for b in _source_blobs(net))
+    # the new classifier's filler weights (and the Caffe layers without trained weights) too
+    assert not any(blob.is_loaded for layer in net.layers() for blob in layer.blobs.values())
+    assert net.layer("loss3/classifier").blobs["weight"].origin.kind == "filler"
 
 
 def _unpacked_blob(values: list[float], shape: tuple[int, ...]) -> bytes:

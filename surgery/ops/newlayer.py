@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
+import torch
+
 from surgery.errors import SpecError
 from surgery.ir import Layer, Net, Origin, ParamBlob
 from surgery.layers import layer_type
@@ -42,15 +46,21 @@ def init_new_blobs(
                 fix="use a random filler (xavier, msra, gaussian), or say allow_zero if you really mean it",
                 subject=layer.name,
             )
-        data = fill(filler, shape, blob_generator(seed, layer.name, role))
         lr_mult, decay_mult = specs[position] if position < len(specs) else (1.0, 1.0)
-        layer.blobs[role] = ParamBlob.from_tensor(
-            data, lr_mult=lr_mult, decay_mult=decay_mult, trainable=role in trainable,
+        # Filled on first use: plan and inspect never pay for it. The generator is seeded
+        # from the blob's name at creation, so the values do not depend on when.
+        layer.blobs[role] = ParamBlob.lazy(
+            tuple(shape), torch.float32, functools.partial(_filled, filler, tuple(shape), seed, layer.name, role),
+            lr_mult=lr_mult, decay_mult=decay_mult, trainable=role in trainable,
             origin=Origin("filler", f"{filler.describe()}, seed {seed}"),
         )
         notes.append(f"{role} {tuple(shape)} <- {filler.describe()}")
     net.invalidate()
     return notes
+
+
+def _filled(filler: Filler, shape: tuple[int, ...], seed: int, layer: str, role: str) -> torch.Tensor:
+    return fill(filler, shape, blob_generator(seed, layer, role))
 
 
 def resolve_bottom(net: Net, name: str) -> str:
