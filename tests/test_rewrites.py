@@ -14,7 +14,7 @@ import surgery
 from surgery.errors import ShapeError, SpecError
 from surgery.math.batchnorm_fold import fold_batchnorm
 from surgery.math.conv_compose import compose_weights, composed_geometry
-from toy_nets import toy_cnn
+from toy_nets import ConvTail, toy_cnn
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -209,17 +209,8 @@ def test_replace_keeps_what_fits() -> None:
 
 
 def test_fc_to_conv_makes_a_fully_convolutional_net(tmp_path) -> None:
-    class CaffeNetTail(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3)
-            self.pool = nn.MaxPool2d(2)
-
-        def forward(self, x):
-            return self.pool(self.conv(x))
-
     torch.manual_seed(0)
-    net = surgery.load(CaffeNetTail(), (1, 3, 10, 10))
+    net = surgery.load(ConvTail(), (1, 3, 10, 10))
     surgery.append(net, ['name: "fc6" type: "InnerProduct" inner_product_param { num_output: 6 }',
                          'name: "relu6" type: "ReLU"',
                          'name: "fc7" type: "InnerProduct" inner_product_param { num_output: 5 }'])

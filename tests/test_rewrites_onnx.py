@@ -23,7 +23,7 @@ from torch import nn
 import surgery
 from surgery.emitters.onnx_model import emit_onnx
 from test_torch_roundtrip import _with_random_stats
-from toy_nets import toy_cnn
+from toy_nets import ConvTail, toy_cnn
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -362,16 +362,6 @@ def test_replace_by_a_bigger_kernel_keeps_what_fits(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------- fc_to_conv
-class ConvTail(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-        self.pool = nn.MaxPool2d(2)
-
-    def forward(self, x):
-        return self.pool(self.conv(x))
-
-
 def test_fc_to_conv_preserves_the_function(tmp_path: Path) -> None:
     torch.manual_seed(9)
     shape = (2, 3, 10, 10)
@@ -461,9 +451,7 @@ def test_insert_a_chain_of_two_layers(tmp_path: Path) -> None:
     actions = surgery.insert(net, "features.block2_relu", [
         'name: "extra.conv" type: "Convolution" convolution_param { num_output: 16 kernel_size: 1 }',
         'name: "extra.relu" type: "ReLU"'], seed=12)
-    assert [a.layer for a in actions] == ["extra.conv", "extra.relu"]
-    assert net.layer("extra.conv").inputs == ["features.block2_relu"]
-    assert net.layer("features.block2_pool").inputs == ["extra.relu"]
+    assert [a.layer for a in actions] == ["extra.conv", "extra.relu"]  # the wiring: test_edit_ops.py
     x = _x(TOY, 12)
     got, _ = _onnx_vs_torch(net, tmp_path, x)
     w, b = _blob(net, "extra.conv", "weight"), _blob(net, "extra.conv", "bias")

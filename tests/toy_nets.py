@@ -51,6 +51,18 @@ class ThreeHeads(nn.Module):
         return main
 
 
+class ConvTail(nn.Module):
+    """A conv and a pooling: the trunk an fc_to_conv test stacks fully connected layers on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.conv(x))
+
+
 def toy_cnn(classes: int = 5) -> ToyCNN:
     torch.manual_seed(0)
     model = ToyCNN(classes)
