@@ -324,12 +324,10 @@ def apply(spec_path: str | Path, out_dir: str | Path, *, force: bool = False,
     try:
         files = _write_outputs(planned, staging, progress)
         _replace_dir(staging, out)
-    except SurgeryError as error:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
-        error.location = error.location or planned.spec.locator.section("output", error.subject)
-        raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, SurgeryError):
+            error.location = error.location or planned.spec.locator.section("output", error.subject)
         raise
     timings["write"] = time.perf_counter() - start
     return ApplyResult(out, [out / f.relative_to(staging) for f in files], planned.report, timings)

@@ -153,11 +153,8 @@ class OnnxReader:
         if name in self.constants:
             return self.constants[name]
         tensor = self.initializers.get(name)
-        if tensor is None:
-            return None
-        array = self.weights.array(tensor)
-        self.constants[name] = array
-        return array
+        # Not cached: a weight read here (for a transpose) must not outlive its blob.
+        return None if tensor is None else self.weights.array(tensor)
 
     def const_shape(self, name: str | None) -> tuple[int, ...] | None:
         """The shape of an initializer or Constant output (its values are not read), else None."""
