@@ -77,3 +77,21 @@ def unknown_layer(name: str, known: Iterable[str], what: str = "layer") -> SpecE
         fix=hint or "run `surgery inspect MODEL` to list the layer names a spec can use",
         subject=name,
     )
+
+
+def unsupported_in_onnx(layer, why: str | None = None) -> ModelFormatError:
+    """The error for a layer (anything with ``name`` and ``type``) that has no ONNX form."""
+    return ModelFormatError(
+        f"layer {layer.name!r} ({layer.type}) cannot be written to ONNX" + (f": {why}" if why else ""),
+        fix="replace or remove it in the spec, or emit PyTorch only",
+        subject=layer.name,
+    )
+
+
+def unsupported_in_caffe(layer, why: str = "") -> ModelFormatError:
+    """The error for a layer (anything with ``name`` and ``type``) that has no Caffe form."""
+    return ModelFormatError(
+        f"layer {layer.name!r} ({layer.type}) cannot be written to Caffe{': ' + why if why else ''}",
+        fix="replace or remove it in the spec, or emit PyTorch / ONNX only",
+        subject=layer.name,
+    )

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from google.protobuf import text_format
 
-from surgery.errors import ModelFormatError
+from surgery.errors import unsupported_in_caffe
 from surgery.ir import Layer, Net
 from surgery.layers import layer_type
 from surgery.spec.schema import caffe_class
@@ -61,12 +61,6 @@ class CaffeWriter:
         return [self.shapes[b] for b in layer.inputs]
 
 
-def unsupported_in_caffe(layer: Layer, why: str = "") -> ModelFormatError:
-    return ModelFormatError(
-        f"layer {layer.name!r} ({layer.type}) cannot be written to Caffe{': ' + why if why else ''}",
-        fix="replace or remove it in the spec, or emit PyTorch / ONNX only",
-        subject=layer.name,
-    )
 
 
 def build_net_parameter(net: Net) -> Any:

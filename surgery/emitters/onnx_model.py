@@ -21,7 +21,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from surgery.emitters import onnx_dynamic
-from surgery.errors import ModelFormatError, SurgeryError
+from surgery.errors import SurgeryError
 from surgery.ir import Layer, Net, Shape
 from surgery.layers import layer_type
 
@@ -285,10 +285,3 @@ def _split(message: Any, field_number: int) -> tuple[bytes, bytes]:
     return below.SerializeToString(), above.SerializeToString()
 
 
-def unsupported(layer: Layer, why: str | None = None) -> ModelFormatError:
-    """The error for a layer that has no ONNX form (``why``: the reason, when known)."""
-    return ModelFormatError(
-        f"layer {layer.name!r} ({layer.type}) cannot be written to ONNX" + (f": {why}" if why else ""),
-        fix="replace or remove it in the spec, or emit PyTorch only",
-        subject=layer.name,
-    )

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
-from surgery.emitters import torch_runtime
+from surgery.layers import runtime as torch_runtime
 from surgery.ir import Layer, Net
 from surgery.layers import ModuleRecipe, layer_type
 
@@ -240,7 +240,7 @@ from torch import device
 inf, nan, NoneType = math.inf, math.nan, type(None)
 {imports}
 
-# ---- surgery runtime (copied from surgery/emitters/torch_runtime.py) ----
+# ---- surgery runtime (copied from surgery/layers/runtime.py) ----
 {runtime}
 # ---- end of runtime ----
 
@@ -328,7 +328,7 @@ def emit_torch(net: Net, copy_weights: bool = True) -> nn.Module:
 
     Returns:
         An instance of the generated ``SurgeryModel`` (an ``nn.Module`` subclass of
-        :class:`~surgery.emitters.torch_runtime.SurgeryModule`), in train mode.
+        :class:`~surgery.layers.runtime.SurgeryModule`), in train mode.
     """
     program = generate(net)
     module = exec_program(program)

@@ -30,7 +30,7 @@ from surgery.importers.caffe_layer import layer_from_caffe
 from surgery.importers.caffemodel import StoredBlob, stored_weights
 from surgery.ir import Layer, Net, Origin, ParamBlob
 from surgery.layers import layer_type, registered_types
-from surgery.ops.newlayer import init_new_blobs
+from surgery.layers.new_blobs import init_new_blobs
 from surgery.spec.schema import caffe_class
 
 DATA_TYPES = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData", "AnnotatedData"}

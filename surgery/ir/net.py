@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 import networkx as nx
 import torch
 
+from surgery.ir.kinds import kind_of
 from surgery.errors import ShapeError, SpecError, unknown_layer
 from surgery.ir.layer import Layer
 
@@ -314,11 +315,9 @@ class Net:
             ShapeError: a layer's inputs do not fit it; the message names the layer.
         """
         if self._shapes is None:
-            from surgery.layers import layer_type
-
             shapes: dict[str, Shape | None] = {}
             for layer in self.layers():
-                kind = layer_type(layer.type)
+                kind = kind_of(layer.type)
                 in_shapes = [shapes[b] for b in layer.inputs]
                 try:
                     out = kind.infer_shapes(layer, in_shapes)
@@ -339,13 +338,11 @@ class Net:
         layer downstream that no longer fits, while an edit is under way, does not matter)."""
         if self._shapes is not None:
             return [self._shapes[b] for b in self.layer(name).inputs]
-        from surgery.layers import layer_type
-
         keep = self.ancestors(name)
         shapes: dict[str, Shape | None] = {}
         for layer in self.layers():
             if layer.name in keep:
-                out = layer_type(layer.type).infer_shapes(layer, [shapes[b] for b in layer.inputs])
+                out = kind_of(layer.type).infer_shapes(layer, [shapes[b] for b in layer.inputs])
                 shapes.update(zip(layer.outputs, out))
         return [shapes[b] for b in self.layer(name).inputs]
 

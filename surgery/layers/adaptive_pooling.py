@@ -8,7 +8,7 @@ import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
-from surgery.errors import ShapeError
+from surgery.errors import ShapeError, unsupported_in_caffe, unsupported_in_onnx
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
 
@@ -36,8 +36,6 @@ class AdaptivePooling(LayerType):
         return ModuleRecipe(cls, {"output_size": tuple(layer.params["output_size"])})
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:
-        from surgery.emitters.onnx_model import unsupported
-
         shape = writer.in_shapes(layer)[0][2:]
         size = [s if s is not None else shape[i] for i, s in enumerate(layer.params["output_size"])]
         io = (list(layer.inputs), list(layer.outputs), layer.name)
@@ -56,7 +54,7 @@ class AdaptivePooling(LayerType):
             writer.node("MatMul", [layer.inputs[0], cols], [pooled_w], pooled_w)
             writer.node("MatMul", [rows, pooled_w], list(layer.outputs), layer.name)
         else:
-            raise unsupported(layer, "uneven adaptive max pooling has no ONNX operator")
+            raise unsupported_in_onnx(layer, "uneven adaptive max pooling has no ONNX operator")
 
     onnx_ops = ("MatMul",)
 
@@ -93,8 +91,6 @@ class AdaptivePooling(LayerType):
         return {"pool": "AVE", "output_size": _size(size)}
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
-        from surgery.emitters.caffe import unsupported_in_caffe
-
         shape = writer.in_shapes(layer)[0][2:]
         size = [s if s is not None else shape[i] for i, s in enumerate(layer.params["output_size"])]
         if size != [1, 1]:

@@ -9,6 +9,7 @@ from torch import nn
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
+from surgery.layers.runtime import FrozenBatchNorm1d, FrozenBatchNorm2d
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
 
 
@@ -51,8 +52,6 @@ class BatchNorm(LayerType):
         return tuple(role for role in ("weight", "bias") if role in layer.blobs)
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
-        from surgery.emitters.torch_runtime import FrozenBatchNorm1d, FrozenBatchNorm2d
-
         p = layer.params
         rank = len(in_shapes[0])
         frozen = bool(p.get("use_global_stats"))

@@ -6,6 +6,7 @@ from typing import Any
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
+from surgery.layers.runtime import ChannelAffine
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
 from surgery.layers.scale import affine_shape
 
@@ -32,8 +33,6 @@ class Bias(LayerType):
         return {"type": "constant", "value": 0.0}
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
-        from surgery.emitters.torch_runtime import ChannelAffine
-
         return ModuleRecipe(ChannelAffine, {"shape": affine_shape(layer, in_shapes[0]),
                                             "axis": layer.params.get("axis", 1) % len(in_shapes[0]),
                                             "scale": False, "bias": True})

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from surgery.ir import Layer, Shape
+from surgery.layers.runtime import ConstantTensor
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
 
 
@@ -23,8 +24,6 @@ class Constant(LayerType):
         return ("value",) if layer.blobs["value"].trainable else ()
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
-        from surgery.emitters.torch_runtime import ConstantTensor
-
         blob = layer.blobs["value"]
         return ModuleRecipe(ConstantTensor, {"shape": blob.shape, "trainable": blob.trainable})
 

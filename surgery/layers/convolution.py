@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from surgery.errors import ModelFormatError, ShapeError
+from surgery.errors import ModelFormatError, ShapeError, unsupported_in_caffe, unsupported_in_onnx
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, pair, register_layer
 
@@ -83,9 +83,7 @@ class Convolution(LayerType):
     def to_onnx(self, layer: Layer, writer: Any) -> None:
         p = layer.params
         if p.get("padding_mode", "zeros") != "zeros":
-            from surgery.emitters.onnx_model import unsupported
-
-            raise unsupported(layer)
+            raise unsupported_in_onnx(layer)
         inputs = [layer.inputs[0], writer.weight(layer, "weight")]
         if p["bias_term"]:
             inputs.append(writer.weight(layer, "bias"))
@@ -126,8 +124,6 @@ class Convolution(LayerType):
             param.dilation.extend(p["dilation"])
         writer.blobs(message, layer, ("weight", "bias"))
         if p.get("padding_mode", "zeros") != "zeros":
-            from surgery.emitters.caffe import unsupported_in_caffe
-
             raise unsupported_in_caffe(layer, f"padding_mode {p['padding_mode']!r}")
 
     caffe_param_field = "convolution_param"

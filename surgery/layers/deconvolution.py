@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from surgery.errors import ShapeError
+from surgery.errors import ShapeError, unsupported_in_caffe
 from surgery.ir import Layer, Shape
 from surgery.layers.convolution import Convolution
 from surgery.layers.registry import LayerType, ModuleRecipe, pair, register_layer
@@ -34,8 +34,6 @@ class Deconvolution(LayerType):
             param.dilation.extend(p["dilation"])
         writer.blobs(message, layer, ("weight", "bias"))
         if tuple(p.get("output_padding", (0, 0))) != (0, 0):
-            from surgery.emitters.caffe import unsupported_in_caffe
-
             raise unsupported_in_caffe(layer, "Caffe's Deconvolution has no output_padding")
 
     caffe_param_field = "convolution_param"

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from surgery.errors import ShapeError
+from surgery.errors import ShapeError, unsupported_in_caffe
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, register_layer
 
@@ -114,8 +114,6 @@ class Eltwise(LayerType):
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         shapes = writer.in_shapes(layer)
         if any(tuple(s) != tuple(shapes[0]) for s in shapes):
-            from surgery.emitters.caffe import unsupported_in_caffe
-
             raise unsupported_in_caffe(layer, f"Caffe's Eltwise needs equal shapes, got {shapes} (no broadcasting)")
         param = writer.layer(layer, "Eltwise").eltwise_param
         param.operation = {"PROD": 0, "SUM": 1, "MAX": 2}[layer.params["operation"]]

@@ -8,6 +8,7 @@ from torch import nn
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
+from surgery.layers.runtime import WithinChannelLRN
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
 
 
@@ -29,8 +30,6 @@ class LRN(LayerType):
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
         p = layer.params
         if p.get("norm_region", "ACROSS_CHANNELS") == "WITHIN_CHANNEL":
-            from surgery.emitters.torch_runtime import WithinChannelLRN
-
             return ModuleRecipe(WithinChannelLRN, {"size": p["local_size"], "alpha": p["alpha"], "beta": p["beta"]})
         return ModuleRecipe(nn.LocalResponseNorm, {"size": p["local_size"], "alpha": p["alpha"], "beta": p["beta"], "k": p["k"]})
 

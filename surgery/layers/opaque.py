@@ -7,6 +7,8 @@ import torch
 from torch import fx, nn
 
 from surgery.ir import Layer, Shape
+from surgery.layers.meta_run import run_on_meta
+from surgery.layers.opaque_call import substitute
 from surgery.layers.registry import LayerType, register_layer
 
 
@@ -18,8 +20,6 @@ class Opaque(LayerType):
     name = "Opaque"
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
-        from surgery.layers.meta_run import run_on_meta
-
         module: nn.Module = layer.extra["module"]
         state = {name: torch.empty(blob.shape, dtype=blob.dtype, device="meta") for name, blob in layer.blobs.items()}
         return run_on_meta(
@@ -30,7 +30,5 @@ class Opaque(LayerType):
         return tuple(name for name, _ in layer.extra["module"].named_parameters())
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
-        from surgery.layers.opaque_call import substitute
-
         target = layer.extra.get("module_path", layer.name)
         return graph.call_module(target, tuple(inputs), substitute(layer.extra.get("kwargs", {}), inputs))

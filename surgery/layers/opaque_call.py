@@ -8,6 +8,7 @@ from typing import Any
 from torch import fx
 
 from surgery.ir import Layer, Shape
+from surgery.layers.meta_run import run_on_meta
 from surgery.layers.registry import LayerType, register_layer
 
 
@@ -44,8 +45,6 @@ class OpaqueCall(LayerType):
     name = "OpaqueCall"
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
-        from surgery.layers.meta_run import run_on_meta
-
         extra = layer.extra
 
         def call(*xs: Any) -> Any:

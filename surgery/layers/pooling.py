@@ -8,7 +8,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import nn
 
-from surgery.errors import ShapeError
+from surgery.errors import ShapeError, unsupported_in_caffe, unsupported_in_onnx
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, pair, register_layer
 
@@ -99,9 +99,7 @@ class Pooling(LayerType):
         if p["pool"] == "MAX":
             writer.node("MaxPool", *io, dilations=list(p["dilation"]), **common)
         elif p.get("divisor_override"):
-            from surgery.emitters.onnx_model import unsupported
-
-            raise unsupported(layer)
+            raise unsupported_in_onnx(layer)
         else:
             writer.node("AveragePool", *io, count_include_pad=int(p["count_include_pad"]), **common)
 
@@ -135,8 +133,6 @@ class Pooling(LayerType):
         return reader.layer(node, self.name, params, inputs=[source])
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
-        from surgery.emitters.caffe import unsupported_in_caffe
-
         p = layer.params
         param = writer.layer(layer, "Pooling").pooling_param
         param.pool = 0 if p["pool"] == "MAX" else 1

@@ -14,17 +14,17 @@ from typing import Any, ClassVar
 import torch
 from torch import fx, nn
 
-from surgery.errors import ModelFormatError, ShapeError, did_you_mean
+from surgery.errors import ShapeError, unsupported_in_caffe, unsupported_in_onnx
 from surgery.ir import Layer, Shape
+from surgery.ir.kinds import add_kind, all_kinds, kind_of
 
-_REGISTRY: dict[str, "LayerType"] = {}
 
 
 @dataclass(frozen=True)
 class ModuleRecipe:
     """A module class and the keyword arguments that construct it.
 
-    The class is a ``torch.nn`` class or one of ``surgery.emitters.torch_runtime``'s, so
+    The class is a ``torch.nn`` class or one of ``surgery.layers.runtime``'s, so
     the generated standalone source can construct it with only torch installed.
     """
 
@@ -121,9 +121,7 @@ class LayerType:
     def to_onnx(self, layer: Layer, writer: Any) -> None:
         """Write this layer's ONNX node(s) into an ``OnnxWriter`` (node names derive
         from the layer's name, initializer names from ``<layer>.<role>``)."""
-        from surgery.emitters.onnx_model import unsupported
-
-        raise unsupported(layer)
+        raise unsupported_in_onnx(layer)
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
         """The layer for one ONNX node (its inputs already resolved by ``reader``), or
@@ -145,8 +143,6 @@ class LayerType:
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         """Write this layer's Caffe LayerParameter(s) into a ``CaffeWriter``."""
-        from surgery.emitters.caffe import unsupported_in_caffe
-
         raise unsupported_in_caffe(layer)
     # -------------------------------------------------------------- helpers
     def expect_inputs(self, layer: Layer, in_shapes: list[Shape | None], count: int) -> None:
@@ -158,38 +154,28 @@ def register_layer(cls: type[LayerType]) -> type[LayerType]:
     """Class decorator: register a layer type under ``cls.name``. Twice is an error."""
     if not cls.name:
         raise TypeError(f"{cls.__name__} has no `name`")
-    if cls.name in _REGISTRY:
-        raise TypeError(f"layer type {cls.name!r} is registered twice ({cls.__name__})")
-    _REGISTRY[cls.name] = cls()
+    add_kind(cls.name, cls())
     return cls
 
 
 def layer_type(name: str) -> LayerType:
     """The registered layer type called ``name``."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        hint = did_you_mean(name, _REGISTRY)
-        raise ModelFormatError(
-            f"unknown layer type {name!r}",
-            fix=hint or f"supported types: {', '.join(sorted(_REGISTRY))}",
-            subject=name,
-        ) from None
+    return kind_of(name)
 
 
 def registered_types() -> dict[str, LayerType]:
-    return dict(_REGISTRY)
+    return all_kinds()
 
 
 def torch_module_map() -> dict[type, LayerType]:
     """``nn.Module`` class -> layer type, for the torch importer."""
-    return {cls: kind for kind in _REGISTRY.values() for cls in kind.torch_modules}
+    return {cls: kind for kind in all_kinds().values() for cls in kind.torch_modules}
 
 
 def torch_function_map() -> dict[Any, list[LayerType]]:
     """Traced callable / method name -> candidate layer types, for the torch importer."""
     found: dict[Any, list[LayerType]] = {}
-    for kind in _REGISTRY.values():
+    for kind in all_kinds().values():
         for fn in kind.torch_functions:
             found.setdefault(fn, []).append(kind)
     return found

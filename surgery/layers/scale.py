@@ -7,6 +7,7 @@ from typing import Any
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
+from surgery.layers.runtime import ChannelAffine
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
 
 
@@ -46,8 +47,6 @@ class Scale(LayerType):
         return {"type": "constant", "value": 1.0 if role == "weight" else 0.0}  # Caffe's: the identity
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
-        from surgery.emitters.torch_runtime import ChannelAffine
-
         return ModuleRecipe(ChannelAffine, {"shape": affine_shape(layer, in_shapes[0]),
                                             "axis": layer.params.get("axis", 1) % len(in_shapes[0]),
                                             "scale": True, "bias": bool(layer.params.get("bias_term"))})

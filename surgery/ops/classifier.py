@@ -13,7 +13,7 @@ from surgery.errors import SpecError
 from surgery.ir import Net
 from surgery.math.fillers import Filler
 from surgery.ops.base import REINITIALISED, Action, OpContext, register_op
-from surgery.ops.newlayer import init_new_blobs
+from surgery.layers.new_blobs import init_new_blobs
 from surgery.ops.propagate import propagate_resize
 
 CLASSIFIER_TYPES = ("InnerProduct", "Convolution")

@@ -23,7 +23,7 @@ from surgery.layers.convolution import conv_params
 from surgery.math.conv_compose import compose_weights, composed_geometry, fit_conv, relative_error
 from surgery.math.fillers import Filler
 from surgery.ops.base import ADDED, DROPPED, Action, OpContext, register_op
-from surgery.ops.newlayer import init_new_blobs
+from surgery.layers.new_blobs import init_new_blobs
 
 _MODES = {0: "EXACT", 1: "FIT", 2: "FRESH"}
 

@@ -1,66 +1,9 @@
-"""Giving new layers their blobs: shapes from the layer type, values from a filler."""
+"""New layers from a spec: Caffe `layer { }` messages added to the net with seeded blobs."""
 
 from __future__ import annotations
 
-import functools
-
-import torch
-
-from surgery.errors import SpecError
-from surgery.ir import Layer, Net, Origin, ParamBlob
-from surgery.layers import layer_type
-from surgery.math.fillers import Filler, blob_generator, fill
-
-
-def init_new_blobs(
-    net: Net,
-    layer: Layer,
-    seed: int,
-    fillers: dict[str, Filler] | None = None,
-    param_specs: list[tuple[float, float]] | None = None,
-    allow_zero: bool = False,
-) -> list[str]:
-    """Create every blob ``layer`` needs (it must already be in ``net``), filled from
-    ``fillers`` or the type's non-zero default. Returns report notes.
-
-    Raises:
-        SpecError: an all-zero weight filler without ``allow_zero`` (promise 2: no
-            silent zero), or too many ``param`` entries.
-    """
-    kind = layer_type(layer.type)
-    wanted = kind.param_shapes(layer, net.input_shapes(layer.name))
-    fillers = fillers or {}
-    specs = param_specs or []
-    if len(specs) > len(wanted):
-        raise SpecError(
-            f"layer {layer.name!r} has {len(specs)} param {{ }} entries but only {len(wanted)} blobs",
-            subject=layer.name,
-        )
-    trainable = set(kind.trainable_roles(Layer(layer.name, layer.type, blobs=dict.fromkeys(wanted))))
-    notes = []
-    for position, (role, shape) in enumerate(wanted.items()):
-        filler = fillers.get(role) or Filler.from_dict(kind.default_filler(layer, role))
-        if role == "weight" and filler.is_all_zero and not allow_zero:
-            raise SpecError(
-                f"layer {layer.name!r} would start with an all-zero weight ({filler.describe()})",
-                fix="use a random filler (xavier, msra, gaussian), or say allow_zero if you really mean it",
-                subject=layer.name,
-            )
-        lr_mult, decay_mult = specs[position] if position < len(specs) else (1.0, 1.0)
-        # Filled on first use: plan and inspect never pay for it. The generator is seeded
-        # from the blob's name at creation, so the values do not depend on when.
-        layer.blobs[role] = ParamBlob.lazy(
-            tuple(shape), torch.float32, functools.partial(_filled, filler, tuple(shape), seed, layer.name, role),
-            lr_mult=lr_mult, decay_mult=decay_mult, trainable=role in trainable,
-            origin=Origin("filler", f"{filler.describe()}, seed {seed}"),
-        )
-        notes.append(f"{role} {tuple(shape)} <- {filler.describe()}")
-    net.invalidate()
-    return notes
-
-
-def _filled(filler: Filler, shape: tuple[int, ...], seed: int, layer: str, role: str) -> torch.Tensor:
-    return fill(filler, shape, blob_generator(seed, layer, role))
+from surgery.ir import Layer, Net
+from surgery.layers.new_blobs import init_new_blobs
 
 
 def resolve_bottom(net: Net, name: str) -> str:

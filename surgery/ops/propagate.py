@@ -15,7 +15,7 @@ from surgery.errors import SpecError
 from surgery.ir import Layer, Net, Origin
 from surgery.layers import layer_type
 from surgery.ops.base import REINITIALISED, Action, OpContext
-from surgery.ops.newlayer import init_new_blobs
+from surgery.layers.new_blobs import init_new_blobs
 
 REINIT, SLICE, ERROR = 0, 1, 2
 

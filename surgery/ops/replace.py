@@ -10,7 +10,7 @@ from surgery.importers.caffe_layer import layer_from_caffe
 from surgery.ir import Net
 from surgery.layers import layer_type
 from surgery.ops.base import KEPT, REINITIALISED, Action, OpContext, register_op
-from surgery.ops.newlayer import init_new_blobs
+from surgery.layers.new_blobs import init_new_blobs
 from surgery.ops.propagate import propagate_resize
 
 
