@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from surgery.errors import ModelFormatError
+from surgery.errors import ModelFormatError, ShapeError
 from surgery.ir import Layer, Net, ParamBlob
-from surgery.layers import torch_function_map, torch_module_map
+from surgery.layers import layer_type, torch_function_map, torch_module_map
 from surgery.layers.opaque_call import InputRef
 
 _NON_TENSOR_METHODS = {"size", "dim", "numel", "ndimension", "nelement"}
@@ -88,6 +88,7 @@ class _Importer:
         self.state_dict = state_dict
         self.net = Net(name)
         self.blob_of: dict[fx.Node, str] = {}
+        self.shapes: dict[str, Any] = {}  # blob -> shape (the value itself for a non-tensor)
         self.non_tensor: set[fx.Node] = set()
         self.module_layers: dict[str, str] = {}  # module path -> first layer that calls it
         self.modules = torch_module_map()
@@ -124,8 +125,26 @@ class _Importer:
 
     def _add(self, node: fx.Node, layer: Layer) -> None:
         layer.outputs = [layer.name]
+        self.shapes[layer.name] = self._infer(layer)[0]
         self.net.add_layer(layer)
         self.blob_of[node] = layer.name
+
+    def _infer(self, layer: Layer) -> list[Any]:
+        """The layer's output shapes, from its inputs' (raises ShapeError naming it)."""
+        try:
+            return layer_type(layer.type).infer_shapes(layer, [self.shapes[b] for b in layer.inputs])
+        except ShapeError as error:
+            if not error.message.startswith(f"layer {layer.name!r}"):
+                error.message = f"layer {layer.name!r} ({layer.type}): {error.message}"
+            raise
+
+    def _fits(self, layer: Layer) -> bool:
+        """Whether a typed reading of a call takes its inputs (else it stays an opaque call)."""
+        try:
+            self._infer(layer)
+        except ShapeError:
+            return False
+        return True
 
     def placeholder(self, node: fx.Node, index: int) -> None:
         if index >= len(self.input_shapes):
@@ -182,8 +201,9 @@ class _Importer:
                 if params is not None:
                     layer = Layer(self._unique(node.name), kind.name, inputs=[self.blob_of[n] for n in tensor_args],
                                   params=params)
-                    self._add(node, layer)
-                    return
+                    if self._fits(layer):
+                        self._add(node, layer)
+                        return
         refs = lambda n: InputRef(inputs.index(self.blob_of[n]))  # noqa: E731
         layer = Layer(
             self._unique(node.name), "OpaqueCall", inputs=inputs,

@@ -1,0 +1,36 @@
+"""Mish: elementwise `y = x * tanh(softplus(x))`, no params, no blobs.
+
+ONNX has a Mish operator from opset 18; below that it is written as its definition
+(Softplus, Tanh, Mul), the Mul carrying the layer's name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import nn
+
+from surgery.ir import Layer
+from surgery.layers.registry import ActivationType, register_layer
+
+MISH_OPSET = 18
+
+
+@register_layer
+class Mish(ActivationType):
+    name = "Mish"
+    module_class = nn.Mish
+    torch_modules = (nn.Mish,)
+    torch_functions = (F.mish,)
+    onnx_ops = ("Mish",)
+
+    def to_onnx(self, layer: Layer, writer: Any) -> None:
+        io = (list(layer.inputs), list(layer.outputs), layer.name)
+        if writer.opset >= MISH_OPSET:
+            writer.node("Mish", *io)
+            return
+        soft, squashed = f"{layer.name}/softplus", f"{layer.name}/tanh"
+        writer.node("Softplus", [layer.inputs[0]], [soft], soft)
+        writer.node("Tanh", [soft], [squashed], squashed)
+        writer.node("Mul", [layer.inputs[0], squashed], list(layer.outputs), layer.name)

@@ -1,0 +1,40 @@
+"""SiLU (Swish): elementwise `y = x * sigmoid(x)`, no params, no blobs.
+
+ONNX has a Swish operator only from opset 24; below that it is written as its
+definition, a Sigmoid and a Mul, the Mul carrying the layer's name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import nn
+
+from surgery.ir import Layer
+from surgery.layers.registry import ActivationType, register_layer
+
+SWISH_OPSET = 24
+
+
+@register_layer
+class SiLU(ActivationType):
+    name = "SiLU"
+    module_class = nn.SiLU
+    torch_modules = (nn.SiLU,)
+    torch_functions = (F.silu,)
+    onnx_ops = ("Swish",)
+
+    def to_onnx(self, layer: Layer, writer: Any) -> None:
+        io = (list(layer.inputs), list(layer.outputs), layer.name)
+        if writer.opset >= SWISH_OPSET:
+            writer.node("Swish", *io)
+            return
+        gate = f"{layer.name}/sigmoid"
+        writer.node("Sigmoid", [layer.inputs[0]], [gate], gate)
+        writer.node("Mul", [layer.inputs[0], gate], list(layer.outputs), layer.name)
+
+    def from_onnx(self, node: Any, reader: Any) -> Layer | None:
+        if reader.attrs(node).get("alpha", 1.0) != 1.0:
+            return None  # x * sigmoid(alpha x) with another alpha is not torch's SiLU
+        return reader.layer(node, self.name, {})

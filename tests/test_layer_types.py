@@ -1,0 +1,136 @@
+"""Activation, normalisation and tensor-algebra layer types: torch in and out
+bit for bit, ONNX at opset 17 (their decompositions where ONNX has no operator yet)
+and at the opset that has their operator, against onnxruntime, and read back; Caffe
+refuses them by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import surgery
+from surgery.emitters.caffe import emit_caffe
+from surgery.emitters.onnx_model import emit_onnx
+from surgery.errors import ModelFormatError
+from surgery.importers.onnx_model import import_onnx
+from surgery.verify import onnx_session
+
+ort = pytest.importorskip("onnxruntime")
+ATOL = 1e-5  # float32, the same formula in another runtime (GELU's erf/tanh forms included)
+
+
+class Call(nn.Module):
+    """A functional call as a module (``fn(x)`` or ``fn(x, x')`` for a two-input op)."""
+
+    def __init__(self, fn, linear: int = 0) -> None:
+        super().__init__()
+        self.fn = fn
+        self.proj = nn.Linear(linear, linear) if linear else None
+
+    def forward(self, x):
+        return self.fn(x, self.proj(x)) if self.proj is not None else self.fn(x)
+
+
+class Affine(nn.Module):
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.norm = module
+        with torch.no_grad():
+            for p in module.parameters():
+                p.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        return self.norm(x)
+
+
+# case -> (module, input shape, type expected, the first opset with a native ONNX operator)
+CASES = {
+    "silu": (nn.SiLU(), (2, 3, 4, 4), "SiLU", 24),
+    "silu_functional": (Call(F.silu), (2, 5), "SiLU", 24),
+    "gelu": (nn.GELU(), (2, 3, 5), "GELU", 20),
+    "gelu_tanh": (nn.GELU(approximate="tanh"), (2, 3, 5), "GELU", 20),
+    "gelu_functional_tanh": (Call(lambda x: F.gelu(x, approximate="tanh")), (4, 6), "GELU", 20),
+    "mish": (nn.Mish(), (2, 3, 4, 4), "Mish", 18),
+    "layernorm": (Affine(nn.LayerNorm(6, eps=1e-6)), (2, 5, 6), "LayerNorm", 17),
+    "layernorm_2axes_no_bias": (Affine(nn.LayerNorm((4, 6), bias=False)), (2, 3, 4, 6), "LayerNorm", 17),
+    "layernorm_no_affine": (nn.LayerNorm(6, elementwise_affine=False), (3, 6), "LayerNorm", 17),
+    "layernorm_functional": (Call(lambda x: F.layer_norm(x, (6,), eps=1e-3)), (2, 4, 6), "LayerNorm", 17),
+    "permute": (Call(lambda x: x.permute(0, 2, 3, 1)), (2, 3, 4, 5), "Permute", 17),
+    "permute_torch_negative": (Call(lambda x: torch.permute(x, (0, -1, 1))), (2, 3, 4), "Permute", 17),
+    "transpose": (Call(lambda x: x.transpose(1, -1)), (2, 3, 4, 5), "Permute", 17),
+    "matmul": (Call(lambda a, b: a @ b.transpose(-2, -1), linear=4), (2, 3, 4), "MatMul", 17),
+    "matmul_square": (Call(torch.matmul, linear=3), (2, 3, 3), "MatMul", 17),
+    "bmm": (Call(lambda a, b: torch.bmm(a.transpose(1, 2), b), linear=4), (2, 3, 4), "MatMul", 17),
+}
+
+
+def _net(case: str):
+    module, shape, kind, _ = CASES[case]
+    torch.manual_seed(0)
+    net = surgery.load(module, shape)
+    assert kind in {layer.type for layer in net.layers()}
+    return module, net, torch.randn(shape)
+
+
+def _onnx(path: Path, x: torch.Tensor) -> np.ndarray:
+    session = onnx_session(path)
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_torch_round_trip_is_exact(case: str) -> None:
+    module, net, x = _net(case)
+    with torch.no_grad():
+        assert torch.equal(surgery.to_torch(net).eval()(x), module.eval()(x))
+    assert net.shapes()[net.outputs[0]] == tuple(module(x).shape)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_onnx_matches_at_opset_17_and_with_the_native_operator(case: str, tmp_path: Path) -> None:
+    module, net, x = _net(case)
+    native = CASES[case][3]
+    with torch.no_grad():
+        expected = module.eval()(x).numpy()
+    for opset in sorted({17, native}):
+        path = emit_onnx(net, tmp_path / f"m{opset}.onnx", opset=opset)
+        np.testing.assert_allclose(_onnx(path, x), expected, atol=ATOL, rtol=0, err_msg=f"opset {opset}")
+    names = {n.name for n in onnx.load(str(tmp_path / "m17.onnx")).graph.node}
+    kind_layers = [layer.name for layer in net.layers() if layer.type == CASES[case][2]]
+    assert set(kind_layers) <= names, "the node computing the layer's output carries the layer's name"
+    if native > 17 and case.startswith(("silu", "gelu", "mish")):
+        ops = {n.op_type for n in onnx.load(str(tmp_path / "m17.onnx")).graph.node}
+        assert CASES[case][2].replace("SiLU", "Swish").replace("GELU", "Gelu") not in ops
+    again = import_onnx(tmp_path / f"m{native}.onnx")
+    assert CASES[case][2] in {layer.type for layer in again.layers()}
+    with torch.no_grad():
+        np.testing.assert_allclose(surgery.to_torch(again).eval()(x).numpy(), expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["silu", "gelu", "mish", "layernorm", "permute", "matmul_square"])
+def test_caffe_refuses_by_name(case: str, tmp_path: Path) -> None:
+    _, net, _ = _net(case)
+    layer = next(layer for layer in net.layers() if layer.type == CASES[case][2])
+    with pytest.raises(ModelFormatError, match=f"'{layer.name}' .{layer.type}. cannot be written to Caffe"):
+        emit_caffe(net, tmp_path / "m.prototxt", tmp_path / "m.caffemodel")
+    assert not (tmp_path / "m.prototxt").exists()
+
+
+def test_gelu_with_an_unknown_approximation_is_refused_by_name(tmp_path: Path) -> None:
+    _, net, _ = _net("gelu")
+    layer = next(layer for layer in net.layers() if layer.type == "GELU")
+    layer.params["approximate"] = "sigmoid"
+    with pytest.raises(ModelFormatError, match=f"GELU '{layer.name}' has approximate 'sigmoid'"):
+        emit_onnx(net, tmp_path / "m.onnx")
+
+
+def test_layernorm_checks_its_trailing_axes() -> None:
+    from surgery.errors import ShapeError
+
+    with pytest.raises(ShapeError, match=r"normalises over trailing axes \[6\], the input is shaped \(2, 5, 7\)"):
+        surgery.load(nn.Sequential(nn.LayerNorm(6)), (2, 5, 7))
