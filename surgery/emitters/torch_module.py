@@ -69,8 +69,9 @@ def _build_graph(net: Net, layers: list[Layer], outputs: list[str]) -> fx.Graph:
         if len(layer.outputs) == 1:
             values[layer.outputs[0]] = result
         else:
-            for index, blob in enumerate(layer.outputs):
-                values[blob] = graph.call_function(operator.getitem, (result, index))
+            for index, blob in enumerate(layer.outputs):  # a tuple of nodes, or one node to index
+                values[blob] = result[index] if isinstance(result, tuple) else graph.call_function(
+                    operator.getitem, (result, index))
     if len(outputs) == 1:
         graph.output(values[outputs[0]])
     else:

@@ -11,6 +11,7 @@ only the train-mode outputs need are marked ``phase="train"``.
 
 from __future__ import annotations
 
+import operator
 import traceback
 from collections.abc import Mapping
 from typing import Any
@@ -91,6 +92,7 @@ class _Importer:
         self.shapes: dict[str, Any] = {}  # blob -> shape (the value itself for a non-tensor)
         self.non_tensor: set[fx.Node] = set()
         self.module_layers: dict[str, str] = {}  # module path -> first layer that calls it
+        self.tuples: dict[fx.Node, tuple] = {}  # a module's tuple result, as blob names
         self.modules = torch_module_map()
         self.functions = torch_function_map()
 
@@ -124,10 +126,11 @@ class _Importer:
         return candidate
 
     def _add(self, node: fx.Node, layer: Layer) -> None:
-        layer.outputs = [layer.name]
-        self.shapes[layer.name] = self._infer(layer)[0]
+        if node not in self.tuples:
+            layer.outputs = [layer.name]
+            self.blob_of[node] = layer.name
+        self.shapes.update(zip(layer.outputs, self._infer(layer)))
         self.net.add_layer(layer)
-        self.blob_of[node] = layer.name
 
     def _infer(self, layer: Layer) -> list[Any]:
         """The layer's output shapes, from its inputs' (raises ShapeError naming it)."""
@@ -174,6 +177,10 @@ class _Importer:
             layer = Layer(self._unique(path), "Opaque", inputs=inputs, extra={"module": module})
             if node.kwargs:
                 layer.extra["kwargs"] = fx.node.map_arg(node.kwargs, lambda n: InputRef(inputs.index(self.blob_of[n])))
+        structure = kind.torch_output_structure(layer) if layer.type != "Opaque" else None
+        if structure is not None:  # the module returns a tuple (nn.LSTM's (y, (h, c))): one top per tensor
+            layer.outputs = [layer.name] + [self._unique(f"{layer.name}:{i}") for i in range(1, _count(structure))]
+            self.tuples[node] = _map_structure(structure, layer.outputs)
         if first is None:
             self.module_layers[path] = layer.name
             layer.blobs = self._module_blobs(path, module, recurse=layer.type == "Opaque")
@@ -183,6 +190,10 @@ class _Importer:
 
     def call_function(self, node: fx.Node) -> None:
         target = node.target
+        if target is operator.getitem and node.args[0] in self.tuples and isinstance(node.args[1], int):
+            item = self.tuples[node.args[0]][node.args[1]]  # (y, (h, c))[1] is still a tuple
+            (self.tuples if isinstance(item, tuple) else self.blob_of)[node] = item
+            return
         tensor_args = [n for n in _leaves((node.args, node.kwargs))]
         non_tensor_inputs = [n for n in tensor_args if n in self.non_tensor]
         if node.op == "call_method" and target in _NON_TENSOR_METHODS or (
@@ -249,6 +260,15 @@ class _Importer:
         for layer in self.net.layers():
             if layer.name not in needed:
                 layer.phase = "train"
+
+
+def _count(structure: Any) -> int:
+    return sum(_count(item) for item in structure) if isinstance(structure, tuple) else 1
+
+
+def _map_structure(structure: Any, names: list[str]) -> Any:
+    """A nested tuple of output indices as the same tuple of blob names."""
+    return tuple(_map_structure(item, names) for item in structure) if isinstance(structure, tuple) else names[structure]
 
 
 def _get_attr(model: nn.Module, target: str) -> torch.Tensor:

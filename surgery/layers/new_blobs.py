@@ -54,7 +54,9 @@ def init_new_blobs(
         # Filled on first use: plan and inspect never pay for it. The generator is seeded
         # from the blob's name at creation, so the values do not depend on when.
         layer.blobs[role] = ParamBlob.lazy(
-            tuple(shape), torch.float32, functools.partial(_filled, filler, tuple(shape), seed, layer.name, role),
+            tuple(shape), torch.float32,
+            functools.partial(_filled, filler, tuple(shape), seed, layer.name, role,
+                              None if role in fillers else (layer.type, dict(layer.params))),
             lr_mult=lr_mult, decay_mult=decay_mult, trainable=role in trainable,
             origin=Origin("filler", f"{filler.describe()}, seed {seed}"),
         )
@@ -63,5 +65,10 @@ def init_new_blobs(
     return notes
 
 
-def _filled(filler: Filler, shape: tuple[int, ...], seed: int, layer: str, role: str) -> torch.Tensor:
-    return fill(filler, shape, blob_generator(seed, layer, role))
+def _filled(filler: Filler, shape: tuple[int, ...], seed: int, layer: str, role: str,
+            default: tuple[str, dict] | None) -> torch.Tensor:
+    tensor = fill(filler, shape, blob_generator(seed, layer, role))
+    if default is not None:  # the type's own default filler: let the type adjust it
+        type_name, params = default
+        tensor = layer_type(type_name).adjust_default_fill(params, role, tensor)
+    return tensor

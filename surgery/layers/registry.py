@@ -81,6 +81,17 @@ class LayerType:
             return {"type": "constant", "value": 0.0}
         return {"type": "xavier"}
 
+    def adjust_default_fill(self, params: dict[str, Any], role: str, tensor: torch.Tensor) -> torch.Tensor:
+        """The values of a new blob filled by the type's default filler, adjusted (an
+        LSTM's forget-gate bias starts at 1). Not applied when the spec names a filler."""
+        return tensor
+
+    def torch_output_structure(self, layer: Layer) -> Any:
+        """For a module returning a tuple (``nn.LSTM``'s ``(y, (h, c))``): the nested
+        tuple of output indices that mirrors it, so the torch importer maps each
+        ``result[i]`` to an output. None: the module returns one tensor."""
+        return None
+
     def output_is_fresh(self, layer: Layer) -> bool:
         """Whether this layer's torch output may be overwritten in place (``fresh_output``)."""
         return self.fresh_output
