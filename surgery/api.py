@@ -368,10 +368,12 @@ def _write_outputs(planned: Plan, staging: Path, progress: Progress | None) -> l
     return files
 
 
-def verify(spec_path: str | Path, *, seed: int = 0, atol: float = 1e-5, progress: Progress | None = None):
+def verify(spec_path: str | Path, *, seed: int = 0, atol: float = 1e-5, rtol: float = 1e-4, scale_rtol: float = 1e-5,
+           progress: Progress | None = None):
     """Apply a spec in memory and compare emitted torch, emitted ONNX (onnxruntime) and
     the source model on the same seeded inputs. Returns a
-    :class:`surgery.verify.VerifyResult` (``.ok``, ``.comparisons``, ``.provider``)."""
+    :class:`surgery.verify.VerifyResult` (``.ok``, ``.comparisons``, ``.provider``); see
+    :class:`surgery.verify.Tolerance` for ``atol`` / ``rtol`` / ``scale_rtol``."""
     from surgery.verify import verify as run_verify
 
     loaded = load_spec(spec_path)
@@ -385,7 +387,7 @@ def verify(spec_path: str | Path, *, seed: int = 0, atol: float = 1e-5, progress
     planned = plan(spec_path, progress, shapes_only=False, source=source)
     _step(progress, f"running torch, onnxruntime and the source on seeded inputs (seed {seed})")
     opset = message.output.onnx.opset if message.output.onnx.HasField("opset") else 17
-    return run_verify(source, planned.net, seed=seed, atol=atol, opset=opset)
+    return run_verify(source, planned.net, seed=seed, atol=atol, rtol=rtol, scale_rtol=scale_rtol, opset=opset)
 
 
 def _onnx_options(onnx: Any) -> dict[str, Any]:

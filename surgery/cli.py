@@ -93,7 +93,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from surgery import api
     from surgery.verify import format_verify
 
-    result = api.verify(args.spec, seed=args.seed, atol=args.atol, progress=_Progress(args.quiet))
+    result = api.verify(args.spec, seed=args.seed, atol=args.atol, rtol=args.rtol, scale_rtol=args.scale_rtol,
+                        progress=_Progress(args.quiet))
     print(format_verify(result))
     return 0 if result.ok else 1
 
@@ -128,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "exit 1 above tolerance")
     verify.add_argument("spec")
     verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
-    verify.add_argument("--atol", type=float, default=1e-5, help="largest allowed max-abs difference (float32)")
+    verify.add_argument("--atol", type=float, default=1e-5, help="allclose rule: |a-b| <= atol + rtol*|b| per element")
+    verify.add_argument("--rtol", type=float, default=1e-4, help="allclose rule's relative part (default 1e-4)")
+    verify.add_argument("--scale-rtol", type=float, default=1e-5,
+                        help="scale rule: max |a-b| <= scale-rtol * max |b| (either rule passes a comparison)")
     verify.add_argument("-q", "--quiet", action="store_true")
     verify.set_defaults(run=_cmd_verify)
     return parser

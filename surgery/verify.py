@@ -23,19 +23,51 @@ from surgery.ir import Net
 from surgery.probe import blob_values
 
 
+@dataclass(frozen=True)
+class Tolerance:
+    """When two float tensors count as equal. A comparison passes when either rule holds:
+
+    - ``allclose``: every element has ``|a - b| <= atol + rtol * |b|`` (numpy's rule);
+    - ``scale``: the largest difference is tiny next to the output's scale,
+      ``max |a - b| <= scale_rtol * max |b|`` (a random-init net's outputs reach 1e11,
+      where float32 rounding alone exceeds any absolute bound, and elements near zero
+      sit next to huge ones).
+    """
+
+    atol: float = 1e-5
+    rtol: float = 1e-4
+    scale_rtol: float = 1e-5
+
+
 @dataclass
 class Comparison:
-    """One compared tensor: what against what, and how far apart."""
+    """One compared tensor: what against what, and how far apart.
+
+    ``max_rel`` is the largest difference over the reference's largest magnitude;
+    ``allclose_ratio`` the worst ``|a - b| / (atol + rtol * |b|)`` (at most 1 passes)."""
 
     what: str
     blob: str
     max_abs: float
     max_rel: float
-    atol: float
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    allclose_ratio: float = 0.0
+
+    @property
+    def atol(self) -> float:
+        return self.tolerance.atol
+
+    @property
+    def allclose_ok(self) -> bool:
+        return self.allclose_ratio <= 1.0
+
+    @property
+    def scale_ok(self) -> bool:
+        return self.max_rel <= self.tolerance.scale_rtol
 
     @property
     def ok(self) -> bool:
-        return self.max_abs <= self.atol
+        return self.allclose_ok or self.scale_ok
 
 
 @dataclass
@@ -66,12 +98,22 @@ def onnx_session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _diff(ours: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+def compare(what: str, blob: str, ours: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> Comparison:
+    """How far ``ours`` is from ``reference`` under both rules of ``tolerance``."""
     if ours.shape != reference.shape:
-        return float("inf"), float("inf")
-    delta = float(np.max(np.abs(ours.astype(np.float64) - reference.astype(np.float64)))) if ours.size else 0.0
-    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
-    return delta, delta / scale if scale else delta
+        return Comparison(what, blob, float("inf"), float("inf"), tolerance, float("inf"))
+    if not ours.size:
+        return Comparison(what, blob, 0.0, 0.0, tolerance, 0.0)
+    a, b = ours.astype(np.float64), reference.astype(np.float64)
+    delta, magnitude = np.abs(a - b), np.abs(b)
+    max_abs, scale = float(np.max(delta)), float(np.max(magnitude))
+    bound = tolerance.atol + tolerance.rtol * magnitude
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(delta <= bound, 0.0, delta / np.where(bound > 0, bound, 0.0))
+    ratio = float(np.max(np.nan_to_num(ratios, nan=np.inf)))
+    if not np.isfinite(delta).all():
+        max_abs, ratio = float("inf"), float("inf")
+    return Comparison(what, blob, max_abs, max_abs / scale if scale else max_abs, tolerance, ratio)
 
 
 def seeded_inputs(net: Net, seed: int) -> dict[str, torch.Tensor]:
@@ -113,19 +155,23 @@ def _torch_blobs(net: Net, blobs: list[str], inputs: dict[str, torch.Tensor]) ->
     return {name: value.numpy() for name, value in blob_values(net, blobs, list(inputs.values())).items()}
 
 
-def verify(source: Net, edited: Net, *, seed: int = 0, atol: float = 1e-5, opset: int = 17) -> VerifyResult:
+def verify(source: Net, edited: Net, *, seed: int = 0, atol: float = 1e-5, rtol: float = 1e-4,
+           scale_rtol: float = 1e-5, opset: int = 17) -> VerifyResult:
     """Compare emitted torch, emitted ONNX (onnxruntime) and the source.
 
     Args:
         source: the source model as loaded (with its weights).
         edited: the net after the spec's edits.
         seed: seeds the random inputs (standard normal, the Input layers' shapes).
-        atol: the largest allowed max-abs difference (float32: 1e-5 by default).
+        atol, rtol, scale_rtol: the :class:`Tolerance` (a comparison passes when every
+            element is within ``atol + rtol * |b|``, or when the largest difference is
+            within ``scale_rtol`` of the reference's largest magnitude).
 
     Example:
         >>> result = verify(surgery.load(model, shape), edited)
         >>> print(format_verify(result)); assert result.ok
     """
+    tolerance = Tolerance(atol, rtol, scale_rtol)
     inputs = seeded_inputs(edited, seed)
     deploy = edited.outputs_for(None)
     ours = _torch_blobs(edited, deploy, inputs)
@@ -138,22 +184,32 @@ def verify(source: Net, edited: Net, *, seed: int = 0, atol: float = 1e-5, opset
         provider = session.get_providers()[0]
     result = VerifyResult(provider)
     for blob in deploy:
-        result.comparisons.append(Comparison("onnx vs torch", blob, *_diff(theirs[blob], ours[blob]), atol))
+        result.comparisons.append(compare("onnx vs torch", blob, theirs[blob], ours[blob], tolerance))
     frontier = untouched_frontier(source, edited)
     if frontier:
         source_values = _torch_blobs(source, frontier, {k: inputs[k] for k in seeded_inputs(source, seed)})
         edited_values = _torch_blobs(edited, frontier, inputs)
         for blob in frontier:
             result.comparisons.append(
-                Comparison("torch vs source (untouched)", blob, *_diff(edited_values[blob], source_values[blob]), atol))
+                compare("torch vs source (untouched)", blob, edited_values[blob], source_values[blob], tolerance))
     return result
 
 
+def _verdict(c: Comparison) -> str:
+    t = c.tolerance
+    if c.allclose_ok:
+        return "ok (allclose)"
+    if c.scale_ok:
+        return f"ok (scale; allclose fails, worst element {c.allclose_ratio:.3g}x its bound)"
+    return (f"FAIL: allclose (|a-b| <= {t.atol:g} + {t.rtol:g}*|b|) fails, worst element {c.allclose_ratio:.3g}x its "
+            f"bound; scale (max abs <= {t.scale_rtol:g} * max |b|) fails, max rel {c.max_rel:.3g}")
+
+
 def format_verify(result: VerifyResult) -> str:
+    """One line per comparison: max abs, max rel (to the output's scale) and which rule passed or failed."""
     lines = [f"onnxruntime provider: {result.provider}"]
     width = max((len(c.blob) for c in result.comparisons), default=10)
     for c in result.comparisons:
-        status = "ok" if c.ok else f"FAIL (> {c.atol:g})"
-        lines.append(f"  {c.what:<28} {c.blob:<{width}}  max abs {c.max_abs:.3g}  max rel {c.max_rel:.3g}  {status}")
+        lines.append(f"  {c.what:<28} {c.blob:<{width}}  max abs {c.max_abs:.3g}  max rel {c.max_rel:.3g}  {_verdict(c)}")
     lines.append("verified: all within tolerance" if result.ok else "verification FAILED")
     return "\n".join(lines)

@@ -327,5 +327,8 @@ def test_verify_reports_provider_and_differences(tmp_path: Path, capsys, toy_spe
     out = capsys.readouterr().out
     assert "onnxruntime provider: CPUExecutionProvider" in out or "CUDAExecutionProvider" in out
     assert "onnx vs torch" in out and "torch vs source (untouched)  classifier.drop" in out
-    assert main(["verify", str(spec), "-q", "--atol", "-1"]) == 1
-    assert "verification FAILED" in capsys.readouterr().out
+    assert "ok (allclose)" in out
+    assert main(["verify", str(spec), "-q", "--atol", "-1", "--rtol", "0", "--scale-rtol", "-1"]) == 1
+    out = capsys.readouterr().out
+    assert "verification FAILED" in out and "FAIL: allclose (|a-b| <= -1 + 0*|b|) fails" in out
+    assert "scale (max abs <= -1 * max |b|) fails" in out
