@@ -4,7 +4,9 @@ torch.fx, plus the weights.
 One code path serves both uses: the in-memory model is an instance of the generated
 class, executed from the same source that a saved folder holds, so what you test in
 memory is what loads from disk. Submodules carry the layer names (torch module paths
-stay dotted), so an unedited torchvision net keeps its exact state_dict keys.
+stay dotted), so an unedited torchvision net keeps its exact state_dict keys; a name that
+is not plain (quotes, spaces, keywords, ``..``) gets a plain attribute path instead
+(:mod:`surgery.emitters.torch_names`), and names reach the source only as literals.
 """
 
 from __future__ import annotations
@@ -13,20 +15,20 @@ import copy
 import hashlib
 import inspect
 import itertools
-import keyword
-import json
 import operator
-import re
 import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
 import torch
 from torch import fx, nn
 
-from surgery.layers import runtime as torch_runtime
+from surgery.emitters.torch_names import module_paths
 from surgery.ir import Layer, Net
 from surgery.layers import ModuleRecipe, layer_type
+from surgery.layers import runtime as torch_runtime
 
 CLASS_NAME = "SurgeryModel"
 WEIGHTS_FILE = "weights.pt"
@@ -42,7 +44,8 @@ class TorchProgram:
 
     source: str
     recipes: dict[str, ModuleRecipe]
-    opaque: dict[str, nn.Module]
+    opaque: dict[str, nn.Module]  # by attribute path
+    paths: dict[str, str]  # module-owning layer name -> attribute path in the model
 
 
 def _phase_layers(net: Net, phase: str) -> list[Layer]:
@@ -58,8 +61,22 @@ def _phase_layers(net: Net, phase: str) -> list[Layer]:
     return [layer for layer in layers if layer.name in needed]
 
 
-def _build_graph(net: Net, layers: list[Layer], outputs: list[str]) -> fx.Graph:
-    graph = fx.Graph()
+class _PathGraph(fx.Graph):
+    """An fx graph whose module references use the modules' attribute paths, mapped
+    before fx names the node after them (a variable name never comes from raw input)."""
+
+    def __init__(self, paths: dict[str, str]) -> None:
+        super().__init__()
+        self.paths = paths
+
+    def create_node(self, op, target, args=None, kwargs=None, name=None, type_expr=None):  # noqa: ANN001, ANN201
+        if op in ("call_module", "get_attr"):
+            target = _attribute_path(target, self.paths)
+        return super().create_node(op, target, args, kwargs, name, type_expr)
+
+
+def _build_graph(net: Net, layers: list[Layer], outputs: list[str], paths: dict[str, str]) -> fx.Graph:
+    graph = _PathGraph(paths)
     shapes = net.shapes()
     values: dict[str, fx.Node] = {}
     for layer in layers:
@@ -80,6 +97,16 @@ def _build_graph(net: Net, layers: list[Layer], outputs: list[str]) -> fx.Graph:
     return graph
 
 
+def _attribute_path(target: str, paths: dict[str, str]) -> str:
+    """The attribute path of a module (or of a tensor inside one) named by layer name."""
+    if target in paths:
+        return paths[target]
+    owner = max((name for name in paths if target.startswith(name + ".")), key=len, default=None)
+    if owner is None:
+        raise RuntimeError(f"no layer owns the module {target!r}")
+    return paths[owner] + target[len(owner):]
+
+
 def _method_source(graph: fx.Graph, method: str, imports: dict[str, str]) -> str:
     code = graph.python_code(root_module="self")
     for name, value in code.globals.items():
@@ -96,20 +123,9 @@ def _method_source(graph: fx.Graph, method: str, imports: dict[str, str]) -> str
             imports[name] = f"from {module} import {head} as {name}" if not rest else (
                 f"import {module} as _m_{name}\n{name} = _m_{name}.{qualname}"
             )
-    body = _quote_keywords(code.src.strip("\n"))
+    body = code.src.strip("\n")
     body = body.replace("def forward(self", f"def {method}(self", 1)
     return "\n".join("    " + line if line.strip() else "" for line in body.splitlines())
-
-
-_KEYWORD_ATTRIBUTE = re.compile(r"(self(?:\.[A-Za-z_]\w*)*)\.(" + "|".join(keyword.kwlist) + r")\b(?=[.(])")
-
-
-def _quote_keywords(code: str) -> str:
-    """fx writes ``self.global(x)`` for a layer named ``global``; make it ``getattr``."""
-    previous = None
-    while previous != code:
-        previous, code = code, _KEYWORD_ATTRIBUTE.sub(lambda m: f'getattr({m.group(1)}, "{m.group(2)}")', code)
-    return code
 
 
 def _recipe_source(recipe: ModuleRecipe) -> str:
@@ -120,8 +136,19 @@ def _recipe_source(recipe: ModuleRecipe) -> str:
         ref = cls.__name__
     else:
         raise ValueError(f"module class {cls} is neither torch.nn nor surgery's runtime")
-    args = ", ".join(f"{key}={value!r}" for key, value in recipe.kwargs.items())
+    args = ", ".join(f"{key}={_literal(value)}" for key, value in recipe.kwargs.items())
     return f"{ref}({args})"
+
+
+def _literal(value: Any) -> str:
+    """``repr`` of a constructor argument, refusing anything whose repr is not a plain
+    literal (an object's repr could be any text)."""
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            _literal(item)
+    elif value is not None and type(value) not in (bool, int, float, str):
+        raise ValueError(f"cannot write a {type(value).__name__} into generated source")
+    return repr(value)
 
 
 def _runtime_source() -> str:
@@ -165,61 +192,67 @@ def _recipes(net: Net) -> tuple[dict[str, ModuleRecipe], dict[str, nn.Module]]:
 
 
 def generate(net: Net) -> TorchProgram:
-    """Generate the model source for ``net``. Reads no weights."""
+    """Generate the model source for ``net``. Reads no weights.
+
+    Names from the net (layers, blobs, the net's own) reach the source only as ``repr``
+    literals; modules sit at the plain attribute paths of :func:`module_paths`.
+    """
     recipes, opaque = _recipes(net)
+    paths = module_paths(name for name in net.layer_names() if name in recipes or name in opaque)
 
     train_layers, eval_layers = _phase_layers(net, "train"), _phase_layers(net, "eval")
     train_outputs, eval_outputs = net.outputs_for("train"), net.outputs_for(None)
     imports: dict[str, str] = {}
     same = [l.name for l in train_layers] == [l.name for l in eval_layers] and train_outputs == eval_outputs
     if same:
-        methods = [_method_source(_build_graph(net, train_layers, train_outputs), "forward", imports)]
+        methods = [_method_source(_build_graph(net, train_layers, train_outputs, paths), "forward", imports)]
     else:
         methods = [
             "    def forward(self, *inputs):\n"
             "        if self.training:\n"
             "            return self._forward_train(*inputs)\n"
             "        return self._forward_eval(*inputs)",
-            _method_source(_build_graph(net, train_layers, train_outputs), "_forward_train", imports),
-            _method_source(_build_graph(net, eval_layers, eval_outputs), "_forward_eval", imports),
+            _method_source(_build_graph(net, train_layers, train_outputs, paths), "_forward_train", imports),
+            _method_source(_build_graph(net, eval_layers, eval_outputs, paths), "_forward_eval", imports),
         ]
 
     lr_mults = {}
     for layer in net.layers():
         for role, blob in layer.blobs.items():
             if blob.trainable:
-                lr_mults[f"{layer.name}.{role}"] = (float(blob.lr_mult), float(blob.decay_mult))
+                lr_mults[f"{paths[layer.name]}.{role}"] = (float(blob.lr_mult), float(blob.decay_mult))
 
     init_lines = []
     for layer in net.layers():
         if layer.name in recipes:
-            init_lines.append(f"        self._add_layer({layer.name!r}, {_recipe_source(recipes[layer.name])})")
+            init_lines.append(f"        self._add_layer({paths[layer.name]!r}, {_recipe_source(recipes[layer.name])})")
         elif layer.name in opaque:
-            init_lines.append(f"        self._add_layer({layer.name!r}, _opaque_module({layer.name!r}))")
+            init_lines.append(f"        self._add_layer({paths[layer.name]!r}, _opaque_module({paths[layer.name]!r}))")
 
     source = _TEMPLATE.format(
-        name=net.name,
+        net_name=repr(net.name),
         runtime=_runtime_source(),
         imports="\n".join(imports.values()),
         class_name=CLASS_NAME,
         lr_mults=_format_dict(lr_mults),
-        outputs=json.dumps({"train": train_outputs, "eval": eval_outputs}),
+        module_paths=_format_dict({name: path for name, path in paths.items() if name != path}),
+        outputs=repr({"train": list(train_outputs), "eval": list(eval_outputs)}),
         init="\n".join(init_lines) or "        pass",
         methods="\n\n".join(methods),
         weights=WEIGHTS_FILE,
         opaque=OPAQUE_FILE,
     )
-    return TorchProgram(source=source, recipes=recipes, opaque=opaque)
+    return TorchProgram(source=source, recipes=recipes, opaque={paths[n]: m for n, m in opaque.items()}, paths=paths)
 
 
-def _format_dict(mapping: dict[str, tuple[float, float]]) -> str:
+def _format_dict(mapping: dict[str, Any]) -> str:
     if not mapping:
         return "{}"
     lines = [f"        {key!r}: {value!r}," for key, value in mapping.items()]
     return "{\n" + "\n".join(lines) + "\n    }"
 
 
-_TEMPLATE = '''"""Generated by surgery from net {name!r}. Loads with only torch installed:
+_TEMPLATE = '''"""Generated by surgery (the net's name is NET_NAME below). Loads with only torch installed:
 
     import importlib.util, sys
     spec = importlib.util.spec_from_file_location("model", "path/to/folder/model.py")
@@ -241,6 +274,8 @@ from torch import device
 inf, nan, NoneType = math.inf, math.nan, type(None)
 {imports}
 
+NET_NAME = {net_name}
+
 # ---- surgery runtime (copied from surgery/layers/runtime.py) ----
 {runtime}
 # ---- end of runtime ----
@@ -256,6 +291,7 @@ def _opaque_module(name):
 class {class_name}(SurgeryModule):
     LR_MULTS = {lr_mults}
     OUTPUTS = {outputs}
+    MODULE_PATHS = {module_paths}
 
     def __init__(self):
         super().__init__()
@@ -296,12 +332,12 @@ def exec_program(program: TorchProgram) -> types.ModuleType:
     return module
 
 
-def _attach_blobs(model: nn.Module, net: Net, copy_weights: bool) -> None:
+def _attach_blobs(model: nn.Module, net: Net, paths: dict[str, str], copy_weights: bool) -> None:
     """Give every module its tensors from the blobs (roles may be dotted inside opaque
     modules). Parameters get ``requires_grad`` from the blob's lr_mult."""
     for layer in net.layers():
         for role, blob in layer.blobs.items():
-            owner_path, _, leaf = f"{layer.name}.{role}".rpartition(".")
+            owner_path, _, leaf = f"{paths[layer.name]}.{role}".rpartition(".")
             owner = model.get_submodule(owner_path)
             data = blob.data.clone() if copy_weights else blob.data
             if leaf in owner._parameters:
@@ -341,7 +377,7 @@ def emit_torch(net: Net, copy_weights: bool = True) -> nn.Module:
         model = getattr(module, CLASS_NAME)()
     for name, m in opaque.items():
         model._add_layer(name, m)
-    _attach_blobs(model, net, copy_weights)
+    _attach_blobs(model, net, program.paths, copy_weights)
     model.apply_lr_mults()
     model.train()
     model.surgery_source = program.source
@@ -354,7 +390,7 @@ def save_torch_folder(net: Net, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     model = emit_torch(net, copy_weights=False)
     (folder / SOURCE_FILE).write_text(model.surgery_source)
-    opaque = {layer.name: model.get_submodule(layer.name) for layer in net.layers()
+    opaque = {model.MODULE_PATHS.get(layer.name, layer.name): model.layer_module(layer.name) for layer in net.layers()
               if layer.type == "Opaque" and "module_path" not in layer.extra}
     # Opaque modules' tensors live in their pickle, not in weights.pt.
     state = {

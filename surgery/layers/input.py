@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keyword
 from typing import Any
 
 from torch import fx
@@ -9,6 +10,19 @@ from torch import fx
 from surgery.errors import ModelFormatError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, register_layer
+
+#: Names the generated model's source already uses at module level or as ``self``.
+_TAKEN_NAMES = frozenset({"self", "torch", "math", "nn", "F", "inf", "nan", "NoneType", "device", "Path",
+                          "fx_pytree", "pytree"})
+
+
+def argument_name(blob: str, index: int) -> str:
+    """The forward argument for input ``blob``: the blob's name when it is a short plain
+    ASCII identifier, ``input_<index>`` otherwise (a name from a model file is never
+    pasted into generated source)."""
+    plain = (blob.isascii() and blob.isidentifier() and not keyword.iskeyword(blob) and len(blob) <= 64
+             and blob not in _TAKEN_NAMES and not blob.startswith("__"))
+    return blob if plain else f"input_{index}"
 
 
 @register_layer
@@ -21,7 +35,11 @@ class Input(LayerType):
         return [tuple(layer.params["shape"])]
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
-        return graph.placeholder(layer.outputs[0])
+        taken = {node.target for node in graph.nodes if node.op == "placeholder"}
+        name = argument_name(layer.outputs[0], len(taken))
+        while name in taken:
+            name += "_"
+        return graph.create_node("placeholder", name, name=name)
 
     caffe_param_field = "input_param"
 

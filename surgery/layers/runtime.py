@@ -32,10 +32,17 @@ class SurgeryModule(nn.Module):
         LR_MULTS: parameter name -> (lr_mult, decay_mult); lr_mult 0 = frozen.
         OUTPUTS: output names per mode ({"train": [...], "eval": [...]}); a mode with
             several outputs returns a dict keyed by these names.
+        MODULE_PATHS: layer name -> attribute path, for the layers not at their own name.
     """
 
     LR_MULTS: dict[str, tuple[float, float]] = {}
     OUTPUTS: dict[str, list[str]] = {}
+    MODULE_PATHS: dict[str, str] = {}
+
+    def layer_module(self, name: str) -> nn.Module:
+        """The module of layer ``name``. Layers whose names are not plain attribute paths
+        (quotes, spaces, keywords, empty parts) sit at the path MODULE_PATHS gives."""
+        return self.get_submodule(self.MODULE_PATHS.get(name, name))
 
     def _add_layer(self, path: str, module: nn.Module) -> None:
         """Register ``module`` under a dotted path, creating plain containers between."""
