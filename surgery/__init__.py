@@ -31,6 +31,7 @@ from surgery.api import (
     report,
     save_onnx,
     save_torch,
+    sequence,
     to_torch,
 )
 from surgery.emitters.torch_module import load_torch_folder
@@ -44,5 +45,5 @@ __all__ = [
     "ApplyResult", "Layer", "ModelFormatError", "Net", "ParamBlob", "Plan", "Report", "ShapeError", "SpecError",
     "SurgeryError", "append", "apply", "classifier", "collapse", "cut", "edit", "eltwise", "fc_to_conv",
     "fold_batchnorm", "insert", "load", "load_torch_folder", "lr", "plan", "remove", "replace", "report", "save_onnx", "save_torch",
-    "to_torch",
+    "sequence", "to_torch",
 ]

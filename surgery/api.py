@@ -42,7 +42,8 @@ from surgery.spec.loader import spec_to_dict
 Progress = Callable[[str], None]
 _EDIT_MESSAGES = {"classifier": "Classifier", "lr": "Lr", "cut": "Cut", "append": "Append", "insert": "Insert",
                   "remove": "Remove", "collapse": "Collapse", "eltwise": "EltwiseInsert",
-                  "fold_batchnorm": "FoldBatchNorm", "replace": "Replace", "fc_to_conv": "FcToConv"}
+                  "fold_batchnorm": "FoldBatchNorm", "replace": "Replace", "fc_to_conv": "FcToConv",
+                  "sequence": "Sequence"}
 
 
 # ------------------------------------------------------------------ loading
@@ -194,6 +195,20 @@ def replace(net: Net, layer: str, by: dict | str, *, propagate: str = "REINIT", 
 def fc_to_conv(net: Net, layer: str | list[str]) -> list[Action]:
     """InnerProduct layers into equivalent Convolutions (fully convolutional use)."""
     return edit(net, "fc_to_conv", layer=_list(layer))
+
+
+def sequence(net: Net, layers: Iterable[dict | str], *, at: str | None = None, frames: int = 16,
+             seed: int = 0) -> list[Action]:
+    """Make an image net a clip model: input ``(N, T, C, H, W)``, every layer up to ``at``
+    run per frame, then a temporal head (Caffe syntax) on the per-frame features ``(N, T, F)``.
+
+    Example:
+        >>> surgery.sequence(net, ['name: "lstm" type: "LSTM" recurrent_param { num_output: 64 '
+        ...                        'return_sequences: false }',
+        ...                        'name: "scores" type: "InnerProduct" inner_product_param { num_output: 11 }'],
+        ...                  at="features.pool2", frames=40)
+    """
+    return edit(net, "sequence", seed=seed, at=at, frames=frames, layer=_layers(layers))
 
 
 def _list(value: Any) -> list | None:

@@ -65,6 +65,10 @@ class CaffeWriter:
 
 def build_net_parameter(net: Net) -> Any:
     """The deploy NetParameter of ``net``, weights included."""
+    clip_layer = next((layer for layer in net.layers() if layer.per_frame), None)
+    if clip_layer is not None:  # Caffe's LSTM is time-major with a `cont` input: not written
+        raise unsupported_in_caffe(clip_layer, "a clip model (per-frame layers and a temporal head) has no Caffe form "
+                                               "here; emit PyTorch / ONNX, or Caffe from the image net before `sequence`")
     writer = CaffeWriter(net)
     needed: set[str] = set()
     for blob in net.outputs_for(None):

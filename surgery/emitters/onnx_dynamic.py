@@ -43,6 +43,9 @@ def resolve(net: Net, requested: Mapping[str, Iterable[int]] | None, dynamic_bat
     """The dynamic axes per net input (axis 0 when ``dynamic_batch``), checked."""
     inputs = {layer.outputs[0]: len(layer.params["shape"]) for layer in net.input_layers()}
     axes: DynamicAxes = {name: ({0} if dynamic_batch else set()) for name in inputs}
+    for layer in net.input_layers():  # a clip's time axis is always symbolic
+        if layer.params.get("time_axis"):
+            axes[layer.outputs[0]].add(layer.params["time_axis"])
     for name, wanted in (requested or {}).items():
         if name not in inputs:
             raise SpecError(f"dynamic_axis names {name!r}, which is not an input of the net", subject=name,

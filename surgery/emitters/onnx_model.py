@@ -24,6 +24,7 @@ from surgery.emitters import onnx_dynamic
 from surgery.errors import SurgeryError
 from surgery.ir import Layer, Net, Shape
 from surgery.layers import layer_type
+from surgery.layers.time_fold import lower_time
 
 DEFAULT_OPSET = 17
 #: The IR version each opset first needs; onnxruntime accepts up to IR 10 here.
@@ -101,6 +102,7 @@ def build_parts(net: Net, *, opset: int = DEFAULT_OPSET, ir_version: int | None 
     -> axes to leave symbolic besides the batch (see :mod:`surgery.emitters.onnx_dynamic`)."""
     if opset < 17:
         raise SurgeryError(f"opset {opset} is too old", fix="use opset 17 or newer")
+    net = lower_time(net)  # a clip model: per-frame layers on N*T frames
     axes = onnx_dynamic.resolve(net, dynamic_axes, dynamic_batch)
     writer, input_layers, outputs = _write_layers(net, opset, keep_train_branches)
     batch = {0} if dynamic_batch else set()

@@ -29,6 +29,7 @@ from surgery.emitters.torch_names import module_paths
 from surgery.ir import Layer, Net
 from surgery.layers import ModuleRecipe, layer_type
 from surgery.layers import runtime as torch_runtime
+from surgery.layers.time_fold import lower_time
 
 CLASS_NAME = "SurgeryModel"
 WEIGHTS_FILE = "weights.pt"
@@ -197,6 +198,7 @@ def generate(net: Net) -> TorchProgram:
     Names from the net (layers, blobs, the net's own) reach the source only as ``repr``
     literals; modules sit at the plain attribute paths of :func:`module_paths`.
     """
+    net = lower_time(net)  # a clip model: per-frame layers on N*T frames
     recipes, opaque = _recipes(net)
     paths = module_paths(name for name in net.layer_names() if name in recipes or name in opaque)
 

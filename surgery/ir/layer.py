@@ -22,6 +22,9 @@ class Layer:
             in the order the format stores them.
         phase: ``None`` when the layer runs in every phase, ``"train"`` for layers that
             exist only while training (GoogLeNet's auxiliary heads).
+        per_frame: the layer runs on every frame of a clip: its blobs carry a time axis
+            at 1, ``(N, T, ...)``, its type sees ``(N, ...)`` (set by ``sequence``; the
+            emitters fold T into the batch around these layers).
         extra: format-specific payload an importer needs to round-trip the layer (the
             module of an opaque layer, the callable of an opaque call).
     """
@@ -33,6 +36,7 @@ class Layer:
     params: dict[str, Any] = field(default_factory=dict)
     blobs: dict[str, ParamBlob] = field(default_factory=dict)
     phase: str | None = None
+    per_frame: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

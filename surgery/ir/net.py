@@ -320,7 +320,7 @@ class Net:
                 kind = kind_of(layer.type)
                 in_shapes = [shapes[b] for b in layer.inputs]
                 try:
-                    out = kind.infer_shapes(layer, in_shapes)
+                    out = _infer(kind, layer, in_shapes)
                 except ShapeError as error:
                     if error.subject is None:
                         error.subject = layer.name
@@ -334,17 +334,36 @@ class Net:
         return dict(self._shapes)
 
     def input_shapes(self, name: str) -> list[Shape | None]:
-        """The shapes of layer ``name``'s inputs, inferred over its ancestors only (so a
+        """The shapes of layer ``name``'s inputs as its type sees them (a per-frame layer:
+        without the time axis), inferred over its ancestors only (so a
         layer downstream that no longer fits, while an edit is under way, does not matter)."""
+        target = self.layer(name)
         if self._shapes is not None:
-            return [self._shapes[b] for b in self.layer(name).inputs]
+            return _as_seen(target, [self._shapes[b] for b in target.inputs])
         keep = self.ancestors(name)
         shapes: dict[str, Shape | None] = {}
         for layer in self.layers():
             if layer.name in keep:
-                out = kind_of(layer.type).infer_shapes(layer, [shapes[b] for b in layer.inputs])
+                out = _infer(kind_of(layer.type), layer, [shapes[b] for b in layer.inputs])
                 shapes.update(zip(layer.outputs, out))
-        return [shapes[b] for b in self.layer(name).inputs]
+        return _as_seen(target, [shapes[b] for b in target.inputs])
 
     def shape(self, blob: str) -> Shape | None:
         return self.shapes()[blob]
+
+
+def _as_seen(layer: Layer, shapes: list[Shape | None]) -> list[Shape | None]:
+    """Input shapes as the layer's type sees them: a per-frame layer sees one frame."""
+    if not layer.per_frame:
+        return shapes
+    return [None if s is None else (s[0], *s[2:]) for s in shapes]
+
+
+def _infer(kind, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
+    """A layer's output shapes. A per-frame layer's type infers them for one frame; the
+    time axis (axis 1 of its inputs) is put back into each."""
+    if not layer.per_frame:
+        return kind.infer_shapes(layer, in_shapes)
+    steps = in_shapes[0][1] if in_shapes and in_shapes[0] is not None else None
+    out = kind.infer_shapes(layer, _as_seen(layer, in_shapes))
+    return [None if s is None else (s[0], steps, *s[1:]) for s in out]

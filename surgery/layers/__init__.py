@@ -43,6 +43,8 @@ from surgery.layers import (  # noqa: F401  (importing registers the types)
     slice,
     softmax,
     tanh,
+    temporal_pooling,
+    time_fold,
 )
 from surgery.layers.registry import (
     LayerType,

@@ -12,6 +12,7 @@ from surgery.ops import (  # noqa: F401  (importing registers the operations)
     lr,
     remove,
     replace,
+    sequence,
 )
 from surgery.ops.base import Action, OpContext, op_function, register_op, registered_ops
 

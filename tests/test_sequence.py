@@ -1,0 +1,165 @@
+"""The time axis: `sequence` turns an image net into a clip model (N, T, C, H, W). Each
+head is compared with the same computation written by hand in torch (the per-frame CNN
+on N*T frames, then torch's own recurrent module), and the ONNX file with onnxruntime
+at other N and T than the model was built with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import surgery
+from surgery.cli import main
+from surgery.emitters.onnx_model import emit_onnx
+from surgery.errors import ModelFormatError, ShapeError, SpecError
+from surgery.verify import onnx_session
+from surgery.zoo import digits_cnn
+
+ATOL = 1e-5
+LSTM_LAST = 'name: "lstm" type: "LSTM" recurrent_param { num_output: 12 return_sequences: false }'
+SCORES = 'name: "scores" type: "InnerProduct" inner_product_param { num_output: 11 }'
+
+
+def clip_net(head: list[str], frames: int = 5, at: str | None = "features.pool2", frozen: bool = True):
+    net = surgery.load(digits_cnn(), (2, 1, 8, 8))
+    surgery.sequence(net, head, at=at, frames=frames, seed=5)
+    if frozen:
+        surgery.lr(net, up_to="features.pool2", lr_mult=0)
+    return net
+
+
+def frame_features(clips: torch.Tensor) -> torch.Tensor:
+    """The shipped CNN on every frame, by hand: (N, T, 256)."""
+    cnn = digits_cnn()
+    with torch.no_grad():
+        return torch.flatten(cnn.features(clips.flatten(0, 1)), 1).unflatten(0, clips.shape[:2])
+
+
+def _module(net, name: str, module: nn.Module) -> nn.Module:
+    module.load_state_dict({role: blob.data for role, blob in net.layer(name).blobs.items()})
+    return module
+
+
+def _onnx_matches(net, model: nn.Module, tmp_path: Path, shapes=((2, 5, 1, 8, 8), (3, 9, 1, 8, 8))) -> None:
+    session = onnx_session(emit_onnx(net, tmp_path / "clip.onnx"))
+    for shape in shapes:  # N and T are symbolic
+        clips = torch.rand(*shape)
+        with torch.no_grad():
+            want = model(clips).numpy()
+        np.testing.assert_allclose(session.run(None, {"x": clips.numpy()})[0], want, rtol=0, atol=ATOL)
+
+
+def test_lstm_head_matches_hand_written_clip_model(tmp_path: Path) -> None:
+    net = clip_net([LSTM_LAST, SCORES])
+    assert net.shape("x") == (2, 5, 1, 8, 8)
+    assert net.shape("features.pool2") == (2, 5, 64, 2, 2)  # the report shows the time axis
+    assert net.shape("scores") == (2, 11)
+    model = surgery.to_torch(net).eval()
+    lstm = _module(net, "lstm", nn.LSTM(256, 12, batch_first=True))
+    fc = _module(net, "scores", nn.Linear(12, 11))
+    clips = torch.rand(2, 5, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(clips), fc(lstm(frame_features(clips))[0][:, -1]), rtol=0, atol=1e-6)
+    _onnx_matches(net, model, tmp_path)
+    table = surgery.report(net).format_table()
+    assert "2x5x64x2x2" in table and "features.pool2/frame_flatten" in table
+
+
+@pytest.mark.parametrize("pool", ["AVE", "MAX"])
+def test_temporal_pooling_head(pool: str, tmp_path: Path) -> None:
+    net = clip_net([f'name: "pool" type: "TemporalPooling" pooling_param {{ pool: {pool} }}', SCORES])
+    model = surgery.to_torch(net).eval()
+    fc = _module(net, "scores", nn.Linear(256, 11))
+    clips = torch.rand(2, 5, 1, 8, 8)
+    feats = frame_features(clips)
+    pooled = feats.mean(1) if pool == "AVE" else feats.amax(1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(clips), fc(pooled), rtol=0, atol=1e-6)
+    _onnx_matches(net, model, tmp_path)
+
+
+def test_per_step_scores_from_all_steps_gru(tmp_path: Path) -> None:
+    net = clip_net(['name: "gru" type: "GRU" recurrent_param { num_output: 8 num_layers: 2 }',
+                    'name: "scores" type: "InnerProduct" inner_product_param { num_output: 11 axis: 2 }'])
+    assert net.shape("scores") == (2, 5, 11)
+    model = surgery.to_torch(net).eval()
+    gru = _module(net, "gru", nn.GRU(256, 8, num_layers=2, batch_first=True))
+    fc = _module(net, "scores", nn.Linear(8, 11))
+    clips = torch.rand(2, 5, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(clips), fc(gru(frame_features(clips))[0]), rtol=0, atol=1e-6)
+    _onnx_matches(net, model, tmp_path)
+
+
+def test_frozen_backbone_builds_no_autograd_graph() -> None:
+    net = clip_net([LSTM_LAST, SCORES])
+    model = surgery.to_torch(net).train()
+    seen = {}
+    model.get_submodule("features.pool2").register_forward_hook(lambda m, i, out: seen.update(out=out))
+    loss = model(torch.rand(2, 5, 1, 8, 8)).square().mean()
+    assert seen["out"].grad_fn is None and not seen["out"].requires_grad  # nothing kept for backward
+    loss.backward()
+    assert all(p.grad is None for p in model.features.parameters())
+    assert model.lstm.weight_ih_l0.grad is not None and model.scores.weight.grad is not None
+
+
+def test_fine_tune_the_top_of_the_backbone_with_a_smaller_lr() -> None:
+    net = clip_net([LSTM_LAST, SCORES], frozen=False)
+    surgery.lr(net, up_to="features.pool1", lr_mult=0)
+    surgery.lr(net, layer="features.conv3", lr_mult=0.1)
+    model = surgery.to_torch(net).train()
+    groups = {round(group["lr_mult"], 6): group["names"] for group in model.param_groups(lr=0.01)}
+    assert groups[0.1] == ["features.conv3.weight", "features.conv3.bias"]
+    model(torch.rand(2, 5, 1, 8, 8)).sum().backward()
+    assert model.features.conv3.weight.grad is not None and model.features.conv1.weight.grad is None
+
+
+def test_spec_apply_writes_a_clip_model_that_loads_standalone(tmp_path: Path) -> None:
+    spec = tmp_path / "clip.prototxt"
+    weights = Path(surgery.zoo.digits.WEIGHTS)
+    spec.write_text(f'source {{ torch {{ factory: "surgery.zoo:DigitsCNN" weights: "{weights}" }} '
+                    f'input_shape: [1, 1, 8, 8] }}\nseed: 3\n'
+                    f'edit {{ sequence {{ at: "features.pool2" frames: 7 layer {{ {LSTM_LAST} }} layer {{ {SCORES} }} }} }}\n'
+                    'edit { lr { up_to: "features.pool2" lr_mult: 0 } }\n')
+    assert main(["apply", str(spec), "-o", str(tmp_path / "out")]) == 0
+    model = surgery.load_torch_folder(tmp_path / "out" / "torch").eval()
+    clips = torch.rand(3, 4, 1, 8, 8)
+    session = onnx_session(tmp_path / "out" / "model.onnx")
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run(None, {"x": clips.numpy()})[0], model(clips).numpy(), atol=ATOL)
+    assert main(["verify", str(spec)]) == 0
+
+
+def test_sequence_needs_a_single_image_input() -> None:
+    net = surgery.load(nn.Sequential(nn.Linear(4, 4)), (2, 4))
+    with pytest.raises(SpecError, match="single image input"):
+        surgery.sequence(net, [LSTM_LAST])
+
+
+def test_head_that_cannot_take_per_frame_features_is_refused_by_name(tmp_path: Path, capsys) -> None:
+    net = surgery.load(digits_cnn(), (1, 1, 8, 8))
+    before = net.layer_names()
+    conv = 'name: "conv" type: "Convolution" convolution_param { num_output: 4 kernel_size: 1 }'
+    with pytest.raises(ShapeError, match="the head's first layer 'conv' cannot take") as error:
+        surgery.sequence(net, [conv], at="features.pool2")
+    assert "LSTM" in error.value.fix
+    assert net.layer_names() == before and net.shape("x") == (1, 1, 8, 8)  # untouched
+    spec = tmp_path / "bad.prototxt"
+    spec.write_text('source { torch { factory: "surgery.zoo:DigitsCNN" } input_shape: [1, 1, 8, 8] }\n'
+                    f'edit {{ sequence {{ at: "features.pool2"\n  layer {{ {conv} }} }} }}\n')
+    assert main(["apply", str(spec), "-o", str(tmp_path / "out")]) == 2
+    assert "bad.prototxt:3:" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_caffe_output_of_a_clip_model_is_refused_by_name(tmp_path: Path) -> None:
+    from surgery.emitters.caffe import emit_caffe
+
+    net = clip_net([LSTM_LAST, SCORES])
+    with pytest.raises(ModelFormatError, match=r"'features.conv1' \(Convolution\) cannot be written to Caffe: a clip"):
+        emit_caffe(net, tmp_path / "deploy.prototxt", tmp_path / "w.caffemodel")
+    assert not list(tmp_path.iterdir())
