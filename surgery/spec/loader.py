@@ -36,7 +36,7 @@ class Locator:
         if 0 <= index < len(self.edit_positions):
             line, col = self.edit_positions[index]
             return f"{self.path}:{line}:{col}"
-        return self.path
+        return f"{self.path}:1:1"
 
     def find(self, index: int, subject: str | None) -> str:
         """``file:line:col`` of the string ``subject`` inside edit ``index`` (the first
@@ -51,8 +51,8 @@ class Locator:
     def section(self, name: str, subject: str | None = None) -> str:
         """``file:line:col`` of ``subject`` inside the top-level field ``name`` (e.g.
         ``output``), else of the field itself, else the file."""
-        if name not in self.sections:
-            return self.path
+        if name not in self.sections:  # the field is missing: the error is about the whole file
+            return f"{self.path}:1:1"
         line, col, strings = self.sections[name]
         if subject is not None:
             for exact in (True, False):
@@ -166,11 +166,15 @@ def _yaml_positions(node: Any, path: str) -> Locator:
     if not isinstance(node, yaml.MappingNode):
         return locator
     for key, value in node.value:
+        if not isinstance(key, yaml.ScalarNode):
+            continue
         if key.value != "edit":
             strings: list[tuple[str, int, int]] = []
             _collect_scalars(value, strings)
             locator.sections[key.value] = (key.start_mark.line + 1, key.start_mark.column + 1, strings)
-        elif isinstance(value, yaml.SequenceNode):
+        else:
+            locator.sections["edit"] = (key.start_mark.line + 1, key.start_mark.column + 1, [])
+        if key.value == "edit" and isinstance(value, yaml.SequenceNode):
             for item in value.value:
                 mark = item.start_mark
                 locator.edit_positions.append((mark.line + 1, mark.column + 1))
@@ -191,14 +195,85 @@ def _collect_scalars(node: Any, out: list[tuple[str, int, int]]) -> None:
             _collect_scalars(value, out)
 
 
+#: A spec is a page of text: these bound what a hostile file can make the parser do.
+MAX_NESTING = 64
+MAX_YAML_NODES = 100_000
+
+
+def _yaml_error(error: yaml.YAMLError, text: str, path: str) -> SpecError:
+    """The YAML error at its real line:col (a reader error only knows its offset)."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    if mark is not None:
+        line, col = mark.line + 1, mark.column + 1
+    else:
+        offset = getattr(error, "position", 0) or 0
+        line = text.count("\n", 0, offset) + 1
+        col = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    problem = getattr(error, "problem", None) or getattr(error, "reason", None) or str(error)
+    if isinstance(error, yaml.reader.ReaderError):
+        problem = f"character {error.character!r} is not allowed in YAML ({error.reason})"
+    return SpecError(f"not valid YAML/JSON: {problem}", location=f"{path}:{line}:{col}",
+                     fix="remove the character" if isinstance(error, yaml.reader.ReaderError) else None)
+
+
+def _check_flow_nesting(text: str, path: str) -> None:
+    """Refuse ``[[[[...`` / ``{{{{...`` deeper than any spec needs before the (recursive)
+    YAML parser sees it."""
+    depth, line, col = 0, 1, 0
+    quote = None
+    for char in text:
+        col += 1
+        if char == "\n":
+            line, col, quote = line + 1, 0, None
+        elif quote:
+            quote = None if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise SpecError(f"nested more than {MAX_NESTING} levels deep", location=f"{path}:{line}:{col}",
+                                fix="a spec needs a few levels; check the brackets")
+        elif char in "]}":
+            depth = max(0, depth - 1)
+
+
+def _check_node_count(node: Any, path: str) -> None:
+    """Count the nodes the document expands to, following aliases without expanding
+    them (a 'billion laughs' file is a few lines whose expansion fills memory)."""
+    sizes: dict[int, int] = {}
+
+    def size(item: Any, depth: int) -> int:
+        if id(item) in sizes:
+            return sizes[id(item)]
+        if depth > MAX_NESTING:
+            raise SpecError(f"nested more than {MAX_NESTING} levels deep",
+                            location=f"{path}:{item.start_mark.line + 1}:{item.start_mark.column + 1}")
+        sizes[id(item)] = 1  # a cycle (a recursive alias) counts once, and is refused below
+        total = 1
+        if isinstance(item, yaml.SequenceNode):
+            total += sum(size(child, depth + 1) for child in item.value)
+        elif isinstance(item, yaml.MappingNode):
+            total += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in item.value)
+        total = min(total, MAX_YAML_NODES + 1)
+        sizes[id(item)] = total
+        return total
+
+    if node is not None and size(node, 0) > MAX_YAML_NODES:
+        raise SpecError(f"the document expands to more than {MAX_YAML_NODES} values (aliases repeat whole "
+                        "subtrees)", location=f"{path}:1:1", fix="write the spec out without nested aliases")
+
+
 def _parse_yaml(text: str, path: str) -> tuple[Any, Locator]:
+    _check_flow_nesting(text, path)
     try:
-        node = yaml.compose(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_node_count(node, path)
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
-        raise SpecError(f"not valid YAML/JSON: {getattr(error, 'problem', error)}", location=where) from None
+        raise _yaml_error(error, text, path) from None
+    except RecursionError:  # block nesting deep enough for the recursive parser
+        raise SpecError(f"nested more than {MAX_NESTING} levels deep", location=f"{path}:1:1") from None
     locator = _yaml_positions(node, path)
     if data is None:
         data = {}
@@ -207,12 +282,17 @@ def _parse_yaml(text: str, path: str) -> tuple[Any, Locator]:
     message = spec_class("Spec")()
     edits = data.pop("edit", []) or []
     if not isinstance(edits, list):
-        raise SpecError("`edit` is a list of edits", location=path)
-    try:
-        json_format.ParseDict(data, message)
-    except json_format.ParseError as error:
-        raise SpecError(_json_reason(error), location=f"{path}:1:1") from None
+        raise SpecError(f"`edit` is a list of edits, not a {type(edits).__name__}", location=locator.section("edit"),
+                        fix="write each edit as a list item: `edit:` then `  - lr: {...}` lines")
+    for key, value in data.items():  # one key at a time, so an error points at its line
+        try:
+            json_format.ParseDict({key: value}, message)
+        except json_format.ParseError as error:
+            raise SpecError(_json_reason(error), location=locator.section(str(key))) from None
     for index, item in enumerate(edits):
+        if not isinstance(item, dict) or len(item) != 1:
+            raise SpecError(f"edit {index + 1} is {_describe(item)}, not one operation with its fields",
+                            location=locator.edit(index), fix=_edit_fix(item))
         try:
             json_format.ParseDict(item, message.edit.add())
         except json_format.ParseError as error:
@@ -220,11 +300,46 @@ def _parse_yaml(text: str, path: str) -> tuple[Any, Locator]:
     return message, locator
 
 
+def _describe(item: Any) -> str:
+    if isinstance(item, dict):
+        return f"a mapping of {len(item)} keys ({', '.join(map(str, item)) or 'none'})"
+    return "empty (null)" if item is None else f"the {type(item).__name__} {item!r}"
+
+
+def _edit_fix(item: Any) -> str:
+    operations = sorted(f.name for f in spec_class("Edit")().DESCRIPTOR.fields)
+    if isinstance(item, str) and item in operations:
+        return f"give {item} its fields: `- {item}: {{...}}`"
+    return f"write `- OPERATION: {{fields}}`, one operation per item ({', '.join(operations)})"
+
+
 def _json_reason(error: Exception) -> str:
     return str(error).replace("Message type ", "").strip()
 
 
 # ----------------------------------------------------------------------- entry
+#: Larger files are not specs (a model named by mistake): refused before parsing.
+MAX_SPEC_BYTES = 1 << 20
+
+
+def decode_text(raw: bytes, path: str, error_class: type = SpecError) -> str:
+    """``raw`` as UTF-8 text; a byte that is not UTF-8 (or a NUL: a binary file) is an
+    ``error_class`` at its line:col."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        offset = error.start
+        problem = f"byte 0x{raw[offset]:02x} is not UTF-8 text"
+    else:
+        offset = text.find("\0")
+        if offset < 0:
+            return text
+        problem = "a NUL character: this is a binary file, not text"
+        raw = text.encode()  # offsets below count characters either way for the prefix
+        offset = len(text[:offset].encode())
+    line = raw.count(b"\n", 0, offset) + 1
+    col = len(raw[raw.rfind(b"\n", 0, offset) + 1:offset].decode("utf-8", "replace")) + 1
+    raise error_class(problem, location=f"{path}:{line}:{col}", fix="save the file as UTF-8 text")
 def parse_spec(text: str, path: str = "<spec>", fmt: str = "prototxt") -> LoadedSpec:
     """Parse spec ``text`` (``fmt`` is ``prototxt``, ``yaml`` or ``json``)."""
     if fmt == "prototxt":
@@ -243,11 +358,18 @@ def load_spec(path: str | Path) -> LoadedSpec:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        size = path.stat().st_size
+        if path.is_dir():
+            raise SpecError(f"spec file {str(path)!r} is a folder", fix="name a .prototxt, .yaml or .json file")
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(f"spec file {str(path)!r} has {size} bytes; a spec is text of at most {MAX_SPEC_BYTES}",
+                            location=f"{path}:1:1", fix="is this a model file? name it in the spec's source { }")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise SpecError(f"spec file {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise SpecError(f"cannot read spec file {str(path)!r}: {error}") from None
+    except OSError as error:
+        raise SpecError(f"cannot read spec file {str(path)!r}: {error.strerror or error}") from None
+    text = decode_text(raw, str(path), SpecError)
     suffix = path.suffix.lower()
     fmt = "prototxt" if suffix in TEXT_SUFFIXES or suffix not in YAML_SUFFIXES else "yaml"
     loaded = parse_spec(text, str(path), fmt)
