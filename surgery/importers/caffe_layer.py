@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from surgery.errors import SpecError
+from surgery.errors import SpecError, SurgeryError
 from surgery.ir import Layer
 from surgery.layers import layer_type
 from surgery.math.fillers import Filler
@@ -42,8 +42,13 @@ def layer_from_caffe(message: Any) -> CaffeLayer:
     fillers: dict[str, Filler] = {}
     if param_field is not None:
         param = getattr(message, param_field)
-        params = kind.from_caffe(param)
-        fillers = {role: Filler.from_proto(f) for role, f in kind.caffe_fillers(param).items()}
+        try:
+            params = kind.from_caffe(param)
+            fillers = {role: Filler.from_proto(f) for role, f in kind.caffe_fillers(param).items()}
+        except SurgeryError as error:  # say which layer, and point at it in the spec
+            error.message = f"layer {message.name!r} ({kind.name}): {error.message}"
+            error.subject = error.subject or message.name
+            raise
     layer = Layer(
         name=message.name,
         type=kind.name,

@@ -18,6 +18,7 @@ import torch
 
 from surgery.ir.kinds import kind_of
 from surgery.errors import ShapeError, SpecError, unknown_layer
+from surgery.ir.budget import check_bytes, tensor_bytes
 from surgery.ir.layer import Layer
 
 Shape = tuple[int, ...]
@@ -329,6 +330,7 @@ class Net:
                     raise
                 if len(out) != len(layer.outputs):
                     raise ShapeError(f"layer {layer.name!r} ({layer.type}) makes {len(out)} outputs, has {len(layer.outputs)} tops")
+                _check_output_sizes(layer, out)
                 shapes.update(zip(layer.outputs, out))
             self._shapes = shapes
         return dict(self._shapes)
@@ -367,3 +369,12 @@ def _infer(kind, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | No
     steps = in_shapes[0][1] if in_shapes and in_shapes[0] is not None else None
     out = kind.infer_shapes(layer, _as_seen(layer, in_shapes))
     return [None if s is None else (s[0], steps, *s[1:]) for s in out]
+
+
+def _check_output_sizes(layer: Layer, shapes: list[Shape | None]) -> None:
+    """An output that could never be allocated (a huge num_output or pad) is refused
+    here, with its size, before anything runs."""
+    for shape in shapes:
+        if isinstance(shape, tuple) and all(isinstance(d, int) for d in shape):
+            check_bytes(f"layer {layer.name!r} ({layer.type}): its output {shape}", tensor_bytes(shape),
+                        subject=layer.name)

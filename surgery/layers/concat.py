@@ -9,7 +9,7 @@ from torch import fx
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, register_layer
+from surgery.layers.registry import LayerType, check_axis, register_layer
 
 
 @register_layer
@@ -24,7 +24,7 @@ class Concat(LayerType):
         if not in_shapes:
             raise ShapeError("needs at least one input")
         first = in_shapes[0]
-        axis = layer.params.get("axis", 1) % len(first)
+        axis = check_axis(layer.params.get("axis", 1), first)
         for shape in in_shapes[1:]:
             if len(shape) != len(first) or any(a != b for i, (a, b) in enumerate(zip(shape, first)) if i != axis):
                 raise ShapeError(f"inputs {in_shapes} differ outside the concatenation axis {axis}")

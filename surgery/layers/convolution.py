@@ -8,7 +8,7 @@ from torch import nn
 
 from surgery.errors import ModelFormatError, ShapeError, unsupported_in_caffe, unsupported_in_onnx
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, ModuleRecipe, pair, register_layer
+from surgery.layers.registry import LayerType, ModuleRecipe, check_param, pair, register_layer
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
@@ -131,7 +131,7 @@ class Convolution(LayerType):
     def from_caffe(self, param: Any) -> dict[str, Any]:
         if param.axis != 1:
             raise ModelFormatError("only axis 1 (N, C, H, W) convolutions are supported")
-        return {
+        params = {
             "num_output": param.num_output,
             "kernel": caffe_pair(param.kernel_size, param.kernel_h, param.kernel_w, param.HasField("kernel_h"), None),
             "stride": caffe_pair(param.stride, param.stride_h, param.stride_w, param.HasField("stride_h"), 1),
@@ -140,9 +140,20 @@ class Convolution(LayerType):
             "group": param.group,
             "bias_term": param.bias_term,
         }
+        check_conv_params(params)
+        return params
 
     def caffe_fillers(self, param: Any) -> dict[str, Any]:
         return {role: getattr(param, f"{role}_filler") for role in ("weight", "bias") if param.HasField(f"{role}_filler")}
+
+
+def check_conv_params(p: dict[str, Any]) -> None:
+    """Caffe's and torch's ranges: sizes and counts of at least 1 (0 divides by zero)."""
+    check_param(p["num_output"] >= 1, f"num_output must be at least 1, got {p['num_output']}")
+    for key, name in (("kernel", "kernel_size"), ("stride", "stride"), ("dilation", "dilation")):
+        check_param(min(p[key]) >= 1, f"{name} must be at least 1, got {p[key]}")
+    check_param(min(p["pad"]) >= 0, f"pad must not be negative, got {p['pad']}")
+    check_param(p["group"] >= 1, f"group must be at least 1, got {p['group']}")
 
 
 def conv_params(num_output: int, kernel: int | tuple = 3, stride: int | tuple = 1, pad: int | tuple = 0,

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+from surgery.layers.registry import LayerType, ModuleRecipe, check_param, register_layer
 
 
 @register_layer
@@ -50,4 +50,7 @@ class Dropout(LayerType):
     caffe_param_field = "dropout_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:
-        return {"ratio": param.dropout_ratio}
+        ratio = param.dropout_ratio
+        check_param(0 <= ratio < 1, f"dropout_ratio must be in [0, 1), got {ratio:g}",
+                    fix="the probability of zeroing an element, e.g. dropout_ratio: 0.5")
+        return {"ratio": ratio}

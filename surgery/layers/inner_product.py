@@ -10,7 +10,7 @@ from torch import fx, nn
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+from surgery.layers.registry import LayerType, ModuleRecipe, check_param, register_layer
 
 
 @register_layer
@@ -138,6 +138,7 @@ class InnerProduct(LayerType):
     def from_caffe(self, param: Any) -> dict[str, Any]:
         if param.transpose:
             raise ShapeError("transpose: true InnerProduct layers are not supported")
+        check_param(param.num_output >= 1, f"num_output must be at least 1, got {param.num_output}")
         return {"num_output": param.num_output, "bias_term": param.bias_term, "axis": param.axis}
 
     def caffe_fillers(self, param: Any) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import fx
 
-from surgery.errors import ModelFormatError
+from surgery.errors import ModelFormatError, ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, register_layer
 
@@ -32,7 +32,10 @@ class Input(LayerType):
     name = "Input"
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
-        return [tuple(layer.params["shape"])]
+        shape = layer.params.get("shape")
+        if not shape or min(shape) < 1:
+            raise ShapeError(f"input shape {shape} is not a shape", fix="give it input_param { shape { dim: ... } }")
+        return [tuple(shape)]
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
         taken = {node.target for node in graph.nodes if node.op == "placeholder"}

@@ -12,6 +12,7 @@ import torch
 
 from surgery.errors import SpecError
 from surgery.ir import Layer, Net, Origin, ParamBlob
+from surgery.ir.budget import check_bytes, tensor_bytes
 from surgery.layers.registry import layer_type
 from surgery.math.fillers import Filler, blob_generator, fill
 
@@ -33,6 +34,9 @@ def init_new_blobs(
     """
     kind = layer_type(layer.type)
     wanted = kind.param_shapes(layer, net.input_shapes(layer.name))
+    total = sum(tensor_bytes(shape) for shape in wanted.values())
+    check_bytes(f"layer {layer.name!r} ({layer.type}): its new weights {list(wanted.values())}", total,
+                subject=layer.name)
     fillers = fillers or {}
     specs = param_specs or []
     if len(specs) > len(wanted):

@@ -10,7 +10,7 @@ from torch import nn
 
 from surgery.errors import ShapeError, unsupported_in_caffe, unsupported_in_onnx
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, ModuleRecipe, pair, register_layer
+from surgery.layers.registry import LayerType, ModuleRecipe, check_param, pair, register_layer
 
 
 def pool_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
@@ -160,7 +160,11 @@ class Pooling(LayerType):
         stride = (param.stride_h, param.stride_w) if param.HasField("stride_h") else param.stride
         pad = (param.pad_h, param.pad_w) if param.HasField("pad_h") else param.pad
         # Caffe rounds up (CEIL, its default) and its AVE divisor counts padding cells.
-        return pooling_params(pool, kernel, stride, pad, ceil_mode=param.round_mode == 0, count_include_pad=True)
+        params = pooling_params(pool, kernel, stride, pad, ceil_mode=param.round_mode == 0, count_include_pad=True)
+        check_param(min(params["kernel"]) >= 1, f"kernel_size must be at least 1, got {params['kernel']}",
+                    fix="set kernel_size (or kernel_h and kernel_w), or global_pooling: true")
+        check_param(min(params["stride"]) >= 1, f"stride must be at least 1, got {params['stride']}")
+        return params
 
 
 def pooling_params(pool: str, kernel: Any, stride: Any = None, pad: Any = 0, *, dilation: Any = 1,

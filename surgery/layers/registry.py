@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import fx, nn
 
-from surgery.errors import ShapeError, unsupported_in_caffe, unsupported_in_onnx
+from surgery.errors import ModelFormatError, ShapeError, unsupported_in_caffe, unsupported_in_onnx
 from surgery.ir import Layer, Shape
 from surgery.ir.kinds import add_kind, all_kinds, kind_of
 
@@ -190,6 +190,24 @@ def torch_function_map() -> dict[Any, list[LayerType]]:
         for fn in kind.torch_functions:
             found.setdefault(fn, []).append(kind)
     return found
+
+
+def check_param(ok: bool, message: str, fix: str | None = None) -> None:
+    """Refuse a hyper-parameter outside its range. Layer types call this in
+    ``from_caffe`` (spec files and prototxts): a value torch or ONNX would reject, or
+    divide by, is caught where it is written."""
+    if not ok:
+        raise ModelFormatError(message, fix=fix)
+
+
+def check_axis(axis: int, shape: Shape | None) -> int:
+    """``axis`` (negative counts from the end) as an index into ``shape``; a ShapeError
+    when the input has no such axis."""
+    rank = len(shape) if shape is not None else 0
+    if not -rank <= axis < rank:
+        raise ShapeError(f"axis {axis} is out of range for a {rank}-D input {shape}",
+                         fix=f"use an axis in [{-rank}, {rank - 1}]")
+    return axis % rank
 
 
 def pair(value: Any) -> tuple[int, int]:

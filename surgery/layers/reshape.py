@@ -9,7 +9,7 @@ from torch import fx
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, register_layer
+from surgery.layers.registry import LayerType, check_param, register_layer
 
 
 def resolve_shape(target: list[int], shape: Shape) -> tuple[int, ...]:
@@ -66,3 +66,15 @@ class Reshape(LayerType):
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         writer.layer(layer, "Reshape").reshape_param.shape.dim.extend(layer.params["shape"])
+
+    caffe_param_field = "reshape_param"
+
+    def from_caffe(self, param: Any) -> dict[str, Any]:
+        check_param(param.HasField("shape") and len(param.shape.dim) > 0, "needs reshape_param { shape { dim ... } }",
+                    fix="e.g. reshape_param { shape { dim: 0 dim: -1 } } (0 copies an axis, -1 is inferred)")
+        check_param(param.axis == 0 and param.num_axes == -1, "reshape_param axis / num_axes are not supported",
+                    fix="write the whole target shape, with 0 for axes to keep")
+        dims = [int(d) for d in param.shape.dim]
+        check_param(all(d >= -1 for d in dims) and dims.count(-1) <= 1,
+                    f"shape {dims}: each dim is a size, 0 (copy the input's axis) or one -1 (inferred)")
+        return {"shape": dims}

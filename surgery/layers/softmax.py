@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+from surgery.layers.registry import LayerType, ModuleRecipe, check_axis, register_layer
 
 
 @register_layer
@@ -20,6 +20,11 @@ class Softmax(LayerType):
     passes_resize = True
     torch_modules = (nn.Softmax,)
     torch_functions = (F.softmax, torch.softmax, "softmax")
+
+    def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
+        self.expect_inputs(layer, in_shapes, 1)
+        check_axis(layer.params.get("axis", 1), in_shapes[0])
+        return [in_shapes[0]]
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
         return ModuleRecipe(nn.Softmax, {"dim": layer.params.get("axis", 1)})

@@ -47,7 +47,21 @@ class Filler:
             )
         if filler.variance_norm not in VARIANCE_NORMS:
             raise SpecError(f"unknown variance_norm {filler.variance_norm!r}", fix=f"use one of {', '.join(VARIANCE_NORMS)}")
+        filler._check_ranges()
         return filler
+
+    def _check_ranges(self) -> None:
+        """Refuse values the random draw cannot honour (torch would fail at apply)."""
+        for name in ("value", "min", "max", "mean", "std"):
+            if not math.isfinite(getattr(self, name)):
+                raise SpecError(f"{self.type} filler: {name} must be a finite number, got {getattr(self, name)}",
+                                subject=self.type)
+        if self.type == "gaussian" and self.std < 0:
+            raise SpecError(f"gaussian filler: std must not be negative, got {self.std:g}", subject=self.type,
+                            fix="use a positive std, e.g. std: 0.01")
+        if self.type == "uniform" and self.min > self.max:
+            raise SpecError(f"uniform filler: min {self.min:g} is above max {self.max:g}", subject=self.type,
+                            fix="swap them")
 
     @classmethod
     def from_proto(cls, message: Any) -> "Filler":

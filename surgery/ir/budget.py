@@ -1,0 +1,52 @@
+"""Sizes estimated from shapes before anything is allocated.
+
+A spec can ask for a layer of 2**40 outputs or a fit on a billion samples; allocating
+first and failing later takes the machine down with it. Every allocation whose size a
+spec decides is checked here first and refused with the figure.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from surgery.errors import ShapeError
+
+#: Overrides the budget (bytes); by default the machine's physical memory.
+BUDGET_ENV = "SURGERY_MEMORY_BUDGET"
+
+
+def memory_budget() -> int:
+    """The most bytes one allocation a spec asks for may take."""
+    override = os.environ.get(BUDGET_ENV)
+    if override and override.isdigit():
+        return int(override)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not on this platform
+        return 64 << 30
+
+
+def human_bytes(count: float) -> str:
+    """``1.5 GB``, ``12 MB``... (decimal units)."""
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if count < 1000 or unit == "PB":
+            return f"{count:.3g} {unit}"
+        count /= 1000
+    return f"{count:.3g} PB"
+
+
+def check_bytes(what: str, count: float, *, subject: str | None = None, fix: str | None = None) -> None:
+    """Refuse ``what`` when its estimated ``count`` bytes exceed the memory budget."""
+    budget = memory_budget()
+    if count > budget:
+        raise ShapeError(
+            f"{what} would take {human_bytes(count)}, more than this machine's {human_bytes(budget)} of memory",
+            fix=fix or "make it smaller",
+            subject=subject,
+        )
+
+
+def tensor_bytes(shape: tuple[int, ...], itemsize: int = 4) -> int:
+    """Bytes of a dense tensor of ``shape`` (exact integers: no overflow)."""
+    return math.prod(int(d) for d in shape) * itemsize
