@@ -105,9 +105,13 @@ def edit(net: Net, op: str, *, seed: int = 0, **fields: Any) -> list[Action]:
 
 
 def run_edit(net: Net, op: str, message: Any, ctx: OpContext) -> list[Action]:
-    """Run one operation as a transaction: on error the net is unchanged."""
+    """Run one operation as a transaction: on error the net is unchanged. A layer
+    downstream that no longer fits (e.g. after an ``insert``) fails here, so the error
+    belongs to this edit."""
     with net.transaction():
-        return ops.op_function(op)(net, message, ctx)
+        actions = ops.op_function(op)(net, message, ctx)
+        net.shapes()
+        return actions
 
 
 def _layers(layers: Iterable[dict | str]) -> list[dict]:
@@ -284,7 +288,7 @@ def plan(spec_path: str | Path, progress: Progress | None = None, *, shapes_only
             raise
     timings["load"] = time.perf_counter() - start
     actions: list[Action] = []
-    ctx = OpContext(seed=message.seed, base_dir=loaded.base_dir)
+    ctx = OpContext(seed=message.seed, base_dir=loaded.base_dir, shapes_only=shapes_only)
     for index, item in enumerate(message.edit):
         op = item.WhichOneof("op")
         if op is None:

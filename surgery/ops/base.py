@@ -39,11 +39,14 @@ class Action:
 
 @dataclass
 class OpContext:
-    """What every operation may read besides the net: the spec's seed, and the folder
-    relative paths in the spec (calibration files) start from."""
+    """What every operation may read besides the net: the spec's seed, the folder
+    relative paths in the spec (calibration files) start from, and whether this is a
+    plan (``shapes_only``: weights are not read, so work that needs their values, such
+    as a least-squares fit, is described and left to apply)."""
 
     seed: int = 0
     base_dir: Path | None = None
+    shapes_only: bool = False
 
 
 OpFunction = Callable[[Net, Any, OpContext], list[Action]]

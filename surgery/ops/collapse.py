@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ import torch.nn.functional as F
 
 from surgery.errors import SpecError
 from surgery.ir import Layer, Net, Origin, ParamBlob
-from surgery.layers.convolution import conv_params
+from surgery.ir.budget import check_bytes
+from surgery.layers.convolution import conv_output_size, conv_params
 from surgery.math.conv_compose import compose_weights, composed_geometry, fit_conv, relative_error
 from surgery.math.fillers import Filler
 from surgery.ops.base import ADDED, DROPPED, Action, OpContext, register_op
@@ -117,6 +119,30 @@ def _fit_and_held_out(net: Net, op: Any, ctx: OpContext) -> tuple[list[torch.Ten
     return [samples[:split]], [samples[split:]], f"{len(samples) - split} held-out calibration inputs"
 
 
+def _check_fit(net: Net, op: Any, first: Layer, second: Layer, kernel, stride, pad) -> None:
+    """What a fit can be refused for from shapes alone: no samples, a kernel whose
+    output does not line up with the pair's, more memory than the machine has."""
+    if not op.calibration and op.samples < 1:
+        raise SpecError(f"samples must be at least 1, got {op.samples}", subject=op.name,
+                        fix="fit on e.g. samples: 8 seeded random inputs, or give calibration inputs")
+    source, target = net.shape(first.inputs[0]), net.shape(second.outputs[0])
+    out = tuple(conv_output_size(source[2 + i], kernel[i], stride[i], pad[i], 1) for i in range(2))
+    if out != tuple(target[2:]):
+        raise SpecError(f"a {kernel[0]}x{kernel[1]} convolution (stride {stride[0]}, pad {pad[0]}) on "
+                        f"{first.name!r}'s input {source} gives {out[0]}x{out[1]}, the pair gives "
+                        f"{target[2]}x{target[3]}", subject=op.name,
+                        fix="use an odd kernel_size (its padding keeps the size), or the pair's own (omit it)")
+    if op.calibration:
+        return
+    features = source[1] * kernel[0] * kernel[1] + 1
+    positions = op.samples * out[0] * out[1]
+    per_sample = sum(math.prod(s[1:]) for b, s in net.shapes().items()
+                     if s and net.producer(b).name in net.ancestors(second.name) | {second.name})
+    estimate = 8 * positions * (2 * features + target[1]) + 4 * 2 * op.samples * per_sample
+    check_bytes(f"fitting {op.name!r} on {op.samples} samples", estimate, subject=op.name,
+                fix="use fewer samples")
+
+
 def _fit(net: Net, op: Any, first: Layer, second: Layer, kernel, stride, pad, ctx: OpContext) -> tuple:
     from surgery.probe import blob_values
 
@@ -151,17 +177,28 @@ def collapse(net: Net, op: Any, ctx: OpContext) -> list[Action]:
                                        second.blobs["weight"].data,
                                        second.blobs.get("bias") and second.blobs["bias"].data,
                                        p1["stride"], p1["dilation"], p2["dilation"])
-        border = _border_error(net, first, second, weight, bias, stride, pad, ctx) if any(p2["pad"]) else 0.0
+        if any(p2["pad"]) and ctx.shapes_only:  # measuring needs weights: apply does it
+            border = float("nan") if op.accept_border else 0.0
+        else:
+            border = _border_error(net, first, second, weight, bias, stride, pad, ctx) if any(p2["pad"]) else 0.0
         if border and not op.accept_border:
             raise SpecError(
                 f"{second.name!r} pads its input, so the composite differs at the borders (interior exact, max "
                 f"border deviation {border:.3g} on a probe input)", subject=op.name,
                 fix="add accept_border: true to accept it, or use mode: FIT")
         detail = "exact composition" + (f"; interior exact, max border deviation {border:.3g}" if border else "")
+        if any(p2["pad"]) and ctx.shapes_only:
+            detail = "exact composition; the border deviation is measured at apply"
         origin = Origin("derived", f"composed from {first.name} and {second.name}")
     elif mode == "FIT":
-        weight, bias, error, measured = _fit(net, op, first, second, kernel, stride, pad, ctx)
-        detail = f"least-squares fit, relative error {error:.4f} on {measured}"
+        _check_fit(net, op, first, second, kernel, stride, pad)
+        if ctx.shapes_only:  # plan reads no weights: the fit itself runs at apply
+            weight, bias = _shapes_only(second.params["num_output"], first.blobs["weight"].shape[1], kernel)
+            detail = (f"least-squares fit on {_what_inputs(op)} happens at apply (plan reads no weights); "
+                      "apply reports its relative error")
+        else:
+            weight, bias, error, measured = _fit(net, op, first, second, kernel, stride, pad, ctx)
+            detail = f"least-squares fit, relative error {error:.4f} on {measured}"
         origin = Origin("derived", f"fitted to {first.name} -> {second.name} ({detail})")
     params = conv_params(second.params["num_output"], kernel, stride, pad)
     removed = [first.name, *(c.name for c in chain), second.name]
@@ -176,6 +213,16 @@ def collapse(net: Net, op: Any, ctx: OpContext) -> list[Action]:
     return [Action("collapse", op.name, ADDED, f"{kernel[0]}x{kernel[1]} stride {stride[0]} from "
                    f"{' + '.join(removed)}: {detail}")] + [
         Action("collapse", name, DROPPED, f"collapsed into {op.name}") for name in removed]
+
+
+def _shapes_only(out_channels: int, in_channels: int, kernel) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias with shapes and no values (plan's fitted convolution)."""
+    return (torch.empty(out_channels, in_channels, *kernel, device="meta"),
+            torch.empty(out_channels, device="meta"))
+
+
+def _what_inputs(op: Any) -> str:
+    return f"calibration inputs {op.calibration!r}" if op.calibration else f"{op.samples} seeded random inputs"
 
 
 def _border_error(net: Net, first: Layer, second: Layer, weight, bias, stride, pad, ctx: OpContext) -> float:

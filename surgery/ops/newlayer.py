@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from surgery.errors import SpecError
 from surgery.ir import Layer, Net
 from surgery.layers.new_blobs import init_new_blobs
 
@@ -28,6 +29,9 @@ def add_caffe_layers(net: Net, messages: list, first_bottom: str, seed: int, all
     for message in messages:
         parsed = layer_from_caffe(message)
         layer = parsed.layer
+        if layer.type == "Input":
+            raise SpecError(f"layer {layer.name!r}: a spec adds layers that compute; an Input is the source's",
+                            subject=layer.name, fix="set the source's input_shape instead")
         layer.inputs = [resolve_bottom(net, b) for b in layer.inputs] or [previous]
         layer.outputs = layer.outputs or [layer.name]
         net.add_layer(layer)
