@@ -36,17 +36,24 @@ def resolve_factory(reference: str, base_dir: Path) -> Callable[..., nn.Module]:
         path = (base_dir / module_ref).resolve()
         if not path.exists():
             raise SpecError(f"factory file {str(path)!r} does not exist", subject=reference)
+        if not path.is_file() or path.suffix != ".py":
+            raise SpecError(f"factory file {str(path)!r} is not a Python file", subject=reference)
         name = f"surgery_factory_{abs(hash(str(path)))}"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        _run_user_code(lambda: spec.loader.exec_module(module), f"importing {module_ref!r}", reference)
     else:
         try:
             module = importlib.import_module(module_ref)
         except ImportError as error:
             raise SpecError(f"cannot import {module_ref!r}: {error}", subject=reference,
                             fix="install the package that provides it") from None
+        except (TypeError, ValueError) as error:  # a relative or empty module name
+            raise SpecError(f"{module_ref!r} is not a module name: {error}", subject=reference,
+                            fix='write e.g. factory: "torchvision.models:resnet18"') from None
+        except Exception as error:  # noqa: BLE001  (the module's own code failed: say so, with its words)
+            raise _user_code_error(error, f"importing {module_ref!r}", reference) from None
     try:
         return getattr(module, attr)
     except AttributeError:
@@ -57,6 +64,31 @@ def resolve_factory(reference: str, base_dir: Path) -> Callable[..., nn.Module]:
             fix=did_you_mean(attr, [n for n in dir(module) if not n.startswith("_")]),
             subject=reference,
         ) from None
+
+
+def _user_code_error(error: BaseException, what: str, reference: str) -> SpecError:
+    """A factory module or callable failed: the error is in the user's code, named here
+    with its file and line (no traceback of surgery's own frames)."""
+    where = ""
+    if isinstance(error, SyntaxError):
+        where = f" ({error.filename}:{error.lineno}:{error.offset or 0})"
+    else:
+        import traceback
+
+        frames = traceback.extract_tb(error.__traceback__)
+        if frames:
+            where = f" (at {frames[-1].filename}:{frames[-1].lineno})"
+    return SpecError(f"{what} raised {type(error).__name__}: {error}{where}", subject=reference,
+                     fix="fix the factory's code, or point the spec at another factory")
+
+
+def _run_user_code(run: Callable[[], Any], what: str, reference: str) -> Any:
+    """Run code the spec names (a factory module or callable): its exceptions are the
+    spec's problem, reported as one error."""
+    try:
+        return run()
+    except Exception as error:  # noqa: BLE001  (any exception of user code is a user error)
+        raise _user_code_error(error, what, reference) from None
 
 
 def _kwargs(text: str) -> dict[str, Any]:
@@ -94,23 +126,25 @@ def load_torch_source(factory: str, kwargs: str, weights: str, input_shape: tupl
     arguments = _kwargs(kwargs)
     if not input_shape:
         raise SpecError("a torch source needs input_shape (batch axis first)", fix="add input_shape: [1, 3, 224, 224]")
-    try:
-        if weights:
-            state = load_state_dict((base_dir / weights))
-            with torch.device("meta"):
-                model = build(**arguments)
-            _check_keys(model, state, weights)
-            return import_torch(model, input_shape, state_dict=state, name=name)
-        if shapes_only:  # inspect / plan: the factory's own init would cost time and memory
-            with torch.device("meta"):
-                model = build(**arguments)
-        else:
-            model = build(**arguments)
-    except TypeError as error:
-        raise SpecError(f"calling {factory!r} failed: {error}", subject=factory) from None
+    state = load_state_dict(base_dir / weights) if weights else None
+    # On the meta device when weights come from a file, or only shapes are wanted
+    # (inspect / plan): the factory's own init would cost time and memory.
+    meta = state is not None or shapes_only
+    model = _run_user_code(lambda: _build(build, arguments, meta), f"calling {factory!r}", factory)
     if not isinstance(model, nn.Module):
-        raise SpecError(f"{factory!r} returned a {type(model).__name__}, not an nn.Module", subject=factory)
+        raise SpecError(f"{factory!r} returned a {type(model).__name__}, not an nn.Module", subject=factory,
+                        fix="the factory must return the model (an nn.Module instance)")
+    if state is not None:
+        _check_keys(model, state, weights)
+        return import_torch(model, input_shape, state_dict=state, name=name)
     return import_torch(model, input_shape, name=name)
+
+
+def _build(build: Callable[..., Any], arguments: dict[str, Any], meta: bool) -> Any:
+    if not meta:
+        return build(**arguments)
+    with torch.device("meta"):
+        return build(**arguments)
 
 
 def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], weights: str) -> None:
