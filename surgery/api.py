@@ -359,6 +359,11 @@ def _write_outputs(planned: Plan, staging: Path, progress: Progress | None) -> l
     want_torch = output.HasField("pytorch") or not message.HasField("output")
     want_onnx = output.HasField("onnx") or not message.HasField("output")
     files: list[Path] = []
+    step_net = None
+    if output.HasField("step"):  # refused (naming the layer) before anything is written
+        from surgery.emitters.step import step_net as make_step_net
+
+        step_net = make_step_net(planned.net)
     if want_torch:
         torch_dir = staging / output.pytorch.path
         _step(progress, f"writing the PyTorch model to {output.pytorch.path}/")
@@ -376,6 +381,14 @@ def _write_outputs(planned: Plan, staging: Path, progress: Progress | None) -> l
                 error.fix = (error.fix or "") + "; or add `output { pytorch { } }` to the spec to write PyTorch only"
             raise
         files += sorted(p for p in staging.glob(onnx.path + ".data"))
+    if step_net is not None:
+        from surgery.emitters.onnx_model import emit_onnx
+
+        _step(progress, f"writing the streaming step model: {output.step.onnx}, {output.step.pytorch}/")
+        versions = {k: v for k, v in _onnx_options(output.onnx).items() if k in ("opset", "ir_version")}
+        files.append(emit_onnx(step_net, staging / output.step.onnx, **versions))
+        save_torch_folder(step_net, staging / output.step.pytorch)
+        files += sorted((staging / output.step.pytorch).iterdir())
     if output.HasField("caffe"):
         from surgery.emitters.caffe import emit_caffe
 

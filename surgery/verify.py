@@ -19,6 +19,9 @@ import numpy as np
 import torch
 
 from surgery.emitters.onnx_model import emit_onnx
+from surgery.emitters.step import emit_step_onnx, step_net
+from surgery.errors import SurgeryError
+from surgery.layers.time_fold import clip_input, has_time_axis, without_time
 from surgery.ir import Net
 from surgery.probe import blob_values
 
@@ -185,6 +188,10 @@ def verify(source: Net, edited: Net, *, seed: int = 0, atol: float = 1e-5, rtol:
     result = VerifyResult(provider)
     for blob in deploy:
         result.comparisons.append(compare("onnx vs torch", blob, theirs[blob], ours[blob], tolerance))
+    if has_time_axis(edited):  # a clip model: the source runs on its frames; the step model on them in turn
+        result.comparisons += _frame_comparisons(source, edited, inputs, tolerance)
+        result.comparisons += _step_comparisons(edited, inputs, theirs, tolerance, opset)
+        return result
     frontier = untouched_frontier(source, edited)
     if frontier:
         source_values = _torch_blobs(source, frontier, {k: inputs[k] for k in seeded_inputs(source, seed)})
@@ -193,6 +200,47 @@ def verify(source: Net, edited: Net, *, seed: int = 0, atol: float = 1e-5, rtol:
             result.comparisons.append(
                 compare("torch vs source (untouched)", blob, edited_values[blob], source_values[blob], tolerance))
     return result
+
+
+def _frame_comparisons(source: Net, edited: Net, inputs: dict[str, torch.Tensor],
+                       tolerance: Tolerance) -> list[Comparison]:
+    """The clip model's untouched per-frame blobs vs the source run on every frame."""
+    frontier = untouched_frontier(source, without_time(edited))
+    if not frontier:
+        return []
+    clip = clip_input(edited)
+    frames = inputs[clip].flatten(0, 1)
+    source_values = _torch_blobs(source, frontier, {layer.outputs[0]: frames for layer in source.input_layers()})
+    edited_values = _torch_blobs(edited, frontier, inputs)
+    return [compare("torch vs source (per frame)", blob, edited_values[blob].reshape(source_values[blob].shape),
+                    source_values[blob], tolerance) for blob in frontier]
+
+
+def _step_comparisons(edited: Net, inputs: dict[str, torch.Tensor], clip_values: dict[str, np.ndarray],
+                      tolerance: Tolerance, opset: int) -> list[Comparison]:
+    """The ONNX streaming step model fed the clip's frames one by one (from a zero state)
+    vs the ONNX clip model; nothing when the head needs the whole clip."""
+    try:
+        step = step_net(edited)
+    except SurgeryError:
+        return []
+    clip = clip_input(edited)
+    frames = inputs[clip].numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        session = onnx_session(emit_step_onnx(edited, Path(tmp) / "model_step.onnx", opset=opset))
+        names = [o.name for o in session.get_outputs()]
+        states = {i.name: np.zeros(step.shape(i.name), np.float32) for i in session.get_inputs() if i.name != clip}
+        steps = []
+        for t in range(frames.shape[1]):
+            out = dict(zip(names, session.run(names, {clip: frames[:, t], **states})))
+            states = {name: out[name[:-1]] for name in states}  # "lstm.h0" <- "lstm.h"
+            steps.append(out)
+    comparisons = []
+    for blob in edited.outputs_for(None):
+        per_step = step.shape(blob)[1:2] == (1,) and edited.shape(blob)[1] == frames.shape[1]
+        got = np.concatenate([out[blob] for out in steps], 1) if per_step else steps[-1][blob]
+        comparisons.append(compare("step model over T vs clip", blob, got, clip_values[blob], tolerance))
+    return comparisons
 
 
 def _verdict(c: Comparison) -> str:

@@ -163,3 +163,99 @@ def test_caffe_output_of_a_clip_model_is_refused_by_name(tmp_path: Path) -> None
     with pytest.raises(ModelFormatError, match=r"'features.conv1' \(Convolution\) cannot be written to Caffe: a clip"):
         emit_caffe(net, tmp_path / "deploy.prototxt", tmp_path / "w.caffemodel")
     assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- streaming step model
+STEP_HEADS = {
+    "lstm_last": ['name: "lstm" type: "LSTM" recurrent_param { num_output: 12 num_layers: 2 return_sequences: false }',
+                  SCORES],
+    "gru_per_step": ['name: "gru" type: "GRU" recurrent_param { num_output: 8 }',
+                     'name: "scores" type: "InnerProduct" inner_product_param { num_output: 11 axis: 2 }'],
+    "rnn_last": ['name: "rnn" type: "RNN" recurrent_param { num_output: 8 return_sequences: false }', SCORES],
+}
+
+
+def _stream(run, clips: np.ndarray, state_shapes: dict[str, tuple]) -> list[dict]:
+    """Feed a clip's frames one by one, from a zero state; every step's outputs."""
+    states = {name: np.zeros(shape, np.float32) for name, shape in state_shapes.items()}
+    steps = []
+    for t in range(clips.shape[1]):
+        out = run(clips[:, t], states)
+        states = {name: out[name[:-1]] for name in states}  # lstm.h0 <- lstm.h
+        steps.append(out)
+    return steps
+
+
+@pytest.mark.parametrize("head", sorted(STEP_HEADS))
+def test_step_model_over_t_frames_equals_the_clip_model(head: str, tmp_path: Path) -> None:
+    from surgery.emitters.step import emit_step_onnx, step_net
+
+    net = clip_net(STEP_HEADS[head])
+    step = step_net(net)
+    states = {layer.outputs[0]: step.shape(layer.outputs[0]) for layer in step.input_layers()[1:]}
+    clips = torch.rand(2, 6, 1, 8, 8)  # more frames than the model was built with
+    with torch.no_grad():
+        want = surgery.to_torch(net).eval()(clips).numpy()
+    step_model = surgery.to_torch(step).eval()
+
+    def run_torch(frame, given):
+        with torch.no_grad():
+            out = step_model(torch.from_numpy(frame), *(torch.from_numpy(v) for v in given.values()))
+        return {name: value.numpy() for name, value in out.items()}
+
+    session = onnx_session(emit_step_onnx(net, tmp_path / "model_step.onnx"))
+    names = [o.name for o in session.get_outputs()]
+
+    def run_onnx(frame, given):
+        return dict(zip(names, session.run(names, {"x": frame, **given})))
+
+    for run in (run_torch, run_onnx):
+        steps = _stream(run, clips.numpy(), states)
+        got = np.concatenate([s["scores"] for s in steps], 1) if want.ndim == 3 else steps[-1]["scores"]
+        np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)
+
+
+def _spec(tmp_path: Path, head: list[str], output: str = "output { pytorch { } onnx { } step { } }") -> Path:
+    spec = tmp_path / "clip.prototxt"
+    layers = "\n".join(f"    layer {{ {layer} }}" for layer in head)
+    spec.write_text('source { torch { factory: "surgery.zoo:DigitsCNN" } input_shape: [1, 1, 8, 8] }\nseed: 3\n'
+                    f'edit {{ sequence {{ at: "features.pool2" frames: 4\n{layers} }} }}\n'
+                    f'edit {{ lr {{ up_to: "features.pool2" lr_mult: 0 }} }}\n{output}\n')
+    return spec
+
+
+def test_apply_writes_the_step_model_and_verify_checks_it(tmp_path: Path, capsys) -> None:
+    spec = _spec(tmp_path, STEP_HEADS["lstm_last"])
+    assert main(["apply", str(spec), "-o", str(tmp_path / "out")]) == 0
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"torch", "model.onnx", "model_step.onnx", "torch_step", "report.json"} <= written
+    step_model = surgery.load_torch_folder(tmp_path / "out" / "torch_step").eval()
+    with torch.no_grad():
+        out = step_model(torch.rand(3, 1, 8, 8), torch.zeros(3, 2, 12), torch.zeros(3, 2, 12))
+    assert out["scores"].shape == (3, 11) and out["lstm.h"].shape == (3, 2, 12)
+    capsys.readouterr()
+    assert main(["verify", str(spec)]) == 0
+    text = capsys.readouterr().out
+    assert "step model over T vs clip" in text and "torch vs source (per frame)" in text
+
+
+@pytest.mark.parametrize("head, culprit", [
+    (['name: "pool" type: "TemporalPooling" pooling_param { pool: AVE }', SCORES], "pool"),
+    (['name: "lstm" type: "LSTM" recurrent_param { num_output: 4 bidirectional: true }'], "lstm"),
+])
+def test_step_model_of_a_head_that_needs_the_whole_clip_is_refused(head, culprit, tmp_path: Path, capsys) -> None:
+    spec = _spec(tmp_path, head)
+    assert main(["apply", str(spec), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"layer {culprit!r}" in err and "streaming step model cannot run it" in err and "clip.prototxt:" in err
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["clip.prototxt"]
+
+
+def test_step_model_of_a_head_reading_several_steps_at_once_is_refused() -> None:
+    from surgery.emitters.step import step_net
+
+    net = clip_net(['name: "gru" type: "GRU" recurrent_param { num_output: 4 }',
+                    'name: "scores" type: "InnerProduct" inner_product_param { num_output: 11 }'])  # flattens T
+    with pytest.raises(ShapeError, match="cannot run one step at a time") as error:
+        step_net(net)
+    assert error.value.subject == "scores"
