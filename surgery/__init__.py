@@ -18,6 +18,7 @@ from surgery.api import (
     classifier,
     collapse,
     cut,
+    draw,
     edit,
     eltwise,
     fc_to_conv,

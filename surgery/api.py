@@ -16,6 +16,7 @@ A spec file is the same list of calls: ``surgery.apply("specs/x.prototxt", "out/
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -257,6 +258,8 @@ class Plan:
     net: Net
     report: Report
     timings: dict[str, float] = field(default_factory=dict)
+    #: The source net as loaded, before the edits: structure only, no weights.
+    source: Net | None = None
 
 
 def _step(progress: Progress | None, text: str) -> None:
@@ -287,6 +290,7 @@ def plan(spec_path: str | Path, progress: Progress | None = None, *, shapes_only
             error.location = error.location or loaded.locator.section("source", error.subject)
             raise
     timings["load"] = time.perf_counter() - start
+    before = net.skeleton()
     actions: list[Action] = []
     ctx = OpContext(seed=message.seed, base_dir=loaded.base_dir, shapes_only=shapes_only)
     for index, item in enumerate(message.edit):
@@ -295,12 +299,14 @@ def plan(spec_path: str | Path, progress: Progress | None = None, *, shapes_only
             raise SpecError("empty edit", location=loaded.locator.edit(index), fix="put one operation inside edit { }")
         _step(progress, f"edit {index + 1}/{len(message.edit)}: {op}")
         try:
-            actions += run_edit(net, op, getattr(item, op), ctx)
+            done = run_edit(net, op, getattr(item, op), ctx)
         except SurgeryError as error:
             error.location = error.location or loaded.locator.find(index, error.subject)
             raise
+        # Each row of the report points at the spec line that did it.
+        actions += [dataclasses.replace(a, where=loaded.locator.find(index, a.was or a.layer)) for a in done]
     timings["edits"] = time.perf_counter() - start - timings["load"]
-    return Plan(loaded, net, build_report(net, actions, spec_to_dict(message)), timings)
+    return Plan(loaded, net, build_report(net, actions, spec_to_dict(message)), timings, before)
 
 
 @dataclass
@@ -311,10 +317,13 @@ class ApplyResult:
     files: list[Path]
     report: Report
     timings: dict[str, float]
+    #: The verify result, when ``apply(..., verify=True)`` ran it.
+    verified: Any = None
 
 
 def apply(spec_path: str | Path, out_dir: str | Path, *, force: bool = False,
-          progress: Progress | None = None) -> ApplyResult:
+          progress: Progress | None = None, verify: bool = False, seed: int = 0, atol: float = 1e-5,
+          rtol: float = 1e-4, scale_rtol: float = 1e-5) -> ApplyResult:
     """Apply a spec and write its outputs into ``out_dir``, atomically.
 
     Everything is built in a temporary sibling folder that replaces ``out_dir`` only
@@ -326,6 +335,10 @@ def apply(spec_path: str | Path, out_dir: str | Path, *, force: bool = False,
         out_dir: the output folder; it must not exist (or be empty) unless ``force``.
         force: replace an existing, non-empty ``out_dir``.
         progress: called with a line of text at each step.
+        verify: also run :func:`verify` (seeded inputs ``seed``, tolerances ``atol``,
+            ``rtol``, ``scale_rtol``) and
+            put its figures in ``report.json`` and ``report.html``; the outputs are
+            written either way, and ``result.verified.ok`` says whether it passed.
 
     Example:
         >>> result = surgery.apply("specs/digits_parity.prototxt", "out/digits_parity")
@@ -335,7 +348,13 @@ def apply(spec_path: str | Path, out_dir: str | Path, *, force: bool = False,
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise SurgeryError(f"output folder {str(out)!r} already exists and is not empty",
                            fix="choose another -o folder, or pass --force to replace it")
-    planned = plan(spec_path, progress, shapes_only=False)
+    verified = None
+    if verify:
+        source = _load_source(load_spec(spec_path), progress)
+        planned = plan(spec_path, progress, shapes_only=False, source=source)
+        verified = _run_verify(source, planned, seed, progress, atol=atol, rtol=rtol, scale_rtol=scale_rtol)
+    else:
+        planned = plan(spec_path, progress, shapes_only=False)
     timings = dict(planned.timings)
     start = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -349,7 +368,7 @@ def apply(spec_path: str | Path, out_dir: str | Path, *, force: bool = False,
             error.location = error.location or planned.spec.locator.section("output", error.subject)
         raise
     timings["write"] = time.perf_counter() - start
-    return ApplyResult(out, [out / f.relative_to(staging) for f in files], planned.report, timings)
+    return ApplyResult(out, [out / f.relative_to(staging) for f in files], planned.report, timings, verified)
 
 
 def _write_outputs(planned: Plan, staging: Path, progress: Progress | None) -> list[Path]:
@@ -397,7 +416,52 @@ def _write_outputs(planned: Plan, staging: Path, progress: Progress | None) -> l
     report_file = staging / "report.json"
     report_file.write_text(planned.report.to_json())
     files.append(report_file)
+    page = staging / "report.html"
+    _step(progress, "writing report.html")
+    page.write_text(report_page(planned, planned.report.verify), encoding="utf-8")
+    files.append(page)
     return files
+
+
+def draw(spec_path: str | Path, out_path: str | Path, *, show_all: bool = False,
+         progress: Progress | None = None) -> Path:
+    """Draw the change a spec makes: the source net beside the edited net, each layer
+    coloured by what happened to it (kept / re-initialised / derived / added / dropped /
+    renamed), frozen layers and other lr_mults marked, the spec line of every change.
+
+    Runs like :func:`plan`: reads no weights, writes only ``out_path`` (atomically).
+
+    Args:
+        spec_path: the spec file.
+        out_path: ``.svg``, ``.png`` (needs the ``png`` extra: resvg) or ``.html`` (the
+            report page, without weight or verify figures).
+        show_all: draw every layer (by default runs of unchanged layers fold into one box).
+
+    Example:
+        >>> surgery.draw("specs/googlenet_flowers.prototxt", "change.svg")
+    """
+    from surgery.change import change_svg
+    from surgery.emitters.picture.files import write_picture
+
+    out = Path(out_path)
+    kind = out.suffix.lower()
+    if kind not in (".svg", ".png", ".html"):
+        raise SpecError(f"cannot draw to {str(out)!r}: unknown picture type {kind or '(none)'!r}",
+                        fix="name the output .svg, .png or .html")
+    planned = plan(spec_path, progress)
+    if out.resolve() == planned.spec.path.resolve():
+        raise SpecError(f"{str(out)!r} is the spec itself", fix="choose another output file")
+    _step(progress, f"drawing {out}")
+    if kind == ".html":
+        return write_picture(out, report_page(planned))
+    return write_picture(out, change_svg(planned.source, planned.net, planned.report, show_all=show_all))
+
+
+def report_page(planned: Plan, verified: Any = None, *, show_all: bool = False) -> str:
+    """The self-contained HTML report of a plan (``verified``: a verify result to show)."""
+    from surgery.change import report_html
+
+    return report_html(planned.spec.path, planned.source, planned.net, planned.report, verified, show_all=show_all)
 
 
 def verify(spec_path: str | Path, *, seed: int = 0, atol: float = 1e-5, rtol: float = 1e-4, scale_rtol: float = 1e-5,
@@ -406,20 +470,32 @@ def verify(spec_path: str | Path, *, seed: int = 0, atol: float = 1e-5, rtol: fl
     the source model on the same seeded inputs. Returns a
     :class:`surgery.verify.VerifyResult` (``.ok``, ``.comparisons``, ``.provider``); see
     :class:`surgery.verify.Tolerance` for ``atol`` / ``rtol`` / ``scale_rtol``."""
-    from surgery.verify import verify as run_verify
+    source = _load_source(load_spec(spec_path), progress)
+    planned = plan(spec_path, progress, shapes_only=False, source=source)
+    return _run_verify(source, planned, seed, progress, atol=atol, rtol=rtol, scale_rtol=scale_rtol)
 
-    loaded = load_spec(spec_path)
+
+def _load_source(loaded: LoadedSpec, progress: Progress | None) -> Net:
     message = loaded.message
     _step(progress, f"loading the source model of {loaded.path}")
     try:
-        source = load_source(message.source, loaded.base_dir, name=message.name or None)
+        return load_source(message.source, loaded.base_dir, name=message.name or None)
     except SurgeryError as error:
         error.location = error.location or loaded.locator.section("source", error.subject)
         raise
-    planned = plan(spec_path, progress, shapes_only=False, source=source)
+
+
+def _run_verify(source: Net, planned: Plan, seed: int, progress: Progress | None, **tolerance: float):
+    """Verify a plan made from ``source``; its figures go into the plan's report."""
+    from surgery.change import verify_figures
+    from surgery.verify import verify as run_verify
+
     _step(progress, f"running torch, onnxruntime and the source on seeded inputs (seed {seed})")
-    opset = message.output.onnx.opset if message.output.onnx.HasField("opset") else 17
-    return run_verify(source, planned.net, seed=seed, atol=atol, rtol=rtol, scale_rtol=scale_rtol, opset=opset)
+    output = planned.spec.message.output
+    opset = output.onnx.opset if output.onnx.HasField("opset") else 17
+    result = run_verify(source, planned.net, seed=seed, opset=opset, **tolerance)
+    planned.report.verify = verify_figures(result, seed)
+    return result
 
 
 def _onnx_options(onnx: Any) -> dict[str, Any]:

@@ -4,6 +4,7 @@
     surgery plan SPEC               validate a spec and print its report; write nothing
     surgery apply SPEC -o DIR       write the edited model (torch folder, model.onnx, report.json)
     surgery verify SPEC             emitted torch vs emitted ONNX (onnxruntime) vs the source
+    surgery draw SPEC -o FILE       the change as a picture (.svg, .png) or report page (.html)
 
 User errors print one message (``file:line:col: what`` and the fix) and exit with
 code 2, without a traceback.
@@ -82,10 +83,24 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     from surgery import api
 
     progress = _Progress(args.quiet)
-    result = api.apply(args.spec, args.out, force=args.force, progress=progress)
+    result = api.apply(args.spec, args.out, force=args.force, progress=progress, verify=args.verify,
+                       seed=args.seed, atol=args.atol, rtol=args.rtol, scale_rtol=args.scale_rtol)
     if not args.quiet:
         print(result.report.format_table(only_params=args.params_only))
     print(f"wrote {result.out_dir}/: " + ", ".join(str(f.relative_to(result.out_dir)) for f in result.files))
+    if result.verified is not None:
+        from surgery.verify import format_verify
+
+        print(format_verify(result.verified))
+        return 0 if result.verified.ok else 1
+    return 0
+
+
+def _cmd_draw(args: argparse.Namespace) -> int:
+    from surgery import api
+
+    out = api.draw(args.spec, args.out, show_all=args.all, progress=_Progress(args.quiet))
+    print(f"wrote {out}")
     return 0
 
 
@@ -123,7 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--force", action="store_true", help="replace an existing output folder")
     apply.add_argument("-q", "--quiet", action="store_true")
     apply.add_argument("--params-only", action="store_true", help="only layers with parameters in the table")
+    apply.add_argument("--verify", action="store_true", help="also run verify and put its figures in the reports; "
+                       "exit 1 when a comparison fails (the outputs are written either way)")
+    apply.add_argument("--seed", type=int, default=0, help="seed of verify's random inputs")
+    apply.add_argument("--atol", type=float, default=1e-5, help="verify's allclose rule: |a-b| <= atol + rtol*|b|")
+    apply.add_argument("--rtol", type=float, default=1e-4, help="verify's allclose rule, relative part")
+    apply.add_argument("--scale-rtol", type=float, default=1e-5, help="verify's scale rule: max |a-b| <= "
+                       "scale-rtol * max |b|")
     apply.set_defaults(run=_cmd_apply)
+
+    draw = sub.add_parser("draw", help="draw the change: the source beside the edited net (reads no weights)")
+    draw.add_argument("spec")
+    draw.add_argument("-o", "--out", required=True, help="the picture: .svg, .png, or .html (the report page)")
+    draw.add_argument("--all", action="store_true", help="draw every layer (runs of unchanged layers fold by default)")
+    draw.add_argument("-q", "--quiet", action="store_true")
+    draw.set_defaults(run=_cmd_draw)
 
     verify = sub.add_parser("verify", help="compare emitted torch, emitted ONNX (onnxruntime) and the source; "
                             "exit 1 above tolerance")

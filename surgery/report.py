@@ -8,7 +8,10 @@ from typing import Any
 
 from surgery.ir import Layer, Net
 from surgery.layers import layer_type
-from surgery.ops.base import Action
+from surgery.ops.base import ADDED, LR, REINITIALISED, RENAMED, Action
+
+#: What happened to a layer, strongest first: a layer's row shows the first that applies.
+CHANGES = ("added", "reinitialised", "derived", "renamed", "kept")
 
 
 def _origin(layer: Layer) -> str:
@@ -37,7 +40,9 @@ class Report:
     """The report of a surgery: one row per layer, plus what each edit did.
 
     ``rows`` entries have ``name``, ``type``, ``output_shape``, ``params``, ``origin``,
-    ``lr_mult``, ``decay_mult``, ``trainable``, ``phase``.
+    ``lr_mult``, ``decay_mult``, ``trainable``, ``phase``, ``change`` (one of
+    :data:`CHANGES`), ``where`` (the spec positions of the edits that touched the layer)
+    and ``blobs``.
     """
 
     net_name: str
@@ -47,6 +52,8 @@ class Report:
     spec: dict[str, Any] | None = None
     loss_weights: dict[str, float] = field(default_factory=dict)
     weight_copy: dict[str, list[str]] | None = None
+    #: verify's figures (provider, ok, seed, comparisons), once it has run.
+    verify: dict[str, Any] | None = None
 
     @property
     def total_params(self) -> int:
@@ -67,6 +74,7 @@ class Report:
             **({"loss_weights": self.loss_weights} if self.loss_weights else {}),
             **({"weight_copy": self.weight_copy} if self.weight_copy is not None else {}),
             **({"spec": self.spec} if self.spec is not None else {}),
+            **({"verify": self.verify} if self.verify is not None else {}),
         }
 
     def to_json(self) -> str:
@@ -132,12 +140,39 @@ def _fmt(value: Any) -> str:
     return f"{value:g}"
 
 
+def _change(layer: Layer, actions: list[Action]) -> str:
+    """What happened to ``layer``: added / reinitialised / derived / renamed / kept.
+
+    From the edits that named it and from its blobs' origins (a Caffe layer the
+    caffemodel had no weights for is filler-initialised without any edit). An ``lr`` edit
+    alone leaves a layer kept: its multipliers are shown on their own.
+    """
+    whats = {a.what for a in actions if a.what != LR}
+    origins = {blob.origin.kind for blob in layer.blobs.values()}
+    if ADDED in whats:
+        # A new layer whose weights were computed from the layers it replaces (collapse).
+        return "derived" if origins == {"derived"} else "added"
+    if REINITIALISED in whats or "filler" in origins:
+        return "reinitialised"
+    # A redefinition that kept its weights (replace's KEPT), sliced weights, or a kind of
+    # change this report does not know yet: the layer is no longer what the source had.
+    if whats - {RENAMED} or origins & {"derived", "resized"}:
+        return "derived"
+    if RENAMED in whats or any(a.was for a in actions):
+        return "renamed"
+    return "kept"
+
+
 def build_report(net: Net, actions: list[Action] | None = None, spec: dict[str, Any] | None = None) -> Report:
     """The report of ``net`` as it stands (reads shapes only, never weights)."""
     shapes = net.shapes()
+    by_layer: dict[str, list[Action]] = {}
+    for action in actions or []:
+        by_layer.setdefault(action.layer, []).append(action)
     rows = []
     for layer in net.layers():
         lr, decay, trainable = _mults(layer)
+        edits = by_layer.get(layer.name, [])
         shape = shapes.get(layer.outputs[0]) if layer.outputs else None
         rows.append({
             "name": layer.name,
@@ -149,6 +184,8 @@ def build_report(net: Net, actions: list[Action] | None = None, spec: dict[str, 
             "decay_mult": decay,
             "trainable": trainable,
             "phase": layer.phase,
+            "change": _change(layer, edits),
+            "where": list(dict.fromkeys(a.where for a in edits if a.where)),
             "blobs": {
                 role: {"shape": list(b.shape), "origin": str(b.origin), "lr_mult": b.lr_mult,
                        "decay_mult": b.decay_mult, "trainable": b.trainable}

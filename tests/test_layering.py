@@ -18,7 +18,7 @@ FLOORS = [
     {"math"},
     {"layers"},
     {"importers", "emitters", "probe"},
-    {"ops", "verify", "report"},
+    {"ops", "verify", "report", "change"},
     {"api", "cli", "zoo", "__init__", "__main__"},
 ]
 

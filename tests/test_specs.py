@@ -32,7 +32,7 @@ def _expected_files(spec: Path) -> set[str]:
     """What the spec's output block asks for (both torch and ONNX without one)."""
     message = load_spec(spec).message
     output, default = message.output, not message.HasField("output")
-    files = {"report.json"}
+    files = {"report.json", "report.html"}
     if default or output.HasField("pytorch"):
         files |= {f"{output.pytorch.path}/model.py", f"{output.pytorch.path}/weights.pt"}
     if default or output.HasField("onnx"):

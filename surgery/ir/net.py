@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import itertools
 from collections.abc import Iterable, Iterator
 
@@ -277,6 +278,22 @@ class Net:
                 if isinstance(value, torch.nn.Module):
                     memo[id(value)] = value
         return copy.deepcopy(self, memo)
+
+    def skeleton(self) -> "Net":
+        """A copy of the structure alone: layers, wiring, hyper-parameters, and each blob's
+        shape, multipliers and origin, without weight values or the loaders that would read
+        them. Cheap for any size of net; for looking at a net as it was before edits."""
+        twin = Net(self.name)
+        for layer in self.layers():
+            blobs = {role: dataclasses.replace(blob, _data=None, _loader=None) for role, blob in layer.blobs.items()}
+            twin.add_layer(Layer(layer.name, layer.type, list(layer.inputs), list(layer.outputs),
+                                 copy.deepcopy(layer.params), blobs, layer.phase, dict(layer.extra)))
+        twin._outputs = list(self._outputs) if self._outputs is not None else None
+        twin.loss_weights = dict(self.loss_weights)
+        twin.weight_copy = copy.deepcopy(self.weight_copy)
+        if self._shapes is not None:
+            twin._shapes = dict(self._shapes)
+        return twin
 
     @contextlib.contextmanager
     def temporarily(self) -> Iterator[None]:

@@ -26,15 +26,25 @@ class Action:
         layer: the layer's name after the operation.
         what: one of kept / reinitialised / derived / dropped / added / renamed / lr.
         detail: human-readable detail (``num_output 1000 -> 102; weight <- xavier``).
+        was: the layer's name before the operation, when the operation renamed it.
+        where: the spec position (``file:line:col``) of the edit that did it; set by the
+            spec runner, empty for edits made through the Python API.
     """
 
     op: str
     layer: str
     what: str
     detail: str = ""
+    was: str = ""
+    where: str = ""
 
     def as_dict(self) -> dict[str, str]:
-        return {"op": self.op, "layer": self.layer, "what": self.what, "detail": self.detail}
+        out = {"op": self.op, "layer": self.layer, "what": self.what, "detail": self.detail}
+        if self.was:
+            out["was"] = self.was
+        if self.where:
+            out["where"] = self.where
+        return out
 
 
 @dataclass

@@ -72,7 +72,8 @@ def classifier(net: Net, op: Any, ctx: OpContext) -> list[Action]:
         notes += init_new_blobs(net, layer, ctx.seed, fillers, mults)
         if new_name == name:
             notes.append("re-initialised: a resized layer cannot keep its pretrained weights")
-        actions.append(Action("classifier", new_name, REINITIALISED, "; ".join(notes)))
+        actions.append(Action("classifier", new_name, REINITIALISED, "; ".join(notes),
+                              was=name if new_name != name else ""))
         if op.HasField("num_output") and op.num_output != old_outputs:
             actions += propagate_resize(net, layer, op.propagate, ctx)
     net.shapes()

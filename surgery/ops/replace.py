@@ -25,6 +25,7 @@ def replace(net: Net, op: Any, ctx: OpContext) -> list[Action]:
         message.name = old.name
     parsed = layer_from_caffe(message)
     new = parsed.layer
+    was = op.layer if new.name != op.layer else ""
     if new.name != old.name:
         net.rename_layer(old.name, new.name)
     old_outputs = net.shapes()[old.outputs[0]]  # the net still fits as a whole here
@@ -41,7 +42,7 @@ def replace(net: Net, op: Any, ctx: OpContext) -> list[Action]:
             fresh.append(role)
     actions = [Action("replace", old.name, KEPT if not fresh else REINITIALISED,
                       f"now {old.type}; kept {', '.join(kept) or 'no weights'}"
-                      + (f"; new {', '.join(fresh)} from fillers" if fresh else ""))]
+                      + (f"; new {', '.join(fresh)} from fillers" if fresh else ""), was=was)]
     # Only this layer's ancestors are sure to fit until propagation has fixed its consumers.
     new_outputs = layer_type(old.type).infer_shapes(old, net.input_shapes(old.name))[0]
     if new_outputs != old_outputs:
