@@ -238,3 +238,12 @@ def test_cli_draw_png_and_errors(tmp_path: Path, capsys) -> None:
                           "--all", "-q"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("spec,picture", [("googlenet_flowers.prototxt", "googlenet_flowers.svg"),
+                                          ("digits_gate.prototxt", "digits_gate.svg")])
+def test_readme_pictures_are_current(spec: str, picture: str, tmp_path: Path) -> None:
+    committed = TESTS.parent / "docs" / picture
+    fresh = surgery.draw(TESTS.parent / "specs" / spec, tmp_path / picture)
+    assert fresh.read_text() == committed.read_text(), "run python tools/draw_readme_pictures.py and commit docs/"
+    assert committed.stat().st_size < 60_000
