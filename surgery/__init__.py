@@ -22,6 +22,7 @@ from surgery.api import (
     edit,
     eltwise,
     fc_to_conv,
+    features,
     fold_batchnorm,
     insert,
     load,
@@ -33,6 +34,7 @@ from surgery.api import (
     save_onnx,
     save_torch,
     sequence,
+    split,
     to_torch,
 )
 from surgery.emitters.torch_module import load_torch_folder
@@ -46,5 +48,5 @@ __all__ = [
     "ApplyResult", "Layer", "ModelFormatError", "Net", "ParamBlob", "Plan", "Report", "ShapeError", "SpecError",
     "SurgeryError", "append", "apply", "classifier", "collapse", "cut", "edit", "eltwise", "fc_to_conv",
     "fold_batchnorm", "insert", "load", "load_torch_folder", "lr", "plan", "remove", "replace", "report", "save_onnx", "save_torch",
-    "sequence", "to_torch",
+    "sequence", "split", "to_torch", "features",
 ]

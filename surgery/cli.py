@@ -114,6 +114,21 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _cmd_features(args: argparse.Namespace) -> int:
+    from surgery import api
+
+    def bar(done: int, total: int, name: str) -> None:
+        if not args.quiet:
+            filled = done * 30 // total
+            end = "\n" if done == total else ""
+            print(f"\rfeatures [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {name}", end=end,
+                  file=sys.stderr, flush=True)
+
+    written = api.features(args.spec, args.clips, args.out, progress=bar)
+    print(f"wrote {len(written)} feature files to {args.out}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="surgery", description="Declarative model surgery.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="scale rule: max |a-b| <= scale-rtol * max |b| (either rule passes a comparison)")
     verify.add_argument("-q", "--quiet", action="store_true")
     verify.set_defaults(run=_cmd_verify)
+
+    features = sub.add_parser("features", help="run a clip model's frozen backbone once over a folder of .npy clips "
+                              "(T, C, H, W) and write their features (T, F)")
+    features.add_argument("spec")
+    features.add_argument("clips", help="folder of .npy clips")
+    features.add_argument("-o", "--out", required=True, help="folder for the feature files (same names)")
+    features.add_argument("-q", "--quiet", action="store_true")
+    features.set_defaults(run=_cmd_features)
     return parser
 
 

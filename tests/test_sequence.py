@@ -218,7 +218,8 @@ def test_step_model_over_t_frames_equals_the_clip_model(head: str, tmp_path: Pat
 def _spec(tmp_path: Path, head: list[str], output: str = "output { pytorch { } onnx { } step { } }") -> Path:
     spec = tmp_path / "clip.prototxt"
     layers = "\n".join(f"    layer {{ {layer} }}" for layer in head)
-    spec.write_text('source { torch { factory: "surgery.zoo:DigitsCNN" } input_shape: [1, 1, 8, 8] }\nseed: 3\n'
+    spec.write_text(f'source {{ torch {{ factory: "surgery.zoo:DigitsCNN" weights: "{surgery.zoo.digits.WEIGHTS}" }} '
+                    'input_shape: [1, 1, 8, 8] }\nseed: 3\n'
                     f'edit {{ sequence {{ at: "features.pool2" frames: 4\n{layers} }} }}\n'
                     f'edit {{ lr {{ up_to: "features.pool2" lr_mult: 0 }} }}\n{output}\n')
     return spec
@@ -259,3 +260,51 @@ def test_step_model_of_a_head_reading_several_steps_at_once_is_refused() -> None
     with pytest.raises(ShapeError, match="cannot run one step at a time") as error:
         step_net(net)
     assert error.value.subject == "scores"
+
+
+# ------------------------------------------------------------ split at the freeze boundary
+def test_head_on_cached_features_has_the_clip_models_loss_and_gradients(tmp_path: Path) -> None:
+    net = clip_net([LSTM_LAST, SCORES])
+    backbone, head = surgery.split(net)
+    assert backbone.shape(backbone.outputs[0]) == (2, 256) and head.input_layers()[0].params["shape"] == (2, 5, 256)
+    clip_model, head_model = surgery.to_torch(net).train(), surgery.to_torch(head).train()
+    backbone_model = surgery.to_torch(backbone).eval()
+    clips, labels = torch.rand(3, 5, 1, 8, 8), torch.tensor([1, 4, 10])
+    with torch.no_grad():
+        cached = backbone_model(clips.flatten(0, 1)).unflatten(0, (3, 5))
+    losses = []
+    for model, given in ((clip_model, clips), (head_model, cached)):
+        loss = nn.functional.cross_entropy(model(given), labels)
+        loss.backward()
+        losses.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
+    (clip_loss, clip_grads), (head_loss, head_grads) = losses
+    torch.testing.assert_close(head_loss, clip_loss, rtol=0, atol=1e-6)
+    assert sorted(head_grads) == sorted(clip_grads) == ["lstm.bias_hh_l0", "lstm.bias_ih_l0", "lstm.weight_hh_l0",
+                                                        "lstm.weight_ih_l0", "scores.bias", "scores.weight"]
+    for name in clip_grads:
+        torch.testing.assert_close(head_grads[name], clip_grads[name], rtol=0, atol=1e-6)
+
+
+def test_features_command_caches_the_backbone_over_a_folder_of_clips(tmp_path: Path, capsys) -> None:
+    spec = _spec(tmp_path, STEP_HEADS["lstm_last"], output="")
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    data = {f"clip{i}.npy": np.random.default_rng(i).random((3 + i, 1, 8, 8), dtype=np.float32) for i in range(3)}
+    for name, array in data.items():
+        np.save(clips / name, array)
+    assert main(["features", str(spec), str(clips), "-o", str(tmp_path / "feats")]) == 0
+    assert "3/3" in capsys.readouterr().err  # the progress bar
+    cnn = digits_cnn()
+    for name, array in data.items():
+        with torch.no_grad():
+            want = torch.flatten(cnn.features(torch.from_numpy(array)), 1).numpy()
+        np.testing.assert_allclose(np.load(tmp_path / "feats" / name), want, rtol=0, atol=1e-6)
+    np.save(clips / "bad.npy", np.zeros((2, 3, 8, 8), np.float32))
+    assert main(["features", str(spec), str(clips), "-o", str(tmp_path / "feats2")]) == 2
+    assert "'bad.npy' has shape (2, 3, 8, 8)" in capsys.readouterr().err
+
+
+def test_split_refuses_a_backbone_that_still_trains() -> None:
+    net = clip_net([LSTM_LAST, SCORES], frozen=False)
+    with pytest.raises(SpecError, match="per-frame layer 'features.conv1' still trains"):
+        surgery.split(net)
