@@ -312,7 +312,7 @@ def test_onnx_source_spec_end_to_end(tmp_path: Path) -> None:
                     'edit { lr { up_to: "features.block2_pool" lr_mult: 0 } }\n')
     result = surgery.apply(spec, tmp_path / "out")
     names = sorted(p.name for p in result.files)
-    assert names == ["model.onnx", "model.py", "report.json", "weights.pt"]
+    assert names == ["model.onnx", "model.py", "report.html", "report.json", "weights.pt"]
     model = surgery.load_torch_folder(tmp_path / "out" / "torch").eval()
     assert not model.get_submodule("features.block1_conv1").weight.requires_grad
     x = torch.randn(2, 3, 16, 16)
