@@ -111,7 +111,7 @@ def run_edit(net: Net, op: str, message: Any, ctx: OpContext) -> list[Action]:
     belongs to this edit."""
     with net.transaction():
         actions = ops.op_function(op)(net, message, ctx)
-        net.shapes()
+        net.ensure_shapes()
         return actions
 
 

@@ -186,3 +186,32 @@ def test_a_non_utf8_spec_is_located_at_the_byte(tmp_path: Path, capsys) -> None:
     spec.write_bytes(b'seed: 1\nname: "caf\xe9"\n')
     code, err = _run(capsys, "plan", "-q", str(spec))
     assert code == 2 and err.startswith(f"error: {spec}:2:11: byte 0xe9 is not UTF-8 text"), err
+
+
+@pytest.mark.parametrize("name", [".", ".x", "class", 'a\\"b', '\\"\\"\\"', "x'y"])
+def test_hostile_layer_names_apply_or_fail_cleanly(name: str, toy_spec, tmp_path: Path, capsys) -> None:
+    spec = toy_spec(f'edit {{ append {{ layer {{ name: "{name}" type: "ReLU" }} }} }}\noutput {{ pytorch {{ }} }}')
+    code, err = _run(capsys, "apply", "-q", str(spec), "-o", str(tmp_path / "out"))
+    assert code == 0 or (code == 2 and _located(err, spec)), err
+    assert "Traceback" not in err
+
+
+def test_appending_thousands_of_layers_costs_linear_shape_work(tmp_path: Path, monkeypatch) -> None:
+    """Each appended layer's shapes are inferred a bounded number of times (the old code
+    re-inferred the whole net twice per new layer: quadratic)."""
+    import surgery
+    from surgery.layers import layer_type
+
+    count = 3000
+    layers = " ".join(f'layer {{ name: "r{i}" type: "ReLU" }}' for i in range(count))
+    spec = tmp_path / "long.prototxt"
+    spec.write_text(f'source {{ torch {{ factory: "surgery.zoo:DigitsCNN" }} input_shape: [1, 1, 8, 8] }}\n'
+                    f"edit {{ append {{ {layers} }} }}\n")
+    relu = layer_type("ReLU")
+    calls = []
+    original = type(relu).infer_shapes
+    monkeypatch.setattr(type(relu), "infer_shapes", lambda self, layer, shapes: calls.append(1) or original(
+        self, layer, shapes))
+    planned = surgery.plan(spec)
+    assert len(planned.net) > count
+    assert len(calls) < 6 * count, f"{len(calls)} ReLU shape inferences for {count} new layers"

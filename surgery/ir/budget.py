@@ -7,6 +7,7 @@ spec decides is checked here first and refused with the figure.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -21,6 +22,11 @@ def memory_budget() -> int:
     override = os.environ.get(BUDGET_ENV)
     if override and override.isdigit():
         return int(override)
+    return _physical_memory()
+
+
+@functools.cache
+def _physical_memory() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not on this platform

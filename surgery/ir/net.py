@@ -44,6 +44,9 @@ class Net:
         self._outputs: list[str] | None = None
         self._shapes: dict[str, Shape | None] | None = None
         self._names: list[str] | None = None  # execution order, cached until the graph changes
+        #: Layers added at the end since shapes were inferred: only they are inferred next
+        #: time (appending n layers one by one then costs n, not n squared).
+        self._pending: list[str] = []
         #: Training metadata (e.g. Caffe loss weights per output blob).
         self.loss_weights: dict[str, float] = {}
         #: How an importer matched weights to layers ({"copied", "initialised", "ignored"}).
@@ -151,8 +154,25 @@ class Net:
             self._producer[blob] = layer.name
         for index, blob in enumerate(layer.inputs):
             self.graph.add_edge(self._producer[blob], layer.name, key=(blob, index))
-        self.invalidate()
+        self._added_last(layer.name)
         return layer
+
+    def _added_last(self, name: str) -> None:
+        """Keep the caches after adding ``name``: it reads only existing blobs and has the
+        newest insertion order, so it runs last, and only its shapes are new."""
+        if self._names is None or self._shapes is None:
+            self.invalidate()
+            return
+        self._names.append(name)
+        self._pending.append(name)
+
+    def invalidate_layer(self, name: str) -> None:
+        """Forget the cached shapes of layer ``name`` only (its blobs changed), when
+        nothing reads it yet; otherwise everything (see :meth:`invalidate`)."""
+        if self._shapes is None or self._names is None or self.graph.out_degree(name):
+            self.invalidate()
+        elif name not in self._pending:
+            self._pending.append(name)
 
     def remove_layer(self, name: str) -> Layer:
         """Remove a layer. Nothing may still read its outputs (rewire first)."""
@@ -249,6 +269,7 @@ class Net:
         """Forget cached shapes and order (call after changing blobs or params in place)."""
         self._shapes = None
         self._names = None
+        self._pending = []
 
     # ------------------------------------------------------------ transactions
     @contextlib.contextmanager
@@ -332,32 +353,43 @@ class Net:
         Raises:
             ShapeError: a layer's inputs do not fit it; the message names the layer.
         """
+        self.ensure_shapes()
+        return dict(self._shapes)
+
+    def ensure_shapes(self) -> None:
+        """Infer (or finish inferring) every blob's shape; raises like :meth:`shapes`
+        without copying the table."""
+        if self._shapes is not None and not self._pending:
+            return
         if self._shapes is None:
             shapes: dict[str, Shape | None] = {}
-            for layer in self.layers():
-                kind = kind_of(layer.type)
-                in_shapes = [shapes[b] for b in layer.inputs]
-                try:
-                    out = _infer(kind, layer, in_shapes)
-                except ShapeError as error:
-                    if error.subject is None:
-                        error.subject = layer.name
-                    if not error.message.startswith(f"layer {layer.name!r}"):
-                        error.message = f"layer {layer.name!r} ({layer.type}): {error.message}"
-                    raise
-                if len(out) != len(layer.outputs):
-                    raise ShapeError(f"layer {layer.name!r} ({layer.type}) makes {len(out)} outputs, has {len(layer.outputs)} tops")
-                _check_output_sizes(layer, out)
-                shapes.update(zip(layer.outputs, out))
-            self._shapes = shapes
-        return dict(self._shapes)
+            todo = self.layers()
+        else:  # only the layers added at the end since the last inference (an error leaves
+            # them pending, so entries written before it are simply written again)
+            shapes, todo = self._shapes, [self.layer(name) for name in self._pending]
+        for layer in todo:
+            kind = kind_of(layer.type)
+            in_shapes = [shapes[b] for b in layer.inputs]
+            try:
+                out = _infer(kind, layer, in_shapes)
+            except ShapeError as error:
+                if error.subject is None:
+                    error.subject = layer.name
+                if not error.message.startswith(f"layer {layer.name!r}"):
+                    error.message = f"layer {layer.name!r} ({layer.type}): {error.message}"
+                raise
+            if len(out) != len(layer.outputs):
+                raise ShapeError(f"layer {layer.name!r} ({layer.type}) makes {len(out)} outputs, has {len(layer.outputs)} tops")
+            _check_output_sizes(layer, out)
+            shapes.update(zip(layer.outputs, out))
+        self._shapes, self._pending = shapes, []
 
     def input_shapes(self, name: str) -> list[Shape | None]:
         """The shapes of layer ``name``'s inputs as its type sees them (a per-frame layer:
         without the time axis), inferred over its ancestors only (so a
         layer downstream that no longer fits, while an edit is under way, does not matter)."""
         target = self.layer(name)
-        if self._shapes is not None:
+        if self._shapes is not None and all(self._producer[b] not in self._pending for b in target.inputs):
             return _as_seen(target, [self._shapes[b] for b in target.inputs])
         keep = self.ancestors(name)
         shapes: dict[str, Shape | None] = {}

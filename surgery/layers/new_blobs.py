@@ -65,7 +65,7 @@ def init_new_blobs(
             origin=Origin("filler", f"{filler.describe()}, seed {seed}"),
         )
         notes.append(f"{role} {tuple(shape)} <- {filler.describe()}")
-    net.invalidate()
+    net.invalidate_layer(layer.name)
     return notes
 
 

@@ -35,9 +35,9 @@ def add_caffe_layers(net: Net, messages: list, first_bottom: str, seed: int, all
         layer.inputs = [resolve_bottom(net, b) for b in layer.inputs] or [previous]
         layer.outputs = layer.outputs or [layer.name]
         net.add_layer(layer)
-        net.shapes()  # a new layer that does not fit its input fails here, by name
+        net.ensure_shapes()  # a new layer that does not fit its input fails here, by name
         notes = init_new_blobs(net, layer, seed, parsed.fillers, parsed.param_specs, allow_zero)
-        net.shapes()
+        net.ensure_shapes()
         added.append((layer, notes))
         previous = layer.outputs[0]
     return added
