@@ -54,8 +54,10 @@ def load(model: Any, input_shape: Iterable[int] | None = None, *, weights: str |
 
     Args:
         model: an ``nn.Module``; a factory reference ``"package.module:callable"`` or
-            ``"file.py:callable"``; an ``.onnx`` file; or a Caffe ``.prototxt``.
-        input_shape: the input's shape, batch axis first (needed for torch models).
+            ``"file.py:callable"``; an ``.onnx`` file; a Caffe ``.prototxt``; or a Keras
+            ``.keras`` / ``.h5`` file.
+        input_shape: the input's shape, batch axis first (needed for torch models; in
+            Keras's order, batch, height, width, channels, for a Keras file).
         weights: a state_dict file (torch factory) or a ``.caffemodel`` (Caffe).
         name: the net's name.
         shapes_only: only names and shapes are needed (a torch factory is then built on
@@ -79,6 +81,10 @@ def load(model: Any, input_shape: Iterable[int] | None = None, *, weights: str |
         from surgery.importers.caffe import import_caffe
 
         return import_caffe(Path(reference), Path(weights) if weights else None, input_shape=shape or None)
+    if suffix in (".keras", ".h5", ".hdf5"):
+        from surgery.importers.keras import import_keras
+
+        return import_keras(Path(reference), input_shape=shape or None, name=name)
     return load_torch_source(reference, "", str(weights or ""), shape, Path.cwd(), name, shapes_only)
 
 

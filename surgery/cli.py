@@ -134,9 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     inspect = sub.add_parser("inspect", help="list layers, shapes and params (reads no weights)")
-    inspect.add_argument("model", help="a spec file, an .onnx file, a Caffe .prototxt, or a torch factory "
-                         "'package.module:callable'")
-    inspect.add_argument("--input-shape", type=_shape, help="input shape, e.g. 1,3,224,224 (torch models)")
+    inspect.add_argument("model", help="a spec file, an .onnx file, a Caffe .prototxt, a Keras .keras / .h5 "
+                         "file, or a torch factory 'package.module:callable'")
+    inspect.add_argument("--input-shape", type=_shape, help="input shape, e.g. 1,3,224,224 (torch models; "
+                         "1,224,224,3 for Keras files with unknown axes)")
     inspect.add_argument("--weights", help="state_dict (torch) or .caffemodel (Caffe)")
     inspect.add_argument("--params-only", action="store_true", help="only layers with parameters")
     inspect.set_defaults(run=_cmd_inspect)

@@ -26,6 +26,14 @@ def _needs(spec: Path) -> None:
         pytest.importorskip("torchvision")
     if re.search(r"\bonnx\s*[{:]", text):
         pytest.importorskip("onnxruntime")
+    if re.search(r"\bkeras\s*[{:]", text):  # the Keras file is generated, with Keras, when missing
+        import os
+
+        os.environ.setdefault("KERAS_BACKEND", "torch")
+        pytest.importorskip("keras")
+        from keras_models import ensure_vgg16_example
+
+        ensure_vgg16_example()
 
 
 def _expected_files(spec: Path) -> set[str]:

@@ -189,4 +189,15 @@ def load_source(source: Any, base_dir: Path, name: str | None = None, shapes_onl
         phase = "TRAIN" if c.phase == 0 else "TEST"
         return import_caffe(base_dir / c.prototxt, base_dir / c.weights if c.weights else None,
                             phase=phase, input_shape=shape or None)
-    raise SpecError("the spec names no source model", fix="add source { torch { factory: ... } } (or onnx / caffe)")
+    if fmt == "keras":
+        from surgery.importers.keras import import_keras
+
+        if not source.keras.path:
+            raise SpecError("source.keras needs a path", fix='add path: "model.keras"')
+        path = base_dir / source.keras.path
+        if not path.exists():
+            raise SpecError(f"Keras file {str(path)!r} does not exist", subject=source.keras.path,
+                            fix="check the path (relative to the spec file), or run the script that makes it")
+        return import_keras(path, input_shape=shape or None, name=name)
+    raise SpecError("the spec names no source model",
+                    fix="add source { torch { factory: ... } } (or onnx / caffe / keras)")

@@ -1,0 +1,60 @@
+"""Keras importer: a ``.keras`` archive or a legacy ``.h5`` file becomes a :class:`Net`.
+
+Reads the model config (JSON) and the weights (HDF5, through h5py) only: no TensorFlow
+and no Keras at run time. Layer names are the Keras names; a layer's fused activation
+becomes its own layer ``<name>/<activation>`` and helper layers (an explicit padding, a
+separable convolution's depthwise half) are ``<name>/<role>``. Image tensors become NCHW:
+kernels are transposed at import and the first Dense after a Flatten has its columns
+permuted, so the net computes the Keras model's function with channels first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from surgery.errors import ModelFormatError
+from surgery.importers.keras import activations, conv, core, merge  # noqa: F401  (register the mappings)
+from surgery.importers.keras.archive import open_keras
+from surgery.importers.keras.builder import Builder
+from surgery.importers.keras.walk import MODEL_CLASSES, Walker, refuse_unmapped
+from surgery.ir import Net
+
+SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def import_keras(path: str | Path, input_shape: tuple[int, ...] | None = None, name: str | None = None) -> Net:
+    """Read a Keras model file into a :class:`Net` (weights are read on first use).
+
+    Args:
+        path: a Keras 3 ``.keras`` archive or a legacy ``.h5`` model file.
+        input_shape: the input's shape in Keras's order (batch, height, width, channels);
+            needed when the file leaves spatial axes unknown. Default: the file's, batch 1.
+        name: the net's name (default: the Keras model's).
+
+    Raises:
+        ModelFormatError: an unreadable file, or layers surgery cannot map (Lambda layers,
+            custom objects, unmapped classes), all listed in one message.
+
+    Example:
+        >>> net = import_keras("vgg16.keras")
+        >>> net.layer("block2_pool").type
+        'Pooling'
+    """
+    path = Path(path)
+    opened = open_keras(path)
+    model = opened.config
+    if model.get("class_name") not in MODEL_CLASSES:
+        raise ModelFormatError(f"{str(path)!r} holds a {model.get('class_name')!r}, not a Functional or Sequential model",
+                               fix="save a keras.Model or keras.Sequential")
+    refuse_unmapped(model)
+    net = Net(name or model.get("config", {}).get("name") or path.stem)
+    shape = tuple(int(d) for d in input_shape) if input_shape else None
+    builder = Builder(net, batch=shape[0] if shape else 1)
+    outputs = Walker(builder, shape).model(model, opened.scope, None)
+    for tensor in outputs:
+        if tensor.flattened is not None:
+            raise ModelFormatError(f"model output {tensor.blob!r} is a Flatten of a {list(tensor.flattened)} map: its "
+                                   "feature order would differ from Keras's", fix="end the model with a Dense layer")
+    net.set_outputs([t.blob for t in outputs])
+    net.shapes()
+    return net

@@ -1,0 +1,274 @@
+"""Opening a Keras file: the model config (JSON) and its weights (HDF5), nothing read early.
+
+Two containers hold the same thing:
+
+- a Keras 3 ``.keras`` archive: a zip with ``config.json`` and ``model.weights.h5``.
+  The weights file is stored uncompressed, so it is read in place from the memory-mapped
+  archive (h5py reads through a file object); a compressed one is read into memory.
+  Variables sit at ``layers/<class in snake case>[_n]/vars/<i>``, in the order each
+  layer creates them; ``_n`` counts earlier layers of the same class in the model.
+- a legacy ``.h5`` file: the config in the root attribute ``model_config`` and the
+  weights in ``model_weights/<top-level layer name>/``, each variable named
+  ``<layer name>/.../<variable name>`` (``conv1/kernel``, ``lstm/lstm_cell/bias``).
+
+Each layer's variables are reached through a :class:`Scope`; a variable's values are read
+only when its blob's data is first used.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import mmap
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from surgery.errors import ModelFormatError
+
+try:
+    import h5py
+except ImportError:  # reported when a Keras file is opened, not on import
+    h5py = None
+
+
+@dataclass
+class Variable:
+    """One stored variable: its shape and dtype are known without reading it."""
+
+    dataset: Any
+    where: str
+    keep: Any = None  # what must stay open while the dataset is read (the archive's map)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.dataset.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.dataset.dtype)
+
+    def read(self) -> np.ndarray:
+        return np.asarray(self.dataset[()])
+
+
+class Scope:
+    """Where one Keras layer's variables are; models hand out their layers' scopes."""
+
+    def child(self, class_name: str, name: str) -> "Scope":
+        """The scope of a layer of a model (call in the model's layer order)."""
+        raise NotImplementedError
+
+    def attribute(self, attr: str, name: str | None = None) -> "Scope":
+        """The scope of a sub-object (``cell`` of an RNN, ``layer`` of a wrapper)."""
+        raise NotImplementedError
+
+    def variable(self, index: int, name: str, layer: str) -> Variable:
+        """Variable number ``index`` of the layer (``name`` in legacy files)."""
+        raise NotImplementedError
+
+
+def snake_case(class_name: str) -> str:
+    """Keras's snake case of a class name (``BatchNormalization`` -> ``batch_normalization``)."""
+    name = re.sub(r"\W+", "", class_name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+class ArchiveScope(Scope):
+    """A scope in a ``.keras`` weights file: a group path."""
+
+    def __init__(self, root: Any, path: str, keep: Any = None) -> None:
+        self.root = root
+        self.path = path
+        self.keep = keep
+        self._used: dict[str, int] = {}
+
+    def child(self, class_name: str, name: str) -> Scope:
+        key = snake_case(class_name)
+        count = self._used.get(key)
+        self._used[key] = 0 if count is None else count + 1
+        suffix = "" if count is None else f"_{count + 1}"
+        return ArchiveScope(self.root, f"{self.path}/layers/{key}{suffix}".lstrip("/"), self.keep)
+
+    def attribute(self, attr: str, name: str | None = None) -> Scope:
+        return ArchiveScope(self.root, f"{self.path}/{attr}", self.keep)
+
+    def variable(self, index: int, name: str, layer: str) -> Variable:
+        where = f"{self.path}/vars/{index}"
+        dataset = self.root.get(where)
+        if dataset is None or not isinstance(dataset, h5py.Dataset):
+            raise ModelFormatError(f"the weights file has no variable {where!r} ({name} of layer {layer!r})",
+                                   fix="re-save the model with Keras 3 (model.save('model.keras'))")
+        return Variable(dataset, where, self.keep)
+
+
+class LegacyScope(Scope):
+    """A scope in a legacy ``.h5`` file: the group of a top-level layer, and the name of a
+    layer inside it. The group's ``weight_names`` attribute lists its variables in order;
+    a top-level layer owns its whole group, a layer of a nested model owns the entries
+    naming it (``block1_conv1/kernel``, or ``inner/dense/kernel`` in a nested Sequential)."""
+
+    def __init__(self, root: Any, group: Any, leaf: str | None, owns_group: bool) -> None:
+        self.root = root
+        self.group = group
+        self.leaf = leaf
+        self.owns_group = owns_group
+        self._names: list[str] | None = None
+
+    def child(self, class_name: str, name: str) -> Scope:
+        if self.group is None:  # the model itself: each layer has its own group
+            return LegacyScope(self.root, self.root.get(name), name, True)
+        return LegacyScope(self.root, self.group, name, False)  # a layer of a nested model
+
+    def attribute(self, attr: str, name: str | None = None) -> Scope:
+        return LegacyScope(self.root, self.group, name or self.leaf, self.owns_group)
+
+    def _datasets(self) -> list[str]:
+        if self._names is None:
+            found: list[str] = []
+            if self.group is not None:
+                self.group.visititems(lambda path, item: found.append(path) if isinstance(item, h5py.Dataset) else None)
+            self._names = found
+        return self._names
+
+    def _mine(self, path: str) -> bool:
+        return self.owns_group or path.startswith(f"{self.leaf}/") or f"/{self.leaf}/" in path
+
+    def variable(self, index: int, name: str, layer: str) -> Variable:
+        """By position among the layer's entries of ``weight_names`` (Keras lists a nested
+        model's trainable weights before its statistics, but keeps each layer's own
+        order), else by variable name."""
+        if self.group is None:
+            raise ModelFormatError(f"the .h5 file has no weights group for layer {layer!r}",
+                                   fix="save the model with its weights (model.save('model.h5'))")
+        listed = [n.decode() if isinstance(n, bytes) else str(n) for n in self.group.attrs.get("weight_names", [])]
+        mine = [n for n in listed if self._mine(n)]
+        if index < len(mine) and mine[index] in self.group:
+            return Variable(self.group[mine[index]], f"{self.group.name}/{mine[index]}")
+        candidates = [path for path in self._datasets()
+                      if self._mine(path) and path.rsplit("/", 1)[-1].split(":")[0] == name]
+        if not candidates:
+            raise ModelFormatError(f"the .h5 file has no weight {name!r} for layer {layer!r}",
+                                   fix="save the model with its weights (model.save('model.h5'))")
+        path = min(candidates, key=len)
+        return Variable(self.group[path], f"{self.group.name}/{path}")
+
+
+class _Window(io.RawIOBase):
+    """A read-only file object over ``length`` bytes at ``offset`` of a memory map."""
+
+    def __init__(self, buffer: mmap.mmap, offset: int, length: int) -> None:
+        super().__init__()
+        self.view = memoryview(buffer)[offset:offset + length]
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: len(self.view)}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def readinto(self, target: Any) -> int:
+        chunk = self.view[self.position:self.position + len(target)]
+        target[:len(chunk)] = chunk
+        self.position += len(chunk)
+        return len(chunk)
+
+
+@dataclass
+class KerasFile:
+    """An opened Keras model file: its config and the scope of the model's variables."""
+
+    path: Path
+    config: dict[str, Any]
+    scope: Scope
+    keras_version: str
+    handles: tuple[Any, ...] = ()
+
+
+def open_keras(path: Path) -> KerasFile:
+    """Open a ``.keras`` archive or a legacy ``.h5`` file (no weight is read)."""
+    if h5py is None:
+        raise ModelFormatError("reading Keras files needs h5py", fix="pip install h5py")
+    if not path.exists():
+        raise ModelFormatError(f"Keras file {str(path)!r} does not exist")
+    if zipfile.is_zipfile(path):
+        return _open_archive(path)
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise ModelFormatError(f"{str(path)!r} is neither a .keras archive nor an HDF5 file ({error})",
+                               fix="save the model with model.save('model.keras')") from None
+    return _open_legacy(path, handle)
+
+
+def _open_archive(path: Path) -> KerasFile:
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        if "config.json" not in names:
+            raise ModelFormatError(f"{str(path)!r} is a zip without config.json: not a .keras model")
+        config = _json(archive.read("config.json"), path)
+        metadata = _json(archive.read("metadata.json"), path) if "metadata.json" in names else {}
+        if "model.weights.h5" not in names:
+            raise ModelFormatError(f"{str(path)!r} has no model.weights.h5",
+                                   fix="save the whole model (model.save('model.keras')), not only its config")
+        info = archive.getinfo("model.weights.h5")
+        with open(path, "rb") as raw:
+            buffer = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ)
+        if info.compress_type == zipfile.ZIP_STORED:
+            start = _data_offset(buffer, info)
+            stream: Any = _Window(buffer, start, info.file_size)
+        else:  # an archive re-zipped with compression: read the weights into memory
+            stream = io.BytesIO(archive.read("model.weights.h5"))
+    try:
+        weights = h5py.File(stream, "r")
+    except OSError as error:
+        raise ModelFormatError(f"model.weights.h5 in {str(path)!r} is not readable HDF5 ({error})") from None
+    handles = (weights, stream, buffer)
+    return KerasFile(path, config, ArchiveScope(weights, "", handles), str(metadata.get("keras_version", "")), handles)
+
+
+def _data_offset(buffer: mmap.mmap, info: zipfile.ZipInfo) -> int:
+    """Where a stored member's bytes start: after its local header (zip format: 30 fixed
+    bytes, then the file name and extra field, whose lengths sit at offsets 26 and 28)."""
+    header = info.header_offset
+    if buffer[header:header + 4] != b"PK\x03\x04":
+        raise ModelFormatError("the .keras archive is corrupt (bad local file header)")
+    name_length = int.from_bytes(buffer[header + 26:header + 28], "little")
+    extra_length = int.from_bytes(buffer[header + 28:header + 30], "little")
+    return header + 30 + name_length + extra_length
+
+
+def _open_legacy(path: Path, handle: Any) -> KerasFile:
+    text = handle.attrs.get("model_config")
+    if text is None:
+        raise ModelFormatError(f"{str(path)!r} holds weights only (no model_config)",
+                               fix="save the whole model (model.save('model.h5')), not save_weights")
+    config = _json(text.encode() if isinstance(text, str) else bytes(text), path)
+    group = handle.get("model_weights", handle)
+    version = handle.attrs.get("keras_version", "")
+    version = version.decode() if isinstance(version, bytes) else str(version)
+    return KerasFile(path, config, LegacyScope(group, None, None, False), version, (handle,))
+
+
+def _json(data: bytes, path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelFormatError(f"the model config in {str(path)!r} is not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise ModelFormatError(f"the model config in {str(path)!r} is not a JSON object")
+    return value

@@ -1,0 +1,175 @@
+"""Keras core layers as IR layers: Dense, Flatten, Reshape, Dropout, BatchNormalization,
+Rescaling, Normalization."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from surgery.importers.keras import activations
+from surgery.importers.keras.builder import Builder, Call, Tensor, keras_layer
+from surgery.importers.keras.layout import dense_kernel, ir_shape
+from surgery.ir import ParamBlob
+from surgery.layers.convolution import conv_params
+
+
+@keras_layer("Dense")
+def dense(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
+    """On a 2-D input an InnerProduct (its columns permuted when a Flatten of an image map
+    feeds it); on the last axis of a sequence, an InnerProduct on axis -1; on an image
+    tensor (Keras applies it to the channels), a 1x1 Convolution."""
+    x = inputs[0]
+    units, use_bias = int(call.get("units")), bool(call.get("use_bias", True))
+    features = x.shape[-1]
+    kernel = b.variable(call, 0, "kernel", (features, units))
+    blobs = {}
+    if x.channel_at is not None:
+        if x.channel_at != 1 or x.rank != 4:
+            raise call.refuse(f"a Dense on a tensor of shape {list(x.shape)} has no mapping")
+        blobs["weight"] = b.param(kernel, lambda k: k.T.reshape(units, features, 1, 1), (units, features, 1, 1))
+        type_name, params = "Convolution", conv_params(units, 1, bias_term=use_bias)
+    else:
+        flattened = x.flattened
+        blobs["weight"] = b.param(kernel, lambda k: dense_kernel(k, flattened), (units, features))
+        type_name, params = "InnerProduct", {"num_output": units, "bias_term": use_bias, "axis": 1 if x.rank == 2 else -1}
+    if use_bias:
+        blobs["bias"] = b.param(b.variable(call, 1, "bias", (units,)))
+    out = b.add(call.name, type_name, [x.blob], params, blobs)
+    shape = (*x.shape[:-1], units)
+    return activations.fused(b, call, b.tensor(out, shape, x.channel_at))
+
+
+@keras_layer("Flatten")
+def flatten(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
+    """The IR flattens in its own (C, H, W) order; the tensor remembers the map so that a
+    Dense reading it permutes its weights to Keras's (H, W, C) order."""
+    x = inputs[0]
+    if x.rank == 2:
+        return x
+    out = b.add(call.name, "Flatten", [x.blob], {"axis": 1, "end_axis": -1})
+    keras_order = tuple(x.shape[1:])
+    moved = x.channel_at is not None and keras_order[-1] > 1 and math.prod(keras_order[:-1]) > 1
+    return b.tensor(out, (x.shape[0], math.prod(keras_order)), flattened=keras_order if moved else x.flattened)
+
+
+def same_order(shape: tuple[int, ...], channel_at: int | None, flattened: tuple[int, ...] | None) -> bool:
+    """Whether the IR holds the tensor's values in Keras's memory order (only axes of
+    size 1 moved), so that a reshape of it is a plain reshape."""
+    if flattened is not None:
+        return flattened[-1] == 1 or math.prod(flattened[:-1]) == 1
+    if channel_at is None:
+        return True
+    return shape[-1] == 1 or math.prod(shape[channel_at:-1]) == 1
+
+
+@keras_layer("Reshape")
+def reshape(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
+    x = inputs[0]
+    target = [int(d) for d in call.get("target_shape")]
+    if -1 in target:
+        known = math.prod(d for d in target if d != -1)
+        target[target.index(-1)] = math.prod(x.shape[1:]) // known
+    shape = (x.shape[0], *target)
+    channel_at = 1 if len(shape) == 4 else None
+    if not (same_order(x.shape, x.channel_at, x.flattened) and same_order(shape, channel_at, None)):
+        raise call.refuse(f"reshaping {list(x.shape)} to {list(shape)} moves values between channels-last and the "
+                          "IR's channels-first order, which has no mapping yet")
+    out = b.add(call.name, "Reshape", [x.blob], {"shape": [0, *ir_shape(shape, channel_at)[1:]]})
+    return b.tensor(out, shape, channel_at)
+
+
+@keras_layer("Dropout", "SpatialDropout2D", "GaussianDropout", "AlphaDropout", "GaussianNoise")
+def dropout(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
+    """The identity in inference; as a trainable layer, a Dropout of the same rate."""
+    x = inputs[0]
+    if call.class_name == "GaussianNoise":
+        return x  # adds noise in training only; the IR has no noise layer
+    rate = float(call.get("rate", 0.5))
+    out = b.add(call.name, "Dropout", [x.blob], {"ratio": rate})
+    return b.tensor(out, x.shape, x.channel_at, x.flattened)
+
+
+def channel_axis(call: Call, x: Tensor) -> None:
+    axis = call.get("axis", -1)
+    if isinstance(axis, list):
+        axis = axis[0] if len(axis) == 1 else None
+    if axis is None or x.axis(axis) != 1:
+        raise call.refuse(f"axis {call.get('axis')} of a {list(x.shape)} tensor is not the channel axis; "
+                          "only per-channel statistics have a mapping")
+
+
+@keras_layer("BatchNormalization")
+def batch_normalization(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
+    """Keras's epsilon and momentum (torch's momentum is 1 - Keras's)."""
+    x = inputs[0]
+    channel_axis(call, x)
+    channels = x.shape[-1] if x.channel_at is not None or x.rank == 2 else x.shape[1]
+    scale, center = bool(call.get("scale", True)), bool(call.get("center", True))
+    index, blobs = 0, {}
+    for role, keras_name, present in (("weight", "gamma", scale), ("bias", "beta", center)):
+        if present:
+            blobs[role] = b.param(b.variable(call, index, keras_name, (channels,)))
+            index += 1
+    if center and not scale:
+        blobs = {"weight": ParamBlob.from_tensor(torch.ones(channels), lr_mult=0.0)} | blobs
+    if scale and not center:
+        blobs["bias"] = ParamBlob.from_tensor(torch.zeros(channels), lr_mult=0.0)
+    for role, keras_name in (("running_mean", "moving_mean"), ("running_var", "moving_variance")):
+        blobs[role] = b.param(b.variable(call, index, keras_name, (channels,)), trainable=False)
+        index += 1
+    params = {"eps": float(call.get("epsilon", 1e-3)), "momentum": 1.0 - float(call.get("momentum", 0.99)),
+              "affine": scale or center, "use_global_stats": None}
+    out = b.add(call.name, "BatchNorm", [x.blob], params, blobs)
+    return b.tensor(out, x.shape, x.channel_at, x.flattened)
+
+
+@keras_layer("Rescaling")
+def rescaling(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
+    x = inputs[0]
+    scale, offset = call.get("scale", 1.0), call.get("offset", 0.0)
+    if not all(isinstance(v, (int, float)) for v in (scale, offset)):
+        raise call.refuse("a per-channel scale or offset has no mapping yet")
+    params = {"power": 1.0, "scale": float(scale), "shift": float(offset)}
+    return b.tensor(b.add(call.name, "Power", [x.blob], params), x.shape, x.channel_at, x.flattened)
+
+
+@keras_layer("Normalization")
+def normalization(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
+    """``(x - mean) / max(sqrt(variance), 1e-7)`` per channel: a Scale holding
+    ``1 / std`` and ``-mean / std`` (frozen, as Keras's statistics are)."""
+    x = inputs[0]
+    if call.get("invert", False):
+        raise call.refuse("invert: true has no mapping")
+    channel_axis(call, x)
+    channels = x.shape[-1]
+    if call.get("mean") is not None:
+        mean_of = _constant(call.get("mean"), channels, call)
+        var_of = _constant(call.get("variance"), channels, call)
+    else:
+        mean_v, var_v = b.variable(call, 0, "mean"), b.variable(call, 1, "variance")
+        for v in (mean_v, var_v):
+            if math.prod(v.shape) != channels:
+                raise call.refuse(f"statistics of shape {list(v.shape)} for {channels} channels")
+        mean_of, var_of = (lambda: mean_v.read().reshape(-1)), (lambda: var_v.read().reshape(-1))
+
+    def inverse_std() -> torch.Tensor:
+        return torch.from_numpy((1.0 / np.maximum(np.sqrt(var_of()), 1e-7)).astype(np.float32))
+
+    def shift() -> torch.Tensor:
+        return torch.from_numpy((-mean_of() / np.maximum(np.sqrt(var_of()), 1e-7)).astype(np.float32))
+
+    blobs = {"weight": ParamBlob.lazy((channels,), torch.float32, inverse_std, trainable=False),
+             "bias": ParamBlob.lazy((channels,), torch.float32, shift, trainable=False)}
+    out = b.add(call.name, "Scale", [x.blob], {"axis": 1, "num_axes": 1, "bias_term": True}, blobs)
+    return b.tensor(out, x.shape, x.channel_at, x.flattened)
+
+
+def _constant(value: object, channels: int, call: Call):
+    array = np.asarray(value, dtype=np.float64).reshape(-1)
+    if array.size == 1:
+        array = np.repeat(array, channels)
+    if array.size != channels:
+        raise call.refuse(f"{array.size} statistics for {channels} channels")
+    return lambda: array

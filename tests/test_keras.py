@@ -1,0 +1,252 @@
+"""Keras models in (``.keras`` archives and legacy ``.h5`` files), read without Keras and
+compared with Keras itself: emitted torch and emitted ONNX against ``model.predict``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+keras = pytest.importorskip("keras")
+pytest.importorskip("h5py")
+
+import surgery  # noqa: E402
+from surgery.emitters.onnx_model import emit_onnx  # noqa: E402
+from surgery.errors import ModelFormatError, ShapeError  # noqa: E402
+from surgery.importers.keras import import_keras  # noqa: E402
+from keras_models import inputs_for, randomize, save_both  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:You are saving your model as an HDF5")
+L, A = keras.layers, keras.applications
+RTOL = 1e-4  # relative to the largest reference value: float32, different summation orders
+FORMATS = (".keras", ".h5")
+
+
+def _nchw(array: np.ndarray) -> np.ndarray:
+    """A Keras array in the IR's layout (images channels-first)."""
+    return array.transpose(0, 3, 1, 2) if array.ndim == 4 else array
+
+
+def _ours(net: surgery.Net, arrays: list[np.ndarray], tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The emitted torch model's and the emitted ONNX file's outputs."""
+    feeds = [np.ascontiguousarray(_nchw(a)) for a in arrays]
+    model = surgery.to_torch(net).eval()
+    with torch.no_grad():
+        out_torch = model(*(torch.from_numpy(a) for a in feeds)).numpy()
+    ort = pytest.importorskip("onnxruntime")
+    from surgery.verify import onnx_session
+
+    del ort
+    session = onnx_session(emit_onnx(net, tmp_path / f"{net.name}.onnx"))
+    names = [i.name for i in session.get_inputs()]
+    out_onnx = session.run(None, dict(zip(names, feeds)))[0]
+    return out_torch, out_onnx
+
+
+def _assert_close(ours: np.ndarray, reference: np.ndarray, what: str) -> None:
+    assert ours.shape == reference.shape, f"{what}: shape {ours.shape} vs Keras {reference.shape}"
+    error = float(np.abs(ours - reference).max() / max(np.abs(reference).max(), 1e-12))
+    assert error <= RTOL, f"{what}: relative difference {error:.2e} > {RTOL}"
+
+
+def _check(model: keras.Model, tmp_path: Path, name: str) -> None:
+    """Both file formats, both emitted forms, against Keras's predict."""
+    arrays = inputs_for(model)
+    reference = _nchw(np.asarray(model.predict(arrays if len(arrays) > 1 else arrays[0], verbose=0)))
+    for suffix, path in save_both(model, tmp_path, name).items():
+        net = import_keras(path, input_shape=arrays[0].shape)
+        out_torch, out_onnx = _ours(net, arrays, tmp_path)
+        _assert_close(out_torch, reference, f"{name}{suffix} torch")
+        _assert_close(out_onnx, reference, f"{name}{suffix} onnx")
+
+
+# ------------------------------------------------------------------ applications
+def _app(factory: Callable, shape: tuple[int, int, int], **kwargs) -> Callable[[], keras.Model]:
+    return lambda: factory(weights=None, input_shape=shape, classes=7, classifier_activation=None, **kwargs)
+
+
+APPLICATIONS = {
+    # VGG16 at 64x64 ends its trunk on a 2x2 map: its Flatten -> fc1 exercises the column permutation.
+    "VGG16": _app(A.VGG16, (64, 64, 3)),
+    "VGG19": _app(A.VGG19, (32, 32, 3)),
+    "ResNet50": _app(A.ResNet50, (32, 32, 3)),
+    "ResNet50V2": _app(A.ResNet50V2, (32, 32, 3)),
+    "MobileNet": _app(A.MobileNet, (32, 32, 3), alpha=0.25),
+    "MobileNetV2": _app(A.MobileNetV2, (32, 32, 3), alpha=0.35),
+    "InceptionV3": _app(A.InceptionV3, (75, 75, 3)),
+    "DenseNet121": _app(A.DenseNet121, (32, 32, 3)),
+    "Xception": _app(A.Xception, (71, 71, 3)),
+}
+FAST = {"MobileNet", "MobileNetV2"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in APPLICATIONS])
+def test_application_matches_keras(name: str, tmp_path: Path) -> None:
+    keras.utils.set_random_seed(0)
+    _check(randomize(APPLICATIONS[name]()), tmp_path, name.lower())
+
+
+# --------------------------------------------------------------------- layer table
+def _flatten_dense() -> keras.Model:
+    """A Flatten of a 3x2 map into Dense: Keras flattens H, W, C; the IR C, H, W."""
+    x = keras.Input((6, 4, 3))
+    y = L.Conv2D(5, 3, strides=(2, 1), padding="same", activation="relu")(x)
+    y = L.Flatten()(y)
+    y = L.Dropout(0.3)(y)
+    y = L.Dense(8, activation="tanh")(y)
+    return keras.Model(x, L.Dense(3)(y))
+
+
+def _same_padding() -> keras.Model:
+    """TensorFlow's asymmetric 'same' padding at stride 2, on odd and even sizes."""
+    x = keras.Input((9, 8, 3))
+    y = L.Conv2D(6, 3, strides=2, padding="same")(x)
+    y = L.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2, activation="relu6")(y)
+    y = L.SeparableConv2D(5, 3, padding="same", depth_multiplier=2, activation="sigmoid")(y)
+    y = L.MaxPooling2D(3, strides=2, padding="same")(L.ZeroPadding2D(((1, 2), (0, 3)))(y))
+    y = L.AveragePooling2D(3, strides=1, padding="same")(y)
+    y = L.AveragePooling2D(2, padding="same")(y)
+    return keras.Model(x, L.GlobalMaxPooling2D()(y))
+
+
+def _grouped() -> keras.Model:
+    x = keras.Input((8, 8, 6))
+    y = L.Conv2D(9, 3, groups=3, dilation_rate=2, padding="same", use_bias=False)(x)
+    y = L.BatchNormalization(center=False, epsilon=1e-2)(y)
+    y = L.BatchNormalization(scale=False, momentum=0.9)(y)
+    y = L.ReLU(negative_slope=0.1)(y)
+    y = L.LeakyReLU(negative_slope=0.2)(L.Dense(4)(y))  # a Dense on an image: a 1x1 convolution
+    y = L.GlobalAveragePooling2D(keepdims=True)(y)
+    y = L.Reshape((4,))(y)
+    return keras.Model(x, L.BatchNormalization()(L.Dense(3, use_bias=False)(y)))
+
+
+def _merges() -> keras.Model:
+    x = keras.Input((5, 5, 4))
+    a = L.Conv2D(4, 1)(x)
+    b = L.Conv2D(4, 3, padding="same")(x)
+    gate = L.Reshape((1, 1, 4))(L.Dense(4, activation="hard_sigmoid")(L.GlobalAveragePooling2D()(a)))
+    parts = [L.Add()([a, b]), L.Subtract()([a, b]), L.Multiply()([b, gate]), L.Average()([a, b, x]),
+             L.Maximum()([a, b]), (a + 1.5) * 0.25, 2.0 - b / 4.0]
+    y = L.Concatenate()(parts)
+    y = L.Activation("hard_silu")(y)
+    return keras.Model(x, L.Softmax()(L.Conv2D(3, 1)(y)))
+
+
+def _preprocessing() -> keras.Model:
+    x = keras.Input((4, 4, 3))
+    y = L.Rescaling(1 / 127.5, offset=-1.0)(x)
+    y = L.Normalization(mean=[0.1, -0.2, 0.3], variance=[0.5, 2.0, 1.5])(y)
+    y = L.Normalization(axis=-1)(y)  # statistics in variables (adapted)
+    return keras.Model(x, L.Activation("softmax")(L.Flatten()(L.GlobalAveragePooling2D(keepdims=True)(y))))
+
+
+def _sequence_dense() -> keras.Model:
+    """A Dense on the last axis of an (N, T, F) tensor, a Sequential model nested as a
+    layer, and a Functional model nested as a layer."""
+    inner = keras.Sequential([keras.Input((5,)), L.Dense(6, activation="relu"), L.Dense(4)], name="inner_seq")
+    x_in = keras.Input((5,))
+    nested = keras.Model(x_in, L.Dense(5, activation="tanh", name="nested_fc")(x_in), name="nested")
+    x = keras.Input((3, 7))
+    y = L.Flatten()(L.Dense(5, name="per_step")(x))
+    y = L.Dense(5)(y)
+    return keras.Model(x, inner(nested(y)))
+
+
+LAYER_CASES = {"flatten_dense": _flatten_dense, "same_padding": _same_padding, "grouped": _grouped,
+               "merges": _merges, "preprocessing": _preprocessing, "sequence_dense": _sequence_dense}
+
+
+@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+def test_layer_case_matches_keras(case: str, tmp_path: Path) -> None:
+    keras.utils.set_random_seed(0)
+    model = LAYER_CASES[case]()
+    if case == "preprocessing":
+        model.layers[3].adapt(np.random.default_rng(2).normal(0.5, 2.0, (16, 4, 4, 3)).astype("float32"))
+    _check(randomize(model), tmp_path, case)
+
+
+def test_sequential_model(tmp_path: Path) -> None:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3, activation="relu"), L.MaxPooling2D(),
+                              L.Flatten(), L.Dense(5, activation="softmax")], name="seq")
+    _check(randomize(model), tmp_path, "seq")
+
+
+# ------------------------------------------------------------------------ names etc.
+def test_names_are_keras_names_and_nothing_is_read(tmp_path: Path) -> None:
+    keras.utils.set_random_seed(0)
+    model = A.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
+    path = tmp_path / "vgg16.keras"
+    model.save(path)
+    net = surgery.load(str(path))
+    names = net.layer_names()
+    assert {"block1_conv1", "block2_pool", "block5_pool", "block1_conv1/relu"} <= set(names)
+    assert net.layer("block2_pool").type == "Pooling"
+    assert not any(blob.is_loaded for layer in net.layers() for blob in layer.blobs.values())
+    weight = net.layer("block1_conv1").blobs["weight"]
+    assert weight.shape == (64, 3, 3, 3)
+    kernel = model.get_layer("block1_conv1").kernel.numpy()
+    np.testing.assert_array_equal(weight.data.numpy(), kernel.transpose(3, 2, 0, 1))
+
+
+def test_cli_inspect_keras_file(tmp_path: Path) -> None:
+    keras.utils.set_random_seed(0)
+    model = _flatten_dense()
+    conv, last = model.layers[1].name, model.layers[-1].name  # Keras numbers unnamed layers per process
+    for path in save_both(model, tmp_path, "small").values():
+        run = subprocess.run([sys.executable, "-m", "surgery.cli", "inspect", str(path)], capture_output=True,
+                             text=True, env=os.environ | {"PYTHONPATH": str(Path(surgery.__file__).parent.parent)})
+        assert run.returncode == 0, run.stderr
+        assert f"{conv}/relu" in run.stdout and last in run.stdout
+
+
+def test_unknown_spatial_axes_need_an_input_shape(tmp_path: Path) -> None:
+    model = A.MobileNet(weights=None, include_top=False, input_shape=(None, None, 3), alpha=0.25)
+    path = tmp_path / "open.keras"
+    model.save(path)
+    with pytest.raises(ShapeError, match="input_shape"):
+        import_keras(path)
+    net = import_keras(path, input_shape=(1, 40, 40, 3))
+    assert net.shapes()[net.outputs[0]] == (1, 256, 1, 1)
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class Doubler(L.Layer):
+    def call(self, x):
+        return x * 2
+
+
+def test_lambda_custom_and_unmapped_layers_are_refused_at_once(tmp_path: Path) -> None:
+    x = keras.Input((6, 6, 3))
+    y = L.Lambda(lambda t: t + 1, name="shift_by_code")(x)
+    y = Doubler(name="doubler")(y)
+    y = L.Cropping2D(1, name="crop")(y)
+    path = tmp_path / "refused.keras"
+    keras.Model(x, L.Conv2D(2, 1)(y)).save(path)
+    with pytest.raises(ModelFormatError) as caught:
+        import_keras(path)
+    message = str(caught.value)
+    assert "3 layer(s)" in message
+    assert "Lambda layer 'shift_by_code'" in message and "never runs it" in message
+    assert "custom object 'doubler'" in message
+    assert "'crop' (Cropping2D) has no mapping" in message
+    run = subprocess.run([sys.executable, "-m", "surgery.cli", "inspect", str(path)], capture_output=True, text=True,
+                         env=os.environ | {"PYTHONPATH": str(Path(surgery.__file__).parent.parent)})
+    assert run.returncode == 2 and "Traceback" not in run.stderr and "shift_by_code" in run.stderr
+
+
+def test_not_a_keras_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.keras"
+    path.write_bytes(b"not a model")
+    with pytest.raises(ModelFormatError, match="neither a .keras archive nor an HDF5 file"):
+        import_keras(path)
+    with pytest.raises(ModelFormatError, match="does not exist"):
+        import_keras(tmp_path / "missing.keras")
