@@ -20,7 +20,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from surgery.emitters import onnx_dynamic
+from surgery.emitters import onnx_dynamic, onnx_traced
 from surgery.errors import SurgeryError
 from surgery.ir import Layer, Net, Shape
 from surgery.layers import layer_type
@@ -45,6 +45,7 @@ class OnnxWriter:
         self.nodes: list[onnx.NodeProto] = []
         #: initializer name -> contiguous numpy array (weights are not copied into protobuf)
         self.tensors: dict[str, np.ndarray] = {}
+        self._batched: set[str] | None = None
 
     def node(self, op_type: str, inputs: list[str], outputs: list[str], name: str, **attrs: Any) -> None:
         """Add one node; ``name`` should be the layer's (suffixed when a layer needs several)."""
@@ -64,6 +65,20 @@ class OnnxWriter:
 
     def in_shapes(self, layer: Layer) -> list[Shape | None]:
         return [self.shapes[b] for b in layer.inputs]
+
+    def traced(self, layer: Layer) -> None:
+        """Write a layer surgery does not model (an opaque module or call) through
+        torch's own exporter (see :mod:`surgery.emitters.onnx_traced`)."""
+        onnx_traced.write_traced(self, layer)
+
+    def batched(self) -> set[str]:
+        """Blobs computed from a net input (their axis 0 is the batch)."""
+        if self._batched is None:
+            self._batched = set()
+            for layer in self.net.layers():
+                if layer.type == "Input" or any(b in self._batched for b in layer.inputs):
+                    self._batched.update(layer.outputs)
+        return self._batched
 
 
 def _value_info(name: str, shape: Shape, dynamic: set[int]) -> onnx.ValueInfoProto:

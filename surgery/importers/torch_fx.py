@@ -22,9 +22,9 @@ from torch import fx, nn
 from surgery.errors import ModelFormatError, ShapeError
 from surgery.ir import Layer, Net, ParamBlob
 from surgery.layers import layer_type, torch_function_map, torch_module_map
-from surgery.layers.opaque_call import InputRef
+from surgery.layers.meta_run import NonTensor
+from surgery.layers.opaque_call import TRAINING, InputRef
 
-_NON_TENSOR_METHODS = {"size", "dim", "numel", "ndimension", "nelement"}
 
 
 def _trace(model: nn.Module, train: bool) -> fx.Graph:
@@ -90,7 +90,6 @@ class _Importer:
         self.net = Net(name)
         self.blob_of: dict[fx.Node, str] = {}
         self.shapes: dict[str, Any] = {}  # blob -> shape (the value itself for a non-tensor)
-        self.non_tensor: set[fx.Node] = set()
         self.module_layers: dict[str, str] = {}  # module path -> first layer that calls it
         self.tuples: dict[fx.Node, tuple] = {}  # a module's tuple result, as blob names
         self.modules = torch_module_map()
@@ -195,11 +194,8 @@ class _Importer:
             (self.tuples if isinstance(item, tuple) else self.blob_of)[node] = item
             return
         tensor_args = [n for n in _leaves((node.args, node.kwargs))]
-        non_tensor_inputs = [n for n in tensor_args if n in self.non_tensor]
-        if node.op == "call_method" and target in _NON_TENSOR_METHODS or (
-            tensor_args and len(non_tensor_inputs) == len(tensor_args) and target is not torch.cat
-        ):
-            self.non_tensor.add(node)
+        # Sizes, tuples and numbers computed from shapes are known here: their "shape" is the value.
+        non_tensor_inputs = [n for n in tensor_args if isinstance(self.shapes[self.blob_of[n]], NonTensor)]
         inputs: list[str] = []
         for n in tensor_args:
             if self.blob_of[n] not in inputs:
@@ -216,17 +212,34 @@ class _Importer:
                         self._add(node, layer)
                         return
         refs = lambda n: InputRef(inputs.index(self.blob_of[n]))  # noqa: E731
+        args, kwargs = self._mode_flags(node)
         layer = Layer(
             self._unique(node.name), "OpaqueCall", inputs=inputs,
-            extra={"kind": node.op, "target": target, "args": fx.node.map_arg(node.args, refs),
-                   "kwargs": dict(fx.node.map_arg(node.kwargs, refs))},
+            extra={"kind": node.op, "target": target, "args": fx.node.map_arg(args, refs),
+                   "kwargs": dict(fx.node.map_arg(kwargs, refs))},
         )
         self._add(node, layer)
+
+    def _mode_flags(self, node: fx.Node) -> tuple[Any, Any]:
+        """The call's arguments with :data:`TRAINING` where the model passed its own
+        ``self.training`` (True in the train trace, False in the eval one), so the
+        emitted call follows the emitted model's mode (stochastic depth, functional dropout)."""
+        twin = self.eval_twins.get(node.name)
+        if twin is None or twin.target != node.target or len(twin.args) != len(node.args) \
+                or set(twin.kwargs) != set(node.kwargs):
+            return node.args, node.kwargs
+
+        def flag(train: Any, evaluated: Any) -> Any:
+            return TRAINING if train is True and evaluated is False else train
+
+        args = tuple(flag(a, b) for a, b in zip(node.args, twin.args))
+        return args, {key: flag(value, twin.kwargs[key]) for key, value in node.kwargs.items()}
 
     # ------------------------------------------------------------------- run
     def run(self) -> Net:
         train_graph = _trace(self.model, train=True)
         eval_graph = _trace(self.model, train=False)
+        self.eval_twins = {n.name: n for n in eval_graph.nodes}
         index = 0
         for node in train_graph.nodes:
             if _is_output_tuple(node):

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from surgery.ir import Layer, Shape
+from surgery.layers.meta_run import TypedShape
 from surgery.layers.runtime import ConstantTensor
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
 
@@ -18,7 +21,8 @@ class Constant(LayerType):
     blob_roles = ("value",)
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
-        return [layer.blobs["value"].shape]
+        blob = layer.blobs["value"]
+        return [blob.shape if blob.dtype == torch.float32 else TypedShape(blob.shape, blob.dtype)]
 
     def trainable_roles(self, layer: Layer) -> tuple[str, ...]:
         return ("value",) if layer.blobs["value"].trainable else ()

@@ -32,15 +32,37 @@ class NonTensor:
         return hash(repr(self.value))
 
 
+class TypedShape(tuple):
+    """The shape of a tensor that is not float32 (an index table read by an opaque call):
+    a tuple that also carries the dtype, so shape inference builds the right meta tensor."""
+
+    def __new__(cls, shape: Any, dtype: torch.dtype) -> "TypedShape":
+        made = super().__new__(cls, tuple(shape))
+        made.dtype = dtype
+        return made
+
+    def __getnewargs__(self) -> tuple:  # copy and pickle rebuild it with its dtype
+        return (tuple(self), self.dtype)
+
+    def __repr__(self) -> str:
+        return f"{tuple(self)!r}:{str(self.dtype).replace('torch.', '')}"
+
+
+def shape_of(tensor: torch.Tensor) -> tuple[int, ...]:
+    """A tensor's shape, typed when its dtype is not float32."""
+    shape = tuple(tensor.shape)
+    return shape if tensor.dtype == torch.float32 else TypedShape(shape, tensor.dtype)
+
+
 def _to_meta(shape: Any) -> Any:
     if isinstance(shape, NonTensor):
         return shape.value
-    return torch.empty(shape, device="meta")
+    return torch.empty(shape, device="meta", dtype=getattr(shape, "dtype", torch.float32))
 
 
 def _from_result(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
-        return tuple(value.shape)
+        return shape_of(value)
     if isinstance(value, torch.Size):
         return NonTensor(tuple(value))
     return NonTensor(value)

@@ -3,6 +3,8 @@ weights through the surgery untouched, and still emits to torch."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import fx, nn
 
@@ -32,3 +34,7 @@ class Opaque(LayerType):
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
         target = layer.extra.get("module_path", layer.name)
         return graph.call_module(target, tuple(inputs), substitute(layer.extra.get("kwargs", {}), inputs))
+
+    def to_onnx(self, layer: Layer, writer: Any) -> None:
+        # Surgery does not model it: the writer exports it with torch's own exporter.
+        writer.traced(layer)

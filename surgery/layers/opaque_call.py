@@ -22,17 +22,34 @@ class InputRef:
         return f"InputRef({self.index})"
 
 
-def substitute(structure: Any, values: list[Any]) -> Any:
-    """``structure`` with every :class:`InputRef` replaced by ``values[ref.index]``."""
+class _Training:
+    """Stands in the recorded arguments for the model's ``self.training`` flag."""
+
+    def __repr__(self) -> str:
+        return "TRAINING"
+
+    def __reduce__(self) -> str:
+        return "TRAINING"  # one instance, also after copy and pickle
+
+
+TRAINING = _Training()
+
+
+def substitute(structure: Any, values: list[Any], training: Any = False) -> Any:
+    """``structure`` with every :class:`InputRef` replaced by ``values[ref.index]`` and
+    :data:`TRAINING` by ``training`` (False for shape inference, the emitted module's
+    ``self.training`` in generated code)."""
     if isinstance(structure, InputRef):
         return values[structure.index]
+    if structure is TRAINING:
+        return training
     if isinstance(structure, (list, tuple)):
-        items = [substitute(item, values) for item in structure]
+        items = [substitute(item, values, training) for item in structure]
         return type(structure)(items) if not hasattr(structure, "_fields") else type(structure)(*items)
     if isinstance(structure, dict):
-        return {key: substitute(item, values) for key, item in structure.items()}
+        return {key: substitute(item, values, training) for key, item in structure.items()}
     if isinstance(structure, slice):
-        return slice(*(substitute(v, values) for v in (structure.start, structure.stop, structure.step)))
+        return slice(*(substitute(v, values, training) for v in (structure.start, structure.stop, structure.step)))
     return structure
 
 
@@ -57,5 +74,32 @@ class OpaqueCall(LayerType):
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
         extra = layer.extra
-        args, kwargs = substitute(extra["args"], inputs), substitute(extra["kwargs"], inputs)
+        mode = _training_node(graph) if _uses_training(extra) else False
+        args, kwargs = substitute(extra["args"], inputs, mode), substitute(extra["kwargs"], inputs, mode)
         return graph.create_node(extra["kind"], extra["target"], tuple(args), kwargs)
+
+    def to_onnx(self, layer: Layer, writer: Any) -> None:
+        # Surgery does not model it: the writer exports it with torch's own exporter.
+        writer.traced(layer)
+
+
+def _uses_training(extra: dict) -> bool:
+    found: list[bool] = []
+
+    def walk(value: Any) -> None:
+        if value is TRAINING:
+            found.append(True)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+
+    walk((extra["args"], extra["kwargs"]))
+    return bool(found)
+
+
+def _training_node(graph: fx.Graph) -> fx.Node:
+    """``self.training`` of the module the graph becomes."""
+    return graph.get_attr("training")

@@ -1,0 +1,135 @@
+"""The model zoo run: every torchvision classifier up to 150M parameters and a list of
+timm models, each through load -> classifier resize -> torch + ONNX -> verify.
+
+`run_case` does one model and returns a row (what passed, where it stopped, why);
+tests/test_zoo_models.py runs it for every case and writes the rows as JSON, and
+tools/zoo_table.py turns that JSON into the README's table.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MAX_PARAMS = 150_000_000
+NUM_OUTPUT = 7
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model: its factory, the input it runs at, and (when it cannot go through)
+    the stage it is expected to stop at and why."""
+
+    family: str  # "torchvision" or "timm"
+    name: str
+    size: int = 64
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    refusal: str | None = None  # "stage: reason" when the model is expected to be refused
+
+    @property
+    def id(self) -> str:
+        return f"{self.family}:{self.name}"
+
+
+# Inputs are as small as each model allows, so the whole zoo runs in minutes.
+_TORCHVISION_SIZES = {"inception_v3": 75, "googlenet": 64, "alexnet": 64, "squeezenet1_0": 64,
+                      "vit_b_16": 64, "vit_b_32": 64, "maxvit_t": 224}
+_TORCHVISION_KWARGS = {"vit_b_16": {"image_size": 64}, "vit_b_32": {"image_size": 64},
+                       "inception_v3": {"init_weights": False}, "googlenet": {"init_weights": False}}
+_TORCHVISION_REFUSALS: dict[str, str] = {}
+
+TIMM_MODELS = ["resnet50", "efficientnet_b0", "mobilenetv3_large_100", "convnext_tiny", "regnety_008", "densenet121",
+               "vit_tiny_patch16_224", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "inception_v3",
+               "xception41", "mixnet_s", "ghostnet_100", "repvgg_a2", "resnest14d", "efficientnetv2_rw_t",
+               "levit_128", "coat_lite_tiny", "mobilevit_s", "edgenext_small"]
+_TIMM_SIZES = {"inception_v3": 75, "xception41": 64, "levit_128": 224, "coat_lite_tiny": 64}
+_TIMM_KWARGS = {"vit_tiny_patch16_224": {"img_size": 64}, "deit_tiny_patch16_224": {"img_size": 64},
+                "swin_tiny_patch4_window7_224": {"img_size": 64, "window_size": 2}}
+_TIMM_REFUSALS: dict[str, str] = {}
+
+
+def torchvision_cases() -> list[Case]:
+    """Every torchvision classification model with at most MAX_PARAMS parameters (the
+    count from its weights' metadata: nothing is downloaded)."""
+    import torchvision
+
+    cases = []
+    for name in torchvision.models.list_models(module=torchvision.models):
+        params = torchvision.models.get_model_weights(name).DEFAULT.meta["num_params"]
+        if params <= MAX_PARAMS:
+            cases.append(Case("torchvision", name, _TORCHVISION_SIZES.get(name, 64), _TORCHVISION_KWARGS.get(name, {}),
+                              _TORCHVISION_REFUSALS.get(name)))
+    return cases
+
+
+def timm_cases() -> list[Case]:
+    return [Case("timm", name, _TIMM_SIZES.get(name, 64), _TIMM_KWARGS.get(name, {}), _TIMM_REFUSALS.get(name))
+            for name in TIMM_MODELS]
+
+
+def build(case: Case) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if case.family == "torchvision":
+        import torchvision
+
+        model = torchvision.models.get_model(case.name, **case.kwargs)
+    else:
+        import timm
+
+        model = timm.create_model(case.name, pretrained=False, **case.kwargs)
+    return model.eval()
+
+
+def classifier_layer(net: Any, classes: int = 1000) -> str:
+    """The last layer with weights that makes the ``classes`` logits."""
+    heads = [layer.name for layer in net.layers()
+             if layer.type in ("InnerProduct", "Convolution") and layer.params.get("num_output") == classes]
+    if not heads:
+        raise LookupError(f"no InnerProduct/Convolution with {classes} outputs")
+    return heads[-1]
+
+
+def run_case(case: Case) -> dict[str, Any]:
+    """load -> classifier resize -> emitted torch + ONNX -> verify, one model. Never raises:
+    the row says where it stopped (``stage``) and the first line of the error."""
+    import surgery
+    from surgery.errors import SurgeryError
+    from surgery.verify import verify
+
+    row: dict[str, Any] = {"id": case.id, "family": case.family, "model": case.name, "input": case.size,
+                           "stage": "build", "ok": False, "error": None, "traceback": False}
+    started = time.perf_counter()
+    try:
+        model = build(case)
+        row["params"] = sum(p.numel() for p in model.parameters())
+        row["stage"] = "load"
+        source = surgery.load(model, (1, 3, case.size, case.size), name=case.name)
+        row["layers"] = len(source)
+        row["opaque"] = sorted({layer.name for layer in source.layers() if layer.type in ("Opaque", "OpaqueCall")})
+        row["stage"] = "classifier"
+        edited = source.copy()
+        head = classifier_layer(edited)
+        row["head"] = head
+        surgery.classifier(edited, head, num_output=NUM_OUTPUT, seed=1)
+        row["stage"] = "verify"
+        result = verify(source, edited, seed=0)
+        worst = max(result.comparisons, key=lambda c: c.max_rel)
+        row["max_abs"], row["max_rel"] = worst.max_abs, worst.max_rel
+        if not result.ok:
+            failed = [c for c in result.comparisons if not c.ok]
+            row["error"] = f"{failed[0].what} {failed[0].blob}: max abs {failed[0].max_abs:.3g}"
+        else:
+            row["stage"], row["ok"] = "done", True
+    except SurgeryError as error:
+        row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+    except Exception as error:  # noqa: BLE001  (a traceback is what the zoo exists to find)
+        row["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        row["traceback"] = traceback.format_exc(limit=-4)
+    row["seconds"] = round(time.perf_counter() - started, 2)
+    return row
