@@ -14,6 +14,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 import surgery
 from surgery.cli import main
@@ -95,6 +97,58 @@ def test_folding_keeps_a_branch_point_visible(tmp_path: Path) -> None:
         ends = [box["names"][-1] for box in boxes if box["kind"] == "group"]
         assert "features.pool1" in ends
     assert {"features.gate", "features.gate_conv"} <= {n for n, c in _classes(panels["edited"]).items() if c == "added"}
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels)
+        self.conv2, self.bn2 = nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(x + self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
+
+
+class DeepResidual(nn.Module):
+    """Forty residual blocks (over 250 layers): a long net with skip connections."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.blocks = nn.Sequential(*[_Residual(4) for _ in range(40)])
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
+
+
+def test_a_deep_residual_net_stays_readable(tmp_path: Path) -> None:
+    """Only the classifier and the freeze boundary break the 250 layers into boxes."""
+    spec = tmp_path / "deep.prototxt"
+    spec.write_text(f'source {{ torch {{ factory: "{Path(__file__)}:DeepResidual" }} input_shape: [1, 3, 8, 8] }}\n'
+                    'edit { classifier { layer: "fc" num_output: 3 } }\n'
+                    'edit { lr { up_to: "blocks.29.relu@1" lr_mult: 0 } }\n')
+    assert len(surgery.plan(spec).net) > 250
+    panels = _boxes(surgery.draw(spec, tmp_path / "deep.svg").read_text())
+    for boxes in panels.values():
+        assert len(boxes) <= 6, [box["names"][:2] for box in boxes]
+    edited = panels["edited"]
+    assert [box["names"] for box in edited if box["kind"] == "layer"] == [["x"], ["fc"]]
+
+
+def test_draw_reads_no_weights(tmp_path: Path) -> None:
+    """Like plan: an ONNX source whose external weight file is emptied still draws."""
+    from surgery.emitters.onnx_model import emit_onnx
+    from toy_nets import toy_cnn
+
+    model = emit_onnx(surgery.load(toy_cnn(), (1, 3, 16, 16)), tmp_path / "toy.onnx", external_data=True)
+    model.with_name("toy.onnx.data").write_bytes(b"")
+    spec = tmp_path / "spec.prototxt"
+    spec.write_text('source { onnx { path: "toy.onnx" } }\nedit { classifier { layer: "classifier.fc2" '
+                    'num_output: 3 } }\n')
+    assert surgery.draw(spec, tmp_path / "c.html").stat().st_size
+    assert "classifier.fc2" in surgery.draw(spec, tmp_path / "c.svg").read_text()
 
 
 # ------------------------------------------------------------------- report page
