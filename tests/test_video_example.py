@@ -1,0 +1,25 @@
+"""The video example end to end on a few clips (the pipeline, not the accuracy)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+
+import video_digits  # noqa: E402
+
+
+def test_paths_differ_only_in_order_for_each_pair() -> None:
+    for first in range(0, 10, 2):
+        forward, backward = video_digits.path(first), video_digits.path(first + 1)
+        assert sorted(map(tuple, forward)) == sorted(map(tuple, backward))  # same positions...
+        assert not np.array_equal(forward, backward)  # ...in another order
+
+
+def test_example_runs_end_to_end_on_a_few_clips() -> None:
+    results = video_digits.run(per_class=2, test_per_class=1, epochs=1, frames=6)
+    assert set(results) == {"lstm", "frame_average", "seconds"}
+    assert 0.0 <= results["lstm"] <= 1.0 and 0.0 <= results["frame_average"] <= 1.0
