@@ -30,7 +30,9 @@ FORMATS = (".keras", ".h5")
 
 
 def _nchw(array: np.ndarray) -> np.ndarray:
-    """A Keras array in the IR's layout (images channels-first)."""
+    """A Keras array in the IR's layout (images and clips channels-first)."""
+    if array.ndim == 5:
+        return array.transpose(0, 1, 4, 2, 3)
     return array.transpose(0, 3, 1, 2) if array.ndim == 4 else array
 
 
@@ -83,8 +85,11 @@ APPLICATIONS = {
     "InceptionV3": _app(A.InceptionV3, (75, 75, 3)),
     "DenseNet121": _app(A.DenseNet121, (32, 32, 3)),
     "Xception": _app(A.Xception, (71, 71, 3)),
+    "EfficientNetB0": _app(A.EfficientNetB0, (32, 32, 3)),
+    "MobileNetV3Small": _app(A.MobileNetV3Small, (32, 32, 3)),
+    "MobileNetV3Large": _app(A.MobileNetV3Large, (32, 32, 3)),
 }
-FAST = {"MobileNet", "MobileNetV2"}
+FAST = {"MobileNet", "MobileNetV2", "MobileNetV3Small"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in APPLICATIONS])
@@ -160,7 +165,26 @@ def _sequence_dense() -> keras.Model:
     return keras.Model(x, inner(nested(y)))
 
 
-LAYER_CASES = {"flatten_dense": _flatten_dense, "same_padding": _same_padding, "grouped": _grouped,
+def _activations() -> keras.Model:
+    x = keras.Input((4, 4, 3))
+    y = L.Conv2D(6, 1, activation="swish")(x)
+    for name in ("gelu", "mish", "silu", "tanh", "sigmoid", "hard_sigmoid", "relu6", "relu"):
+        y = L.Activation(name)(L.Conv2D(6, 1)(y))
+    return keras.Model(x, L.Dense(3, activation="gelu")(L.GlobalAveragePooling2D()(y)))
+
+
+def _recurrent() -> keras.Model:
+    """GRU (reset_after, Keras 3's default) and LSTM, returning sequences or the last
+    step, and a TimeDistributed Dense on the steps."""
+    x = keras.Input((5, 6))
+    y = L.GRU(7, return_sequences=True)(x)
+    y = L.LSTM(4, return_sequences=True)(y)
+    y = L.TimeDistributed(L.Dense(3, activation="relu"), name="per_step")(y)
+    y = L.LSTM(6, use_bias=False)(L.GRU(5, return_sequences=True)(y))
+    return keras.Model(x, L.Dense(2)(y))
+
+
+LAYER_CASES = {"activations": _activations, "recurrent": _recurrent, "flatten_dense": _flatten_dense, "same_padding": _same_padding, "grouped": _grouped,
                "merges": _merges, "preprocessing": _preprocessing, "sequence_dense": _sequence_dense}
 
 
@@ -171,6 +195,22 @@ def test_layer_case_matches_keras(case: str, tmp_path: Path) -> None:
     if case == "preprocessing":
         model.layers[3].adapt(np.random.default_rng(2).normal(0.5, 2.0, (16, 4, 4, 3)).astype("float32"))
     _check(randomize(model), tmp_path, case)
+
+
+@pytest.mark.slow
+def test_video_model_matches_keras(tmp_path: Path) -> None:
+    """TimeDistributed(VGG16 trunk) -> LSTM -> Dense: the trunk runs per frame (the time
+    axis folded into the batch), the LSTM over the frames' features (3 frames of 32x32
+    here; the layers do not depend on either)."""
+    keras.utils.set_random_seed(0)
+    trunk = A.VGG16(include_top=False, pooling="avg", weights=None, input_shape=(32, 32, 3))
+    clips = keras.Input((3, 32, 32, 3))
+    features = L.TimeDistributed(trunk, name="frames")(clips)
+    model = keras.Model(clips, L.Dense(11, activation="softmax")(L.LSTM(16)(features)))
+    _check(randomize(model), tmp_path, "video")
+    net = import_keras(tmp_path / "video.keras")
+    lstm = next(layer for layer in net.layers() if layer.type == "LSTM")
+    assert net.layer("block5_conv3").per_frame and not lstm.per_frame
 
 
 def test_sequential_model(tmp_path: Path) -> None:

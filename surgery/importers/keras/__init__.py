@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from surgery.errors import ModelFormatError
-from surgery.importers.keras import activations, conv, core, merge  # noqa: F401  (register the mappings)
+from surgery.importers.keras import activations, conv, core, merge, recurrent  # noqa: F401  (register the mappings)
 from surgery.importers.keras.archive import open_keras
 from surgery.importers.keras.builder import Builder
 from surgery.importers.keras.walk import MODEL_CLASSES, Walker, refuse_unmapped

@@ -86,13 +86,24 @@ def has_type(name: str) -> bool:
 
 
 class Builder:
-    """The net under construction and the tensors made so far."""
+    """The net under construction and the tensors made so far.
+
+    Inside a TimeDistributed wrapper (``frames`` set), layers are added per frame: their
+    blobs carry the time axis at 1, ``(N, T, ...)``, while the mappings, like the
+    wrapped Keras layer, see one frame, ``(N, ...)`` (:meth:`shape`).
+    """
 
     def __init__(self, net: Net, batch: int) -> None:
         self.net = net
         self.batch = batch
-        self.shapes: dict[str, Shape] = {}
+        self.shapes: dict[str, Shape] = {}  # the IR's shapes, time axis included
+        self.frames: int | None = None
         self._counts: collections.Counter = collections.Counter()
+
+    def shape(self, blob: str) -> Shape:
+        """A blob's IR shape as the current layer sees it (one frame, per frame)."""
+        shape = tuple(self.shapes[blob])
+        return (shape[0], *shape[2:]) if self.frames is not None else shape
 
     # ------------------------------------------------------------- layers
     def unique(self, name: str) -> str:
@@ -106,10 +117,11 @@ class Builder:
             blobs: dict[str, ParamBlob] | None = None) -> str:
         """Add one IR layer (its output blob has the layer's name); returns that blob."""
         name = self.unique(name)
-        layer = Layer(name, type_name, inputs=list(inputs), outputs=[name], params=params or {}, blobs=blobs or {})
+        layer = Layer(name, type_name, inputs=list(inputs), outputs=[name], params=params or {}, blobs=blobs or {},
+                      per_frame=self.frames is not None)
         self.net.add_layer(layer)
-        out = layer_type(type_name).infer_shapes(layer, [self.shapes[b] for b in inputs])
-        self.shapes[name] = out[0]
+        out = layer_type(type_name).infer_shapes(layer, [self.shape(b) for b in inputs])[0]
+        self.shapes[name] = out if self.frames is None else (out[0], self.frames, *out[1:])
         return name
 
     def tensor(self, blob: str, shape: tuple[int, ...], channel_at: int | None = None,
@@ -117,13 +129,13 @@ class Builder:
         """A Keras tensor for ``blob``, checked against the IR's shape for it."""
         tensor = Tensor(blob, tuple(shape), channel_at, flattened)
         expected = ir_shape(tensor.shape, channel_at)
-        if tuple(self.shapes[blob]) != expected:
-            raise ModelFormatError(f"internal layout mismatch at {blob!r}: IR {self.shapes[blob]}, expected {expected}")
+        if self.shape(blob) != expected:
+            raise ModelFormatError(f"internal layout mismatch at {blob!r}: IR {self.shape(blob)}, expected {expected}")
         return tensor
 
     def like(self, blob: str, source: Tensor) -> Tensor:
         """A tensor laid out as ``source``, with the IR blob's shape."""
-        shape = self.shapes[blob]
+        shape = self.shape(blob)
         if source.channel_at is None:
             keras = tuple(shape)
         else:
@@ -144,11 +156,14 @@ class Builder:
 
         return ParamBlob.lazy(out_shape, dtype, load, trainable=trainable, **kwargs)
 
-    def variable(self, call: Call, index: int, name: str, shape: tuple[int, ...] | None = None) -> Variable:
-        """Variable ``index`` (``name`` in legacy files) of a layer, its shape checked."""
+    def variable(self, call: Call, index: int, name: str, shape: tuple[int, ...] | None = None,
+                 attribute: str | None = None) -> Variable:
+        """Variable ``index`` (``name`` in legacy files) of a layer, or of its sub-object
+        ``attribute`` (an RNN's ``cell``), its shape checked."""
         if call.scope is None:
             raise call.refuse("its weights are not in the file")
-        variable = call.scope.variable(index, name, call.name)
+        scope = call.scope.attribute(attribute) if attribute else call.scope
+        variable = scope.variable(index, name, call.name)
         if shape is not None and variable.shape != tuple(shape):
             raise call.refuse(f"stored {name} has shape {list(variable.shape)}, the config implies {list(shape)}",
                               fix="the file's config and weights disagree: re-save the model")

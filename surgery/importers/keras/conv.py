@@ -40,7 +40,7 @@ def _padded(b: Builder, call: Call, x: Tensor, kernel: tuple, stride: tuple, dil
 
 
 def _out(b: Builder, blob: str) -> Tensor:
-    n, c, h, w = b.shapes[blob]
+    n, c, h, w = b.shape(blob)
     return b.tensor(blob, (n, h, w, c), 1)
 
 

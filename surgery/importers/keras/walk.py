@@ -18,6 +18,9 @@ MODEL_CLASSES = {"Functional", "Sequential", "Model"}
 #: Mappings that read a flattened image map correctly (the features' order does not matter,
 #: or the mapping reorders its weights).
 FLAT_READERS = {"Dense", "Dropout", "Activation", "ReLU", "LeakyReLU", "Softmax", "GaussianNoise"}
+#: Mappings that already act on each step of a (batch, steps, features) sequence, so that
+#: TimeDistributed adds nothing (a Dense on the last axis).
+STEPWISE = {"Dense", "Dropout", "Activation", "ReLU", "LeakyReLU", "Softmax", "GaussianNoise"}
 
 
 # ---------------------------------------------------------------- refusals
@@ -170,12 +173,44 @@ class Walker:
         inputs = _tensors_in(args)
         if class_name in MODEL_CLASSES:
             return self.model(entry, scope, inputs)
+        if class_name == "TimeDistributed":
+            return self._time_distributed(entry, name, scope, inputs)
         call = Call(name, class_name, entry.get("config", {}), scope, args, kwargs)
         if any(t.flattened for t in inputs) and class_name not in FLAT_READERS:
             raise call.refuse("reads a Flatten of an image map, whose feature order differs between Keras "
                               "(H, W, C) and the IR (C, H, W); only Dense layers are reordered")
         out = MAPPINGS[class_name](self.b, call, inputs)
         return out if isinstance(out, list) else [out]
+
+    def _time_distributed(self, entry: dict[str, Any], name: str, scope: Scope | None,
+                          inputs: list[Tensor]) -> list[Tensor]:
+        """The wrapped layer (or model) runs per frame: its IR layers are marked per-frame
+        and see one frame, ``(N, ...)``; the emitters fold the time axis into the batch.
+        A wrapped single layer is named after the wrapper."""
+        x = inputs[0]
+        if self.b.frames is not None or x.rank < 3 or len(inputs) != 1:
+            raise ModelFormatError(f"Keras layer {name!r} (TimeDistributed): expects one (batch, steps, ...) input "
+                                   "outside any other TimeDistributed", subject=name)
+        inner = entry["config"]["layer"]
+        if x.rank == 3 and x.channel_at is None and inner["class_name"] in STEPWISE:
+            return self._layer(inner, name, scope.attribute("layer") if scope is not None else None, [x], {})
+        steps = x.shape[1]
+        frame = Tensor(x.blob, (x.shape[0], *x.shape[2:]), None if x.channel_at is None else x.channel_at - 1,
+                       x.flattened)
+        inner_name = inner.get("config", {}).get("name") or name
+        self.b.frames = steps
+        try:
+            if inner["class_name"] in MODEL_CLASSES:
+                inner_scope = scope.attribute("layer", inner_name) if scope is not None else None
+                outputs = self.model(inner, inner_scope, [frame])
+            else:
+                inner_scope = scope.attribute("layer", inner_name) if scope is not None else None
+                outputs = self._layer(inner, name, inner_scope, [frame], {})
+        finally:
+            self.b.frames = None
+        out = outputs[0]
+        return [Tensor(out.blob, (out.shape[0], steps, *out.shape[1:]),
+                       None if out.channel_at is None else out.channel_at + 1, out.flattened)]
 
     def _input(self, config: dict[str, Any], name: str) -> Tensor:
         declared = config.get("batch_shape") or config.get("batch_input_shape")
@@ -194,7 +229,10 @@ class Walker:
                              fix="give input_shape in Keras's order, e.g. [1, 224, 224, 3]")
         shape = tuple(int(d) for d in shape)
         channel_at = 1 if len(shape) == 4 else (2 if len(shape) == 5 else None)
-        blob = self.b.add(name, "Input", [], {"shape": ir_shape(shape, channel_at)})
+        params: dict[str, Any] = {"shape": ir_shape(shape, channel_at)}
+        if len(shape) == 5:  # a clip (N, T, H, W, C): the time axis is 1
+            params["time_axis"] = 1
+        blob = self.b.add(name, "Input", [], params)
         return self.b.tensor(blob, shape, channel_at)
 
 
