@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_collapse  # noqa: E402
 import bench_core  # noqa: E402
 import bench_onnx  # noqa: E402
+import bench_video  # noqa: E402
 
 if __name__ == "__main__":
     print("== core (torch) ==")
@@ -21,3 +22,5 @@ if __name__ == "__main__":
     bench_onnx.main([])
     print("== collapse ==")
     bench_collapse.main([])
+    print("== video ==")
+    bench_video.main([])
