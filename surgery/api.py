@@ -31,7 +31,7 @@ from torch import nn
 import surgery.layers  # noqa: F401  (registers the layer types)
 from surgery import ops
 from surgery.emitters.torch_module import emit_torch, save_torch_folder
-from surgery.errors import SpecError, SurgeryError
+from surgery.errors import ModelFormatError, SpecError, SurgeryError
 from surgery.importers.sources import load_source, load_torch_source
 from surgery.importers.torch_fx import import_torch
 from surgery.ir import Net
@@ -73,6 +73,11 @@ def load(model: Any, input_shape: Iterable[int] | None = None, *, weights: str |
         return import_torch(model, shape, name=name)
     reference = str(model)
     suffix = Path(reference).suffix.lower()
+    if Path(reference).is_dir():
+        raise ModelFormatError(f"{reference!r} is a folder, not a model file",
+                               fix="name the .onnx / .prototxt file, or a torch factory 'package.module:callable'")
+    if suffix != ".onnx" and _is_caffe_text(Path(reference)):
+        suffix = ".prototxt"
     if suffix == ".onnx":
         from surgery.importers.onnx_model import import_onnx
 
@@ -86,6 +91,17 @@ def load(model: Any, input_shape: Iterable[int] | None = None, *, weights: str |
 
         return import_keras(Path(reference), input_shape=shape or None, name=name)
     return load_torch_source(reference, "", str(weights or ""), shape, Path.cwd(), name, shapes_only)
+
+
+def _is_caffe_text(path: Path) -> bool:
+    """A Caffe network definition, told by content (any file name)."""
+    from surgery.spec.loader import sniff_text
+
+    if not path.is_file():
+        return False
+    with path.open("rb") as file:
+        head = file.read(1 << 16).decode("utf-8", errors="replace")
+    return sniff_text(head)[0] == "caffe"
 
 
 # -------------------------------------------------------------------- edits
@@ -284,6 +300,7 @@ def plan(spec_path: str | Path, progress: Progress | None = None, *, shapes_only
     """
     loaded = load_spec(spec_path)
     message = loaded.message
+    _check_output_versions(loaded)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if source is not None:
@@ -313,6 +330,21 @@ def plan(spec_path: str | Path, progress: Progress | None = None, *, shapes_only
         actions += [dataclasses.replace(a, where=loaded.locator.find(index, a.was or a.layer)) for a in done]
     timings["edits"] = time.perf_counter() - start - timings["load"]
     return Plan(loaded, net, build_report(net, actions, spec_to_dict(message)), timings, before)
+
+
+def _check_output_versions(loaded: LoadedSpec) -> None:
+    """The ONNX opset / IR version the spec asks for, against what is installed."""
+    onnx = loaded.message.output.onnx
+    if not (onnx.HasField("opset") or onnx.HasField("ir_version")):
+        return
+    from surgery.emitters.onnx_model import check_versions
+
+    try:
+        check_versions(onnx.opset if onnx.HasField("opset") else None,
+                       onnx.ir_version if onnx.HasField("ir_version") else None)
+    except SurgeryError as error:
+        error.location = loaded.locator.section("output", error.subject)
+        raise
 
 
 @dataclass

@@ -13,7 +13,6 @@ code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -47,13 +46,18 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def _is_spec_file(path: Path) -> bool:
-    """A spec names a `source`; a Caffe prototxt has layers instead."""
+    """A spec names a `source` (and edits); a Caffe prototxt has layers instead: told
+    apart by content, whatever the file is called."""
+    from surgery.spec.loader import sniff_text
+
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml", ".json"):
         return True
-    if suffix not in (".prototxt", ".pbtxt", ".txt") or not path.is_file():
+    if suffix == ".onnx" or not path.is_file():
         return False
-    return re.search(r"^\s*source\s*[{:]", path.read_text(errors="replace"), re.MULTILINE) is not None
+    with path.open("rb") as file:
+        head = file.read(1 << 16).decode("utf-8", errors="replace")
+    return sniff_text(head)[0] == "spec"
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ into place, atomically.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -21,7 +22,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from surgery.emitters import onnx_dynamic, onnx_traced
-from surgery.errors import SurgeryError
+from surgery.errors import SpecError, SurgeryError
 from surgery.ir import Layer, Net, Shape
 from surgery.layers import layer_type
 from surgery.layers.time_fold import lower_time
@@ -33,6 +34,52 @@ EXTERNAL_DATA_THRESHOLD = 2 * 1024**3  # protobuf's 2 GB message limit
 
 _DTYPES = {torch.float32: TensorProto.FLOAT, torch.float64: TensorProto.DOUBLE, torch.float16: TensorProto.FLOAT16,
            torch.int64: TensorProto.INT64, torch.int32: TensorProto.INT32}
+
+
+MIN_OPSET = 17
+
+
+@functools.cache
+def supported_versions() -> tuple[int, int, int]:
+    """``(max opset, min IR, max IR)`` that the installed onnx knows and the installed
+    onnxruntime (when present) loads, found by loading a one-node model."""
+    top_opset, top_ir = onnx.defs.onnx_opset_version(), onnx.IR_VERSION
+    try:
+        import onnxruntime
+    except ImportError:
+        return top_opset, IR_FOR_OPSET[MIN_OPSET], top_ir
+
+    def loads(opset: int, ir: int) -> bool:
+        value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [value],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir)
+        try:
+            onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001  (any refusal means: not supported)
+            return False
+        return True
+
+    base_ir = IR_FOR_OPSET[MIN_OPSET]
+    max_opset = max((o for o in range(MIN_OPSET, top_opset + 1) if loads(o, IR_FOR_OPSET.get(o, 10))),
+                    default=MIN_OPSET)
+    max_ir = max((ir for ir in range(base_ir, top_ir + 1) if loads(MIN_OPSET, ir)), default=base_ir)
+    return max_opset, base_ir, max_ir
+
+
+def check_versions(opset: int | None, ir_version: int | None) -> None:
+    """Refuse an opset / IR version the installed onnx or onnxruntime cannot handle, before
+    anything is written (a file onnxruntime refuses is no deploy file)."""
+    max_opset, min_ir, max_ir = supported_versions()
+    if opset is not None and not MIN_OPSET <= opset <= max_opset:
+        raise SpecError(f"opset {opset} is outside what the installed onnx / onnxruntime support "
+                        f"({MIN_OPSET} to {max_opset})", fix=f"use an opset from {MIN_OPSET} to {max_opset}",
+                        subject=str(opset))
+    needed = IR_FOR_OPSET.get(opset or DEFAULT_OPSET, min_ir)
+    if ir_version is not None and not max(min_ir, needed) <= ir_version <= max_ir:
+        raise SpecError(f"IR version {ir_version} is outside what the installed onnx / onnxruntime support with "
+                        f"opset {opset or DEFAULT_OPSET} ({max(min_ir, needed)} to {max_ir})",
+                        fix="leave ir_version out (the opset's own is used)", subject=str(ir_version))
 
 
 class OnnxWriter:

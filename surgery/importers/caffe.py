@@ -31,6 +31,7 @@ from surgery.importers.caffemodel import StoredBlob, stored_weights
 from surgery.ir import Layer, Net, Origin, ParamBlob
 from surgery.layers import layer_type, registered_types
 from surgery.layers.new_blobs import init_new_blobs
+from surgery.spec.loader import decode_text
 from surgery.spec.schema import caffe_class
 
 DATA_TYPES = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData", "AnnotatedData"}
@@ -72,9 +73,16 @@ def read_prototxt(path: Path) -> Any:
     """A NetParameter from text format; syntax errors carry ``file:line:col``."""
     if not path.exists():
         raise ModelFormatError(f"prototxt {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ModelFormatError(f"prototxt {str(path)!r} is not a file", fix="name the network's .prototxt file")
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise ModelFormatError(f"cannot read prototxt {str(path)!r}: {error.strerror or error}") from None
+    text = decode_text(raw, str(path), ModelFormatError)  # a binary file (a caffemodel?) stops here
     message = caffe_class("NetParameter")()
     try:
-        text_format.Parse(path.read_text(), message)
+        text_format.Parse(text, message)
     except text_format.ParseError as error:
         reason = str(error).split(" : ", 1)[-1]
         raise ModelFormatError(reason, location=f"{path}:{error.GetLine()}:{error.GetColumn()}") from None
@@ -324,6 +332,8 @@ def _give_blobs(net: Net, layer: Layer, fillers: dict, specs: list, source: dict
     if not wanted:
         return
     if layer.name not in source:
+        if layer.type == "BatchNorm":  # Caffe's third blob (the scale factor) is folded away
+            specs = specs[:len(wanted)]
         init_new_blobs(net, layer, seed, fillers, specs, allow_zero=True)
         report.initialised.append(layer.name)
         return

@@ -101,4 +101,19 @@ def stored_weights(path: Path) -> dict[str, list[StoredBlob]]:
     for name, blobs in layers:
         if blobs and name not in found:
             found[name] = blobs
+    for name, blobs in found.items():
+        for blob in blobs:
+            _check_size(blob, name, path)
     return found
+
+
+def _check_size(blob: StoredBlob, layer: str, path: Path) -> None:
+    """A packed blob's byte count against its header's shape, before anything is read."""
+    if blob.values is None:
+        return
+    _, length, dtype = blob.values
+    count = math.prod(blob.shape)
+    if length != count * np.dtype(dtype).itemsize:
+        raise ModelFormatError(f"{str(path)!r}: a blob of layer {layer!r} stores {length} bytes for shape "
+                               f"{blob.shape} ({count * np.dtype(dtype).itemsize} bytes)",
+                               fix="the file is truncated or corrupt: download or export it again")

@@ -106,8 +106,50 @@ def _load(path: Path) -> tuple[onnx.ModelProto, Weights]:
                                fix="check the file is complete (re-export or re-download it)") from None
     if not model.graph.node:
         raise ModelFormatError(f"{str(path)!r} has no graph nodes (truncated or not an ONNX model)")
+    _check_names(model, path)
+    _check_initializers(model, raw, path)
     _check_external_data(model, path)
     return model, Weights(path, buffer, raw)
+
+
+_CORRUPT = "the file is corrupt: re-export the model, or copy the file again"
+
+
+def _check_names(model: onnx.ModelProto, path: Path) -> None:
+    """Every name is text (protobuf hands back bytes for a string field that is not
+    UTF-8: a flipped bit in a name)."""
+    graph = model.graph
+    names = [graph.name, *(v.name for v in (*graph.input, *graph.output, *graph.value_info)),
+             *(t.name for t in graph.initializer)]
+    for node in graph.node:
+        names += [node.name, node.op_type, node.domain, *node.input, *node.output,
+                  *(a.name for a in node.attribute)]
+    bad = next((n for n in names if not isinstance(n, str)), None)
+    if bad is not None:
+        raise ModelFormatError(f"{str(path)!r} has a name that is not UTF-8 text ({bytes(bad)[:40]!r})", fix=_CORRUPT)
+
+
+def _check_initializers(model: onnx.ModelProto, raw: dict[str, tuple[int, int]], path: Path) -> None:
+    """Each initializer's type is a number type and its stored size fits its dims:
+    checked against the header before anything is mapped or read."""
+    for tensor in model.graph.initializer:
+        try:
+            dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        except (KeyError, ValueError):
+            dtype = None
+        if dtype is None or dtype.kind not in "fiubc":
+            raise ModelFormatError(f"initializer {tensor.name!r} in {str(path)!r} has data type {tensor.data_type} "
+                                   "(surgery reads number tensors)", fix=_CORRUPT)
+        dims = [int(d) for d in tensor.dims]
+        if any(d < 0 for d in dims):
+            raise ModelFormatError(f"initializer {tensor.name!r} in {str(path)!r} has negative dims {dims}",
+                                   fix=_CORRUPT)
+        if tensor.name in raw:
+            count = int(np.prod(dims, dtype=object)) if dims else 1
+            length = raw[tensor.name][1]
+            if length != count * dtype.itemsize:
+                raise ModelFormatError(f"initializer {tensor.name!r} in {str(path)!r} stores {length} bytes for "
+                                       f"shape {dims} of {dtype} ({count * dtype.itemsize} bytes)", fix=_CORRUPT)
 
 
 def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
@@ -348,8 +390,14 @@ def _import_node(node: onnx.NodeProto, reader: OnnxReader, table: dict) -> None:
     if node.output and all(reader.net.has_blob(o) for o in node.output if o):
         return  # a layer type that reads a pattern of nodes (from_onnx) already wrote these
     for kind in table[node.op_type]:
-        if kind.from_onnx(node, reader) is not None:
-            return
+        try:
+            if kind.from_onnx(node, reader) is not None:
+                return
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError) as error:
+            # A layer type reads the node's attributes as the ONNX spec defines them; a
+            # value of another type or size means a corrupt (e.g. bit-flipped) file.
+            raise ModelFormatError(f"ONNX node {node.name or node.op_type!r} ({node.op_type}) cannot be read "
+                                   f"({type(error).__name__}: {error})", fix=_CORRUPT) from None
     raise ModelFormatError(
         f"ONNX node {node.name or node.op_type!r} ({node.op_type}) uses attributes or inputs surgery cannot map",
         fix="export with constant folding, or a newer opset",

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from surgery.errors import ModelFormatError
+
 VARINT, FIXED64, LENGTH_DELIMITED, FIXED32 = 0, 1, 2, 5
 
 
@@ -88,16 +90,51 @@ def split(buffer: mmap.mmap | bytes, start: int, end: int, keep_out: set[int]) -
     return b"".join(kept), left_out
 
 
-def open_mapped(path: Path) -> mmap.mmap | bytes:
+class MappedFile(mmap.mmap):
+    """A memory-mapped file that remembers its path and size when mapped.
+
+    Touching a page past the end of a file that another process truncated after it was
+    mapped kills the process with SIGBUS, which no Python code can catch. :func:`view`
+    therefore compares the file's current size with the bytes it is about to touch
+    first; what remains (a truncation between that check and the copy) is a limit of
+    memory mapping, documented in the README."""
+
+    path: Path
+    mapped_size: int
+
+    def check_span(self, end: int) -> None:
+        """Raise :class:`FileChangedError` when the file no longer reaches ``end``."""
+        try:
+            size = self.path.stat().st_size
+        except OSError as error:
+            raise FileChangedError(f"{str(self.path)!r} went away while in use ({error.strerror})") from None
+        if size < min(end, self.mapped_size):
+            raise FileChangedError(f"{str(self.path)!r} was truncated while in use: it is {size} bytes now, "
+                                   f"{self.mapped_size} when it was opened")
+
+
+class FileChangedError(ModelFormatError):
+    """A mapped file shrank or disappeared after it was opened."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, fix="do not rewrite model files while surgery reads them; run it again")
+
+
+def open_mapped(path: Path) -> MappedFile | bytes:
     """``path`` memory-mapped copy-on-write: pages are read from disk only when touched,
     arrays viewed in it are writable, and nothing is ever written back to the file."""
     with open(path, "rb") as handle:
-        if handle.seek(0, 2) == 0:
+        size = handle.seek(0, 2)
+        if size == 0:
             return b""  # mmap refuses empty files
-        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+        mapped = MappedFile(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+    mapped.path, mapped.mapped_size = Path(path), size
+    return mapped
 
 
 def view(buffer: mmap.mmap | bytes, dtype: np.dtype, offset: int, count: int) -> np.ndarray:
     """``count`` little-endian values at ``offset``: a view in place when aligned, else a copy."""
+    if isinstance(buffer, MappedFile):
+        buffer.check_span(offset + count * np.dtype(dtype).itemsize)
     array = np.frombuffer(buffer, dtype=np.dtype(dtype).newbyteorder("<"), count=count, offset=offset)
     return array if array.flags.aligned and array.dtype.isnative else array.astype(np.dtype(dtype), copy=True)

@@ -37,6 +37,19 @@ def _near_identity(net: Net, added: list[Layer], gate_blob: str) -> tuple[Layer,
     return sigmoid, sigmoid.outputs[0]
 
 
+def _downstream_first(net: Net, main: str, other: str, readers: list[str]) -> tuple[str, str, list[str], str]:
+    """The result replaces the blob computed *later*: when ``other`` is computed from
+    ``main`` (a skip connection written in either order), feeding ``main``'s readers the
+    result would make a cycle, so ``other``'s readers read it instead. PROD, SUM and MAX
+    do not depend on their inputs' order."""
+    first, second = net.producer(main).name, net.producer(other).name
+    if first == second or first not in net.ancestors(second):
+        return main, other, readers, ""
+    later = [reader.name for reader, _ in net.consumers(other)]
+    return other, main, later, (f"{other!r} is computed from {main!r}, so the result replaces {other!r} "
+                                f"(its readers {', '.join(later) or 'the output'} read it)")
+
+
 @register_op("eltwise")
 def eltwise(net: Net, op: Any, ctx: OpContext) -> list[Action]:
     """Insert ``op.name`` = bottom[0] (op) bottom[1]; bottom[0]'s readers read it instead."""
@@ -66,8 +79,14 @@ def eltwise(net: Net, op: Any, ctx: OpContext) -> list[Action]:
         other = added[-1].outputs[0]
     elif len(op.bottom) == 2:
         other = resolve_bottom(net, op.bottom[1])
+        main, other, readers, note = _downstream_first(net, main, other, readers)
+        if note:
+            actions.append(Action("eltwise", op.name, ADDED, note))
     else:
         raise SpecError("eltwise needs a second bottom or new layers that make it", subject=op.name)
+    if op.near_identity and not added:
+        raise SpecError("near_identity shapes a gate the eltwise's new layers make; this one has none",
+                        subject=op.name, fix="add the gate's layer { } (e.g. a 1x1 convolution), or drop near_identity")
     if op.near_identity:
         sigmoid, other = _near_identity(net, added, other)
         actions.append(Action("eltwise", sigmoid.name, ADDED, "Sigmoid: the gate starts near 1"))

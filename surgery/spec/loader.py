@@ -119,6 +119,32 @@ def _text_positions(text: str, path: str) -> Locator:
     return locator
 
 
+#: Top-level fields only a spec has, and only a Caffe NetParameter has.
+_SPEC_FIELDS = {"source", "edit", "seed", "output"}
+_CAFFE_FIELDS = {"layer", "layers", "input", "input_shape", "input_dim", "force_backward", "state", "debug_info"}
+
+
+def sniff_text(text: str) -> tuple[str | None, int, int]:
+    """What a prototxt is, from its top-level field names (not its file name):
+    ``("spec", line, col)``, ``("caffe", line, col)`` (where the first telling field
+    stands) or ``(None, 1, 1)`` when no top-level field tells."""
+    depth, line = 0, 1
+    line_start = 0
+    for match in _TOKEN.finditer(text):
+        token = match.group()
+        if token.startswith("#"):
+            continue
+        if token in ("{", "<"):
+            depth += 1
+        elif token in ("}", ">"):
+            depth -= 1
+        elif depth == 0 and (token in _SPEC_FIELDS or token in _CAFFE_FIELDS):
+            line = text.count("\n", 0, match.start()) + 1
+            line_start = text.rfind("\n", 0, match.start()) + 1
+            return ("spec" if token in _SPEC_FIELDS else "caffe"), line, match.start() - line_start + 1
+    return None, 1, 1
+
+
 def _line_of(line_starts: list[int], offset: int) -> int:
     import bisect
 
@@ -134,6 +160,11 @@ def _unquote(token: str) -> str:
 
 
 def _parse_text(text: str, path: str) -> tuple[Any, Locator]:
+    kind, line, col = sniff_text(text)
+    if kind == "caffe":
+        raise SpecError("this is a Caffe network definition, not a spec", location=f"{path}:{line}:{col}",
+                        fix=f"list its layers with `surgery inspect {path}`, or edit it with a spec whose "
+                            f'source is caffe {{ prototxt: "{Path(path).name}" }}')
     message = spec_class("Spec")()
     try:
         text_format.Parse(text, message)
