@@ -17,6 +17,7 @@ A spec file is the same list of calls: ``surgery.apply("specs/x.prototxt", "out/
 from __future__ import annotations
 
 import dataclasses
+import errno
 import shutil
 import tempfile
 import time
@@ -76,7 +77,7 @@ def load(model: Any, input_shape: Iterable[int] | None = None, *, weights: str |
     if Path(reference).is_dir():
         raise ModelFormatError(f"{reference!r} is a folder, not a model file",
                                fix="name the .onnx / .prototxt file, or a torch factory 'package.module:callable'")
-    if suffix != ".onnx" and _is_caffe_text(Path(reference)):
+    if suffix not in (".onnx", ".keras", ".h5", ".hdf5") and _is_caffe_text(Path(reference)):
         suffix = ".prototxt"
     if suffix == ".onnx":
         from surgery.importers.onnx_model import import_onnx
@@ -100,8 +101,8 @@ def _is_caffe_text(path: Path) -> bool:
     if not path.is_file():
         return False
     with path.open("rb") as file:
-        head = file.read(1 << 16).decode("utf-8", errors="replace")
-    return sniff_text(head)[0] == "caffe"
+        head = file.read(1 << 16)
+    return b"\0" not in head and sniff_text(head.decode("utf-8", errors="replace"))[0] == "caffe"
 
 
 # -------------------------------------------------------------------- edits
@@ -395,18 +396,52 @@ def apply(spec_path: str | Path, out_dir: str | Path, *, force: bool = False,
         planned = plan(spec_path, progress, shapes_only=False)
     timings = dict(planned.timings)
     start = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _check_free_space(planned, out.parent)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as error:
+        raise _write_error(error, out) from None
     try:
         files = _write_outputs(planned, staging, progress)
         _replace_dir(staging, out)
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise _write_error(error, out) from None
         if isinstance(error, SurgeryError):
             error.location = error.location or planned.spec.locator.section("output", error.subject)
         raise
     timings["write"] = time.perf_counter() - start
     return ApplyResult(out, [out / f.relative_to(staging) for f in files], planned.report, timings, verified)
+
+
+def _write_error(error: OSError, out: Path) -> SurgeryError:
+    """What failed and where, for an OS refusal while writing (a full disk, a read-only
+    or forbidden folder); the partial output is already gone."""
+    where = error.filename or out
+    fixes = {errno.ENOSPC: "free some space there, or write to another disk with -o",
+             errno.EROFS: "choose an -o folder on a writable disk",
+             errno.EACCES: "choose an -o folder you may write to", errno.EPERM: "choose an -o folder you may write to"}
+    return SurgeryError(f"cannot write the outputs to {str(out)!r}: {error.strerror or error} ({where}); "
+                        "nothing was written", fix=fixes.get(error.errno, "check the -o folder and its disk"))
+
+
+def _check_free_space(planned: Plan, folder: Path) -> None:
+    """Refuse, with the figures, outputs that cannot fit on the disk (a writer that runs
+    out of space mid-file fails in ways that do not say so)."""
+    message, output = planned.spec.message, planned.spec.message.output
+    copies = sum((output.HasField("pytorch") or not message.HasField("output"),
+                  output.HasField("onnx") or not message.HasField("output"), output.HasField("caffe")))
+    weights = sum(blob.numel * blob.dtype.itemsize for layer in planned.net.layers() for blob in layer.blobs.values())
+    needed = copies * weights + (64 << 10) + 1024 * len(planned.net)  # model.py, report.json, headers
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        from surgery.ir.budget import human_bytes
+
+        raise SurgeryError(f"the outputs need about {human_bytes(needed)} and the disk of {str(folder)!r} has "
+                           f"{human_bytes(free)} free: No space left on device", fix="free some space there, or "
+                           "write to another disk with -o")
 
 
 def _write_outputs(planned: Plan, staging: Path, progress: Progress | None) -> list[Path]:

@@ -56,8 +56,8 @@ def _is_spec_file(path: Path) -> bool:
     if suffix == ".onnx" or not path.is_file():
         return False
     with path.open("rb") as file:
-        head = file.read(1 << 16).decode("utf-8", errors="replace")
-    return sniff_text(head)[0] == "spec"
+        head = file.read(1 << 16)
+    return b"\0" not in head and sniff_text(head.decode("utf-8", errors="replace"))[0] == "spec"
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

@@ -95,16 +95,13 @@ def _unpacked_blob(values: list[float], shape: tuple[int, ...]) -> bytes:
 def test_caffemodel_blob_encodings(tmp_path: Path) -> None:
     """Packed float data (what protobuf writes) is viewed in the mapped file; unpacked
     floats and double_data are read through protobuf; a blob whose value count does not
-    match its shape is a clear error."""
+    match its shape is a clear error (when packed, as soon as the file is opened)."""
     net = caffe_class("NetParameter")()
     layer = net.layer.add(name="packed", type="InnerProduct")
     layer.blobs.add().CopyFrom(_blob(np.arange(6, dtype=np.float32).reshape(2, 3)))
     doubles = net.layer.add(name="doubles", type="InnerProduct").blobs.add()
     doubles.shape.dim.extend([2])
     doubles.double_data.extend([0.5, -1.5])
-    wrong = net.layer.add(name="wrong", type="InnerProduct").blobs.add()
-    wrong.shape.dim.extend([4])
-    wrong.data.extend([1.0, 2.0])
     layer_field = caffe_class("LayerParameter").DESCRIPTOR
     name_tag = bytes([layer_field.fields_by_name["name"].number << 3 | 2])
     blob_tag = bytes([layer_field.fields_by_name["blobs"].number << 3 | 2])
@@ -119,8 +116,13 @@ def test_caffemodel_blob_encodings(tmp_path: Path) -> None:
     np.testing.assert_array_equal(stored["doubles"][0].array(), [0.5, -1.5])
     assert stored["unpacked"][0].values is None
     np.testing.assert_array_equal(stored["unpacked"][0].array(), [3.0, 4.0, 5.0])
-    with pytest.raises(ModelFormatError, match=r"holds 2 values for shape \(4,\)"):
-        stored["wrong"][0].array()
+    wrong_net = caffe_class("NetParameter")()
+    wrong = wrong_net.layer.add(name="wrong", type="InnerProduct").blobs.add()
+    wrong.shape.dim.extend([4])
+    wrong.data.extend([1.0, 2.0])
+    (tmp_path / "wrong.caffemodel").write_bytes(wrong_net.SerializeToString())
+    with pytest.raises(ModelFormatError, match=r"'wrong' stores 8 bytes for shape \(4,\) \(16 bytes\)"):
+        stored_weights(tmp_path / "wrong.caffemodel")
     path.write_bytes(path.read_bytes()[:-7])
     with pytest.raises(ModelFormatError, match="not a readable caffemodel .*truncated"):
         stored_weights(path)
