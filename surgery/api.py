@@ -50,7 +50,7 @@ _EDIT_MESSAGES = {"classifier": "Classifier", "lr": "Lr", "cut": "Cut", "append"
 
 # ------------------------------------------------------------------ loading
 def load(model: Any, input_shape: Iterable[int] | None = None, *, weights: str | Path | None = None,
-         name: str | None = None, shapes_only: bool = False) -> Net:
+         name: str | None = None, shapes_only: bool = False, nhwc_input: bool = False) -> Net:
     """Load a network as a :class:`Net`.
 
     Args:
@@ -63,11 +63,15 @@ def load(model: Any, input_shape: Iterable[int] | None = None, *, weights: str |
         name: the net's name.
         shapes_only: only names and shapes are needed (a torch factory is then built on
             the meta device: no weights are initialised or read).
+        nhwc_input: a Keras file's net keeps Keras's channels-last input (one transpose
+            at the input); other formats refuse it.
 
     Example:
         >>> net = surgery.load("torchvision.models:resnet18", (1, 3, 224, 224))
     """
     shape = tuple(input_shape) if input_shape is not None else ()
+    if nhwc_input and (isinstance(model, nn.Module) or Path(str(model)).suffix.lower() not in (".keras", ".h5", ".hdf5")):
+        raise SpecError("nhwc_input applies to Keras files only", fix="drop nhwc_input=True")
     if isinstance(model, nn.Module):
         if not shape:
             raise SpecError("loading a torch module needs input_shape", fix="pass input_shape=(1, 3, 224, 224)")
@@ -90,7 +94,7 @@ def load(model: Any, input_shape: Iterable[int] | None = None, *, weights: str |
     if suffix in (".keras", ".h5", ".hdf5"):
         from surgery.importers.keras import import_keras
 
-        return import_keras(Path(reference), input_shape=shape or None, name=name)
+        return import_keras(Path(reference), input_shape=shape or None, name=name, nhwc_input=nhwc_input)
     return load_torch_source(reference, "", str(weights or ""), shape, Path.cwd(), name, shapes_only)
 
 

@@ -36,9 +36,10 @@ def _nchw(array: np.ndarray) -> np.ndarray:
     return array.transpose(0, 3, 1, 2) if array.ndim == 4 else array
 
 
-def _ours(net: surgery.Net, arrays: list[np.ndarray], tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _ours(net: surgery.Net, arrays: list[np.ndarray], tmp_path: Path,
+          nhwc_input: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The emitted torch model's and the emitted ONNX file's outputs."""
-    feeds = [np.ascontiguousarray(_nchw(a)) for a in arrays]
+    feeds = arrays if nhwc_input else [np.ascontiguousarray(_nchw(a)) for a in arrays]
     model = surgery.to_torch(net).eval()
     with torch.no_grad():
         out_torch = model(*(torch.from_numpy(a) for a in feeds)).numpy()
@@ -58,13 +59,13 @@ def _assert_close(ours: np.ndarray, reference: np.ndarray, what: str) -> None:
     assert error <= RTOL, f"{what}: relative difference {error:.2e} > {RTOL}"
 
 
-def _check(model: keras.Model, tmp_path: Path, name: str) -> None:
+def _check(model: keras.Model, tmp_path: Path, name: str, nhwc_input: bool = False) -> None:
     """Both file formats, both emitted forms, against Keras's predict."""
     arrays = inputs_for(model)
     reference = _nchw(np.asarray(model.predict(arrays if len(arrays) > 1 else arrays[0], verbose=0)))
     for suffix, path in save_both(model, tmp_path, name).items():
-        net = import_keras(path, input_shape=arrays[0].shape)
-        out_torch, out_onnx = _ours(net, arrays, tmp_path)
+        net = import_keras(path, input_shape=arrays[0].shape, nhwc_input=nhwc_input)
+        out_torch, out_onnx = _ours(net, arrays, tmp_path, nhwc_input)
         _assert_close(out_torch, reference, f"{name}{suffix} torch")
         _assert_close(out_onnx, reference, f"{name}{suffix} onnx")
 
@@ -178,13 +179,25 @@ def _recurrent() -> keras.Model:
     step, and a TimeDistributed Dense on the steps."""
     x = keras.Input((5, 6))
     y = L.GRU(7, return_sequences=True)(x)
-    y = L.LSTM(4, return_sequences=True)(y)
+    y = L.LayerNormalization()(L.LSTM(4, return_sequences=True)(y))
     y = L.TimeDistributed(L.Dense(3, activation="relu"), name="per_step")(y)
     y = L.LSTM(6, use_bias=False)(L.GRU(5, return_sequences=True)(y))
     return keras.Model(x, L.Dense(2)(y))
 
 
-LAYER_CASES = {"activations": _activations, "recurrent": _recurrent, "flatten_dense": _flatten_dense, "same_padding": _same_padding, "grouped": _grouped,
+def _reorders() -> keras.Model:
+    """Where Keras's channels-last order matters beyond a Dense: flattened maps
+    concatenated, reshaped and permuted; a Reshape from a vector to an image."""
+    x = keras.Input((3, 4, 5))
+    a = L.Conv2D(6, 1)(x)
+    flat_a, flat_b = L.Flatten()(a), L.Flatten()(L.Conv2D(2, 3, padding="same")(x))
+    steps = L.Flatten()(L.Dense(3)(L.Reshape((12, 6))(a)))
+    swapped = L.Flatten()(L.Conv2D(3, 1)(L.Permute((2, 1, 3))(a)))
+    image = L.Flatten()(L.Conv2D(2, 1)(L.Reshape((3, 4, 2))(L.Dense(24)(flat_b))))
+    return keras.Model(x, L.Concatenate()([flat_a, flat_b, steps, swapped, image]))
+
+
+LAYER_CASES = {"reorders": _reorders, "activations": _activations, "recurrent": _recurrent, "flatten_dense": _flatten_dense, "same_padding": _same_padding, "grouped": _grouped,
                "merges": _merges, "preprocessing": _preprocessing, "sequence_dense": _sequence_dense}
 
 
@@ -195,6 +208,35 @@ def test_layer_case_matches_keras(case: str, tmp_path: Path) -> None:
     if case == "preprocessing":
         model.layers[3].adapt(np.random.default_rng(2).normal(0.5, 2.0, (16, 4, 4, 3)).astype("float32"))
     _check(randomize(model), tmp_path, case)
+
+
+def test_nhwc_input_option(tmp_path: Path) -> None:
+    """The emitted models take Keras-style (N, H, W, C) arrays: one Permute at the input."""
+    keras.utils.set_random_seed(0)
+    _check(randomize(_merges()), tmp_path, "nhwc", nhwc_input=True)
+    net = import_keras(tmp_path / "nhwc.keras", nhwc_input=True)
+    first = net.layer_names()[:2]
+    assert [net.layer(n).type for n in first] == ["Input", "Permute"]
+    assert net.layer(first[0]).params["shape"] == (1, 5, 5, 4)
+    assert sum(layer.type == "Permute" for layer in net.layers()) == 1
+
+
+def test_flatten_output_in_keras_order(tmp_path: Path) -> None:
+    keras.utils.set_random_seed(0)
+    x = keras.Input((3, 3, 2))
+    _check(randomize(keras.Model(x, L.Flatten()(L.Conv2D(4, 1)(x)))), tmp_path, "flat_out")
+
+
+@pytest.mark.parametrize("nhwc_input", [False, True])
+def test_small_clip_model(nhwc_input: bool, tmp_path: Path) -> None:
+    """TimeDistributed over a small conv model (BatchNorm, strided 'same' padding), then a
+    GRU: the per-frame part folds the time axis into the batch."""
+    keras.utils.set_random_seed(0)
+    frame = keras.Sequential([keras.Input((9, 9, 3)), L.Conv2D(4, 3, strides=2, padding="same"),
+                              L.BatchNormalization(), L.ReLU(), L.GlobalAveragePooling2D()], name="frame_net")
+    clips = keras.Input((4, 9, 9, 3))
+    y = L.GRU(5)(L.TimeDistributed(frame)(clips))
+    _check(randomize(keras.Model(clips, L.Dense(3)(y))), tmp_path, "clip", nhwc_input=nhwc_input)
 
 
 @pytest.mark.slow

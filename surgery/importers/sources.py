@@ -198,6 +198,6 @@ def load_source(source: Any, base_dir: Path, name: str | None = None, shapes_onl
         if not path.exists():
             raise SpecError(f"Keras file {str(path)!r} does not exist", subject=source.keras.path,
                             fix="check the path (relative to the spec file), or run the script that makes it")
-        return import_keras(path, input_shape=shape or None, name=name)
+        return import_keras(path, input_shape=shape or None, name=name, nhwc_input=source.keras.nhwc_input)
     raise SpecError("the spec names no source model",
                     fix="add source { torch { factory: ... } } (or onnx / caffe / keras)")

@@ -16,13 +16,15 @@ from surgery.errors import ModelFormatError
 from surgery.importers.keras import activations, conv, core, merge, recurrent  # noqa: F401  (register the mappings)
 from surgery.importers.keras.archive import open_keras
 from surgery.importers.keras.builder import Builder
+from surgery.importers.keras.core import keras_order
 from surgery.importers.keras.walk import MODEL_CLASSES, Walker, refuse_unmapped
 from surgery.ir import Net
 
 SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
-def import_keras(path: str | Path, input_shape: tuple[int, ...] | None = None, name: str | None = None) -> Net:
+def import_keras(path: str | Path, input_shape: tuple[int, ...] | None = None, name: str | None = None,
+                 nhwc_input: bool = False) -> Net:
     """Read a Keras model file into a :class:`Net` (weights are read on first use).
 
     Args:
@@ -30,6 +32,8 @@ def import_keras(path: str | Path, input_shape: tuple[int, ...] | None = None, n
         input_shape: the input's shape in Keras's order (batch, height, width, channels);
             needed when the file leaves spatial axes unknown. Default: the file's, batch 1.
         name: the net's name (default: the Keras model's).
+        nhwc_input: keep Keras's channels-last input on the net (and the emitted models):
+            the input layer takes ``(N, H, W, C)`` arrays and one Permute makes them NCHW.
 
     Raises:
         ModelFormatError: an unreadable file, or layers surgery cannot map (Lambda layers,
@@ -50,11 +54,8 @@ def import_keras(path: str | Path, input_shape: tuple[int, ...] | None = None, n
     net = Net(name or model.get("config", {}).get("name") or path.stem)
     shape = tuple(int(d) for d in input_shape) if input_shape else None
     builder = Builder(net, batch=shape[0] if shape else 1)
-    outputs = Walker(builder, shape).model(model, opened.scope, None)
-    for tensor in outputs:
-        if tensor.flattened is not None:
-            raise ModelFormatError(f"model output {tensor.blob!r} is a Flatten of a {list(tensor.flattened)} map: its "
-                                   "feature order would differ from Keras's", fix="end the model with a Dense layer")
+    outputs = Walker(builder, shape, nhwc_input).model(model, opened.scope, None)
+    outputs = [keras_order(builder, t, t.blob) if t.flattened else t for t in outputs]
     net.set_outputs([t.blob for t in outputs])
     net.shapes()
     return net

@@ -10,7 +10,7 @@ import torch
 
 from surgery.importers.keras import activations
 from surgery.importers.keras.builder import Builder, Call, Tensor, keras_layer
-from surgery.importers.keras.layout import dense_kernel, ir_shape
+from surgery.importers.keras.layout import dense_kernel, inverse, ir_order, ir_shape, then
 from surgery.ir import ParamBlob
 from surgery.layers.convolution import conv_params
 
@@ -64,20 +64,55 @@ def same_order(shape: tuple[int, ...], channel_at: int | None, flattened: tuple[
     return shape[-1] == 1 or math.prod(shape[channel_at:-1]) == 1
 
 
+def keras_order(b: Builder, x: Tensor, name: str) -> Tensor:
+    """``x`` with its values in Keras's order (a Permute back to channels-last; a Flatten of
+    an image map unflattened, permuted and flattened again), for layers that depend on
+    that order. ``x`` itself when the IR's order is already Keras's."""
+    if same_order(x.shape, x.channel_at, x.flattened):
+        return x if x.flattened is None else Tensor(x.blob, x.shape)
+    if x.flattened is not None:
+        height, width, channels = x.flattened
+        maps = b.add(f"{name}/unflatten", "Reshape", [x.blob], {"shape": [0, channels, height, width]})
+        moved = b.add(f"{name}/channels_last", "Permute", [maps], {"order": [0, 2, 3, 1]})
+        return b.tensor(b.add(f"{name}/keras_order", "Flatten", [moved], {"axis": 1, "end_axis": -1}), x.shape)
+    order = inverse(ir_order(x.rank, x.channel_at))
+    return b.tensor(b.add(f"{name}/channels_last", "Permute", [x.blob], {"order": order}), x.shape)
+
+
+def from_keras_order(b: Builder, x: Tensor, name: str, shape: tuple[int, ...], last: str) -> Tensor:
+    """A Keras-ordered blob laid out the IR's way (an image channels-first), the final
+    layer called ``last``."""
+    channel_at = 1 if len(shape) == 4 else None
+    if same_order(shape, channel_at, None):
+        target = [0, *ir_shape(shape, channel_at)[1:]]
+        return b.tensor(b.add(last, "Reshape", [x.blob], {"shape": target}), shape, channel_at)
+    plain = b.add(f"{name}/reshape", "Reshape", [x.blob], {"shape": [0, *shape[1:]]})
+    return b.tensor(b.add(last, "Permute", [plain], {"order": ir_order(len(shape), channel_at)}), shape, channel_at)
+
+
 @keras_layer("Reshape")
 def reshape(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
+    """A plain Reshape when only axes of size 1 move between the two layouts; else the
+    values go to Keras's order and back around it (Permute layers)."""
     x = inputs[0]
     target = [int(d) for d in call.get("target_shape")]
     if -1 in target:
         known = math.prod(d for d in target if d != -1)
         target[target.index(-1)] = math.prod(x.shape[1:]) // known
     shape = (x.shape[0], *target)
+    return from_keras_order(b, keras_order(b, x, call.name), call.name, shape, call.name)
+
+
+@keras_layer("Permute")
+def permute(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
+    """One IR Permute: from the IR's layout to Keras's, Keras's permutation, back."""
+    x = inputs[0]
+    x = keras_order(b, x, call.name) if x.flattened is not None else x
+    keras = [0, *(int(d) for d in call.get("dims"))]
+    shape = tuple(x.shape[axis] for axis in keras)
     channel_at = 1 if len(shape) == 4 else None
-    if not (same_order(x.shape, x.channel_at, x.flattened) and same_order(shape, channel_at, None)):
-        raise call.refuse(f"reshaping {list(x.shape)} to {list(shape)} moves values between channels-last and the "
-                          "IR's channels-first order, which has no mapping yet")
-    out = b.add(call.name, "Reshape", [x.blob], {"shape": [0, *ir_shape(shape, channel_at)[1:]]})
-    return b.tensor(out, shape, channel_at)
+    order = then(then(inverse(ir_order(x.rank, x.channel_at)), keras), ir_order(len(shape), channel_at))
+    return b.tensor(b.add(call.name, "Permute", [x.blob], {"order": order}), shape, channel_at)
 
 
 @keras_layer("Dropout", "SpatialDropout2D", "GaussianDropout", "AlphaDropout", "GaussianNoise")
@@ -173,3 +208,27 @@ def _constant(value: object, channels: int, call: Call):
     if array.size != channels:
         raise call.refuse(f"{array.size} statistics for {channels} channels")
     return lambda: array
+
+
+@keras_layer("LayerNormalization")
+def layer_normalization(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
+    """Over the trailing axes of a tensor the IR holds in Keras's order (a sequence's or a
+    vector's features); Keras's epsilon."""
+    x = inputs[0]
+    axes = call.get("axis", -1)
+    axes = sorted(a % x.rank for a in (axes if isinstance(axes, list) else [axes]))
+    if x.channel_at is not None or x.flattened is not None or axes != list(range(x.rank - len(axes), x.rank)):
+        raise call.refuse(f"normalising axes {axes} of a {list(x.shape)} tensor has no mapping (only trailing "
+                          "axes of a tensor in Keras's order)")
+    if call.get("rms_scaling", False):
+        raise call.refuse("rms_scaling has no mapping")
+    normalized = tuple(x.shape[a] for a in axes)
+    index, blobs = 0, {}
+    for role, keras_name, present in (("weight", "gamma", call.get("scale", True)), ("bias", "beta", call.get("center", True))):
+        if present:
+            blobs[role] = b.param(b.variable(call, index, keras_name, normalized))
+            index += 1
+    if "bias" in blobs and "weight" not in blobs:
+        blobs = {"weight": ParamBlob.from_tensor(torch.ones(normalized), lr_mult=0.0)} | blobs
+    params = {"normalized_shape": list(normalized), "eps": float(call.get("epsilon", 1e-3)), "affine": bool(blobs)}
+    return b.tensor(b.add(call.name, "LayerNorm", [x.blob], params, blobs), x.shape)

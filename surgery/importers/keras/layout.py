@@ -67,3 +67,23 @@ def padding_of(mode: str, sizes: tuple[int, ...], kernel: tuple[int, ...], strid
         return [0] * len(sizes), [0] * len(sizes)
     pairs = [same_padding(n, k, s, d) for n, k, s, d in zip(sizes, kernel, stride, dilation)]
     return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def ir_order(rank: int, channel_at: int | None) -> list[int]:
+    """The IR tensor as a permutation of the Keras tensor: IR axis j is Keras axis
+    ``order[j]`` (``[0, 3, 1, 2]`` for an image)."""
+    if channel_at is None:
+        return list(range(rank))
+    return [*range(channel_at), rank - 1, *range(channel_at, rank - 1)]
+
+
+def inverse(order: list[int]) -> list[int]:
+    out = [0] * len(order)
+    for index, axis in enumerate(order):
+        out[axis] = index
+    return out
+
+
+def then(first: list[int], second: list[int]) -> list[int]:
+    """The single permutation doing ``first`` then ``second`` (``t.permute(first).permute(second)``)."""
+    return [first[axis] for axis in second]

@@ -73,8 +73,6 @@ def concatenate(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
     tensors = [t for t in _operands(call) if isinstance(t, Tensor)]
     _same_layout(call, tensors)
     first = tensors[0]
-    if first.flattened is not None:
-        raise call.refuse("concatenating flattened image maps has no mapping yet")
     axis = int(call.get("axis", -1)) % first.rank
     out = b.add(call.name, "Concat", [t.blob for t in tensors], {"axis": first.axis(axis)})
     shape = list(first.shape)

@@ -12,11 +12,12 @@ from surgery.errors import ModelFormatError, ShapeError
 from surgery.importers.keras import activations
 from surgery.importers.keras.archive import Scope
 from surgery.importers.keras.builder import MAPPINGS, Builder, Call, Tensor
-from surgery.importers.keras.layout import ir_shape
+from surgery.importers.keras.core import keras_order
+from surgery.importers.keras.layout import ir_order, ir_shape
 
 MODEL_CLASSES = {"Functional", "Sequential", "Model"}
-#: Mappings that read a flattened image map correctly (the features' order does not matter,
-#: or the mapping reorders its weights).
+#: Mappings that read a flattened image map as the IR holds it (the features' order does
+#: not matter, or the mapping reorders its weights); others get it in Keras's order.
 FLAT_READERS = {"Dense", "Dropout", "Activation", "ReLU", "LeakyReLU", "Softmax", "GaussianNoise"}
 #: Mappings that already act on each step of a (batch, steps, features) sequence, so that
 #: TimeDistributed adds nothing (a Dense on the last axis).
@@ -108,6 +109,14 @@ def _tensors_in(value: Any) -> list[Tensor]:
     return []
 
 
+def _substitute(value: Any, replacements: dict[int, Tensor]) -> Any:
+    if isinstance(value, Tensor):
+        return replacements.get(id(value), value)
+    if isinstance(value, list):
+        return [_substitute(v, replacements) for v in value]
+    return value
+
+
 def _endpoints(value: Any) -> list[tuple[str, int, int]]:
     """A model's input_layers / output_layers: one [name, node, index] or a list of them."""
     if value and isinstance(value[0], str):
@@ -118,9 +127,10 @@ def _endpoints(value: Any) -> list[tuple[str, int, int]]:
 class Walker:
     """Maps a model config onto a :class:`Builder`."""
 
-    def __init__(self, builder: Builder, input_shape: tuple[int, ...] | None) -> None:
+    def __init__(self, builder: Builder, input_shape: tuple[int, ...] | None, nhwc_input: bool = False) -> None:
         self.b = builder
         self.input_shape = input_shape
+        self.nhwc_input = nhwc_input
 
     def model(self, model: dict[str, Any], scope: Scope | None, inputs: list[Tensor] | None) -> list[Tensor]:
         """The output tensors of a Functional or Sequential model (``inputs``: the tensors
@@ -175,10 +185,12 @@ class Walker:
             return self.model(entry, scope, inputs)
         if class_name == "TimeDistributed":
             return self._time_distributed(entry, name, scope, inputs)
-        call = Call(name, class_name, entry.get("config", {}), scope, args, kwargs)
         if any(t.flattened for t in inputs) and class_name not in FLAT_READERS:
-            raise call.refuse("reads a Flatten of an image map, whose feature order differs between Keras "
-                              "(H, W, C) and the IR (C, H, W); only Dense layers are reordered")
+            # A flattened image map is in the IR's (C, H, W) order; this layer needs Keras's.
+            reordered = {id(t): keras_order(self.b, t, name) for t in inputs if t.flattened}
+            args = _substitute(args, reordered)
+            inputs = [reordered.get(id(t), t) for t in inputs]
+        call = Call(name, class_name, entry.get("config", {}), scope, args, kwargs)
         out = MAPPINGS[class_name](self.b, call, inputs)
         return out if isinstance(out, list) else [out]
 
@@ -229,10 +241,13 @@ class Walker:
                              fix="give input_shape in Keras's order, e.g. [1, 224, 224, 3]")
         shape = tuple(int(d) for d in shape)
         channel_at = 1 if len(shape) == 4 else (2 if len(shape) == 5 else None)
-        params: dict[str, Any] = {"shape": ir_shape(shape, channel_at)}
+        nhwc = self.nhwc_input and channel_at is not None
+        params: dict[str, Any] = {"shape": shape if nhwc else ir_shape(shape, channel_at)}
         if len(shape) == 5:  # a clip (N, T, H, W, C): the time axis is 1
             params["time_axis"] = 1
         blob = self.b.add(name, "Input", [], params)
+        if nhwc:  # Keras-style arrays in, one transpose to the IR's channels-first layout
+            blob = self.b.add(f"{name}/nchw", "Permute", [blob], {"order": ir_order(len(shape), channel_at)})
         return self.b.tensor(blob, shape, channel_at)
 
 
