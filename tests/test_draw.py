@@ -237,6 +237,20 @@ def test_names_from_the_model_are_escaped(tmp_path: Path) -> None:
     ET.fromstring(surgery.draw(spec, tmp_path / "c.svg").read_text())
 
 
+def test_control_characters_in_names_still_make_valid_xml(tmp_path: Path) -> None:
+    prototxt = tmp_path / "net.prototxt"
+    prototxt.write_text('name: "n" input: "data" input_shape { dim: 1 dim: 2 }\n'
+                        'layer { name: "fc\\001\\033[31m" type: "InnerProduct" bottom: "data" top: "fc" '
+                        'inner_product_param { num_output: 3 } }\n')
+    spec = tmp_path / "spec.prototxt"
+    spec.write_text('source { caffe { prototxt: "net.prototxt" } }\n'
+                    'edit { classifier { layer: "fc\\001\\033[31m" num_output: 4 } }\n')
+    svg = surgery.draw(spec, tmp_path / "c.svg").read_text()
+    names = [box["names"] for box in _boxes(svg)["edited"]]
+    assert ["fc\ufffd\ufffd[31m"] in names
+    assert "\x01" not in surgery.draw(spec, tmp_path / "c.html").read_text()
+
+
 # --------------------------------------------------------------------- browser
 def _browser() -> str | None:
     for name in ("chromium", "chromium-headless-shell", "chromium-browser", "google-chrome"):

@@ -10,7 +10,7 @@ from collections import Counter
 from html import escape
 from typing import Any
 
-from surgery.emitters.picture.model import CHANGE_STYLES
+from surgery.emitters.picture.model import CHANGE_STYLES, xml_safe
 
 _CSS = """
 body{font-family:"DejaVu Sans",Verdana,Helvetica,Arial,sans-serif;margin:24px;color:#222;font-size:14px}
@@ -19,7 +19,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bott
 border:1px solid #999}.picture{overflow:auto;border:1px solid #e0e0e0;padding:6px;max-height:90vh}
 table{border-collapse:collapse;font-size:13px}th,td{border-bottom:1px solid #eee;padding:4px 8px;text-align:left;
 vertical-align:top}th{background:#f4f4f4;position:sticky;top:0}table.sortable th{cursor:pointer;user-select:none}
-table.sortable th:after{content:" \\2195";color:#aaa}td:first-child{white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums}
+table.sortable th:after{content:" \\2195";color:#aaa}td:first-child,th{white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums}
 code{background:#f6f6f6;padding:1px 4px;border-radius:3px}.ok{color:#2e7d32;font-weight:bold}
 .bad{color:#c62828;font-weight:bold}label{cursor:pointer}.hidden{display:none}
 """
@@ -115,14 +115,22 @@ def _numel(shape: Any) -> int:
 
 
 def _edits_table(edits: list[dict[str, Any]], spec_lines: dict[int, str]) -> str:
-    rows = []
+    """One row per spec line and outcome: an ``lr`` over 130 layers is one row naming the
+    first and last (the full list in the cell's tooltip)."""
+    groups: dict[tuple[str, str, str, str], list[str]] = {}
     for edit in edits:
-        label = _line(edit.get("where", ""))
+        key = (edit.get("where", ""), edit["op"], edit["what"], edit["detail"])
+        groups.setdefault(key, []).append(edit["layer"])
+    rows = []
+    for (where, op, what, detail), layers in groups.items():
+        label = _line(where)
         line = label.removeprefix("line ")
         text = spec_lines.get(int(line), "") if line.isdigit() else ""
+        who = layers[0] if len(layers) == 1 else f"{layers[0]} … {layers[-1]} ({len(layers)} layers)"
         rows.append("<tr>" + _cell(label or "-", sort=int(line) if line.isdigit() else 0)
-                    + f'<td><code>{escape(text)}</code></td>' + _cell(edit["op"]) + _cell(edit["layer"])
-                    + _cell(edit["what"]) + _cell(edit["detail"]) + "</tr>")
+                    + f"<td><code>{escape(text)}</code></td>" + _cell(op)
+                    + f'<td data-v="{escape(layers[0])}" title="{escape(chr(10).join(layers))}">{escape(who)}</td>'
+                    + _cell(what) + _cell(detail) + "</tr>")
     return _table(["spec", "spec text", "edit", "layer", "what", "detail"], rows, True, "edits")
 
 
@@ -190,7 +198,7 @@ def report_page(title: str, spec_name: str, report: dict[str, Any], svg_folded: 
     if svg_all is not None:
         toggle = '<p><label><input type="checkbox" id="show-all"> show every layer</label></p>'
         pictures += f'<div class="picture hidden" id="picture-all">{svg_all}</div>'
-    return f"""<!DOCTYPE html>
+    return xml_safe(f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>surgery report: {escape(title)}</title>
 <style>{_CSS}</style></head><body>
 <h1>surgery report: {escape(title)}</h1>
@@ -205,4 +213,4 @@ outputs {escape(", ".join(report["outputs"]))}</div>
 <h2>Layers</h2><p>Click a column to sort.</p>{_layers_table(report["layers"])}
 <script>{_SCRIPT}</script>
 </body></html>
-"""
+""")

@@ -4,7 +4,17 @@ nothing of operations, specs or the IR."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+# Characters XML 1.0 cannot carry at all (escaping does not help): control characters
+# and lone surrogates. A name from a model file may hold them.
+_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_safe(text: str) -> str:
+    """``text`` with characters that XML cannot represent replaced by U+FFFD."""
+    return _NOT_XML.sub("\ufffd", text)
 
 #: Colours by what happened to a layer: (fill, stroke, legend text).
 CHANGE_STYLES: dict[str, tuple[str, str, str]] = {

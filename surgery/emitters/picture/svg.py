@@ -14,7 +14,7 @@ from collections import Counter
 
 from surgery.emitters.picture.groups import group_boxes, group_mark
 from surgery.emitters.picture.layout import place
-from surgery.emitters.picture.model import CHANGE_STYLES, Box, Side
+from surgery.emitters.picture.model import CHANGE_STYLES, Box, Side, xml_safe
 
 FONT = "DejaVu Sans, Verdana, Helvetica, Arial, sans-serif"
 NAME_SIZE, TEXT_SIZE, TITLE_SIZE = 12.5, 11, 15
@@ -225,5 +225,5 @@ def draw_svg(sides: list[Side], *, min_group: int = 3, standalone: bool = True) 
     root.set("viewBox", f"0 0 {width:.0f} {total:.0f}")
     if standalone:
         root.set("xmlns", "http://www.w3.org/2000/svg")
-        return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
-    return ET.tostring(root, encoding="unicode")
+        return '<?xml version="1.0" encoding="UTF-8"?>\n' + xml_safe(ET.tostring(root, encoding="unicode")) + "\n"
+    return xml_safe(ET.tostring(root, encoding="unicode"))
