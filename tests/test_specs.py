@@ -47,6 +47,8 @@ def _expected_files(spec: Path) -> set[str]:
         files.add(output.onnx.path)
     if output.HasField("caffe"):
         files |= {output.caffe.prototxt, output.caffe.weights}
+    if output.HasField("step"):
+        files |= {output.step.onnx, f"{output.step.pytorch}/model.py", f"{output.step.pytorch}/weights.pt"}
     return files
 
 
