@@ -147,3 +147,34 @@ def test_recurrent_layer_on_an_image_is_a_shape_error() -> None:
         surgery.append(net, ['name: "rnn" type: "LSTM" recurrent_param { num_output: 4 }'])
     assert "sequence" in error.value.fix
     assert net.layer_names() == before  # the net is unchanged
+
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("option", ["plain", "deep_bidirectional", "no_bias"])
+@pytest.mark.parametrize("kind", sorted(CLASSES))
+def test_onnx_round_trip_reads_the_operators_back(kind: str, option: str, return_sequences: bool,
+                                                  tmp_path: Path) -> None:
+    options = {k: v for k, v in OPTIONS[option].items() if k != "bias"}
+    extra = " ".join(f"{k}: {str(v).lower()}" for k, v in options.items())
+    extra += f" return_sequences: {str(return_sequences).lower()}"
+    if option == "no_bias":
+        extra += " bias_term: false"
+    net = _appended(kind, extra)
+    path = emit_onnx(net, tmp_path / "m.onnx")
+    back = import_onnx(path)
+    layer = next(l for l in back.layers() if l.type == kind)
+    assert {k: layer.params[k] for k in ("num_layers", "bidirectional", "return_sequences", "bias_term")} == {
+        k: net.layer("rnn").params[k] for k in ("num_layers", "bidirectional", "return_sequences", "bias_term")}
+    types = [l.type for l in back.layers()]
+    assert types.count(kind) == 1 and not {"Permute", "Reshape", "Slice"} & set(types)  # no stray transposes
+    for role, blob in net.layer("rnn").blobs.items():  # torch's gate order again, bit for bit
+        assert torch.equal(layer.blobs[role].data, blob.data), role
+    x = torch.randn(3, 4, 3)  # another batch and length
+    with torch.no_grad():
+        want = surgery.to_torch(net).eval()(x)
+        got = surgery.to_torch(back).eval()(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    x = torch.randn(3, 5, 3)  # the file's T is fixed (no sequence here)
+    with torch.no_grad():
+        want = surgery.to_torch(back).eval()(x)
+    np.testing.assert_allclose(_run_onnx(path, x.numpy())[0], want.numpy(), rtol=0, atol=ATOL)

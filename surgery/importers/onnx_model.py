@@ -387,7 +387,7 @@ def _import_node(node: onnx.NodeProto, reader: OnnxReader, table: dict) -> None:
     if node.op_type in _PASS_THROUGH:
         reader.alias[node.output[0]] = reader.alias.get(node.input[0], node.input[0])
         return
-    if node.output and all(reader.net.has_blob(o) for o in node.output if o):
+    if node.output and all(reader.net.has_blob(reader.alias.get(o, o)) for o in node.output if o):
         return  # a layer type that reads a pattern of nodes (from_onnx) already wrote these
     for kind in table[node.op_type]:
         try:
