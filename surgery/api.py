@@ -438,7 +438,8 @@ def _check_free_space(planned: Plan, folder: Path) -> None:
     copies = sum((output.HasField("pytorch") or not message.HasField("output"),
                   output.HasField("onnx") or not message.HasField("output"), output.HasField("caffe")))
     weights = sum(blob.numel * blob.dtype.itemsize for layer in planned.net.layers() for blob in layer.blobs.values())
-    needed = copies * weights + (64 << 10) + 1024 * len(planned.net)  # model.py, report.json, headers
+    # model.py, report.json, headers; report.html takes about 2 kB a layer (two pictures, a table row)
+    needed = copies * weights + (64 << 10) + 4096 * len(planned.net)
     free = shutil.disk_usage(folder).free
     if needed > free:
         from surgery.ir.budget import human_bytes
