@@ -62,6 +62,13 @@ TOY_CASES = {
     "huge pad": (_conv("kernel_size: 1 pad: 1000000000"), "more than this machine's", '"c"'),
     "huge num_output": ('edit { append { layer { name: "f" type: "InnerProduct" '
                         'inner_product_param { num_output: 2000000000 } } } }', "its new weights", '"f"'),
+    "num_output 0 in an eltwise's layer": (
+        'edit { eltwise { name: "g" operation: PROD bottom: "features.block1_pool" layer { name: "gc" '
+        'type: "Convolution" convolution_param { num_output: 0 kernel_size: 1 } } } }',
+        "num_output must be at least 1", '"gc"'),
+    "a type without Caffe syntax": ('edit { append { layer { name: "n" type: "LayerNorm" } } }',
+                                    "LayerNorm layers have no Caffe syntax", '"n"'),
+    "Pad without its pads": ('edit { append { layer { name: "n" type: "Pad" } } }', "no Caffe syntax", '"n"'),
     "an added Input": ('edit { append { layer { name: "i" type: "Input" } } }', "an Input is the source's", '"i"'),
     "shape error after insert": (_conv("kernel_size: 1", "").replace("num_output: 16", "num_output: 4"),
                                  "layer 'classifier.fc1' (InnerProduct)", "edit {"),
@@ -215,3 +222,16 @@ def test_appending_thousands_of_layers_costs_linear_shape_work(tmp_path: Path, m
     planned = surgery.plan(spec)
     assert len(planned.net) > count
     assert len(calls) < 6 * count, f"{len(calls)} ReLU shape inferences for {count} new layers"
+
+
+@pytest.mark.parametrize("recurrent,message", [("num_output: 0", "num_output (the hidden size) must be at least 1"),
+                                               ('num_output: 4 nonlinearity: "sigmoid"', 'must be "tanh" or "relu"')])
+def test_recurrent_parameters_are_checked_by_the_layer_type(recurrent: str, message: str, tmp_path: Path,
+                                                            capsys) -> None:
+    spec = tmp_path / "v.prototxt"
+    spec.write_text('source { torch { factory: "surgery.zoo:DigitsCNN" } input_shape: [1, 1, 8, 8] }\n'
+                    'edit { sequence { at: "features.pool2" frames: 4\n'
+                    f'  layer {{ name: "rnn" type: "RNN" recurrent_param {{ {recurrent} }} }} }} }}\n')
+    code, err = _run(capsys, "plan", "-q", str(spec))
+    assert code == 2 and message in err, err
+    assert _located(err, spec).group(1) == "3", err

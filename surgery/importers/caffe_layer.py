@@ -37,6 +37,10 @@ def layer_from_caffe(message: Any) -> CaffeLayer:
     if not message.name:
         raise SpecError("a layer needs a name", fix='add `name: "..."` to the layer')
     kind = layer_type(message.type)
+    if not kind.caffe_syntax:
+        raise SpecError(f"layer {message.name!r}: {kind.name} layers have no Caffe syntax (their parameters come "
+                        "only from imported models)", subject=message.name,
+                        fix="use a type written with a *_param, e.g. Pooling, InnerProduct, Reshape")
     param_field = kind.caffe_param_field
     params: dict[str, Any] = {}
     fillers: dict[str, Filler] = {}

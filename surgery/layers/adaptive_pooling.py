@@ -18,6 +18,7 @@ class AdaptivePooling(LayerType):
     """Params: pool ("AVE"|"MAX"), output_size (h, w; None keeps that input size)."""
 
     name = "AdaptivePooling"
+    caffe_syntax = False
     passes_resize = True
     fresh_output = True
     torch_modules = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)

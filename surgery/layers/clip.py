@@ -16,6 +16,7 @@ class Clip(LayerType):
     """Params: min, max (None = unbounded on that side)."""
 
     name = "Clip"
+    caffe_syntax = False
     passes_resize = True
     torch_modules = (nn.ReLU6, nn.Hardtanh)
     onnx_ops = ("Clip",)

@@ -18,6 +18,7 @@ class Constant(LayerType):
     """No inputs. Blobs: value."""
 
     name = "Constant"
+    caffe_syntax = False
     blob_roles = ("value",)
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:

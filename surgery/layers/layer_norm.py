@@ -24,6 +24,7 @@ class LayerNorm(LayerType):
     Blobs: weight and bias (shaped ``normalized_shape``), both optional."""
 
     name = "LayerNorm"
+    caffe_syntax = False
     fresh_output = True
     torch_modules = (nn.LayerNorm,)
     torch_functions = (F.layer_norm,)

@@ -20,6 +20,7 @@ class Opaque(LayerType):
     their names inside the module). Shapes are inferred by running it on the meta device."""
 
     name = "Opaque"
+    caffe_syntax = False
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         module: nn.Module = layer.extra["module"]

@@ -60,6 +60,7 @@ class OpaqueCall(LayerType):
     Its inputs may be non-tensor values (sizes); their "shape" is the value itself."""
 
     name = "OpaqueCall"
+    caffe_syntax = False
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         extra = layer.extra

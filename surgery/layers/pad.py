@@ -18,6 +18,7 @@ class Pad(LayerType):
     """Params: pads (ONNX order: begin of every axis, then end of every axis), value."""
 
     name = "Pad"
+    caffe_syntax = False
     passes_resize = True
     onnx_ops = ("Pad",)
 

@@ -34,6 +34,7 @@ class Permute(LayerType):
     """Params: order (the new axis order), or swap (two axes to exchange, any rank)."""
 
     name = "Permute"
+    caffe_syntax = False
     torch_functions = (torch.permute, "permute", *_SWAPS)
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:

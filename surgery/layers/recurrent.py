@@ -40,7 +40,7 @@ from torch import fx, nn
 
 from surgery.errors import ModelFormatError, ShapeError
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, ModuleRecipe
+from surgery.layers.registry import LayerType, ModuleRecipe, check_param
 
 
 def recurrent_params(num_output: int, num_layers: int = 1, bidirectional: bool = False,
@@ -260,6 +260,10 @@ class RecurrentType(LayerType):
         if param.expose_hidden:
             raise ModelFormatError("expose_hidden recurrent layers are not supported",
                              fix="leave expose_hidden unset: the streaming step model exposes the state itself")
+        check_param(param.num_output >= 1, f"num_output (the hidden size) must be at least 1, got {param.num_output}")
+        if self.name == "RNN":
+            check_param(param.nonlinearity in ("tanh", "relu"),
+                        f"nonlinearity must be \"tanh\" or \"relu\", got {param.nonlinearity!r}")
         extra = {"nonlinearity": param.nonlinearity} if self.name == "RNN" else {}
         return recurrent_params(param.num_output, param.num_layers or 1, param.bidirectional, param.return_sequences,
                                 param.bias_term, **extra)

@@ -142,6 +142,10 @@ class LayerType:
     # -------------------------------------------------------------- caffe
     #: The LayerParameter field holding this type's hyper-parameters ("convolution_param").
     caffe_param_field: ClassVar[str | None] = None
+    #: Layers of this type can be written in Caffe syntax (a spec's ``layer { }``, a
+    #: prototxt). False for types whose hyper-parameters have no Caffe field: they come
+    #: only from imported models.
+    caffe_syntax: ClassVar[bool] = True
 
     def from_caffe(self, param: Any) -> dict[str, Any]:
         """Hyper-parameters from this type's Caffe ``*_param`` message (None when the

@@ -26,6 +26,7 @@ class FoldTime(LayerType):
     """``(N, T, ...) -> (N*T, ...)``: every frame becomes a batch item. No params."""
 
     name = "FoldTime"
+    caffe_syntax = False
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)
@@ -49,6 +50,7 @@ class UnfoldTime(LayerType):
     T they came from (read at run time, so both stay symbolic). No params."""
 
     name = "UnfoldTime"
+    caffe_syntax = False
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 2)
