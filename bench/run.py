@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_collapse  # noqa: E402
 import bench_core  # noqa: E402
+import bench_keras  # noqa: E402
 import bench_onnx  # noqa: E402
 import bench_video  # noqa: E402
 
@@ -24,3 +25,5 @@ if __name__ == "__main__":
     bench_collapse.main([])
     print("== video ==")
     bench_video.main([])
+    print("== keras ==")
+    bench_keras.main([])

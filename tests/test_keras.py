@@ -279,6 +279,24 @@ def test_names_are_keras_names_and_nothing_is_read(tmp_path: Path) -> None:
     np.testing.assert_array_equal(weight.data.numpy(), kernel.transpose(3, 2, 0, 1))
 
 
+def test_recompressed_archive_reads_the_same(tmp_path: Path) -> None:
+    """A .keras archive re-zipped with compression cannot be viewed in place: the weights
+    file is read into memory instead, with the same values."""
+    import zipfile
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path / "stored.keras"
+    randomize(_grouped()).save(path)
+    packed = tmp_path / "deflated.keras"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as target:
+        for item in source.infolist():
+            target.writestr(item.filename, source.read(item.filename))
+    stored, deflated = import_keras(path), import_keras(packed)
+    for layer in stored.layers():
+        for role, blob in layer.blobs.items():
+            assert torch.equal(blob.data, deflated.layer(layer.name).blobs[role].data), (layer.name, role)
+
+
 def test_cli_inspect_keras_file(tmp_path: Path) -> None:
     keras.utils.set_random_seed(0)
     model = _flatten_dense()

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from surgery.errors import ModelFormatError
+from surgery.importers import wire
 
 try:
     import h5py
@@ -38,11 +39,16 @@ except ImportError:  # reported when a Keras file is opened, not on import
 
 @dataclass
 class Variable:
-    """One stored variable: its shape and dtype are known without reading it."""
+    """One stored variable: its shape and dtype are known without reading it.
+
+    ``mapped`` is the memory-mapped file holding the HDF5 data and where the HDF5 file
+    starts in it (inside a ``.keras`` zip, after the member's header): a contiguous,
+    unfiltered dataset is then viewed in place, as the other formats' weights are."""
 
     dataset: Any
     where: str
-    keep: Any = None  # what must stay open while the dataset is read (the archive's map)
+    mapped: tuple[Any, int] | None = None
+    keep: Any = None  # the file object h5py reads the archive through: kept open with the blob
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -53,7 +59,16 @@ class Variable:
         return np.dtype(self.dataset.dtype)
 
     def read(self) -> np.ndarray:
-        return np.asarray(self.dataset[()])
+        """The values: a view into the mapped file when the dataset is stored contiguous,
+        unfiltered and little-endian; else read by h5py."""
+        dataset, count = self.dataset, int(np.prod(self.shape))
+        offset = dataset.id.get_offset() if self.mapped is not None and count else None
+        if offset is not None and dataset.chunks is None and self.dtype.byteorder in "=<|" \
+                and self.dtype.kind in "fiub":
+            buffer, base = self.mapped
+            if base + offset + count * self.dtype.itemsize <= len(buffer):
+                return wire.view(buffer, self.dtype, base + offset, count).reshape(self.shape)
+        return np.asarray(dataset[()])
 
 
 class Scope:
@@ -82,9 +97,10 @@ def snake_case(class_name: str) -> str:
 class ArchiveScope(Scope):
     """A scope in a ``.keras`` weights file: a group path."""
 
-    def __init__(self, root: Any, path: str, keep: Any = None) -> None:
+    def __init__(self, root: Any, path: str, mapped: tuple[Any, int] | None = None, keep: Any = None) -> None:
         self.root = root
         self.path = path
+        self.mapped = mapped
         self.keep = keep
         self._used: dict[str, int] = {}
 
@@ -93,10 +109,10 @@ class ArchiveScope(Scope):
         count = self._used.get(key)
         self._used[key] = 0 if count is None else count + 1
         suffix = "" if count is None else f"_{count + 1}"
-        return ArchiveScope(self.root, f"{self.path}/layers/{key}{suffix}".lstrip("/"), self.keep)
+        return ArchiveScope(self.root, f"{self.path}/layers/{key}{suffix}".lstrip("/"), self.mapped, self.keep)
 
     def attribute(self, attr: str, name: str | None = None) -> Scope:
-        return ArchiveScope(self.root, f"{self.path}/{attr}", self.keep)
+        return ArchiveScope(self.root, f"{self.path}/{attr}", self.mapped, self.keep)
 
     def variable(self, index: int, name: str, layer: str) -> Variable:
         where = f"{self.path}/vars/{index}"
@@ -104,7 +120,7 @@ class ArchiveScope(Scope):
         if dataset is None or not isinstance(dataset, h5py.Dataset):
             raise ModelFormatError(f"the weights file has no variable {where!r} ({name} of layer {layer!r})",
                                    fix="re-save the model with Keras 3 (model.save('model.keras'))")
-        return Variable(dataset, where, self.keep)
+        return Variable(dataset, where, self.mapped, self.keep)
 
 
 class LegacyScope(Scope):
@@ -113,8 +129,10 @@ class LegacyScope(Scope):
     a top-level layer owns its whole group, a layer of a nested model owns the entries
     naming it (``block1_conv1/kernel``, or ``inner/dense/kernel`` in a nested Sequential)."""
 
-    def __init__(self, root: Any, group: Any, leaf: str | None, owns_group: bool) -> None:
+    def __init__(self, root: Any, group: Any, leaf: str | None, owns_group: bool,
+                 mapped: tuple[Any, int] | None = None) -> None:
         self.root = root
+        self.mapped = mapped
         self.group = group
         self.leaf = leaf
         self.owns_group = owns_group
@@ -122,11 +140,11 @@ class LegacyScope(Scope):
 
     def child(self, class_name: str, name: str) -> Scope:
         if self.group is None:  # the model itself: each layer has its own group
-            return LegacyScope(self.root, self.root.get(name), name, True)
-        return LegacyScope(self.root, self.group, name, False)  # a layer of a nested model
+            return LegacyScope(self.root, self.root.get(name), name, True, self.mapped)
+        return LegacyScope(self.root, self.group, name, False, self.mapped)  # a layer of a nested model
 
     def attribute(self, attr: str, name: str | None = None) -> Scope:
-        return LegacyScope(self.root, self.group, name or self.leaf, self.owns_group)
+        return LegacyScope(self.root, self.group, name or self.leaf, self.owns_group, self.mapped)
 
     def _datasets(self) -> list[str]:
         if self._names is None:
@@ -149,14 +167,14 @@ class LegacyScope(Scope):
         listed = [n.decode() if isinstance(n, bytes) else str(n) for n in self.group.attrs.get("weight_names", [])]
         mine = [n for n in listed if self._mine(n)]
         if index < len(mine) and mine[index] in self.group:
-            return Variable(self.group[mine[index]], f"{self.group.name}/{mine[index]}")
+            return Variable(self.group[mine[index]], f"{self.group.name}/{mine[index]}", self.mapped)
         candidates = [path for path in self._datasets()
                       if self._mine(path) and path.rsplit("/", 1)[-1].split(":")[0] == name]
         if not candidates:
             raise ModelFormatError(f"the .h5 file has no weight {name!r} for layer {layer!r}",
                                    fix="save the model with its weights (model.save('model.h5'))")
         path = min(candidates, key=len)
-        return Variable(self.group[path], f"{self.group.name}/{path}")
+        return Variable(self.group[path], f"{self.group.name}/{path}", self.mapped)
 
 
 class _Window(io.RawIOBase):
@@ -226,11 +244,12 @@ def _open_archive(path: Path) -> KerasFile:
             raise ModelFormatError(f"{str(path)!r} has no model.weights.h5",
                                    fix="save the whole model (model.save('model.keras')), not only its config")
         info = archive.getinfo("model.weights.h5")
-        with open(path, "rb") as raw:
-            buffer = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ)
+        buffer = wire.open_mapped(path)
+        mapped = None
         if info.compress_type == zipfile.ZIP_STORED:
             start = _data_offset(buffer, info)
             stream: Any = _Window(buffer, start, info.file_size)
+            mapped = (buffer, start)
         else:  # an archive re-zipped with compression: read the weights into memory
             stream = io.BytesIO(archive.read("model.weights.h5"))
     try:
@@ -238,7 +257,8 @@ def _open_archive(path: Path) -> KerasFile:
     except OSError as error:
         raise ModelFormatError(f"model.weights.h5 in {str(path)!r} is not readable HDF5 ({error})") from None
     handles = (weights, stream, buffer)
-    return KerasFile(path, config, ArchiveScope(weights, "", handles), str(metadata.get("keras_version", "")), handles)
+    scope = ArchiveScope(weights, "", mapped, handles)
+    return KerasFile(path, config, scope, str(metadata.get("keras_version", "")), handles)
 
 
 def _data_offset(buffer: mmap.mmap, info: zipfile.ZipInfo) -> int:
@@ -261,7 +281,8 @@ def _open_legacy(path: Path, handle: Any) -> KerasFile:
     group = handle.get("model_weights", handle)
     version = handle.attrs.get("keras_version", "")
     version = version.decode() if isinstance(version, bytes) else str(version)
-    return KerasFile(path, config, LegacyScope(group, None, None, False), version, (handle,))
+    buffer = wire.open_mapped(path)
+    return KerasFile(path, config, LegacyScope(group, None, None, False, (buffer, 0)), version, (handle, buffer))
 
 
 def _json(data: bytes, path: Path) -> dict[str, Any]:

@@ -144,15 +144,16 @@ class Builder:
         return self.tensor(blob, keras, source.channel_at, source.flattened)
 
     # -------------------------------------------------------------- blobs
-    def param(self, variable: Variable, transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    def param(self, variable: Variable, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
               shape: tuple[int, ...] | None = None, *, trainable: bool = True, **kwargs: Any) -> ParamBlob:
-        """A lazy blob over a stored variable: read, transformed (a transpose) on first use."""
+        """A lazy blob over a stored variable: read (viewed in the mapped file when it can
+        be), transformed (a transpose, made contiguous) on first use."""
         out_shape = tuple(shape) if shape is not None else variable.shape
         dtype = torch.from_numpy(np.zeros(0, variable.dtype)).dtype
 
         def load() -> torch.Tensor:
-            values = variable.read()
-            return torch.from_numpy(np.ascontiguousarray(transform(values) if transform else values))
+            values = torch.from_numpy(variable.read())
+            return transform(values).contiguous() if transform else values
 
         return ParamBlob.lazy(out_shape, dtype, load, trainable=trainable, **kwargs)
 

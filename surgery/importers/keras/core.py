@@ -28,7 +28,7 @@ def dense(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
     if x.channel_at is not None:
         if x.channel_at != 1 or x.rank != 4:
             raise call.refuse(f"a Dense on a tensor of shape {list(x.shape)} has no mapping")
-        blobs["weight"] = b.param(kernel, lambda k: k.T.reshape(units, features, 1, 1), (units, features, 1, 1))
+        blobs["weight"] = b.param(kernel, lambda k: k.t().reshape(units, features, 1, 1), (units, features, 1, 1))
         type_name, params = "Convolution", conv_params(units, 1, bias_term=use_bias)
     else:
         flattened = x.flattened

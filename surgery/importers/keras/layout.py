@@ -1,6 +1,7 @@
 """Channels-last (Keras) to channels-first (the IR): pure shape and weight arithmetic.
 
-A Keras image tensor is ``(N, H, W, C)``; the IR holds it as ``(N, C, H, W)``. A tensor
+Weight functions take and return torch tensors (torch's strided copies are several times
+faster than numpy's for a large transpose). A Keras image tensor is ``(N, H, W, C)``; the IR holds it as ``(N, C, H, W)``. A tensor
 records where the IR put Keras's last axis (``channel_at``: 1 for images, 2 for clips
 ``(N, T, C, H, W)``; None when the IR holds the Keras order as is). Weights are
 transposed here, once, at import; nothing is transposed at run time.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 
 def ir_shape(shape: tuple[int, ...], channel_at: int | None) -> tuple[int, ...]:
@@ -28,28 +30,27 @@ def ir_axis(axis: int, rank: int, channel_at: int | None) -> int:
     return channel_at if axis == rank - 1 else axis + 1
 
 
-def conv_kernel(kernel: np.ndarray) -> np.ndarray:
+def conv_kernel(kernel: torch.Tensor) -> torch.Tensor:
     """Keras ``(kh, kw, in, out)`` to torch ``(out, in, kh, kw)``."""
-    return kernel.transpose(3, 2, 0, 1)
+    return kernel.permute(3, 2, 0, 1)
 
 
-def depthwise_kernel(kernel: np.ndarray) -> np.ndarray:
+def depthwise_kernel(kernel: torch.Tensor) -> torch.Tensor:
     """Keras depthwise ``(kh, kw, C, M)`` to a grouped torch kernel ``(C * M, 1, kh, kw)``:
     Keras orders the outputs channel-major (output ``c * M + m`` is multiplier m of c)."""
     kh, kw, channels, multiplier = kernel.shape
-    return kernel.transpose(2, 3, 0, 1).reshape(channels * multiplier, 1, kh, kw)
+    return kernel.permute(2, 3, 0, 1).reshape(channels * multiplier, 1, kh, kw)
 
 
-def dense_kernel(kernel: np.ndarray, flattened: tuple[int, ...] | None = None) -> np.ndarray:
+def dense_kernel(kernel: torch.Tensor, flattened: tuple[int, ...] | None = None) -> torch.Tensor:
     """Keras ``(in, out)`` to torch ``(out, in)``. ``flattened``: the ``(H, W, C)`` map a
     Flatten made the input from; Keras read it in H, W, C order, the IR in C, H, W, so the
     columns are permuted to keep the same function."""
-    weight = kernel.T
     if flattened is None:
-        return weight
+        return kernel.t()
     order = np.arange(math.prod(flattened)).reshape(flattened)
     order = order.transpose(len(flattened) - 1, *range(len(flattened) - 1)).reshape(-1)
-    return weight[:, order]
+    return kernel[torch.from_numpy(order)].t()  # whole rows gathered, then one transpose
 
 
 def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:

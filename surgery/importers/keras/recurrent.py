@@ -9,7 +9,6 @@ applies the reset gate before the recurrent product, which torch's GRU cannot.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from surgery.importers.keras.activations import activation_name
@@ -21,10 +20,10 @@ from surgery.layers.recurrent import recurrent_params
 _TORCH_FROM_KERAS = {"LSTM": (0, 1, 2, 3), "GRU": (1, 0, 2)}
 
 
-def _gates(matrix: np.ndarray, order: tuple[int, ...], units: int) -> np.ndarray:
+def _gates(matrix: torch.Tensor, order: tuple[int, ...], units: int) -> torch.Tensor:
     """Keras ``(in, G*H)`` (or a bias ``(G*H,)``) to torch's gate order, transposed."""
     blocks = [matrix[..., g * units:(g + 1) * units] for g in order]
-    return np.concatenate(blocks, axis=-1).T
+    return torch.cat(blocks, dim=-1).t()  # t() leaves a bias (1-D) as it is
 
 
 def _check(call: Call, x: Tensor) -> None:
