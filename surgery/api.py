@@ -543,14 +543,25 @@ def report_page(planned: Plan, verified: Any = None, *, show_all: bool = False) 
 
 
 def verify(spec_path: str | Path, *, seed: int = 0, atol: float = 1e-5, rtol: float = 1e-4, scale_rtol: float = 1e-5,
-           progress: Progress | None = None):
+           progress: Progress | None = None, html: str | Path | None = None):
     """Apply a spec in memory and compare emitted torch, emitted ONNX (onnxruntime) and
     the source model on the same seeded inputs. Returns a
     :class:`surgery.verify.VerifyResult` (``.ok``, ``.comparisons``, ``.provider``); see
-    :class:`surgery.verify.Tolerance` for ``atol`` / ``rtol`` / ``scale_rtol``."""
+    :class:`surgery.verify.Tolerance` for ``atol`` / ``rtol`` / ``scale_rtol``.
+
+    ``html``: also write the report page, with these figures, to that ``.html`` file
+    (atomically; e.g. over the ``report.html`` an earlier ``apply`` wrote)."""
+    if html is not None and Path(html).suffix.lower() != ".html":
+        raise SpecError(f"cannot write the report page to {str(html)!r}", fix="name it .html")
     source = _load_source(load_spec(spec_path), progress)
     planned = plan(spec_path, progress, shapes_only=False, source=source)
-    return _run_verify(source, planned, seed, progress, atol=atol, rtol=rtol, scale_rtol=scale_rtol)
+    result = _run_verify(source, planned, seed, progress, atol=atol, rtol=rtol, scale_rtol=scale_rtol)
+    if html is not None:
+        from surgery.emitters.picture.files import write_picture
+
+        _step(progress, f"writing {html}")
+        write_picture(Path(html), report_page(planned, planned.report.verify))
+    return result
 
 
 def _load_source(loaded: LoadedSpec, progress: Progress | None) -> Net:

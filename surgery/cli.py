@@ -113,7 +113,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from surgery.verify import format_verify
 
     result = api.verify(args.spec, seed=args.seed, atol=args.atol, rtol=args.rtol, scale_rtol=args.scale_rtol,
-                        progress=_Progress(args.quiet))
+                        progress=_Progress(args.quiet), html=args.html)
     print(format_verify(result))
     return 0 if result.ok else 1
 
@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--rtol", type=float, default=1e-4, help="allclose rule's relative part (default 1e-4)")
     verify.add_argument("--scale-rtol", type=float, default=1e-5,
                         help="scale rule: max |a-b| <= scale-rtol * max |b| (either rule passes a comparison)")
+    verify.add_argument("--html", help="also write the report page with these figures (e.g. DIR/report.html)")
     verify.add_argument("-q", "--quiet", action="store_true")
     verify.set_defaults(run=_cmd_verify)
 

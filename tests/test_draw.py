@@ -223,6 +223,18 @@ def test_apply_verify_puts_the_figures_in_both_reports(tmp_path: Path) -> None:
     assert figures["ok"] and len(figures["comparisons"]) == len(rows)
 
 
+def test_verify_rewrites_a_report_page_with_its_figures(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    spec = TESTS.parent / "specs" / "digits_parity.prototxt"
+    surgery.apply(spec, tmp_path / "out")
+    page = tmp_path / "out" / "report.html"
+    assert "verify-none" in page.read_text()
+    assert main(["verify", str(spec), "--html", str(page), "-q"]) == 0
+    rows = _tables(page.read_text())["verify"]
+    assert rows and all(row[-1].startswith("ok (") for row in rows)
+    assert main(["verify", str(spec), "--html", str(tmp_path / "page.txt"), "-q"]) == 2
+
+
 def test_names_from_the_model_are_escaped(tmp_path: Path) -> None:
     """A layer name is data: markup in it shows as text, in the SVG and in the page."""
     prototxt = tmp_path / "net.prototxt"

@@ -159,7 +159,8 @@ def _weights_section(report: dict[str, Any]) -> str:
 def _verify_section(verified: dict[str, Any] | None) -> str:
     if verified is None:
         return ('<p id="verify-none">Not run. <code>surgery apply SPEC -o DIR --verify</code> runs it and puts the '
-                "figures here.</p>")
+                "figures here; <code>surgery verify SPEC --html DIR/report.html</code> rewrites this page with "
+                "them.</p>")
     verdict = '<span class="ok">all within tolerance</span>' if verified["ok"] else \
         '<span class="bad">some outputs differ beyond the tolerance</span>'
     rows = ["<tr>" + _cell(c["what"]) + _cell(c["blob"]) + _cell(f'{c["max_abs"]:.3g}', sort=c["max_abs"], numeric=True)
