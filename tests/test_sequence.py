@@ -308,3 +308,22 @@ def test_split_refuses_a_backbone_that_still_trains() -> None:
     net = clip_net([LSTM_LAST, SCORES], frozen=False)
     with pytest.raises(SpecError, match="per-frame layer 'features.conv1' still trains"):
         surgery.split(net)
+
+
+def test_a_layer_inserted_into_the_backbone_after_sequence_runs_per_frame(tmp_path: Path) -> None:
+    net = clip_net([LSTM_LAST, SCORES], frozen=False)
+    surgery.insert(net, "features.relu3", ['name: "extra" type: "Convolution" convolution_param { num_output: 64 '
+                                           'kernel_size: 3 pad: 1 }'], seed=2)
+    assert net.layer("extra").per_frame and net.shape("extra") == (2, 5, 64, 4, 4)
+    model = surgery.to_torch(net).eval()
+    clips = torch.rand(2, 5, 1, 8, 8)
+    cnn = digits_cnn()
+    conv = _module(net, "extra", nn.Conv2d(64, 64, 3, padding=1))
+    with torch.no_grad():
+        frames = clips.flatten(0, 1)
+        f = cnn.features.relu3(cnn.features.conv3(cnn.features.pool1(cnn.features[:6](frames))))
+        f = torch.flatten(cnn.features.pool2(conv(f)), 1).unflatten(0, (2, 5))
+        lstm = _module(net, "lstm", nn.LSTM(256, 12, batch_first=True))
+        want = _module(net, "scores", nn.Linear(12, 11))(lstm(f)[0][:, -1])
+        torch.testing.assert_close(model(clips), want, rtol=0, atol=1e-5)
+    _onnx_matches(net, model, tmp_path)

@@ -18,10 +18,13 @@ def resolve_bottom(net: Net, name: str) -> str:
     raise unknown_layer(name, set(net.blob_names()) | set(net.layer_names()), what="blob or layer")
 
 
-def add_caffe_layers(net: Net, messages: list, first_bottom: str, seed: int, allow_zero: bool = False) -> list[tuple[Layer, list[str]]]:
+def add_caffe_layers(net: Net, messages: list, first_bottom: str, seed: int, allow_zero: bool = False,
+                     per_frame: bool | None = None) -> list[tuple[Layer, list[str]]]:
     """Add layers written in Caffe syntax as a chain: a layer without ``bottom`` reads the
     previous layer's top (the first one reads ``first_bottom``); a layer without ``top``
-    writes a blob named after itself. Returns each layer with its blob-init notes."""
+    writes a blob named after itself. In a clip model a layer reading only per-frame blobs
+    runs per frame too, unless ``per_frame`` says otherwise. Returns each layer with its
+    blob-init notes."""
     from surgery.importers.caffe_layer import layer_from_caffe
 
     added = []
@@ -34,6 +37,8 @@ def add_caffe_layers(net: Net, messages: list, first_bottom: str, seed: int, all
                             subject=layer.name, fix="set the source's input_shape instead")
         layer.inputs = [resolve_bottom(net, b) for b in layer.inputs] or [previous]
         layer.outputs = layer.outputs or [layer.name]
+        layer.per_frame = all(net.producer(blob).per_frame for blob in layer.inputs) if per_frame is None \
+            else per_frame
         net.add_layer(layer)
         net.ensure_shapes()  # a new layer that does not fit its input fails here, by name
         notes = init_new_blobs(net, layer, seed, parsed.fillers, parsed.param_specs, allow_zero)

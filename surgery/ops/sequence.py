@@ -72,7 +72,7 @@ def _flatten_frames(net: Net, features: str) -> tuple[str, list[Action]]:
 def _add_head(net: Net, op: Any, features: str, ctx: OpContext) -> list[tuple[Layer, list[str]]]:
     first, shape = op.layer[0].name, net.shape(features)
     try:
-        return add_caffe_layers(net, list(op.layer), features, ctx.seed)
+        return add_caffe_layers(net, list(op.layer), features, ctx.seed, per_frame=False)
     except ShapeError as error:
         if error.subject != first:
             raise
