@@ -19,9 +19,9 @@ from __future__ import annotations
 import dataclasses
 import errno
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,8 @@ from google.protobuf import json_format, text_format
 from torch import nn
 
 import surgery.layers  # noqa: F401  (registers the layer types)
-from surgery import ops
+from surgery import ops, output_folder
+from surgery.emitters.files import FileLog, write_bytes
 from surgery.emitters.torch_module import emit_torch, save_torch_folder
 from surgery.errors import ModelFormatError, SpecError, SurgeryError
 from surgery.importers.sources import load_source, load_torch_source
@@ -303,7 +304,10 @@ def plan(spec_path: str | Path, progress: Progress | None = None, *, shapes_only
     this already loaded net instead of loading the spec's source. Errors carry the
     spec's ``file:line:col``.
     """
-    loaded = load_spec(spec_path)
+    return _plan(load_spec(spec_path), progress, shapes_only=shapes_only, source=source)
+
+
+def _plan(loaded: LoadedSpec, progress: Progress | None, *, shapes_only: bool, source: Net | None = None) -> Plan:
     message = loaded.message
     _check_output_versions(loaded)
     timings: dict[str, float] = {}
@@ -364,19 +368,23 @@ class ApplyResult:
     verified: Any = None
 
 
-def apply(spec_path: str | Path, out_dir: str | Path, *, force: bool = False,
+def apply(spec_path: str | Path, out_dir: str | Path, *, force: bool = False, force_any: bool = False,
           progress: Progress | None = None, verify: bool = False, seed: int = 0, atol: float = 1e-5,
           rtol: float = 1e-4, scale_rtol: float = 1e-5) -> ApplyResult:
     """Apply a spec and write its outputs into ``out_dir``, atomically.
 
-    Everything is built in a temporary sibling folder that replaces ``out_dir`` only
-    when complete, so a failure leaves no half-written output. Inputs are never
-    modified.
+    Everything is built in a staging folder beside ``out_dir`` that becomes ``out_dir``
+    in one step when complete, so ``out_dir`` is always either as it was or complete
+    (see :mod:`surgery.output_folder`). Inputs are never modified; every output lands
+    inside ``out_dir``; ``report.json`` records the sha256 and size of every input and
+    output file.
 
     Args:
         spec_path: the spec file (prototxt, YAML or JSON).
-        out_dir: the output folder; it must not exist (or be empty) unless ``force``.
-        force: replace an existing, non-empty ``out_dir``.
+        out_dir: the output folder; it must not exist (or be empty) unless ``force``,
+            and may not be or hold an input of the run.
+        force: replace an existing ``out_dir`` that a previous apply wrote.
+        force_any: replace an existing ``out_dir`` whatever it holds.
         progress: called with a line of text at each step.
         verify: also run :func:`verify` (seeded inputs ``seed``, tolerances ``atol``,
             ``rtol``, ``scale_rtol``) and
@@ -387,37 +395,52 @@ def apply(spec_path: str | Path, out_dir: str | Path, *, force: bool = False,
         >>> result = surgery.apply("specs/digits_parity.prototxt", "out/digits_parity")
         >>> print(result.report.format_table())
     """
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise SurgeryError(f"output folder {str(out)!r} already exists and is not empty",
-                           fix="choose another -o folder, or pass --force to replace it")
-    verified = None
-    if verify:
-        source = _load_source(load_spec(spec_path), progress)
-        planned = plan(spec_path, progress, shapes_only=False, source=source)
-        verified = _run_verify(source, planned, seed, progress, atol=atol, rtol=rtol, scale_rtol=scale_rtol)
-    else:
-        planned = plan(spec_path, progress, shapes_only=False)
-    timings = dict(planned.timings)
-    start = time.perf_counter()
+    out = output_folder.output_path(out_dir)
+    output_folder.clean_stale(out)
+    loaded = load_spec(spec_path)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _check_free_space(planned, out.parent)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    except OSError as error:
-        raise _write_error(error, out) from None
-    try:
-        files = _write_outputs(planned, staging, progress)
-        _replace_dir(staging, out)
-    except BaseException as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(error, OSError):
-            raise _write_error(error, out) from None
-        if isinstance(error, SurgeryError):
-            error.location = error.location or planned.spec.locator.section("output", error.subject)
+        output_folder.check_output_paths(output_folder.declared_outputs(loaded.message))
+    except SurgeryError as error:
+        error.location = error.location or loaded.locator.section("output", error.subject)
         raise
+    inputs = output_folder.input_files(loaded)
+    target = output_folder.check_target(out, inputs, force=force, force_any=force_any)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="surgery-hash") as pool:
+        input_hashes = pool.submit(output_folder.file_records, inputs, loaded.base_dir)  # beside the work
+        verified = None
+        if verify:
+            source = _load_source(loaded, progress)
+            planned = _plan(loaded, progress, shapes_only=False, source=source)
+            verified = _run_verify(source, planned, seed, progress, atol=atol, rtol=rtol, scale_rtol=scale_rtol)
+        else:
+            planned = _plan(loaded, progress, shapes_only=False)
+        timings = dict(planned.timings)
+        start = time.perf_counter()
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            _check_free_space(planned, out.parent)
+            staging = output_folder.make_staging(out)
+        except OSError as error:
+            raise _write_error(error, out) from None
+        try:
+            log = FileLog(exclusive=True)
+            _write_outputs(planned, staging, log, progress)
+            planned.report.files = {"inputs": input_hashes.result(),
+                                    "outputs": output_folder.output_records(log, staging)}
+            write_bytes(staging / "report.json", planned.report.to_json().encode(), log)
+            _step(progress, f"moving the outputs into {out}")
+            output_folder.publish(staging, target)
+        except BaseException as error:
+            output_folder.remove_output(staging)
+            if isinstance(error, OSError):
+                raise _write_error(error, out) from None
+            if isinstance(error, SurgeryError):
+                error.location = error.location or planned.spec.locator.section("output", error.subject)
+            raise
     timings["write"] = time.perf_counter() - start
-    return ApplyResult(out, [out / f.relative_to(staging) for f in files], planned.report, timings, verified)
+    shown = Path(out_dir)
+    return ApplyResult(shown, [shown / path.relative_to(staging) for path in log.files], planned.report, timings,
+                       verified)
 
 
 def _write_error(error: OSError, out: Path) -> SurgeryError:
@@ -449,56 +472,46 @@ def _check_free_space(planned: Plan, folder: Path) -> None:
                            "write to another disk with -o")
 
 
-def _write_outputs(planned: Plan, staging: Path, progress: Progress | None) -> list[Path]:
+def _write_outputs(planned: Plan, staging: Path, log: FileLog, progress: Progress | None) -> None:
+    """Every output but report.json into ``staging``, each file recorded in ``log``."""
     message = planned.spec.message
     output = message.output
     # Without an output block, both: the trainable torch folder and the deploy ONNX.
     want_torch = output.HasField("pytorch") or not message.HasField("output")
     want_onnx = output.HasField("onnx") or not message.HasField("output")
-    files: list[Path] = []
     step_net = None
     if output.HasField("step"):  # refused (naming the layer) before anything is written
         from surgery.emitters.step import step_net as make_step_net
 
         step_net = make_step_net(planned.net)
     if want_torch:
-        torch_dir = staging / output.pytorch.path
         _step(progress, f"writing the PyTorch model to {output.pytorch.path}/")
-        save_torch_folder(planned.net, torch_dir)
-        files += sorted(torch_dir.iterdir())
+        save_torch_folder(planned.net, staging / output.pytorch.path, log)
     if want_onnx:
         from surgery.emitters.onnx_model import emit_onnx
 
         onnx = output.onnx
         _step(progress, f"writing {onnx.path}")
         try:
-            files.append(emit_onnx(planned.net, staging / onnx.path, **_onnx_options(onnx)))
+            emit_onnx(planned.net, staging / onnx.path, log=log, **_onnx_options(onnx))
         except SurgeryError as error:
             if not message.HasField("output"):
                 error.fix = (error.fix or "") + "; or add `output { pytorch { } }` to the spec to write PyTorch only"
             raise
-        files += sorted(p for p in staging.glob(onnx.path + ".data"))
     if step_net is not None:
         from surgery.emitters.onnx_model import emit_onnx
 
         _step(progress, f"writing the streaming step model: {output.step.onnx}, {output.step.pytorch}/")
         versions = {k: v for k, v in _onnx_options(output.onnx).items() if k in ("opset", "ir_version")}
-        files.append(emit_onnx(step_net, staging / output.step.onnx, **versions))
-        save_torch_folder(step_net, staging / output.step.pytorch)
-        files += sorted((staging / output.step.pytorch).iterdir())
+        emit_onnx(step_net, staging / output.step.onnx, log=log, **versions)
+        save_torch_folder(step_net, staging / output.step.pytorch, log)
     if output.HasField("caffe"):
         from surgery.emitters.caffe import emit_caffe
 
         _step(progress, f"writing {output.caffe.prototxt} and {output.caffe.weights}")
-        files += emit_caffe(planned.net, staging / output.caffe.prototxt, staging / output.caffe.weights)
-    report_file = staging / "report.json"
-    report_file.write_text(planned.report.to_json())
-    files.append(report_file)
-    page = staging / "report.html"
+        emit_caffe(planned.net, staging / output.caffe.prototxt, staging / output.caffe.weights, log)
     _step(progress, "writing report.html")
-    page.write_text(report_page(planned, planned.report.verify), encoding="utf-8")
-    files.append(page)
-    return files
+    write_bytes(staging / "report.html", report_page(planned, planned.report.verify).encode("utf-8"), log)
 
 
 def draw(spec_path: str | Path, out_path: str | Path, *, show_all: bool = False,
@@ -660,13 +673,3 @@ def _onnx_options(onnx: Any) -> dict[str, Any]:
 
         options["dynamic_axes"] = parse_dynamic_axes(onnx.dynamic_axis)
     return options
-
-
-def _replace_dir(staging: Path, out: Path) -> None:
-    if out.exists():
-        backup = out.with_name(f".{out.name}.old-{time.time_ns()}")
-        out.rename(backup)
-        staging.rename(out)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        staging.rename(out)

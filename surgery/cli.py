@@ -13,6 +13,7 @@ code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -87,8 +88,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     from surgery import api
 
     progress = _Progress(args.quiet)
-    result = api.apply(args.spec, args.out, force=args.force, progress=progress, verify=args.verify,
-                       seed=args.seed, atol=args.atol, rtol=args.rtol, scale_rtol=args.scale_rtol)
+    result = api.apply(args.spec, args.out, force=args.force, force_any=args.force_any, progress=progress,
+                       verify=args.verify, seed=args.seed, atol=args.atol, rtol=args.rtol, scale_rtol=args.scale_rtol)
     if not args.quiet:
         print(result.report.format_table(only_params=args.params_only))
     print(f"wrote {result.out_dir}/: " + ", ".join(str(f.relative_to(result.out_dir)) for f in result.files))
@@ -155,7 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     apply = sub.add_parser("apply", help="apply a spec and write the outputs")
     apply.add_argument("spec")
     apply.add_argument("-o", "--out", required=True, help="output folder (written atomically)")
-    apply.add_argument("--force", action="store_true", help="replace an existing output folder")
+    apply.add_argument("--force", action="store_true",
+                       help="replace an existing output folder written by surgery (it holds a .surgery-output file)")
+    apply.add_argument("--force-any", action="store_true",
+                       help="replace an existing output folder (or file) whatever it holds")
     apply.add_argument("-q", "--quiet", action="store_true")
     apply.add_argument("--params-only", action="store_true", help="only layers with parameters in the table")
     apply.add_argument("--verify", action="store_true", help="also run verify and put its figures in the reports; "
@@ -200,14 +204,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``surgery`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = _terminate_like_interrupt()
     try:
         return args.run(args)
     except SurgeryError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
+        print("interrupted; the output folder is as it was, or complete", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _terminate_like_interrupt() -> object | None:
+    """SIGTERM (``kill``, a job scheduler) unwinds like Ctrl-C, so staging files are
+    removed; the previous handler, to restore (None when not on the main thread)."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # signal handlers can only be set from the main thread
+        return None
 
 
 if __name__ == "__main__":

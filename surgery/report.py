@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,8 @@ class Report:
     weight_copy: dict[str, list[str]] | None = None
     #: verify's figures (provider, ok, seed, comparisons), once it has run.
     verify: dict[str, Any] | None = None
+    #: ``{"inputs": [...], "outputs": [...]}``, each ``{"path", "sha256", "size"}`` (set by apply)
+    files: dict[str, list[dict[str, Any]]] | None = None
 
     @property
     def total_params(self) -> int:
@@ -75,10 +78,12 @@ class Report:
             **({"weight_copy": self.weight_copy} if self.weight_copy is not None else {}),
             **({"spec": self.spec} if self.spec is not None else {}),
             **({"verify": self.verify} if self.verify is not None else {}),
+            **({"files": self.files} if self.files is not None else {}),
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.as_dict(), indent=2, sort_keys=False) + "\n"
+        """Strict JSON (a NaN or infinity anywhere is an error, never a bare ``NaN``)."""
+        return json.dumps(_strict(self.as_dict()), indent=2, sort_keys=False, allow_nan=False) + "\n"
 
     def format_table(self, only_params: bool = False) -> str:
         """A fixed-width table for the terminal (``only_params``: layers with weights)."""
@@ -116,6 +121,18 @@ class Report:
             out.append("edits:")
             out += [f"  {op:<10} {what:<13} {who}: {detail}" for op, what, who, detail in _grouped(self.actions)]
         return "\n".join(out)
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with every non-finite float written as a string ("nan", "inf"): JSON
+    has no such numbers, and the report must stay readable by strict parsers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item) for item in value]
+    return value
 
 
 def _grouped(actions: list[Action]) -> list[tuple[str, str, str, str]]:

@@ -19,7 +19,7 @@ FLOORS = [
     {"layers"},
     {"importers", "emitters", "probe"},
     {"ops", "verify", "report", "change"},
-    {"api", "cli", "zoo", "__init__", "__main__"},
+    {"api", "cli", "zoo", "output_folder", "__init__", "__main__"},
 ]
 
 

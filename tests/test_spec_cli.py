@@ -154,8 +154,13 @@ def test_force_replaces_and_plan_writes_nothing(toy_spec, tmp_path: Path) -> Non
     (out / "old.txt").write_text("old")
     assert main(["plan", str(spec), "-q"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "spec.prototxt", "toy.pt"]
-    assert main(["apply", str(spec), "-o", str(out), "--force", "-q"]) == 0
+    assert main(["apply", str(spec), "-o", str(out), "--force", "-q"]) == 2, "not a previous output"
+    assert (out / "old.txt").read_text() == "old"
+    assert main(["apply", str(spec), "-o", str(out), "--force-any", "-q"]) == 0
     assert not (out / "old.txt").exists() and (out / "report.json").exists()
+    (out / "mine.txt").write_text("in a previous output")
+    assert main(["apply", str(spec), "-o", str(out), "--force", "-q"]) == 0
+    assert not (out / "mine.txt").exists() and (out / "report.json").exists()
 
 
 def test_inspect_lists_layers(toy_spec, capsys) -> None:

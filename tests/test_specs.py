@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import hashlib
 import json
 import re
 import subprocess
@@ -37,10 +38,11 @@ def _needs(spec: Path) -> None:
 
 
 def _expected_files(spec: Path) -> set[str]:
-    """What the spec's output block asks for (both torch and ONNX without one)."""
+    """What the spec's output block asks for (both torch and ONNX without one), the
+    report and the marker that says the folder is surgery's."""
     message = load_spec(spec).message
     output, default = message.output, not message.HasField("output")
-    files = {"report.json", "report.html"}
+    files = {"report.json", "report.html", ".surgery-output"}
     if default or output.HasField("pytorch"):
         files |= {f"{output.pytorch.path}/model.py", f"{output.pytorch.path}/weights.pt"}
     if default or output.HasField("onnx"):
@@ -66,6 +68,12 @@ def test_every_spec_applies_and_verifies(spec: Path, tmp_path: Path) -> None:
         report["layers"][0]
     )
     assert result.report.rows == report["layers"]
+    recorded = {entry["path"]: entry for entry in report["files"]["outputs"]}
+    assert set(recorded) == written - {"report.json", ".surgery-output"}
+    for name, entry in recorded.items():
+        data = (tmp_path / "out" / name).read_bytes()
+        assert entry == {"path": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    assert report["files"]["inputs"][0]["path"] == spec.name
     pytest.importorskip("onnxruntime")
     verified = verify(spec, atol=1e-5)
     assert verified.ok, format_verify(verified)

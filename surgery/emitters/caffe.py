@@ -8,15 +8,13 @@ clear error naming it. Train-only branches are left out, as in Caffe's deploy fi
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
-
 
 import torch
 from google.protobuf import text_format
 
+from surgery.emitters.files import FileLog, write_bytes
 from surgery.errors import unsupported_in_caffe
 from surgery.ir import Layer, Net
 from surgery.layers import layer_type
@@ -80,20 +78,9 @@ def build_net_parameter(net: Net) -> Any:
     return writer.message
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def emit_caffe(net: Net, prototxt: str | Path, weights: str | Path) -> tuple[Path, Path]:
-    """Write ``net`` as a deploy prototxt (no weights in it) and a caffemodel.
+def emit_caffe(net: Net, prototxt: str | Path, weights: str | Path, log: FileLog | None = None) -> tuple[Path, Path]:
+    """Write ``net`` as a deploy prototxt (no weights in it) and a caffemodel, each
+    atomically (``log`` records their sha256 and sizes).
 
     Example:
         >>> emit_caffe(net, "out/deploy.prototxt", "out/weights.caffemodel")
@@ -104,8 +91,8 @@ def emit_caffe(net: Net, prototxt: str | Path, weights: str | Path) -> tuple[Pat
     for layer in structure.layer:
         del layer.blobs[:]
     prototxt, weights = Path(prototxt), Path(weights)
-    _atomic_write(prototxt, text_format.MessageToString(structure).encode())
-    _atomic_write(weights, message.SerializeToString())
+    write_bytes(prototxt, text_format.MessageToString(structure).encode(), log)
+    write_bytes(weights, message.SerializeToString(), log)
     return prototxt, weights
 
 

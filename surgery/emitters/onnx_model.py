@@ -10,8 +10,6 @@ into place, atomically.
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from surgery.emitters import onnx_dynamic, onnx_traced
+from surgery.emitters.files import FileLog, output_file
 from surgery.errors import SpecError, SurgeryError
 from surgery.ir import Layer, Net, Shape
 from surgery.layers import layer_type
@@ -217,7 +216,8 @@ def check_model(model: onnx.ModelProto, tensors: dict[str, np.ndarray]) -> None:
 
 def emit_onnx(net: Net, path: str | Path, *, opset: int = DEFAULT_OPSET, ir_version: int | None = None,
               dynamic_batch: bool = True, dynamic_axes: Mapping[str, Iterable[int]] | None = None,
-              external_data: bool | None = None, keep_train_branches: bool = False) -> Path:
+              external_data: bool | None = None, keep_train_branches: bool = False,
+              log: FileLog | None = None) -> Path:
     """Write ``net`` as an ONNX file, atomically.
 
     Args:
@@ -230,6 +230,8 @@ def emit_onnx(net: Net, path: str | Path, *, opset: int = DEFAULT_OPSET, ir_vers
         dynamic_axes: input name -> further axes to make symbolic (``{"data": [2, 3]}``);
             refused, naming the node, when a layer's ONNX form depends on that size.
         external_data: store weights in ``<file>.data`` beside it; default: only past 2 GB.
+        keep_train_branches: keep train-only branches (auxiliary heads).
+        log: records the sha256 and size of each file written.
 
     Returns:
         The path written.
@@ -243,26 +245,13 @@ def emit_onnx(net: Net, path: str | Path, *, opset: int = DEFAULT_OPSET, ir_vers
     size = sum(a.nbytes for a in tensors.values())
     external = external_data if external_data is not None else size > EXTERNAL_DATA_THRESHOLD
     check_model(model, tensors)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data_path = path.with_name(path.name + ".data")
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(handle)
-    temp_data = Path(temp + ".data") if external else None
-    try:
-        with open(temp, "wb") as out:
-            if external:
-                with open(temp_data, "wb") as data:
-                    write_model(out, model, tensors, data, data_path.name)
-            else:
-                write_model(out, model, tensors)
-        if external:
-            os.replace(temp_data, data_path)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        if temp_data is not None:
-            temp_data.unlink(missing_ok=True)
-        raise
+    if external:
+        data_path = path.with_name(path.name + ".data")
+        with output_file(path, log) as out, output_file(data_path, log) as data:
+            write_model(out, model, tensors, data, data_path.name)
+    else:
+        with output_file(path, log) as out:
+            write_model(out, model, tensors)
     return path
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from surgery.emitters.files import FileLog, output_file, write_bytes
 from surgery.emitters.torch_names import module_paths
 from surgery.ir import Layer, Net
 from surgery.layers import ModuleRecipe, layer_type
@@ -386,12 +387,13 @@ def emit_torch(net: Net, copy_weights: bool = True) -> nn.Module:
     return model
 
 
-def save_torch_folder(net: Net, folder: Path) -> Path:
+def save_torch_folder(net: Net, folder: Path, log: FileLog | None = None) -> Path:
     """Write the standalone folder: ``model.py`` (generated source), ``weights.pt``
-    (the state_dict) and, when the net has opaque modules, ``opaque_modules.pt``."""
+    (the state_dict) and, when the net has opaque modules, ``opaque_modules.pt``.
+    Each file is written atomically; ``log`` records their sha256 and sizes."""
     folder.mkdir(parents=True, exist_ok=True)
     model = emit_torch(net, copy_weights=False)
-    (folder / SOURCE_FILE).write_text(model.surgery_source)
+    write_bytes(folder / SOURCE_FILE, model.surgery_source.encode(), log)
     opaque = {model.MODULE_PATHS.get(layer.name, layer.name): model.layer_module(layer.name) for layer in net.layers()
               if layer.type == "Opaque" and "module_path" not in layer.extra}
     # Opaque modules' tensors live in their pickle, not in weights.pt.
@@ -399,9 +401,11 @@ def save_torch_folder(net: Net, folder: Path) -> Path:
         name: tensor.detach() for name, tensor in model.state_dict().items()
         if not any(name.startswith(prefix + ".") for prefix in opaque)
     }
-    torch.save(state, folder / WEIGHTS_FILE)
+    with output_file(folder / WEIGHTS_FILE, log) as out:
+        torch.save(state, out)
     if opaque:
-        torch.save(opaque, folder / OPAQUE_FILE)
+        with output_file(folder / OPAQUE_FILE, log) as out:
+            torch.save(opaque, out)
     return folder
 
 

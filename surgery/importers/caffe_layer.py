@@ -9,6 +9,7 @@ from typing import Any
 
 from surgery.errors import SpecError, SurgeryError
 from surgery.ir import Layer
+from surgery.ir.blob import check_multiplier
 from surgery.layers import layer_type
 from surgery.math.fillers import Filler
 
@@ -60,5 +61,7 @@ def layer_from_caffe(message: Any) -> CaffeLayer:
         outputs=list(message.top),
         params=params,
     )
-    specs = [(p.lr_mult, p.decay_mult) for p in message.param]
+    specs = [(check_multiplier(p.lr_mult, f"lr_mult of layer {message.name!r}", message.name),
+              check_multiplier(p.decay_mult, f"decay_mult of layer {message.name!r}", message.name))
+             for p in message.param]
     return CaffeLayer(layer, fillers, specs)

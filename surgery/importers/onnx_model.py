@@ -152,6 +152,16 @@ def _check_initializers(model: onnx.ModelProto, raw: dict[str, tuple[int, int]],
                                        f"shape {dims} of {dtype} ({count * dtype.itemsize} bytes)", fix=_CORRUPT)
 
 
+def external_data_files(path: str | Path) -> list[Path]:
+    """The external data files an ONNX file's initializers point to (all inside its
+    folder: :func:`import_onnx` refuses others). Reads the structure, not the weights."""
+    model, _ = _load(Path(path))
+    folder = Path(path).resolve().parent
+    locations = {next((e.value for e in t.external_data if e.key == "location"), "")
+                 for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+    return [folder / location for location in sorted(locations)]
+
+
 def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
     folder = path.resolve().parent
     for tensor in model.graph.initializer:

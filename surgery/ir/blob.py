@@ -8,10 +8,23 @@ output without a copy.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from surgery.errors import SpecError
+
+
+def check_multiplier(value: float, what: str, subject: str | None = None) -> float:
+    """``value`` if it is a usable lr_mult / decay_mult (finite, not negative); else a
+    SpecError naming ``what``. Every place a multiplier enters the IR calls this, so an
+    ``lr { }`` edit, a new layer's ``param { }`` and a Caffe prototxt obey one rule."""
+    if not math.isfinite(value) or value < 0:
+        raise SpecError(f"{what} must be a finite number >= 0, got {value}",
+                        fix="use 0 to freeze, 1 for the base rate, 10 to learn ten times faster", subject=subject)
+    return float(value)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from typing import Any
 
 from surgery.errors import SpecError
 from surgery.ir import Net
+from surgery.ir.blob import check_multiplier
 from surgery.layers import layer_type
 from surgery.ops.base import LR, Action, OpContext, register_op
 from surgery.ops.selectors import select
@@ -17,8 +18,8 @@ def _selection(net: Net, op: Any) -> list[str]:
     if not (op.HasField("lr_mult") or op.HasField("decay_mult")):
         raise SpecError("lr sets nothing", fix="set lr_mult, decay_mult or both")
     for field in ("lr_mult", "decay_mult"):
-        if op.HasField(field) and getattr(op, field) < 0:
-            raise SpecError(f"{field} must not be negative, got {getattr(op, field)}")
+        if op.HasField(field):
+            check_multiplier(getattr(op, field), field)
     return select(net, names=op.layer, globs=op.match, regexes=op.regex,
                   up_to_layer=op.up_to if op.HasField("up_to") else None)
 

@@ -1,0 +1,151 @@
+"""Writing output files: atomically, with the user's umask, hashed while written.
+
+Every emitter writes through :func:`output_file`. A file appears under its name only
+once complete (written to a temporary name beside it, then renamed), its mode honours the
+umask like any file a program creates (``0666 & ~umask``, not a temp file's 0600), and
+its sha256 and size are computed from the bytes as they pass, so recording them costs no
+second read. A :class:`FileLog` collects those records; with ``exclusive`` it also
+refuses to replace a file already there (two outputs of one run landing on one path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import secrets
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from surgery.errors import SurgeryError
+
+#: Writes at least this large are written by a helper thread while this one hashes them
+#: (both release the GIL), so hashing adds little to the time of a large write.
+_PARALLEL_BYTES = 1 << 20
+
+
+class HashingWriter:
+    """A binary file object that hashes (sha256) and counts what it writes."""
+
+    def __init__(self, raw: Any, pool: ThreadPoolExecutor) -> None:
+        self.raw = raw
+        self.pool = pool
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        if view.nbytes >= _PARALLEL_BYTES:
+            pending = self.pool.submit(self.raw.write, view)
+            self.digest.update(view)
+            pending.result()
+        else:
+            self.raw.write(view)
+            self.digest.update(view)
+        self.size += view.nbytes
+        return view.nbytes
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.size
+
+
+@dataclass
+class FileLog:
+    """What was written: path -> (sha256 hex, size in bytes), in order of writing.
+
+    ``exclusive``: a file that already exists is an error instead of being replaced.
+    """
+
+    exclusive: bool = False
+    files: dict[Path, tuple[str, int]] = field(default_factory=dict)
+
+    def record(self, path: Path, sha256: str, size: int) -> None:
+        self.files[Path(path)] = (sha256, size)
+
+
+_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="surgery-write")
+
+
+@contextmanager
+def output_file(path: str | Path, log: FileLog | None = None) -> Iterator[HashingWriter]:
+    """Open ``path`` for writing; it appears (atomically) when the block ends without error.
+
+    Example:
+        >>> with output_file(folder / "model.py", log) as out:
+        ...     out.write(source.encode())
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            writer = HashingWriter(raw, _POOL)
+            yield writer
+        if log is not None and log.exclusive:
+            _move_new(temp, path)
+        else:
+            os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    if log is not None:
+        log.record(path, writer.digest.hexdigest(), writer.size)
+
+
+def _move_new(temp: Path, path: Path) -> None:
+    """Give ``temp`` the name ``path`` unless that name is taken: a hard link fails
+    instead of replacing (on a file system without hard links: check, then rename)."""
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        raise SurgeryError(f"two outputs would both be written to {path.name!r}",
+                           fix="give each output its own path in the spec's output { } block",
+                           subject=path.name) from None
+    except OSError:
+        if os.path.lexists(path):
+            raise SurgeryError(f"two outputs would both be written to {path.name!r}",
+                               fix="give each output its own path in the spec's output { } block",
+                               subject=path.name) from None
+        os.replace(temp, path)
+        return
+    os.unlink(temp)
+
+
+def write_bytes(path: str | Path, data: bytes, log: FileLog | None = None) -> Path:
+    """Write ``data`` to ``path`` through :func:`output_file`; the path."""
+    with output_file(path, log) as out:
+        out.write(data)
+    return Path(path)
+
+
+def sha256_file(path: str | Path, chunk: int = 16 << 20) -> tuple[str, int]:
+    """sha256 hex digest and size of a file. Read through a memory map (no copy into a
+    buffer; pages a memory-mapped load already brought in are shared) in large slices,
+    which hashlib hashes without the GIL, so this runs beside other work in a thread."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            return digest.hexdigest(), 0
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                for start in range(0, size, chunk):
+                    digest.update(view[start:start + chunk])
+            finally:
+                view.release()
+    return digest.hexdigest(), size
+
+
+__all__ = ["FileLog", "HashingWriter", "output_file", "sha256_file", "write_bytes"]
