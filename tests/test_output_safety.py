@@ -339,7 +339,7 @@ def test_report_records_every_input_and_output(toy_spec, tmp_path: Path, toy_wei
         assert inputs[key] == {"path": key, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
     outputs = {entry["path"] for entry in report["files"]["outputs"]}
     assert outputs == {"torch/model.py", "torch/weights.pt", "model.onnx", "model.onnx.data", "deploy.prototxt",
-                       "weights.caffemodel"}
+                       "weights.caffemodel", "report.html"}
 
 
 def test_report_records_onnx_and_caffe_inputs(tmp_path: Path) -> None:
