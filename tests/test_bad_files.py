@@ -201,14 +201,16 @@ def test_a_full_or_read_only_disk_says_what_failed_and_where(options: str, messa
 def test_a_write_that_fails_with_enospc_says_what_failed_and_where(toy_spec, tmp_path: Path, capsys,
                                                                     monkeypatch) -> None:
     """Where no small disk can be mounted: the report's write raises ENOSPC."""
-    original = Path.write_text
+    from surgery.emitters.files import HashingWriter
 
-    def full(self, *args, **kwargs):
-        if self.name == "report.json":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
-        return original(self, *args, **kwargs)
+    original = HashingWriter.write
 
-    monkeypatch.setattr(Path, "write_text", full)
+    def full(self, data):
+        if self.name.endswith("report.json"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original(self, data)
+
+    monkeypatch.setattr(HashingWriter, "write", full)
     spec = toy_spec("")
     code, _, err = _run(capsys, "apply", "-q", str(spec), "-o", str(tmp_path / "out"))
     assert code == 2 and "No space left on device" in err and "report.json" in err, err

@@ -31,8 +31,9 @@ _PARALLEL_BYTES = 1 << 20
 class HashingWriter:
     """A binary file object that hashes (sha256) and counts what it writes."""
 
-    def __init__(self, raw: Any, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, raw: Any, pool: ThreadPoolExecutor, name: str = "") -> None:
         self.raw = raw
+        self.name = name
         self.pool = pool
         self.digest = hashlib.sha256()
         self.size = 0
@@ -90,14 +91,16 @@ def output_file(path: str | Path, log: FileLog | None = None) -> Iterator[Hashin
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as raw:
-            writer = HashingWriter(raw, _POOL)
+            writer = HashingWriter(raw, _POOL, str(path))
             yield writer
         if log is not None and log.exclusive:
             _move_new(temp, path)
         else:
             os.replace(temp, path)
-    except BaseException:
+    except BaseException as error:
         Path(temp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = str(path)  # a failed write names its file (a full disk, say)
         raise
     if log is not None:
         log.record(path, writer.digest.hexdigest(), writer.size)
