@@ -16,10 +16,11 @@ import argparse
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from surgery.errors import SurgeryError
+from surgery.errors import SurgeryError, SurgeryNote
 
 EXIT_USER_ERROR = 2
 
@@ -200,13 +201,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_note(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Notes as one line; other warnings as Python prints them."""
+    if issubclass(category, SurgeryNote):
+        print(f"note: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``surgery`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     previous = _terminate_like_interrupt()
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", SurgeryNote)
+            warnings.showwarning = _show_note
+            return args.run(args)
     except SurgeryError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -45,6 +45,11 @@ class SurgeryError(Exception):
         return text
 
 
+class SurgeryNote(UserWarning):
+    """Something the user should know that is not an error (a fallback taken). The CLI
+    prints it as one ``note:`` line."""
+
+
 class SpecError(SurgeryError):
     """The spec is malformed or asks for something the graph does not allow."""
 

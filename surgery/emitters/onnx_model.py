@@ -98,9 +98,23 @@ class OnnxWriter:
         self.nodes.append(helper.make_node(op_type, inputs, outputs, name=name, **attrs))
 
     def weight(self, layer: Layer, role: str, tensor: torch.Tensor | None = None) -> str:
-        """An initializer ``<layer>.<role>`` holding the blob (or ``tensor``); its name."""
+        """An initializer ``<layer>.<role>`` holding the blob (or ``tensor``); its name.
+
+        A layer calling a module another layer owns (``extra["module_path"]``) reads the
+        owner's initializer, written once. A name that is also a blob of the net (a
+        module's parameter the traced model reads directly) gets ``#init`` appended."""
+        owner = layer.extra.get("module_path")
+        if tensor is None and role not in layer.blobs and owner is not None:
+            name = self._initializer_name(self.net.layer(owner).name, role)
+            if name in self.tensors:
+                return name
+            layer = self.net.layer(owner)
         data = layer.blobs[role].data if tensor is None else tensor
-        return self.const(f"{layer.name}.{role}", data.detach().cpu().contiguous().numpy())
+        return self.const(self._initializer_name(layer.name, role), data.detach().cpu().contiguous().numpy())
+
+    def _initializer_name(self, layer_name: str, role: str) -> str:
+        name = f"{layer_name}.{role}"
+        return f"{name}#init" if self.net.has_blob(name) else name
 
     def const(self, name: str, array: np.ndarray | list) -> str:
         """An initializer with a fixed value (a shape, a scale); its name."""

@@ -72,7 +72,7 @@ class _PathGraph(fx.Graph):
         self.paths = paths
 
     def create_node(self, op, target, args=None, kwargs=None, name=None, type_expr=None):  # noqa: ANN001, ANN201
-        if op in ("call_module", "get_attr"):
+        if op == "call_module" or op == "get_attr" and target != "training":  # the model's own mode flag
             target = _attribute_path(target, self.paths)
         return super().create_node(op, target, args, kwargs, name, type_expr)
 

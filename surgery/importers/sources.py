@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from surgery.errors import ModelFormatError, SpecError
+from surgery.errors import ModelFormatError, SpecError, SurgeryNote
 from surgery.importers.torch_fx import import_torch
 from surgery.ir import Net
 
@@ -143,8 +144,18 @@ def load_torch_source(factory: str, kwargs: str, weights: str, input_shape: tupl
 def _build(build: Callable[..., Any], arguments: dict[str, Any], meta: bool) -> Any:
     if not meta:
         return build(**arguments)
-    with torch.device("meta"):
-        return build(**arguments)
+    try:
+        with torch.device("meta"):
+            return build(**arguments)
+    except (NotImplementedError, RuntimeError) as error:
+        if "meta" not in str(error):
+            raise
+    # The constructor reads tensor values (RegNet's .tolist()): build it for real, then
+    # drop its tensors to the meta device, so weights still come from the file only.
+    warnings.warn(f"{getattr(build, '__qualname__', build)} reads tensor values while it is built, so it "
+                  "cannot be built on the meta device; built on the CPU instead (slower, same result)", SurgeryNote)
+    model = build(**arguments)
+    return model.to("meta") if isinstance(model, nn.Module) else model
 
 
 def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], weights: str) -> None:

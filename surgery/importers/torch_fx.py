@@ -12,6 +12,7 @@ only the train-mode outputs need are marked ``phase="train"``.
 from __future__ import annotations
 
 import operator
+import itertools
 import traceback
 from collections.abc import Mapping
 from typing import Any
@@ -21,17 +22,53 @@ from torch import fx, nn
 
 from surgery.errors import ModelFormatError, ShapeError
 from surgery.ir import Layer, Net, ParamBlob
-from surgery.layers import layer_type, torch_function_map, torch_module_map
+from surgery.layers import layer_type, torch_function_map, torch_functional_map, torch_module_map
 from surgery.layers.meta_run import NonTensor
 from surgery.layers.opaque_call import TRAINING, InputRef
 
 
 
-def _trace(model: nn.Module, train: bool) -> fx.Graph:
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, also keeping the modules named in ``leaves`` as single calls."""
+
+    def __init__(self, leaves: frozenset[str]) -> None:
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name in self.leaves or super().is_leaf_module(m, module_qualified_name)
+
+
+def _module_nodes(graph: fx.Graph) -> dict[str, list[tuple[str, str]]]:
+    """The traced operations of each innermost module path, in order."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for node in graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            found.setdefault(next(reversed(stack)), []).append((node.op, str(node.target)))
+    return found
+
+
+def _mode_dependent(model: nn.Module, train_graph: fx.Graph, eval_graph: fx.Graph) -> frozenset[str]:
+    """Parameter-free modules whose traced computation differs between train and eval
+    (timm's DropPath: Python control flow on ``self.training``). Kept as modules, they
+    follow the emitted model's mode; traced, the train-mode path would run in eval too."""
+    train, evaluated = _module_nodes(train_graph), _module_nodes(eval_graph)
+    paths = set()
+    for path in set(train) | set(evaluated):
+        if not path or train.get(path) == evaluated.get(path):
+            continue
+        module = model.get_submodule(path)
+        if next(itertools.chain(module.parameters(), module.buffers()), None) is None:
+            paths.add(path)
+    return frozenset(paths)
+
+
+def _trace(model: nn.Module, train: bool, leaves: frozenset[str] = frozenset()) -> fx.Graph:
     was_training = model.training
     model.train(train)
     try:
-        return fx.Tracer().trace(model)  # the graph only: no GraphModule to compile
+        return _Tracer(leaves).trace(model)  # the graph only: no GraphModule to compile
     except Exception as error:
         raise ModelFormatError(
             f"torch.fx cannot trace {type(model).__name__}: {type(error).__name__}: {_first_line(error)}"
@@ -94,6 +131,7 @@ class _Importer:
         self.tuples: dict[fx.Node, tuple] = {}  # a module's tuple result, as blob names
         self.modules = torch_module_map()
         self.functions = torch_function_map()
+        self.functionals = torch_functional_map()
 
     # ------------------------------------------------------------------ blobs
     def _blob(self, key: str, tensor: torch.Tensor, trainable: bool) -> ParamBlob:
@@ -149,6 +187,8 @@ class _Importer:
         return True
 
     def placeholder(self, node: fx.Node, index: int) -> None:
+        if index >= len(self.input_shapes) and node.args:
+            return  # an optional input left at its default: _bind_defaults put the value in its uses
         if index >= len(self.input_shapes):
             raise ModelFormatError(
                 f"the model takes an input {node.target!r} but only {len(self.input_shapes)} input shape(s) were given"
@@ -200,6 +240,8 @@ class _Importer:
         for n in tensor_args:
             if self.blob_of[n] not in inputs:
                 inputs.append(self.blob_of[n])
+        if not non_tensor_inputs and self._functional_on_module(node, tensor_args):
+            return
         if not non_tensor_inputs:
             for kind in self.functions.get(target, []):
                 blanked_args = fx.node.map_arg(node.args, lambda n: None)
@@ -220,6 +262,41 @@ class _Importer:
         )
         self._add(node, layer)
 
+    def _weights_owner(self, node: fx.Node, tensor_args: list[fx.Node]) -> str | None:
+        """The module whose own parameters/buffers are every tensor argument after the
+        first (``F.linear(x, self.weight, self.bias)``), else None."""
+        weights = tensor_args[1:]
+        if not weights or any(n.op != "get_attr" for n in weights):
+            return None
+        owners = {n.target.rpartition(".")[0] for n in weights}
+        return owners.pop() if len(owners) == 1 else None
+
+    def _functional_on_module(self, node: fx.Node, tensor_args: list[fx.Node]) -> bool:
+        """A functional call on one module's own weights becomes that module's layer,
+        named after it (a classifier edit can then name it). True when it did."""
+        kinds = self.functionals.get(node.target, [])
+        path = self._weights_owner(node, tensor_args) if kinds else None
+        if path is None or not tensor_args or tensor_args[0].op == "get_attr" or path in self.module_layers:
+            return False
+        module = self.model.get_submodule(path)
+        args = tuple(fx.node.map_arg(node.args, lambda n: None))
+        kwargs = dict(fx.node.map_arg(node.kwargs, lambda n: None))
+        for kind in kinds:
+            params = kind.import_torch_functional(node.target, args, kwargs, module)
+            if params is None:
+                continue
+            layer = Layer(self._unique(path), kind.name, inputs=[self.blob_of[tensor_args[0]]], params=params,
+                          blobs=self._module_blobs(path, module, recurse=False))
+            if not self._fits(layer):
+                continue
+            for weight in tensor_args[1:]:  # the Constant layers the weights were read into
+                if set(weight.users) == {node} and self.blob_of[weight] in self.net:
+                    self.net.remove_layer(self.blob_of[weight])
+            self.module_layers[path] = layer.name
+            self._add(node, layer)
+            return True
+        return False
+
     def _mode_flags(self, node: fx.Node) -> tuple[Any, Any]:
         """The call's arguments with :data:`TRAINING` where the model passed its own
         ``self.training`` (True in the train trace, False in the eval one), so the
@@ -239,6 +316,11 @@ class _Importer:
     def run(self) -> Net:
         train_graph = _trace(self.model, train=True)
         eval_graph = _trace(self.model, train=False)
+        leaves = _mode_dependent(self.model, train_graph, eval_graph)
+        if leaves:
+            train_graph, eval_graph = _trace(self.model, True, leaves), _trace(self.model, False, leaves)
+        for graph in (train_graph, eval_graph):
+            _bind_defaults(graph, len(self.input_shapes))
         self.eval_twins = {n.name: n for n in eval_graph.nodes}
         index = 0
         for node in train_graph.nodes:
@@ -282,6 +364,19 @@ def _count(structure: Any) -> int:
 def _map_structure(structure: Any, names: list[str]) -> Any:
     """A nested tuple of output indices as the same tuple of blob names."""
     return tuple(_map_structure(item, names) for item in structure) if isinstance(structure, tuple) else names[structure]
+
+
+def _bind_defaults(graph: fx.Graph, given: int) -> None:
+    """Inputs past the ``given`` shapes that have a default (``attn_mask=None``) take it:
+    their uses read the default value itself."""
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    for node in placeholders[given:]:
+        if not node.args:
+            continue
+        default = node.args[0]
+        for user in list(node.users):
+            user.args = fx.node.map_arg(user.args, lambda n: default if n is node else n)
+            user.kwargs = fx.node.map_arg(user.kwargs, lambda n: default if n is node else n)
 
 
 def _get_attr(model: nn.Module, target: str) -> torch.Tensor:

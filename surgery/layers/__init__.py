@@ -53,6 +53,7 @@ from surgery.layers.registry import (
     register_layer,
     registered_types,
     torch_function_map,
+    torch_functional_map,
     torch_module_map,
 )
 
@@ -63,5 +64,6 @@ __all__ = [
     "register_layer",
     "registered_types",
     "torch_function_map",
+    "torch_functional_map",
     "torch_module_map",
 ]

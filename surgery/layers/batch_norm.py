@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch.nn.functional as F
 from torch import nn
 
 from surgery.errors import ShapeError
@@ -68,6 +69,18 @@ class BatchNorm(LayerType):
         if not module.track_running_stats:
             return None
         return {"eps": module.eps, "momentum": module.momentum, "affine": module.affine, "use_global_stats": None}
+
+    torch_functionals = (F.batch_norm,)
+
+    def import_torch_functional(self, target: Any, args: tuple, kwargs: dict, module: nn.Module) -> dict[str, Any] | None:
+        """``F.batch_norm`` on a BatchNorm subclass's own statistics (timm's BatchNormAct2d)."""
+        if not isinstance(module, nn.modules.batchnorm._BatchNorm) or not module.track_running_stats:
+            return None
+        values = dict(zip(("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
+                          args)) | kwargs
+        momentum = values.get("momentum", module.momentum)
+        return {"eps": float(values.get("eps", module.eps)), "momentum": momentum if momentum is not None else 0.1,
+                "affine": module.affine, "use_global_stats": None}
 
     onnx_ops = ("BatchNormalization",)
 

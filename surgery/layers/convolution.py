@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from surgery.errors import ModelFormatError, ShapeError, unsupported_in_caffe, unsupported_in_onnx
@@ -76,6 +78,24 @@ class Convolution(LayerType):
             "group": module.groups,
             "bias_term": module.bias is not None,
             "padding_mode": module.padding_mode,
+        }
+
+    torch_functionals = (F.conv2d,)
+
+    def import_torch_functional(self, target: Any, args: tuple, kwargs: dict, module: nn.Module) -> dict[str, Any] | None:
+        """``F.conv2d`` on a module's own weight with the call's own stride / padding
+        (timm's Conv2dSame pads first, then convolves unpadded)."""
+        values = dict(zip(("input", "weight", "bias", "stride", "padding", "dilation", "groups"), args)) | kwargs
+        weight = getattr(module, "weight", None)
+        padding = values.get("padding", 0)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or isinstance(padding, str):
+            return None
+        groups = int(values.get("groups", 1))
+        return {
+            "num_output": int(weight.shape[0]), "kernel": pair(tuple(weight.shape[2:])),
+            "stride": pair(values.get("stride", 1)), "pad": pair(padding), "dilation": pair(values.get("dilation", 1)),
+            "group": groups, "bias_term": "bias" in values and getattr(module, "bias", None) is not None,
+            "padding_mode": "zeros",
         }
 
     onnx_ops = ("Conv",)

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from surgery.errors import ShapeError
@@ -71,6 +72,16 @@ class InnerProduct(LayerType):
 
     def import_torch_module(self, module: nn.Linear) -> dict[str, Any]:
         return {"num_output": module.out_features, "bias_term": module.bias is not None, "axis": -1}
+
+    torch_functionals = (F.linear,)
+
+    def import_torch_functional(self, target: Any, args: tuple, kwargs: dict, module: nn.Module) -> dict[str, Any] | None:
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            return None
+        has_bias = len(args) > 2 or "bias" in kwargs
+        return {"num_output": int(weight.shape[0]), "bias_term": has_bias and getattr(module, "bias", None) is not None,
+                "axis": -1}
 
     onnx_ops = ("Gemm", "MatMul")
 

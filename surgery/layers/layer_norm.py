@@ -71,6 +71,16 @@ class LayerNorm(LayerType):
             return None
         return {"normalized_shape": list(shape), "eps": float(values.get("eps", 1e-5)), "affine": False}
 
+    torch_functionals = (F.layer_norm,)
+
+    def import_torch_functional(self, target: Any, args: tuple, kwargs: dict, module: nn.Module) -> dict[str, Any] | None:
+        """``F.layer_norm`` on a module's own weight and bias (timm's LayerNorm2d after a permute)."""
+        values = dict(zip(("input", "normalized_shape", "weight", "bias", "eps"), args)) | kwargs
+        shape = values.get("normalized_shape")
+        if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) for d in shape):
+            return None
+        return {"normalized_shape": list(shape), "eps": float(values.get("eps", 1e-5)), "affine": True}
+
     onnx_ops = ("LayerNormalization",)
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:

@@ -125,6 +125,17 @@ class LayerType:
         ``args`` holds ``None`` where a tensor input stands."""
         raise NotImplementedError
 
+    #: Functional calls (``F.linear``) this type takes when their weights are one module's
+    #: own parameters (timm's Linear, Conv2dSame and BatchNormAct2d subclasses call them).
+    torch_functionals: ClassVar[tuple[Any, ...]] = ()
+
+    def import_torch_functional(self, target: Any, args: tuple, kwargs: dict, module: nn.Module) -> dict[str, Any] | None:
+        """Hyper-parameters of a layer made from a functional call on ``module``'s own
+        weights, or None when the call is not one this type can take (``args`` holds
+        ``None`` where a tensor stands). The layer is named after the module and holds
+        its weights."""
+        raise NotImplementedError
+
     # --------------------------------------------------------------- onnx
     #: ONNX operator types the ONNX importer maps to this layer type.
     onnx_ops: ClassVar[tuple[str, ...]] = ()
@@ -185,6 +196,15 @@ def registered_types() -> dict[str, LayerType]:
 def torch_module_map() -> dict[type, LayerType]:
     """``nn.Module`` class -> layer type, for the torch importer."""
     return {cls: kind for kind in all_kinds().values() for cls in kind.torch_modules}
+
+
+def torch_functional_map() -> dict[Any, list[LayerType]]:
+    """Functional call -> layer types taking it on a module's own weights, for the torch importer."""
+    found: dict[Any, list[LayerType]] = {}
+    for kind in all_kinds().values():
+        for fn in kind.torch_functionals:
+            found.setdefault(fn, []).append(kind)
+    return found
 
 
 def torch_function_map() -> dict[Any, list[LayerType]]:

@@ -1,0 +1,34 @@
+"""tools/zoo_table.py writes the zoo rows between the README's markers, nothing else."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+import zoo_table  # noqa: E402
+
+ROWS = [
+    {"family": "torchvision", "model": "resnet18", "input": 64, "params": 11_689_512, "head": "fc", "stage": "done",
+     "ok": True, "max_rel": 3.2e-7, "error": None},
+    {"family": "timm", "model": "mobilevit_s", "input": 64, "params": 5_578_632, "stage": "load", "ok": False,
+     "error": "ModelFormatError: torch.fx cannot trace ByobNet | x"},
+]
+
+
+def test_table_between_markers(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\nbefore\n{zoo_table.BEGIN}\nold table\n{zoo_table.END}\nafter\n")
+    zoo_table.write(readme, ROWS)
+    text = readme.read_text()
+    assert text.startswith("# x\nbefore\n") and text.endswith(f"{zoo_table.END}\nafter\n") and "old table" not in text
+    assert "| torchvision 0.29 | 1 | 1 | 1 | 1 |" in text and "| timm 1.0 | 1 | 0 | 0 | 0 |" in text
+    assert "| torchvision:resnet18 | 64 | 11.7M | `fc` | ok (max rel 3.2e-07) |" in text
+    assert "stops at load: ModelFormatError: torch.fx cannot trace ByobNet / x |" in text
+
+
+def test_the_readme_has_the_markers() -> None:
+    text = (ROOT / "README.md").read_text()
+    assert text.index(zoo_table.BEGIN) < text.index(zoo_table.END)
