@@ -220,3 +220,30 @@ def test_a_write_that_fails_with_enospc_says_what_failed_and_where(toy_spec, tmp
 def test_surgery_errors_stay_in_one_family() -> None:
     assert issubclass(ModelFormatError, SurgeryError)
     assert np.dtype("float32").kind == "f"
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torch", "caffe"])
+def test_truncated_copies_of_every_format_end_cleanly(fmt: str, tmp_path: Path, capsys) -> None:
+    """Every model format, cut at many lengths: apply ends in one error (or, where the cut
+    leaves a complete file, success); never a traceback, never a half-written output."""
+    if fmt == "onnx":
+        model = _toy_onnx(tmp_path)
+        source = 'onnx { path: "cut" }'
+    elif fmt == "torch":
+        model = tmp_path / "toy.pt"
+        torch.save(toy_cnn().state_dict(), model)
+        source = f'torch {{ factory: "{Path(__file__).parent / "toy_nets.py"}:ToyCNN" weights: "cut" }} ' \
+                 "input_shape: [1, 3, 16, 16]"
+    else:
+        (tmp_path / "net.prototxt").write_text(CAFFE_NET)
+        _, model = write_net(tmp_path, "net", CAFFE_NET, {"bn_1": bn_blobs(4),
+                                                         "conv": [np.ones((4, 3, 3, 3)), np.ones(4)]})
+        source = 'caffe { prototxt: "net.prototxt" weights: "cut" }'
+    spec = tmp_path / "s.prototxt"
+    spec.write_text(f"source {{ {source} }}\noutput {{ pytorch {{ }} }}\n")
+    data = model.read_bytes()
+    for length in sorted({0, 1, 7, 64, len(data) // 3, len(data) // 2, len(data) - 9, len(data) - 1}):
+        (tmp_path / "cut").write_bytes(data[:length])
+        code, _, err = _run(capsys, "apply", "-q", str(spec), "-o", str(tmp_path / "out"), "--force")
+        assert code == 2 and err.startswith("error: ") and "Traceback" not in err, (length, err)
+        assert not list(tmp_path.glob(".out*"))

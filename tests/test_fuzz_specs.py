@@ -63,3 +63,23 @@ def test_mutants_are_written_outside_specs() -> None:
         fuzz(2, seed=1, apply_every=0, folder=folder, specs=SPECS[:1])
         assert list((folder / "specs").iterdir()) and folder.resolve() != ROOT
     assert sorted(p.name for p in (ROOT / "specs").iterdir()) == before
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[p.name for p in SPECS])
+def test_every_shipped_spec_plans_and_inspects(spec: Path, capsys) -> None:
+    """The unmutated specs: plan (which reads no weights, a FIT collapse included) and
+    inspect both succeed."""
+    _needs(spec)
+    from surgery.cli import main
+
+    assert main(["plan", "-q", str(spec)]) == 0, capsys.readouterr().err
+    assert main(["inspect", str(spec)]) == 0, capsys.readouterr().err
+
+
+def test_inspect_of_a_spec_locates_its_source_errors(tmp_path: Path, capsys) -> None:
+    from surgery.cli import main
+
+    spec = tmp_path / "s.prototxt"
+    spec.write_text('seed: 1\nsource { torch { factory: "surgery.zoo:NoSuchNet" } input_shape: [1, 1, 8, 8] }\n')
+    assert main(["inspect", str(spec)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {spec}:2:27: 'surgery.zoo' has no attribute 'NoSuchNet'")
