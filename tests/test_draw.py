@@ -287,6 +287,7 @@ def test_report_page_renders_in_a_real_browser(tmp_path: Path) -> None:
     # The sorting script ran: #sort=params orders the layers by parameter count.
     dom = _headless(browser, tmp_path, "--dump-dom", page.as_uri() + "#sort=params")
     assert dom.returncode == 0, dom.stderr[-2000:]
+    assert '<g class="layer reinitialised" data-layer="loss3/flowers">' in dom.stdout  # the inline picture
     rows = _tables(dom.stdout)["layers"]
     params = [int(row[4].replace(",", "")) for row in rows]
     assert len(rows) == 21 and params == sorted(params) and params != [int(r[4].replace(",", "")) for r in

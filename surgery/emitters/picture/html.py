@@ -22,6 +22,7 @@ vertical-align:top}th{background:#f4f4f4;position:sticky;top:0}table.sortable th
 table.sortable th:after{content:" \\2195";color:#aaa}td:first-child,th{white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums}
 code{background:#f6f6f6;padding:1px 4px;border-radius:3px}.ok{color:#2e7d32;font-weight:bold}
 .bad{color:#c62828;font-weight:bold}label{cursor:pointer}.hidden{display:none}
+#picture-folded svg{max-width:100%;height:auto}
 """
 
 # Sort a table by the clicked column (numbers by value, text alphabetically; a second
