@@ -55,3 +55,56 @@ def ensure_vgg16_example() -> Path:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.OUT if module.OUT.exists() else module.make()
+
+
+def write_keras2_h5(path: Path, seed: int = 0) -> Path:
+    """A legacy ``.h5`` file as TensorFlow's Keras 2 wrote them (a config in Keras 2's
+    form: ``batch_input_shape``, nested-list inbound nodes; weights named
+    ``conv/kernel:0``, ``dw/depthwise_kernel:0``), written with h5py: this environment has
+    no TensorFlow. Keras 3 still loads such files, which makes it the reference."""
+    import json
+
+    import h5py
+
+    rng = np.random.default_rng(seed)
+
+    def layer(cls: str, name: str, config: dict, inbound: list) -> dict:
+        return {"class_name": cls, "config": {"name": name, "trainable": True, "dtype": "float32", **config},
+                "name": name, "inbound_nodes": inbound}
+
+    def node(*names: str) -> list:
+        return [[[n, 0, 0, {}] for n in names]]
+
+    conv = {"strides": [1, 1], "data_format": "channels_last", "dilation_rate": [1, 1], "use_bias": True}
+    layers = [
+        layer("InputLayer", "input_1", {"batch_input_shape": [None, 5, 4, 3], "sparse": False, "ragged": False}, []),
+        layer("Conv2D", "conv", conv | {"filters": 4, "kernel_size": [3, 3], "strides": [2, 2], "padding": "same",
+                                        "groups": 1, "activation": "relu"}, node("input_1")),
+        layer("DepthwiseConv2D", "dw", conv | {"kernel_size": [3, 3], "padding": "same", "depth_multiplier": 1,
+                                               "activation": "linear", "use_bias": False}, node("conv")),
+        layer("BatchNormalization", "bn", {"axis": [3], "momentum": 0.99, "epsilon": 0.001, "center": True,
+                                           "scale": True}, node("dw")),
+        layer("Add", "add", {}, node("bn", "conv")),
+        layer("Flatten", "flatten", {"data_format": "channels_last"}, node("add")),
+        layer("Dense", "dense", {"units": 3, "activation": "softmax", "use_bias": True}, node("flatten")),
+    ]
+    config = {"class_name": "Functional", "config": {"name": "model", "layers": layers,
+                                                     "input_layers": [["input_1", 0, 0]],
+                                                     "output_layers": [["dense", 0, 0]]}}
+    weights = {"conv": [("kernel:0", (3, 3, 3, 4)), ("bias:0", (4,))], "dw": [("depthwise_kernel:0", (3, 3, 4, 1))],
+               "bn": [("gamma:0", (4,)), ("beta:0", (4,)), ("moving_mean:0", (4,)), ("moving_variance:0", (4,))],
+               "dense": [("kernel:0", (24, 3)), ("bias:0", (3,))]}
+    with h5py.File(path, "w") as handle:
+        handle.attrs["keras_version"], handle.attrs["backend"] = "2.12.0", "tensorflow"
+        handle.attrs["model_config"] = json.dumps(config)
+        group = handle.create_group("model_weights")
+        names = [entry["name"] for entry in layers]
+        group.attrs["layer_names"] = [n.encode() for n in names]
+        for name in names:
+            entries = weights.get(name, [])
+            layer_group = group.create_group(name)
+            layer_group.attrs["weight_names"] = [f"{name}/{v}".encode() for v, _ in entries]
+            for variable, shape in entries:
+                values = rng.uniform(0.5, 1.5, shape) if "variance" in variable else rng.normal(0, 0.5, shape)
+                layer_group.create_dataset(f"{name}/{variable}", data=values.astype("float32"))
+    return path

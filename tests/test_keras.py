@@ -21,7 +21,7 @@ import surgery  # noqa: E402
 from surgery.emitters.onnx_model import emit_onnx  # noqa: E402
 from surgery.errors import ModelFormatError, ShapeError  # noqa: E402
 from surgery.importers.keras import import_keras  # noqa: E402
-from keras_models import inputs_for, randomize, save_both  # noqa: E402
+from keras_models import inputs_for, randomize, save_both, write_keras2_h5  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:You are saving your model as an HDF5")
 L, A = keras.layers, keras.applications
@@ -279,6 +279,17 @@ def test_names_are_keras_names_and_nothing_is_read(tmp_path: Path) -> None:
     np.testing.assert_array_equal(weight.data.numpy(), kernel.transpose(3, 2, 0, 1))
 
 
+def test_keras2_legacy_h5(tmp_path: Path) -> None:
+    """An .h5 file in TensorFlow Keras 2's form reads the same as Keras 3 reads it."""
+    path = write_keras2_h5(tmp_path / "keras2.h5")
+    reference_model = keras.models.load_model(path, compile=False)
+    x = np.random.default_rng(3).uniform(-1, 1, (2, 5, 4, 3)).astype("float32")
+    reference = np.asarray(reference_model.predict(x, verbose=0))
+    out_torch, out_onnx = _ours(import_keras(path, input_shape=x.shape), [x], tmp_path)
+    _assert_close(out_torch, reference, "keras2.h5 torch")
+    _assert_close(out_onnx, reference, "keras2.h5 onnx")
+
+
 def test_recompressed_archive_reads_the_same(tmp_path: Path) -> None:
     """A .keras archive re-zipped with compression cannot be viewed in place: the weights
     file is read into memory instead, with the same values."""
@@ -341,6 +352,21 @@ def test_lambda_custom_and_unmapped_layers_are_refused_at_once(tmp_path: Path) -
     run = subprocess.run([sys.executable, "-m", "surgery.cli", "inspect", str(path)], capture_output=True, text=True,
                          env=os.environ | {"PYTHONPATH": str(Path(surgery.__file__).parent.parent)})
     assert run.returncode == 2 and "Traceback" not in run.stderr and "shift_by_code" in run.stderr
+
+
+@pytest.mark.parametrize("layer, message", [
+    (lambda: L.GRU(3, reset_after=False), "reset_after: false"),
+    (lambda: L.LSTM(3, activation="relu"), "activation 'relu' has no torch form"),
+    (lambda: L.LSTM(3, go_backwards=True), "go_backwards: true"),
+    (lambda: L.Bidirectional(L.LSTM(3)), "(Bidirectional) has no mapping"),
+])
+def test_recurrent_options_without_a_torch_form_are_refused(layer, message: str, tmp_path: Path) -> None:
+    x = keras.Input((4, 5))
+    path = tmp_path / "rnn.keras"
+    keras.Model(x, layer()(x)).save(path)
+    with pytest.raises(ModelFormatError) as caught:
+        import_keras(path)
+    assert message in str(caught.value)
 
 
 def test_not_a_keras_file(tmp_path: Path) -> None:
