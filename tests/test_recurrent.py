@@ -119,6 +119,7 @@ def test_new_recurrent_fillers_are_seeded_uniform_with_forget_bias_one() -> None
     torch.testing.assert_close(bias_ih[6:12], torch.ones(6))  # torch's gate order i, f, g, o
     assert bias_ih[:6].abs().sum() == 0 and bias_ih[12:].abs().sum() == 0 and blobs["bias_hh_l0"].data.abs().sum() == 0
     assert "uniform" in str(blobs["weight_hh_l0"].origin)
+    assert "forget gate 1" in str(blobs["bias_ih_l0"].origin)  # the report says so
     again = _appended("LSTM")
     assert torch.equal(again.layer("rnn").blobs["weight_hh_l0"].data, blobs["weight_hh_l0"].data)  # seeded
     gru = _appended("GRU").layer("rnn").blobs

@@ -45,3 +45,6 @@ class LSTM(RecurrentType):
             tensor = tensor.clone()
             tensor[FORGET * hidden:(FORGET + 1) * hidden] = 1.0
         return tensor
+
+    def default_fill_note(self, role: str) -> str:
+        return ", forget gate 1" if role.startswith("bias_ih") else ""

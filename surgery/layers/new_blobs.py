@@ -54,6 +54,7 @@ def init_new_blobs(
                 fix="use a random filler (xavier, msra, gaussian), or say allow_zero if you really mean it",
                 subject=layer.name,
             )
+        described = filler.describe() + ("" if role in fillers else kind.default_fill_note(role))
         lr_mult, decay_mult = specs[position] if position < len(specs) else (1.0, 1.0)
         # Filled on first use: plan and inspect never pay for it. The generator is seeded
         # from the blob's name at creation, so the values do not depend on when.
@@ -62,9 +63,9 @@ def init_new_blobs(
             functools.partial(_filled, filler, tuple(shape), seed, layer.name, role,
                               None if role in fillers else (layer.type, dict(layer.params))),
             lr_mult=lr_mult, decay_mult=decay_mult, trainable=role in trainable,
-            origin=Origin("filler", f"{filler.describe()}, seed {seed}"),
+            origin=Origin("filler", f"{described}, seed {seed}"),
         )
-        notes.append(f"{role} {tuple(shape)} <- {filler.describe()}")
+        notes.append(f"{role} {tuple(shape)} <- {described}")
     net.invalidate_layer(layer.name)
     return notes
 

@@ -86,6 +86,10 @@ class LayerType:
         LSTM's forget-gate bias starts at 1). Not applied when the spec names a filler."""
         return tensor
 
+    def default_fill_note(self, role: str) -> str:
+        """What :meth:`adjust_default_fill` does to ``role``, for the report ("" = nothing)."""
+        return ""
+
     def torch_output_structure(self, layer: Layer) -> Any:
         """For a module returning a tuple (``nn.LSTM``'s ``(y, (h, c))``): the nested
         tuple of output indices that mirrors it, so the torch importer maps each
