@@ -267,6 +267,23 @@ def _check_flow_nesting(text: str, path: str) -> None:
                                 fix="a spec needs a few levels; check the brackets")
         elif char in "]}":
             depth = max(0, depth - 1)
+    _check_block_nesting(text, path)
+
+
+def _check_block_nesting(text: str, path: str) -> None:
+    """The same bound for block style: each deeper indentation opens a level."""
+    indents: list[int] = []
+    for number, line in enumerate(text.split("\n"), 1):
+        stripped = line.lstrip(" ")
+        if not stripped or stripped.startswith("#"):
+            continue
+        indent = len(line) - len(stripped)
+        while indents and indents[-1] >= indent:
+            indents.pop()
+        indents.append(indent)
+        if len(indents) > MAX_NESTING:
+            raise SpecError(f"nested more than {MAX_NESTING} levels deep", location=f"{path}:{number}:{indent + 1}",
+                            fix="a spec needs a few levels; check the indentation")
 
 
 def _check_node_count(node: Any, path: str) -> None:
