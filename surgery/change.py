@@ -55,38 +55,48 @@ def change_sides(before: Net, after: Net, report: Report) -> list[Side]:
     edited net, whose ``report`` carries each layer's change and spec positions)."""
     details: dict[str, list[str]] = {}
     renamed_to: dict[str, str] = {}
-    dropped: dict[str, list[str]] = {}
     for action in report.actions:
         details.setdefault(action.layer, []).append(f"{action.op}: {action.detail}")
         if action.was:
             renamed_to[action.was] = action.layer
-        if action.what == "dropped":
-            dropped.setdefault(action.layer, []).append(action.where)
-    after_rows = {row["name"]: row for row in report.rows}
+    return [Side(f"source: {before.name}", _before_nodes(before, report, details, renamed_to), _edges(before)),
+            Side(f"edited: {after.name}", _after_nodes(after, report, details, renamed_to), _edges(after))]
+
+
+def _after_nodes(after: Net, report: Report, details: dict[str, list[str]],
+                 renamed_to: dict[str, str]) -> list[Node]:
+    was = {new: old for old, new in renamed_to.items()}
     anchors = _anchors(after)
-    after_nodes = []
-    for row in report.rows:
-        was = next((old for old, new in renamed_to.items() if new == row["name"]), "")
-        after_nodes.append(_node(row, row["change"], "; ".join(details.get(row["name"], [])) or row["origin"],
-                                 f"was {was}" if was else "", row["name"] in anchors))
-    before_nodes = []
-    before_anchors = _anchors(before)
+    return [_node(row, row["change"], "; ".join(details.get(row["name"], [])) or row["origin"],
+                  f"was {was[row['name']]}" if row["name"] in was else "", row["name"] in anchors)
+            for row in report.rows]
+
+
+def _before_nodes(before: Net, report: Report, details: dict[str, list[str]],
+                  renamed_to: dict[str, str]) -> list[Node]:
+    """A source layer takes the colour of what it became (the same name, or the name an
+    edit gave it), and is dropped when it became nothing."""
+    after_rows = {row["name"]: row for row in report.rows}
+    dropped: dict[str, list[str]] = {}
+    for action in report.actions:
+        if action.what == "dropped" and action.where:
+            dropped.setdefault(action.layer, []).append(action.where)
+    anchors = _anchors(before)
+    nodes = []
     for row in build_report(before).rows:
         name = row["name"]
         successor = name if name in after_rows else renamed_to.get(name)
         if successor in after_rows:
-            match = after_rows[successor]
-            change = match["change"]
+            change = after_rows[successor]["change"]
             note = f"now {successor}" if successor != name else ""
-            row = {**row, "where": match["where"] if change != "kept" else []}
+            row = {**row, "where": after_rows[successor]["where"] if change != "kept" else []}
             detail = "; ".join(details.get(successor, []))
         else:
             change, note = "dropped", ""
-            row = {**row, "where": [w for w in dropped.get(name, []) if w]}
+            row = {**row, "where": dropped.get(name, [])}
             detail = "; ".join(details.get(name, [])) or "not in the edited net"
-        before_nodes.append(_node(row, change, detail, note, name in before_anchors))
-    return [Side(f"source: {before.name}", before_nodes, _edges(before)),
-            Side(f"edited: {after.name}", after_nodes, _edges(after))]
+        nodes.append(_node(row, change, detail, note, name in anchors))
+    return nodes
 
 
 def change_svg(before: Net, after: Net, report: Report, *, show_all: bool = False, standalone: bool = True) -> str:
