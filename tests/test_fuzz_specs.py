@@ -24,8 +24,11 @@ SPECS = spec_files()
 
 
 def _needs(spec: Path) -> None:
-    if "torchvision" in spec.read_text():
-        pytest.importorskip("torchvision")
+    """What test_specs needs for a spec: torchvision, onnxruntime, and the generated Keras
+    file (made once, with Keras, when missing; skipped without Keras)."""
+    from test_specs import _needs as needs
+
+    needs(spec)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=[p.name for p in SPECS])
