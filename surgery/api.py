@@ -317,7 +317,8 @@ def _plan(loaded: LoadedSpec, progress: Progress | None, *, shapes_only: bool, s
     else:
         _step(progress, f"loading the source model of {loaded.path}")
         try:
-            net = load_source(message.source, loaded.base_dir, name=message.name or None, shapes_only=shapes_only)
+            net = load_source(message.source, loaded.base_dir, name=message.name or None, shapes_only=shapes_only,
+                              seed=message.seed)
         except SurgeryError as error:
             error.location = error.location or loaded.locator.section("source", error.subject)
             raise
@@ -581,7 +582,7 @@ def _load_source(loaded: LoadedSpec, progress: Progress | None) -> Net:
     message = loaded.message
     _step(progress, f"loading the source model of {loaded.path}")
     try:
-        return load_source(message.source, loaded.base_dir, name=message.name or None)
+        return load_source(message.source, loaded.base_dir, name=message.name or None, seed=message.seed)
     except SurgeryError as error:
         error.location = error.location or loaded.locator.section("source", error.subject)
         raise

@@ -72,7 +72,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         loaded = load_spec(args.model)
         try:
             net = load_source(loaded.message.source, loaded.base_dir, name=loaded.message.name or None,
-                              shapes_only=True)
+                              shapes_only=True,
+                              seed=loaded.message.seed)
         except SurgeryError as error:  # point at the spec's source block, as plan does
             error.location = error.location or loaded.locator.section("source", error.subject)
             raise

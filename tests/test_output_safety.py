@@ -375,3 +375,64 @@ def test_tensors_saved_through_the_hashing_writer_load_back(tmp_path: Path) -> N
     loaded = torch.load(tmp_path / "w.pt", weights_only=True)
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
     assert [p.name for p in tmp_path.iterdir()] == ["w.pt"]
+
+
+# -------------------------------------------------- 9: seeded sources and fits
+_SMALL_NET = """
+from torch import nn
+
+def build():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(),
+                         nn.Linear(4 * 8 * 8, 5))
+"""
+_RANDOM_INIT_SPEC = '''source {{ torch {{ factory: "small.py:build" }} input_shape: [2, 3, 8, 8] }}
+seed: {seed}
+edit {{ collapse {{ first: "0" second: "2" name: "fused" mode: FIT kernel_size: 5 samples: 8 }} }}
+output {{ pytorch {{ }} }}
+'''
+
+
+def test_random_init_factory_and_fit_are_seeded_by_the_spec(tmp_path: Path) -> None:
+    """A factory without weights initialises from torch's generator: the spec's seed
+    makes that (and the FIT) repeat byte for byte across processes, and the caller's
+    generators are left where they were."""
+    (tmp_path / "small.py").write_text(_SMALL_NET)
+    for seed in (1, 2):
+        (tmp_path / f"s{seed}.prototxt").write_text(_RANDOM_INIT_SPEC.format(seed=seed))
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        run = _cli("apply", str(tmp_path / f"s{seed}.prototxt"), "-o", str(tmp_path / name), "-q", cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+    assert _tree(tmp_path / "a") == _tree(tmp_path / "b")
+    a, c = (torch.load(tmp_path / n / "torch" / "weights.pt", weights_only=True) for n in ("a", "c"))
+    assert not torch.equal(a["4.weight"], c["4.weight"]), "the seed drives the factory's init"
+    assert not torch.equal(a["fused.weight"], c["fused.weight"])
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    surgery.plan(tmp_path / "s1.prototxt")
+    surgery.apply(tmp_path / "s1.prototxt", tmp_path / "d")
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
+
+
+def test_caffe_layers_without_weights_use_the_spec_seed(tmp_path: Path) -> None:
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 } } }\n'
+        'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 2 } }\n')
+    weights = {}
+    for seed in (5, 6):
+        spec = tmp_path / f"s{seed}.prototxt"
+        spec.write_text(f'source {{ caffe {{ prototxt: "net.prototxt" }} }}\nseed: {seed}\noutput {{ pytorch {{ }} }}\n')
+        result = surgery.apply(spec, tmp_path / f"out{seed}")
+        row = next(r for r in result.report.rows if r["name"] == "fc")
+        assert f"seed {seed}" in row["origin"] and "seed 0" not in row["origin"]
+        weights[seed] = torch.load(tmp_path / f"out{seed}" / "torch" / "weights.pt", weights_only=True)["fc.weight"]
+    assert not torch.equal(weights[5], weights[6])

@@ -22,6 +22,7 @@ from torch import nn
 from surgery.errors import ModelFormatError, SpecError, SurgeryNote
 from surgery.importers.torch_fx import import_torch
 from surgery.ir import Net
+from surgery.math.seeding import seeded
 
 
 def resolve_factory(reference: str, base_dir: Path) -> Callable[..., nn.Module]:
@@ -120,9 +121,11 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_torch_source(factory: str, kwargs: str, weights: str, input_shape: tuple[int, ...], base_dir: Path,
-                      name: str | None = None, shapes_only: bool = False) -> Net:
+                      name: str | None = None, shapes_only: bool = False, seed: int = 0) -> Net:
     """Build the model (on the meta device when a weights file is given, or when only
-    shapes are wanted) and trace it."""
+    shapes are wanted) and trace it. The factory runs with torch's, numpy's and Python's
+    generators seeded from ``seed`` (and restored after), so a factory's own random
+    initialisation gives the same weights on every run."""
     build = resolve_factory(factory, base_dir)
     arguments = _kwargs(kwargs)
     if not input_shape:
@@ -131,7 +134,8 @@ def load_torch_source(factory: str, kwargs: str, weights: str, input_shape: tupl
     # On the meta device when weights come from a file, or only shapes are wanted
     # (inspect / plan): the factory's own init would cost time and memory.
     meta = state is not None or shapes_only
-    model = _run_user_code(lambda: _build(build, arguments, meta), f"calling {factory!r}", factory)
+    with seeded(seed):
+        model = _run_user_code(lambda: _build(build, arguments, meta), f"calling {factory!r}", factory)
     if not isinstance(model, nn.Module):
         raise SpecError(f"{factory!r} returned a {type(model).__name__}, not an nn.Module", subject=factory,
                         fix="the factory must return the model (an nn.Module instance)")
@@ -173,18 +177,20 @@ def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], weights: str) 
         )
 
 
-def load_source(source: Any, base_dir: Path, name: str | None = None, shapes_only: bool = False) -> Net:
+def load_source(source: Any, base_dir: Path, name: str | None = None, shapes_only: bool = False,
+                seed: int = 0) -> Net:
     """The net a spec's ``source { }`` names (paths relative to ``base_dir``).
 
     ``shapes_only``: the net is for shapes and names only (``inspect``, ``plan``);
-    blobs may then have no readable data."""
+    blobs may then have no readable data. ``seed`` (the spec's): seeds a torch
+    factory's own initialisation and the fillers of Caffe layers without weights."""
     fmt = source.WhichOneof("format")
     shape = tuple(source.input_shape)
     if fmt == "torch":
         t = source.torch
         if not t.factory:
             raise SpecError("source.torch needs a factory", fix='add factory: "torchvision.models:resnet18"')
-        return load_torch_source(t.factory, t.kwargs, t.weights, shape, base_dir, name, shapes_only)
+        return load_torch_source(t.factory, t.kwargs, t.weights, shape, base_dir, name, shapes_only, seed)
     if fmt == "onnx":
         try:
             from surgery.importers.onnx_model import import_onnx
@@ -199,7 +205,7 @@ def load_source(source: Any, base_dir: Path, name: str | None = None, shapes_onl
         c = source.caffe
         phase = "TRAIN" if c.phase == 0 else "TEST"
         return import_caffe(base_dir / c.prototxt, base_dir / c.weights if c.weights else None,
-                            phase=phase, input_shape=shape or None)
+                            phase=phase, input_shape=shape or None, seed=seed)
     if fmt == "keras":
         from surgery.importers.keras import import_keras
 

@@ -24,6 +24,7 @@ from surgery.ir.budget import check_bytes
 from surgery.layers.convolution import conv_output_size, conv_params
 from surgery.math.conv_compose import compose_weights, composed_geometry, fit_conv, relative_error
 from surgery.math.fillers import Filler
+from surgery.math.seeding import seeded
 from surgery.ops.base import ADDED, DROPPED, Action, OpContext, register_op
 from surgery.layers.new_blobs import init_new_blobs
 
@@ -148,8 +149,9 @@ def _fit(net: Net, op: Any, first: Layer, second: Layer, kernel, stride, pad, ct
 
     wanted = [first.inputs[0], second.outputs[0]]
     fit_on, measure_on, measured = _fit_and_held_out(net, op, ctx)
-    train, held = blob_values(net, wanted, fit_on), blob_values(net, wanted, measure_on)
-    weight, bias = fit_conv(train[wanted[0]], train[wanted[1]], kernel, stride, pad)
+    with seeded(ctx.seed):  # whatever draws from the global generators (a stochastic layer) repeats
+        train, held = blob_values(net, wanted, fit_on), blob_values(net, wanted, measure_on)
+        weight, bias = fit_conv(train[wanted[0]], train[wanted[1]], kernel, stride, pad)
     estimate = F.conv2d(held[wanted[0]], weight, bias, stride=stride, padding=pad)
     if estimate.shape != held[wanted[1]].shape:
         raise SpecError(f"a {kernel} convolution with stride {stride} cannot reproduce {second.name!r}'s output "
