@@ -461,6 +461,7 @@ def _check_free_space(planned: Plan, folder: Path) -> None:
     message, output = planned.spec.message, planned.spec.message.output
     copies = sum((output.HasField("pytorch") or not message.HasField("output"),
                   output.HasField("onnx") or not message.HasField("output"), output.HasField("caffe")))
+    copies += 2 * output.HasField("step") + 2 * output.HasField("split")  # torch + ONNX of each
     weights = sum(blob.numel * blob.dtype.itemsize for layer in planned.net.layers() for blob in layer.blobs.values())
     # model.py, report.json, headers; report.html takes about 2 kB a layer (two pictures, a table row)
     needed = copies * weights + (64 << 10) + 4096 * len(planned.net)
@@ -485,6 +486,7 @@ def _write_outputs(planned: Plan, staging: Path, log: FileLog, progress: Progres
         from surgery.emitters.step import step_net as make_step_net
 
         step_net = make_step_net(planned.net)
+    split_nets = split(planned.net) if output.HasField("split") else None  # refused before writing, too
     if want_torch:
         _step(progress, f"writing the PyTorch model to {output.pytorch.path}/")
         save_torch_folder(planned.net, staging / output.pytorch.path, log)
@@ -499,6 +501,8 @@ def _write_outputs(planned: Plan, staging: Path, log: FileLog, progress: Progres
             if not message.HasField("output"):
                 error.fix = (error.fix or "") + "; or add `output { pytorch { } }` to the spec to write PyTorch only"
             raise
+    if split_nets is not None:
+        _write_split(split_nets, staging, output, log, progress)
     if step_net is not None:
         from surgery.emitters.onnx_model import emit_onnx
 
@@ -554,6 +558,17 @@ def report_page(planned: Plan, verified: Any = None, *, show_all: bool = False) 
     from surgery.change import report_html
 
     return report_html(planned.spec.path, planned.source, planned.net, planned.report, verified, show_all=show_all)
+
+
+def _write_split(nets: tuple[Net, Net], staging: Path, output: Any, log: FileLog, progress: Progress | None) -> None:
+    """The backbone and the head of a clip model, each a PyTorch folder with its ONNX file inside."""
+    from surgery.emitters.onnx_model import emit_onnx
+
+    versions = {k: v for k, v in _onnx_options(output.onnx).items() if k in ("opset", "ir_version")}
+    for part, folder in zip(nets, (output.split.backbone, output.split.head)):
+        _step(progress, f"writing the split model's {folder}/")
+        save_torch_folder(part, staging / folder, log)
+        emit_onnx(part, staging / folder / f"{Path(folder).name}.onnx", log=log, **versions)
 
 
 def verify(spec_path: str | Path, *, seed: int = 0, atol: float = 1e-5, rtol: float = 1e-4, scale_rtol: float = 1e-5,

@@ -327,3 +327,24 @@ def test_a_layer_inserted_into_the_backbone_after_sequence_runs_per_frame(tmp_pa
         want = _module(net, "scores", nn.Linear(12, 11))(lstm(f)[0][:, -1])
         torch.testing.assert_close(model(clips), want, rtol=0, atol=1e-5)
     _onnx_matches(net, model, tmp_path)
+
+
+def test_apply_writes_backbone_and_head_split_at_the_freeze_boundary(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, STEP_HEADS["lstm_last"], output="output { pytorch { } split { } }")
+    assert main(["apply", str(spec), "-o", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    assert {"model.py", "weights.pt", "backbone.onnx"} <= {p.name for p in (out / "backbone").iterdir()}
+    assert {"model.py", "weights.pt", "head.onnx"} <= {p.name for p in (out / "head").iterdir()}
+    clips = torch.rand(2, 4, 1, 8, 8)
+    backbone = surgery.load_torch_folder(out / "backbone").eval()
+    head = surgery.load_torch_folder(out / "head").eval()
+    clip_model = surgery.load_torch_folder(out / "torch").eval()
+    with torch.no_grad():
+        feats = backbone(clips.flatten(0, 1)).unflatten(0, (2, 4))
+        torch.testing.assert_close(head(feats), clip_model(clips), rtol=0, atol=1e-6)
+    session = onnx_session(out / "head" / "head.onnx")
+    clips = torch.rand(3, 7, 1, 8, 8)  # N and T symbolic
+    with torch.no_grad():
+        feats = backbone(clips.flatten(0, 1)).unflatten(0, (3, 7))
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: feats.numpy()})[0],
+                               clip_model(clips).detach().numpy(), rtol=0, atol=ATOL)

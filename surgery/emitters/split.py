@@ -48,10 +48,12 @@ def backbone_net(net: Net) -> Net:
 
 
 def head_net(net: Net) -> Net:
-    """The head alone: input the features ``(N, T, F)`` (named after the feature blob)."""
+    """The head alone: input the features ``(N, T, F)`` (named after the feature blob; T
+    symbolic in ONNX)."""
     features = feature_blob(net)
     head = Net(f"{net.name}_head")
-    head.add_layer(Layer(features, "Input", outputs=[features], params={"shape": net.shape(features)}))
+    params = {"shape": net.shape(features), "time_axis": 1}
+    head.add_layer(Layer(features, "Input", outputs=[features], params=params))
     for layer in net.layers():
         if layer.per_frame or layer.type == "Input":
             continue
