@@ -192,3 +192,14 @@ def test_size_arithmetic_is_not_an_eltwise_layer(tmp_path: Path) -> None:
         session = onnx_session(path)
         np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0], expected.numpy(),
                                    atol=1e-5, rtol=0)
+
+
+def test_an_eltwise_layer_on_sizes_is_a_clear_shape_error() -> None:
+    from surgery.errors import ShapeError
+    from surgery.ir import Layer
+    from surgery.layers import layer_type
+    from surgery.layers.meta_run import NonTensor
+
+    layer = Layer("mul", "Eltwise", inputs=["a", "b"], params={"operation": "PROD", "coeff": []})
+    with pytest.raises(ShapeError, match=r"reads the non-tensor value\(s\) 4, 4"):
+        layer_type("Eltwise").infer_shapes(layer, [NonTensor(4), NonTensor(4)])

@@ -94,6 +94,8 @@ class OnnxWriter:
         #: initializer name -> contiguous numpy array (weights are not copied into protobuf)
         self.tensors: dict[str, np.ndarray] = {}
         self._batched: set[str] | None = None
+        #: exported graphs of opaque calls, by what they depend on (see onnx_traced)
+        self.traced_graphs: dict[tuple, onnx.GraphProto] = {}
 
     def node(self, op_type: str, inputs: list[str], outputs: list[str], name: str, **attrs: Any) -> None:
         """Add one node; ``name`` should be the layer's (suffixed when a layer needs several)."""

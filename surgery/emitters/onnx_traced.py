@@ -104,18 +104,33 @@ def _trace_module(writer: Any, layers: list[Layer]) -> tuple[fx.GraphModule, lis
     return fx.GraphModule(root, graph), inputs
 
 
-def _export(module: nn.Module, examples: list[torch.Tensor], inputs: list[str], output: str,
-            dynamic: list[str], opset: int) -> onnx.ModelProto:
+def _export(module: nn.Module, examples: list[torch.Tensor], dynamic: list[bool], opset: int) -> onnx.GraphProto:
+    """The piece as an ONNX graph with inputs ``in0``, ``in1``... and output ``out``."""
     buffer = io.BytesIO()
-    axes = {name: {0: "batch"} for name in dynamic}
-    if dynamic:
-        axes[output] = {0: "batch"}
+    names = [f"in{i}" for i in range(len(examples))]
+    axes = {name: {0: "batch"} for name, batched in zip(names, dynamic) if batched}
+    if axes:
+        axes["out"] = {0: "batch"}
     notes = io.StringIO()  # the exporter prints its graph when it fails: the error says enough
     with warnings.catch_warnings(), contextlib.redirect_stdout(notes), contextlib.redirect_stderr(notes):
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notices
-        torch.onnx.export(module, tuple(examples), buffer, dynamo=False, opset_version=opset, input_names=inputs,
-                          output_names=[output], dynamic_axes=axes, do_constant_folding=True)
-    return onnx.load_from_string(buffer.getvalue())
+        torch.onnx.export(module, tuple(examples), buffer, dynamo=False, opset_version=opset, input_names=names,
+                          output_names=["out"], dynamic_axes=axes, do_constant_folding=True)
+    return onnx.load_from_string(buffer.getvalue()).graph
+
+
+def _signature(writer: Any, layers: list[Layer], inputs: list[str], dynamic: list[bool]) -> tuple | None:
+    """What the exported graph depends on, for a piece of calls only (no module weights
+    baked in): equal signatures export equal graphs, so the export is done once."""
+    if any(item.type != "OpaqueCall" for item in layers):
+        return None
+    position = {blob: index for index, blob in enumerate(inputs)}
+    for index, item in enumerate(layers):
+        position[item.outputs[0]] = len(inputs) + index
+    calls = tuple((item.extra["kind"], item.extra["target"], repr(item.extra["args"]), repr(item.extra["kwargs"]),
+                   tuple(position[b] for b in item.inputs)) for item in layers)
+    shapes = tuple((tuple(writer.shapes[b]), str(getattr(writer.shapes[b], "dtype", ""))) for b in inputs)
+    return calls, shapes, tuple(dynamic), writer.opset
 
 
 def write_traced(writer: Any, layer: Layer) -> None:
@@ -130,35 +145,41 @@ def write_traced(writer: Any, layer: Layer) -> None:
     layers = _piece(writer, layer)
     module, inputs = _trace_module(writer, layers)
     batched = writer.batched()
-    dynamic = [blob for blob in inputs if blob in batched]
-    try:
-        exported = _export(module, [_example(writer.shapes[b]) for b in inputs], inputs, layer.outputs[0], dynamic,
-                           writer.opset)
-    except Exception as error:  # noqa: BLE001  (the exporter raises many types; say which layer)
-        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise unsupported_in_onnx(layer, f"torch's exporter fails on it: {type(error).__name__}: {message}") from None
-    _splice(writer, layer, exported.graph)
+    dynamic = [blob in batched for blob in inputs]
+    key = _signature(writer, layers, inputs, dynamic)
+    graph = writer.traced_graphs.get(key) if key is not None else None
+    if graph is None:
+        try:
+            graph = _export(module, [_example(writer.shapes[b]) for b in inputs], dynamic, writer.opset)
+        except Exception as error:  # noqa: BLE001  (the exporter raises many types; say which layer)
+            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise unsupported_in_onnx(layer, f"torch's exporter fails on it: {type(error).__name__}: {message}") from None
+        if key is not None:
+            writer.traced_graphs[key] = graph
+    _splice(writer, layer, graph, inputs)
 
 
-def _splice(writer: Any, layer: Layer, graph: onnx.GraphProto) -> None:
+def _splice(writer: Any, layer: Layer, graph: onnx.GraphProto, inputs: list[str]) -> None:
     output = layer.outputs[0]
-    outer = {value.name for value in graph.input} | {output}
+    outer = {f"in{i}": blob for i, blob in enumerate(inputs)}
+    result = graph.output[0].name
     prefix = f"{layer.name}/"
 
     def rename(name: str) -> str:
-        return name if not name or name in outer else prefix + name
+        if not name:
+            return name
+        if name == result and name not in outer:
+            return output
+        return outer.get(name, prefix + name)
 
     for tensor in graph.initializer:
         writer.const(rename(tensor.name), numpy_helper.to_array(tensor))
-    written = False
     for index, node in enumerate(graph.node):
         outputs = [rename(name) for name in node.output]
         name = layer.name if output in outputs else rename(node.name or f"{node.op_type}_{index}")
-        written |= output in outputs
         copied = helper.make_node(node.op_type, [rename(n) for n in node.input], outputs, name=name,
                                   domain=node.domain or None)
         copied.attribute.extend(node.attribute)
         writer.nodes.append(copied)
-    if not written:  # the piece is the identity at inference (stochastic depth, dropout)
-        source = graph.output[0].name if graph.output[0].name != output else graph.input[0].name
-        writer.node("Identity", [source], [output], layer.name)
+    if result in outer:  # the piece is the identity at inference (stochastic depth, dropout)
+        writer.node("Identity", [outer[result]], [output], layer.name)

@@ -11,6 +11,7 @@ from torch import fx
 
 from surgery.errors import ShapeError, unsupported_in_caffe
 from surgery.ir import Layer, Shape
+from surgery.layers.meta_run import NonTensor
 from surgery.layers.registry import LayerType, register_layer
 
 _FUNCTIONS = {
@@ -32,6 +33,9 @@ class Eltwise(LayerType):
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         if len(in_shapes) < 2:
             raise ShapeError(f"needs at least two inputs, got {len(in_shapes)}")
+        values = [s.value for s in in_shapes if isinstance(s, NonTensor)]
+        if values:  # a size or a number (h * w of a shape), not a tensor
+            raise ShapeError(f"combines tensors, but reads the non-tensor value(s) {', '.join(map(repr, values))}")
         coeff = layer.params.get("coeff") or []
         if coeff and (layer.params["operation"] != "SUM" or len(coeff) != len(in_shapes)):
             raise ShapeError("coeff needs operation SUM and one value per input")
