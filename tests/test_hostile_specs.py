@@ -5,7 +5,6 @@ are estimated from shapes before anything is allocated, YAML is bounded before p
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -106,7 +105,8 @@ def test_fit_collapse_is_refused_from_shapes(collapse: str, message: str, tmp_pa
     spec = _two_convs_spec(tmp_path, collapse)
     code, err = _run(capsys, "plan", "-q", str(spec))
     assert code == 2 and message in err and _located(err, spec), err
-    assert re.search(r"\d+(\.\d+)? [kMGTP]?B", err) or "samples must" in err or "gives" in err
+    if "4000000000" in collapse:  # the estimate is given as a figure, against the machine's memory
+        assert re.search(r"would take [\d.]+ [kMGTP]?B, more than this machine's [\d.]+ [kMGTP]?B", err), err
 
 
 def test_plan_of_a_fit_collapse_reads_no_weights_and_says_apply_fits(tmp_path: Path, capsys) -> None:
@@ -170,7 +170,6 @@ YAML_CASES = {
 def test_yaml_errors_have_their_real_line_and_column(case: str, tmp_path: Path, capsys) -> None:
     tail, message, where = YAML_CASES[case]
     spec = _yaml_spec(tmp_path, tail)
-    start = time.process_time()
     code, err = _run(capsys, "plan", "-q", str(spec))
     assert code == 2 and message in err, err
     found = _located(err, spec)
@@ -178,7 +177,6 @@ def test_yaml_errors_have_their_real_line_and_column(case: str, tmp_path: Path, 
     if where:
         assert (int(found.group(1)), int(found.group(2))) == where, err
     assert "no field named \"l\"" not in err
-    assert time.process_time() - start < 30  # a bound against hanging, not a timing claim
 
 
 def test_a_spec_without_source_is_located(tmp_path: Path, capsys) -> None:
