@@ -70,7 +70,7 @@ def test_a_caffe_prototxt_that_is_not_text_gives_one_error(case: str, tmp_path: 
     spec = tmp_path / "s.prototxt"
     spec.write_text('seed: 1\nsource { caffe { prototxt: "net.prototxt" } }\n')
     code, _, err = _run(capsys, "plan", "-q", str(spec))
-    assert code == 2 and err.startswith("error: ") and "Traceback" not in err, err
+    assert code == 2 and err.startswith(f"error: {spec}:2:1: ") and "Traceback" not in err, err
     assert "net.prototxt" in err
     if case == "latin-1":
         assert f"{target}:1:9: byte 0xe9 is not UTF-8 text" in err

@@ -233,3 +233,17 @@ def test_recurrent_parameters_are_checked_by_the_layer_type(recurrent: str, mess
     code, err = _run(capsys, "plan", "-q", str(spec))
     assert code == 2 and message in err, err
     assert _located(err, spec).group(1) == "3", err
+
+
+def test_a_layer_whose_filled_weights_pass_memory_is_refused_with_the_figure(toy_spec, capsys) -> None:
+    """A padded conv makes the next fully connected layer's input huge: its weights are
+    refused from their shapes (counting the filler's float64 draw), before any allocation."""
+    spec = toy_spec('edit { cut { at: "features.block2_pool" } }\n'
+                    'edit { append { layer { name: "c" type: "Convolution" '
+                    'convolution_param { num_output: 16 kernel_size: 1 pad: 2000 } }\n'
+                    '  layer { name: "f" type: "Flatten" }\n'
+                    '  layer { name: "fc" type: "InnerProduct" inner_product_param { num_output: 64 } } } }')
+    code, err = _run(capsys, "plan", "-q", str(spec))
+    assert code == 2 and re.search(r"'fc' \(InnerProduct\): its new weights .* would take [\d.]+ [GTP]B, more than",
+                                   err), err
+    assert _located(err, spec).group(1) == "7", err

@@ -79,13 +79,19 @@ def read_prototxt(path: Path) -> Any:
         raw = path.read_bytes()
     except OSError as error:
         raise ModelFormatError(f"cannot read prototxt {str(path)!r}: {error.strerror or error}") from None
-    text = decode_text(raw, str(path), ModelFormatError)  # a binary file (a caffemodel?) stops here
+    try:
+        text = decode_text(raw, str(path), ModelFormatError)
+    except ModelFormatError as error:  # a binary file (the caffemodel, named by mistake?) stops here
+        raise ModelFormatError(f"{error.location}: {error.message}", fix="name the network's text definition "
+                               "(.prototxt) here; the trained weights (.caffemodel) are `weights`") from None
     message = caffe_class("NetParameter")()
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as error:
+        # The place in the prototxt is part of the message; the error's own location is
+        # left to whoever named the file (a spec's source line).
         reason = str(error).split(" : ", 1)[-1]
-        raise ModelFormatError(reason, location=f"{path}:{error.GetLine()}:{error.GetColumn()}") from None
+        raise ModelFormatError(f"{path}:{error.GetLine()}:{error.GetColumn()}: {reason}") from None
     return message
 
 

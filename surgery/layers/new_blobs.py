@@ -34,7 +34,8 @@ def init_new_blobs(
     """
     kind = layer_type(layer.type)
     wanted = kind.param_shapes(layer, net.input_shapes(layer.name))
-    total = sum(tensor_bytes(shape) for shape in wanted.values())
+    # Fillers draw in float64, then cast to float32: 12 bytes per value at the peak.
+    total = sum(tensor_bytes(shape, itemsize=12) for shape in wanted.values())
     check_bytes(f"layer {layer.name!r} ({layer.type}): its new weights {list(wanted.values())}", total,
                 subject=layer.name)
     fillers = fillers or {}
