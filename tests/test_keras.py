@@ -176,13 +176,15 @@ def _activations() -> keras.Model:
 
 def _recurrent() -> keras.Model:
     """GRU (reset_after, Keras 3's default) and LSTM, returning sequences or the last
-    step, and a TimeDistributed Dense on the steps."""
+    step, bidirectional, a TimeDistributed Dense on the steps, LayerNormalization."""
     x = keras.Input((5, 6))
     y = L.GRU(7, return_sequences=True)(x)
     y = L.LayerNormalization()(L.LSTM(4, return_sequences=True)(y))
     y = L.TimeDistributed(L.Dense(3, activation="relu"), name="per_step")(y)
-    y = L.LSTM(6, use_bias=False)(L.GRU(5, return_sequences=True)(y))
-    return keras.Model(x, L.Dense(2)(y))
+    y = L.Bidirectional(L.LSTM(4, return_sequences=True))(y)
+    y = L.Bidirectional(L.GRU(5, return_sequences=True))(y)
+    y = L.Bidirectional(L.LSTM(6, use_bias=False), name="both_ways")(y)
+    return keras.Model(x, L.LayerNormalization(center=False, epsilon=1e-5)(L.Dense(2)(y)))
 
 
 def _reorders() -> keras.Model:
@@ -358,7 +360,7 @@ def test_lambda_custom_and_unmapped_layers_are_refused_at_once(tmp_path: Path) -
     (lambda: L.GRU(3, reset_after=False), "reset_after: false"),
     (lambda: L.LSTM(3, activation="relu"), "activation 'relu' has no torch form"),
     (lambda: L.LSTM(3, go_backwards=True), "go_backwards: true"),
-    (lambda: L.Bidirectional(L.LSTM(3)), "(Bidirectional) has no mapping"),
+    (lambda: L.Bidirectional(L.LSTM(3), merge_mode="sum"), "merge_mode 'sum'"),
 ])
 def test_recurrent_options_without_a_torch_form_are_refused(layer, message: str, tmp_path: Path) -> None:
     x = keras.Input((4, 5))

@@ -144,6 +144,8 @@ class LegacyScope(Scope):
         return LegacyScope(self.root, self.group, name, False, self.mapped)  # a layer of a nested model
 
     def attribute(self, attr: str, name: str | None = None) -> Scope:
+        if attr in ("forward_layer", "backward_layer"):  # a Bidirectional's directions share its group
+            return LegacyScope(self.root, self.group, f"{self.leaf}/{name}", False, self.mapped)
         return LegacyScope(self.root, self.group, name or self.leaf, self.owns_group, self.mapped)
 
     def _datasets(self) -> list[str]:
