@@ -13,42 +13,95 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import queue
 import secrets
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from surgery.errors import SurgeryError
 
-#: Writes at least this large are written by a helper thread while this one hashes them
-#: (both release the GIL), so hashing adds little to the time of a large write.
-_PARALLEL_BYTES = 1 << 20
+#: Writes at least this large are hashed on a helper thread: hashing then overlaps with
+#: the writer's own work (torch's CRC of the next record, the copy into the page cache).
+_ASYNC_BYTES = 1 << 20
+
+
+def memory_ranges(buffers: Iterable[Any]) -> list[tuple[int, int]]:
+    """The address ranges of tensors' storages / arrays' memory (CPU only), for
+    :class:`HashingWriter`'s ``stable``."""
+    ranges = []
+    for item in buffers:
+        if isinstance(item, torch.Tensor):
+            if item.device.type == "cpu":
+                storage = item.untyped_storage()
+                ranges.append((storage.data_ptr(), storage.data_ptr() + storage.nbytes()))
+        elif isinstance(item, np.ndarray):
+            ranges.append((item.ctypes.data, item.ctypes.data + item.nbytes))
+    return sorted(ranges)
 
 
 class HashingWriter:
-    """A binary file object that hashes (sha256) and counts what it writes."""
+    """A binary file object that hashes (sha256) and counts what it writes.
 
-    def __init__(self, raw: Any, pool: ThreadPoolExecutor, name: str = "") -> None:
+    Hashing runs on a helper thread, in order. A large write whose memory lies inside
+    ``stable`` (address ranges the caller keeps alive and unchanged until the writer is
+    finished: the tensors being saved) is queued without a copy and the write returns at
+    once; any other large write waits until it is hashed (its memory may be reused once
+    ``write`` returns); small ones are copied.
+    """
+
+    def __init__(self, raw: Any, name: str = "", stable: list[tuple[int, int]] | None = None) -> None:
         self.raw = raw
         self.name = name
-        self.pool = pool
-        self.digest = hashlib.sha256()
         self.size = 0
+        self._stable = stable or []
+        self._digest = hashlib.sha256()
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._hash, name="surgery-hash-output", daemon=True)
+        self._thread.start()
+
+    def _hash(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                self._queue.task_done()
+                return
+            self._digest.update(item)
+            self._queue.task_done()
+
+    def _is_stable(self, view: memoryview) -> bool:
+        start = np.frombuffer(view, np.uint8).ctypes.data
+        end = start + view.nbytes
+        return any(low <= start and end <= high for low, high in self._stable)
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
-        if view.nbytes >= _PARALLEL_BYTES:
-            pending = self.pool.submit(self.raw.write, view)
-            self.digest.update(view)
-            pending.result()
-        else:
+        if view.nbytes < _ASYNC_BYTES:
+            chunk = bytes(view)
+            self.raw.write(chunk)
+            self._queue.put(chunk)
+        elif self._is_stable(view):
             self.raw.write(view)
-            self.digest.update(view)
+            self._queue.put(view)
+        else:
+            self._queue.put(view)
+            self.raw.write(view)
+            self._queue.join()  # hashed before the caller may reuse the memory
         self.size += view.nbytes
         return view.nbytes
+
+    def finish(self) -> str:
+        """Wait for the hashing to end; the sha256 hex digest of everything written."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        return self._digest.hexdigest()
 
     def flush(self) -> None:
         self.raw.flush()
@@ -74,12 +127,11 @@ class FileLog:
         self.files[Path(path)] = (sha256, size)
 
 
-_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="surgery-write")
-
-
 @contextmanager
-def output_file(path: str | Path, log: FileLog | None = None) -> Iterator[HashingWriter]:
+def output_file(path: str | Path, log: FileLog | None = None, stable: Iterable[Any] = ()) -> Iterator[HashingWriter]:
     """Open ``path`` for writing; it appears (atomically) when the block ends without error.
+    ``stable``: tensors / arrays being written that stay alive and unchanged meanwhile
+    (their bytes are then hashed without a copy, beside the writing).
 
     Example:
         >>> with output_file(folder / "model.py", log) as out:
@@ -91,8 +143,11 @@ def output_file(path: str | Path, log: FileLog | None = None) -> Iterator[Hashin
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as raw:
-            writer = HashingWriter(raw, _POOL, str(path))
-            yield writer
+            writer = HashingWriter(raw, str(path), memory_ranges(stable))
+            try:
+                yield writer
+            finally:
+                digest = writer.finish()
         if log is not None and log.exclusive:
             _move_new(temp, path)
         else:
@@ -103,7 +158,7 @@ def output_file(path: str | Path, log: FileLog | None = None) -> Iterator[Hashin
             error.filename = str(path)  # a failed write names its file (a full disk, say)
         raise
     if log is not None:
-        log.record(path, writer.digest.hexdigest(), writer.size)
+        log.record(path, digest, writer.size)
 
 
 def _move_new(temp: Path, path: Path) -> None:

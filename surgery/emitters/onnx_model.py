@@ -265,10 +265,10 @@ def emit_onnx(net: Net, path: str | Path, *, opset: int = DEFAULT_OPSET, ir_vers
     check_model(model, tensors)
     if external:
         data_path = path.with_name(path.name + ".data")
-        with output_file(path, log) as out, output_file(data_path, log) as data:
+        with output_file(path, log) as out, output_file(data_path, log, stable=tensors.values()) as data:
             write_model(out, model, tensors, data, data_path.name)
     else:
-        with output_file(path, log) as out:
+        with output_file(path, log, stable=tensors.values()) as out:
             write_model(out, model, tensors)
     return path
 

@@ -401,7 +401,7 @@ def save_torch_folder(net: Net, folder: Path, log: FileLog | None = None) -> Pat
         name: tensor.detach() for name, tensor in model.state_dict().items()
         if not any(name.startswith(prefix + ".") for prefix in opaque)
     }
-    with output_file(folder / WEIGHTS_FILE, log) as out:
+    with output_file(folder / WEIGHTS_FILE, log, stable=state.values()) as out:
         torch.save(state, out)
     if opaque:
         with output_file(folder / OPAQUE_FILE, log) as out:
