@@ -11,7 +11,6 @@ refuses to replace a file already there (two outputs of one run landing on one p
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import queue
 import secrets
@@ -187,22 +186,19 @@ def write_bytes(path: str | Path, data: bytes, log: FileLog | None = None) -> Pa
     return Path(path)
 
 
-def sha256_file(path: str | Path, chunk: int = 16 << 20) -> tuple[str, int]:
-    """sha256 hex digest and size of a file. Read through a memory map (no copy into a
-    buffer; pages a memory-mapped load already brought in are shared) in large slices,
-    which hashlib hashes without the GIL, so this runs beside other work in a thread."""
+def sha256_file(path: str | Path, chunk: int = 8 << 20) -> tuple[str, int]:
+    """sha256 hex digest and size of a file, read in large chunks into one reused buffer
+    (a memory map would count every page in the process's resident memory a second time
+    beside a memory-mapped load); hashlib hashes without the GIL, so this runs beside
+    other work in a thread."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size == 0:
-            return digest.hexdigest(), 0
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            view = memoryview(mapped)
-            try:
-                for start in range(0, size, chunk):
-                    digest.update(view[start:start + chunk])
-            finally:
-                view.release()
+    size = 0
+    buffer = bytearray(chunk)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            digest.update(view[:count])
+            size += count
     return digest.hexdigest(), size
 
 
