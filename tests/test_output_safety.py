@@ -215,7 +215,9 @@ def test_killed_apply_leaves_old_or_new_output(sig: int, moment: tuple[str, floa
     _complete(out)
     assert now == old or json.loads(now["report.json"])["spec"]["seed"] == "2", "old output or the new one"
     if sig == signal.SIGTERM:
-        assert code in (0, 130), code
+        # 130: unwound like Ctrl-C; -15: the signal came after the run had finished (its
+        # handler is gone while Python shuts down), so the new output is complete.
+        assert code in (0, 130) or (code == -signal.SIGTERM and now != old), code
         assert not _leftovers(tmp_path), "SIGTERM cleans up like Ctrl-C"
     surgery.apply(_big_spec(tmp_path, 3), out, force=True)  # a later apply removes what a kill left
     assert not _leftovers(tmp_path)
