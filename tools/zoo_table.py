@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,11 +30,16 @@ def summary(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _portable(message: str) -> str:
+    """An error message without this machine's install prefix (``.../site-packages/``)."""
+    return re.sub(r"/\S*?/(?:site|dist)-packages/", "", message)
+
+
 def details(rows: list[dict]) -> list[str]:
     lines = ["| model | input | params | head | result |", "|---|---|---|---|---|"]
     for row in sorted(rows, key=lambda r: (list(FAMILIES).index(r["family"]), r["model"])):
         params = f"{row['params'] / 1e6:.1f}M" if row.get("params") else "-"
-        result = f"ok (max rel {row['max_rel']:.1e})" if row["ok"] else f"stops at {row['stage']}: {row['error']}"
+        result = f"ok (max rel {row['max_rel']:.1e})" if row["ok"] else f"stops at {row['stage']}: {_portable(row['error'])}"
         lines.append(f"| {row['family']}:{row['model']} | {row['input']} | {params} | `{row.get('head') or '-'}` "
                      f"| {result.replace('|', '/')} |")
     return lines
