@@ -244,13 +244,13 @@ def test_small_clip_model(nhwc_input: bool, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_video_model_matches_keras(tmp_path: Path) -> None:
     """TimeDistributed(VGG16 trunk) -> LSTM -> Dense: the trunk runs per frame (the time
-    axis folded into the batch), the LSTM over the frames' features (3 frames of 32x32
-    here; the layers do not depend on either)."""
+    axis folded into the batch), the LSTM(256) over the 40 frames' features (32x32 frames
+    here to keep it quick; no layer depends on the frame size)."""
     keras.utils.set_random_seed(0)
     trunk = A.VGG16(include_top=False, pooling="avg", weights=None, input_shape=(32, 32, 3))
-    clips = keras.Input((3, 32, 32, 3))
+    clips = keras.Input((40, 32, 32, 3))
     features = L.TimeDistributed(trunk, name="frames")(clips)
-    model = keras.Model(clips, L.Dense(11, activation="softmax")(L.LSTM(16)(features)))
+    model = keras.Model(clips, L.Dense(11, activation="softmax")(L.LSTM(256)(features)))
     _check(randomize(model), tmp_path, "video")
     net = import_keras(tmp_path / "video.keras")
     lstm = next(layer for layer in net.layers() if layer.type == "LSTM")
