@@ -221,6 +221,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     previous = _terminate_like_interrupt()
     try:
+        return _run(args)
+    except KeyboardInterrupt:  # a second signal, or one landing while the run winds down
+        return 130
+    finally:
+        _restore_terminate(previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", SurgeryNote)
             warnings.showwarning = _show_note
@@ -231,9 +240,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the output folder is as it was, or complete", file=sys.stderr)
         return 130
-    finally:
-        if previous is not None:
+
+
+def _restore_terminate(previous: object | None) -> None:
+    """Put back SIGTERM's previous handler. A SIGTERM landing meanwhile raises in here;
+    the run has ended by then (its outputs complete or absent), so try again."""
+    while previous is not None:
+        try:
             signal.signal(signal.SIGTERM, previous)
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
