@@ -51,11 +51,14 @@ class GELU(ActivationType):
         approximate = kwargs.get("approximate", "none")
         return {"approximate": approximate} if approximate in APPROXIMATIONS and len(args) == 1 else None
 
-    def to_onnx(self, layer: Layer, writer: Any) -> None:
+    onnx_op = "Gelu"
+    onnx_native_opset = GELU_OPSET
+
+    def onnx_attributes(self, layer: Layer) -> dict[str, Any]:
+        return {"approximate": _approximate(layer)}
+
+    def to_onnx_formula(self, layer: Layer, writer: Any) -> None:
         approximate = _approximate(layer)
-        if writer.opset >= GELU_OPSET:
-            writer.node("Gelu", list(layer.inputs), list(layer.outputs), layer.name, approximate=approximate)
-            return
         x, name = layer.inputs[0], layer.name
 
         def const(role: str, value: float) -> str:

@@ -25,11 +25,10 @@ class Mish(ActivationType):
     torch_functions = (F.mish,)
     onnx_ops = ("Mish",)
 
-    def to_onnx(self, layer: Layer, writer: Any) -> None:
-        io = (list(layer.inputs), list(layer.outputs), layer.name)
-        if writer.opset >= MISH_OPSET:
-            writer.node("Mish", *io)
-            return
+    onnx_op = "Mish"
+    onnx_native_opset = MISH_OPSET
+
+    def to_onnx_formula(self, layer: Layer, writer: Any) -> None:
         soft, squashed = f"{layer.name}/softplus", f"{layer.name}/tanh"
         writer.node("Softplus", [layer.inputs[0]], [soft], soft)
         writer.node("Tanh", [soft], [squashed], squashed)

@@ -253,10 +253,25 @@ class ActivationType(LayerType):
 
     module_class: ClassVar[type[nn.Module]]
     onnx_op: ClassVar[str]
+    #: The first ONNX opset with ``onnx_op``; below it the layer is written as its
+    #: formula (:meth:`to_onnx_formula`), the last node carrying the layer's name.
+    onnx_native_opset: ClassVar[int | None] = None
     passes_resize = True
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:
-        writer.node(self.onnx_op, list(layer.inputs), list(layer.outputs), layer.name)
+        if self.onnx_native_opset is not None and writer.opset < self.onnx_native_opset:
+            self.to_onnx_formula(layer, writer)
+        else:
+            writer.node(self.onnx_op, list(layer.inputs), list(layer.outputs), layer.name,
+                        **self.onnx_attributes(layer))
+
+    def onnx_attributes(self, layer: Layer) -> dict[str, Any]:
+        """Attributes of the native ONNX operator."""
+        return {}
+
+    def to_onnx_formula(self, layer: Layer, writer: Any) -> None:
+        """The activation written with older operators (types with ``onnx_native_opset``)."""
+        raise unsupported_in_onnx(layer, f"needs opset {self.onnx_native_opset}")
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
         return reader.layer(node, self.name, {})

@@ -25,11 +25,10 @@ class SiLU(ActivationType):
     torch_functions = (F.silu,)
     onnx_ops = ("Swish",)
 
-    def to_onnx(self, layer: Layer, writer: Any) -> None:
-        io = (list(layer.inputs), list(layer.outputs), layer.name)
-        if writer.opset >= SWISH_OPSET:
-            writer.node("Swish", *io)
-            return
+    onnx_op = "Swish"
+    onnx_native_opset = SWISH_OPSET
+
+    def to_onnx_formula(self, layer: Layer, writer: Any) -> None:
         gate = f"{layer.name}/sigmoid"
         writer.node("Sigmoid", [layer.inputs[0]], [gate], gate)
         writer.node("Mul", [layer.inputs[0], gate], list(layer.outputs), layer.name)
