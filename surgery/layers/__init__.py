@@ -34,6 +34,7 @@ from surgery.layers import (  # noqa: F401  (importing registers the types)
     pooling,
     power,
     prelu,
+    reduction,
     relu,
     reshape,
     rnn,
