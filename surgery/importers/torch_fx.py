@@ -169,6 +169,11 @@ class _Importer:
         self.shapes.update(zip(layer.outputs, self._infer(layer)))
         self.net.add_layer(layer)
 
+    def _tuple_outputs(self, layer: Layer, structure: Any) -> None:
+        """One top per tensor of a tuple result (the first one named after the layer)."""
+        if structure is not None:
+            layer.outputs = [layer.name] + [self._unique(f"{layer.name}:{i}") for i in range(1, _count(structure))]
+
     def _infer(self, layer: Layer) -> list[Any]:
         """The layer's output shapes, from its inputs' (raises ShapeError naming it)."""
         try:
@@ -218,7 +223,7 @@ class _Importer:
                 layer.extra["kwargs"] = fx.node.map_arg(node.kwargs, lambda n: InputRef(inputs.index(self.blob_of[n])))
         structure = kind.torch_output_structure(layer) if layer.type != "Opaque" else None
         if structure is not None:  # the module returns a tuple (nn.LSTM's (y, (h, c))): one top per tensor
-            layer.outputs = [layer.name] + [self._unique(f"{layer.name}:{i}") for i in range(1, _count(structure))]
+            self._tuple_outputs(layer, structure)
             self.tuples[node] = _map_structure(structure, layer.outputs)
         if first is None:
             self.module_layers[path] = layer.name
@@ -246,11 +251,15 @@ class _Importer:
             for kind in self.functions.get(target, []):
                 blanked_args = fx.node.map_arg(node.args, lambda n: None)
                 blanked_kwargs = fx.node.map_arg(node.kwargs, lambda n: None)
-                params = kind.import_torch_call(target, tuple(blanked_args), dict(blanked_kwargs))
-                if params is not None:
+                params, structure = kind.import_torch_call_shaped(
+                    target, tuple(blanked_args), dict(blanked_kwargs), [self.shapes[self.blob_of[n]] for n in tensor_args])
+                if params is not None and (structure is None or _only_indexed(node)):
                     layer = Layer(self._unique(node.name), kind.name, inputs=[self.blob_of[n] for n in tensor_args],
                                   params=params)
+                    self._tuple_outputs(layer, structure)
                     if self._fits(layer):
+                        if structure is not None:  # x.chunk(2): one top per part, read by getitem
+                            self.tuples[node] = _map_structure(structure, layer.outputs)
                         self._add(node, layer)
                         return
         refs = lambda n: InputRef(inputs.index(self.blob_of[n]))  # noqa: E731
@@ -355,6 +364,12 @@ class _Importer:
         for layer in self.net.layers():
             if layer.name not in needed:
                 layer.phase = "train"
+
+
+def _only_indexed(node: fx.Node) -> bool:
+    """Whether a tuple result is only ever read one item at a time (``parts[1]``)."""
+    return all(user.op == "call_function" and user.target is operator.getitem and isinstance(user.args[1], int)
+               for user in node.users)
 
 
 def _count(structure: Any) -> int:

@@ -129,6 +129,15 @@ class LayerType:
         ``args`` holds ``None`` where a tensor input stands."""
         raise NotImplementedError
 
+    def import_torch_call_shaped(self, target: Any, args: tuple, kwargs: dict,
+                                 in_shapes: list[Shape | None]) -> tuple[dict[str, Any] | None, Any]:
+        """:meth:`import_torch_call` for the torch importer, which also knows the input
+        shapes: ``(params or None, output structure)``. The structure is None for a call
+        returning one tensor, else the tuple of output indices it returns (``x.chunk(2)``
+        gives ``(0, 1)``), like :meth:`torch_output_structure`. Override it when the
+        hyper-parameters or the number of outputs depend on the input shapes."""
+        return self.import_torch_call(target, args, kwargs), None
+
     #: Functional calls (``F.linear``) this type takes when their weights are one module's
     #: own parameters (timm's Linear, Conv2dSame and BatchNormAct2d subclasses call them).
     torch_functionals: ClassVar[tuple[Any, ...]] = ()
