@@ -64,6 +64,7 @@ def _is_spec_file(path: Path) -> bool:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from surgery import api
+    from surgery.report import format_modules
 
     if _is_spec_file(Path(args.model)):
         from surgery.importers.sources import load_source
@@ -80,6 +81,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     else:
         net = api.load(args.model, args.input_shape, weights=args.weights, shapes_only=True)
     print(api.report(net).format_table(only_params=args.params_only))
+    modules = format_modules(net)
+    if modules and not args.params_only:
+        print("\n" + modules)
     return 0
 
 

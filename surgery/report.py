@@ -123,6 +123,20 @@ class Report:
         return "\n".join(out)
 
 
+def format_modules(net: Net) -> str:
+    """The composite modules of a torch source, each with the layer computing its output
+    (what ``cut { at }``, ``up_to``, ``insert { after }`` or a ``bottom`` mean by its path),
+    and those that cannot stand for one layer, with why. Empty when there are none."""
+    paths = net.module_paths()
+    if not paths and not net.module_refusals:
+        return ""
+    width = max(len(p) for p in [*paths, *net.module_refusals])
+    out = ["modules (a spec may name one where it names a position: cut at, up_to, insert after, bottom):"]
+    out += [f"  {path.ljust(width)}  -> {net.producer(net.module_outputs[path]).name}" for path in paths]
+    out += [f"  {path.ljust(width)}  (not one position: {why})" for path, why in net.module_refusals.items()]
+    return "\n".join(out)
+
+
 def _strict(value: Any) -> Any:
     """``value`` with every non-finite float written as a string ("nan", "inf"): JSON
     has no such numbers, and the report must stay readable by strict parsers."""

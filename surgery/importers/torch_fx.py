@@ -21,6 +21,7 @@ import torch
 from torch import fx, nn
 
 from surgery.errors import ModelFormatError, ShapeError
+from surgery.importers.torch_modules import record_module_outputs
 from surgery.ir import Layer, Net, ParamBlob
 from surgery.layers import layer_type, torch_function_map, torch_functional_map, torch_module_map
 from surgery.layers.meta_run import NonTensor
@@ -347,6 +348,8 @@ class _Importer:
         outputs = [self.blob_of[n] for n in _output_leaves(train_graph)]
         self.net.set_outputs(dict.fromkeys(outputs))
         self._mark_train_only(train_graph, eval_graph)
+        record_module_outputs(train_graph, self.net, self.blob_of, self.tuples,
+                              lambda blob: not isinstance(self.shapes.get(blob), NonTensor))
         return self.net
 
     def _mark_train_only(self, train_graph: fx.Graph, eval_graph: fx.Graph) -> None:

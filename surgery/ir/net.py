@@ -51,6 +51,13 @@ class Net:
         self.loss_weights: dict[str, float] = {}
         #: How an importer matched weights to layers ({"copied", "initialised", "ignored"}).
         self.weight_copy: dict[str, list[str]] | None = None
+        #: A torch source's composite modules (``layer3.1``, ``blocks.5``): module path ->
+        #: the blob that is the module's output, so a spec may name the module where it
+        #: names a position in the net (see :meth:`module_output`).
+        self.module_outputs: dict[str, str] = {}
+        #: Composite modules that have no single output, with the reason (called twice,
+        #: returns two tensors), so naming one says why it cannot stand for a layer.
+        self.module_refusals: dict[str, str] = {}
 
     # ----------------------------------------------------------------- queries
     def __contains__(self, name: str) -> bool:
@@ -64,6 +71,10 @@ class Net:
         try:
             return self.graph.nodes[name]["layer"]
         except KeyError:
+            if name in self.module_outputs or name in self.module_refusals:
+                raise SpecError(f"{name!r} is a module of the source, not a layer; this edit needs a layer",
+                                fix=f"name one of its layers, or select them all with the glob '{name}.*'",
+                                subject=name) from None
             raise unknown_layer(name, self.graph.nodes) from None
 
     def layer_names(self) -> list[str]:
@@ -99,6 +110,36 @@ class Net:
             if edge_blob == blob:
                 found.append((self.layer(consumer), index))
         return sorted(found, key=lambda item: (self.graph.nodes[item[0].name]["order"], item[1]))
+
+    def module_output(self, path: str) -> str | None:
+        """The blob computed as module ``path``'s output, or None when ``path`` is no
+        module of the source. The entry is checked now: an earlier edit may have dropped
+        that blob, and a module with no single output is refused with the reason.
+
+        Example:
+            >>> net = Net("tiny")
+            >>> net.add_layer(Layer("data", "Input", outputs=["data"], params={"shape": (1, 4)}))
+            >>> net.add_layer(Layer("add", "Eltwise", inputs=["data", "data"], outputs=["add"]))
+            >>> net.module_outputs["block"] = "add"
+            >>> net.module_output("block")
+            'add'
+        """
+        if path in self.module_refusals:
+            raise SpecError(f"{path!r} is a module of the source, but it cannot stand for one layer: "
+                            f"{self.module_refusals[path]}",
+                            fix="name one of its layers instead (`surgery inspect` lists them)", subject=path)
+        blob = self.module_outputs.get(path)
+        if blob is None:
+            return None
+        if blob not in self._producer:
+            raise SpecError(f"module {path!r} computed blob {blob!r}, which an earlier edit removed from the net",
+                            fix="name a layer that is still in the net, or move this edit before the one that "
+                                "removed it", subject=path)
+        return blob
+
+    def module_paths(self) -> list[str]:
+        """The module paths a spec can still name (their output is in the net)."""
+        return [path for path, blob in self.module_outputs.items() if blob in self._producer]
 
     def input_layers(self) -> list[Layer]:
         return [layer for layer in self.layers() if layer.type == "Input"]
@@ -250,6 +291,7 @@ class Net:
             self._outputs = [new if b == old else b for b in self._outputs]
         if old in self.loss_weights:
             self.loss_weights[new] = self.loss_weights.pop(old)
+        self.module_outputs = {path: new if b == old else b for path, b in self.module_outputs.items()}
 
     def prune_to(self, keep: set[str]) -> list[str]:
         """Drop every layer not in ``keep``; returns the dropped names in order."""
@@ -312,6 +354,7 @@ class Net:
         twin._outputs = list(self._outputs) if self._outputs is not None else None
         twin.loss_weights = dict(self.loss_weights)
         twin.weight_copy = copy.deepcopy(self.weight_copy)
+        twin.module_outputs, twin.module_refusals = dict(self.module_outputs), dict(self.module_refusals)
         if self._shapes is not None:
             twin._shapes = dict(self._shapes)
         return twin
@@ -337,13 +380,14 @@ class Net:
             )
             layers[name] = (layer, fields)
         return (self.graph.copy(), dict(self._producer), self._outputs and list(self._outputs),
-                dict(self.loss_weights), layers)
+                dict(self.loss_weights), dict(self.module_outputs), layers)
 
     def _restore(self, saved: tuple) -> None:
-        graph, producer, outputs, loss_weights, layers = saved
+        graph, producer, outputs, loss_weights, module_outputs, layers = saved
         for original, fields in layers.values():
             original.__dict__.update(fields)
         self.graph, self._producer, self._outputs, self.loss_weights = graph, producer, outputs, loss_weights
+        self.module_outputs = module_outputs
         self.invalidate()
 
     # ---------------------------------------------------------- shape inference

@@ -8,6 +8,7 @@ from surgery.errors import SpecError
 from surgery.ir import Net
 from surgery.ops.base import ADDED, Action, OpContext, register_op
 from surgery.ops.newlayer import add_caffe_layers
+from surgery.ops.selectors import place
 
 
 @register_op("insert")
@@ -16,10 +17,10 @@ def insert(net: Net, op: Any, ctx: OpContext) -> list[Action]:
     ``op.before``) read the last new layer's output instead."""
     if not op.after or not op.layer:
         raise SpecError("insert needs `after` and at least one `layer { }`", fix='add after: "conv1" and a layer')
-    source = net.layer(op.after)
-    if len(source.outputs) != 1:
-        raise SpecError(f"{op.after!r} has {len(source.outputs)} outputs; insert after a one-output layer", subject=op.after)
-    blob = source.outputs[0]
+    after = place(net, op.after)
+    if len(after.blobs) != 1:
+        raise SpecError(f"{op.after!r} has {len(after.blobs)} outputs; insert after a one-output layer", subject=op.after)
+    blob = after.blobs[0]
     # The readers are taken before the new layers exist: the first new layer reads `blob`
     # too, and must keep reading it.
     readers = [reader.name for reader, _ in net.consumers(blob)]
@@ -33,5 +34,5 @@ def insert(net: Net, op: Any, ctx: OpContext) -> list[Action]:
     moved = net.redirect_consumers(blob, last, only=readers)
     if blob in net.outputs and not op.HasField("before"):
         net.set_outputs([last if b == blob else b for b in net.outputs])
-    where = f"between {op.after!r} and {', '.join(repr(m) for m in moved) or 'the output'}"
+    where = f"between {after} and {', '.join(repr(m) for m in moved) or 'the output'}"
     return [Action("insert", layer.name, ADDED, "; ".join([f"{layer.type} {where}", *notes])) for layer, notes in added]

@@ -9,7 +9,7 @@ from surgery.ir import Net
 from surgery.ir.blob import check_multiplier
 from surgery.layers import layer_type
 from surgery.ops.base import LR, Action, OpContext, register_op
-from surgery.ops.selectors import select
+from surgery.ops.selectors import place, select
 
 
 def _selection(net: Net, op: Any) -> list[str]:
@@ -51,6 +51,8 @@ def lr(net: Net, op: Any, ctx: OpContext) -> list[Action]:
         detail = ", ".join(f"{f} {getattr(op, f):g}" for f in ("lr_mult", "decay_mult") if op.HasField(f))
         if op.HasField("blob"):
             detail += f" (blob {op.blob})"
+        if op.HasField("up_to") and op.up_to not in net:  # a module path: say which layer it meant
+            detail += f"; up_to {place(net, op.up_to)}"
         if layer.type == "BatchNorm" and op.HasField("lr_mult") and op.lr_mult == 0:
             layer.params["use_global_stats"] = True
             detail += "; running statistics frozen"

@@ -5,17 +5,19 @@ from __future__ import annotations
 from surgery.errors import SpecError
 from surgery.ir import Layer, Net
 from surgery.layers.new_blobs import init_new_blobs
+from surgery.ops.selectors import place
 
 
 def resolve_bottom(net: Net, name: str) -> str:
-    """A blob name; a layer name with one output stands for that output."""
+    """A blob name; a layer name with one output, or a module path (see
+    :func:`~surgery.ops.selectors.place`), stands for that output."""
     if net.has_blob(name):
         return name
-    if name in net and len(net.layer(name).outputs) == 1:
-        return net.layer(name).outputs[0]
-    from surgery.errors import unknown_layer
-
-    raise unknown_layer(name, set(net.blob_names()) | set(net.layer_names()), what="blob or layer")
+    found = place(net, name, blobs=True)
+    if len(found.blobs) != 1:
+        raise SpecError(f"layer {name!r} has {len(found.blobs)} outputs; a bottom names one blob",
+                        fix="name one of " + ", ".join(repr(b) for b in found.blobs), subject=name)
+    return found.blobs[0]
 
 
 def add_caffe_layers(net: Net, messages: list, first_bottom: str, seed: int, allow_zero: bool = False,

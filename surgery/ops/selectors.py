@@ -1,11 +1,16 @@
 """Layer selectors: exact names, globs, regexes, "everything up to X". Each selector
-must match at least one layer: one that matches nothing is an error, not a no-op."""
+must match at least one layer: one that matches nothing is an error, not a no-op.
+
+Where a spec names one position in the net (``cut { at }``, ``up_to``, ``insert { after }``,
+a new layer's ``bottom``), :func:`place` resolves the name: a layer, or the path of a
+composite module of a torch source (``layer3.1``), standing for its output."""
 
 from __future__ import annotations
 
 import fnmatch
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from surgery.errors import SpecError, did_you_mean, unknown_layer
 from surgery.ir import Net
@@ -49,11 +54,52 @@ def match_regex(net: Net, pattern: str) -> list[str]:
     return found
 
 
+@dataclass(frozen=True)
+class Place:
+    """A position a spec named: the layer it means and the blob(s) there.
+
+    Attributes:
+        written: the name as the spec wrote it.
+        layer: the layer it means (for a module path: the layer computing its output).
+        blobs: the blobs it means: the layer's outputs, or the one blob named (a blob
+            name, a module's output).
+    """
+
+    written: str
+    layer: str
+    blobs: tuple[str, ...]
+
+    def __str__(self) -> str:
+        """``'conv1'``, or ``'layer3' (module; its output is layer 'layer3.1.relu@1')``
+        for the report."""
+        if self.written == self.layer:
+            return repr(self.written)
+        return f"{self.written!r} (module; its output is layer {self.layer!r})"
+
+
+def place(net: Net, name: str, *, blobs: bool = False) -> Place:
+    """The position ``name`` means: a layer name, else (with ``blobs``) a blob name, else a
+    composite module's path (a torch source's ``layer3.1`` or
+    ``encoder.layers.encoder_layer_5``: fx traces through it, and its output is the blob
+    computed last inside it that is read outside it). A name that is none of these gets a
+    did-you-mean over all of them.
+    """
+    if name in net:
+        return Place(name, name, tuple(net.layer(name).outputs))
+    if blobs and net.has_blob(name):
+        return Place(name, net.producer(name).name, (name,))
+    blob = net.module_output(name)  # raises when the module has no single output any more
+    if blob is None:
+        known = [*net.layer_names(), *net.module_paths(), *(net.blob_names() if blobs else ())]
+        raise unknown_layer(name, known, what="blob or layer" if blobs else "layer")
+    return Place(name, net.producer(blob).name, (blob,))
+
+
 def up_to(net: Net, name: str) -> list[str]:
-    """``name`` and every layer it depends on, in execution order."""
-    if name not in net:
-        raise unknown_layer(name, net.layer_names())
-    keep = net.ancestors(name) | {name}
+    """``name`` (a layer or a module path, see :func:`place`) and every layer it depends
+    on, in execution order."""
+    last = place(net, name).layer
+    keep = net.ancestors(last) | {last}
     return [n for n in net.layer_names() if n in keep]
 
 

@@ -16,6 +16,7 @@ from surgery.errors import ShapeError, SpecError
 from surgery.ir import Layer, Net
 from surgery.ops.base import ADDED, DROPPED, KEPT, Action, OpContext, register_op
 from surgery.ops.newlayer import add_caffe_layers
+from surgery.ops.selectors import place
 
 HEAD_HINT = ("start the head with an LSTM / GRU / RNN, a TemporalPooling, or an InnerProduct with axis: 2 "
              "(one per step)")
@@ -49,13 +50,13 @@ def _cut(net: Net, op: Any) -> tuple[str, list[Action]]:
             raise SpecError(f"the net has {len(outputs)} outputs ({', '.join(outputs)}); say which layer is the "
                             "last one to run per frame", fix=f'add at: "{net.producer(outputs[0]).name}"')
         return outputs[0], []
-    at = net.layer(op.at)
-    if len(at.outputs) != 1:
-        raise SpecError(f"{op.at!r} has {len(at.outputs)} outputs; the per-frame part must end in one",
+    at = place(net, op.at)
+    if len(at.blobs) != 1:
+        raise SpecError(f"{op.at!r} has {len(at.blobs)} outputs; the per-frame part must end in one",
                         subject=op.at)
-    dropped = net.prune_to(net.ancestors(op.at) | {op.at})
-    return at.outputs[0], [Action("sequence", name, DROPPED, f"after the per-frame part (at {op.at!r})")
-                           for name in dropped]
+    dropped = net.prune_to(net.ancestors(at.layer) | {at.layer})
+    return at.blobs[0], [Action("sequence", name, DROPPED, f"after the per-frame part (at {at})")
+                         for name in dropped]
 
 
 def _flatten_frames(net: Net, features: str) -> tuple[str, list[Action]]:
