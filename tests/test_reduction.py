@@ -218,3 +218,78 @@ def test_bad_caffe_reductions_are_refused_by_name(param: str, error: type, messa
     with pytest.raises(error, match=message) as raised:
         import_caffe(text, model)
     assert "bad" in str(raised.value)
+
+
+def _onnx_file(path: Path, opset: int, nodes: list, outputs: list[tuple[str, list | None, int]]) -> Path:
+    """outputs: (name, the axes input's values or None, the output's rank)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, "reductions", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 4, 5])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [f"{name}_{i}" for i in range(rank)])
+         for name, _, rank in outputs],
+        initializer=[helper.make_tensor(f"{name}.axes", TensorProto.INT64, [len(axes)], axes)
+                     for name, axes, _ in outputs if axes is not None])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+def test_onnx_reductions_of_other_exporters_read_as_reductions(opset: int, tmp_path: Path) -> None:
+    """Attribute axes (before opset 13 for ReduceSum, before 18 for the others) or an axes
+    input; keepdims either way; no axes at all (every axis)."""
+    from onnx import helper
+
+    ops = {"sum": ("ReduceSum", [1], 0), "mean": ("ReduceMean", [-1], 1), "l1": ("ReduceL1", [1, 3], 0),
+           "sumsq": ("ReduceSumSquare", [2], 1), "all": ("ReduceMean", None, 0)}
+    nodes, outputs = [], []
+    for name, (op, axes, keepdims) in ops.items():
+        as_input = axes is not None and opset >= (13 if op == "ReduceSum" else 18)
+        attrs = {"axes": axes} if axes is not None and not as_input else {}
+        nodes.append(helper.make_node(op, ["x", f"{name}.axes"] if as_input else ["x"], [name], name=name,
+                                      keepdims=keepdims, **attrs))
+        rank = 4 if keepdims else 4 - len(axes or range(4))
+        outputs.append((name, axes if as_input else None, rank))
+    path = _onnx_file(tmp_path / "r.onnx", opset, nodes, outputs)
+    net = import_onnx(path, (2, 3, 4, 5))
+    assert [layer.type for layer in net.layers()][1:] == ["Reduction"] * len(ops)
+    x = _input((3, 4, 5), 2)
+    expected = dict(zip(ops, _run_onnx_all(path, x)))
+    with torch.no_grad():
+        ours = surgery.to_torch(net).eval()(x)
+    for name in ops:
+        np.testing.assert_allclose(ours[name].numpy(), expected[name], atol=ATOL, rtol=RTOL, err_msg=name)
+
+
+def _run_onnx_all(path: Path, x: torch.Tensor) -> list[np.ndarray]:
+    session = onnx_session(path)
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})
+
+
+def test_a_spec_reduction_with_a_bad_axis_names_the_layer() -> None:
+    net = surgery.load(Call(lambda x: x, 4), (2, 4, 5, 6))
+    with pytest.raises(ShapeError, match=r"'gap'.*axis 4 is out of range for a 4-D input") as raised:
+        surgery.append(net, ['name: "gap" type: "Reduction" reduction_param { operation: MEAN axis: 4 }'])
+    assert raised.value.subject == "gap"
+    assert "gap" not in net
+
+
+def test_a_resize_flows_through_a_spatial_mean_to_the_next_layer() -> None:
+    """SLICE: the Linear after ``mean([2, 3])`` keeps the weights of the channels that remain."""
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 6, 1), nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean([2, 3]))
+
+    torch.manual_seed(0)
+    source = Head()
+    net = surgery.load(source, (2, 3, 4, 4))
+    surgery.classifier(net, "conv", num_output=4, propagate="SLICE")
+    weight = net.layer("fc").blobs["weight"]
+    assert weight.shape == (2, 4) and torch.equal(weight.data, source.fc.weight[:, :4])
+    assert net.shapes()["fc"] == (2, 2)
