@@ -6,6 +6,7 @@ here.
 
 from surgery.layers import (  # noqa: F401  (importing registers the types)
     adaptive_pooling,
+    attention,
     batch_norm,
     bias,
     clip,
