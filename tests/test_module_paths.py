@@ -101,6 +101,20 @@ def test_up_to_and_insert_after_and_bottom_take_a_block() -> None:
     assert torch.equal(got, expected)
 
 
+def test_sequence_runs_a_block_per_frame() -> None:
+    source = _source()
+    net = surgery.load(source, SHAPE)
+    actions = surgery.sequence(net, ['name: "pool" type: "TemporalPooling" pooling_param { pool: MAX }'],
+                               at="stage.0", frames=3)
+    assert any("(at 'stage.0' (module; its output is layer " in a.detail for a in actions)
+    clip = torch.randn(2, 3, *SHAPE[1:])
+    with torch.no_grad():
+        frames = [source.stage[0](source.stem(clip[:, t])).flatten(1) for t in range(3)]
+        expected = torch.stack(frames, 1).amax(1)
+        got = surgery.to_torch(net).eval()(clip)
+    assert torch.equal(got, expected)
+
+
 def test_a_misspelt_block_gets_a_did_you_mean_naming_the_module() -> None:
     net = surgery.load(_source(), SHAPE)
     with pytest.raises(SpecError, match=r"no layer named 'stage\.l'") as error:
@@ -171,8 +185,39 @@ def test_spec_report_and_inspect_name_the_module(tmp_path: Path, capsys) -> None
     assert "shared" in out.split("modules (")[1] and "calls it 2 times" in out
 
 
+def _block_output(source: nn.Module, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What ``block`` returns while ``source`` runs on ``x`` (a forward hook)."""
+    captured = {}
+    hook = block.register_forward_hook(lambda module, inputs, output: captured.update(out=output))
+    try:
+        with torch.no_grad():
+            source(x)
+    finally:
+        hook.remove()
+    return captured["out"]
+
+
+def _scaled_close(got: np.ndarray, expected: np.ndarray, scale_rtol: float = 1e-6) -> None:
+    """max |got - expected| within ``scale_rtol`` of the largest |expected| (float32 runs of
+    a deep net differ by rounding that grows with the values)."""
+    assert np.abs(got - expected).max() <= scale_rtol * np.abs(expected).max()
+
+
+def test_timm_cut_at_a_block(tmp_path: Path) -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    source = timm.create_model("vit_tiny_patch16_224", img_size=32, pretrained=False, num_classes=10).eval()
+    net = surgery.load(source, (1, 3, 32, 32))
+    surgery.cut(net, "blocks.5")
+    x = torch.randn(1, 3, 32, 32)
+    expected = _block_output(source, source.blocks[5], x)
+    with torch.no_grad():
+        assert torch.equal(surgery.to_torch(net).eval()(x), expected)
+    _scaled_close(_onnx(net, tmp_path / "timm.onnx", x), expected.numpy(), 1e-5)
+
+
 @pytest.mark.vision
-def test_vit_cut_at_an_encoder_block_with_a_new_head_and_lr_by_glob() -> None:
+def test_vit_cut_at_an_encoder_block_with_a_new_head_and_lr_by_glob(tmp_path: Path) -> None:
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     source = torchvision.models.vit_b_16(image_size=32).eval()
@@ -184,16 +229,14 @@ def test_vit_cut_at_an_encoder_block_with_a_new_head_and_lr_by_glob() -> None:
     surgery.lr(net, up_to="encoder.layers.encoder_layer_2", lr_mult=0)
     model = surgery.to_torch(net).eval()
 
-    captured = {}
-    hook = source.encoder.layers.encoder_layer_5.register_forward_hook(lambda m, i, out: captured.update(out=out))
     x = torch.randn(1, 3, 32, 32)
-    with torch.no_grad():
-        source(x)
-        got = model(x)
-    hook.remove()
+    block = _block_output(source, source.encoder.layers.encoder_layer_5, x)
     head = model.layer_module("head")
-    expected = nn.functional.linear(captured["out"].flatten(1), head.weight, head.bias)
+    with torch.no_grad():
+        got = model(x)
+        expected = nn.functional.linear(block.flatten(1), head.weight, head.bias)
     assert torch.equal(got, expected)
+    _scaled_close(_onnx(net, tmp_path / "vit.onnx", x), expected.numpy(), 1e-5)
 
     # The glob reached every inner layer of blocks 0-5; up_to froze blocks 0-2 and the embedding.
     groups = model.param_groups(lr=1.0, weight_decay=0.0)
