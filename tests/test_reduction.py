@@ -175,7 +175,7 @@ def test_caffe_reductions_compute_caffes_definition_and_round_trip(tmp_path: Pat
     assert [(l.name, l.params) for l in again.layers()] == [(l.name, l.params) for l in net.layers()]
 
 
-@pytest.mark.parametrize("case", ["mean_tuple_23_keepdim", "sum_dim_1"])
+@pytest.mark.parametrize("case", ["sum_keepdim_positional", "sum_dim_1"])
 def test_caffe_refuses_a_reduction_it_cannot_write(case: str, tmp_path: Path) -> None:
     _, net, _ = _net(case)
     layer = next(layer for layer in net.layers() if layer.type == "Reduction")
@@ -191,6 +191,20 @@ def test_caffe_writes_a_torch_tail_reduction(tmp_path: Path) -> None:
     written, _ = emit_caffe(net, tmp_path / "m.prototxt", tmp_path / "m.caffemodel")
     (layer,) = _layers(written)
     assert (layer.reduction_param.operation, layer.reduction_param.axis) == (4, 2)
+
+
+def test_caffe_writes_a_squeeze_excite_mean_as_global_pooling(tmp_path: Path) -> None:
+    """``x.mean((2, 3), keepdim=True)`` on a 4-D input is Caffe's global average pooling."""
+    module, net, shape = _net("mean_tuple_23_keepdim")
+    written, weights = emit_caffe(net, tmp_path / "m.prototxt", tmp_path / "m.caffemodel")
+    message = caffe_class("NetParameter")()
+    text_format.Parse(written.read_text(), message)
+    (pooling,) = [layer for layer in message.layer if layer.type == "Pooling"]
+    assert pooling.pooling_param.global_pooling and pooling.pooling_param.pool == 1  # AVE
+    again = import_caffe(written, weights)
+    x = _input(shape, 3)
+    with torch.no_grad():
+        np.testing.assert_allclose(surgery.to_torch(again).eval()(x).numpy(), module(x).numpy(), atol=ATOL, rtol=RTOL)
 
 
 def test_spec_layers_write_reductions_in_caffe_syntax() -> None:

@@ -5,7 +5,8 @@ ReduceL1 / ReduceSumSquare, Caffe's Reduction).
 The axes are either a list (``axes``, as torch and ONNX name them; negative counts from
 the end) or Caffe's form, every axis from ``axis`` to the last. Both are resolved against
 the input's rank, never its sizes, so a layer stays valid at any batch size. Caffe can
-only write the second form without ``keepdim``.
+only write the second form without ``keepdim`` (and a 4-D spatial mean with it, as a
+global average pooling).
 """
 
 from __future__ import annotations
@@ -157,6 +158,12 @@ class Reduction(LayerType):
         p = layer.params
         shape = writer.in_shapes(layer)[0]
         axes = reduced_axes(layer, shape)
+        coeff = float(p.get("coeff", 1.0))
+        if p.get("keepdim") and p["operation"] == "MEAN" and len(shape) == 4 and axes == [2, 3] and coeff == 1.0:
+            # A squeeze-excite's x.mean((2, 3), keepdim=True) is Caffe's global average pooling.
+            param = writer.layer(layer, "Pooling").pooling_param
+            param.pool, param.global_pooling = 1, True
+            return
         if p.get("keepdim") or axes != list(range(axes[0], len(shape))):
             raise unsupported_in_caffe(
                 layer, f"Caffe's Reduction reduces every axis from one to the last and drops them; this one reduces "
@@ -167,5 +174,5 @@ class Reduction(LayerType):
         axis = axes[0] if p.get("axes") is not None else p.get("axis", 0)
         if axis != 0:  # Caffe's defaults are left out, as a hand-written prototxt would
             param.axis = axis
-        if float(p.get("coeff", 1.0)) != 1.0:
-            param.coeff = float(p["coeff"])
+        if coeff != 1.0:
+            param.coeff = coeff
