@@ -141,6 +141,31 @@ def test_calls_given_self_training_follow_the_emitted_models_mode() -> None:
     assert (dropped.flatten(1) == 0).all(1).any(), "in train mode some rows are dropped"
 
 
+class AttentionDropout(nn.Module):
+    """timm's attention: a dropout rate passed only while training."""
+
+    def forward(self, x):
+        return F.scaled_dot_product_attention(x, x, x, dropout_p=0.5 if self.training else 0.0)
+
+
+def test_a_rate_passed_only_while_training_follows_the_emitted_models_mode(tmp_path: Path) -> None:
+    model = AttentionDropout().eval()
+    net = surgery.load(model, (2, 6, 4))
+    emitted = surgery.to_torch(net)
+    assert "training * 0.5" in emitted.surgery_source
+    x = torch.randn(3, 6, 4)
+    with torch.no_grad():
+        assert torch.equal(emitted.eval()(x), model(x)), "no dropout in eval"
+        torch.manual_seed(2)
+        ours = emitted.train()(x)
+        torch.manual_seed(2)
+        assert torch.equal(ours, model.train()(x)), "the same dropout while training"
+        assert not torch.equal(ours, model.eval()(x))
+    session = onnx_session(emit_onnx(net, tmp_path / "m.onnx"))
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, model.eval()(x).numpy(), atol=1e-5, rtol=0)
+
+
 class IndexTable(nn.Module):
     """Swin's relative position bias: a float table indexed by a long buffer."""
 

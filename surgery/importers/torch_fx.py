@@ -25,7 +25,7 @@ from surgery.importers.torch_modules import record_module_outputs
 from surgery.ir import Layer, Net, ParamBlob
 from surgery.layers import layer_type, torch_function_map, torch_functional_map, torch_module_map
 from surgery.layers.meta_run import NonTensor
-from surgery.layers.opaque_call import TRAINING, InputRef
+from surgery.layers.opaque_call import TRAINING, InputRef, TrainOnly
 
 
 
@@ -309,15 +309,21 @@ class _Importer:
 
     def _mode_flags(self, node: fx.Node) -> tuple[Any, Any]:
         """The call's arguments with :data:`TRAINING` where the model passed its own
-        ``self.training`` (True in the train trace, False in the eval one), so the
-        emitted call follows the emitted model's mode (stochastic depth, functional dropout)."""
+        ``self.training`` (True in the train trace, False in the eval one) and
+        :class:`TrainOnly` where it passed a number only while training (a rate in the
+        train trace, 0 in the eval one), so the emitted call follows the emitted model's
+        mode (stochastic depth, functional dropout, attention dropout)."""
         twin = self.eval_twins.get(node.name)
         if twin is None or twin.target != node.target or len(twin.args) != len(node.args) \
                 or set(twin.kwargs) != set(node.kwargs):
             return node.args, node.kwargs
 
         def flag(train: Any, evaluated: Any) -> Any:
-            return TRAINING if train is True and evaluated is False else train
+            if train is True and evaluated is False:
+                return TRAINING
+            if type(train) in (int, float) and type(evaluated) is type(train) and train != 0 and evaluated == 0:
+                return TrainOnly(train)  # `p if self.training else 0`: a dropout rate
+            return train
 
         args = tuple(flag(a, b) for a, b in zip(node.args, twin.args))
         return args, {key: flag(value, twin.kwargs[key]) for key, value in node.kwargs.items()}

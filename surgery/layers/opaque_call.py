@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from torch import fx
@@ -35,14 +36,40 @@ class _Training:
 TRAINING = _Training()
 
 
+class TrainOnly:
+    """Stands in the recorded arguments for a number the model passes only while
+    training, 0 in eval (timm's ``dropout_p=self.attn_drop.p if self.training else 0.``):
+    ``value * self.training`` in the emitted model."""
+
+    def __init__(self, value: int | float) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"TrainOnly({self.value!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TrainOnly) and type(other.value) is type(self.value) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(("TrainOnly", self.value))
+
+    def pick(self, training: Any) -> Any:
+        """The value for ``training``: a bool, or the emitted module's ``self.training`` node."""
+        if isinstance(training, fx.Node):
+            return training.graph.call_function(operator.mul, (training, self.value))
+        return self.value if training else type(self.value)(0)
+
+
 def substitute(structure: Any, values: list[Any], training: Any = False) -> Any:
     """``structure`` with every :class:`InputRef` replaced by ``values[ref.index]`` and
     :data:`TRAINING` by ``training`` (False for shape inference, the emitted module's
-    ``self.training`` in generated code)."""
+    ``self.training`` in generated code), a :class:`TrainOnly` by its value in that mode."""
     if isinstance(structure, InputRef):
         return values[structure.index]
     if structure is TRAINING:
         return training
+    if isinstance(structure, TrainOnly):
+        return structure.pick(training)
     if isinstance(structure, (list, tuple)):
         items = [substitute(item, values, training) for item in structure]
         return type(structure)(items) if not hasattr(structure, "_fields") else type(structure)(*items)
@@ -88,7 +115,7 @@ def _uses_training(extra: dict) -> bool:
     found: list[bool] = []
 
     def walk(value: Any) -> None:
-        if value is TRAINING:
+        if value is TRAINING or isinstance(value, TrainOnly):
             found.append(True)
         elif isinstance(value, (list, tuple)):
             for item in value:
