@@ -203,6 +203,55 @@ def _scaled_close(got: np.ndarray, expected: np.ndarray, scale_rtol: float = 1e-
     assert np.abs(got - expected).max() <= scale_rtol * np.abs(expected).max()
 
 
+def _check_every_module_output(source: nn.Module, shape: tuple[int, ...]) -> int:
+    """Every module the importer recorded: the blob it names is exactly what the module
+    returns (forward hooks on the source; the emitted model returns all those blobs at
+    once). Returns how many modules were checked."""
+    source.eval()
+    net = surgery.load(source, shape)
+    paths = [p for p in net.module_paths() if net.producer(net.module_outputs[p]).phase != "train"]
+    blobs = list(dict.fromkeys(net.module_outputs[p] for p in paths))
+    net.set_outputs(blobs)
+    model = surgery.to_torch(net).eval()
+    returned: dict[str, torch.Tensor] = {}
+    hooks = [source.get_submodule(p).register_forward_hook(
+        lambda module, inputs, output, p=p: returned.__setitem__(p, output.clone())) for p in paths]
+    x = torch.randn(shape)
+    try:
+        with torch.no_grad():
+            source(x)
+            outputs = model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    outputs = outputs if isinstance(outputs, dict) else {blobs[0]: outputs}
+    for path in paths:
+        assert torch.equal(outputs[net.module_outputs[path]], returned[path]), path
+    return len(paths)
+
+
+def test_every_recorded_module_output_is_what_the_module_returns() -> None:
+    torch.manual_seed(0)
+    assert _check_every_module_output(_source(), SHAPE) == 4  # stage, stage.0, stage.1, head (not shared)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, name, size, kwargs", [
+    ("torchvision", "resnet18", 32, {}), ("torchvision", "googlenet", 32, {"init_weights": False}),
+    ("torchvision", "densenet121", 32, {}), ("torchvision", "convnext_tiny", 32, {}),
+    ("torchvision", "swin_t", 32, {}), ("torchvision", "efficientnet_b0", 32, {}),
+    ("torchvision", "mobilenet_v3_small", 32, {}), ("torchvision", "vit_b_16", 32, {"image_size": 32}),
+    ("timm", "levit_128", 224, {}), ("timm", "coat_lite_tiny", 64, {"img_size": 64}),
+])
+def test_zoo_module_outputs_are_what_the_modules_return(family: str, name: str, size: int, kwargs: dict) -> None:
+    torch.manual_seed(0)
+    if family == "timm":
+        source = pytest.importorskip("timm").create_model(name, pretrained=False, **kwargs)
+    else:
+        source = getattr(pytest.importorskip("torchvision").models, name)(**kwargs)
+    assert _check_every_module_output(source, (1, 3, size, size)) > 10
+
+
 def test_timm_cut_at_a_block(tmp_path: Path) -> None:
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
