@@ -307,3 +307,23 @@ def test_a_resize_flows_through_a_spatial_mean_to_the_next_layer() -> None:
     weight = net.layer("fc").blobs["weight"]
     assert weight.shape == (2, 4) and torch.equal(weight.data, source.fc.weight[:, :4])
     assert net.shapes()["fc"] == (2, 2)
+
+
+def test_a_spatial_mean_leaves_the_image_size_free_in_onnx(tmp_path: Path) -> None:
+    """Its axes are constants of the rank only: the file runs at other batch and image sizes."""
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 6, 3, padding=1), nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean([2, 3]))
+
+    torch.manual_seed(0)
+    module = Head().eval()
+    net = surgery.load(module, (1, 3, 8, 8))
+    path = emit_onnx(net, tmp_path / "m.onnx", dynamic_axes={"x": [2, 3]})
+    for shape in [(3, 8, 8), (3, 13, 7)]:
+        x = _input(shape, 3)
+        with torch.no_grad():
+            np.testing.assert_allclose(_run_onnx(path, x), module(x).numpy(), atol=ATOL, rtol=RTOL, err_msg=str(shape))
