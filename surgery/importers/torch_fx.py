@@ -24,7 +24,8 @@ from surgery.errors import ModelFormatError, ShapeError
 from surgery.importers.torch_modules import record_module_outputs
 from surgery.ir import Layer, Net, ParamBlob
 from surgery.layers import layer_type, torch_function_map, torch_functional_map, torch_module_map
-from surgery.layers.meta_run import NonTensor
+from surgery.importers.batch_probe import BatchProbe, foldable, same_value
+from surgery.layers.meta_run import NonTensor, TracedShapes
 from surgery.layers.opaque_call import TRAINING, InputRef, TrainOnly
 
 
@@ -130,6 +131,8 @@ class _Importer:
         self.shapes: dict[str, Any] = {}  # blob -> shape (the value itself for a non-tensor)
         self.module_layers: dict[str, str] = {}  # module path -> first layer that calls it
         self.tuples: dict[fx.Node, tuple] = {}  # a module's tuple result, as blob names
+        self.constants: dict[fx.Node, Any] = {}  # sizes computed at import, read as literals
+        self.probe = BatchProbe(self.net)
         self.modules = torch_module_map()
         self.functions = torch_function_map()
         self.functionals = torch_functional_map()
@@ -239,38 +242,131 @@ class _Importer:
             item = self.tuples[node.args[0]][node.args[1]]  # (y, (h, c))[1] is still a tuple
             (self.tuples if isinstance(item, tuple) else self.blob_of)[node] = item
             return
+        self._read_constants(node)
         tensor_args = [n for n in _leaves((node.args, node.kwargs))]
-        # Sizes, tuples and numbers computed from shapes are known here: their "shape" is the value.
-        non_tensor_inputs = [n for n in tensor_args if isinstance(self.shapes[self.blob_of[n]], NonTensor)]
+        # Sizes that follow the batch (the others were folded): their "shape" is the value.
+        sizes = [n for n in tensor_args if isinstance(self.shapes[self.blob_of[n]], NonTensor)]
         inputs: list[str] = []
         for n in tensor_args:
             if self.blob_of[n] not in inputs:
                 inputs.append(self.blob_of[n])
-        if not non_tensor_inputs and self._functional_on_module(node, tensor_args):
+        if not sizes and self._functional_on_module(node, tensor_args):
             return
-        if not non_tensor_inputs:
-            for kind in self.functions.get(target, []):
-                blanked_args = fx.node.map_arg(node.args, lambda n: None)
-                blanked_kwargs = fx.node.map_arg(node.kwargs, lambda n: None)
+        typed, structure, opaque = self._typed_call(node, tensor_args, inputs, sizes)
+        if typed is not None:
+            if structure is not None:  # x.chunk(2): one top per part, read by getitem
+                self.tuples[node] = _map_structure(structure, typed.outputs)
+            self._add(node, typed)
+            return
+        opaque = opaque or self._opaque_call(node, inputs)
+        self._add(node, opaque)
+        self._fold(node, opaque)
+
+    def _typed_call(self, node: fx.Node, tensor_args: list[fx.Node], inputs: list[str],
+                    sizes: list[fx.Node]) -> tuple[Layer | None, Any, Layer | None]:
+        """The call as a typed layer (or None) with its output structure (None: one tensor),
+        and the opaque reading of it when one was built to trace its shapes. A call reading
+        sizes that follow the batch is typed only by a kind that reads its parameters off
+        the traced shapes at two batch sizes."""
+        args = tuple(fx.node.map_arg(node.args, lambda n: None))  # None where a tensor or size stands
+        kwargs = dict(fx.node.map_arg(node.kwargs, lambda n: None))
+        tensors = [n for n in tensor_args if n not in sizes]
+        opaque = traced = None
+        for kind in self.functions.get(node.target, []):
+            structure = None
+            if kind.reads_traced_shapes:
+                if opaque is None:
+                    opaque = self._opaque_call(node, inputs)
+                    traced = self._traced(opaque, [self.blob_of[n] for n in tensors])
+                params = kind.import_torch_call(node.target, args, kwargs, traced) if traced else None
+            elif not sizes:
                 params, structure = kind.import_torch_call_shaped(
-                    target, tuple(blanked_args), dict(blanked_kwargs), [self.shapes[self.blob_of[n]] for n in tensor_args])
-                if params is not None and (structure is None or _only_indexed(node)):
-                    layer = Layer(self._unique(node.name), kind.name, inputs=[self.blob_of[n] for n in tensor_args],
-                                  params=params)
-                    self._tuple_outputs(layer, structure)
-                    if self._fits(layer):
-                        if structure is not None:  # x.chunk(2): one top per part, read by getitem
-                            self.tuples[node] = _map_structure(structure, layer.outputs)
-                        self._add(node, layer)
-                        return
+                    node.target, args, kwargs, [self.shapes[self.blob_of[n]] for n in tensors])
+                if structure is not None and not _only_indexed(node):
+                    continue
+            else:
+                continue
+            if params is None:
+                continue
+            name = self._unique(node.name)
+            layer = Layer(name, kind.name, inputs=[self.blob_of[n] for n in tensors], outputs=[name], params=params)
+            self._tuple_outputs(layer, structure)
+            if self._gives(layer, traced) if kind.reads_traced_shapes else self._fits(layer):
+                return layer, structure, opaque
+        return None, None, opaque
+
+    def _traced(self, opaque: Layer, tensors: list[str]) -> TracedShapes | None:
+        """The call's tensor input and output shapes at both batch sizes (None when the net
+        does not run at the second one)."""
+        here, there = self._infer(opaque)[0], self.probe.infer(opaque)[0]
+        alternate_inputs = tuple(self.probe.shape(b) for b in tensors)
+        if there is None or None in alternate_inputs:
+            return None
+        return TracedShapes(tuple(self.shapes[b] for b in tensors), here, alternate_inputs, there)
+
+    def _gives(self, layer: Layer, traced: TracedShapes) -> bool:
+        """Whether ``layer`` outputs the traced shape at both batch sizes."""
+        try:
+            here = self._infer(layer)[0]
+        except ShapeError:
+            return False
+        return here == traced.output and self.probe.infer(layer)[0] == traced.alternate_output
+
+    def _opaque_call(self, node: fx.Node, inputs: list[str]) -> Layer:
         refs = lambda n: InputRef(inputs.index(self.blob_of[n]))  # noqa: E731
         args, kwargs = self._mode_flags(node)
-        layer = Layer(
-            self._unique(node.name), "OpaqueCall", inputs=inputs,
-            extra={"kind": node.op, "target": target, "args": fx.node.map_arg(args, refs),
+        name = self._unique(node.name)
+        return Layer(
+            name, "OpaqueCall", inputs=inputs, outputs=[name],
+            extra={"kind": node.op, "target": node.target, "args": fx.node.map_arg(args, refs),
                    "kwargs": dict(fx.node.map_arg(kwargs, refs))},
         )
-        self._add(node, layer)
+
+    # --------------------------------------------------- sizes computed at import
+    def _read_constants(self, node: fx.Node) -> None:
+        """Put the values of folded sizes into the call's arguments, as literals."""
+        if any(n in self.constants for n in _leaves((node.args, node.kwargs))):
+            node.args = fx.node.map_arg(node.args, lambda n: self.constants.get(n, n))
+            node.kwargs = fx.node.map_arg(node.kwargs, lambda n: self.constants.get(n, n))
+
+    def _fold(self, node: fx.Node, layer: Layer) -> None:
+        """Compute a size at import: a non-tensor result that is the same at two batch
+        sizes (``h // p``, ``c == 768``, ``torch._assert(True)``) is a constant of the model,
+        not a layer. Sizes that follow the batch stay layers."""
+        value = self.shapes[layer.outputs[0]]
+        if len(layer.outputs) != 1 or not isinstance(value, NonTensor) or not foldable(value.value):
+            return
+        if any(user.op not in ("call_function", "call_method") for user in node.users):
+            return  # read by a module call or returned: it stays a value the graph carries
+        if layer.inputs and not same_value(value, self.probe.shape(layer.outputs[0])):
+            return
+        self.net.remove_layer(layer.name)
+        del self.blob_of[node], self.shapes[layer.outputs[0]]
+        self.probe.shapes.pop(layer.outputs[0], None)
+        self.constants[node] = value.value
+
+    def _drop_contiguous_before_reshape(self) -> None:
+        """``x.transpose(1, 2).contiguous().view(...)`` (channel shuffle, window partition):
+        the typed Reshape copies a strided input itself, with the same values, so the
+        ``contiguous`` call goes."""
+        outputs = set(self.net.outputs)
+        for layer in list(self.net.layers()):
+            extra = layer.extra
+            if layer.type != "OpaqueCall" or extra["target"] != "contiguous" or extra["kind"] != "call_method" \
+                    or len(extra["args"]) != 1 or extra["kwargs"] or layer.outputs[0] in outputs:
+                continue
+            readers = self.net.consumers(layer.outputs[0])
+            if readers and all(reader.type == "Reshape" for reader, _ in readers):
+                self.net.redirect_consumers(layer.outputs[0], layer.inputs[0])
+                self.net.remove_layer(layer.name)
+
+    def _drop_unused_sizes(self) -> None:
+        """Remove size layers nothing reads any more (their readers took the values)."""
+        outputs = set(self.net.outputs)
+        for layer in reversed(list(self.net.layers())):
+            if all(isinstance(self.shapes.get(b), NonTensor) and b not in outputs and not self.net.consumers(b)
+                   for b in layer.outputs):
+                self.net.remove_layer(layer.name)
 
     def _weights_owner(self, node: fx.Node, tensor_args: list[fx.Node]) -> str | None:
         """The module whose own parameters/buffers are every tensor argument after the
@@ -353,6 +449,8 @@ class _Importer:
                 self.call_function(node)
         outputs = [self.blob_of[n] for n in _output_leaves(train_graph)]
         self.net.set_outputs(dict.fromkeys(outputs))
+        self._drop_unused_sizes()
+        self._drop_contiguous_before_reshape()
         self._mark_train_only(train_graph, eval_graph)
         record_module_outputs(train_graph, self.net, self.blob_of, self.tuples,
                               lambda blob: not isinstance(self.shapes.get(blob), NonTensor))

@@ -8,6 +8,7 @@ A blob's "shape" is a tuple for a tensor, and the value itself for a non-tensor
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -78,3 +79,16 @@ def run_on_meta(fn: Callable[..., Any], layer: Layer, in_shapes: list[Any], n_ou
     if n_outputs == 1:
         return [_from_result(result)]
     return [_from_result(item) for item in result]
+
+
+
+@dataclass(frozen=True)
+class TracedShapes:
+    """A traced call's tensor input shapes and output shape at the import's batch size and
+    at a second one (see ``surgery.importers.batch_probe``): what a layer type that reads
+    its parameters off the shapes (``x.view(x.size(0), -1)`` as a Reshape) is handed."""
+
+    inputs: tuple
+    output: Any
+    alternate_inputs: tuple
+    alternate_output: Any

@@ -51,6 +51,11 @@ class LayerType:
     name: ClassVar[str] = ""
     torch_modules: ClassVar[tuple[type, ...]] = ()
     torch_functions: ClassVar[tuple[Any, ...]] = ()
+    #: ``import_torch_call`` takes a fourth argument, the call's
+    #: :class:`~surgery.layers.meta_run.TracedShapes`, and may be handed calls whose sizes
+    #: follow the batch (``x.view(x.size(0), -1)``): its parameters are read off the traced
+    #: shapes, and the importer checks the layer gives them at both batch sizes.
+    reads_traced_shapes: ClassVar[bool] = False
     blob_roles: ClassVar[tuple[str, ...]] = ()
     #: A change in the input's channel count flows through this layer to its consumers
     #: (elementwise, per-channel or flattening layers); its own per-channel blobs, if

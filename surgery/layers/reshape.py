@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from torch import fx
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
+from surgery.layers.meta_run import TracedShapes
 from surgery.layers.registry import LayerType, check_param, register_layer
 
 
@@ -27,12 +29,25 @@ def resolve_shape(target: list[int], shape: Shape) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _is_size(value: Any) -> bool:
+    """A reshape argument: a size, a computed size (None here), or a tuple of them."""
+    if isinstance(value, (tuple, list)):
+        return all(_is_size(item) for item in value)
+    return value is None or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _is_shape(shape: Any) -> bool:
+    return isinstance(shape, tuple) and all(isinstance(d, int) for d in shape)
+
+
 @register_layer
 class Reshape(LayerType):
     """Params: shape (0 = copy that input axis, -1 = infer; keep the batch axis as 0)."""
 
     name = "Reshape"
     onnx_ops = ("Reshape",)
+    torch_functions = (torch.reshape, "reshape", "view", torch.unsqueeze, "unsqueeze", torch.squeeze, "squeeze")
+    reads_traced_shapes = True
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)
@@ -46,6 +61,30 @@ class Reshape(LayerType):
         else:
             args = [in_shapes[0][i] if d == 0 else d for i, d in enumerate(target)]
         return graph.call_method("reshape", (inputs[0], *args))
+
+    def import_torch_call(self, target: Any, args: tuple, kwargs: dict, traced: TracedShapes) -> dict[str, Any] | None:
+        """``x.view(n, -1)``, ``x.reshape((n, c, h * w))``, ``torch.reshape(x, shape)``,
+        ``unsqueeze`` / ``squeeze``: the target is read off the traced output shape at two
+        batch sizes. An axis of the same size at both is that size, whatever expression
+        computed it; the batch axis kept in place is 0 (copy); one other axis that follows
+        the batch (``n * windows``) is -1."""
+        if any(not _is_size(a) for a in (*args[1:], *kwargs.values())):
+            return None  # view(dtype), a float: not a reshape
+        source, alternate_source = traced.inputs[0], traced.alternate_inputs[0]
+        here, there = traced.output, traced.alternate_output
+        if not _is_shape(source) or not _is_shape(here) or not _is_shape(there) or len(here) != len(there):
+            return None
+        shape = []
+        for axis, (size, alternate) in enumerate(zip(here, there)):
+            if size == alternate:
+                shape.append(size)
+            elif axis == 0 and _is_shape(alternate_source) and (source[0], alternate_source[0]) == (size, alternate):
+                shape.append(0)
+            else:
+                shape.append(-1)
+        if 0 in here or shape.count(-1) > 1:
+            return None  # an empty axis reads as "copy"; two axes cannot both be inferred
+        return {"shape": shape}
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:
         import numpy as np
