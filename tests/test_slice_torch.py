@@ -138,3 +138,20 @@ def test_a_tuple_used_whole_stays_a_call_and_still_matches() -> None:
     assert not _slices(net)
     x = torch.randn(SHAPE)
     assert torch.equal(surgery.to_torch(net).eval()(x), module(x))
+
+
+@pytest.mark.parametrize("cut", [lambda x: x.chunk(2, 0), lambda x: torch.split(x, 1, dim=-4)], ids=["chunk", "split"])
+def test_a_count_cut_of_axis_0_stays_a_call_that_follows_the_batch(cut) -> None:
+    module = Parts(cut, 2)
+    net = import_torch(module, SHAPE)
+    assert not _slices(net)
+    x = torch.randn(4, *SHAPE[1:])  # chunk(2) of 4 is two parts of 2, wherever the net was loaded at 2
+    assert torch.equal(surgery.to_torch(net).eval()(x), module(x))
+
+
+def test_a_list_of_sizes_along_axis_0_is_a_slice() -> None:
+    module = Parts(lambda x: x.split([1, 1], 0), 2)  # these sizes, whatever the batch: as the source
+    net = import_torch(module, SHAPE)
+    assert len(_slices(net)) == 1
+    x = torch.randn(SHAPE)
+    assert torch.equal(surgery.to_torch(net).eval()(x), module(x))
