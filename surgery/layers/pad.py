@@ -21,6 +21,26 @@ class Pad(LayerType):
     caffe_syntax = False
     passes_resize = True
     onnx_ops = ("Pad",)
+    torch_functions = (F.pad,)
+
+    def import_torch_call_shaped(self, target: Any, args: tuple, kwargs: dict,
+                                 in_shapes: list[Shape | None]) -> tuple[dict[str, Any] | None, Any]:
+        """``F.pad(x, (left, right, top, bottom), value=v)``: constant padding only, by
+        non-negative amounts (a negative pad crops; reflect/replicate are other layers)."""
+        pad = args[1] if len(args) > 1 else kwargs.get("pad")
+        mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
+        value = args[3] if len(args) > 3 else kwargs.get("value")
+        shape = in_shapes[0] if in_shapes else None
+        if mode != "constant" or not isinstance(shape, tuple) or not isinstance(pad, (tuple, list)) \
+                or len(pad) % 2 or len(pad) > 2 * len(shape) \
+                or any(not isinstance(p, int) or isinstance(p, bool) or p < 0 for p in pad) \
+                or not (value is None or isinstance(value, (int, float)) and not isinstance(value, bool)):
+            return None, None
+        rank = len(shape)
+        begin, end = [0] * rank, [0] * rank
+        for k in range(len(pad) // 2):  # F.pad lists the last axis first
+            begin[rank - 1 - k], end[rank - 1 - k] = pad[2 * k], pad[2 * k + 1]
+        return {"pads": begin + end, "value": float(value or 0.0)}, None
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)
