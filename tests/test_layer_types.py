@@ -67,6 +67,10 @@ CASES = {
     "matmul": (Call(lambda a, b: a @ b.transpose(-2, -1), linear=4), (2, 3, 4), "MatMul", 17),
     "matmul_square": (Call(torch.matmul, linear=3), (2, 3, 3), "MatMul", 17),
     "bmm": (Call(lambda a, b: torch.bmm(a.transpose(1, 2), b), linear=4), (2, 3, 4), "MatMul", 17),
+    "einsum": (Call(lambda a, b: torch.einsum("bij,bkj->bik", a, b), linear=4), (2, 3, 4), "Einsum", 17),
+    "einsum_spaces_upper_list": (Call(lambda a, b: torch.einsum("B I D, B J D -> B I J", [a, b]), linear=4),
+                                 (2, 3, 4), "Einsum", 17),
+    "einsum_ellipsis": (Call(lambda x: torch.einsum("...ij->...ji", x)), (2, 3, 4, 5), "Einsum", 17),
     "pad": (Call(lambda x: F.pad(x, (1, 2, 0, 3), value=0.5)), (2, 3, 4, 4), "Pad", 17),
     "pad_last_axis": (Call(lambda x: F.pad(x, (2, 1))), (2, 3, 5), "Pad", 17),
     "view_batch_size": (Call(lambda x: x.view(x.size(0), -1, 2)), (2, 4, 3), "Reshape", 17),
@@ -117,7 +121,7 @@ def test_onnx_matches_at_opset_17_and_with_the_native_operator(case: str, tmp_pa
         np.testing.assert_allclose(surgery.to_torch(again).eval()(x).numpy(), expected, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("case", ["silu", "gelu", "mish", "layernorm", "permute", "matmul_square", "pad"])
+@pytest.mark.parametrize("case", ["silu", "gelu", "mish", "layernorm", "permute", "matmul_square", "pad", "einsum"])
 def test_caffe_refuses_by_name(case: str, tmp_path: Path) -> None:
     _, net, _ = _net(case)
     layer = next(layer for layer in net.layers() if layer.type == CASES[case][2])

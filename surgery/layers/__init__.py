@@ -15,6 +15,7 @@ from surgery.layers import (  # noqa: F401  (importing registers the types)
     convolution,
     deconvolution,
     dropout,
+    einsum,
     eltwise,
     flatten,
     gelu,
