@@ -228,3 +228,24 @@ def test_an_eltwise_layer_on_sizes_is_a_clear_shape_error() -> None:
     layer = Layer("mul", "Eltwise", inputs=["a", "b"], params={"operation": "PROD", "coeff": []})
     with pytest.raises(ShapeError, match=r"reads the non-tensor value\(s\) 4, 4"):
         layer_type("Eltwise").infer_shapes(layer, [NonTensor(4), NonTensor(4)])
+
+
+class InPlace(nn.Module):
+    """Results left unused because the call mutated its input (``F.relu(y, inplace=True)``,
+    ``noise.div_(p)``): later reads see the new values."""
+
+    def forward(self, x):
+        y = x * 2
+        F.relu(y, inplace=True)
+        noise = torch.ones_like(y)
+        noise.div_(4)
+        return y * noise
+
+
+def test_later_reads_of_a_tensor_changed_in_place_see_the_change() -> None:
+    model = InPlace().eval()
+    net = surgery.load(model, (2, 3))
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        assert torch.equal(surgery.to_torch(net).eval()(x), model(x))
+    assert all(layer.phase is None for layer in net.layers()), "the in-place calls are on the deploy path"

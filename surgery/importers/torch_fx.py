@@ -257,10 +257,20 @@ class _Importer:
             if structure is not None:  # x.chunk(2): one top per part, read by getitem
                 self.tuples[node] = _map_structure(structure, typed.outputs)
             self._add(node, typed)
-            return
-        opaque = opaque or self._opaque_call(node, inputs)
-        self._add(node, opaque)
-        self._fold(node, opaque)
+        else:
+            opaque = opaque or self._opaque_call(node, inputs)
+            self._add(node, opaque)
+            self._fold(node, opaque)
+        self._follow_in_place(node)
+
+    def _follow_in_place(self, node: fx.Node) -> None:
+        """After ``noise.div_(p)`` or ``F.relu(x, inplace=True)`` the source's later reads of
+        the mutated tensor see the new values: in the net they read the call's output."""
+        first = node.args[0] if node.args else None
+        in_place = (node.op == "call_method" and isinstance(node.target, str) and node.target.endswith("_")
+                    and not node.target.endswith("__")) or node.kwargs.get("inplace") is True
+        if in_place and isinstance(first, fx.Node) and first in self.blob_of and node in self.blob_of:
+            self.blob_of[first] = self.blob_of[node]
 
     def _typed_call(self, node: fx.Node, tensor_args: list[fx.Node], inputs: list[str],
                     sizes: list[fx.Node]) -> tuple[Layer | None, Any, Layer | None]:
@@ -280,8 +290,9 @@ class _Importer:
                     traced = self._traced(opaque, [self.blob_of[n] for n in tensors])
                 params = kind.import_torch_call(node.target, args, kwargs, traced) if traced else None
             elif not sizes:
+                call_args, call_kwargs = self._flagged(node) if kind.reads_mode_flags else (args, kwargs)
                 params, structure = kind.import_torch_call_shaped(
-                    node.target, args, kwargs, [self.shapes[self.blob_of[n]] for n in tensors])
+                    node.target, call_args, call_kwargs, [self.shapes[self.blob_of[n]] for n in tensors])
                 if structure is not None and not _only_indexed(node):
                     continue
             else:
@@ -294,6 +305,12 @@ class _Importer:
             if self._gives(layer, traced) if kind.reads_traced_shapes else self._fits(layer):
                 return layer, structure, opaque
         return None, None, opaque
+
+    def _flagged(self, node: fx.Node) -> tuple[tuple, dict]:
+        """The call's arguments with :data:`TRAINING` where the model passed its own
+        ``self.training``, None where a tensor stands."""
+        args, kwargs = self._mode_flags(node)
+        return tuple(fx.node.map_arg(args, lambda n: None)), dict(fx.node.map_arg(kwargs, lambda n: None))
 
     def _traced(self, opaque: Layer, tensors: list[str]) -> TracedShapes | None:
         """The call's tensor input and output shapes at both batch sizes (None when the net

@@ -45,6 +45,7 @@ from surgery.layers import (  # noqa: F401  (importing registers the types)
     silu,
     slice,
     softmax,
+    stochastic_depth,
     tanh,
     temporal_pooling,
     time_fold,

@@ -56,6 +56,9 @@ class LayerType:
     #: follow the batch (``x.view(x.size(0), -1)``): its parameters are read off the traced
     #: shapes, and the importer checks the layer gives them at both batch sizes.
     reads_traced_shapes: ClassVar[bool] = False
+    #: ``import_torch_call`` is handed :data:`~surgery.layers.opaque_call.TRAINING` where the
+    #: model passed its own ``self.training`` (True in the train trace, False in the eval one).
+    reads_mode_flags: ClassVar[bool] = False
     blob_roles: ClassVar[tuple[str, ...]] = ()
     #: A change in the input's channel count flows through this layer to its consumers
     #: (elementwise, per-channel or flattening layers); its own per-channel blobs, if

@@ -132,3 +132,24 @@ class WithinChannelLRN(nn.Module):
         pad = (self.size - 1) // 2
         mean = F.avg_pool2d(x * x, self.size, stride=1, padding=pad, count_include_pad=True)
         return x * (1 + self.alpha * mean) ** -self.beta
+
+
+class StochasticDepth(nn.Module):
+    """Stochastic depth while training: whole rows (or the whole batch) of a residual
+    branch are zeroed with probability ``p`` and the survivors scaled by ``1 / (1 - p)``;
+    the identity in eval. Draws its noise as torchvision's ``stochastic_depth`` does, so a
+    seeded training run gives the same masks."""
+
+    def __init__(self, p: float, mode: str) -> None:
+        super().__init__()
+        self.p, self.mode = p, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        survival = 1.0 - self.p
+        size = [x.shape[0]] + [1] * (x.ndim - 1) if self.mode == "row" else [1] * x.ndim
+        noise = torch.empty(size, dtype=x.dtype, device=x.device).bernoulli_(survival)
+        if survival > 0.0:
+            noise.div_(survival)
+        return x * noise
