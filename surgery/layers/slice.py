@@ -45,7 +45,7 @@ def _torch_dim(target: Any, args: tuple, kwargs: dict) -> Any:
     return args[position] if len(args) > position else kwargs.get("dim", 0)
 
 
-def sizes_arg(args: tuple, kwargs: dict) -> Any:
+def _sizes_arg(args: tuple, kwargs: dict) -> Any:
     """The second argument of a traced ``chunk`` / ``split``: a count, a size or sizes."""
     return args[1] if len(args) > 1 else kwargs.get("chunks", kwargs.get("split_size_or_sections",
                                                                           kwargs.get("split_size")))
@@ -55,15 +55,17 @@ def _cuts_by_count(target: Any, args: tuple, kwargs: dict) -> bool:
     """``chunk(n)`` / ``split(k)``: the parts follow the axis' size. On axis 0, which may
     be the batch, the call itself stays, as fixed sizes would hold at one batch only
     (``unbind`` and a list of sizes mean the same at any batch, typed or not)."""
-    return target in _CHUNKS or (target in _SPLITS and not isinstance(sizes_arg(args, kwargs), (list, tuple)))
+    return target in _CHUNKS or (target in _SPLITS and not isinstance(_sizes_arg(args, kwargs), (list, tuple)))
 
 
-def torch_parts(target: Any, args: tuple, kwargs: dict, size: int) -> list[int] | None:
+def _torch_parts(target: Any, args: tuple, kwargs: dict, size: int) -> list[int] | None:
     """The part sizes of a traced ``chunk`` / ``split`` / ``unbind`` of an axis of
     ``size``, exactly as torch cuts it (None: arguments this type cannot read)."""
+    if size < 1:
+        return None
     if target in _UNBINDS:
         return [1] * size
-    how = sizes_arg(args, kwargs)
+    how = _sizes_arg(args, kwargs)
     if target in _CHUNKS:
         if not isinstance(how, int) or how < 1:
             return None
@@ -112,7 +114,7 @@ class Slice(LayerType):
         shape, dim = in_shapes[0], _torch_dim(target, args, kwargs)
         if not isinstance(dim, int) or not -len(shape) <= dim < len(shape):
             return None, None
-        sizes = torch_parts(target, args, kwargs, shape[dim])
+        sizes = _torch_parts(target, args, kwargs, shape[dim])
         if not sizes or (dim % len(shape) == 0 and _cuts_by_count(target, args, kwargs)):
             return None, None
         edges = list(np.cumsum(sizes[:-1]).tolist())
