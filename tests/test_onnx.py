@@ -363,3 +363,32 @@ def test_verify_reports_provider_and_differences(tmp_path: Path, capsys, toy_spe
     out = capsys.readouterr().out
     assert "verification FAILED" in out and "FAIL: allclose (|a-b| <= -1 + 0*|b|) fails" in out
     assert "scale (max abs <= -1 * max |b|) fails" in out
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_squeeze_and_unsqueeze_read_as_reshapes(opset: int, tmp_path: Path) -> None:
+    """Squeeze / Unsqueeze with constant axes (an attribute before opset 13, an input
+    from 13) are Reshape layers, the batch axis still dynamic."""
+    def axes(name: str, values: list[int]) -> tuple[list[str], dict]:
+        if opset < 13:
+            return [], {"axes": values}
+        return [name], {}
+
+    extra_u, attrs_u = axes("u_axes", [1, -1])
+    extra_s, attrs_s = axes("s_axes", [-1])
+    nodes = [helper.make_node("Unsqueeze", ["x", *extra_u], ["u"], name="unsqueeze", **attrs_u),
+             helper.make_node("Squeeze", ["u", *extra_s], ["y"], name="squeeze", **attrs_s)]
+    initializers = [] if opset < 13 else [numpy_helper.from_array(np.array([1, -1], np.int64), "u_axes"),
+                                          numpy_helper.from_array(np.array([-1], np.int64), "s_axes")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1, 3, 4])],
+                              initializer=initializers)
+    path = tmp_path / "s.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8), str(path))
+    net = import_onnx(path, input_shape=(2, 3, 4))
+    assert [(layer.type, layer.params["shape"]) for layer in net.layers() if layer.type != "Input"] == \
+        [("Reshape", [0, 1, 3, 4, 1]), ("Reshape", [0, 1, 3, 4])]
+    model = surgery.to_torch(net).eval()
+    for batch in (2, 1, 5):
+        x = torch.randn(batch, 3, 4)
+        np.testing.assert_array_equal(model(x).numpy(), _run_onnx(path, x)[0])

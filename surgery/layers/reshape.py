@@ -40,12 +40,39 @@ def _is_shape(shape: Any) -> bool:
     return isinstance(shape, tuple) and all(isinstance(d, int) for d in shape)
 
 
+def _squeeze_from_onnx(node: Any, reader: Any, kind: str) -> Layer | None:
+    """ONNX's Squeeze / Unsqueeze with constant axes (an attribute before opset 13, an
+    input from 13) as a Reshape; the batch axis, when kept in place, stays dynamic. A
+    Squeeze without axes (every axis of size 1, the batch too at batch 1) is not read."""
+    axes = reader.attrs(node).get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = reader.const_list(node.input[1])
+    if not axes:
+        return None
+    source = reader.blob(node.input[0])
+    shape = list(reader.shape(source))
+    if node.op_type == "Squeeze":
+        axes = {int(a) % len(shape) for a in axes}
+        if any(shape[a] != 1 for a in axes):
+            return None
+        out = [d for i, d in enumerate(shape) if i not in axes]
+    else:
+        rank = len(shape) + len(axes)
+        axes = sorted(int(a) % rank for a in axes)
+        out = list(shape)
+        for axis in axes:
+            out.insert(axis, 1)
+    if 0 not in axes and out and shape and out[0] == shape[0] == reader.batch:
+        out[0] = 0  # the batch axis, in place: dynamic
+    return reader.layer(node, kind, {"shape": out}, inputs=[source])
+
+
 @register_layer
 class Reshape(LayerType):
     """Params: shape (0 = copy that input axis, -1 = infer; keep the batch axis as 0)."""
 
     name = "Reshape"
-    onnx_ops = ("Reshape",)
+    onnx_ops = ("Reshape", "Squeeze", "Unsqueeze")
     torch_functions = (torch.reshape, "reshape", "view", torch.unsqueeze, "unsqueeze", torch.squeeze, "squeeze")
     reads_traced_shapes = True
 
@@ -93,6 +120,8 @@ class Reshape(LayerType):
         writer.node("Reshape", [layer.inputs[0], shape], list(layer.outputs), layer.name)
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
+        if node.op_type != "Reshape":
+            return _squeeze_from_onnx(node, reader, self.name)
         target = reader.const_list(node.input[1])
         if target is None or (reader.attrs(node).get("allowzero", 0) and 0 in target):
             return None  # allowzero makes 0 a literal empty axis
