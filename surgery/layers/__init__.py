@@ -22,6 +22,7 @@ from surgery.layers import (  # noqa: F401  (importing registers the types)
     gru,
     hard_sigmoid,
     hard_swish,
+    index,
     inner_product,
     input,
     layer_norm,
