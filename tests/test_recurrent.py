@@ -179,3 +179,20 @@ def test_onnx_round_trip_reads_the_operators_back(kind: str, option: str, return
     with torch.no_grad():
         want = surgery.to_torch(back).eval()(x)
     np.testing.assert_allclose(_run_onnx(path, x.numpy())[0], want.numpy(), rtol=0, atol=ATOL)
+
+
+def test_a_caffe_lrcn_lstm_is_refused_with_the_convention(tmp_path: Path) -> None:
+    """Caffe's own LSTM reads a time-major sequence and a `cont` blob: the error says so
+    and points at the `sequence` op."""
+    prototxt = tmp_path / "lrcn.prototxt"
+    prototxt.write_text('''name: "lrcn"
+input: "data"
+input_shape { dim: 16 dim: 4 dim: 10 }
+input: "cont"
+input_shape { dim: 16 dim: 4 }
+layer { name: "lstm1" type: "LSTM" bottom: "data" bottom: "cont" top: "lstm1" recurrent_param { num_output: 8 } }
+''')
+    with pytest.raises(ShapeError) as caught:
+        surgery.load(prototxt)
+    assert "layer 'lstm1' (LSTM)" in str(caught.value) and "`cont` blob" in str(caught.value)
+    assert "`sequence` op" in str(caught.value)

@@ -53,6 +53,12 @@ def recurrent_params(num_output: int, num_layers: int = 1, bidirectional: bool =
             **extra}
 
 
+#: Why a Caffe LRCN prototxt's LSTM does not fit (its second bottom is Caffe's `cont` blob).
+_CAFFE_CONVENTION = ("the inputs are a batch-first (N, T, features) sequence and optionally the initial states; "
+                     "Caffe's own LSTM/RNN layers (a time-major sequence plus a `cont` blob) are not read: build the "
+                     "recurrent head with the `sequence` op instead")
+
+
 def directions(layer: Layer) -> int:
     return 2 if layer.params["bidirectional"] else 1
 
@@ -85,7 +91,8 @@ class RecurrentType(LayerType):
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         if len(in_shapes) not in (1, 1 + self.states):
-            raise ShapeError(f"takes the sequence and optionally {self.states} initial state(s), got {len(in_shapes)} inputs")
+            raise ShapeError(f"takes the sequence and optionally {self.states} initial state(s), got {len(in_shapes)} inputs",
+                             fix=_CAFFE_CONVENTION)
         x = in_shapes[0]
         if x is None or len(x) != 3:
             raise ShapeError(f"expects a (N, T, features) input, got {x}",
@@ -99,7 +106,7 @@ class RecurrentType(LayerType):
         state = self.state_shape(layer, batch)
         for shape in in_shapes[1:]:
             if tuple(shape or ()) != state:
-                raise ShapeError(f"an initial state has shape {shape}, expected {state}")
+                raise ShapeError(f"an initial state has shape {shape}, expected {state}", fix=_CAFFE_CONVENTION)
         width = directions(layer) * layer.params["num_output"]
         y = (batch, steps, width) if layer.params["return_sequences"] else (batch, width)
         return [y] + [state] * self.states if len(layer.outputs) > 1 else [y]
