@@ -348,3 +348,22 @@ def test_apply_writes_backbone_and_head_split_at_the_freeze_boundary(tmp_path: P
         feats = backbone(clips.flatten(0, 1)).unflatten(0, (3, 7))
     np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: feats.numpy()})[0],
                                clip_model(clips).detach().numpy(), rtol=0, atol=ATOL)
+
+
+def test_an_eltwise_gate_in_the_backbone_after_sequence_runs_per_frame(tmp_path: Path) -> None:
+    net = clip_net([LSTM_LAST, SCORES], frozen=False)
+    surgery.eltwise(net, "gated", "features.relu3", layers=['name: "gate" type: "Convolution" convolution_param '
+                                                           '{ num_output: 1 kernel_size: 1 }'], near_identity=True)
+    for name in ("gate", "gate/sigmoid", "gated"):
+        assert net.layer(name).per_frame, name
+    assert net.shape("gated") == (2, 5, 64, 4, 4)
+    model = surgery.to_torch(net).eval()
+    assert model(torch.rand(3, 4, 1, 8, 8)).shape == (3, 11), "N and T are free in the emitted clip model"
+    _onnx_matches(net, model, tmp_path)
+
+
+def test_collapse_after_sequence_is_refused_by_name() -> None:
+    net = clip_net([LSTM_LAST, SCORES], frozen=False)
+    with pytest.raises(SpecError, match="'features.conv1' runs per frame of a clip model") as caught:
+        surgery.collapse(net, "features.conv1", "features.conv2", "conv12", mode="FIT", samples=8)
+    assert "before the `sequence` edit" in caught.value.fix

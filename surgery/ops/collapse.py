@@ -59,6 +59,9 @@ def _check(net: Net, op: Any) -> tuple[Layer, Layer, list[Layer]]:
         if layer.params["group"] != 1:
             raise SpecError(f"{layer.name!r} is a grouped convolution; collapse composes groups of 1",
                             subject=layer.name)
+        if layer.per_frame:  # its shapes carry the clip's time axis, its calibration runs on clips
+            raise SpecError(f"{layer.name!r} runs per frame of a clip model; collapse rewrites the image net",
+                            subject=layer.name, fix="put the collapse before the `sequence` edit")
     if op.name in net and op.name not in (op.first, op.second):
         raise SpecError(f"a layer named {op.name!r} already exists", subject=op.name)
     return first, second, _between(net, first, second)

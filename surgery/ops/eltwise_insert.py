@@ -32,7 +32,8 @@ def _near_identity(net: Net, added: list[Layer], gate_blob: str) -> tuple[Layer,
     weight = last.blobs["weight"].data * 1e-3
     last.blobs["weight"].set_data(weight, Origin("filler", f"{last.blobs['weight'].origin.detail} x 1e-3"))
     last.blobs["bias"].set_data(torch.full_like(last.blobs["bias"].data, bias), origin)
-    sigmoid = Layer(f"{last.name}/sigmoid", "Sigmoid", inputs=[gate_blob], outputs=[f"{last.name}/sigmoid"])
+    sigmoid = Layer(f"{last.name}/sigmoid", "Sigmoid", inputs=[gate_blob], outputs=[f"{last.name}/sigmoid"],
+                    per_frame=last.per_frame)
     net.add_layer(sigmoid)
     return sigmoid, sigmoid.outputs[0]
 
@@ -97,7 +98,8 @@ def eltwise(net: Net, op: Any, ctx: OpContext) -> list[Action]:
         raise ShapeError(f"{main!r} {shapes[main]} and {other!r} {shapes[other]} do not broadcast",
                          subject=op.name, fix="make the gate 1 where the shapes differ (e.g. num_output: 1)") from None
     layer = Layer(op.name, "Eltwise", inputs=[main, other], outputs=[op.name],
-                  params={"operation": operation, "coeff": []})
+                  params={"operation": operation, "coeff": []},
+                  per_frame=net.producer(main).per_frame and net.producer(other).per_frame)
     net.add_layer(layer)
     net.redirect_consumers(main, op.name, only=readers)
     if main in net.outputs:
