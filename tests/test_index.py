@@ -1,6 +1,7 @@
 """Index layers from tensor indexing (``x[:, 0]``, ``x[:, :c]``, ``x[..., ::2]``,
 ``x[:, :, None]``): torch in and out bit for bit at two batch sizes, ONNX against
-onnxruntime with a symbolic batch, shapes as torch computes them; indexing by a tensor,
+onnxruntime with a symbolic batch and read back, shapes as torch computes them; an ONNX
+Slice with constant bounds reads as one; indexing by a tensor,
 of the batch axis or to an empty axis stays a call; Caffe refuses the layer by name."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 import pytest
 import torch
 from torch import nn
@@ -18,6 +20,7 @@ from torch import nn
 import surgery
 from surgery.emitters.caffe import emit_caffe
 from surgery.emitters.onnx_model import emit_onnx
+from surgery.importers.onnx_model import import_onnx
 from surgery.errors import ModelFormatError
 from surgery.ir import Layer
 from surgery.layers import layer_type
@@ -202,3 +205,55 @@ def test_caffe_refuses_by_name(tmp_path: Path) -> None:
     with pytest.raises(ModelFormatError, match=f"'{layer.name}' .Index. cannot be written to Caffe"):
         emit_caffe(net, tmp_path / "m.prototxt", tmp_path / "m.caffemodel")
     assert not (tmp_path / "m.prototxt").exists()
+
+
+@pytest.mark.parametrize("case", ["class_token", "steps", "mix", "negative_start", "prefix_past_the_end"])
+def test_onnx_reads_back(case: str, tmp_path: Path) -> None:
+    module, net, shape = _net(case)
+    again = import_onnx(emit_onnx(net, tmp_path / "m.onnx"))
+    assert "Index" in {layer.type for layer in again.layers()}
+    emitted = surgery.to_torch(again).eval()
+    for n in (shape[0], 3):
+        x = _batch(shape, n)
+        with torch.no_grad():
+            np.testing.assert_allclose(emitted(x).numpy(), module(x).numpy(), atol=ATOL, rtol=0)
+
+
+def _slice_model(starts: list[int], ends: list[int], axes: list[int], steps: list[int]) -> onnx.ModelProto:
+    consts = [numpy_helper.from_array(np.array(v, np.int64), name) for name, v in
+              [("starts", starts), ("ends", ends), ("axes", axes), ("steps", steps)]]
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"], name="cut")], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 6, 5])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], consts)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_an_onnx_slice_from_another_exporter_reads_as_index(tmp_path: Path) -> None:
+    model = _slice_model([-4, 1], [np.iinfo(np.int64).max, 100], [-1, 1], [2, 3])
+    onnx.save(model, tmp_path / "m.onnx")
+    net = import_onnx(tmp_path / "m.onnx", (2, 6, 5))
+    layer = net.layer("cut")
+    assert layer.type == "Index" and layer.params["index"] == [[None, None, 1], [1, 100, 3], [-4, None, 2]]
+    x = np.random.default_rng(0).standard_normal((2, 6, 5)).astype(np.float32)
+    expected = onnx_session(tmp_path / "m.onnx").run(None, {"x": x})[0]
+    with torch.no_grad():
+        np.testing.assert_array_equal(surgery.to_torch(net).eval()(torch.from_numpy(x)).numpy(), expected)
+
+
+@pytest.mark.parametrize("bounds", [([0], [1], [0], [1]), ([0], [4], [1], [-1])])
+def test_an_onnx_slice_of_the_batch_or_backwards_is_not_read(bounds, tmp_path: Path) -> None:
+    onnx.save(_slice_model(*bounds), tmp_path / "m.onnx")
+    with pytest.raises(ModelFormatError, match="'cut' .Slice. uses attributes or inputs surgery cannot map"):
+        import_onnx(tmp_path / "m.onnx", (2, 6, 5))
+
+
+def test_an_opset_9_slice_with_attributes_reads_as_index(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["x"], ["y"], name="cut", starts=[1], ends=[-1], axes=[2])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 6, 5])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=4), tmp_path / "m.onnx")
+    net = import_onnx(tmp_path / "m.onnx", (2, 6, 5))
+    assert net.layer("cut").params["index"] == [[None, None, 1], [None, None, 1], [1, -1, 1]]
+    assert net.shapes()["y"] == (2, 6, 3)

@@ -189,6 +189,34 @@ class Index(LayerType):
             writer.node(op, [current, *consts], [output], layer.name if last else f"{layer.name}/{op.lower()}")
             current = output
 
+    onnx_ops = ("Slice",)
+
+    def from_onnx(self, node: Any, reader: Any) -> Layer | None:
+        """A Slice with constant starts, ends, axes and positive steps that leaves the batch
+        axis whole (the Squeeze / Unsqueeze after it are read on their own)."""
+        attrs = reader.attrs(node)
+        if "starts" in attrs:  # before opset 10: attributes
+            starts, ends, axes, steps = attrs["starts"], attrs["ends"], attrs.get("axes"), None
+        else:
+            names = (list(node.input) + [""] * 4)[1:5]
+            values = [reader.const_list(name) if name else None for name in names]
+            if any(value is None and (name or k < 2) for k, (name, value) in enumerate(zip(names, values))):
+                return None  # bounds computed at run time
+            starts, ends, axes, steps = values
+        source = reader.blob_or_const(node.input[0], node)
+        rank = len(reader.shape(source))
+        axes = list(range(len(starts))) if axes is None else [int(a) % rank if -rank <= a < rank else -1 for a in axes]
+        steps = [1] * len(starts) if steps is None else [int(s) for s in steps]
+        if not len(starts) == len(ends) == len(axes) == len(steps) or -1 in axes or len(set(axes)) != len(axes) \
+                or min(steps, default=1) < 1:
+            return None  # a negative step or an axis twice: not this layer
+        items: list[Any] = [list(_WHOLE) for _ in range(max(axes, default=0) + 1)]
+        for axis, start, end, step in zip(axes, starts, ends, steps):
+            items[axis] = [int(start), None if end >= _TO_END // 2 else int(end), step]
+        if not _whole(items[0]):
+            return None  # the batch axis sliced
+        return reader.layer(node, self.name, {"index": items}, inputs=[source])
+
     # -------------------------------------------------------------- caffe
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         raise unsupported_in_caffe(layer, "Caffe has no layer that indexes a tensor")
