@@ -19,14 +19,18 @@ FAMILIES = {"torchvision": "torchvision 0.29", "timm": "timm 1.0"}
 
 
 def summary(rows: list[dict]) -> list[str]:
-    lines = ["| | tried | load | classifier resize | torch + ONNX + verify |", "|---|---|---|---|---|"]
+    lines = ["| | tried | load | classifier resize | torch + ONNX + verify | layers with a type |",
+             "|---|---|---|---|---|---|"]
     for family, label in FAMILIES.items():
         mine = [row for row in rows if row["family"] == family]
         if not mine:
             continue
         past = lambda *stages: sum(row["stage"] not in stages for row in mine)  # noqa: E731
+        layers = sum(row.get("layers", 0) for row in mine)
+        typed = layers - sum(len(row.get("opaque") or []) for row in mine)
+        share = f"{100 * typed / layers:.1f}% of {layers}" if layers else "-"
         lines.append(f"| {label} | {len(mine)} | {past('build', 'load')} | {past('build', 'load', 'classifier')} "
-                     f"| {sum(row['ok'] for row in mine)} |")
+                     f"| {sum(row['ok'] for row in mine)} | {share} |")
     return lines
 
 
@@ -35,13 +39,22 @@ def _portable(message: str) -> str:
     return re.sub(r"/\S*?/(?:site|dist)-packages/", "", message)
 
 
+def _layers(row: dict) -> str:
+    """``173 (3 untyped)``: the imported layers, and how many surgery has no type for
+    (opaque modules and calls, which still run and still reach ONNX)."""
+    if "layers" not in row:
+        return "-"
+    untyped = len(row.get("opaque") or [])
+    return f"{row['layers']} ({untyped} untyped)" if untyped else f"{row['layers']}"
+
+
 def details(rows: list[dict]) -> list[str]:
-    lines = ["| model | input | params | head | result |", "|---|---|---|---|---|"]
+    lines = ["| model | input | params | layers | head | result |", "|---|---|---|---|---|---|"]
     for row in sorted(rows, key=lambda r: (list(FAMILIES).index(r["family"]), r["model"])):
         params = f"{row['params'] / 1e6:.1f}M" if row.get("params") else "-"
         result = f"ok (max rel {row['max_rel']:.1e})" if row["ok"] else f"stops at {row['stage']}: {_portable(row['error'])}"
-        lines.append(f"| {row['family']}:{row['model']} | {row['input']} | {params} | `{row.get('head') or '-'}` "
-                     f"| {result.replace('|', '/')} |")
+        lines.append(f"| {row['family']}:{row['model']} | {row['input']} | {params} | {_layers(row)} "
+                     f"| `{row.get('head') or '-'}` | {result.replace('|', '/')} |")
     return lines
 
 
