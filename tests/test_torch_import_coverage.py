@@ -249,3 +249,36 @@ def test_later_reads_of_a_tensor_changed_in_place_see_the_change() -> None:
     with torch.no_grad():
         assert torch.equal(surgery.to_torch(net).eval()(x), model(x))
     assert all(layer.phase is None for layer in net.layers()), "the in-place calls are on the deploy path"
+
+
+class ReluInside(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y.relu_()  # changes the module's output before it returns
+        return y
+
+
+class NegatedAfter(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = ReluInside()
+
+    def forward(self, x):
+        f = self.block(x)
+        f.mul_(-1)  # changes it after the module returned
+        return f + 1
+
+
+def test_a_module_output_is_its_value_when_it_returns() -> None:
+    torch.manual_seed(0)
+    model = NegatedAfter().eval()
+    x = torch.randn(2, 2, 3, 3)
+    net = surgery.load(model, (2, 2, 3, 3))
+    with torch.no_grad():
+        assert torch.equal(surgery.to_torch(net).eval()(x), model(x))
+        surgery.cut(net, "block")
+        assert torch.equal(surgery.to_torch(net).eval()(x), torch.relu(model.block.conv(x)))

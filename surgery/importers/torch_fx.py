@@ -12,8 +12,6 @@ only the train-mode outputs need are marked ``phase="train"``.
 from __future__ import annotations
 
 import operator
-import itertools
-import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,102 +20,16 @@ from torch import fx, nn
 
 from surgery.errors import ModelFormatError, ShapeError
 from surgery.importers.torch_modules import record_module_outputs
+from surgery.importers.torch_trace import (
+    bind_defaults, count_leaves, get_attr_value, is_output_tuple, map_structure, mode_dependent, only_indexed,
+    output_leaves, tensor_leaves, trace,
+)
 from surgery.ir import Layer, Net, ParamBlob
 from surgery.layers import layer_type, torch_function_map, torch_functional_map, torch_module_map
 from surgery.importers.batch_probe import BatchProbe, foldable, same_value
 from surgery.layers.meta_run import NonTensor, TracedShapes
 from surgery.layers.opaque_call import TRAINING, InputRef, TrainOnly
 
-
-
-class _Tracer(fx.Tracer):
-    """torch.fx's tracer, also keeping the modules named in ``leaves`` as single calls."""
-
-    def __init__(self, leaves: frozenset[str]) -> None:
-        super().__init__()
-        self.leaves = leaves
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return module_qualified_name in self.leaves or super().is_leaf_module(m, module_qualified_name)
-
-
-def _module_nodes(graph: fx.Graph) -> dict[str, list[tuple[str, str]]]:
-    """The traced operations of each innermost module path, in order."""
-    found: dict[str, list[tuple[str, str]]] = {}
-    for node in graph.nodes:
-        stack = node.meta.get("nn_module_stack")
-        if stack:
-            found.setdefault(next(reversed(stack)), []).append((node.op, str(node.target)))
-    return found
-
-
-def _mode_dependent(model: nn.Module, train_graph: fx.Graph, eval_graph: fx.Graph) -> frozenset[str]:
-    """Parameter-free modules whose traced computation differs between train and eval
-    (timm's DropPath: Python control flow on ``self.training``). Kept as modules, they
-    follow the emitted model's mode; traced, the train-mode path would run in eval too."""
-    train, evaluated = _module_nodes(train_graph), _module_nodes(eval_graph)
-    paths = set()
-    for path in set(train) | set(evaluated):
-        if not path or train.get(path) == evaluated.get(path):
-            continue
-        module = model.get_submodule(path)
-        if next(itertools.chain(module.parameters(), module.buffers()), None) is None:
-            paths.add(path)
-    return frozenset(paths)
-
-
-def _trace(model: nn.Module, train: bool, leaves: frozenset[str] = frozenset()) -> fx.Graph:
-    was_training = model.training
-    model.train(train)
-    try:
-        return _Tracer(leaves).trace(model)  # the graph only: no GraphModule to compile
-    except Exception as error:
-        raise ModelFormatError(
-            f"torch.fx cannot trace {type(model).__name__}: {type(error).__name__}: {_first_line(error)}"
-            f"{_user_frame(error)}",
-            fix="make that call traceable (no data-dependent Python control flow), or wrap the offending "
-            "submodule so fx treats it as a leaf",
-        ) from None
-    finally:
-        model.train(was_training)
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else ""
-
-
-def _user_frame(error: Exception) -> str:
-    """' (at file:line: code)' for the innermost frame outside torch, where tracing broke."""
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if "/torch/" not in f.filename]
-    if not frames:
-        return ""
-    frame = frames[-1]
-    return f" (at {frame.filename}:{frame.lineno}: {frame.line})"
-
-
-def _leaves(structure: Any) -> list[fx.Node]:
-    found: list[fx.Node] = []
-    fx.node.map_arg(structure, lambda node: found.append(node) or node)
-    return found
-
-
-def _is_output_tuple(node: fx.Node) -> bool:
-    """A namedtuple built only to return several heads (GoogLeNet's GoogLeNetOutputs)."""
-    target = node.target
-    return (
-        node.op == "call_function" and isinstance(target, type) and issubclass(target, tuple)
-        and all(user.op == "output" for user in node.users)
-    )
-
-
-def _output_leaves(graph: fx.Graph) -> list[fx.Node]:
-    """The tensors a traced graph returns, looking through output namedtuples."""
-    output = next(n for n in graph.nodes if n.op == "output")
-    leaves: list[fx.Node] = []
-    for leaf in _leaves(output.args[0]):
-        leaves.extend(_leaves((leaf.args, leaf.kwargs)) if _is_output_tuple(leaf) else [leaf])
-    return leaves
 
 
 class _Importer:
@@ -131,6 +43,7 @@ class _Importer:
         self.shapes: dict[str, Any] = {}  # blob -> shape (the value itself for a non-tensor)
         self.module_layers: dict[str, str] = {}  # module path -> first layer that calls it
         self.tuples: dict[fx.Node, tuple] = {}  # a module's tuple result, as blob names
+        self.versions: dict[fx.Node, list[tuple[fx.Node, str]]] = {}  # a tensor changed in place: (by, blob)...
         self.constants: dict[fx.Node, Any] = {}  # sizes computed at import, read as literals
         self.probe = BatchProbe(self.net)
         self.modules = torch_module_map()
@@ -176,7 +89,7 @@ class _Importer:
     def _tuple_outputs(self, layer: Layer, structure: Any) -> None:
         """One top per tensor of a tuple result (the first one named after the layer)."""
         if structure is not None:
-            layer.outputs = [layer.name] + [self._unique(f"{layer.name}:{i}") for i in range(1, _count(structure))]
+            layer.outputs = [layer.name] + [self._unique(f"{layer.name}:{i}") for i in range(1, count_leaves(structure))]
 
     def _infer(self, layer: Layer) -> list[Any]:
         """The layer's output shapes, from its inputs' (raises ShapeError naming it)."""
@@ -205,7 +118,7 @@ class _Importer:
         self._add(node, Layer(self._unique(node.name), "Input", params={"shape": tuple(self.input_shapes[index])}))
 
     def get_attr(self, node: fx.Node) -> None:
-        tensor = _get_attr(self.model, node.target)
+        tensor = get_attr_value(self.model, node.target)
         blob = self._blob(node.target, tensor, trainable=isinstance(tensor, nn.Parameter))
         self._add(node, Layer(self._unique(node.target), "Constant", blobs={"value": blob}))
 
@@ -215,7 +128,7 @@ class _Importer:
         if type(module) is nn.Identity and len(node.args) == 1 and not node.kwargs:
             self.blob_of[node] = self.blob_of[node.args[0]]  # a placeholder (a removed fc): no layer
             return
-        inputs = [self.blob_of[n] for n in _leaves((node.args, node.kwargs))]
+        inputs = [self.blob_of[n] for n in tensor_leaves((node.args, node.kwargs))]
         kind = self.modules.get(type(module))
         params = kind.import_torch_module(module) if kind is not None and not node.kwargs else None
         first = self.module_layers.get(path)
@@ -228,7 +141,7 @@ class _Importer:
         structure = kind.torch_output_structure(layer) if layer.type != "Opaque" else None
         if structure is not None:  # the module returns a tuple (nn.LSTM's (y, (h, c))): one top per tensor
             self._tuple_outputs(layer, structure)
-            self.tuples[node] = _map_structure(structure, layer.outputs)
+            self.tuples[node] = map_structure(structure, layer.outputs)
         if first is None:
             self.module_layers[path] = layer.name
             layer.blobs = self._module_blobs(path, module, recurse=layer.type == "Opaque")
@@ -243,7 +156,7 @@ class _Importer:
             (self.tuples if isinstance(item, tuple) else self.blob_of)[node] = item
             return
         self._read_constants(node)
-        tensor_args = [n for n in _leaves((node.args, node.kwargs))]
+        tensor_args = [n for n in tensor_leaves((node.args, node.kwargs))]
         # Sizes that follow the batch (the others were folded): their "shape" is the value.
         sizes = [n for n in tensor_args if isinstance(self.shapes[self.blob_of[n]], NonTensor)]
         inputs: list[str] = []
@@ -255,7 +168,7 @@ class _Importer:
         typed, structure, opaque = self._typed_call(node, tensor_args, inputs, sizes)
         if typed is not None:
             if structure is not None:  # x.chunk(2): one top per part, read by getitem
-                self.tuples[node] = _map_structure(structure, typed.outputs)
+                self.tuples[node] = map_structure(structure, typed.outputs)
             self._add(node, typed)
         else:
             opaque = opaque or self._opaque_call(node, inputs)
@@ -270,7 +183,17 @@ class _Importer:
         in_place = (node.op == "call_method" and isinstance(node.target, str) and node.target.endswith("_")
                     and not node.target.endswith("__")) or node.kwargs.get("inplace") is True
         if in_place and isinstance(first, fx.Node) and first in self.blob_of and node in self.blob_of:
+            self.versions.setdefault(first, [(first, self.blob_of[first])]).append((node, self.blob_of[node]))
             self.blob_of[first] = self.blob_of[node]
+
+    def _blob_after(self, node: fx.Node, last: fx.Node) -> str | None:
+        """``node``'s blob as it stood once ``last`` had run (a module's output, read when
+        the module returns, before a later in-place call changes it)."""
+        versions = self.versions.get(node)
+        if versions is None:
+            return self.blob_of.get(node)
+        seen = [blob for maker, blob in versions if self.position[maker] <= self.position[last]]
+        return seen[-1] if seen else None
 
     def _typed_call(self, node: fx.Node, tensor_args: list[fx.Node], inputs: list[str],
                     sizes: list[fx.Node]) -> tuple[Layer | None, Any, Layer | None]:
@@ -293,7 +216,7 @@ class _Importer:
                 call_args, call_kwargs = self._flagged(node) if kind.reads_mode_flags else (args, kwargs)
                 params, structure = kind.import_torch_call_shaped(
                     node.target, call_args, call_kwargs, [self.shapes[self.blob_of[n]] for n in tensors])
-                if structure is not None and not _only_indexed(node):
+                if structure is not None and not only_indexed(node):
                     continue
             else:
                 continue
@@ -342,7 +265,7 @@ class _Importer:
     # --------------------------------------------------- sizes computed at import
     def _read_constants(self, node: fx.Node) -> None:
         """Put the values of folded sizes into the call's arguments, as literals."""
-        if any(n in self.constants for n in _leaves((node.args, node.kwargs))):
+        if any(n in self.constants for n in tensor_leaves((node.args, node.kwargs))):
             node.args = fx.node.map_arg(node.args, lambda n: self.constants.get(n, n))
             node.kwargs = fx.node.map_arg(node.kwargs, lambda n: self.constants.get(n, n))
 
@@ -443,17 +366,17 @@ class _Importer:
 
     # ------------------------------------------------------------------- run
     def run(self) -> Net:
-        train_graph = _trace(self.model, train=True)
-        eval_graph = _trace(self.model, train=False)
-        leaves = _mode_dependent(self.model, train_graph, eval_graph)
+        train_graph = trace(self.model, train=True)
+        eval_graph = trace(self.model, train=False)
+        leaves = mode_dependent(self.model, train_graph, eval_graph)
         if leaves:
-            train_graph, eval_graph = _trace(self.model, True, leaves), _trace(self.model, False, leaves)
+            train_graph, eval_graph = trace(self.model, True, leaves), trace(self.model, False, leaves)
         for graph in (train_graph, eval_graph):
-            _bind_defaults(graph, len(self.input_shapes))
+            bind_defaults(graph, len(self.input_shapes))
         self.eval_twins = {n.name: n for n in eval_graph.nodes}
         index = 0
         for node in train_graph.nodes:
-            if _is_output_tuple(node):
+            if is_output_tuple(node):
                 continue
             if node.op == "placeholder":
                 self.placeholder(node, index)
@@ -464,12 +387,13 @@ class _Importer:
                 self.call_module(node)
             elif node.op in ("call_function", "call_method"):
                 self.call_function(node)
-        outputs = [self.blob_of[n] for n in _output_leaves(train_graph)]
+        outputs = [self.blob_of[n] for n in output_leaves(train_graph)]
         self.net.set_outputs(dict.fromkeys(outputs))
         self._drop_unused_sizes()
         self._drop_contiguous_before_reshape()
         self._mark_train_only(train_graph, eval_graph)
-        record_module_outputs(train_graph, self.net, self.blob_of, self.tuples,
+        self.position = {node: index for index, node in enumerate(train_graph.nodes)}
+        record_module_outputs(train_graph, self.net, self._blob_after, self.tuples,
                               lambda blob: not isinstance(self.shapes.get(blob), NonTensor))
         return self.net
 
@@ -477,7 +401,7 @@ class _Importer:
         """Layers only the train-mode outputs need get phase "train"."""
         train_names = {n.name: n for n in train_graph.nodes}
         deploy = []
-        for leaf in _output_leaves(eval_graph):
+        for leaf in output_leaves(eval_graph):
             twin = train_names.get(leaf.name)
             if twin is None or twin not in self.blob_of or (leaf.op, leaf.target) != (twin.op, twin.target):
                 return  # the two traces differ in a way we cannot match: every layer runs in both
@@ -488,39 +412,6 @@ class _Importer:
         for layer in self.net.layers():
             if layer.name not in needed:
                 layer.phase = "train"
-
-
-def _only_indexed(node: fx.Node) -> bool:
-    """Whether a tuple result is only ever read one item at a time (``parts[1]``)."""
-    return all(user.op == "call_function" and user.target is operator.getitem and isinstance(user.args[1], int)
-               for user in node.users)
-
-
-def _count(structure: Any) -> int:
-    return sum(_count(item) for item in structure) if isinstance(structure, tuple) else 1
-
-
-def _map_structure(structure: Any, names: list[str]) -> Any:
-    """A nested tuple of output indices as the same tuple of blob names."""
-    return tuple(_map_structure(item, names) for item in structure) if isinstance(structure, tuple) else names[structure]
-
-
-def _bind_defaults(graph: fx.Graph, given: int) -> None:
-    """Inputs past the ``given`` shapes that have a default (``attn_mask=None``) take it:
-    their uses read the default value itself."""
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    for node in placeholders[given:]:
-        if not node.args:
-            continue
-        default = node.args[0]
-        for user in list(node.users):
-            user.args = fx.node.map_arg(user.args, lambda n: default if n is node else n)
-            user.kwargs = fx.node.map_arg(user.kwargs, lambda n: default if n is node else n)
-
-
-def _get_attr(model: nn.Module, target: str) -> torch.Tensor:
-    owner_path, _, attr = target.rpartition(".")
-    return getattr(model.get_submodule(owner_path), attr)
 
 
 def import_torch(

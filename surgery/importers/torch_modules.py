@@ -30,11 +30,13 @@ def _escaping(nodes: list[fx.Node]) -> list[fx.Node]:
     return [node for node in nodes if any(user not in inside for user in node.users)]
 
 
-def record_module_outputs(graph: fx.Graph, net: Net, blob_of: dict[fx.Node, str], tuples: dict[fx.Node, tuple],
-                          is_tensor: Callable[[str], bool]) -> None:
+def record_module_outputs(graph: fx.Graph, net: Net, blob_after: Callable[[fx.Node, fx.Node], str | None],
+                          tuples: dict[fx.Node, tuple], is_tensor: Callable[[str], bool]) -> None:
     """Fill ``net.module_outputs`` (module path -> its output blob) and
     ``net.module_refusals`` (path -> why it has no single output) from the traced
-    ``graph``. Leaf modules are layers already, under their own name, and are skipped."""
+    ``graph``. ``blob_after(node, last)`` is a node's blob as it stood once ``last`` ran
+    (a later in-place call may change it). Leaf modules are layers already, under their
+    own name, and are skipped."""
     calls = _calls(graph)
     leaves = {node.target for node in graph.nodes if node.op == "call_module"}
     times = Counter(path for path, _ in calls.values())
@@ -48,7 +50,8 @@ def record_module_outputs(graph: fx.Graph, net: Net, blob_of: dict[fx.Node, str]
         if any(node in tuples for node in escaping):
             net.module_refusals[path] = "it returns a tuple of tensors"
             continue
-        blobs = list(dict.fromkeys(blob_of[n] for n in escaping if n in blob_of and is_tensor(blob_of[n])))
+        found = (blob_after(n, nodes[-1]) for n in escaping)
+        blobs = list(dict.fromkeys(blob for blob in found if blob is not None and is_tensor(blob)))
         if len(blobs) == 1:
             net.module_outputs[path] = blobs[0]
         elif blobs:
