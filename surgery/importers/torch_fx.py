@@ -21,8 +21,8 @@ from torch import fx, nn
 from surgery.errors import ModelFormatError, ShapeError
 from surgery.importers.torch_modules import record_module_outputs
 from surgery.importers.torch_trace import (
-    bind_defaults, count_leaves, get_attr_value, is_output_tuple, map_structure, mode_dependent, only_indexed,
-    output_leaves, tensor_leaves, trace,
+    bind_defaults, count_leaves, get_attr_value, is_output_tuple, map_structure, mode_dependent, nones_unread,
+    only_indexed, output_leaves, tensor_leaves, trace,
 )
 from surgery.ir import Layer, Net, ParamBlob
 from surgery.layers import layer_type, torch_function_map, torch_functional_map, torch_module_map
@@ -130,30 +130,49 @@ class _Importer:
             return
         inputs = [self.blob_of[n] for n in tensor_leaves((node.args, node.kwargs))]
         kind = self.modules.get(type(module))
-        params = kind.import_torch_module(module) if kind is not None and not node.kwargs else None
+        layer = self._typed_module_call(node, module, kind, inputs) if kind is not None else None
         first = self.module_layers.get(path)
-        if params is not None and len(node.args) == 1:
-            layer = Layer(self._unique(path), kind.name, inputs=inputs[:1], params=params)
-        else:
+        if layer is None:
             layer = Layer(self._unique(path), "Opaque", inputs=inputs, extra={"module": module})
+            refs = lambda n: InputRef(inputs.index(self.blob_of[n]))  # noqa: E731
+            if node.kwargs or not all(isinstance(a, fx.Node) for a in node.args):
+                # keyword arguments, literals or nested tensors: the call as it was made
+                layer.extra["args"] = fx.node.map_arg(node.args, refs)
             if node.kwargs:
-                layer.extra["kwargs"] = fx.node.map_arg(node.kwargs, lambda n: InputRef(inputs.index(self.blob_of[n])))
+                layer.extra["kwargs"] = fx.node.map_arg(node.kwargs, refs)
         structure = kind.torch_output_structure(layer) if layer.type != "Opaque" else None
         if structure is not None:  # the module returns a tuple (nn.LSTM's (y, (h, c))): one top per tensor
             self._tuple_outputs(layer, structure)
             self.tuples[node] = map_structure(structure, layer.outputs)
         if first is None:
             self.module_layers[path] = layer.name
-            layer.blobs = self._module_blobs(path, module, recurse=layer.type == "Opaque")
+            nested = layer.type == "Opaque" or kind.torch_nested_blobs
+            layer.blobs = self._module_blobs(path, module, recurse=nested)
         else:
             layer.extra["module_path"] = first  # a module called again: share it, weights and all
         self._add(node, layer)
+
+    def _typed_module_call(self, node: fx.Node, module: nn.Module, kind: Any, inputs: list[str]) -> Layer | None:
+        """The module call as a layer of ``kind``, or None when it stays an opaque module.
+        A call with several arguments (``attention(x, x, x, need_weights=False)``) is typed
+        only when the layer takes its tensors, and its result's None items are never read."""
+        args = tuple(fx.node.map_arg(node.args, lambda n: None))
+        params = kind.import_torch_module_call(module, args, dict(fx.node.map_arg(node.kwargs, lambda n: None)))
+        if params is None:
+            return None
+        plain = len(node.args) == 1 and not node.kwargs
+        layer = Layer(self._unique(node.target), kind.name, inputs=inputs[:1] if plain else inputs, params=params)
+        structure = kind.torch_output_structure(layer)
+        if not plain and (not self._fits(layer) or structure is not None and not nones_unread(node, structure)):
+            return None
+        return layer
 
     def call_function(self, node: fx.Node) -> None:
         target = node.target
         if target is operator.getitem and node.args[0] in self.tuples and isinstance(node.args[1], int):
             item = self.tuples[node.args[0]][node.args[1]]  # (y, (h, c))[1] is still a tuple
-            (self.tuples if isinstance(item, tuple) else self.blob_of)[node] = item
+            if item is not None:  # an item that is always None, never read (nones_unread)
+                (self.tuples if isinstance(item, tuple) else self.blob_of)[node] = item
             return
         self._read_constants(node)
         tensor_args = [n for n in tensor_leaves((node.args, node.kwargs))]

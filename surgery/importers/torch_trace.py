@@ -112,12 +112,31 @@ def only_indexed(node: fx.Node) -> bool:
 
 
 def count_leaves(structure: Any) -> int:
-    return sum(count_leaves(item) for item in structure) if isinstance(structure, tuple) else 1
+    """The outputs a tuple structure holds (a None item is no output)."""
+    if isinstance(structure, tuple):
+        return sum(count_leaves(item) for item in structure)
+    return 0 if structure is None else 1
 
 
 def map_structure(structure: Any, names: list[str]) -> Any:
-    """A nested tuple of output indices as the same tuple of blob names."""
-    return tuple(map_structure(item, names) for item in structure) if isinstance(structure, tuple) else names[structure]
+    """A nested tuple of output indices (None: an item that is always None) as the same
+    tuple of blob names."""
+    if isinstance(structure, tuple):
+        return tuple(map_structure(item, names) for item in structure)
+    return None if structure is None else names[structure]
+
+
+def nones_unread(node: fx.Node, structure: tuple) -> bool:
+    """Whether a tuple result is only read one item at a time and its None items
+    (``nn.MultiheadAttention``'s weights when not asked for) by nothing at all
+    (``x, _ = attention(...)`` still reads ``_``, then drops it)."""
+    for user in node.users:
+        if user.op != "call_function" or user.target is not operator.getitem or not isinstance(user.args[1], int) \
+                or not -len(structure) <= user.args[1] < len(structure):
+            return False
+        if structure[user.args[1]] is None and user.users:
+            return False
+    return True
 
 
 def bind_defaults(graph: fx.Graph, given: int) -> None:
@@ -138,4 +157,4 @@ def get_attr_value(model: nn.Module, target: str) -> torch.Tensor:
     return getattr(model.get_submodule(owner_path), attr)
 
 
-__all__ = ['bind_defaults', 'count_leaves', 'get_attr_value', 'is_output_tuple', 'map_structure', 'mode_dependent', 'only_indexed', 'output_leaves', 'tensor_leaves', 'trace']
+__all__ = ['bind_defaults', 'count_leaves', 'get_attr_value', 'is_output_tuple', 'map_structure', 'mode_dependent', 'nones_unread', 'only_indexed', 'output_leaves', 'tensor_leaves', 'trace']

@@ -30,6 +30,7 @@ from surgery.layers import (  # noqa: F401  (importing registers the types)
     lstm,
     matmul,
     mish,
+    multihead_attention,
     opaque,
     opaque_call,
     pad,

@@ -27,9 +27,8 @@ _ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale"
 NATIVE_OPSET = 23
 
 
-def _scale(layer: Layer, q_shape: Shape) -> float:
+def _scale(scale: float | None, q_shape: Shape) -> float:
     """The factor on ``q @ k^T``: the given one, else torch's ``1 / sqrt(head size)``."""
-    scale = layer.params.get("scale")
     return float(scale) if scale is not None else 1.0 / math.sqrt(q_shape[-1])
 
 
@@ -86,36 +85,8 @@ class ScaledDotProductAttention(LayerType):
     onnx_ops = ("Attention",)
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:
-        q, k, v = writer.in_shapes(layer)
-        if writer.opset >= NATIVE_OPSET and _native(q, k, v):
-            attrs: dict[str, Any] = {"scale": _scale(layer, q)}
-            if layer.params.get("is_causal"):
-                attrs["is_causal"] = 1
-            if len(q) == 3:
-                attrs |= {"q_num_heads": 1, "kv_num_heads": 1}  # 3-D is (N, L, heads * E) to ONNX
-            writer.node("Attention", list(layer.inputs), list(layer.outputs), layer.name, **attrs)
-        else:
-            self.to_onnx_formula(layer, writer, q, k)
-
-    def to_onnx_formula(self, layer: Layer, writer: Any, q: Shape, k: Shape) -> None:
-        """The attention written with MatMul / Softmax (any opset, any rank); the last
-        node carries the layer's name."""
-        name, (query, key, value) = layer.name, layer.inputs
-        perm = list(range(len(k)))
-        perm[-2:] = perm[-1], perm[-2]
-        writer.node("Transpose", [key], [f"{name}/k_t"], f"{name}/k_t", perm=perm)
-        writer.node("MatMul", [query, f"{name}/k_t"], [f"{name}/qk"], f"{name}/qk")
-        scale = writer.const(f"{name}.scale", np.array(_scale(layer, q), dtype=np.float32))
-        scores = f"{name}/scores"
-        writer.node("Mul", [f"{name}/qk", scale], [scores], scores)
-        if layer.params.get("is_causal"):
-            length, source = q[-2], k[-2]
-            allowed = np.tril(np.ones((length, source), dtype=bool))  # torch's: top-left aligned
-            mask = writer.const(f"{name}.causal_mask", np.where(allowed, 0.0, -np.inf).astype(np.float32))
-            writer.node("Add", [scores, mask], [f"{name}/masked"], f"{name}/masked")
-            scores = f"{name}/masked"
-        writer.node("Softmax", [scores], [f"{name}/weights"], f"{name}/weights", axis=-1)
-        writer.node("MatMul", [f"{name}/weights", value], list(layer.outputs), name)
+        write_attention(writer, layer.name, list(layer.inputs), layer.outputs[0], writer.in_shapes(layer),
+                        layer.params.get("scale"), bool(layer.params.get("is_causal")))
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
         attrs = reader.attrs(node)
@@ -131,3 +102,42 @@ class ScaledDotProductAttention(LayerType):
         params = {"scale": float(attrs["scale"]) if "scale" in attrs else None,
                   "is_causal": bool(attrs.get("is_causal", 0))}
         return reader.layer(node, self.name, params, inputs=[reader.blob(n) for n in inputs])
+
+
+def write_attention(writer: Any, name: str, inputs: list[str], output: str, shapes: list[Shape],
+                    scale: float | None = None, is_causal: bool = False) -> None:
+    """Write ``softmax(q @ k^T * scale [+ causal mask]) @ v`` into an ``OnnxWriter``: the
+    Attention operator from opset 23 when the shapes fit it, else its formula. The node
+    computing ``output`` is called ``name`` (other nodes and constants ``name/...``,
+    ``name....``). ``shapes``: those of query, key and value."""
+    q, k, v = shapes
+    if writer.opset >= NATIVE_OPSET and _native(q, k, v):
+        attrs: dict[str, Any] = {"scale": _scale(scale, q)}
+        if is_causal:
+            attrs["is_causal"] = 1
+        if len(q) == 3:
+            attrs |= {"q_num_heads": 1, "kv_num_heads": 1}  # 3-D is (N, L, heads * E) to ONNX
+        writer.node("Attention", list(inputs), [output], name, **attrs)
+    else:
+        _write_formula(writer, name, inputs, output, q, k, _scale(scale, q), is_causal)
+
+
+def _write_formula(writer: Any, name: str, inputs: list[str], output: str, q: Shape, k: Shape, scale: float,
+                   is_causal: bool) -> None:
+    """The attention written with MatMul / Softmax (any opset, any rank)."""
+    query, key, value = inputs
+    perm = list(range(len(k)))
+    perm[-2:] = perm[-1], perm[-2]
+    writer.node("Transpose", [key], [f"{name}/k_t"], f"{name}/k_t", perm=perm)
+    writer.node("MatMul", [query, f"{name}/k_t"], [f"{name}/qk"], f"{name}/qk")
+    factor = writer.const(f"{name}.scale", np.array(scale, dtype=np.float32))
+    scores = f"{name}/scores"
+    writer.node("Mul", [f"{name}/qk", factor], [scores], scores)
+    if is_causal:
+        length, source = q[-2], k[-2]
+        allowed = np.tril(np.ones((length, source), dtype=bool))  # torch's: top-left aligned
+        mask = writer.const(f"{name}.causal_mask", np.where(allowed, 0.0, -np.inf).astype(np.float32))
+        writer.node("Add", [scores, mask], [f"{name}/masked"], f"{name}/masked")
+        scores = f"{name}/masked"
+    writer.node("Softmax", [scores], [f"{name}/weights"], f"{name}/weights", axis=-1)
+    writer.node("MatMul", [f"{name}/weights", value], [output], name)

@@ -26,7 +26,8 @@ class Opaque(LayerType):
         module: nn.Module = layer.extra["module"]
         state = {name: torch.empty(blob.shape, dtype=blob.dtype, device="meta") for name, blob in layer.blobs.items()}
         return run_on_meta(
-            lambda *xs: torch.func.functional_call(module, state, xs), layer, in_shapes, len(layer.outputs)
+            lambda *xs: torch.func.functional_call(module, state, *_arguments(layer, list(xs))), layer, in_shapes,
+            len(layer.outputs),
         )
 
     def trainable_roles(self, layer: Layer) -> tuple[str, ...]:
@@ -34,8 +35,15 @@ class Opaque(LayerType):
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
         target = layer.extra.get("module_path", layer.name)
-        return graph.call_module(target, tuple(inputs), substitute(layer.extra.get("kwargs", {}), inputs))
+        return graph.call_module(target, *_arguments(layer, inputs))
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:
         # Surgery does not model it: the writer exports it with torch's own exporter.
         writer.traced(layer)
+
+
+def _arguments(layer: Layer, inputs: list[Any]) -> tuple[tuple, dict]:
+    """The module call's arguments: the recorded ones (``extra["args"]`` / ``["kwargs"]``,
+    inputs standing as :class:`InputRef`) with ``inputs`` put in, else the inputs in order."""
+    args = substitute(layer.extra["args"], inputs) if "args" in layer.extra else tuple(inputs)
+    return tuple(args), substitute(layer.extra.get("kwargs", {}), inputs)

@@ -131,6 +131,19 @@ class LayerType:
         """Hyper-parameters of a layer made from ``module`` (torch importer hook)."""
         raise NotImplementedError
 
+    def import_torch_module_call(self, module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+        """Hyper-parameters of a layer made from one traced call of ``module``, or None
+        when the call stays an opaque module. ``args`` holds ``None`` where a tensor stands;
+        the layer's inputs are the call's tensors in order. Default: a call on one tensor
+        without keyword arguments (:meth:`import_torch_module` decides)."""
+        if len(args) != 1 or kwargs:
+            return None
+        return self.import_torch_module(module)
+
+    #: The layer's blobs include its module's submodules' parameters under dotted roles
+    #: (``out_proj.weight``), as the module's own ``state_dict`` names them.
+    torch_nested_blobs: ClassVar[bool] = False
+
     def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
         """Hyper-parameters of a layer made from a traced call, or None when this call
         (e.g. ``torch.flatten`` with unusual arguments) is not one this type can take.
