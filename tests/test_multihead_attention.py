@@ -198,6 +198,41 @@ def test_other_forms_stay_opaque_and_run(case: str) -> None:
         assert (ours is None and theirs is None) or torch.equal(ours, theirs)
 
 
+class Mixed(nn.Module):
+    """One module called in the layer's form and in another (asking for the weights)."""
+
+    def __init__(self, typed_first: bool) -> None:
+        super().__init__()
+        self.typed_first = typed_first
+        self.attention = nn.MultiheadAttention(EMBED, HEADS, batch_first=True)
+
+    def forward(self, x):
+        if self.typed_first:
+            x = self.attention(x, x, x, need_weights=False)[0]
+        y, w = self.attention(x, x, x)
+        if not self.typed_first:
+            y = self.attention(y, y, y, need_weights=False)[0]
+        return y * w.mean()
+
+
+@pytest.mark.parametrize("typed_first", [True, False], ids=["typed_first", "opaque_first"])
+def test_a_module_called_in_both_forms_shares_its_weights(typed_first: bool, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = Mixed(typed_first).eval()
+    net = import_torch(module, (2, 5, EMBED))
+    types = [layer.type for layer in net.layers()]
+    assert types.count(KIND) == 1 and types.count("Opaque") == 1, types
+    model = surgery.to_torch(net).eval()
+    assert list(model.state_dict()) == list(module.state_dict())
+    path = emit_onnx(net, tmp_path / "m.onnx", opset=17)
+    for batch in (2, 3):
+        x = torch.randn(batch, 5, EMBED)
+        with torch.no_grad():
+            expected = module(x)
+            assert torch.equal(model(x), expected)
+        np.testing.assert_allclose(_run(path, [x]), expected.numpy(), atol=ATOL, rtol=0)
+
+
 def test_caffe_refuses_it_by_name(tmp_path: Path) -> None:
     _, net, _ = _net("self")
     with pytest.raises(ModelFormatError, match=f"'attention' .{KIND}. cannot be written to Caffe"):

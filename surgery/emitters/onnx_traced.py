@@ -50,7 +50,7 @@ def _module_for(writer: Any, layer: Layer) -> nn.Module:
     """A copy of the source module holding the layer's blobs (the module itself may sit on
     the meta device, its weights read lazily)."""
     owner = writer.net.layer(layer.extra.get("module_path", layer.name))
-    module = copy.deepcopy(owner.extra["module"])
+    module = copy.deepcopy(layer.extra["module"])  # the same module as the owner's (which may be typed)
     for role, blob in owner.blobs.items():
         path, _, leaf = role.rpartition(".")
         holder = module.get_submodule(path)

@@ -3,6 +3,7 @@ weights through the surgery untouched, and still emits to torch."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -24,7 +25,11 @@ class Opaque(LayerType):
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         module: nn.Module = layer.extra["module"]
-        state = {name: torch.empty(blob.shape, dtype=blob.dtype, device="meta") for name, blob in layer.blobs.items()}
+        # A second call of a module holds no blobs (the first caller owns them): the
+        # module's own tensors give the shapes, so nothing runs on real weights.
+        own = itertools.chain(module.named_parameters(), module.named_buffers())
+        state = {name: torch.empty(t.shape, dtype=t.dtype, device="meta") for name, t in own if t is not None}
+        state |= {name: torch.empty(blob.shape, dtype=blob.dtype, device="meta") for name, blob in layer.blobs.items()}
         return run_on_meta(
             lambda *xs: torch.func.functional_call(module, state, *_arguments(layer, list(xs))), layer, in_shapes,
             len(layer.outputs),
