@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import surgery
+from onnx_runs import random_inputs, run_onnx
 from surgery.emitters.caffe import emit_caffe
 from surgery.emitters.onnx_model import emit_onnx
 from surgery.errors import ModelFormatError
 from surgery.importers.onnx_model import import_onnx
 from surgery.importers.torch_fx import import_torch
-from surgery.verify import onnx_session
 
 ort = pytest.importorskip("onnxruntime")
 ATOL = 1e-5  # float32 softmax and two products, in another runtime
@@ -82,23 +82,14 @@ def _net(case: str):
     return module, net, shapes
 
 
-def _inputs(shapes, batch: int) -> list[torch.Tensor]:
-    return [torch.randn(batch, *shape[1:]) for shape in shapes]
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_torch_round_trip_is_exact(case: str) -> None:
     module, net, shapes = _net(case)
     model = surgery.to_torch(net).eval()
     for batch in (2, 3):
-        xs = _inputs(shapes, batch)
+        xs = random_inputs(shapes, batch)
         with torch.no_grad():
             assert torch.equal(model(*xs), module(*xs))
-
-
-def _run(path: Path, xs: list[torch.Tensor]) -> np.ndarray:
-    session = onnx_session(path)
-    return session.run(None, {i.name: x.numpy() for i, x in zip(session.get_inputs(), xs)})[0]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -112,10 +103,10 @@ def test_onnx_formula_and_native_operator_match_at_two_batch_sizes(case: str, tm
         assert nodes[layer.name] == ("Attention" if native else "MatMul")
         assert ("Softmax" in nodes.values()) != native
         for batch in (2, 3):
-            xs = _inputs(shapes, batch)
+            xs = random_inputs(shapes, batch)
             with torch.no_grad():
                 expected = module(*xs).numpy()
-            np.testing.assert_allclose(_run(path, xs), expected, atol=ATOL, rtol=0,
+            np.testing.assert_allclose(run_onnx(path, xs), expected, atol=ATOL, rtol=0,
                                        err_msg=f"opset {opset}, batch {batch}")
 
 
@@ -125,7 +116,7 @@ def test_the_native_operator_reads_back_as_the_layer(case: str, tmp_path: Path) 
     again = import_onnx(emit_onnx(net, tmp_path / "m.onnx", opset=23))
     (layer,) = [layer for layer in again.layers() if layer.type == KIND]
     assert layer.params["is_causal"]
-    xs = _inputs(shapes, 2)
+    xs = random_inputs(shapes, 2)
     with torch.no_grad():
         np.testing.assert_allclose(surgery.to_torch(again).eval()(*xs).numpy(), module(*xs).numpy(), atol=ATOL,
                                    rtol=0)
@@ -135,7 +126,7 @@ def test_the_formula_reads_back_as_plain_layers(tmp_path: Path) -> None:
     module, net, shapes = _net("4d_causal")
     again = import_onnx(emit_onnx(net, tmp_path / "m.onnx", opset=17))
     assert {"MatMul", "Softmax", "Permute"} <= {layer.type for layer in again.layers()}
-    xs = _inputs(shapes, 2)
+    xs = random_inputs(shapes, 2)
     with torch.no_grad():
         np.testing.assert_allclose(surgery.to_torch(again).eval()(*xs).numpy(), module(*xs).numpy(), atol=ATOL,
                                    rtol=0)
@@ -152,7 +143,7 @@ def test_timms_block_has_the_layer_and_matches(tmp_path: Path) -> None:
         x = torch.randn(batch, 5, 8)
         with torch.no_grad():
             assert torch.equal(surgery.to_torch(net).eval()(x), module(x))
-            np.testing.assert_allclose(_run(path, [x]), module(x).numpy(), atol=ATOL, rtol=0)
+            np.testing.assert_allclose(run_onnx(path, [x]), module(x).numpy(), atol=ATOL, rtol=0)
 
 
 class Masked(nn.Module):

@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 import surgery
+from onnx_runs import random_inputs, run_onnx
 from surgery.emitters.caffe import emit_caffe
 from surgery.emitters.onnx_model import emit_onnx
 from surgery.errors import ModelFormatError
 from surgery.importers.torch_fx import import_torch
-from surgery.verify import onnx_session
 
 ort = pytest.importorskip("onnxruntime")
 ATOL = 1e-5  # float32: three projections, a softmax and two products, in another runtime
@@ -74,16 +74,12 @@ def _net(case: str):
     return module, net, shapes
 
 
-def _inputs(shapes, batch: int) -> list[torch.Tensor]:
-    return [torch.randn(batch, *shape[1:]) for shape in shapes]
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_torch_round_trip_is_exact(case: str) -> None:
     module, net, shapes = _net(case)
     model = surgery.to_torch(net).eval()
     for batch in (2, 3):
-        xs = _inputs(shapes, batch)
+        xs = random_inputs(shapes, batch)
         with torch.no_grad():
             assert torch.equal(model(*xs), module(*xs))
         assert torch.equal(model(*xs), module(*xs))  # with autograd on: torch's other path
@@ -94,7 +90,7 @@ def test_train_mode_dropout_follows_the_source_with_one_seed(case: str) -> None:
     module, net, shapes = _net(case)
     model = surgery.to_torch(net).train()
     module.train()
-    xs = _inputs(shapes, 3)
+    xs = random_inputs(shapes, 3)
     torch.manual_seed(7)
     expected = module(*xs)
     torch.manual_seed(7)
@@ -115,11 +111,6 @@ def test_state_dict_keys_and_values_are_the_sources(case: str) -> None:
         assert torch.equal(emitted[key], value)
 
 
-def _run(path: Path, xs: list[torch.Tensor]) -> np.ndarray:
-    session = onnx_session(path)
-    return session.run(None, {i.name: x.numpy() for i, x in zip(session.get_inputs(), xs)})[0]
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_onnx_formula_and_native_operator_match_at_two_batch_sizes(case: str, tmp_path: Path) -> None:
     module, net, shapes = _net(case)
@@ -132,10 +123,10 @@ def test_onnx_formula_and_native_operator_match_at_two_batch_sizes(case: str, tm
         assert ("Attention" in ops) == (opset >= 23) and ("Softmax" in ops) == (opset < 23)
         assert next(n for n in graph.node if n.output[0] == graph.output[0].name).name == last.name
         for batch in (2, 3):
-            xs = _inputs(shapes, batch)
+            xs = random_inputs(shapes, batch)
             with torch.no_grad():
                 expected = module(*xs).numpy()
-            np.testing.assert_allclose(_run(path, xs), expected, atol=ATOL, rtol=0,
+            np.testing.assert_allclose(run_onnx(path, xs), expected, atol=ATOL, rtol=0,
                                        err_msg=f"opset {opset}, batch {batch}")
 
 
@@ -230,7 +221,7 @@ def test_a_module_called_in_both_forms_shares_its_weights(typed_first: bool, tmp
         with torch.no_grad():
             expected = module(x)
             assert torch.equal(model(x), expected)
-        np.testing.assert_allclose(_run(path, [x]), expected.numpy(), atol=ATOL, rtol=0)
+        np.testing.assert_allclose(run_onnx(path, [x]), expected.numpy(), atol=ATOL, rtol=0)
 
 
 def test_caffe_refuses_it_by_name(tmp_path: Path) -> None:

@@ -230,7 +230,7 @@ class _Importer:
                 if opaque is None:
                     opaque = self._opaque_call(node, inputs)
                     traced = self._traced(opaque, [self.blob_of[n] for n in tensors])
-                params = kind.import_torch_call(node.target, args, kwargs, traced) if traced else None
+                params = kind.import_torch_call_traced(node.target, args, kwargs, traced) if traced else None
             elif not sizes:
                 call_args, call_kwargs = self._flagged(node) if kind.reads_mode_flags else (args, kwargs)
                 params, structure = kind.import_torch_call_shaped(

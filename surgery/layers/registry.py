@@ -51,10 +51,10 @@ class LayerType:
     name: ClassVar[str] = ""
     torch_modules: ClassVar[tuple[type, ...]] = ()
     torch_functions: ClassVar[tuple[Any, ...]] = ()
-    #: ``import_torch_call`` takes a fourth argument, the call's
-    #: :class:`~surgery.layers.meta_run.TracedShapes`, and may be handed calls whose sizes
-    #: follow the batch (``x.view(x.size(0), -1)``): its parameters are read off the traced
-    #: shapes, and the importer checks the layer gives them at both batch sizes.
+    #: The importer traces this type's calls at two batch sizes and asks
+    #: :meth:`import_torch_call_traced` (not :meth:`import_torch_call`), also for calls whose
+    #: sizes follow the batch (``x.view(x.size(0), -1)``); the layer must give the traced
+    #: shapes at both batch sizes.
     reads_traced_shapes: ClassVar[bool] = False
     #: ``import_torch_call`` is handed :data:`~surgery.layers.opaque_call.TRAINING` where the
     #: model passed its own ``self.training`` (True in the train trace, False in the eval one).
@@ -159,6 +159,14 @@ class LayerType:
         hyper-parameters or the number of outputs depend on the input shapes."""
         return self.import_torch_call(target, args, kwargs), None
 
+    def import_torch_call_traced(self, target: Any, args: tuple, kwargs: dict,
+                                 traced: Any) -> dict[str, Any] | None:
+        """Hyper-parameters of a layer made from a traced call, read off ``traced`` (the
+        call's :class:`~surgery.layers.meta_run.TracedShapes`), or None. Asked only of types
+        that set :attr:`reads_traced_shapes`. ``args`` holds ``None`` where a tensor or a
+        size that follows the batch stands."""
+        return None
+
     #: Functional calls (``F.linear``) this type takes when their weights are one module's
     #: own parameters (timm's Linear, Conv2dSame and BatchNormAct2d subclasses call them).
     torch_functionals: ClassVar[tuple[Any, ...]] = ()
@@ -232,22 +240,23 @@ def torch_module_map() -> dict[type, LayerType]:
     return {cls: kind for kind in all_kinds().values() for cls in kind.torch_modules}
 
 
-def torch_functional_map() -> dict[Any, list[LayerType]]:
-    """Functional call -> layer types taking it on a module's own weights, for the torch importer."""
+def _calls_to_kinds(attribute: str) -> dict[Any, list[LayerType]]:
+    """Each callable a layer type lists under ``attribute`` -> the types listing it."""
     found: dict[Any, list[LayerType]] = {}
     for kind in all_kinds().values():
-        for fn in kind.torch_functionals:
+        for fn in getattr(kind, attribute):
             found.setdefault(fn, []).append(kind)
     return found
+
+
+def torch_functional_map() -> dict[Any, list[LayerType]]:
+    """Functional call -> layer types taking it on a module's own weights, for the torch importer."""
+    return _calls_to_kinds("torch_functionals")
 
 
 def torch_function_map() -> dict[Any, list[LayerType]]:
     """Traced callable / method name -> candidate layer types, for the torch importer."""
-    found: dict[Any, list[LayerType]] = {}
-    for kind in all_kinds().values():
-        for fn in kind.torch_functions:
-            found.setdefault(fn, []).append(kind)
-    return found
+    return _calls_to_kinds("torch_functions")
 
 
 def check_param(ok: bool, message: str, fix: str | None = None) -> None:

@@ -89,7 +89,8 @@ class Reshape(LayerType):
             args = [in_shapes[0][i] if d == 0 else d for i, d in enumerate(target)]
         return graph.call_method("reshape", (inputs[0], *args))
 
-    def import_torch_call(self, target: Any, args: tuple, kwargs: dict, traced: TracedShapes) -> dict[str, Any] | None:
+    def import_torch_call_traced(self, target: Any, args: tuple, kwargs: dict,
+                                 traced: TracedShapes) -> dict[str, Any] | None:
         """``x.view(n, -1)``, ``x.reshape((n, c, h * w))``, ``torch.reshape(x, shape)``,
         ``unsqueeze`` / ``squeeze``: the target is read off the traced output shape at two
         batch sizes. An axis of the same size at both is that size, whatever expression
