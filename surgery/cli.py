@@ -219,17 +219,31 @@ def _show_note(message, category, filename, lineno, file=None, line=None) -> Non
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``surgery`` console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    previous = _terminate_like_interrupt()
+def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
+    """Run one ``surgery`` command; returns the exit code (2 for a user error, 130 after
+    SIGINT, 143 after SIGTERM).
+
+    ``exiting``: the process ends right after (the console script): SIGINT and SIGTERM
+    stay ignored from the end of the run on, so a signal during the interpreter's
+    shutdown cannot change an exit code that already stands for a finished run.
+    """
+    args = build_parser().parse_args(argv)
+    interrupts = _Interrupts()
     try:
-        return _run(args)
-    except KeyboardInterrupt:  # a second signal, or one landing while the run winds down
-        return 130
+        interrupts.arm()
+        code = _run(args)
+        interrupts.disarm()
+    except KeyboardInterrupt:  # raised at most once, and only between arm and disarm
+        print("interrupted; the output folder is as it was, or complete", file=sys.stderr)
+        code = 128 + (interrupts.signum or signal.SIGINT)
     finally:
-        _restore_terminate(previous)
+        interrupts.close(ignore=exiting)
+    return code
+
+
+def console() -> None:
+    """The ``surgery`` console script (and ``python -m surgery.cli``)."""
+    sys.exit(main(exiting=True))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -241,34 +255,58 @@ def _run(args: argparse.Namespace) -> int:
     except SurgeryError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted; the output folder is as it was, or complete", file=sys.stderr)
-        return 130
 
 
-def _restore_terminate(previous: object | None) -> None:
-    """Put back SIGTERM's previous handler. A SIGTERM landing meanwhile raises in here;
-    the run has ended by then (its outputs complete or absent), so try again."""
-    while previous is not None:
+class _Interrupts:
+    """SIGINT and SIGTERM (Ctrl-C, ``kill``, a job scheduler) unwind the run like Ctrl-C,
+    so staging folders are removed on the way out.
+
+    The handler raises KeyboardInterrupt once, and only while armed; any later signal
+    is recorded and otherwise ignored. ``main`` arms it inside its ``try`` and disarms
+    it as the try's last statement, so the one KeyboardInterrupt always lands where it
+    is caught, however late the signal comes (a handler may run at any function call,
+    including those that restore the previous handlers).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.signum: int | None = None
+        self.previous: dict[int, object] = {}
         try:
-            signal.signal(signal.SIGTERM, previous)
-            return
-        except KeyboardInterrupt:
-            continue
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread: leave Python's own handling
+            self.previous.clear()
 
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    def arm(self) -> None:
+        """From here on, a signal unwinds the run (one that came already does so now)."""
+        self.armed = True
+        if self.signum is not None:
+            self.armed = False
+            raise KeyboardInterrupt
 
+    def disarm(self) -> None:
+        self.armed = False
 
-def _terminate_like_interrupt() -> object | None:
-    """SIGTERM (``kill``, a job scheduler) unwinds like Ctrl-C, so staging files are
-    removed; the previous handler, to restore (None when not on the main thread)."""
-    try:
-        return signal.signal(signal.SIGTERM, _raise_interrupt)
-    except ValueError:  # signal handlers can only be set from the main thread
-        return None
+    def close(self, *, ignore: bool) -> None:
+        """Put back the previous handlers, or ignore both signals when the process is
+        about to exit. The handler is disarmed: a signal arriving meanwhile raises nothing."""
+        self.armed = False
+        for signum, previous in self.previous.items():
+            if ignore:
+                signal.signal(signum, signal.SIG_IGN)
+            else:  # None: a handler set outside Python, which Python cannot put back
+                signal.signal(signum, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
