@@ -33,15 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from surgery.emitters.files import FileLog, sha256_file
-from surgery.emitters.torch_module import OPAQUE_FILE, SOURCE_FILE, WEIGHTS_FILE
 from surgery.errors import SpecError, SurgeryError
 from surgery.spec import LoadedSpec
 
 #: The file that marks a folder as surgery's output (or a staging folder of it).
 MARKER = ".surgery-output"
 MARKER_TEXT = "This folder was written by `surgery apply`; `surgery apply --force` may replace it.\n"
-#: Names at the top of every output folder that no spec output may take.
-RESERVED = ("report.json", "report.html", MARKER)
 _STAGING = "partial"
 _BACKUP = "old"
 _NAME_ROOM = 100  # characters of -o's name kept in staging names (file names stop at 255 bytes)
@@ -66,13 +63,14 @@ def check_output_path(value: str, what: str) -> str:
     return normal
 
 
-def check_output_paths(outputs: Iterable[tuple[str, str, str]]) -> None:
+def check_output_paths(outputs: Iterable[tuple[str, str, str]], reserved: Iterable[str] = (MARKER,)) -> None:
     """Outputs ``(path, what, spec value)``: each inside ``-o``; no two on one path, none
-    inside another (a file where a folder must go), none on a reserved name."""
+    inside another (a file where a folder must go), none on a ``reserved`` name."""
     seen: dict[str, str] = {}
+    taken = {name.casefold() for name in reserved}
     for path, what, value in outputs:
         normal = check_output_path(path, what)
-        if normal.casefold() in {r.casefold() for r in RESERVED}:
+        if normal.casefold() in taken or normal.split("/")[0].casefold() in taken:
             raise SpecError(f"{what} {value!r} would replace the run's own {normal}", fix="choose another file name",
                             subject=value)
         key = normal.casefold()  # case-insensitive file systems would merge these
@@ -81,35 +79,6 @@ def check_output_paths(outputs: Iterable[tuple[str, str, str]]) -> None:
                 raise SpecError(f"{what} {value!r} collides with {other}",
                                 fix="give each output its own path in the output { } block", subject=value)
         seen[key] = f"{what} {value!r}"
-
-
-def declared_outputs(message: Any) -> list[tuple[str, str, str]]:
-    """Every file ``apply`` writes for the spec ``message`` besides the reserved names,
-    as ``(path, what, spec value)`` for :func:`check_output_paths`."""
-    output = message.output
-    everything = not message.HasField("output")  # no output block: torch and ONNX
-    files: list[tuple[str, str, str]] = []
-
-    def torch_folder(folder: str, what: str) -> None:
-        check_output_path(folder, what)
-        files.extend((f"{folder}/{name}", what, folder) for name in (SOURCE_FILE, WEIGHTS_FILE, OPAQUE_FILE))
-
-    def onnx_file(path: str, what: str) -> None:
-        files.append((path, what, path))
-        if path:
-            files.append((path + ".data", f"{what} (its external data)", path))
-
-    if output.HasField("pytorch") or everything:
-        torch_folder(output.pytorch.path, "output.pytorch.path")
-    if output.HasField("onnx") or everything:
-        onnx_file(output.onnx.path, "output.onnx.path")
-    if output.HasField("step"):
-        onnx_file(output.step.onnx, "output.step.onnx")
-        torch_folder(output.step.pytorch, "output.step.pytorch")
-    if output.HasField("caffe"):
-        files += [(output.caffe.prototxt, "output.caffe.prototxt", output.caffe.prototxt),
-                  (output.caffe.weights, "output.caffe.weights", output.caffe.weights)]
-    return files
 
 
 # ------------------------------------------------------------------------ records
@@ -378,5 +347,6 @@ def publish(staging: Path, target: Target) -> None:
     remove_output(old)
 
 
-__all__ = ["MARKER", "Target", "declared_outputs", "file_records", "input_files", "output_path", "output_records", "check_output_path", "check_output_paths", "check_target", "clean_stale",
-           "is_previous_output", "make_staging", "publish", "remove_output"]
+__all__ = ["MARKER", "Target", "check_output_path", "check_output_paths", "check_target", "clean_stale", "file_records",
+           "input_files", "is_previous_output", "make_staging", "output_path", "output_records", "publish",
+           "remove_output"]

@@ -18,8 +18,8 @@ FLOORS = [
     {"math"},
     {"layers"},
     {"importers", "emitters", "probe"},
-    {"ops", "verify", "report", "change"},
-    {"api", "cli", "zoo", "output_folder", "__init__", "__main__"},
+    {"ops", "edits", "verify", "report", "change"},
+    {"api", "runner", "video", "outputs", "cli", "zoo", "output_folder", "__init__", "__main__"},
 ]
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 import yaml
 from google.protobuf import json_format, text_format
 
-from surgery.errors import SpecError
+from surgery.errors import SpecError, SurgeryError
 from surgery.spec.schema import spec_class
 
 TEXT_SUFFIXES = {".prototxt", ".pbtxt", ".txt", ".spec"}
@@ -74,6 +76,20 @@ class LoadedSpec:
     def base_dir(self) -> Path:
         """Relative paths in a spec are relative to the spec file's folder."""
         return self.path.parent
+
+    @contextmanager
+    def located(self, where: str | int) -> Iterator[None]:
+        """Errors raised in the block that carry no location yet get one in this spec:
+        ``where`` is a top-level field (``"source"``, ``"output"``) or an edit's index;
+        the error's ``subject`` is looked for inside it."""
+        try:
+            yield
+        except SurgeryError as error:
+            if error.location is None:
+                locator = self.locator
+                error.location = (locator.find(where, error.subject) if isinstance(where, int)
+                                  else locator.section(where, error.subject))
+            raise
 
 
 # --------------------------------------------------------------------- text format

@@ -1,0 +1,243 @@
+"""Running a spec: plan it in memory, apply it to an output folder, verify it, draw it.
+
+These are the spec-file front doors behind :mod:`surgery.api` and the CLI; the
+scripted edits (``surgery.classifier(net, ...)``) live in :mod:`surgery.api` itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from surgery import output_folder, outputs
+from surgery.edits import run_edit
+from surgery.errors import SpecError
+from surgery.importers.sources import load_source
+from surgery.ir import Net
+from surgery.ops.base import Action, OpContext
+from surgery.report import Report, build_report
+from surgery.spec import LoadedSpec, load_spec
+from surgery.spec.loader import spec_to_dict
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Plan:
+    """A validated spec applied in memory: the edited net and its report."""
+
+    spec: LoadedSpec
+    net: Net
+    report: Report
+    timings: dict[str, float] = field(default_factory=dict)
+    #: The source net as loaded, before the edits: structure only, no weights.
+    source: Net | None = None
+
+
+def _step(progress: Progress | None, text: str) -> None:
+    if progress is not None:
+        progress(text)
+
+
+def plan(spec_path: str | Path, progress: Progress | None = None, *, shapes_only: bool = True,
+         source: Net | None = None) -> Plan:
+    """Load the spec and its source, apply every edit in memory, build the report.
+
+    Writes nothing, and with ``shapes_only`` (the default) reads no weights: the plan's
+    net then has names, shapes and new-layer weights only. ``source``: edit a copy of
+    this already loaded net instead of loading the spec's source. Errors carry the
+    spec's ``file:line:col``.
+    """
+    return _plan(load_spec(spec_path), progress, shapes_only=shapes_only, source=source)
+
+
+def _plan(loaded: LoadedSpec, progress: Progress | None, *, shapes_only: bool, source: Net | None = None) -> Plan:
+    message = loaded.message
+    _check_output_versions(loaded)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    if source is not None:
+        net = source.copy()
+    else:
+        _step(progress, f"loading the source model of {loaded.path}")
+        with loaded.located("source"):
+            net = load_source(message.source, loaded.base_dir, name=message.name or None, shapes_only=shapes_only,
+                              seed=message.seed)
+    timings["load"] = time.perf_counter() - start
+    before = net.skeleton()
+    actions: list[Action] = []
+    ctx = OpContext(seed=message.seed, base_dir=loaded.base_dir, shapes_only=shapes_only)
+    for index, item in enumerate(message.edit):
+        op = item.WhichOneof("op")
+        if op is None:
+            raise SpecError("empty edit", location=loaded.locator.edit(index), fix="put one operation inside edit { }")
+        _step(progress, f"edit {index + 1}/{len(message.edit)}: {op}")
+        with loaded.located(index):
+            done = run_edit(net, op, getattr(item, op), ctx)
+        # Each row of the report points at the spec line that did it.
+        actions += [dataclasses.replace(a, where=loaded.locator.find(index, a.was or a.layer)) for a in done]
+    timings["edits"] = time.perf_counter() - start - timings["load"]
+    return Plan(loaded, net, build_report(net, actions, spec_to_dict(message)), timings, before)
+
+
+def _check_output_versions(loaded: LoadedSpec) -> None:
+    """The ONNX opset / IR version the spec asks for, against what is installed."""
+    onnx = loaded.message.output.onnx
+    if not (onnx.HasField("opset") or onnx.HasField("ir_version")):
+        return
+    from surgery.emitters.onnx_model import check_versions
+
+    with loaded.located("output"):
+        check_versions(onnx.opset if onnx.HasField("opset") else None,
+                       onnx.ir_version if onnx.HasField("ir_version") else None)
+
+
+@dataclass
+class ApplyResult:
+    """What ``apply`` wrote."""
+
+    out_dir: Path
+    files: list[Path]
+    report: Report
+    timings: dict[str, float]
+    #: The verify result, when ``apply(..., verify=True)`` ran it.
+    verified: Any = None
+
+
+def apply(spec_path: str | Path, out_dir: str | Path, *, force: bool = False, force_any: bool = False,
+          progress: Progress | None = None, verify: bool = False, seed: int = 0, atol: float = 1e-5,
+          rtol: float = 1e-4, scale_rtol: float = 1e-5) -> ApplyResult:
+    """Apply a spec and write its outputs into ``out_dir``, atomically.
+
+    Everything is built in a staging folder beside ``out_dir`` that becomes ``out_dir``
+    in one step when complete, so ``out_dir`` is always either as it was or complete
+    (see :mod:`surgery.output_folder`). Inputs are never modified; every output lands
+    inside ``out_dir``; ``report.json`` records the sha256 and size of every input and
+    output file.
+
+    Args:
+        spec_path: the spec file (prototxt, YAML or JSON).
+        out_dir: the output folder; it must not exist (or be empty) unless ``force``,
+            and may not be or hold an input of the run.
+        force: replace an existing ``out_dir`` that a previous apply wrote.
+        force_any: replace an existing ``out_dir`` whatever it holds.
+        progress: called with a line of text at each step.
+        verify: also run :func:`verify` (seeded inputs ``seed``, tolerances ``atol``,
+            ``rtol``, ``scale_rtol``) and
+            put its figures in ``report.json`` and ``report.html``; the outputs are
+            written either way, and ``result.verified.ok`` says whether it passed.
+
+    Example:
+        >>> result = surgery.apply("specs/digits_parity.prototxt", "out/digits_parity")
+        >>> print(result.report.format_table())
+    """
+    out = output_folder.output_path(out_dir)
+    output_folder.clean_stale(out)
+    loaded = load_spec(spec_path)
+    with loaded.located("output"):
+        outputs.check_paths(loaded.message)
+    inputs = output_folder.input_files(loaded)
+    target = output_folder.check_target(out, inputs, force=force, force_any=force_any)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="surgery-hash") as pool:
+        input_records = pool.submit(output_folder.file_records, inputs, loaded.base_dir)  # beside the work
+        verified = None
+        if verify:
+            source = _load_source(loaded, progress)
+            planned = _plan(loaded, progress, shapes_only=False, source=source)
+            verified = _run_verify(source, planned, seed, progress, atol=atol, rtol=rtol, scale_rtol=scale_rtol)
+        else:
+            planned = _plan(loaded, progress, shapes_only=False)
+        timings = dict(planned.timings)
+        start = time.perf_counter()
+        files = outputs.write_output_folder(planned, target, input_records, progress)
+    timings["write"] = time.perf_counter() - start
+    shown = Path(out_dir)
+    return ApplyResult(shown, [shown / path.relative_to(out) for path in files], planned.report, timings, verified)
+
+
+def draw(spec_path: str | Path, out_path: str | Path, *, show_all: bool = False,
+         progress: Progress | None = None) -> Path:
+    """Draw the change a spec makes: the source net beside the edited net, each layer
+    coloured by what happened to it (kept / re-initialised / derived / added / dropped /
+    renamed), frozen layers and other lr_mults marked, the spec line of every change.
+
+    Runs like :func:`plan`: reads no weights, writes only ``out_path`` (atomically).
+
+    Args:
+        spec_path: the spec file.
+        out_path: ``.svg``, ``.png`` (needs the ``png`` extra: resvg) or ``.html`` (the
+            report page, without weight or verify figures).
+        show_all: draw every layer (by default runs of unchanged layers fold into one box).
+
+    Example:
+        >>> surgery.draw("specs/googlenet_flowers.prototxt", "change.svg")
+    """
+    from surgery.change import change_svg
+    from surgery.emitters.picture.files import write_picture
+
+    out = Path(out_path)
+    kind = out.suffix.lower()
+    if kind not in (".svg", ".png", ".html"):
+        raise SpecError(f"cannot draw to {str(out)!r}: unknown picture type {kind or '(none)'!r}",
+                        fix="name the output .svg, .png or .html")
+    planned = plan(spec_path, progress)
+    if out.resolve() == planned.spec.path.resolve():
+        raise SpecError(f"{str(out)!r} is the spec itself", fix="choose another output file")
+    _step(progress, f"drawing {out}")
+    if kind == ".html":
+        return write_picture(out, report_page(planned))
+    return write_picture(out, change_svg(planned.source, planned.net, planned.report, show_all=show_all))
+
+
+def report_page(planned: Plan, verified: Any = None, *, show_all: bool = False) -> str:
+    """The self-contained HTML report of a plan (``verified``: a verify result to show)."""
+    from surgery.change import report_html
+
+    return report_html(planned.spec.path, planned.source, planned.net, planned.report, verified, show_all=show_all)
+
+
+def verify(spec_path: str | Path, *, seed: int = 0, atol: float = 1e-5, rtol: float = 1e-4, scale_rtol: float = 1e-5,
+           progress: Progress | None = None, html: str | Path | None = None):
+    """Apply a spec in memory and compare emitted torch, emitted ONNX (onnxruntime) and
+    the source model on the same seeded inputs. Returns a
+    :class:`surgery.verify.VerifyResult` (``.ok``, ``.comparisons``, ``.provider``); see
+    :class:`surgery.verify.Tolerance` for ``atol`` / ``rtol`` / ``scale_rtol``.
+
+    ``html``: also write the report page, with these figures, to that ``.html`` file
+    (atomically; e.g. over the ``report.html`` an earlier ``apply`` wrote)."""
+    if html is not None and Path(html).suffix.lower() != ".html":
+        raise SpecError(f"cannot write the report page to {str(html)!r}", fix="name it .html")
+    source = _load_source(load_spec(spec_path), progress)
+    planned = plan(spec_path, progress, shapes_only=False, source=source)
+    result = _run_verify(source, planned, seed, progress, atol=atol, rtol=rtol, scale_rtol=scale_rtol)
+    if html is not None:
+        from surgery.emitters.picture.files import write_picture
+
+        _step(progress, f"writing {html}")
+        write_picture(Path(html), report_page(planned, planned.report.verify))
+    return result
+
+
+def _load_source(loaded: LoadedSpec, progress: Progress | None) -> Net:
+    message = loaded.message
+    _step(progress, f"loading the source model of {loaded.path}")
+    with loaded.located("source"):
+        return load_source(message.source, loaded.base_dir, name=message.name or None, seed=message.seed)
+
+
+def _run_verify(source: Net, planned: Plan, seed: int, progress: Progress | None, **tolerance: float):
+    """Verify a plan made from ``source``; its figures go into the plan's report."""
+    from surgery.change import verify_figures
+    from surgery.verify import verify as run_verify
+
+    _step(progress, f"running torch, onnxruntime and the source on seeded inputs (seed {seed})")
+    output = planned.spec.message.output
+    opset = output.onnx.opset if output.onnx.HasField("opset") else 17
+    result = run_verify(source, planned.net, seed=seed, opset=opset, **tolerance)
+    planned.report.verify = verify_figures(result, seed)
+    return result
