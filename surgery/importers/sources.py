@@ -214,7 +214,8 @@ def load_source(source: Any, base_dir: Path, name: str | None = None, shapes_onl
         path = base_dir / source.keras.path
         if not path.exists():
             raise SpecError(f"Keras file {str(path)!r} does not exist", subject=source.keras.path,
-                            fix="check the path (relative to the spec file), or run the script that makes it")
+                            fix="check the path (relative to the spec file); Keras writes such a file with "
+                                "model.save('model.keras')")
         return import_keras(path, input_shape=shape or None, name=name, nhwc_input=source.keras.nhwc_input)
     raise SpecError("the spec names no source model",
                     fix="add source { torch { factory: ... } } (or onnx / caffe / keras)")
