@@ -71,13 +71,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         from surgery.spec import load_spec
 
         loaded = load_spec(args.model)
-        try:
+        with loaded.located("source"):  # point at the spec's source block, as plan does
             net = load_source(loaded.message.source, loaded.base_dir, name=loaded.message.name or None,
-                              shapes_only=True,
-                              seed=loaded.message.seed)
-        except SurgeryError as error:  # point at the spec's source block, as plan does
-            error.location = error.location or loaded.locator.section("source", error.subject)
-            raise
+                              shapes_only=True, seed=loaded.message.seed)
     else:
         net = api.load(args.model, args.input_shape, weights=args.weights, shapes_only=True)
     print(api.report(net).format_table(only_params=args.params_only))

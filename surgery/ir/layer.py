@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from surgery.ir.blob import ParamBlob
@@ -31,6 +31,9 @@ class Layer:
 
     name: str
     type: str
+    # Every field past these two by keyword: a positional copy once put ``extra`` into
+    # ``per_frame``.
+    _: KW_ONLY
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)

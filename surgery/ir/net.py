@@ -349,8 +349,9 @@ class Net:
         twin = Net(self.name)
         for layer in self.layers():
             blobs = {role: dataclasses.replace(blob, _data=None, _loader=None) for role, blob in layer.blobs.items()}
-            twin.add_layer(Layer(layer.name, layer.type, list(layer.inputs), list(layer.outputs),
-                                 copy.deepcopy(layer.params), blobs, layer.phase, dict(layer.extra)))
+            twin.add_layer(dataclasses.replace(layer, inputs=list(layer.inputs), outputs=list(layer.outputs),
+                                               params=copy.deepcopy(layer.params), blobs=blobs,
+                                               extra=dict(layer.extra)))
         twin._outputs = list(self._outputs) if self._outputs is not None else None
         twin.loss_weights = dict(self.loss_weights)
         twin.weight_copy = copy.deepcopy(self.weight_copy)
