@@ -128,7 +128,8 @@ def verify_figures(verified: Any, seed: int = 0) -> dict[str, Any]:
         comparisons.append({"what": c.what, "blob": c.blob, "max_abs": c.max_abs, "max_rel": c.max_rel,
                             "allclose_ratio": c.allclose_ratio, "atol": c.tolerance.atol, "rtol": c.tolerance.rtol,
                             "scale_rtol": c.tolerance.scale_rtol, "ok": c.ok, "passed_by": rule})
-    return {"provider": verified.provider, "ok": verified.ok, "seed": seed, "comparisons": comparisons}
+    return {"provider": verified.provider, "torch_device": verified.device, "onnx_tf32": verified.tf32,
+            "ok": verified.ok, "seed": seed, "comparisons": comparisons}
 
 
 def report_html(spec_path: Path, before: Net, after: Net, report: Report, verified: dict[str, Any] | None = None,

@@ -96,7 +96,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
     progress = _Progress(args.quiet)
     result = api.apply(args.spec, args.out, force=args.force, force_any=args.force_any, progress=progress,
-                       verify=args.verify, seed=args.seed, atol=args.atol, rtol=args.rtol, scale_rtol=args.scale_rtol)
+                       verify=args.verify, **_verify_args(args))
     if not args.quiet:
         print(result.report.format_table(only_params=args.params_only))
     print(f"wrote {result.out_dir}/: " + ", ".join(str(f.relative_to(result.out_dir)) for f in result.files))
@@ -120,8 +120,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from surgery import api
     from surgery.verify import format_verify
 
-    result = api.verify(args.spec, seed=args.seed, atol=args.atol, rtol=args.rtol, scale_rtol=args.scale_rtol,
-                        progress=_Progress(args.quiet), html=args.html)
+    result = api.verify(args.spec, progress=_Progress(args.quiet), html=args.html, **_verify_args(args))
     print(format_verify(result))
     return 0 if result.ok else 1
 
@@ -139,6 +138,24 @@ def _cmd_features(args: argparse.Namespace) -> int:
     written = api.features(args.spec, args.clips, args.out, progress=bar)
     print(f"wrote {len(written)} feature files to {args.out}/")
     return 0
+
+
+def _verify_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a verify run (``verify``, and ``apply --verify``)."""
+    parser.add_argument("--seed", type=int, default=0, help="seed of verify's random inputs")
+    parser.add_argument("--atol", type=float, default=1e-5, help="allclose rule: |a-b| <= atol + rtol*|b| per element")
+    parser.add_argument("--rtol", type=float, default=1e-4, help="allclose rule's relative part (default 1e-4)")
+    parser.add_argument("--scale-rtol", type=float, default=1e-5,
+                        help="scale rule: max |a-b| <= scale-rtol * max |b| (either rule passes a comparison)")
+    parser.add_argument("--device", default="cpu", help="where the torch side runs: cpu (default) or cuda; "
+                        "on a GPU at fp32, TF32 off")
+    parser.add_argument("--tf32", action="store_true", help="let onnxruntime's CUDA provider run in TF32, as "
+                        "onnxruntime-gpu does by default (verify pins it to fp32 otherwise)")
+
+
+def _verify_args(args: argparse.Namespace) -> dict:
+    return {"seed": args.seed, "atol": args.atol, "rtol": args.rtol, "scale_rtol": args.scale_rtol,
+            "device": args.device, "tf32": args.tf32}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,11 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--params-only", action="store_true", help="only layers with parameters in the table")
     apply.add_argument("--verify", action="store_true", help="also run verify and put its figures in the reports; "
                        "exit 1 when a comparison fails (the outputs are written either way)")
-    apply.add_argument("--seed", type=int, default=0, help="seed of verify's random inputs")
-    apply.add_argument("--atol", type=float, default=1e-5, help="verify's allclose rule: |a-b| <= atol + rtol*|b|")
-    apply.add_argument("--rtol", type=float, default=1e-4, help="verify's allclose rule, relative part")
-    apply.add_argument("--scale-rtol", type=float, default=1e-5, help="verify's scale rule: max |a-b| <= "
-                       "scale-rtol * max |b|")
+    _verify_options(apply)
     apply.set_defaults(run=_cmd_apply)
 
     draw = sub.add_parser("draw", help="draw the change: the source beside the edited net (reads no weights)")
@@ -188,11 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="compare emitted torch, emitted ONNX (onnxruntime) and the source; "
                             "exit 1 above tolerance")
     verify.add_argument("spec")
-    verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
-    verify.add_argument("--atol", type=float, default=1e-5, help="allclose rule: |a-b| <= atol + rtol*|b| per element")
-    verify.add_argument("--rtol", type=float, default=1e-4, help="allclose rule's relative part (default 1e-4)")
-    verify.add_argument("--scale-rtol", type=float, default=1e-5,
-                        help="scale rule: max |a-b| <= scale-rtol * max |b| (either rule passes a comparison)")
+    _verify_options(verify)
     verify.add_argument("--html", help="also write the report page with these figures (e.g. DIR/report.html)")
     verify.add_argument("-q", "--quiet", action="store_true")
     verify.set_defaults(run=_cmd_verify)

@@ -111,7 +111,7 @@ class ApplyResult:
 
 def apply(spec_path: str | Path, out_dir: str | Path, *, force: bool = False, force_any: bool = False,
           progress: Progress | None = None, verify: bool = False, seed: int = 0, atol: float = 1e-5,
-          rtol: float = 1e-4, scale_rtol: float = 1e-5) -> ApplyResult:
+          rtol: float = 1e-4, scale_rtol: float = 1e-5, device: str = "cpu", tf32: bool = False) -> ApplyResult:
     """Apply a spec and write its outputs into ``out_dir``, atomically.
 
     Everything is built in a staging folder beside ``out_dir`` that becomes ``out_dir``
@@ -128,7 +128,7 @@ def apply(spec_path: str | Path, out_dir: str | Path, *, force: bool = False, fo
         force_any: replace an existing ``out_dir`` whatever it holds.
         progress: called with a line of text at each step.
         verify: also run :func:`verify` (seeded inputs ``seed``, tolerances ``atol``,
-            ``rtol``, ``scale_rtol``) and
+            ``rtol``, ``scale_rtol``, torch on ``device``, ONNX in TF32 with ``tf32``) and
             put its figures in ``report.json`` and ``report.html``; the outputs are
             written either way, and ``result.verified.ok`` says whether it passed.
 
@@ -137,6 +137,10 @@ def apply(spec_path: str | Path, out_dir: str | Path, *, force: bool = False, fo
         >>> print(result.report.format_table())
     """
     out = output_folder.output_path(out_dir)
+    if verify:
+        from surgery.verify import torch_device
+
+        torch_device(device)  # a GPU asked for and absent: refused before anything else
     output_folder.clean_stale(out)
     loaded = load_spec(spec_path)
     with loaded.located("output"):
@@ -149,7 +153,8 @@ def apply(spec_path: str | Path, out_dir: str | Path, *, force: bool = False, fo
         if verify:
             source = _load_source(loaded, progress)
             planned = _plan(loaded, progress, shapes_only=False, source=source)
-            verified = _run_verify(source, planned, seed, progress, atol=atol, rtol=rtol, scale_rtol=scale_rtol)
+            verified = _run_verify(source, planned, seed, progress, atol=atol, rtol=rtol, scale_rtol=scale_rtol,
+                                   device=device, tf32=tf32)
         else:
             planned = _plan(loaded, progress, shapes_only=False)
         timings = dict(planned.timings)
@@ -202,19 +207,28 @@ def report_page(planned: Plan, verified: Any = None, *, show_all: bool = False) 
 
 
 def verify(spec_path: str | Path, *, seed: int = 0, atol: float = 1e-5, rtol: float = 1e-4, scale_rtol: float = 1e-5,
-           progress: Progress | None = None, html: str | Path | None = None):
+           progress: Progress | None = None, html: str | Path | None = None, device: str = "cpu",
+           tf32: bool = False):
     """Apply a spec in memory and compare emitted torch, emitted ONNX (onnxruntime) and
     the source model on the same seeded inputs. Returns a
     :class:`surgery.verify.VerifyResult` (``.ok``, ``.comparisons``, ``.provider``); see
     :class:`surgery.verify.Tolerance` for ``atol`` / ``rtol`` / ``scale_rtol``.
 
+    ``device``: where the torch side runs (``cpu``, ``cuda``; at fp32 with TF32 off).
+    ``tf32``: onnxruntime's CUDA provider runs in TF32, as onnxruntime-gpu does by
+    default (otherwise verify pins it to fp32).
+
     ``html``: also write the report page, with these figures, to that ``.html`` file
     (atomically; e.g. over the ``report.html`` an earlier ``apply`` wrote)."""
     if html is not None and Path(html).suffix.lower() != ".html":
         raise SpecError(f"cannot write the report page to {str(html)!r}", fix="name it .html")
+    from surgery.verify import torch_device
+
+    torch_device(device)  # a GPU asked for and absent: refused before any loading
     source = _load_source(load_spec(spec_path), progress)
     planned = plan(spec_path, progress, shapes_only=False, source=source)
-    result = _run_verify(source, planned, seed, progress, atol=atol, rtol=rtol, scale_rtol=scale_rtol)
+    result = _run_verify(source, planned, seed, progress, atol=atol, rtol=rtol, scale_rtol=scale_rtol,
+                         device=device, tf32=tf32)
     if html is not None:
         from surgery.emitters.picture.files import write_picture
 
@@ -230,7 +244,7 @@ def _load_source(loaded: LoadedSpec, progress: Progress | None) -> Net:
         return load_source(message.source, loaded.base_dir, name=message.name or None, seed=message.seed)
 
 
-def _run_verify(source: Net, planned: Plan, seed: int, progress: Progress | None, **tolerance: float):
+def _run_verify(source: Net, planned: Plan, seed: int, progress: Progress | None, **options: Any):
     """Verify a plan made from ``source``; its figures go into the plan's report."""
     from surgery.change import verify_figures
     from surgery.verify import verify as run_verify
@@ -238,6 +252,6 @@ def _run_verify(source: Net, planned: Plan, seed: int, progress: Progress | None
     _step(progress, f"running torch, onnxruntime and the source on seeded inputs (seed {seed})")
     output = planned.spec.message.output
     opset = output.onnx.opset if output.onnx.HasField("opset") else 17
-    result = run_verify(source, planned.net, seed=seed, opset=opset, **tolerance)
+    result = run_verify(source, planned.net, seed=seed, opset=opset, **options)
     planned.report.verify = verify_figures(result, seed)
     return result

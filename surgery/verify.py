@@ -12,6 +12,8 @@ Three comparisons, each with an explicit tolerance:
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,30 +77,91 @@ class Comparison:
 
 @dataclass
 class VerifyResult:
+    """The comparisons of one verify run and where each side ran.
+
+    ``provider``: the onnxruntime provider that ran the ONNX side, with its precision
+    (``CUDAExecutionProvider (fp32, TF32 off)``); ``device``: where the torch side ran."""
+
     provider: str
     comparisons: list[Comparison] = field(default_factory=list)
+    device: str = "cpu"
+    tf32: bool = False
 
     @property
     def ok(self) -> bool:
         return all(c.ok for c in self.comparisons)
 
 
-def onnx_session(path: Path):
-    """An onnxruntime session on the CUDA provider when it really starts, else the CPU.
-    ``session.get_providers()[0]`` is the provider that actually runs."""
+#: onnxruntime's CUDA provider runs float32 convolutions and matmuls in TF32 unless told
+#: not to: ten bits of mantissa, 1e-3 relative differences. Verify compares at fp32.
+CUDA_FP32_OPTIONS = {"use_tf32": "0"}
+
+
+def onnx_session(path: Path, *, tf32: bool = False):
+    """An onnxruntime session on the CUDA provider when it really starts (at full fp32
+    unless ``tf32``), else the CPU. ``session.get_providers()[0]`` is the provider that
+    actually runs; :func:`provider_label` says it with its precision."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # the GPU package logs noise when it falls back to the CPU
     if "CUDAExecutionProvider" in ort.get_available_providers():
+        cuda_options = {} if tf32 else dict(CUDA_FP32_OPTIONS)
         try:
             session = ort.InferenceSession(str(path), options,
-                                           providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+                                           providers=[("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"])
             if session.get_providers()[0] == "CUDAExecutionProvider":
                 return session
         except Exception:  # noqa: BLE001  (a CUDA build without a GPU: fall back, and say so below)
             pass
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def provider_label(session, tf32: bool = False) -> str:  # noqa: ANN001
+    """The provider that ran ``session`` and its float32 precision."""
+    provider = session.get_providers()[0]
+    if provider == "CUDAExecutionProvider":
+        return f"{provider} ({'TF32 on, as onnxruntime-gpu by default' if tf32 else 'fp32, TF32 off'})"
+    return f"{provider} (fp32)"
+
+
+def torch_device(name: str) -> torch.device:
+    """The torch device verify runs on; a clear error when CUDA is asked for and absent."""
+    from surgery.errors import SpecError
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise SpecError(f"unknown device {name!r}", fix="use --device cpu or --device cuda (cuda:1, ...)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise SpecError(f"verify runs on the CPU or a CUDA GPU, not {name!r}", fix="use --device cpu or --device cuda")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            built = torch.version.cuda
+            raise SpecError(f"--device {name} asks for a CUDA GPU, and torch {torch.__version__} sees none",
+                            fix="run verify on the CPU (leave out --device); " + (
+                                f"this torch is built for CUDA {built}: check the driver and CUDA_VISIBLE_DEVICES"
+                                if built else "this torch has no CUDA: install a CUDA build of torch"))
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SpecError(f"--device {name}: torch sees {torch.cuda.device_count()} GPU(s)",
+                            fix=f"use an index below {torch.cuda.device_count()}")
+    return device
+
+
+@contextmanager
+def full_fp32() -> Iterator[None]:
+    """torch's float32 convolutions and matmuls at full precision (no TF32) inside the
+    block; the caller's settings come back after it."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.get_float32_matmul_precision())
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        torch.set_float32_matmul_precision(saved[2])
 
 
 def compare(what: str, blob: str, ours: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> Comparison:
@@ -154,12 +217,14 @@ def untouched_frontier(source: Net, edited: Net) -> list[str]:
     return frontier
 
 
-def _torch_blobs(net: Net, blobs: list[str], inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {name: value.numpy() for name, value in blob_values(net, blobs, list(inputs.values())).items()}
+def _torch_blobs(net: Net, blobs: list[str], inputs: dict[str, torch.Tensor],
+                 device: torch.device | None = None) -> dict[str, np.ndarray]:
+    values = blob_values(net, blobs, list(inputs.values()), device=device)
+    return {name: value.cpu().numpy() for name, value in values.items()}
 
 
 def verify(source: Net, edited: Net, *, seed: int = 0, atol: float = 1e-5, rtol: float = 1e-4,
-           scale_rtol: float = 1e-5, opset: int = 17) -> VerifyResult:
+           scale_rtol: float = 1e-5, opset: int = 17, device: str = "cpu", tf32: bool = False) -> VerifyResult:
     """Compare emitted torch, emitted ONNX (onnxruntime) and the source.
 
     Args:
@@ -169,33 +234,43 @@ def verify(source: Net, edited: Net, *, seed: int = 0, atol: float = 1e-5, rtol:
         atol, rtol, scale_rtol: the :class:`Tolerance` (a comparison passes when every
             element is within ``atol + rtol * |b|``, or when the largest difference is
             within ``scale_rtol`` of the reference's largest magnitude).
+        device: where the torch side (emitted model and source) runs: ``cpu`` or
+            ``cuda``; on a GPU at full fp32 (TF32 off), the caller's settings restored.
+        tf32: let onnxruntime's CUDA provider run in TF32, as a deployment with
+            onnxruntime-gpu's defaults does (verify compares at fp32 otherwise).
 
     Example:
         >>> result = verify(surgery.load(model, shape), edited)
         >>> print(format_verify(result)); assert result.ok
     """
-    tolerance = Tolerance(atol, rtol, scale_rtol)
+    torch_on = torch_device(device)
+    with full_fp32():
+        return _verify(source, edited, seed, Tolerance(atol, rtol, scale_rtol), opset, torch_on, tf32)
+
+
+def _verify(source: Net, edited: Net, seed: int, tolerance: Tolerance, opset: int, device: torch.device,
+            tf32: bool) -> VerifyResult:
     inputs = seeded_inputs(edited, seed)
     deploy = edited.outputs_for(None)
-    ours = _torch_blobs(edited, deploy, inputs)
+    ours = _torch_blobs(edited, deploy, inputs, device)
     with tempfile.TemporaryDirectory() as tmp:
         path = emit_onnx(edited, Path(tmp) / "model.onnx", opset=opset)
-        session = onnx_session(path)
+        session = onnx_session(path, tf32=tf32)
         feeds = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
         names = [o.name for o in session.get_outputs()]
         theirs = dict(zip(names, session.run(names, feeds)))
-        provider = session.get_providers()[0]
-    result = VerifyResult(provider)
+        provider = provider_label(session, tf32)
+    result = VerifyResult(provider, device=str(device), tf32=tf32 and provider.startswith("CUDA"))
     for blob in deploy:
         result.comparisons.append(compare("onnx vs torch", blob, theirs[blob], ours[blob], tolerance))
     if has_time_axis(edited):  # a clip model: the source runs on its frames; the step model on them in turn
-        result.comparisons += _frame_comparisons(source, edited, inputs, tolerance)
-        result.comparisons += _step_comparisons(edited, inputs, theirs, tolerance, opset)
+        result.comparisons += _frame_comparisons(source, edited, inputs, tolerance, device)
+        result.comparisons += _step_comparisons(edited, inputs, theirs, tolerance, opset, tf32)
         return result
     frontier = untouched_frontier(source, edited)
     if frontier:
-        source_values = _torch_blobs(source, frontier, {k: inputs[k] for k in seeded_inputs(source, seed)})
-        edited_values = _torch_blobs(edited, frontier, inputs)
+        source_values = _torch_blobs(source, frontier, {k: inputs[k] for k in seeded_inputs(source, seed)}, device)
+        edited_values = _torch_blobs(edited, frontier, inputs, device)
         for blob in frontier:
             result.comparisons.append(
                 compare("torch vs source (untouched)", blob, edited_values[blob], source_values[blob], tolerance))
@@ -203,21 +278,22 @@ def verify(source: Net, edited: Net, *, seed: int = 0, atol: float = 1e-5, rtol:
 
 
 def _frame_comparisons(source: Net, edited: Net, inputs: dict[str, torch.Tensor],
-                       tolerance: Tolerance) -> list[Comparison]:
+                       tolerance: Tolerance, device: torch.device) -> list[Comparison]:
     """The clip model's untouched per-frame blobs vs the source run on every frame."""
     frontier = untouched_frontier(source, without_time(edited))
     if not frontier:
         return []
     clip = clip_input(edited)
     frames = inputs[clip].flatten(0, 1)
-    source_values = _torch_blobs(source, frontier, {layer.outputs[0]: frames for layer in source.input_layers()})
-    edited_values = _torch_blobs(edited, frontier, inputs)
+    source_values = _torch_blobs(source, frontier, {layer.outputs[0]: frames for layer in source.input_layers()},
+                                 device)
+    edited_values = _torch_blobs(edited, frontier, inputs, device)
     return [compare("torch vs source (per frame)", blob, edited_values[blob].reshape(source_values[blob].shape),
                     source_values[blob], tolerance) for blob in frontier]
 
 
 def _step_comparisons(edited: Net, inputs: dict[str, torch.Tensor], clip_values: dict[str, np.ndarray],
-                      tolerance: Tolerance, opset: int) -> list[Comparison]:
+                      tolerance: Tolerance, opset: int, tf32: bool = False) -> list[Comparison]:
     """The ONNX streaming step model fed the clip's frames one by one (from a zero state)
     vs the ONNX clip model; nothing when the head needs the whole clip."""
     try:
@@ -227,7 +303,7 @@ def _step_comparisons(edited: Net, inputs: dict[str, torch.Tensor], clip_values:
     clip = clip_input(edited)
     frames = inputs[clip].numpy()
     with tempfile.TemporaryDirectory() as tmp:
-        session = onnx_session(emit_step_onnx(edited, Path(tmp) / "model_step.onnx", opset=opset))
+        session = onnx_session(emit_step_onnx(edited, Path(tmp) / "model_step.onnx", opset=opset), tf32=tf32)
         names = [o.name for o in session.get_outputs()]
         states = {i.name: np.zeros(step.shape(i.name), np.float32) for i in session.get_inputs() if i.name != clip}
         steps = []
@@ -256,8 +332,11 @@ def _verdict(c: Comparison) -> str:
 def format_verify(result: VerifyResult) -> str:
     """One line per comparison: max abs, max rel (to the output's scale) and which rule passed or failed."""
     lines = [f"onnxruntime provider: {result.provider}"]
+    if result.device != "cpu":
+        lines.append(f"torch device: {result.device} (fp32, TF32 off)")
     width = max((len(c.blob) for c in result.comparisons), default=10)
     for c in result.comparisons:
         lines.append(f"  {c.what:<28} {c.blob:<{width}}  max abs {c.max_abs:.3g}  max rel {c.max_rel:.3g}  {_verdict(c)}")
-    lines.append("verified: all within tolerance" if result.ok else "verification FAILED")
+    ran = " (the ONNX side ran in TF32: this compares a TF32 run with fp32)" if result.tf32 else ""
+    lines.append(("verified: all within tolerance" if result.ok else "verification FAILED") + ran)
     return "\n".join(lines)

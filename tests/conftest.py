@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# References computed by other frameworks run on the CPU at full fp32, so a machine with
+# a GPU compares the same numbers as CI: Keras's torch backend would otherwise put its
+# models on the GPU, where torch runs float32 convolutions in TF32 by default.
+os.environ.setdefault("KERAS_BACKEND", "torch")
+os.environ.setdefault("KERAS_TORCH_DEVICE", "cpu")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
