@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import interleaved, print_row  # noqa: E402
+from bench_core import interleaved, print_row
 
 FIRST, SECOND, MERGED = "features.0", "features.2", "features.block1_conv12"
 SHAPE = (1, 3, 224, 224)
@@ -70,8 +70,13 @@ def prepare() -> dict:
     detail = next(a.detail for a in actions if a.layer == MERGED)
     match = re.search(r"relative error ([0-9.eE+-]+)", detail)
     emitted = surgery.to_torch(net).eval()
-    return {"original": original, "emitted": emitted, "fit_s": fit_s, "detail": detail,
-            "fit_error": float(match.group(1)) if match else None}
+    return {
+        "original": original,
+        "emitted": emitted,
+        "fit_s": fit_s,
+        "detail": detail,
+        "fit_error": float(match.group(1)) if match else None,
+    }
 
 
 def relative_error(estimate: torch.Tensor, target: torch.Tensor) -> float:
@@ -95,24 +100,32 @@ def bench_forward(original: nn.Module, emitted: nn.Module, x: torch.Tensor, repe
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=9,
-                        help="rounds for the whole-net row (the far cheaper block row takes five times as many)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=9,
+        help="rounds for the whole-net row (the far cheaper block row takes five times as many)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     models = prepare()
     torch.manual_seed(1)
     x = torch.randn(*SHAPE)
     results: dict[str, dict] = {
-        "fit": {"fit_s": models["fit_s"], "relative_error": models["fit_error"], "detail": models["detail"]}}
+        "fit": {"fit_s": models["fit_s"], "relative_error": models["fit_error"], "detail": models["detail"]}
+    }
     results["block1"] = bench_block(models["original"], models["emitted"], x, 5 * args.repeat)
     print_row("vgg16 block1: 5x5 conv+ReLU after collapse / before", results["block1"], "after_s", "before_s")
     results["forward"] = bench_forward(models["original"], models["emitted"], x, args.repeat)
     print_row("vgg16 forward: emitted after collapse / torchvision", results["forward"], "emitted_s", "eager_s")
     fit = results["fit"]
     error = f"{fit['relative_error']:.4f}" if fit["relative_error"] is not None else f"? ({fit['detail']})"
-    print(f"{'  accuracy cost: fit relative error (held out)':<55} {error:>7}  (fit at "
-          f"{SHAPE[2]}x{SHAPE[3]}, 8 samples, {fit['fit_s']:.1f} s; block output error on the timing input "
-          f"{results['block1']['block_output_error']:.4f})", flush=True)
+    print(
+        f"{'  accuracy cost: fit relative error (held out)':<55} {error:>7}  (fit at "
+        f"{SHAPE[2]}x{SHAPE[3]}, 8 samples, {fit['fit_s']:.1f} s; block output error on the timing input "
+        f"{results['block1']['block_output_error']:.4f})",
+        flush=True,
+    )
     return results
 
 

@@ -120,15 +120,19 @@ def bench_memory(workdir: Path, spec: Path, nbytes: int) -> dict:
         # Reset the high-water mark so the imports' peak does not count.
         open("/proc/self/clear_refs", "w").write("5")
         base = status("VmRSS")
-        surgery.apply({str(spec)!r}, {str(workdir / 'mem_out')!r})
+        surgery.apply({str(spec)!r}, {str(workdir / "mem_out")!r})
         print(json.dumps({{"base_kb": base, "peak_kb": status("VmHWM")}}))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     data = json.loads(result.stdout.strip().splitlines()[-1])
     peak = data["peak_kb"] * 1024
     above = (data["peak_kb"] - data["base_kb"]) * 1024
-    return {"weights_mb": nbytes / 2**20, "peak_rss_mb": peak / 2**20, "rss_above_imports_mb": above / 2**20,
-            "ratio_above_imports": above / nbytes}
+    return {
+        "weights_mb": nbytes / 2**20,
+        "peak_rss_mb": peak / 2**20,
+        "rss_above_imports_mb": above / 2**20,
+        "ratio_above_imports": above / nbytes,
+    }
 
 
 def bench_forward_backward(repeat: int) -> dict:
@@ -147,6 +151,7 @@ def bench_forward_backward(repeat: int) -> dict:
         def run() -> None:
             model.zero_grad(set_to_none=True)
             model(x).sum().backward()
+
         return run
 
     a, b = interleaved(step(original), step(emitted), repeat)
@@ -173,6 +178,7 @@ def bench_frozen_step(repeat: int) -> dict:
             optimizer.zero_grad(set_to_none=True)
             torch.nn.functional.cross_entropy(model(x), y).backward()
             optimizer.step()
+
         return run
 
     frozen, full = make(True), make(False)
@@ -182,8 +188,9 @@ def bench_frozen_step(repeat: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="rounds per row (the forward+backward row takes three times as many)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds per row (the forward+backward row takes three times as many)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     results: dict[str, dict] = {}
@@ -191,19 +198,26 @@ def main(argv: list[str] | None = None) -> dict:
         workdir = Path(tmp)
         weights, spec, nbytes = prepare(workdir)
         results["apply_vs_load_save"] = bench_apply(workdir, weights, spec, args.repeat)
-        print_row("apply vgg16 torch to torch / torch.load+torch.save", results["apply_vs_load_save"], "apply_s", "floor_s")
+        print_row(
+            "apply vgg16 torch to torch / torch.load+torch.save", results["apply_vs_load_save"], "apply_s", "floor_s"
+        )
         results["memory"] = bench_memory(workdir, spec, nbytes)
         print_memory_row("peak RSS of torch apply above imports / weights bytes", results["memory"])
     results["forward_backward"] = bench_forward_backward(3 * args.repeat)
     print_row("emitted vgg16 fwd+bwd / torchvision eager", results["forward_backward"], "emitted_s", "eager_s")
     results["frozen_step"] = bench_frozen_step(args.repeat)
-    print_row("SGD step, conv trunk frozen / all trainable", results["frozen_step"], "frozen_trunk_s", "all_trainable_s")
+    print_row(
+        "SGD step, conv trunk frozen / all trainable", results["frozen_step"], "frozen_trunk_s", "all_trainable_s"
+    )
     return results
 
 
 def print_memory_row(label: str, m: dict) -> None:
-    print(f"{label:<55} {m['ratio_above_imports']:6.2f}x  ({m['rss_above_imports_mb']:.0f} MB vs "
-          f"{m['weights_mb']:.0f} MB; process peak {m['peak_rss_mb']:.0f} MB)", flush=True)
+    print(
+        f"{label:<55} {m['ratio_above_imports']:6.2f}x  ({m['rss_above_imports_mb']:.0f} MB vs "
+        f"{m['weights_mb']:.0f} MB; process peak {m['peak_rss_mb']:.0f} MB)",
+        flush=True,
+    )
 
 
 def print_row(label: str, row: dict, ours: str, reference: str) -> None:

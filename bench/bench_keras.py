@@ -20,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import interleaved, print_row  # noqa: E402
+from bench_core import interleaved, print_row
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 
@@ -60,11 +60,19 @@ def main(argv: list[str] | None = None) -> None:
     path = vgg16_file()
     load = lambda: keras.models.load_model(path, compile=False)  # noqa: E731
     keras_s, ours_s = interleaved(load, lambda: read_all(path), args.repeat)
-    print_row("Keras VGG16: read all weights vs keras load_model (goal <= 1.0x)",
-              {"ratio": ours_s / keras_s, "ours": ours_s, "keras": keras_s}, "ours", "keras")
+    print_row(
+        "Keras VGG16: read all weights vs keras load_model (goal <= 1.0x)",
+        {"ratio": ours_s / keras_s, "ours": ours_s, "keras": keras_s},
+        "ours",
+        "keras",
+    )
     keras_s, names_s = interleaved(load, lambda: read_names(path), args.repeat)
-    print_row("Keras VGG16: names and shapes only vs keras load_model",
-              {"ratio": names_s / keras_s, "ours": names_s, "keras": keras_s}, "ours", "keras")
+    print_row(
+        "Keras VGG16: names and shapes only vs keras load_model",
+        {"ratio": names_s / keras_s, "ours": names_s, "keras": keras_s},
+        "ours",
+        "keras",
+    )
 
 
 if __name__ == "__main__":

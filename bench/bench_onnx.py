@@ -24,7 +24,7 @@ import onnx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import bench_memory, interleaved, print_memory_row, print_row  # noqa: E402
+from bench_core import bench_memory, interleaved, print_memory_row, print_row
 
 
 def _session(path: Path):
@@ -49,8 +49,9 @@ def bench_latency(workdir: Path, repeat: int) -> dict:
     x = torch.randn(1, 3, 224, 224)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, x, str(theirs), dynamo=False, opset_version=17, input_names=["x"],
-                          dynamic_axes={"x": {0: "batch"}})
+        torch.onnx.export(
+            model, x, str(theirs), dynamo=False, opset_version=17, input_names=["x"], dynamic_axes={"x": {0: "batch"}}
+        )
     a, b = _session(ours), _session(theirs)
     feed_a, feed_b = {a.get_inputs()[0].name: x.numpy()}, {b.get_inputs()[0].name: x.numpy()}
     diff = float(np.abs(a.run(None, feed_a)[0] - b.run(None, feed_b)[0]).max())
@@ -90,8 +91,10 @@ def prepare_apply(workdir: Path) -> tuple[Path, Path, int]:
     model = torchvision.models.vgg16()
     source = emit_onnx(surgery.load(model, (1, 3, 224, 224)), workdir / "vgg16.onnx")
     spec = workdir / "onnx_head.prototxt"
-    spec.write_text('source { onnx { path: "vgg16.onnx" } }\nedit { classifier { layer: "classifier.6" '
-                    'num_output: 10 } }\noutput { onnx { path: "model.onnx" } }\n')
+    spec.write_text(
+        'source { onnx { path: "vgg16.onnx" } }\nedit { classifier { layer: "classifier.6" '
+        'num_output: 10 } }\noutput { onnx { path: "model.onnx" } }\n'
+    )
     return source, spec, sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
@@ -119,16 +122,21 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         results["latency"] = bench_latency(workdir, args.repeat)
-        print_row("onnxruntime vgg16: surgery's ONNX / torch.onnx.export's", results["latency"], "surgery_s",
-                  "torch_onnx_export_s")
+        print_row(
+            "onnxruntime vgg16: surgery's ONNX / torch.onnx.export's",
+            results["latency"],
+            "surgery_s",
+            "torch_onnx_export_s",
+        )
         source, spec, nbytes = prepare_apply(workdir)
         results["apply"] = bench_apply(workdir, source, spec, max(2, args.repeat // 2))
         print_row("apply vgg16 ONNX to ONNX / onnx.load+onnx.save", results["apply"], "apply_s", "floor_s")
         results["memory"] = bench_memory(workdir, spec, nbytes)
         print_memory_row("peak RSS of ONNX apply above imports / weights bytes", results["memory"])
         results["write"] = bench_write(workdir, max(2, args.repeat // 2))
-        print_row("write vgg16 ONNX: emit_onnx (build+check+save) / onnx.save", results["write"], "emit_onnx_s",
-                  "onnx_save_s")
+        print_row(
+            "write vgg16 ONNX: emit_onnx (build+check+save) / onnx.save", results["write"], "emit_onnx_s", "onnx_save_s"
+        )
     return results
 
 

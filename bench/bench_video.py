@@ -22,11 +22,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import interleaved, print_row  # noqa: E402
+from bench_core import interleaved, print_row
 
 FRAMES, SIZE = 40, 32
-HEAD = ['name: "lstm" type: "LSTM" recurrent_param { num_output: 256 return_sequences: false }',
-        'name: "scores" type: "InnerProduct" inner_product_param { num_output: 11 }']
+HEAD = [
+    'name: "lstm" type: "LSTM" recurrent_param { num_output: 256 return_sequences: false }',
+    'name: "scores" type: "InnerProduct" inner_product_param { num_output: 11 }',
+]
 
 
 def clip_net():
@@ -61,10 +63,13 @@ def bench_streaming(net, workdir: Path, repeat: int) -> tuple[dict, dict]:
     window = np.random.default_rng(1).random((1, FRAMES, 3, SIZE, SIZE), dtype=np.float32)
     step_feed = {"x": frame, "lstm.h0": np.zeros((1, 1, 256), np.float32), "lstm.c0": np.zeros((1, 1, 256), np.float32)}
     t_image, t_step = interleaved(lambda: image.run(None, {"x": frame}), lambda: step.run(None, step_feed), repeat)
-    t_step2, t_window = interleaved(lambda: step.run(None, step_feed), lambda: clip.run(None, {"x": window}),
-                                    max(3, repeat // 5))
-    return ({"backbone_s": t_image, "step_s": t_step, "ratio": t_step / t_image},
-            {"step_s": t_step2, "window_s": t_window, "ratio": t_window / t_step2})
+    t_step2, t_window = interleaved(
+        lambda: step.run(None, step_feed), lambda: clip.run(None, {"x": window}), max(3, repeat // 5)
+    )
+    return (
+        {"backbone_s": t_image, "step_s": t_step, "ratio": t_step / t_image},
+        {"step_s": t_step2, "window_s": t_window, "ratio": t_window / t_step2},
+    )
 
 
 def bench_training(net, repeat: int) -> dict:
@@ -85,6 +90,7 @@ def bench_training(net, repeat: int) -> dict:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+
         return step
 
     t_clip, t_head = interleaved(trainer(clip_model, clips), trainer(head_model, cached), repeat)
@@ -100,8 +106,12 @@ def main(argv: list[str] | None = None) -> None:
         per_frame, window = bench_streaming(net, Path(tmp), args.repeat)
     print_row("step model per frame vs one backbone pass (goal <= 1.2x)", per_frame, "step_s", "backbone_s")
     print_row(f"recompute a {FRAMES}-frame window vs step model, per frame", window, "window_s", "step_s")
-    print_row("head train step on cached features vs whole clip model", bench_training(net, max(3, args.repeat // 4)),
-              "head_s", "clip_s")
+    print_row(
+        "head train step on cached features vs whole clip model",
+        bench_training(net, max(3, args.repeat // 4)),
+        "head_s",
+        "clip_s",
+    )
 
 
 if __name__ == "__main__":

@@ -78,11 +78,12 @@ def resnet50_case(size: int) -> Case:
 
 def _inputs(net: Net, batch: int, device: torch.device, seed: int = 0) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, *layer.params["shape"][1:], generator=generator).to(device)
-            for layer in net.input_layers()]
+    return [
+        torch.randn(batch, *layer.params["shape"][1:], generator=generator).to(device) for layer in net.input_layers()
+    ]
 
 
-def _tensors(output) -> list[torch.Tensor]:  # noqa: ANN001
+def _tensors(output) -> list[torch.Tensor]:
     if isinstance(output, torch.Tensor):
         return [output]
     if isinstance(output, dict):
@@ -104,8 +105,10 @@ def check_cuda_vs_cpu(case: Case, device: torch.device) -> tuple[bool, str]:
     with torch.no_grad(), full_fp32():
         cpu = _tensors(model(*inputs))
         gpu = _tensors(model.to(device)(*[x.to(device) for x in inputs]))
-    comparisons = [compare("cuda vs cpu", str(i), g.cpu().numpy(), c.numpy(), Tolerance())
-                   for i, (g, c) in enumerate(zip(gpu, cpu))]
+    comparisons = [
+        compare("cuda vs cpu", str(i), g.cpu().numpy(), c.numpy(), Tolerance())
+        for i, (g, c) in enumerate(zip(gpu, cpu))
+    ]
     return all(c.ok for c in comparisons), f"{max(c.max_rel for c in comparisons):.1e}"
 
 
@@ -129,13 +132,19 @@ def check_sgd(case: Case, device: torch.device, batch: int) -> tuple[bool, str]:
         if isinstance(module, (FrozenBatchNorm1d, FrozenBatchNorm2d)):
             frozen += [f"{path}.{name}" for name, _ in module.named_buffers()]
     changed = [name for name in frozen if not torch.equal(before[name], after[name])]
-    new = [name for layer in case.edited.layers() for role, blob in layer.blobs.items()
-           if blob.origin.kind == "filler" and blob.trainable and not blob.frozen
-           for name in [_param_name(model, layer.name, role)] if name]
+    new = [
+        name
+        for layer in case.edited.layers()
+        for role, blob in layer.blobs.items()
+        if blob.origin.kind == "filler" and blob.trainable and not blob.frozen
+        for name in [_param_name(model, layer.name, role)]
+        if name
+    ]
     still = [name for name in new if torch.equal(before[name], after[name])]
     ok = not changed and not still
     return ok, f"{len(frozen)} frozen same, {len(new) - len(still)}/{len(new)} new moved" + (
-        f"; CHANGED {changed[:3]}" if changed else "") + (f"; STILL {still[:3]}" if still else "")
+        f"; CHANGED {changed[:3]}" if changed else ""
+    ) + (f"; STILL {still[:3]}" if still else "")
 
 
 def _param_name(model: torch.nn.Module, layer: str, role: str) -> str | None:
@@ -152,8 +161,10 @@ def time_ratio(case: Case, device: torch.device, batch: int, mode: str, rounds: 
         if any(x.dim() != 4 for x in inputs[theirs]):
             return float("nan")
         ours, theirs = ours.to(memory_format=torch.channels_last), theirs.to(memory_format=torch.channels_last)
-        inputs = {model: [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in values]
-                  for model, values in inputs.items()}
+        inputs = {
+            model: [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in values]
+            for model, values in inputs.items()
+        }
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16")
 
     def run(model: torch.nn.Module) -> float:
@@ -196,8 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     specs = sorted(p for p in (ROOT / "specs").iterdir() if p.suffix in (".prototxt", ".yaml", ".yml", ".json"))
     builders = [(p.stem, lambda p=p: spec_case(p)) for p in specs] + [("resnet50", lambda: resnet50_case(size))]
     header = f"{'case':<28} {'verify':<18} {'cuda/cpu':<9} {'sgd':<34} {'fp32':>6} {'bf16':>6} {'ch_last':>7}"
-    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
-          f"torch {torch.__version__}\n{header}")
+    print(
+        f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
+        f"torch {torch.__version__}\n{header}"
+    )
     failed = []
     start = time.perf_counter()
     for name, build in builders:
@@ -207,12 +220,18 @@ def main(argv: list[str] | None = None) -> int:
         checks = [check_verify(case, device), check_cuda_vs_cpu(case, device), check_sgd(case, device, batch)]
         times = [time_ratio(case, device, batch, mode, rounds) for mode in ("fp32", "bf16", "channels_last")]
         marks = ["" if ok else "FAIL " for ok, _ in checks]
-        print(f"{case.name[:28]:<28} {marks[0] + checks[0][1]:<18} {marks[1] + checks[1][1]:<9} "
-              f"{marks[2] + checks[2][1]:<34} " + " ".join(f"{t:>6.2f}x" for t in times), flush=True)
+        print(
+            f"{case.name[:28]:<28} {marks[0] + checks[0][1]:<18} {marks[1] + checks[1][1]:<9} "
+            f"{marks[2] + checks[2][1]:<34} " + " ".join(f"{t:>6.2f}x" for t in times),
+            flush=True,
+        )
         if not all(ok for ok, _ in checks):
             failed.append(case.name)
-    print(f"{len(failed)} failed" + (f": {', '.join(failed)}" if failed else "") +
-          f" ({time.perf_counter() - start:.0f} s)")
+    print(
+        f"{len(failed)} failed"
+        + (f": {', '.join(failed)}" if failed else "")
+        + f" ({time.perf_counter() - start:.0f} s)"
+    )
     return 1 if failed else 0
 
 

@@ -1,6 +1,6 @@
 """Run every benchmark in one process and print its ratios (each measured side by side).
 
-    python bench/run.py            # 2-3 minutes on 2 cores; needs torchvision + onnxruntime
+python bench/run.py            # 2-3 minutes on 2 cores; needs torchvision + onnxruntime
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_collapse  # noqa: E402
-import bench_core  # noqa: E402
-import bench_keras  # noqa: E402
-import bench_onnx  # noqa: E402
-import bench_video  # noqa: E402
+import bench_collapse
+import bench_core
+import bench_keras
+import bench_onnx
+import bench_video
 
 if __name__ == "__main__":
     print("== core (torch) ==")

@@ -17,7 +17,7 @@ import torch
 import surgery
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_digits import accuracy, digits_tensors  # noqa: E402
+from train_digits import accuracy, digits_tensors
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,7 @@ def main(epochs: int = 5) -> float:
         model.train()
         order = torch.randperm(len(y_train))
         for start in range(0, len(order), 64):
-            batch = order[start:start + 64]
+            batch = order[start : start + 64]
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(model(x_train[batch]), y_train[batch]).backward()
             optimizer.step()

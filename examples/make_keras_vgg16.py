@@ -52,7 +52,7 @@ def make_mini(path: Path = MINI, seed: int = 0) -> Path:
     return _save(keras.Model(inputs, x, name="mini_vgg16"), path)
 
 
-def _save(model, path: Path) -> Path:  # noqa: ANN001
+def _save(model, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.keras")
     model.save(partial)

@@ -50,7 +50,7 @@ def train(epochs: int, seed: int) -> tuple[DigitsCNN, float]:
         model.train()
         order = torch.randperm(len(y_train))
         for start in range(0, len(order), 64):
-            batch = order[start:start + 64]
+            batch = order[start : start + 64]
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(model(x_train[batch]), y_train[batch]).backward()
             optimizer.step()
@@ -82,13 +82,18 @@ def main() -> None:
     meta = {
         "dataset": "sklearn.datasets.load_digits (1797 8x8 images, 10 classes), pixels / 16",
         "split": "stratified 80/20, sklearn train_test_split random_state=seed",
-        "seed": args.seed, "epochs": args.epochs, "optimizer": "Adam lr 2e-3 weight_decay 1e-4, batch 64",
-        "test_accuracy": round(acc, 4), "torch": torch.__version__,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "optimizer": "Adam lr 2e-3 weight_decay 1e-4, batch 64",
+        "test_accuracy": round(acc, 4),
+        "torch": torch.__version__,
         "sha256": hashlib.sha256(args.out.read_bytes()).hexdigest(),
     }
     write_atomically(args.out.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
-    print(f"held-out accuracy {acc:.4f}; wrote {args.out} ({args.out.stat().st_size / 1024:.0f} kB) "
-          f"in {time.perf_counter() - start:.1f} s")
+    print(
+        f"held-out accuracy {acc:.4f}; wrote {args.out} ({args.out.stat().st_size / 1024:.0f} kB) "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -57,9 +57,9 @@ def make_clips(per_class: int, seed: int, frames: int = FRAMES) -> tuple[np.ndar
     canvas = np.zeros((8 + 2 * REACH, 8 + 2 * REACH), np.float32)
     for index, label in enumerate(labels):
         canvas[:] = 0
-        canvas[REACH:REACH + 8, REACH:REACH + 8] = digits[rng.integers(len(digits))]
+        canvas[REACH : REACH + 8, REACH : REACH + 8] = digits[rng.integers(len(digits))]
         for frame, (dx, dy) in enumerate(path(label, frames)):
-            clips[index, frame, 0] = canvas[REACH - dy:REACH - dy + 8, REACH - dx:REACH - dx + 8]
+            clips[index, frame, 0] = canvas[REACH - dy : REACH - dy + 8, REACH - dx : REACH - dx + 8]
     clips += rng.normal(0, 0.05, clips.shape).astype(np.float32)
     return clips, labels
 
@@ -92,15 +92,23 @@ def accuracy(head: torch.nn.Module, features: torch.Tensor, labels: torch.Tensor
 def baseline_net(frames: int) -> surgery.Net:
     """The same backbone with a frame-averaging head."""
     net = surgery.load(surgery.zoo.digits_cnn(), (1, 1, 8, 8))
-    surgery.sequence(net, ['name: "mean" type: "TemporalPooling" pooling_param { pool: AVE }',
-                           'name: "scores" type: "InnerProduct" inner_product_param { num_output: 11 }'],
-                     at="features.pool2", frames=frames, seed=7)
+    surgery.sequence(
+        net,
+        [
+            'name: "mean" type: "TemporalPooling" pooling_param { pool: AVE }',
+            'name: "scores" type: "InnerProduct" inner_product_param { num_output: 11 }',
+        ],
+        at="features.pool2",
+        frames=frames,
+        seed=7,
+    )
     surgery.lr(net, up_to="features.pool2", lr_mult=0)
     return net
 
 
-def run(per_class: int = 60, test_per_class: int = 20, epochs: int = 30, frames: int = FRAMES,
-        seed: int = 0) -> dict[str, float]:
+def run(
+    per_class: int = 60, test_per_class: int = 20, epochs: int = 30, frames: int = FRAMES, seed: int = 0
+) -> dict[str, float]:
     """Make the data, cache the backbone's features, train both heads; held-out accuracies."""
     start = time.perf_counter()
     train_x, train_y = make_clips(per_class, seed, frames)
@@ -126,9 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=30)
     args = parser.parse_args(argv)
     results = run(args.per_class, args.test_per_class, args.epochs)
-    print(f"held-out accuracy, {CLASSES} classes, {FRAMES} frames: LSTM head {results['lstm']:.1%}, "
-          f"frame-averaging head {results['frame_average']:.1%} (chance {1 / CLASSES:.1%}); "
-          f"{results['seconds']:.0f} s")
+    print(
+        f"held-out accuracy, {CLASSES} classes, {FRAMES} frames: LSTM head {results['lstm']:.1%}, "
+        f"frame-averaging head {results['frame_average']:.1%} (chance {1 / CLASSES:.1%}); "
+        f"{results['seconds']:.0f} s"
+    )
     return 0
 
 

@@ -39,8 +39,15 @@ from surgery.video import features, split
 
 
 # ------------------------------------------------------------------ loading
-def load(model: Any, input_shape: Iterable[int] | None = None, *, weights: str | Path | None = None,
-         name: str | None = None, shapes_only: bool = False, nhwc_input: bool = False) -> Net:
+def load(
+    model: Any,
+    input_shape: Iterable[int] | None = None,
+    *,
+    weights: str | Path | None = None,
+    name: str | None = None,
+    shapes_only: bool = False,
+    nhwc_input: bool = False,
+) -> Net:
     """Load a network as a :class:`Net`.
 
     Args:
@@ -60,7 +67,9 @@ def load(model: Any, input_shape: Iterable[int] | None = None, *, weights: str |
         >>> net = surgery.load("torchvision.models:resnet18", (1, 3, 224, 224))
     """
     shape = tuple(input_shape) if input_shape is not None else ()
-    if nhwc_input and (isinstance(model, nn.Module) or Path(str(model)).suffix.lower() not in (".keras", ".h5", ".hdf5")):
+    if nhwc_input and (
+        isinstance(model, nn.Module) or Path(str(model)).suffix.lower() not in (".keras", ".h5", ".hdf5")
+    ):
         raise SpecError("nhwc_input applies to Keras files only", fix="drop nhwc_input=True")
     if isinstance(model, nn.Module):
         if not shape:
@@ -69,8 +78,10 @@ def load(model: Any, input_shape: Iterable[int] | None = None, *, weights: str |
     reference = str(model)
     suffix = Path(reference).suffix.lower()
     if Path(reference).is_dir():
-        raise ModelFormatError(f"{reference!r} is a folder, not a model file",
-                               fix="name the .onnx / .prototxt file, or a torch factory 'package.module:callable'")
+        raise ModelFormatError(
+            f"{reference!r} is a folder, not a model file",
+            fix="name the .onnx / .prototxt file, or a torch factory 'package.module:callable'",
+        )
     if suffix not in (".onnx", ".keras", ".h5", ".hdf5") and _is_caffe_text(Path(reference)):
         suffix = ".prototxt"
     if suffix == ".onnx":
@@ -112,25 +123,59 @@ def _layers(layers: Iterable[dict | str]) -> list[dict]:
     return out
 
 
-def classifier(net: Net, layer: str | list[str], *, rename: str | list[str] | None = None,
-               num_output: int | None = None, weight_filler: dict | None = None, bias_filler: dict | None = None,
-               propagate: str | None = None, seed: int = 0) -> list[Action]:
+def classifier(
+    net: Net,
+    layer: str | list[str],
+    *,
+    rename: str | list[str] | None = None,
+    num_output: int | None = None,
+    weight_filler: dict | None = None,
+    bias_filler: dict | None = None,
+    propagate: str | None = None,
+    seed: int = 0,
+) -> list[Action]:
     """Rename and/or resize classifier layers with fresh filler weights.
 
     Example:
         >>> surgery.classifier(net, ["loss1/classifier", "loss2/classifier", "loss3/classifier"],
         ...                    rename=["loss1/flowers", "loss2/flowers", "loss3/flowers"], num_output=102)
     """
-    return edit(net, "classifier", seed=seed, layer=_list(layer), rename=_list(rename), num_output=num_output,
-                weight_filler=weight_filler, bias_filler=bias_filler, propagate=propagate)
+    return edit(
+        net,
+        "classifier",
+        seed=seed,
+        layer=_list(layer),
+        rename=_list(rename),
+        num_output=num_output,
+        weight_filler=weight_filler,
+        bias_filler=bias_filler,
+        propagate=propagate,
+    )
 
 
-def lr(net: Net, *, layer: str | list[str] | None = None, match: str | list[str] | None = None,
-       regex: str | list[str] | None = None, up_to: str | None = None, lr_mult: float | None = None,
-       decay_mult: float | None = None, blob: str | None = None) -> list[Action]:
+def lr(
+    net: Net,
+    *,
+    layer: str | list[str] | None = None,
+    match: str | list[str] | None = None,
+    regex: str | list[str] | None = None,
+    up_to: str | None = None,
+    lr_mult: float | None = None,
+    decay_mult: float | None = None,
+    blob: str | None = None,
+) -> list[Action]:
     """Set lr_mult / decay_mult (0 = frozen) by name, glob, regex or "up to layer X"."""
-    return edit(net, "lr", layer=_list(layer), match=_list(match), regex=_list(regex), up_to=up_to,
-                lr_mult=lr_mult, decay_mult=decay_mult, blob=blob)
+    return edit(
+        net,
+        "lr",
+        layer=_list(layer),
+        match=_list(match),
+        regex=_list(regex),
+        up_to=up_to,
+        lr_mult=lr_mult,
+        decay_mult=decay_mult,
+        blob=blob,
+    )
 
 
 def cut(net: Net, at: str) -> list[Action]:
@@ -143,8 +188,9 @@ def append(net: Net, layers: Iterable[dict | str], *, seed: int = 0) -> list[Act
     return edit(net, "append", seed=seed, layer=_layers(layers))
 
 
-def insert(net: Net, after: str, layers: Iterable[dict | str], *, before: str | None = None,
-           seed: int = 0) -> list[Action]:
+def insert(
+    net: Net, after: str, layers: Iterable[dict | str], *, before: str | None = None, seed: int = 0
+) -> list[Action]:
     """Insert new layers between ``after`` and its consumers (or only ``before``)."""
     return edit(net, "insert", seed=seed, after=after, before=before, layer=_layers(layers))
 
@@ -154,22 +200,61 @@ def remove(net: Net, *, layer: str | list[str] | None = None, branch: str | list
     return edit(net, "remove", layer=_list(layer), branch=_list(branch))
 
 
-def collapse(net: Net, first: str, second: str, name: str, *, mode: str = "EXACT", kernel_size: int | None = None,
-             accept_border: bool | None = None, calibration: str | None = None, samples: int | None = None,
-             weight_filler: dict | None = None, seed: int = 0) -> list[Action]:
+def collapse(
+    net: Net,
+    first: str,
+    second: str,
+    name: str,
+    *,
+    mode: str = "EXACT",
+    kernel_size: int | None = None,
+    accept_border: bool | None = None,
+    calibration: str | None = None,
+    samples: int | None = None,
+    weight_filler: dict | None = None,
+    seed: int = 0,
+) -> list[Action]:
     """Two convolutions into one (``mode`` EXACT / FIT / FRESH)."""
-    return edit(net, "collapse", seed=seed, first=first, second=second, name=name, mode=mode,
-                kernel_size=kernel_size, accept_border=accept_border, calibration=calibration, samples=samples,
-                weight_filler=weight_filler)
+    return edit(
+        net,
+        "collapse",
+        seed=seed,
+        first=first,
+        second=second,
+        name=name,
+        mode=mode,
+        kernel_size=kernel_size,
+        accept_border=accept_border,
+        calibration=calibration,
+        samples=samples,
+        weight_filler=weight_filler,
+    )
 
 
-def eltwise(net: Net, name: str, bottom: str | list[str], *, operation: str = "PROD",
-            layers: Iterable[dict | str] = (), near_identity: bool | None = None, allow_zero: bool | None = None,
-            seed: int = 0) -> list[Action]:
+def eltwise(
+    net: Net,
+    name: str,
+    bottom: str | list[str],
+    *,
+    operation: str = "PROD",
+    layers: Iterable[dict | str] = (),
+    near_identity: bool | None = None,
+    allow_zero: bool | None = None,
+    seed: int = 0,
+) -> list[Action]:
     """Insert an elementwise PROD / SUM / MAX (broadcasting) of ``bottom[0]`` and a second
     input (``bottom[1]``, or the output of new ``layers``)."""
-    return edit(net, "eltwise", seed=seed, name=name, bottom=_list(bottom), operation=operation,
-                layer=_layers(layers) or None, near_identity=near_identity, allow_zero=allow_zero)
+    return edit(
+        net,
+        "eltwise",
+        seed=seed,
+        name=name,
+        bottom=_list(bottom),
+        operation=operation,
+        layer=_layers(layers) or None,
+        near_identity=near_identity,
+        allow_zero=allow_zero,
+    )
 
 
 def fold_batchnorm(net: Net, layer: str | list[str] | None = None) -> list[Action]:
@@ -187,8 +272,9 @@ def fc_to_conv(net: Net, layer: str | list[str]) -> list[Action]:
     return edit(net, "fc_to_conv", layer=_list(layer))
 
 
-def sequence(net: Net, layers: Iterable[dict | str], *, at: str | None = None, frames: int = 16,
-             seed: int = 0) -> list[Action]:
+def sequence(
+    net: Net, layers: Iterable[dict | str], *, at: str | None = None, frames: int = 16, seed: int = 0
+) -> list[Action]:
     """Make an image net a clip model: input ``(N, T, C, H, W)``, every layer up to ``at``
     run per frame, then a temporal head (Caffe syntax) on the per-frame features ``(N, T, F)``.
 
@@ -234,6 +320,32 @@ def save_onnx(net: Net, path: str | Path, **options: Any) -> Path:
     return emit_onnx(net, path, **options)
 
 
-__all__ = ["ApplyResult", "Plan", "append", "apply", "classifier", "collapse", "cut", "draw", "edit", "eltwise",
-           "fc_to_conv", "features", "fold_batchnorm", "insert", "load", "lr", "plan", "remove", "replace", "report",
-           "report_page", "save_onnx", "save_torch", "sequence", "split", "to_torch", "verify"]
+__all__ = [
+    "ApplyResult",
+    "Plan",
+    "append",
+    "apply",
+    "classifier",
+    "collapse",
+    "cut",
+    "draw",
+    "edit",
+    "eltwise",
+    "fc_to_conv",
+    "features",
+    "fold_batchnorm",
+    "insert",
+    "load",
+    "lr",
+    "plan",
+    "remove",
+    "replace",
+    "report",
+    "report_page",
+    "save_onnx",
+    "save_torch",
+    "sequence",
+    "split",
+    "to_torch",
+    "verify",
+]

@@ -37,8 +37,19 @@ def _short_where(where: str) -> str:
 
 def _node(row: dict[str, Any], change: str, detail: str, note: str, anchor: bool) -> Node:
     shape = tuple(row["output_shape"]) if row["output_shape"] else None
-    return Node(row["name"], row["type"], change, shape, row["params"], _lr_mark(row),
-                tuple(dict.fromkeys(_short_where(w) for w in row["where"])), note, detail, row["phase"], anchor)
+    return Node(
+        row["name"],
+        row["type"],
+        change,
+        shape,
+        row["params"],
+        _lr_mark(row),
+        tuple(dict.fromkeys(_short_where(w) for w in row["where"])),
+        note,
+        detail,
+        row["phase"],
+        anchor,
+    )
 
 
 def _edges(net: Net) -> list[tuple[str, str]]:
@@ -59,21 +70,28 @@ def change_sides(before: Net, after: Net, report: Report) -> list[Side]:
         details.setdefault(action.layer, []).append(f"{action.op}: {action.detail}")
         if action.was:
             renamed_to[action.was] = action.layer
-    return [Side(f"source: {before.name}", _before_nodes(before, report, details, renamed_to), _edges(before)),
-            Side(f"edited: {after.name}", _after_nodes(after, report, details, renamed_to), _edges(after))]
+    return [
+        Side(f"source: {before.name}", _before_nodes(before, report, details, renamed_to), _edges(before)),
+        Side(f"edited: {after.name}", _after_nodes(after, report, details, renamed_to), _edges(after)),
+    ]
 
 
-def _after_nodes(after: Net, report: Report, details: dict[str, list[str]],
-                 renamed_to: dict[str, str]) -> list[Node]:
+def _after_nodes(after: Net, report: Report, details: dict[str, list[str]], renamed_to: dict[str, str]) -> list[Node]:
     was = {new: old for old, new in renamed_to.items()}
     anchors = _anchors(after)
-    return [_node(row, row["change"], "; ".join(details.get(row["name"], [])) or row["origin"],
-                  f"was {was[row['name']]}" if row["name"] in was else "", row["name"] in anchors)
-            for row in report.rows]
+    return [
+        _node(
+            row,
+            row["change"],
+            "; ".join(details.get(row["name"], [])) or row["origin"],
+            f"was {was[row['name']]}" if row["name"] in was else "",
+            row["name"] in anchors,
+        )
+        for row in report.rows
+    ]
 
 
-def _before_nodes(before: Net, report: Report, details: dict[str, list[str]],
-                  renamed_to: dict[str, str]) -> list[Node]:
+def _before_nodes(before: Net, report: Report, details: dict[str, list[str]], renamed_to: dict[str, str]) -> list[Node]:
     """A source layer takes the colour of what it became (the same name, or the name an
     edit gave it), and is dropped when it became nothing."""
     after_rows = {row["name"]: row for row in report.rows}
@@ -90,7 +108,7 @@ def _before_nodes(before: Net, report: Report, details: dict[str, list[str]],
             change = after_rows[successor]["change"]
             note = f"now {successor}" if successor != name else ""
             row = {**row, "where": after_rows[successor]["where"] if change != "kept" else []}
-            detail = "; ".join(details.get(successor, []))
+            detail = "; ".join(details.get(str(successor), []))
         else:
             change, note = "dropped", ""
             row = {**row, "where": dropped.get(name, [])}
@@ -125,18 +143,49 @@ def verify_figures(verified: Any, seed: int = 0) -> dict[str, Any]:
     comparisons = []
     for c in verified.comparisons:
         rule = "allclose" if c.allclose_ok else "scale" if c.scale_ok else ""
-        comparisons.append({"what": c.what, "blob": c.blob, "max_abs": c.max_abs, "max_rel": c.max_rel,
-                            "allclose_ratio": c.allclose_ratio, "atol": c.tolerance.atol, "rtol": c.tolerance.rtol,
-                            "scale_rtol": c.tolerance.scale_rtol, "ok": c.ok, "passed_by": rule})
-    return {"provider": verified.provider, "torch_device": verified.device, "onnx_tf32": verified.tf32,
-            "ok": verified.ok, "seed": seed, "comparisons": comparisons}
+        comparisons.append(
+            {
+                "what": c.what,
+                "blob": c.blob,
+                "max_abs": c.max_abs,
+                "max_rel": c.max_rel,
+                "allclose_ratio": c.allclose_ratio,
+                "atol": c.tolerance.atol,
+                "rtol": c.tolerance.rtol,
+                "scale_rtol": c.tolerance.scale_rtol,
+                "ok": c.ok,
+                "passed_by": rule,
+            }
+        )
+    return {
+        "provider": verified.provider,
+        "torch_device": verified.device,
+        "onnx_tf32": verified.tf32,
+        "ok": verified.ok,
+        "seed": seed,
+        "comparisons": comparisons,
+    }
 
 
-def report_html(spec_path: Path, before: Net, after: Net, report: Report, verified: dict[str, Any] | None = None,
-                *, show_all: bool = False) -> str:
+def report_html(
+    spec_path: Path,
+    before: Net,
+    after: Net,
+    report: Report,
+    verified: dict[str, Any] | None = None,
+    *,
+    show_all: bool = False,
+) -> str:
     """The self-contained report page: picture, edits, weights, verify figures, layers."""
     sides = change_sides(before, after, report)
     folded = draw_svg(sides, min_group=0 if show_all else 3, standalone=False)
     every = draw_svg(sides, min_group=0, standalone=False)
-    return report_page(after.name, str(spec_path), report.as_dict(), folded, None if every == folded else every,
-                       spec_lines(spec_path, report), verified)
+    return report_page(
+        after.name,
+        str(spec_path),
+        report.as_dict(),
+        folded,
+        None if every == folded else every,
+        spec_lines(spec_path, report),
+        verified,
+    )

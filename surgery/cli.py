@@ -19,6 +19,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from surgery.errors import SurgeryError, SurgeryNote
 
@@ -72,8 +73,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
         loaded = load_spec(args.model)
         with loaded.located("source"):  # point at the spec's source block, as plan does
-            net = load_source(loaded.message.source, loaded.base_dir, name=loaded.message.name or None,
-                              shapes_only=True, seed=loaded.message.seed)
+            net = load_source(
+                loaded.message.source,
+                loaded.base_dir,
+                name=loaded.message.name or None,
+                shapes_only=True,
+                seed=loaded.message.seed,
+            )
     else:
         net = api.load(args.model, args.input_shape, weights=args.weights, shapes_only=True)
     print(api.report(net).format_table(only_params=args.params_only))
@@ -95,8 +101,15 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     from surgery import api
 
     progress = _Progress(args.quiet)
-    result = api.apply(args.spec, args.out, force=args.force, force_any=args.force_any, progress=progress,
-                       verify=args.verify, **_verify_args(args))
+    result = api.apply(
+        args.spec,
+        args.out,
+        force=args.force,
+        force_any=args.force_any,
+        progress=progress,
+        verify=args.verify,
+        **_verify_args(args),
+    )
     if not args.quiet:
         print(result.report.format_table(only_params=args.params_only))
     print(f"wrote {result.out_dir}/: " + ", ".join(str(f.relative_to(result.out_dir)) for f in result.files))
@@ -132,8 +145,12 @@ def _cmd_features(args: argparse.Namespace) -> int:
         if not args.quiet:
             filled = done * 30 // total
             end = "\n" if done == total else ""
-            print(f"\rfeatures [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {name}", end=end,
-                  file=sys.stderr, flush=True)
+            print(
+                f"\rfeatures [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {name}",
+                end=end,
+                file=sys.stderr,
+                flush=True,
+            )
 
     written = api.features(args.spec, args.clips, args.out, progress=bar)
     print(f"wrote {len(written)} feature files to {args.out}/")
@@ -145,17 +162,32 @@ def _verify_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of verify's random inputs")
     parser.add_argument("--atol", type=float, default=1e-5, help="allclose rule: |a-b| <= atol + rtol*|b| per element")
     parser.add_argument("--rtol", type=float, default=1e-4, help="allclose rule's relative part (default 1e-4)")
-    parser.add_argument("--scale-rtol", type=float, default=1e-5,
-                        help="scale rule: max |a-b| <= scale-rtol * max |b| (either rule passes a comparison)")
-    parser.add_argument("--device", default="cpu", help="where the torch side runs: cpu (default) or cuda; "
-                        "on a GPU at fp32, TF32 off")
-    parser.add_argument("--tf32", action="store_true", help="let onnxruntime's CUDA provider run in TF32, as "
-                        "onnxruntime-gpu does by default (verify pins it to fp32 otherwise)")
+    parser.add_argument(
+        "--scale-rtol",
+        type=float,
+        default=1e-5,
+        help="scale rule: max |a-b| <= scale-rtol * max |b| (either rule passes a comparison)",
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="where the torch side runs: cpu (default) or cuda; on a GPU at fp32, TF32 off"
+    )
+    parser.add_argument(
+        "--tf32",
+        action="store_true",
+        help="let onnxruntime's CUDA provider run in TF32, as "
+        "onnxruntime-gpu does by default (verify pins it to fp32 otherwise)",
+    )
 
 
 def _verify_args(args: argparse.Namespace) -> dict:
-    return {"seed": args.seed, "atol": args.atol, "rtol": args.rtol, "scale_rtol": args.scale_rtol,
-            "device": args.device, "tf32": args.tf32}
+    return {
+        "seed": args.seed,
+        "atol": args.atol,
+        "rtol": args.rtol,
+        "scale_rtol": args.scale_rtol,
+        "device": args.device,
+        "tf32": args.tf32,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,10 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     inspect = sub.add_parser("inspect", help="list layers, shapes and params (reads no weights)")
-    inspect.add_argument("model", help="a spec file, an .onnx file, a Caffe .prototxt, a Keras .keras / .h5 "
-                         "file, or a torch factory 'package.module:callable'")
-    inspect.add_argument("--input-shape", type=_shape, help="input shape, e.g. 1,3,224,224 (torch models; "
-                         "1,224,224,3 for Keras files with unknown axes)")
+    inspect.add_argument(
+        "model",
+        help="a spec file, an .onnx file, a Caffe .prototxt, a Keras .keras / .h5 "
+        "file, or a torch factory 'package.module:callable'",
+    )
+    inspect.add_argument(
+        "--input-shape",
+        type=_shape,
+        help="input shape, e.g. 1,3,224,224 (torch models; 1,224,224,3 for Keras files with unknown axes)",
+    )
     inspect.add_argument("--weights", help="state_dict (torch) or .caffemodel (Caffe)")
     inspect.add_argument("--params-only", action="store_true", help="only layers with parameters")
     inspect.set_defaults(run=_cmd_inspect)
@@ -180,14 +218,22 @@ def build_parser() -> argparse.ArgumentParser:
     apply = sub.add_parser("apply", help="apply a spec and write the outputs")
     apply.add_argument("spec")
     apply.add_argument("-o", "--out", required=True, help="output folder (written atomically)")
-    apply.add_argument("--force", action="store_true",
-                       help="replace an existing output folder written by surgery (it holds a .surgery-output file)")
-    apply.add_argument("--force-any", action="store_true",
-                       help="replace an existing output folder (or file) whatever it holds")
+    apply.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing output folder written by surgery (it holds a .surgery-output file)",
+    )
+    apply.add_argument(
+        "--force-any", action="store_true", help="replace an existing output folder (or file) whatever it holds"
+    )
     apply.add_argument("-q", "--quiet", action="store_true")
     apply.add_argument("--params-only", action="store_true", help="only layers with parameters in the table")
-    apply.add_argument("--verify", action="store_true", help="also run verify and put its figures in the reports; "
-                       "exit 1 when a comparison fails (the outputs are written either way)")
+    apply.add_argument(
+        "--verify",
+        action="store_true",
+        help="also run verify and put its figures in the reports; "
+        "exit 1 when a comparison fails (the outputs are written either way)",
+    )
     _verify_options(apply)
     apply.set_defaults(run=_cmd_apply)
 
@@ -198,16 +244,20 @@ def build_parser() -> argparse.ArgumentParser:
     draw.add_argument("-q", "--quiet", action="store_true")
     draw.set_defaults(run=_cmd_draw)
 
-    verify = sub.add_parser("verify", help="compare emitted torch, emitted ONNX (onnxruntime) and the source; "
-                            "exit 1 above tolerance")
+    verify = sub.add_parser(
+        "verify", help="compare emitted torch, emitted ONNX (onnxruntime) and the source; exit 1 above tolerance"
+    )
     verify.add_argument("spec")
     _verify_options(verify)
     verify.add_argument("--html", help="also write the report page with these figures (e.g. DIR/report.html)")
     verify.add_argument("-q", "--quiet", action="store_true")
     verify.set_defaults(run=_cmd_verify)
 
-    features = sub.add_parser("features", help="run a clip model's frozen backbone once over a folder of .npy clips "
-                              "(T, C, H, W) and write their features (T, F)")
+    features = sub.add_parser(
+        "features",
+        help="run a clip model's frozen backbone once over a folder of .npy clips "
+        "(T, C, H, W) and write their features (T, F)",
+    )
     features.add_argument("spec")
     features.add_argument("clips", help="folder of .npy clips")
     features.add_argument("-o", "--out", required=True, help="folder for the feature files (same names)")
@@ -216,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _show_note(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
     """Notes as one line; other warnings as Python prints them."""
     if issubclass(category, SurgeryNote):
         print(f"note: {message}", file=sys.stderr)
@@ -278,7 +328,7 @@ class _Interrupts:
     def __init__(self) -> None:
         self.armed = False
         self.signum: int | None = None
-        self.previous: dict[int, object] = {}
+        self.previous: dict[int, Any] = {}
         try:
             for signum in self.SIGNALS:
                 self.previous[signum] = signal.signal(signum, self._handle)

@@ -34,8 +34,9 @@ def edit(net: Net, op: str, *, seed: int = 0, **fields: Any) -> list[Action]:
     """
     messages = edit_messages()
     if op not in messages:
-        raise SpecError(f"unknown operation {op!r}", fix=did_you_mean(op, messages) or
-                        f"operations: {', '.join(messages)}")
+        raise SpecError(
+            f"unknown operation {op!r}", fix=did_you_mean(op, messages) or f"operations: {', '.join(messages)}"
+        )
     message = messages[op]()
     try:
         json_format.ParseDict({k: v for k, v in fields.items() if v is not None}, message)

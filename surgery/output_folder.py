@@ -54,12 +54,18 @@ def check_output_path(value: str, what: str) -> str:
         raise SpecError(f"{what} {value!r} contains a NUL character", subject=value)
     text = value.replace("\\", "/")
     if text.startswith("/") or re.match(r"^[A-Za-z]:", text) or os.path.isabs(value):
-        raise SpecError(f"{what} {value!r} is absolute; outputs are written inside the -o folder",
-                        fix="write a path relative to the -o folder", subject=value)
+        raise SpecError(
+            f"{what} {value!r} is absolute; outputs are written inside the -o folder",
+            fix="write a path relative to the -o folder",
+            subject=value,
+        )
     normal = posixpath.normpath(text)
     if normal == "." or normal == ".." or normal.startswith("../") or ".." in text.split("/"):
-        raise SpecError(f"{what} {value!r} leaves the -o folder", fix="write a path inside the -o folder, without '..'",
-                        subject=value)
+        raise SpecError(
+            f"{what} {value!r} leaves the -o folder",
+            fix="write a path inside the -o folder, without '..'",
+            subject=value,
+        )
     return normal
 
 
@@ -71,13 +77,17 @@ def check_output_paths(outputs: Iterable[tuple[str, str, str]], reserved: Iterab
     for path, what, value in outputs:
         normal = check_output_path(path, what)
         if normal.casefold() in taken or normal.split("/")[0].casefold() in taken:
-            raise SpecError(f"{what} {value!r} would replace the run's own {normal}", fix="choose another file name",
-                            subject=value)
+            raise SpecError(
+                f"{what} {value!r} would replace the run's own {normal}", fix="choose another file name", subject=value
+            )
         key = normal.casefold()  # case-insensitive file systems would merge these
         for other_key, other in seen.items():
             if key == other_key or key.startswith(other_key + "/") or other_key.startswith(key + "/"):
-                raise SpecError(f"{what} {value!r} collides with {other}",
-                                fix="give each output its own path in the output { } block", subject=value)
+                raise SpecError(
+                    f"{what} {value!r} collides with {other}",
+                    fix="give each output its own path in the output { } block",
+                    subject=value,
+                )
         seen[key] = f"{what} {value!r}"
 
 
@@ -89,8 +99,11 @@ def input_files(loaded: LoadedSpec) -> list[Path]:
     base = loaded.base_dir
     message = loaded.message
     found = [loaded.path]
-    values = list(_strings(message.source)) + [item.collapse.calibration for item in message.edit
-                                               if item.WhichOneof("op") == "collapse" and item.collapse.calibration]
+    values = list(_strings(message.source)) + [
+        item.collapse.calibration
+        for item in message.edit
+        if item.WhichOneof("op") == "collapse" and item.collapse.calibration
+    ]
     for value in values:
         for candidate in (value, value.rpartition(":")[0]):  # "models/net.py:build"
             if candidate and "\0" not in candidate and (base / candidate).is_file():
@@ -111,7 +124,7 @@ def input_files(loaded: LoadedSpec) -> list[Path]:
 def _strings(message: Any) -> Iterator[str]:
     for descriptor, value in message.ListFields():
         if descriptor.message_type is not None:
-            for item in (value if hasattr(value, "extend") else [value]):
+            for item in value if hasattr(value, "extend") else [value]:
                 yield from _strings(item)
         elif isinstance(value, str):
             yield value
@@ -134,8 +147,10 @@ def file_records(paths: list[Path], base: Path) -> list[dict[str, Any]]:
 
 def output_records(log: FileLog, root: Path) -> list[dict[str, Any]]:
     """The files ``log`` recorded, as records relative to the output folder ``root``."""
-    return [{"path": path.relative_to(root).as_posix(), "sha256": digest, "size": size}
-            for path, (digest, size) in log.files.items()]
+    return [
+        {"path": path.relative_to(root).as_posix(), "sha256": digest, "size": size}
+        for path, (digest, size) in log.files.items()
+    ]
 
 
 # ------------------------------------------------------------------------- target
@@ -145,7 +160,9 @@ def output_path(value: str | Path) -> Path:
     text = os.fspath(value)
     path = Path(os.path.abspath(text)) if text else Path()
     if not text or not path.name:
-        raise SurgeryError(f"{text!r} cannot be an output folder", fix="pass -o with a new folder's name, e.g. -o out/run1")
+        raise SurgeryError(
+            f"{text!r} cannot be an output folder", fix="pass -o with a new folder's name, e.g. -o out/run1"
+        )
     return path
 
 
@@ -192,16 +209,21 @@ def check_target(out: Path, inputs: Iterable[Path], *, force: bool, force_any: b
                     raise SurgeryError(
                         f"the output folder {str(out)!r} holds an input of this run ({str(item)!r}); "
                         "replacing it would delete that input",
-                        fix="write the outputs to another folder with -o")
+                        fix="write the outputs to another folder with -o",
+                    )
     if os.path.lexists(out):
         empty = out.is_dir() and not out.is_symlink() and not any(out.iterdir())
         if not empty and not (force or force_any):
-            raise SurgeryError(f"output folder {str(out)!r} already exists and is not empty",
-                               fix="choose another -o folder, or pass --force to replace a previous output")
+            raise SurgeryError(
+                f"output folder {str(out)!r} already exists and is not empty",
+                fix="choose another -o folder, or pass --force to replace a previous output",
+            )
         if not empty and not force_any and not is_previous_output(out):
-            raise SurgeryError(f"{str(out)!r} is not an output of surgery (it has no {MARKER} file); "
-                               "--force only replaces previous outputs",
-                               fix="choose another -o folder, or pass --force-any to replace it anyway")
+            raise SurgeryError(
+                f"{str(out)!r} is not an output of surgery (it has no {MARKER} file); "
+                "--force only replaces previous outputs",
+                fix="choose another -o folder, or pass --force-any to replace it anyway",
+            )
     return Target(out, _identity(out))
 
 
@@ -319,9 +341,11 @@ def _locked(folder: Path) -> Iterator[None]:
 
 
 def _changed(target: Target) -> SurgeryError:
-    return SurgeryError(f"{str(target.path)!r} changed while this apply ran (another apply wrote it first); "
-                        "nothing of this run was kept",
-                        fix="run it again (with --force to replace the other output)")
+    return SurgeryError(
+        f"{str(target.path)!r} changed while this apply ran (another apply wrote it first); "
+        "nothing of this run was kept",
+        fix="run it again (with --force to replace the other output)",
+    )
 
 
 def publish(staging: Path, target: Target) -> None:
@@ -347,6 +371,19 @@ def publish(staging: Path, target: Target) -> None:
     remove_output(old)
 
 
-__all__ = ["MARKER", "Target", "check_output_path", "check_output_paths", "check_target", "clean_stale", "file_records",
-           "input_files", "is_previous_output", "make_staging", "output_path", "output_records", "publish",
-           "remove_output"]
+__all__ = [
+    "MARKER",
+    "Target",
+    "check_output_path",
+    "check_output_paths",
+    "check_target",
+    "clean_stale",
+    "file_records",
+    "input_files",
+    "is_previous_output",
+    "make_staging",
+    "output_path",
+    "output_records",
+    "publish",
+    "remove_output",
+]

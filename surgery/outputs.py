@@ -30,8 +30,8 @@ from surgery.errors import SurgeryError
 from surgery.output_folder import MARKER, check_output_path, check_output_paths
 
 if TYPE_CHECKING:
-    from surgery.runner import Plan
     from surgery.ir import Net
+    from surgery.runner import Plan
 
 Progress = Callable[[str], None]
 
@@ -67,7 +67,7 @@ class Job:
             self.progress(text)
 
     @property
-    def versions(self) -> dict[str, int]:
+    def versions(self) -> dict[str, Any]:
         """The spec's ONNX opset / IR version, which every ONNX file of the run follows."""
         onnx = self.plan.spec.message.output.onnx
         return {name: getattr(onnx, name) for name in ("opset", "ir_version") if onnx.HasField(name)}
@@ -186,12 +186,32 @@ def _write_split(job: Job, message: Any, parts: tuple[Net, Net]) -> None:
 OUTPUT_KINDS: tuple[OutputKind, ...] = (
     OutputKind("pytorch", True, lambda m: _torch_folder(m.path, "output.pytorch.path"), 1, _write_torch),
     OutputKind("onnx", True, lambda m: _onnx_file(m.path, "output.onnx.path"), 1, _write_onnx),
-    OutputKind("split", False, lambda m: _split_part(m.backbone, "output.split.backbone")
-               + _split_part(m.head, "output.split.head"), 2, _write_split, _prepare_split),
-    OutputKind("step", False, lambda m: _onnx_file(m.onnx, "output.step.onnx")
-               + _torch_folder(m.pytorch, "output.step.pytorch"), 2, _write_step, _prepare_step),
-    OutputKind("caffe", False, lambda m: [OutputPath(m.prototxt, "output.caffe.prototxt", m.prototxt),
-                                          OutputPath(m.weights, "output.caffe.weights", m.weights)], 1, _write_caffe),
+    OutputKind(
+        "split",
+        False,
+        lambda m: _split_part(m.backbone, "output.split.backbone") + _split_part(m.head, "output.split.head"),
+        2,
+        _write_split,
+        _prepare_split,
+    ),
+    OutputKind(
+        "step",
+        False,
+        lambda m: _onnx_file(m.onnx, "output.step.onnx") + _torch_folder(m.pytorch, "output.step.pytorch"),
+        2,
+        _write_step,
+        _prepare_step,
+    ),
+    OutputKind(
+        "caffe",
+        False,
+        lambda m: [
+            OutputPath(m.prototxt, "output.caffe.prototxt", m.prototxt),
+            OutputPath(m.weights, "output.caffe.weights", m.weights),
+        ],
+        1,
+        _write_caffe,
+    ),
 )
 
 
@@ -199,8 +219,11 @@ def selected(spec: Any) -> list[tuple[OutputKind, Any]]:
     """The kinds a spec message asks for, each with its message (no block: the defaults)."""
     block = spec.output
     given = spec.HasField("output")
-    return [(kind, getattr(block, kind.field)) for kind in OUTPUT_KINDS
-            if (block.HasField(kind.field) if given else kind.by_default)]
+    return [
+        (kind, getattr(block, kind.field))
+        for kind in OUTPUT_KINDS
+        if (block.HasField(kind.field) if given else kind.by_default)
+    ]
 
 
 def declared_paths(spec: Any) -> list[OutputPath]:
@@ -215,8 +238,9 @@ def check_paths(spec: Any) -> None:
 
 
 # -------------------------------------------------------------------- the folder
-def write_output_folder(plan: Plan, target: output_folder.Target, inputs: Future | list[dict[str, Any]],
-                        progress: Progress | None = None) -> list[Path]:
+def write_output_folder(
+    plan: Plan, target: output_folder.Target, inputs: Future | list[dict[str, Any]], progress: Progress | None = None
+) -> list[Path]:
     """Write every output the plan's spec selects into the ``-o`` folder ``target``,
     atomically: built in a staging folder (after a free-space check), then published
     in one step; on any failure the staging folder goes and ``-o`` is as it was.
@@ -272,20 +296,27 @@ def check_free_space(net: Net, weight_copies: int, folder: Path) -> None:
     if needed > free:
         from surgery.ir.budget import human_bytes
 
-        raise SurgeryError(f"the outputs need about {human_bytes(needed)} and the disk of {str(folder)!r} has "
-                           f"{human_bytes(free)} free: No space left on device",
-                           fix="free some space there, or write to another disk with -o")
+        raise SurgeryError(
+            f"the outputs need about {human_bytes(needed)} and the disk of {str(folder)!r} has "
+            f"{human_bytes(free)} free: No space left on device",
+            fix="free some space there, or write to another disk with -o",
+        )
 
 
 def _write_error(error: OSError, out: Path) -> SurgeryError:
     """What failed and where, for an OS refusal while writing (a full disk, a read-only
     or forbidden folder); the partial output is already gone."""
     where = error.filename or out
-    fixes = {errno.ENOSPC: "free some space there, or write to another disk with -o",
-             errno.EROFS: "choose an -o folder on a writable disk",
-             errno.EACCES: "choose an -o folder you may write to", errno.EPERM: "choose an -o folder you may write to"}
-    return SurgeryError(f"cannot write the outputs to {str(out)!r}: {error.strerror or error} ({where}); "
-                        "nothing was written", fix=fixes.get(error.errno or 0, "check the -o folder and its disk"))
+    fixes = {
+        errno.ENOSPC: "free some space there, or write to another disk with -o",
+        errno.EROFS: "choose an -o folder on a writable disk",
+        errno.EACCES: "choose an -o folder you may write to",
+        errno.EPERM: "choose an -o folder you may write to",
+    }
+    return SurgeryError(
+        f"cannot write the outputs to {str(out)!r}: {error.strerror or error} ({where}); nothing was written",
+        fix=fixes.get(error.errno or 0, "check the -o folder and its disk"),
+    )
 
 
 def output_fields() -> Iterable[str]:
@@ -295,5 +326,16 @@ def output_fields() -> Iterable[str]:
     return (field.name for field in spec_class("Output").DESCRIPTOR.fields)
 
 
-__all__ = ["OUTPUT_KINDS", "OutputKind", "OutputPath", "RESERVED", "check_free_space", "check_paths",
-           "declared_paths", "onnx_options", "output_fields", "selected", "write_output_folder"]
+__all__ = [
+    "OUTPUT_KINDS",
+    "RESERVED",
+    "OutputKind",
+    "OutputPath",
+    "check_free_space",
+    "check_paths",
+    "declared_paths",
+    "onnx_options",
+    "output_fields",
+    "selected",
+    "write_output_folder",
+]

@@ -12,8 +12,9 @@ import torch
 from surgery.ir import Net
 
 
-def blob_values(net: Net, blobs: list[str], inputs: list[torch.Tensor],
-                device: torch.device | None = None) -> dict[str, torch.Tensor]:
+def blob_values(
+    net: Net, blobs: list[str], inputs: list[torch.Tensor], device: torch.device | None = None
+) -> dict[str, torch.Tensor]:
     """The deploy-mode values of ``blobs`` for ``inputs`` (one tensor per net input),
     computed on ``device`` (default: where the inputs are)."""
     from surgery.emitters.torch_module import emit_torch

@@ -92,16 +92,18 @@ class Report:
         for row in self.rows:
             if only_params and not row["params"]:
                 continue
-            lines.append([
-                row["name"] + (" [train]" if row["phase"] == "train" else ""),
-                row["type"],
-                "x".join(str(d) for d in row["output_shape"]) if row["output_shape"] else "-",
-                f"{row['params']:,}" if row["params"] else "-",
-                _fmt(row["lr_mult"]),
-                _fmt(row["decay_mult"]),
-                ("yes" if row["trainable"] else "frozen") if row["lr_mult"] is not None else "-",
-                row["origin"],
-            ])
+            lines.append(
+                [
+                    row["name"] + (" [train]" if row["phase"] == "train" else ""),
+                    row["type"],
+                    "x".join(str(d) for d in row["output_shape"]) if row["output_shape"] else "-",
+                    f"{row['params']:,}" if row["params"] else "-",
+                    _fmt(row["lr_mult"]),
+                    _fmt(row["decay_mult"]),
+                    ("yes" if row["trainable"] else "frozen") if row["lr_mult"] is not None else "-",
+                    row["origin"],
+                ]
+            )
         widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(headers)]
         out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
         out.append("  ".join("-" * w for w in widths))
@@ -111,9 +113,14 @@ class Report:
             f"({self.trainable_params:,} trainable); outputs: {', '.join(self.outputs)}"
         )
         if self.weight_copy is not None:
-            out.append("weights by layer name: " + "; ".join(
-                f"{what} {len(names)}" + (f" ({', '.join(names[:6])}{' ...' if len(names) > 6 else ''})" if names else "")
-                for what, names in self.weight_copy.items()))
+            out.append(
+                "weights by layer name: "
+                + "; ".join(
+                    f"{what} {len(names)}"
+                    + (f" ({', '.join(names[:6])}{' ...' if len(names) > 6 else ''})" if names else "")
+                    for what, names in self.weight_copy.items()
+                )
+            )
         if self.loss_weights:
             out.append("loss weights: " + ", ".join(f"{b} {w:g}" for b, w in self.loss_weights.items()))
         if self.actions:
@@ -205,22 +212,29 @@ def build_report(net: Net, actions: list[Action] | None = None, spec: dict[str, 
         lr, decay, trainable = _mults(layer)
         edits = by_layer.get(layer.name, [])
         shape = shapes.get(layer.outputs[0]) if layer.outputs else None
-        rows.append({
-            "name": layer.name,
-            "type": layer.type,
-            "output_shape": list(shape) if isinstance(shape, tuple) else None,
-            "params": layer.param_count,
-            "origin": _origin(layer),
-            "lr_mult": lr,
-            "decay_mult": decay,
-            "trainable": trainable,
-            "phase": layer.phase,
-            "change": _change(layer, edits),
-            "where": list(dict.fromkeys(a.where for a in edits if a.where)),
-            "blobs": {
-                role: {"shape": list(b.shape), "origin": str(b.origin), "lr_mult": b.lr_mult,
-                       "decay_mult": b.decay_mult, "trainable": b.trainable}
-                for role, b in layer.blobs.items()
-            },
-        })
+        rows.append(
+            {
+                "name": layer.name,
+                "type": layer.type,
+                "output_shape": list(shape) if isinstance(shape, tuple) else None,
+                "params": layer.param_count,
+                "origin": _origin(layer),
+                "lr_mult": lr,
+                "decay_mult": decay,
+                "trainable": trainable,
+                "phase": layer.phase,
+                "change": _change(layer, edits),
+                "where": list(dict.fromkeys(a.where for a in edits if a.where)),
+                "blobs": {
+                    role: {
+                        "shape": list(b.shape),
+                        "origin": str(b.origin),
+                        "lr_mult": b.lr_mult,
+                        "decay_mult": b.decay_mult,
+                        "trainable": b.trainable,
+                    }
+                    for role, b in layer.blobs.items()
+                },
+            }
+        )
     return Report(net.name, rows, list(actions or []), net.outputs, spec, dict(net.loss_weights), net.weight_copy)

@@ -34,9 +34,9 @@ class Plan:
     spec: LoadedSpec
     net: Net
     report: Report
-    timings: dict[str, float] = field(default_factory=dict)
     #: The source net as loaded, before the edits: structure only, no weights.
-    source: Net | None = None
+    source: Net
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def _step(progress: Progress | None, text: str) -> None:
@@ -44,8 +44,9 @@ def _step(progress: Progress | None, text: str) -> None:
         progress(text)
 
 
-def plan(spec_path: str | Path, progress: Progress | None = None, *, shapes_only: bool = True,
-         source: Net | None = None) -> Plan:
+def plan(
+    spec_path: str | Path, progress: Progress | None = None, *, shapes_only: bool = True, source: Net | None = None
+) -> Plan:
     """Load the spec and its source, apply every edit in memory, build the report.
 
     Writes nothing, and with ``shapes_only`` (the default) reads no weights: the plan's
@@ -66,8 +67,9 @@ def _plan(loaded: LoadedSpec, progress: Progress | None, *, shapes_only: bool, s
     else:
         _step(progress, f"loading the source model of {loaded.path}")
         with loaded.located("source"):
-            net = load_source(message.source, loaded.base_dir, name=message.name or None, shapes_only=shapes_only,
-                              seed=message.seed)
+            net = load_source(
+                message.source, loaded.base_dir, name=message.name or None, shapes_only=shapes_only, seed=message.seed
+            )
     timings["load"] = time.perf_counter() - start
     before = net.skeleton()
     actions: list[Action] = []
@@ -82,7 +84,7 @@ def _plan(loaded: LoadedSpec, progress: Progress | None, *, shapes_only: bool, s
         # Each row of the report points at the spec line that did it.
         actions += [dataclasses.replace(a, where=loaded.locator.find(index, a.was or a.layer)) for a in done]
     timings["edits"] = time.perf_counter() - start - timings["load"]
-    return Plan(loaded, net, build_report(net, actions, spec_to_dict(message)), timings, before)
+    return Plan(loaded, net, build_report(net, actions, spec_to_dict(message)), source=before, timings=timings)
 
 
 def _check_output_versions(loaded: LoadedSpec) -> None:
@@ -93,8 +95,9 @@ def _check_output_versions(loaded: LoadedSpec) -> None:
     from surgery.emitters.onnx_model import check_versions
 
     with loaded.located("output"):
-        check_versions(onnx.opset if onnx.HasField("opset") else None,
-                       onnx.ir_version if onnx.HasField("ir_version") else None)
+        check_versions(
+            onnx.opset if onnx.HasField("opset") else None, onnx.ir_version if onnx.HasField("ir_version") else None
+        )
 
 
 @dataclass
@@ -109,9 +112,21 @@ class ApplyResult:
     verified: Any = None
 
 
-def apply(spec_path: str | Path, out_dir: str | Path, *, force: bool = False, force_any: bool = False,
-          progress: Progress | None = None, verify: bool = False, seed: int = 0, atol: float = 1e-5,
-          rtol: float = 1e-4, scale_rtol: float = 1e-5, device: str = "cpu", tf32: bool = False) -> ApplyResult:
+def apply(
+    spec_path: str | Path,
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    force_any: bool = False,
+    progress: Progress | None = None,
+    verify: bool = False,
+    seed: int = 0,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    scale_rtol: float = 1e-5,
+    device: str = "cpu",
+    tf32: bool = False,
+) -> ApplyResult:
     """Apply a spec and write its outputs into ``out_dir``, atomically.
 
     Everything is built in a staging folder beside ``out_dir`` that becomes ``out_dir``
@@ -153,8 +168,9 @@ def apply(spec_path: str | Path, out_dir: str | Path, *, force: bool = False, fo
         if verify:
             source = _load_source(loaded, progress)
             planned = _plan(loaded, progress, shapes_only=False, source=source)
-            verified = _run_verify(source, planned, seed, progress, atol=atol, rtol=rtol, scale_rtol=scale_rtol,
-                                   device=device, tf32=tf32)
+            verified = _run_verify(
+                source, planned, seed, progress, atol=atol, rtol=rtol, scale_rtol=scale_rtol, device=device, tf32=tf32
+            )
         else:
             planned = _plan(loaded, progress, shapes_only=False)
         timings = dict(planned.timings)
@@ -165,8 +181,9 @@ def apply(spec_path: str | Path, out_dir: str | Path, *, force: bool = False, fo
     return ApplyResult(shown, [shown / path.relative_to(out) for path in files], planned.report, timings, verified)
 
 
-def draw(spec_path: str | Path, out_path: str | Path, *, show_all: bool = False,
-         progress: Progress | None = None) -> Path:
+def draw(
+    spec_path: str | Path, out_path: str | Path, *, show_all: bool = False, progress: Progress | None = None
+) -> Path:
     """Draw the change a spec makes: the source net beside the edited net, each layer
     coloured by what happened to it (kept / re-initialised / derived / added / dropped /
     renamed), frozen layers and other lr_mults marked, the spec line of every change.
@@ -188,8 +205,10 @@ def draw(spec_path: str | Path, out_path: str | Path, *, show_all: bool = False,
     out = Path(out_path)
     kind = out.suffix.lower()
     if kind not in (".svg", ".png", ".html"):
-        raise SpecError(f"cannot draw to {str(out)!r}: unknown picture type {kind or '(none)'!r}",
-                        fix="name the output .svg, .png or .html")
+        raise SpecError(
+            f"cannot draw to {str(out)!r}: unknown picture type {kind or '(none)'!r}",
+            fix="name the output .svg, .png or .html",
+        )
     planned = plan(spec_path, progress)
     if out.resolve() == planned.spec.path.resolve():
         raise SpecError(f"{str(out)!r} is the spec itself", fix="choose another output file")
@@ -206,9 +225,18 @@ def report_page(planned: Plan, verified: Any = None, *, show_all: bool = False) 
     return report_html(planned.spec.path, planned.source, planned.net, planned.report, verified, show_all=show_all)
 
 
-def verify(spec_path: str | Path, *, seed: int = 0, atol: float = 1e-5, rtol: float = 1e-4, scale_rtol: float = 1e-5,
-           progress: Progress | None = None, html: str | Path | None = None, device: str = "cpu",
-           tf32: bool = False):
+def verify(
+    spec_path: str | Path,
+    *,
+    seed: int = 0,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    scale_rtol: float = 1e-5,
+    progress: Progress | None = None,
+    html: str | Path | None = None,
+    device: str = "cpu",
+    tf32: bool = False,
+):
     """Apply a spec in memory and compare emitted torch, emitted ONNX (onnxruntime) and
     the source model on the same seeded inputs. Returns a
     :class:`surgery.verify.VerifyResult` (``.ok``, ``.comparisons``, ``.provider``); see
@@ -227,8 +255,9 @@ def verify(spec_path: str | Path, *, seed: int = 0, atol: float = 1e-5, rtol: fl
     torch_device(device)  # a GPU asked for and absent: refused before any loading
     source = _load_source(load_spec(spec_path), progress)
     planned = plan(spec_path, progress, shapes_only=False, source=source)
-    result = _run_verify(source, planned, seed, progress, atol=atol, rtol=rtol, scale_rtol=scale_rtol,
-                         device=device, tf32=tf32)
+    result = _run_verify(
+        source, planned, seed, progress, atol=atol, rtol=rtol, scale_rtol=scale_rtol, device=device, tf32=tf32
+    )
     if html is not None:
         from surgery.emitters.picture.files import write_picture
 

@@ -23,8 +23,8 @@ import torch
 from surgery.emitters.onnx_model import emit_onnx
 from surgery.emitters.step import emit_step_onnx, step_net
 from surgery.errors import SurgeryError
-from surgery.layers.time_fold import clip_input, has_time_axis, without_time
 from surgery.ir import Net
+from surgery.layers.time_fold import clip_input, has_time_axis, without_time
 from surgery.probe import blob_values
 
 
@@ -108,16 +108,17 @@ def onnx_session(path: Path, *, tf32: bool = False):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         cuda_options = {} if tf32 else dict(CUDA_FP32_OPTIONS)
         try:
-            session = ort.InferenceSession(str(path), options,
-                                           providers=[("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"])
-            if session.get_providers()[0] == "CUDAExecutionProvider":
-                return session
-        except Exception:  # noqa: BLE001  (a CUDA build without a GPU: fall back, and say so below)
-            pass
+            session = ort.InferenceSession(
+                str(path), options, providers=[("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
+            )
+        except Exception:  # noqa: BLE001  (a CUDA build without a GPU: fall back to the CPU, and say so)
+            session = None
+        if session is not None and session.get_providers()[0] == "CUDAExecutionProvider":
+            return session
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def provider_label(session, tf32: bool = False) -> str:  # noqa: ANN001
+def provider_label(session, tf32: bool = False) -> str:
     """The provider that ran ``session`` and its float32 precision."""
     provider = session.get_providers()[0]
     if provider == "CUDAExecutionProvider":
@@ -138,13 +139,20 @@ def torch_device(name: str) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             built = torch.version.cuda
-            raise SpecError(f"--device {name} asks for a CUDA GPU, and torch {torch.__version__} sees none",
-                            fix="run verify on the CPU (leave out --device); " + (
-                                f"this torch is built for CUDA {built}: check the driver and CUDA_VISIBLE_DEVICES"
-                                if built else "this torch has no CUDA: install a CUDA build of torch"))
+            raise SpecError(
+                f"--device {name} asks for a CUDA GPU, and torch {torch.__version__} sees none",
+                fix="run verify on the CPU (leave out --device); "
+                + (
+                    f"this torch is built for CUDA {built}: check the driver and CUDA_VISIBLE_DEVICES"
+                    if built
+                    else "this torch has no CUDA: install a CUDA build of torch"
+                ),
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise SpecError(f"--device {name}: torch sees {torch.cuda.device_count()} GPU(s)",
-                            fix=f"use an index below {torch.cuda.device_count()}")
+            raise SpecError(
+                f"--device {name}: torch sees {torch.cuda.device_count()} GPU(s)",
+                fix=f"use an index below {torch.cuda.device_count()}",
+            )
     return device
 
 
@@ -152,8 +160,11 @@ def torch_device(name: str) -> torch.device:
 def full_fp32() -> Iterator[None]:
     """torch's float32 convolutions and matmuls at full precision (no TF32) inside the
     block; the caller's settings come back after it."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-             torch.get_float32_matmul_precision())
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.get_float32_matmul_precision(),
+    )
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
@@ -184,27 +195,33 @@ def compare(what: str, blob: str, ours: np.ndarray, reference: np.ndarray, toler
 
 def seeded_inputs(net: Net, seed: int) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return {layer.outputs[0]: torch.randn(*layer.params["shape"], generator=generator)
-            for layer in net.input_layers()}
+    return {layer.outputs[0]: torch.randn(*layer.params["shape"], generator=generator) for layer in net.input_layers()}
 
 
 def untouched_frontier(source: Net, edited: Net) -> list[str]:
     """Blobs of ``edited`` computed exactly as in ``source`` whose consumers (or the net
     output) are where the edits begin."""
+
     def untouched(name: str) -> bool:
         if name not in source:
             return False
         a, b = edited.layer(name), source.layer(name)
         # use_global_stats only changes training; the deploy computation is the same.
         same_params = {k: v for k, v in a.params.items() if k != "use_global_stats"} == {
-            k: v for k, v in b.params.items() if k != "use_global_stats"}
-        return (a.type == b.type and a.inputs == b.inputs and a.outputs == b.outputs and same_params
-                and set(a.blobs) == set(b.blobs)
-                and all(a.blobs[r].origin == b.blobs[r].origin and a.blobs[r].shape == b.blobs[r].shape
-                        for r in a.blobs))
+            k: v for k, v in b.params.items() if k != "use_global_stats"
+        }
+        return (
+            a.type == b.type
+            and a.inputs == b.inputs
+            and a.outputs == b.outputs
+            and same_params
+            and set(a.blobs) == set(b.blobs)
+            and all(a.blobs[r].origin == b.blobs[r].origin and a.blobs[r].shape == b.blobs[r].shape for r in a.blobs)
+        )
 
-    clean = {name for name in edited.layer_names()
-             if untouched(name) and all(untouched(n) for n in edited.ancestors(name))}
+    clean = {
+        name for name in edited.layer_names() if untouched(name) and all(untouched(n) for n in edited.ancestors(name))
+    }
     frontier = []
     for name in edited.layer_names():
         layer = edited.layer(name)
@@ -217,14 +234,25 @@ def untouched_frontier(source: Net, edited: Net) -> list[str]:
     return frontier
 
 
-def _torch_blobs(net: Net, blobs: list[str], inputs: dict[str, torch.Tensor],
-                 device: torch.device | None = None) -> dict[str, np.ndarray]:
+def _torch_blobs(
+    net: Net, blobs: list[str], inputs: dict[str, torch.Tensor], device: torch.device | None = None
+) -> dict[str, np.ndarray]:
     values = blob_values(net, blobs, list(inputs.values()), device=device)
     return {name: value.cpu().numpy() for name, value in values.items()}
 
 
-def verify(source: Net, edited: Net, *, seed: int = 0, atol: float = 1e-5, rtol: float = 1e-4,
-           scale_rtol: float = 1e-5, opset: int = 17, device: str = "cpu", tf32: bool = False) -> VerifyResult:
+def verify(
+    source: Net,
+    edited: Net,
+    *,
+    seed: int = 0,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    scale_rtol: float = 1e-5,
+    opset: int = 17,
+    device: str = "cpu",
+    tf32: bool = False,
+) -> VerifyResult:
     """Compare emitted torch, emitted ONNX (onnxruntime) and the source.
 
     Args:
@@ -248,8 +276,9 @@ def verify(source: Net, edited: Net, *, seed: int = 0, atol: float = 1e-5, rtol:
         return _verify(source, edited, seed, Tolerance(atol, rtol, scale_rtol), opset, torch_on, tf32)
 
 
-def _verify(source: Net, edited: Net, seed: int, tolerance: Tolerance, opset: int, device: torch.device,
-            tf32: bool) -> VerifyResult:
+def _verify(
+    source: Net, edited: Net, seed: int, tolerance: Tolerance, opset: int, device: torch.device, tf32: bool
+) -> VerifyResult:
     inputs = seeded_inputs(edited, seed)
     deploy = edited.outputs_for(None)
     ours = _torch_blobs(edited, deploy, inputs, device)
@@ -273,27 +302,44 @@ def _verify(source: Net, edited: Net, seed: int, tolerance: Tolerance, opset: in
         edited_values = _torch_blobs(edited, frontier, inputs, device)
         for blob in frontier:
             result.comparisons.append(
-                compare("torch vs source (untouched)", blob, edited_values[blob], source_values[blob], tolerance))
+                compare("torch vs source (untouched)", blob, edited_values[blob], source_values[blob], tolerance)
+            )
     return result
 
 
-def _frame_comparisons(source: Net, edited: Net, inputs: dict[str, torch.Tensor],
-                       tolerance: Tolerance, device: torch.device) -> list[Comparison]:
+def _frame_comparisons(
+    source: Net, edited: Net, inputs: dict[str, torch.Tensor], tolerance: Tolerance, device: torch.device
+) -> list[Comparison]:
     """The clip model's untouched per-frame blobs vs the source run on every frame."""
     frontier = untouched_frontier(source, without_time(edited))
     if not frontier:
         return []
     clip = clip_input(edited)
     frames = inputs[clip].flatten(0, 1)
-    source_values = _torch_blobs(source, frontier, {layer.outputs[0]: frames for layer in source.input_layers()},
-                                 device)
+    source_values = _torch_blobs(
+        source, frontier, {layer.outputs[0]: frames for layer in source.input_layers()}, device
+    )
     edited_values = _torch_blobs(edited, frontier, inputs, device)
-    return [compare("torch vs source (per frame)", blob, edited_values[blob].reshape(source_values[blob].shape),
-                    source_values[blob], tolerance) for blob in frontier]
+    return [
+        compare(
+            "torch vs source (per frame)",
+            blob,
+            edited_values[blob].reshape(source_values[blob].shape),
+            source_values[blob],
+            tolerance,
+        )
+        for blob in frontier
+    ]
 
 
-def _step_comparisons(edited: Net, inputs: dict[str, torch.Tensor], clip_values: dict[str, np.ndarray],
-                      tolerance: Tolerance, opset: int, tf32: bool = False) -> list[Comparison]:
+def _step_comparisons(
+    edited: Net,
+    inputs: dict[str, torch.Tensor],
+    clip_values: dict[str, np.ndarray],
+    tolerance: Tolerance,
+    opset: int,
+    tf32: bool = False,
+) -> list[Comparison]:
     """The ONNX streaming step model fed the clip's frames one by one (from a zero state)
     vs the ONNX clip model; nothing when the head needs the whole clip."""
     try:
@@ -305,7 +351,9 @@ def _step_comparisons(edited: Net, inputs: dict[str, torch.Tensor], clip_values:
     with tempfile.TemporaryDirectory() as tmp:
         session = onnx_session(emit_step_onnx(edited, Path(tmp) / "model_step.onnx", opset=opset), tf32=tf32)
         names = [o.name for o in session.get_outputs()]
-        states = {i.name: np.zeros(step.shape(i.name), np.float32) for i in session.get_inputs() if i.name != clip}
+        states = {
+            i.name: np.zeros(step.known_shape(i.name), np.float32) for i in session.get_inputs() if i.name != clip
+        }
         steps = []
         for t in range(frames.shape[1]):
             out = dict(zip(names, session.run(names, {clip: frames[:, t], **states})))
@@ -313,7 +361,7 @@ def _step_comparisons(edited: Net, inputs: dict[str, torch.Tensor], clip_values:
             steps.append(out)
     comparisons = []
     for blob in edited.outputs_for(None):
-        per_step = step.shape(blob)[1:2] == (1,) and edited.shape(blob)[1] == frames.shape[1]
+        per_step = step.known_shape(blob)[1:2] == (1,) and edited.known_shape(blob)[1] == frames.shape[1]
         got = np.concatenate([out[blob] for out in steps], 1) if per_step else steps[-1][blob]
         comparisons.append(compare("step model over T vs clip", blob, got, clip_values[blob], tolerance))
     return comparisons
@@ -325,8 +373,10 @@ def _verdict(c: Comparison) -> str:
         return "ok (allclose)"
     if c.scale_ok:
         return f"ok (scale; allclose fails, worst element {c.allclose_ratio:.3g}x its bound)"
-    return (f"FAIL: allclose (|a-b| <= {t.atol:g} + {t.rtol:g}*|b|) fails, worst element {c.allclose_ratio:.3g}x its "
-            f"bound; scale (max abs <= {t.scale_rtol:g} * max |b|) fails, max rel {c.max_rel:.3g}")
+    return (
+        f"FAIL: allclose (|a-b| <= {t.atol:g} + {t.rtol:g}*|b|) fails, worst element {c.allclose_ratio:.3g}x its "
+        f"bound; scale (max abs <= {t.scale_rtol:g} * max |b|) fails, max rel {c.max_rel:.3g}"
+    )
 
 
 def format_verify(result: VerifyResult) -> str:
@@ -336,7 +386,9 @@ def format_verify(result: VerifyResult) -> str:
         lines.append(f"torch device: {result.device} (fp32, TF32 off)")
     width = max((len(c.blob) for c in result.comparisons), default=10)
     for c in result.comparisons:
-        lines.append(f"  {c.what:<28} {c.blob:<{width}}  max abs {c.max_abs:.3g}  max rel {c.max_rel:.3g}  {_verdict(c)}")
+        lines.append(
+            f"  {c.what:<28} {c.blob:<{width}}  max abs {c.max_abs:.3g}  max rel {c.max_rel:.3g}  {_verdict(c)}"
+        )
     ran = " (the ONNX side ran in TF32: this compares a TF32 run with fp32)" if result.tf32 else ""
     lines.append(("verified: all within tolerance" if result.ok else "verification FAILED") + ran)
     return "\n".join(lines)

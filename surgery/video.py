@@ -24,8 +24,14 @@ def split(net: Net) -> tuple[Net, Net]:
     return backbone_net(net), head_net(net)
 
 
-def features(model: str | Path | Net, clips_dir: str | Path, out_dir: str | Path, *, batch_frames: int = 512,
-             progress: Callable[[int, int, str], None] | None = None) -> list[Path]:
+def features(
+    model: str | Path | Net,
+    clips_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    batch_frames: int = 512,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> list[Path]:
     """Run a clip model's frozen backbone once over every ``*.npy`` clip in ``clips_dir``
     (each ``(T, C, H, W)``) and write ``out_dir/<same name>.npy`` with its features
     ``(T, F)``, each file atomically. ``model``: a spec file or a clip-model net.
@@ -38,9 +44,8 @@ def features(model: str | Path | Net, clips_dir: str | Path, out_dir: str | Path
     import torch
 
     from surgery.emitters.split import backbone_net
-    from surgery.errors import ShapeError
-
     from surgery.emitters.torch_module import emit_torch
+    from surgery.errors import ShapeError
     from surgery.runner import plan
 
     net = model if isinstance(model, Net) else plan(model, shapes_only=False).net
@@ -56,11 +61,17 @@ def features(model: str | Path | Net, clips_dir: str | Path, out_dir: str | Path
     for done, clip_file in enumerate(clips, 1):
         frames = np.load(clip_file, allow_pickle=False)
         if frames.ndim != 4 or tuple(frames.shape[1:]) != frame_shape:
-            raise ShapeError(f"clip {clip_file.name!r} has shape {frames.shape}, expected (T, {', '.join(map(str, frame_shape))})",
-                             subject=str(clip_file))
+            raise ShapeError(
+                f"clip {clip_file.name!r} has shape {frames.shape}, expected (T, {', '.join(map(str, frame_shape))})",
+                subject=str(clip_file),
+            )
         with torch.no_grad():
-            values = torch.cat([runner(torch.from_numpy(np.ascontiguousarray(chunk, np.float32)))
-                                for chunk in np.array_split(frames, max(1, -(-len(frames) // batch_frames)))])
+            values = torch.cat(
+                [
+                    runner(torch.from_numpy(np.ascontiguousarray(chunk, np.float32)))
+                    for chunk in np.array_split(frames, max(1, -(-len(frames) // batch_frames)))
+                ]
+            )
         target = out / clip_file.name
         temp = target.with_name(f".{target.name}.partial")
         with open(temp, "wb") as handle:

@@ -22,8 +22,9 @@ def blob(array: np.ndarray, legacy: bool = False):
     return proto
 
 
-def write_net(folder: Path, name: str, prototxt: str, weights: dict[str, list[np.ndarray]],
-              legacy_blobs: bool = False) -> tuple[Path, Path]:
+def write_net(
+    folder: Path, name: str, prototxt: str, weights: dict[str, list[np.ndarray]], legacy_blobs: bool = False
+) -> tuple[Path, Path]:
     """``prototxt`` (V2 text) and a caffemodel holding ``weights`` by layer name."""
     folder.mkdir(parents=True, exist_ok=True)
     text_path = folder / f"{name}.prototxt"
@@ -45,8 +46,17 @@ def to_v1(prototxt: str) -> str:
     legacy = caffe_class("NetParameter")()
     legacy.name = net.name
     enum = caffe_class("V1LayerParameter")().DESCRIPTOR.fields_by_name["type"].enum_type
-    names = {"Convolution": "CONVOLUTION", "ReLU": "RELU", "Pooling": "POOLING", "InnerProduct": "INNER_PRODUCT",
-             "Softmax": "SOFTMAX", "LRN": "LRN", "Concat": "CONCAT", "Dropout": "DROPOUT", "Eltwise": "ELTWISE"}
+    names = {
+        "Convolution": "CONVOLUTION",
+        "ReLU": "RELU",
+        "Pooling": "POOLING",
+        "InnerProduct": "INNER_PRODUCT",
+        "Softmax": "SOFTMAX",
+        "LRN": "LRN",
+        "Concat": "CONCAT",
+        "Dropout": "DROPOUT",
+        "Eltwise": "ELTWISE",
+    }
     for index, name in enumerate(net.input):
         legacy.input.append(name)
         legacy.input_dim.extend(net.input_shape[index].dim)
@@ -58,8 +68,16 @@ def to_v1(prototxt: str) -> str:
         for spec in layer.param:
             v1.blobs_lr.append(spec.lr_mult)
             v1.weight_decay.append(spec.decay_mult)
-        for field in ("convolution_param", "pooling_param", "inner_product_param", "lrn_param", "relu_param",
-                      "concat_param", "dropout_param", "eltwise_param"):
+        for field in (
+            "convolution_param",
+            "pooling_param",
+            "inner_product_param",
+            "lrn_param",
+            "relu_param",
+            "concat_param",
+            "dropout_param",
+            "eltwise_param",
+        ):
             if layer.HasField(field):
                 getattr(v1, field).CopyFrom(getattr(layer, field))
     return text_format.MessageToString(legacy)
@@ -109,7 +127,8 @@ layer { name: "loss1/relu_fc" type: "ReLU" bottom: "loss1/fc" top: "loss1/fc" }
 layer { name: "loss1/drop_fc" type: "Dropout" bottom: "loss1/fc" top: "loss1/fc" dropout_param { dropout_ratio: 0.7 } }
 layer { name: "loss1/classifier" type: "InnerProduct" bottom: "loss1/fc" top: "loss1/classifier"
         param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
-        inner_product_param { num_output: 10 weight_filler { type: "xavier" } bias_filler { type: "constant" value: 0 } } }
+        inner_product_param { num_output: 10 weight_filler { type: "xavier" }
+        bias_filler { type: "constant" value: 0 } } }
 layer { name: "loss1/loss" type: "SoftmaxWithLoss" bottom: "loss1/classifier" bottom: "label" top: "loss1/loss1"
         loss_weight: 0.3 }
 layer { name: "loss1/top-1" type: "Accuracy" bottom: "loss1/classifier" bottom: "label" top: "loss1/top-1"
@@ -139,8 +158,12 @@ layer { name: "loss3/top-1" type: "Accuracy" bottom: "loss3/classifier" bottom: 
 def mini_googlenet_weights(seed: int = 0) -> dict[str, list[np.ndarray]]:
     w = rng_weights(seed)
     return {
-        "conv1/7x7_s2": [w(8, 3, 7, 7, scale=0.05), w(8)], "inception_4a/1x1": [w(4, 8, 1, 1), w(4)],
-        "inception_4a/3x3": [w(6, 8, 3, 3), w(6)], "loss1/fc": [w(16, 10 * 2 * 2), w(16)],
-        "loss1/classifier": [w(10, 16), w(10)], "inception_4d/output": [w(10, 10, 3, 3), w(10)],
-        "loss2/classifier": [w(10, 10 * 2 * 2), w(10)], "loss3/classifier": [w(10, 10), w(10)],
+        "conv1/7x7_s2": [w(8, 3, 7, 7, scale=0.05), w(8)],
+        "inception_4a/1x1": [w(4, 8, 1, 1), w(4)],
+        "inception_4a/3x3": [w(6, 8, 3, 3), w(6)],
+        "loss1/fc": [w(16, 10 * 2 * 2), w(16)],
+        "loss1/classifier": [w(10, 16), w(10)],
+        "inception_4d/output": [w(10, 10, 3, 3), w(10)],
+        "loss2/classifier": [w(10, 10 * 2 * 2), w(10)],
+        "loss3/classifier": [w(10, 10), w(10)],
     }

@@ -9,8 +9,8 @@ from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import numpy as np  # noqa: E402
-import keras  # noqa: E402
+import keras
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,8 +69,12 @@ def write_keras2_h5(path: Path, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
 
     def layer(cls: str, name: str, config: dict, inbound: list) -> dict:
-        return {"class_name": cls, "config": {"name": name, "trainable": True, "dtype": "float32", **config},
-                "name": name, "inbound_nodes": inbound}
+        return {
+            "class_name": cls,
+            "config": {"name": name, "trainable": True, "dtype": "float32", **config},
+            "name": name,
+            "inbound_nodes": inbound,
+        }
 
     def node(*names: str) -> list:
         return [[[n, 0, 0, {}] for n in names]]
@@ -78,22 +82,58 @@ def write_keras2_h5(path: Path, seed: int = 0) -> Path:
     conv = {"strides": [1, 1], "data_format": "channels_last", "dilation_rate": [1, 1], "use_bias": True}
     layers = [
         layer("InputLayer", "input_1", {"batch_input_shape": [None, 5, 4, 3], "sparse": False, "ragged": False}, []),
-        layer("Conv2D", "conv", conv | {"filters": 4, "kernel_size": [3, 3], "strides": [2, 2], "padding": "same",
-                                        "groups": 1, "activation": "relu"}, node("input_1")),
-        layer("DepthwiseConv2D", "dw", conv | {"kernel_size": [3, 3], "padding": "same", "depth_multiplier": 1,
-                                               "activation": "linear", "use_bias": False}, node("conv")),
-        layer("BatchNormalization", "bn", {"axis": [3], "momentum": 0.99, "epsilon": 0.001, "center": True,
-                                           "scale": True}, node("dw")),
+        layer(
+            "Conv2D",
+            "conv",
+            conv
+            | {
+                "filters": 4,
+                "kernel_size": [3, 3],
+                "strides": [2, 2],
+                "padding": "same",
+                "groups": 1,
+                "activation": "relu",
+            },
+            node("input_1"),
+        ),
+        layer(
+            "DepthwiseConv2D",
+            "dw",
+            conv
+            | {
+                "kernel_size": [3, 3],
+                "padding": "same",
+                "depth_multiplier": 1,
+                "activation": "linear",
+                "use_bias": False,
+            },
+            node("conv"),
+        ),
+        layer(
+            "BatchNormalization",
+            "bn",
+            {"axis": [3], "momentum": 0.99, "epsilon": 0.001, "center": True, "scale": True},
+            node("dw"),
+        ),
         layer("Add", "add", {}, node("bn", "conv")),
         layer("Flatten", "flatten", {"data_format": "channels_last"}, node("add")),
         layer("Dense", "dense", {"units": 3, "activation": "softmax", "use_bias": True}, node("flatten")),
     ]
-    config = {"class_name": "Functional", "config": {"name": "model", "layers": layers,
-                                                     "input_layers": [["input_1", 0, 0]],
-                                                     "output_layers": [["dense", 0, 0]]}}
-    weights = {"conv": [("kernel:0", (3, 3, 3, 4)), ("bias:0", (4,))], "dw": [("depthwise_kernel:0", (3, 3, 4, 1))],
-               "bn": [("gamma:0", (4,)), ("beta:0", (4,)), ("moving_mean:0", (4,)), ("moving_variance:0", (4,))],
-               "dense": [("kernel:0", (24, 3)), ("bias:0", (3,))]}
+    config = {
+        "class_name": "Functional",
+        "config": {
+            "name": "model",
+            "layers": layers,
+            "input_layers": [["input_1", 0, 0]],
+            "output_layers": [["dense", 0, 0]],
+        },
+    }
+    weights = {
+        "conv": [("kernel:0", (3, 3, 3, 4)), ("bias:0", (4,))],
+        "dw": [("depthwise_kernel:0", (3, 3, 4, 1))],
+        "bn": [("gamma:0", (4,)), ("beta:0", (4,)), ("moving_mean:0", (4,)), ("moving_variance:0", (4,))],
+        "dense": [("kernel:0", (24, 3)), ("bias:0", (3,))],
+    }
     with h5py.File(path, "w") as handle:
         handle.attrs["keras_version"], handle.attrs["backend"] = "2.12.0", "tensorflow"
         handle.attrs["model_config"] = json.dumps(config)

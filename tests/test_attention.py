@@ -12,10 +12,10 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from onnx_runs import random_inputs, run_onnx
 from torch import nn
 
 import surgery
-from onnx_runs import random_inputs, run_onnx
 from surgery.emitters.caffe import emit_caffe
 from surgery.emitters.onnx_model import emit_onnx
 from surgery.errors import ModelFormatError
@@ -106,8 +106,9 @@ def test_onnx_formula_and_native_operator_match_at_two_batch_sizes(case: str, tm
             xs = random_inputs(shapes, batch)
             with torch.no_grad():
                 expected = module(*xs).numpy()
-            np.testing.assert_allclose(run_onnx(path, xs), expected, atol=ATOL, rtol=0,
-                                       err_msg=f"opset {opset}, batch {batch}")
+            np.testing.assert_allclose(
+                run_onnx(path, xs), expected, atol=ATOL, rtol=0, err_msg=f"opset {opset}, batch {batch}"
+            )
 
 
 @pytest.mark.parametrize("case", ["4d_causal", "3d_causal_scale_positional", "4d_causal_more_queries"])
@@ -118,8 +119,7 @@ def test_the_native_operator_reads_back_as_the_layer(case: str, tmp_path: Path) 
     assert layer.params["is_causal"]
     xs = random_inputs(shapes, 2)
     with torch.no_grad():
-        np.testing.assert_allclose(surgery.to_torch(again).eval()(*xs).numpy(), module(*xs).numpy(), atol=ATOL,
-                                   rtol=0)
+        np.testing.assert_allclose(surgery.to_torch(again).eval()(*xs).numpy(), module(*xs).numpy(), atol=ATOL, rtol=0)
 
 
 def test_the_formula_reads_back_as_plain_layers(tmp_path: Path) -> None:
@@ -128,8 +128,7 @@ def test_the_formula_reads_back_as_plain_layers(tmp_path: Path) -> None:
     assert {"MatMul", "Softmax", "Permute"} <= {layer.type for layer in again.layers()}
     xs = random_inputs(shapes, 2)
     with torch.no_grad():
-        np.testing.assert_allclose(surgery.to_torch(again).eval()(*xs).numpy(), module(*xs).numpy(), atol=ATOL,
-                                   rtol=0)
+        np.testing.assert_allclose(surgery.to_torch(again).eval()(*xs).numpy(), module(*xs).numpy(), atol=ATOL, rtol=0)
 
 
 def test_timms_block_has_the_layer_and_matches(tmp_path: Path) -> None:

@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from caffe_nets import bn_blobs, write_net
+from toy_nets import toy_cnn
 
 import surgery
 from surgery.cli import main
 from surgery.errors import ModelFormatError, SurgeryError
-
-from caffe_nets import bn_blobs, write_net
-from toy_nets import toy_cnn
 
 CAFFE_NET = """name: "GoogleNet"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
@@ -89,20 +88,26 @@ def test_bit_flipped_onnx_files_end_cleanly(tmp_path: Path, capsys) -> None:
     data = _toy_onnx(tmp_path).read_bytes()
     rng = random.Random(0)
     spec = tmp_path / "s.prototxt"
-    spec.write_text('source { onnx { path: "m.onnx" } }\nedit { lr { match: "*" lr_mult: 0 } }\n'
-                    "output { pytorch { } }\n")
+    spec.write_text(
+        'source { onnx { path: "m.onnx" } }\nedit { lr { match: "*" lr_mult: 0 } }\noutput { pytorch { } }\n'
+    )
     errors = 0
-    for trial in range(150):
+    for _trial in range(150):
         flipped = bytearray(data)
         for _ in range(rng.choice((1, 1, 2, 8))):
             flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
         (tmp_path / "m.onnx").write_bytes(bytes(flipped))
-        for argv in (["inspect", str(tmp_path / "m.onnx")],
-                     ["apply", "-q", str(spec), "-o", str(tmp_path / "out"), "--force"]):
+        for argv in (
+            ["inspect", str(tmp_path / "m.onnx")],
+            ["apply", "-q", str(spec), "-o", str(tmp_path / "out"), "--force"],
+        ):
             code, _, err = _run(capsys, *argv)  # an escaping exception fails the test here
             assert code in (0, 2), err
             if code == 2:
-                assert err.startswith("error: ") and len([l for l in err.splitlines() if l.startswith("error")]) == 1
+                assert (
+                    err.startswith("error: ")
+                    and len([line for line in err.splitlines() if line.startswith("error")]) == 1
+                )
                 errors += 1
                 break
     assert errors > 10, "the flips reach the parts the reader checks"
@@ -127,7 +132,7 @@ def test_a_weights_file_truncated_while_mapped_is_refused_before_it_is_read(tmp_
     os.truncate(path, 200)
     blob = next(b for layer in net.layers() for b in layer.blobs.values() if b.numel > 100)
     with pytest.raises(ModelFormatError, match="was truncated while in use"):
-        blob.data
+        _ = blob.data  # reading the property is what fails
 
 
 def test_a_caffemodel_whose_blob_does_not_fit_its_header_is_refused_at_load(tmp_path: Path) -> None:
@@ -152,8 +157,10 @@ def test_eltwise_bottoms_in_either_order_make_the_same_skip_connection(capsys) -
     skip = f.block1_relu(f.block1_bn(conv)) + conv
     expected = model.classifier(torch.flatten(f.block2_pool(f.block2_relu(f.block2_conv1(f.block1_pool(skip)))), 1))
     notes = []
-    for bottoms in (["features.block1_conv1", "features.block1_relu"],
-                    ["features.block1_relu", "features.block1_conv1"]):
+    for bottoms in (
+        ["features.block1_conv1", "features.block1_relu"],
+        ["features.block1_relu", "features.block1_conv1"],
+    ):
         net = surgery.load(toy_cnn(), (2, 3, 16, 16))
         actions = surgery.eltwise(net, "g", bottoms, operation="SUM")
         assert [r.name for r, _ in net.consumers("g")] == ["features.block1_pool"]
@@ -164,10 +171,13 @@ def test_eltwise_bottoms_in_either_order_make_the_same_skip_connection(capsys) -
     assert notes == [True, False], "the report says when the order was turned round"
 
 
-@pytest.mark.parametrize("opset,ir,message", [(99, None, "opset 99 is outside"), (3, None, "opset 3 is outside"),
-                                              (None, 99, "IR version 99 is outside")])
-def test_onnx_versions_outside_the_installed_ones_are_refused_at_the_spec(opset, ir, message, toy_spec,
-                                                                         tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    "opset,ir,message",
+    [(99, None, "opset 99 is outside"), (3, None, "opset 3 is outside"), (None, 99, "IR version 99 is outside")],
+)
+def test_onnx_versions_outside_the_installed_ones_are_refused_at_the_spec(
+    opset, ir, message, toy_spec, tmp_path: Path, capsys
+) -> None:
     fields = (f"opset: {opset} " if opset else "") + (f"ir_version: {ir}" if ir else "")
     spec = toy_spec(f"\noutput {{ onnx {{ {fields} }} }}")
     code, _, err = _run(capsys, "plan", "-q", str(spec))
@@ -183,10 +193,12 @@ def _tiny_tmpfs(folder: Path, options: str):
     return folder if run.returncode == 0 else None
 
 
-@pytest.mark.parametrize("options,message", [("size=64k", "No space left on device"),
-                                             ("ro,size=4m", "Read-only file system")])
-def test_a_full_or_read_only_disk_says_what_failed_and_where(options: str, message: str, toy_spec,
-                                                              tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    "options,message", [("size=64k", "No space left on device"), ("ro,size=4m", "Read-only file system")]
+)
+def test_a_full_or_read_only_disk_says_what_failed_and_where(
+    options: str, message: str, toy_spec, tmp_path: Path, capsys
+) -> None:
     mounted = _tiny_tmpfs(tmp_path / "disk", options)
     if mounted is None:
         pytest.skip("mounting a tmpfs needs root (the monkeypatched test below covers the rest)")
@@ -200,8 +212,9 @@ def test_a_full_or_read_only_disk_says_what_failed_and_where(options: str, messa
         subprocess.run(["umount", str(mounted)], check=True)
 
 
-def test_a_write_that_fails_with_enospc_says_what_failed_and_where(toy_spec, tmp_path: Path, capsys,
-                                                                    monkeypatch) -> None:
+def test_a_write_that_fails_with_enospc_says_what_failed_and_where(
+    toy_spec, tmp_path: Path, capsys, monkeypatch
+) -> None:
     """Where no small disk can be mounted: the report's write raises ENOSPC."""
     from surgery.emitters.files import HashingWriter
 
@@ -234,12 +247,15 @@ def test_truncated_copies_of_every_format_end_cleanly(fmt: str, tmp_path: Path, 
     elif fmt == "torch":
         model = tmp_path / "toy.pt"
         torch.save(toy_cnn().state_dict(), model)
-        source = f'torch {{ factory: "{Path(__file__).parent / "toy_nets.py"}:ToyCNN" weights: "cut" }} ' \
-                 "input_shape: [1, 3, 16, 16]"
+        source = (
+            f'torch {{ factory: "{Path(__file__).parent / "toy_nets.py"}:ToyCNN" weights: "cut" }} '
+            "input_shape: [1, 3, 16, 16]"
+        )
     else:
         (tmp_path / "net.prototxt").write_text(CAFFE_NET)
-        _, model = write_net(tmp_path, "net", CAFFE_NET, {"bn_1": bn_blobs(4),
-                                                         "conv": [np.ones((4, 3, 3, 3)), np.ones(4)]})
+        _, model = write_net(
+            tmp_path, "net", CAFFE_NET, {"bn_1": bn_blobs(4), "conv": [np.ones((4, 3, 3, 3)), np.ones(4)]}
+        )
         source = 'caffe { prototxt: "net.prototxt" weights: "cut" }'
     spec = tmp_path / "s.prototxt"
     spec.write_text(f"source {{ {source} }}\noutput {{ pytorch {{ }} }}\n")

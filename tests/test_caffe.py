@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from caffe_nets import MINI_GOOGLENET, bn_blobs, mini_googlenet_weights, rng_weights, to_v1, write_net
 
 import surgery
-from caffe_nets import MINI_GOOGLENET, bn_blobs, mini_googlenet_weights, rng_weights, to_v1, write_net
 from surgery.errors import ModelFormatError, SurgeryError
 from surgery.importers.caffe import import_caffe
 
@@ -18,30 +18,47 @@ INPUT = 'input: "data" input_shape { dim: 2 dim: 4 dim: 11 dim: 11 }\n'
 
 # Each net isolates a group of layer types; names follow Caffe habits (in-place tops).
 FIDELITY = {
-    "conv_bn_scale_pool": (INPUT + """
+    "conv_bn_scale_pool": (
+        INPUT
+        + """
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
         convolution_param { num_output: 6 kernel_size: 3 pad: 1 group: 2 } }
 layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" batch_norm_param { use_global_stats: true } }
 layer { name: "scale" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
 layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" relu_param { negative_slope: 0.1 } }
-layer { name: "maxpool" type: "Pooling" bottom: "conv" top: "maxpool" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
-layer { name: "avepool" type: "Pooling" bottom: "maxpool" top: "avepool" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
-""", lambda w: {"conv": [w(6, 2, 3, 3), w(6)], "bn": bn_blobs(6), "scale": [w(6) + 1, w(6)]}),
-    "lrn_both_regions": (INPUT + """
+layer { name: "maxpool" type: "Pooling" bottom: "conv" top: "maxpool"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "avepool" type: "Pooling" bottom: "maxpool" top: "avepool"
+        pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
+""",
+        lambda w: {"conv": [w(6, 2, 3, 3), w(6)], "bn": bn_blobs(6), "scale": [w(6) + 1, w(6)]},
+    ),
+    "lrn_both_regions": (
+        INPUT
+        + """
 layer { name: "across" type: "LRN" bottom: "data" top: "across" lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 } }
 layer { name: "within" type: "LRN" bottom: "across" top: "within"
         lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 norm_region: WITHIN_CHANNEL } }
-""", lambda w: {}),
-    "eltwise_concat": (INPUT + """
+""",
+        lambda w: {},
+    ),
+    "eltwise_concat": (
+        INPUT
+        + """
 layer { name: "a" type: "Convolution" bottom: "data" top: "a" convolution_param { num_output: 4 kernel_size: 1 } }
 layer { name: "b" type: "Convolution" bottom: "data" top: "b" convolution_param { num_output: 4 kernel_size: 1 } }
-layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "sum" eltwise_param { operation: SUM coeff: 0.5 coeff: -1 } }
+layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "sum"
+        eltwise_param { operation: SUM coeff: 0.5 coeff: -1 } }
 layer { name: "prod" type: "Eltwise" bottom: "a" bottom: "sum" top: "prod" eltwise_param { operation: PROD } }
 layer { name: "max" type: "Eltwise" bottom: "prod" bottom: "b" top: "max" eltwise_param { operation: MAX } }
 layer { name: "cat" type: "Concat" bottom: "max" bottom: "a" top: "cat" }
 layer { name: "sig" type: "Sigmoid" bottom: "cat" top: "sig" }
-""", lambda w: {"a": [w(4, 4, 1, 1), w(4)], "b": [w(4, 4, 1, 1), w(4)]}),
-    "deconv_fc_softmax": (INPUT + """
+""",
+        lambda w: {"a": [w(4, 4, 1, 1), w(4)], "b": [w(4, 4, 1, 1), w(4)]},
+    ),
+    "deconv_fc_softmax": (
+        INPUT
+        + """
 layer { name: "up" type: "Deconvolution" bottom: "data" top: "up"
         convolution_param { num_output: 4 kernel_size: 4 stride: 2 pad: 1 group: 2 } }
 layer { name: "tanh" type: "TanH" bottom: "up" top: "up" }
@@ -50,14 +67,24 @@ layer { name: "power" type: "Power" bottom: "up" top: "pow" power_param { power:
 layer { name: "fc" type: "InnerProduct" bottom: "pow" top: "fc" inner_product_param { num_output: 7 } }
 layer { name: "drop" type: "Dropout" bottom: "fc" top: "fc" }
 layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
-""", lambda w: {"up": [w(4, 2, 4, 4), w(4)], "prelu": [np.full(4, 0.2, np.float32)],
-                "fc": [w(7, 4 * 22 * 22, scale=0.02), w(7)]}),
-    "ceil_pool_borders": ('input: "data" input_shape { dim: 1 dim: 3 dim: 14 dim: 14 }\n' + """
+""",
+        lambda w: {
+            "up": [w(4, 2, 4, 4), w(4)],
+            "prelu": [np.full(4, 0.2, np.float32)],
+            "fc": [w(7, 4 * 22 * 22, scale=0.02), w(7)],
+        },
+    ),
+    "ceil_pool_borders": (
+        'input: "data" input_shape { dim: 1 dim: 3 dim: 14 dim: 14 }\n'
+        + """
 layer { name: "ave" type: "Pooling" bottom: "data" top: "ave" pooling_param { pool: AVE kernel_size: 5 stride: 3 } }
-layer { name: "max" type: "Pooling" bottom: "data" top: "max" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "max" type: "Pooling" bottom: "data" top: "max"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
 layer { name: "global" type: "Pooling" bottom: "max" top: "global" pooling_param { pool: AVE global_pooling: true } }
 layer { name: "flat" type: "Flatten" bottom: "ave" top: "flat" }
-""", lambda w: {}),
+""",
+        lambda w: {},
+    ),
 }
 
 
@@ -97,8 +124,13 @@ def test_fidelity_against_opencv(case: str, tmp_path: Path) -> None:
 
 def test_lrn_k_follows_caffe(tmp_path: Path) -> None:
     """OpenCV ignores LRN's k; Caffe uses it: check k = 2 against Caffe's formula (§2.5)."""
-    text, model = write_net(tmp_path, "lrn", INPUT + 'layer { name: "n" type: "LRN" bottom: "data" top: "n" '
-                            'lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 k: 2 } }\n', {})
+    text, model = write_net(
+        tmp_path,
+        "lrn",
+        INPUT + 'layer { name: "n" type: "LRN" bottom: "data" top: "n" '
+        "lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 k: 2 } }\n",
+        {},
+    )
     x = np.random.default_rng(0).standard_normal((2, 4, 11, 11)).astype(np.float32)
     padded = np.pad(x * x, ((0, 0), (1, 1), (0, 0), (0, 0)))
     window = padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]
@@ -130,7 +162,7 @@ def test_mini_googlenet_heads_losses_and_copy_report(tmp_path: Path) -> None:
 
 def test_renamed_classifier_gets_filler_and_report_lists_ignored(tmp_path: Path) -> None:
     renamed = MINI_GOOGLENET.replace('name: "loss3/classifier"', 'name: "loss3/flowers"')
-    text, model = write_net(tmp_path, "mini", MINI_GOOGLENET, mini_googlenet_weights())
+    _text, model = write_net(tmp_path, "mini", MINI_GOOGLENET, mini_googlenet_weights())
     (tmp_path / "renamed.prototxt").write_text(renamed)
     net = import_caffe(tmp_path / "renamed.prototxt", model)
     assert net.weight_copy["ignored"] == ["loss3/classifier"]
@@ -141,11 +173,11 @@ def test_renamed_classifier_gets_filler_and_report_lists_ignored(tmp_path: Path)
 
 
 def test_shape_mismatch_tells_to_rename_or_resize(tmp_path: Path) -> None:
-    text, model = write_net(tmp_path, "mini", MINI_GOOGLENET, mini_googlenet_weights())
-    resized = MINI_GOOGLENET.replace("inner_product_param { num_output: 10 weight_filler { type: \"xavier\" } } }\n"
-                                     "layer { name: \"loss3/loss3\"",
-                                     "inner_product_param { num_output: 5 weight_filler { type: \"xavier\" } } }\n"
-                                     "layer { name: \"loss3/loss3\"")
+    _text, model = write_net(tmp_path, "mini", MINI_GOOGLENET, mini_googlenet_weights())
+    resized = MINI_GOOGLENET.replace(
+        'inner_product_param { num_output: 10 weight_filler { type: "xavier" } } }\nlayer { name: "loss3/loss3"',
+        'inner_product_param { num_output: 5 weight_filler { type: "xavier" } } }\nlayer { name: "loss3/loss3"',
+    )
     (tmp_path / "resized.prototxt").write_text(resized)
     with pytest.raises(ModelFormatError) as error:
         import_caffe(tmp_path / "resized.prototxt", model)
@@ -154,20 +186,35 @@ def test_shape_mismatch_tells_to_rename_or_resize(tmp_path: Path) -> None:
 
 
 def test_v1_and_v2_forms_give_the_same_net(tmp_path: Path) -> None:
-    v2 = ('input: "data" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
-          'layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" param { lr_mult: 1 } '
-          'param { lr_mult: 2 decay_mult: 0 } convolution_param { num_output: 4 kernel_size: 3 } }\n'
-          'layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }\n'
-          'layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n'
-          'layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" inner_product_param { num_output: 3 } }\n')
+    v2 = (
+        'input: "data" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
+        'layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" param { lr_mult: 1 } '
+        "param { lr_mult: 2 decay_mult: 0 } convolution_param { num_output: 4 kernel_size: 3 } }\n"
+        'layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }\n'
+        'layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" '
+        "pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n"
+        'layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" inner_product_param { num_output: 3 } }\n'
+    )
     w = rng_weights(5)
     weights = {"conv1": [w(4, 3, 3, 3), w(4)], "fc": [w(3, 36), w(3)]}
     a_text, a_model = write_net(tmp_path / "v2", "net", v2, weights)
     b_text, b_model = write_net(tmp_path / "v1", "net", v2, weights, legacy_blobs=True)
     b_text.write_text(to_v1(v2))
     a, b = import_caffe(a_text, a_model), import_caffe(b_text, b_model)
-    describe = lambda n: [(l.name, l.type, l.inputs, l.outputs, l.params,  # noqa: E731
-                           {r: (bl.shape, bl.lr_mult, bl.decay_mult) for r, bl in l.blobs.items()}) for l in n.layers()]
+
+    def describe(n: surgery.Net) -> list:
+        return [
+            (
+                x.name,
+                x.type,
+                x.inputs,
+                x.outputs,
+                x.params,
+                {r: (bl.shape, bl.lr_mult, bl.decay_mult) for r, bl in x.blobs.items()},
+            )
+            for x in n.layers()
+        ]
+
     assert describe(a) == describe(b)
     x = torch.randn(1, 3, 8, 8)
     assert torch.equal(surgery.to_torch(a).eval()(x), surgery.to_torch(b).eval()(x))
@@ -177,7 +224,7 @@ def test_clear_errors(tmp_path: Path) -> None:
     text, model = write_net(tmp_path, "mini", MINI_GOOGLENET, mini_googlenet_weights())
     truncated = tmp_path / "truncated.caffemodel"
     truncated.write_bytes(model.read_bytes()[:200])
-    with pytest.raises(ModelFormatError, match="not a readable caffemodel|holds no layers|blob holds"):
+    with pytest.raises(ModelFormatError, match=r"not a readable caffemodel|holds no layers|blob holds"):
         import_caffe(text, truncated)
     broken = tmp_path / "broken.prototxt"
     broken.write_text('name: "x"\nlayer { name: "a" type: "ReLU" bottom: "data" top: "a"\n')
@@ -201,7 +248,8 @@ def test_googlenet_spec_end_to_end(tmp_path: Path) -> None:
         'edit { classifier { layer: "loss1/classifier" layer: "loss2/classifier" layer: "loss3/classifier" '
         'rename: "loss1/flowers" rename: "loss2/flowers" rename: "loss3/flowers" num_output: 5 } }\n'
         'edit { lr { up_to: "inception_4a/output" lr_mult: 0 } }\n'
-        'edit { lr { match: "loss*/flowers" lr_mult: 10 decay_mult: 1 } }\n')
+        'edit { lr { match: "loss*/flowers" lr_mult: 10 decay_mult: 1 } }\n'
+    )
     result = surgery.apply(spec, tmp_path / "out")
     report = result.report.as_dict()
     assert report["loss_weights"] == {"loss1/flowers": 0.3, "loss2/flowers": 0.3, "loss3/flowers": 1.0}
@@ -219,7 +267,7 @@ def test_googlenet_spec_end_to_end(tmp_path: Path) -> None:
 def test_caffe_source_errors_point_at_the_spec(tmp_path: Path) -> None:
     spec = tmp_path / "s.prototxt"
     spec.write_text('source { caffe { prototxt: "missing.prototxt" } }\n')
-    with pytest.raises(SurgeryError, match="missing.prototxt"):
+    with pytest.raises(SurgeryError, match=r"missing.prototxt"):
         surgery.plan(spec)
 
 
@@ -243,8 +291,9 @@ def test_caffe_round_trip_keeps_outputs(tmp_path: Path) -> None:
 
 def test_torch_model_to_caffe_runs_in_opencv(tmp_path: Path) -> None:
     """A torch model (BatchNorm with affine -> BatchNorm + Scale) written as Caffe files."""
-    from surgery.emitters.caffe import emit_caffe
     from toy_nets import toy_cnn
+
+    from surgery.emitters.caffe import emit_caffe
 
     source = toy_cnn()
     net = surgery.load(source, (1, 3, 16, 16))
@@ -266,8 +315,13 @@ def test_global_adaptive_pooling_head_to_caffe(tmp_path: Path) -> None:
     from surgery.emitters.caffe import emit_caffe
 
     torch.manual_seed(3)
-    source = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                                 torch.nn.Flatten(), torch.nn.Linear(6, 4)).eval()
+    source = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(6, 4),
+    ).eval()
     net = surgery.load(source, (1, 3, 9, 9))
     prototxt, weights = emit_caffe(net, tmp_path / "head.prototxt", tmp_path / "head.caffemodel")
     assert "global_pooling: true" in prototxt.read_text()
@@ -279,13 +333,14 @@ def test_global_adaptive_pooling_head_to_caffe(tmp_path: Path) -> None:
     cv_net.setInput(x.numpy())
     np.testing.assert_allclose(cv_net.forward().reshape(expected.shape), expected, atol=1e-4)
     uneven = surgery.load(torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d((3, 2))), (1, 2, 7, 6))
-    with pytest.raises(ModelFormatError, match="'0' .AdaptivePooling. cannot be written to Caffe: only global"):
+    with pytest.raises(ModelFormatError, match=r"'0' .AdaptivePooling. cannot be written to Caffe: only global"):
         emit_caffe(uneven, tmp_path / "u.prototxt", tmp_path / "u.caffemodel")
 
 
 def test_what_caffe_cannot_express_is_named(tmp_path: Path) -> None:
-    from surgery.emitters.caffe import emit_caffe
     from test_torch_roundtrip import Wrap
+
+    from surgery.emitters.caffe import emit_caffe
 
     class Gate(torch.nn.Module):
         def forward(self, x):

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_specs import SPECS, _needs
 from torch import nn
 
 import surgery
 from surgery.cli import main
-from test_specs import SPECS, _needs
 
 SVG = "{http://www.w3.org/2000/svg}"
 TESTS = Path(__file__).resolve().parent
@@ -64,11 +64,11 @@ def test_every_layer_appears_with_its_change(toy_spec, tmp_path: Path) -> None:
     assert sorted(before) == sorted(planned.source.layer_names())
     assert all(box["kind"] == "layer" for box in panels["edited"] + panels["source"])
     assert after["classifier.head"] == "reinitialised"
-    assert after["features.block1_conv1"] == "derived"       # the BatchNorm folded into it
+    assert after["features.block1_conv1"] == "derived"  # the BatchNorm folded into it
     assert after["features.block2_conv1"] == "kept"
-    assert before["features.block1_bn"] == "dropped"          # folded away
+    assert before["features.block1_bn"] == "dropped"  # folded away
     assert before["classifier.drop"] == "dropped"
-    assert before["classifier.fc2"] == "reinitialised"        # became classifier.head
+    assert before["classifier.fc2"] == "reinitialised"  # became classifier.head
     assert "classifier.head" not in before and "classifier.fc2" not in after
     text = out.read_text()
     assert "lr x10" in text and "frozen" in text and "was classifier.fc2" in text
@@ -126,9 +126,11 @@ class DeepResidual(nn.Module):
 def test_a_deep_residual_net_stays_readable(tmp_path: Path) -> None:
     """Only the classifier and the freeze boundary break the 250 layers into boxes."""
     spec = tmp_path / "deep.prototxt"
-    spec.write_text(f'source {{ torch {{ factory: "{Path(__file__)}:DeepResidual" }} input_shape: [1, 3, 8, 8] }}\n'
-                    'edit { classifier { layer: "fc" num_output: 3 } }\n'
-                    'edit { lr { up_to: "blocks.29.relu@1" lr_mult: 0 } }\n')
+    spec.write_text(
+        f'source {{ torch {{ factory: "{Path(__file__)}:DeepResidual" }} input_shape: [1, 3, 8, 8] }}\n'
+        'edit { classifier { layer: "fc" num_output: 3 } }\n'
+        'edit { lr { up_to: "blocks.29.relu@1" lr_mult: 0 } }\n'
+    )
     assert len(surgery.plan(spec).net) > 250
     panels = _boxes(surgery.draw(spec, tmp_path / "deep.svg").read_text())
     for boxes in panels.values():
@@ -139,14 +141,16 @@ def test_a_deep_residual_net_stays_readable(tmp_path: Path) -> None:
 
 def test_draw_reads_no_weights(tmp_path: Path) -> None:
     """Like plan: an ONNX source whose external weight file is emptied still draws."""
-    from surgery.emitters.onnx_model import emit_onnx
     from toy_nets import toy_cnn
+
+    from surgery.emitters.onnx_model import emit_onnx
 
     model = emit_onnx(surgery.load(toy_cnn(), (1, 3, 16, 16)), tmp_path / "toy.onnx", external_data=True)
     model.with_name("toy.onnx.data").write_bytes(b"")
     spec = tmp_path / "spec.prototxt"
-    spec.write_text('source { onnx { path: "toy.onnx" } }\nedit { classifier { layer: "classifier.fc2" '
-                    'num_output: 3 } }\n')
+    spec.write_text(
+        'source { onnx { path: "toy.onnx" } }\nedit { classifier { layer: "classifier.fc2" num_output: 3 } }\n'
+    )
     assert surgery.draw(spec, tmp_path / "c.html").stat().st_size
     assert "classifier.fc2" in surgery.draw(spec, tmp_path / "c.svg").read_text()
 
@@ -205,7 +209,7 @@ def test_apply_writes_a_self_contained_report_page(toy_spec, tmp_path: Path) -> 
     tables = _tables(html)
     assert [row[1] for row in tables["layers"]] == [row["name"] for row in result.report.rows]
     assert {row[3] for row in tables["edits"]} >= {"classifier.head", "features.block1_conv1", "features.block1_bn"}
-    assert "Not run" in html and '<svg' in html
+    assert "Not run" in html and "<svg" in html
     assert len(tables["weights"]) >= 2  # source and filler at least
 
 
@@ -238,12 +242,16 @@ def test_verify_rewrites_a_report_page_with_its_figures(tmp_path: Path) -> None:
 def test_names_from_the_model_are_escaped(tmp_path: Path) -> None:
     """A layer name is data: markup in it shows as text, in the SVG and in the page."""
     prototxt = tmp_path / "net.prototxt"
-    prototxt.write_text('name: "n" input: "data" input_shape { dim: 1 dim: 2 }\n'
-                        'layer { name: "<script>alert(1)</script>" type: "InnerProduct" bottom: "data" top: "fc" '
-                        'inner_product_param { num_output: 3 } }\n')
+    prototxt.write_text(
+        'name: "n" input: "data" input_shape { dim: 1 dim: 2 }\n'
+        'layer { name: "<script>alert(1)</script>" type: "InnerProduct" bottom: "data" top: "fc" '
+        "inner_product_param { num_output: 3 } }\n"
+    )
     spec = tmp_path / "spec.prototxt"
-    spec.write_text('source { caffe { prototxt: "net.prototxt" } }\n'
-                    'edit { classifier { layer: "<script>alert(1)</script>" num_output: 4 } }\n')
+    spec.write_text(
+        'source { caffe { prototxt: "net.prototxt" } }\n'
+        'edit { classifier { layer: "<script>alert(1)</script>" num_output: 4 } }\n'
+    )
     html = surgery.draw(spec, tmp_path / "page.html").read_text()
     assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     ET.fromstring(surgery.draw(spec, tmp_path / "c.svg").read_text())
@@ -251,12 +259,16 @@ def test_names_from_the_model_are_escaped(tmp_path: Path) -> None:
 
 def test_control_characters_in_names_still_make_valid_xml(tmp_path: Path) -> None:
     prototxt = tmp_path / "net.prototxt"
-    prototxt.write_text('name: "n" input: "data" input_shape { dim: 1 dim: 2 }\n'
-                        'layer { name: "fc\\001\\033[31m" type: "InnerProduct" bottom: "data" top: "fc" '
-                        'inner_product_param { num_output: 3 } }\n')
+    prototxt.write_text(
+        'name: "n" input: "data" input_shape { dim: 1 dim: 2 }\n'
+        'layer { name: "fc\\001\\033[31m" type: "InnerProduct" bottom: "data" top: "fc" '
+        "inner_product_param { num_output: 3 } }\n"
+    )
     spec = tmp_path / "spec.prototxt"
-    spec.write_text('source { caffe { prototxt: "net.prototxt" } }\n'
-                    'edit { classifier { layer: "fc\\001\\033[31m" num_output: 4 } }\n')
+    spec.write_text(
+        'source { caffe { prototxt: "net.prototxt" } }\n'
+        'edit { classifier { layer: "fc\\001\\033[31m" num_output: 4 } }\n'
+    )
     svg = surgery.draw(spec, tmp_path / "c.svg").read_text()
     names = [box["names"] for box in _boxes(svg)["edited"]]
     assert ["fc\ufffd\ufffd[31m"] in names
@@ -272,16 +284,29 @@ def _browser() -> str | None:
 
 
 def _headless(browser: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                           f"--user-data-dir={tmp_path / 'profile'}", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_report_page_renders_in_a_real_browser(tmp_path: Path) -> None:
     browser = _browser()
     if browser is None:
-        pytest.skip("no headless browser on PATH (chromium / chromium-headless-shell); "
-                    "`apt-get install chromium` runs this test")
+        pytest.skip(
+            "no headless browser on PATH (chromium / chromium-headless-shell); "
+            "`apt-get install chromium` runs this test"
+        )
     spec = TESTS.parent / "specs" / "googlenet_flowers.prototxt"
     page = surgery.draw(spec, tmp_path / "report.html")
     # The sorting script ran: #sort=params orders the layers by parameter count.
@@ -290,8 +315,11 @@ def test_report_page_renders_in_a_real_browser(tmp_path: Path) -> None:
     assert '<g class="layer reinitialised" data-layer="loss3/flowers">' in dom.stdout  # the inline picture
     rows = _tables(dom.stdout)["layers"]
     params = [int(row[4].replace(",", "")) for row in rows]
-    assert len(rows) == 21 and params == sorted(params) and params != [int(r[4].replace(",", "")) for r in
-                                                                         _tables(page.read_text())["layers"]]
+    assert (
+        len(rows) == 21
+        and params == sorted(params)
+        and params != [int(r[4].replace(",", "")) for r in _tables(page.read_text())["layers"]]
+    )
     shot = tmp_path / "shot.png"
     run = _headless(browser, tmp_path, f"--screenshot={shot}", "--window-size=1400,1800", page.as_uri())
     assert run.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -315,14 +343,19 @@ def test_cli_draw_png_and_errors(tmp_path: Path, capsys) -> None:
     assert "name the output .svg, .png or .html" in capsys.readouterr().err
     assert not (tmp_path / "x.pdf").exists()
     pytest.importorskip("resvg_py")
-    run = subprocess.run([sys.executable, "-m", "surgery.cli", "draw", str(spec), "-o", str(tmp_path / "c.png"),
-                          "--all", "-q"], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "surgery.cli", "draw", str(spec), "-o", str(tmp_path / "c.png"), "--all", "-q"],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("spec,picture", [("googlenet_flowers.prototxt", "googlenet_flowers.svg"),
-                                          ("digits_gate.prototxt", "digits_gate.svg")])
+@pytest.mark.parametrize(
+    "spec,picture",
+    [("googlenet_flowers.prototxt", "googlenet_flowers.svg"), ("digits_gate.prototxt", "digits_gate.svg")],
+)
 def test_readme_pictures_are_current(spec: str, picture: str, tmp_path: Path) -> None:
     committed = TESTS.parent / "docs" / picture
     fresh = surgery.draw(TESTS.parent / "specs" / spec, tmp_path / picture)

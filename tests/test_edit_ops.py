@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from toy_nets import three_heads, toy_cnn
 
 import surgery
 from surgery.errors import ShapeError, SpecError, SurgeryError
-from toy_nets import three_heads, toy_cnn
 
 SHAPE = (2, 3, 16, 16)
 
@@ -24,16 +24,25 @@ def _untouched_equal(model, source, skip: tuple[str, ...]) -> None:
 
 
 def _snapshot(net):
-    return [(l.name, l.type, list(l.inputs), list(l.outputs), dict(l.params),
-             {r: (b.shape, b.lr_mult, b.decay_mult, str(b.origin)) for r, b in l.blobs.items()}) for l in net.layers()], \
-        net.outputs
+    return [
+        (
+            x.name,
+            x.type,
+            list(x.inputs),
+            list(x.outputs),
+            dict(x.params),
+            {r: (b.shape, b.lr_mult, b.decay_mult, str(b.origin)) for r, b in x.blobs.items()},
+        )
+        for x in net.layers()
+    ], net.outputs
 
 
 def test_classifier_resize_keeps_everything_else_bit_identical() -> None:
     source = toy_cnn()
     net = surgery.load(source, SHAPE)
-    actions = surgery.classifier(net, "classifier.fc2", num_output=3, weight_filler={"type": "gaussian", "std": 0.1},
-                                 seed=4)
+    actions = surgery.classifier(
+        net, "classifier.fc2", num_output=3, weight_filler={"type": "gaussian", "std": 0.1}, seed=4
+    )
     model = surgery.to_torch(net).eval()
     assert model.classifier.fc2.weight.shape == (3, 32)
     _untouched_equal(model, source, ("classifier.fc2",))
@@ -68,9 +77,9 @@ def test_classifier_refuses_a_non_classifier_layer_and_leaves_the_net_alone() ->
     before = _snapshot(net)
     with pytest.raises(SpecError, match="is a ReLU layer"):
         surgery.classifier(net, "classifier.relu", num_output=3)
-    with pytest.raises(SpecError, match="did you mean 'classifier.fc2'"):
+    with pytest.raises(SpecError, match=r"did you mean 'classifier.fc2'"):
         surgery.classifier(net, "classifier.fc3", num_output=3)
-    with pytest.raises(SpecError, match="1 layer.s. but 2 rename"):
+    with pytest.raises(SpecError, match=r"1 layer.s. but 2 rename"):
         surgery.classifier(net, "classifier.fc2", rename=["a", "b"], num_output=3)
     assert _snapshot(net) == before
 
@@ -80,12 +89,14 @@ def test_resizing_a_hidden_layer_propagates_to_its_consumer() -> None:
     source = toy_cnn()
     net = _net()
     before = _snapshot(net)
-    with pytest.raises(SpecError, match="changes the input of 'classifier.fc2'"):
+    with pytest.raises(SpecError, match=r"changes the input of 'classifier.fc2'"):
         surgery.classifier(net, "classifier.fc1", num_output=7, propagate="ERROR")
     assert _snapshot(net) == before
     actions = surgery.classifier(net, "classifier.fc1", num_output=7)
     assert [(a.op, a.layer, a.what) for a in actions] == [
-        ("classifier", "classifier.fc1", "reinitialised"), ("propagate", "classifier.fc2", "reinitialised")]
+        ("classifier", "classifier.fc1", "reinitialised"),
+        ("propagate", "classifier.fc2", "reinitialised"),
+    ]
     assert net.layer("classifier.fc2").blobs["weight"].shape == (5, 7)
     sliced = _net()
     surgery.classifier(sliced, "classifier.fc1", num_output=40, propagate="SLICE")
@@ -97,23 +108,33 @@ def test_resizing_a_hidden_layer_propagates_to_its_consumer() -> None:
 def test_lr_selectors() -> None:
     net = _net()
     assert [a.layer for a in surgery.lr(net, match="features.block1_*", lr_mult=0)] == [
-        "features.block1_conv1", "features.block1_bn"]
+        "features.block1_conv1",
+        "features.block1_bn",
+    ]
     assert net.layer("features.block1_bn").params["use_global_stats"] is True
-    assert [a.layer for a in surgery.lr(net, regex=r"classifier\.fc\d", lr_mult=5)] == ["classifier.fc1",
-                                                                                    "classifier.fc2"]
+    assert [a.layer for a in surgery.lr(net, regex=r"classifier\.fc\d", lr_mult=5)] == [
+        "classifier.fc1",
+        "classifier.fc2",
+    ]
     assert [a.layer for a in surgery.lr(net, up_to="features.block2_pool", decay_mult=0)] == [
-        "features.block1_conv1", "features.block1_bn", "features.block2_conv1"]
+        "features.block1_conv1",
+        "features.block1_bn",
+        "features.block2_conv1",
+    ]
     assert net.layer("features.block1_conv1").blobs["weight"].lr_mult == 0
     assert net.layer("features.block2_conv1").blobs["weight"].decay_mult == 0
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"match": "feature.*", "lr_mult": 0}, "matches no layer"),
-    ({"regex": "fc", "lr_mult": 0}, "must match a whole name"),
-    ({"layer": "classifier.relu", "lr_mult": 0}, "none of which has parameters"),
-    ({"up_to": "features.block2_pol", "lr_mult": 0}, "did you mean 'features.block2_pool'"),
-    ({"layer": "classifier.fc2"}, "lr sets nothing"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"match": "feature.*", "lr_mult": 0}, "matches no layer"),
+        ({"regex": "fc", "lr_mult": 0}, "must match a whole name"),
+        ({"layer": "classifier.relu", "lr_mult": 0}, "none of which has parameters"),
+        ({"up_to": "features.block2_pol", "lr_mult": 0}, "did you mean 'features.block2_pool'"),
+        ({"layer": "classifier.fc2"}, "lr sets nothing"),
+    ],
+)
 def test_lr_errors(kwargs, message) -> None:
     net = _net()
     before = _snapshot(net)
@@ -126,14 +147,27 @@ def test_cut_then_append_a_new_head() -> None:
     source = toy_cnn()
     net = surgery.load(source, SHAPE)
     dropped = surgery.cut(net, "features.block2_pool")
-    assert {a.layer for a in dropped} == {"flatten", "classifier.fc1", "classifier.relu", "classifier.drop",
-                                          "classifier.fc2"}
+    assert {a.layer for a in dropped} == {
+        "flatten",
+        "classifier.fc1",
+        "classifier.relu",
+        "classifier.drop",
+        "classifier.fc2",
+    }
     assert net.outputs == ["features.block2_pool"]
-    added = surgery.append(net, [
-        'name: "head.flat" type: "Flatten"',
-        {"name": "head.fc", "type": "InnerProduct", "inner_product_param": {"num_output": 4},
-         "param": [{"lr_mult": 10}, {"lr_mult": 20, "decay_mult": 0}]},
-    ], seed=2)
+    added = surgery.append(
+        net,
+        [
+            'name: "head.flat" type: "Flatten"',
+            {
+                "name": "head.fc",
+                "type": "InnerProduct",
+                "inner_product_param": {"num_output": 4},
+                "param": [{"lr_mult": 10}, {"lr_mult": 20, "decay_mult": 0}],
+            },
+        ],
+        seed=2,
+    )
     assert [a.layer for a in added] == ["head.flat", "head.fc"] and net.outputs == ["head.fc"]
     assert net.shapes()["head.fc"] == (2, 4)
     weight = net.layer("head.fc").blobs["weight"]
@@ -141,18 +175,31 @@ def test_cut_then_append_a_new_head() -> None:
     model = surgery.to_torch(net).eval()
     _untouched_equal(model, source, ("head",))
     feats = torch.randn(SHAPE)
-    assert torch.equal(model.features.block2_pool(model.features.block2_relu(model.features.block2_conv1(
-        model.features.block1_pool(model.features.block1_relu(model.features.block1_bn(
-            model.features.block1_conv1(feats))))))), source.features(feats))
+    assert torch.equal(
+        model.features.block2_pool(
+            model.features.block2_relu(
+                model.features.block2_conv1(
+                    model.features.block1_pool(
+                        model.features.block1_relu(model.features.block1_bn(model.features.block1_conv1(feats)))
+                    )
+                )
+            )
+        ),
+        source.features(feats),
+    )
 
 
 def test_append_checks_shapes_and_names() -> None:
     net = _net()
-    with pytest.raises(ShapeError, match="head.conv"):
-        surgery.append(net, ['name: "head.conv" type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 }'])
+    with pytest.raises(ShapeError, match=r"head.conv"):
+        surgery.append(
+            net, ['name: "head.conv" type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 }']
+        )
     with pytest.raises(SpecError, match="all-zero weight"):
-        surgery.append(net, ['name: "z" type: "InnerProduct" inner_product_param { num_output: 2 '
-                             'weight_filler { type: "constant" } }'])
+        surgery.append(
+            net,
+            ['name: "z" type: "InnerProduct" inner_product_param { num_output: 2 weight_filler { type: "constant" } }'],
+        )
     with pytest.raises(SurgeryError, match="unknown layer type 'Convolutoin'"):
         surgery.append(net, ['name: "c" type: "Convolutoin"'])
     assert net.outputs == ["classifier.fc2"] and "z" not in net
@@ -161,8 +208,12 @@ def test_append_checks_shapes_and_names() -> None:
 def test_insert_between_layers() -> None:
     source = toy_cnn()
     net = surgery.load(source, SHAPE)
-    surgery.insert(net, "features.block1_relu", ['name: "extra" type: "Convolution" '
-                                                 'convolution_param { num_output: 8 kernel_size: 1 }'], seed=5)
+    surgery.insert(
+        net,
+        "features.block1_relu",
+        ['name: "extra" type: "Convolution" convolution_param { num_output: 8 kernel_size: 1 }'],
+        seed=5,
+    )
     assert net.layer("features.block1_pool").inputs == ["extra"]
     assert net.layer("extra").inputs == ["features.block1_relu"]
     model = surgery.to_torch(net)
@@ -176,9 +227,15 @@ def test_insert_a_chain_of_layers_and_at_the_output() -> None:
     to the last one."""
     source = toy_cnn()
     net = surgery.load(source, SHAPE)
-    actions = surgery.insert(net, "features.block2_relu", [
-        'name: "mix" type: "Convolution" convolution_param { num_output: 16 kernel_size: 1 }',
-        'name: "mix_relu" type: "ReLU"'], seed=2)
+    actions = surgery.insert(
+        net,
+        "features.block2_relu",
+        [
+            'name: "mix" type: "Convolution" convolution_param { num_output: 16 kernel_size: 1 }',
+            'name: "mix_relu" type: "ReLU"',
+        ],
+        seed=2,
+    )
     assert [a.layer for a in actions] == ["mix", "mix_relu"]
     assert net.layer("mix").inputs == ["features.block2_relu"]
     assert net.layer("mix_relu").inputs == ["mix"]
@@ -199,8 +256,12 @@ def test_resize_propagates_through_batchnorm_to_the_next_conv(policy: str) -> No
     BatchNorm channels the identity."""
     source = toy_cnn()
     net = surgery.load(source, SHAPE)
-    actions = surgery.replace(net, "features.block1_conv1", 'type: "Convolution" convolution_param { '
-                                                            'num_output: 12 kernel_size: 3 pad: 1 }', propagate=policy)
+    actions = surgery.replace(
+        net,
+        "features.block1_conv1",
+        'type: "Convolution" convolution_param { num_output: 12 kernel_size: 3 pad: 1 }',
+        propagate=policy,
+    )
     assert [a.layer for a in actions] == ["features.block1_conv1", "features.block1_bn", "features.block2_conv1"]
     bn, conv = net.layer("features.block1_bn"), net.layer("features.block2_conv1")
     assert bn.blobs["running_mean"].shape == (12,) and conv.blobs["weight"].shape == (16, 12, 3, 3)
@@ -225,6 +286,6 @@ def test_remove_bypass_and_branch() -> None:
     heads = surgery.load(three_heads(), (2, 3, 8, 8))
     actions = surgery.remove(heads, branch=["aux1.pool", "aux2.pool"])
     assert {a.layer for a in actions} >= {"aux1.classifier", "aux2.classifier"}
-    assert heads.outputs == ["classifier"] and not any(l.name.startswith("aux") for l in heads.layers())
+    assert heads.outputs == ["classifier"] and not any(x.name.startswith("aux") for x in heads.layers())
     with pytest.raises(SpecError, match="without outputs"):
         surgery.remove(heads, branch="stem")

@@ -36,8 +36,11 @@ def test_mutants_of_every_spec_end_cleanly(spec: Path) -> None:
     _needs(spec)
     with mirror() as folder:
         failures = fuzz(MUTANTS_PER_SPEC, seed=0, apply_every=APPLY_EVERY, folder=folder, specs=[spec])
-        report = [f"{command} {mutant.name}: exit {outcome.code}\n{mutant.read_text()[:2000]}\n"
-                  f"{outcome.trace or outcome.stderr}" for mutant, command, outcome in failures]
+        report = [
+            f"{command} {mutant.name}: exit {outcome.code}\n{mutant.read_text()[:2000]}\n"
+            f"{outcome.trace or outcome.stderr}"
+            for mutant, command, outcome in failures
+        ]
     assert not failures, "\n\n".join(report)
 
 

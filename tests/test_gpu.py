@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -27,10 +28,10 @@ class StandInCudaSession:
     """onnxruntime-gpu's InferenceSession as far as verify can tell: it takes the CUDA
     provider (recording its options) and runs the model on the real CPU session."""
 
-    made: list[list] = []
+    made: ClassVar[list[list]] = []
     real = ort.InferenceSession
 
-    def __init__(self, model, options=None, providers=None, **kwargs) -> None:  # noqa: ANN001
+    def __init__(self, model, options=None, providers=None, **kwargs) -> None:
         self.providers = list(providers or [])
         StandInCudaSession.made.append(self.providers)
         self._session = self.real(model, options, providers=["CPUExecutionProvider"])
@@ -52,7 +53,9 @@ def stand_in_cuda(monkeypatch) -> list[list]:
 
 
 def _cuda_options(made: list[list]) -> list[dict]:
-    return [dict(p[1]) for providers in made for p in providers if isinstance(p, tuple) and p[0] == "CUDAExecutionProvider"]
+    return [
+        dict(p[1]) for providers in made for p in providers if isinstance(p, tuple) and p[0] == "CUDAExecutionProvider"
+    ]
 
 
 def test_verify_pins_the_cuda_provider_to_fp32(stand_in_cuda, capsys) -> None:
@@ -78,8 +81,11 @@ def test_apply_verify_reports_the_provider(stand_in_cuda, tmp_path: Path) -> Non
 
 
 def test_verify_restores_the_callers_precision_settings() -> None:
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-              torch.get_float32_matmul_precision())
+    before = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.get_float32_matmul_precision(),
+    )
     torch.backends.cudnn.allow_tf32 = True
     torch.set_float32_matmul_precision("high")
     try:
@@ -123,8 +129,12 @@ def test_gpu_check_runs_its_checks_on_the_cpu() -> None:
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--device", "cpu", "--quick",
-                          "--only", "digits_parity"], capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--device", "cpu", "--quick", "--only", "digits_parity"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     row = next(line for line in run.stdout.splitlines() if line.startswith("digits_parity"))
     assert "FAIL" not in row and "10 frozen same, 2/2 new moved" in row

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 import torch
+from caffe_nets import rng_weights, write_net
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 import surgery
-from caffe_nets import rng_weights, write_net
 from surgery.spec.schema import caffe_class
 
 ATOL = 1e-5
@@ -30,7 +29,7 @@ def hostile_names(marker: Path) -> list[str]:
     return [
         f'evil"""; {touch}; """',
         f"evil'''; {touch}; '''",
-        f'a"b\'c\\d\n{touch}  # ',
+        f"a\"b'c\\d\n{touch}  # ",
         f"x\n{touch}\n",
         f"{{{touch}}}",
         "# not a comment {} %s {0}",
@@ -105,13 +104,20 @@ def test_caffe_names_and_net_name(tmp_path: Path) -> None:
     names = hostile_names(marker)
     net_name = hostile_names(marker)[0]
     prototxt, caffemodel = _caffe_net(tmp_path / "src", names, net_name)
-    spec = _write_spec(tmp_path / "spec.json", {
-        "source": {"caffe": {"prototxt": str(prototxt), "weights": str(caffemodel)}},
-        "seed": 1,
-        "edit": [{"lr": {"layer": [names[0], names[3]], "lr_mult": 0}}],
-    })
-    run = subprocess.run([sys.executable, "-m", "surgery.cli", "apply", str(spec), "-o", str(tmp_path / "out"), "-q"],
-                         capture_output=True, text=True, cwd=tmp_path)
+    spec = _write_spec(
+        tmp_path / "spec.json",
+        {
+            "source": {"caffe": {"prototxt": str(prototxt), "weights": str(caffemodel)}},
+            "seed": 1,
+            "edit": [{"lr": {"layer": [names[0], names[3]], "lr_mult": 0}}],
+        },
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "surgery.cli", "apply", str(spec), "-o", str(tmp_path / "out"), "-q"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     _check_outputs(tmp_path / "out", names, marker, net_name)
     model = surgery.load_torch_folder(tmp_path / "out" / "torch")
@@ -131,14 +137,20 @@ def test_onnx_graph_node_initializer_and_value_names(tmp_path: Path) -> None:
     nodes, inits, value = [], [], "in'put\"\n"
     for index, name in enumerate(names):
         weight, bias = f"{name}.weight", f"{name}.bias'''{index}"
-        inits += [numpy_helper.from_array((0.5 * rng.standard_normal((3, 3, 1, 1))).astype(np.float32), weight),
-                  numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), bias)]
+        inits += [
+            numpy_helper.from_array((0.5 * rng.standard_normal((3, 3, 1, 1))).astype(np.float32), weight),
+            numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), bias),
+        ]
         out = f"{name}\n{index}"
         nodes.append(helper.make_node("Conv", [value, weight, bias], [out], name=name))
         value = out
-    graph = helper.make_graph(nodes, hostile_names(marker)[1], [helper.make_tensor_value_info(
-        "in'put\"\n", TensorProto.FLOAT, [2, 3, 4, 4])], [helper.make_tensor_value_info(value, TensorProto.FLOAT, None)],
-        initializer=inits)
+    graph = helper.make_graph(
+        nodes,
+        hostile_names(marker)[1],
+        [helper.make_tensor_value_info("in'put\"\n", TensorProto.FLOAT, [2, 3, 4, 4])],
+        [helper.make_tensor_value_info(value, TensorProto.FLOAT, None)],
+        initializer=inits,
+    )
     source = tmp_path / "src.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(source))
     spec = _write_spec(tmp_path / "spec.json", {"source": {"onnx": {"path": "src.onnx"}}, "seed": 2})
@@ -184,16 +196,29 @@ def test_spec_names_new_layers_and_renames(tmp_path: Path, toy_spec) -> None:
     from toy_nets import toy_cnn
 
     torch.save(toy_cnn().state_dict(), tmp_path / "toy.pt")
-    spec = _write_spec(tmp_path / "spec.json", {
-        "source": {"torch": {"factory": f"{Path(__file__).parent / 'toy_nets.py'}:ToyCNN", "weights": "toy.pt"},
-                   "input_shape": [2, 3, 16, 16]},
-        "name": names[1],
-        "seed": 5,
-        "edit": [{"classifier": {"layer": ["classifier.fc2"], "rename": [names[0]], "num_output": 3}},
-                 {"append": {"layer": [{"name": n, "type": "InnerProduct", "inner_product_param": {"num_output": 3}}
-                                       for n in names[1:]]}},
-                 {"lr": {"layer": [names[2]], "lr_mult": 0.5}}],
-    })
+    spec = _write_spec(
+        tmp_path / "spec.json",
+        {
+            "source": {
+                "torch": {"factory": f"{Path(__file__).parent / 'toy_nets.py'}:ToyCNN", "weights": "toy.pt"},
+                "input_shape": [2, 3, 16, 16],
+            },
+            "name": names[1],
+            "seed": 5,
+            "edit": [
+                {"classifier": {"layer": ["classifier.fc2"], "rename": [names[0]], "num_output": 3}},
+                {
+                    "append": {
+                        "layer": [
+                            {"name": n, "type": "InnerProduct", "inner_product_param": {"num_output": 3}}
+                            for n in names[1:]
+                        ]
+                    }
+                },
+                {"lr": {"layer": [names[2]], "lr_mult": 0.5}},
+            ],
+        },
+    )
     surgery.apply(spec, tmp_path / "out")
     _check_outputs(tmp_path / "out", names, marker, names[1])
     model = surgery.load_torch_folder(tmp_path / "out" / "torch")

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 import pytest
 import torch
+from onnx import helper, numpy_helper
 from torch import nn
 
 import surgery
 from surgery.emitters.caffe import emit_caffe
 from surgery.emitters.onnx_model import emit_onnx
-from surgery.importers.onnx_model import import_onnx
 from surgery.errors import ModelFormatError
+from surgery.importers.onnx_model import import_onnx
 from surgery.ir import Layer
 from surgery.layers import layer_type
 from surgery.layers.index import normalise_index, to_torch_index
@@ -55,7 +55,7 @@ class Ghost(nn.Module):
     def forward(self, x):
         a = self.primary(x)
         out = torch.cat([a, self.cheap(a)], dim=1)
-        return out[:, :self.out_chs, :, :]
+        return out[:, : self.out_chs, :, :]
 
 
 # case -> (module, input shape at import, Index layers expected)
@@ -171,11 +171,21 @@ def test_a_negative_step_is_not_read() -> None:
     assert normalise_index((slice(None), slice(None, None, 0)), 2) is None
 
 
-@pytest.mark.parametrize("index", [
-    (slice(None), 0), (slice(None), -3), (slice(None), slice(2, 1)), (slice(None), slice(-100, 100, 4)),
-    (slice(None), Ellipsis, None, slice(1, None, 2)), (slice(None), None, Ellipsis, None), (Ellipsis, 2),
-    (slice(None), slice(None, -7)), (slice(0, None), slice(3, -1, 2), 1), (slice(None), slice(7, 9)),
-])
+@pytest.mark.parametrize(
+    "index",
+    [
+        (slice(None), 0),
+        (slice(None), -3),
+        (slice(None), slice(2, 1)),
+        (slice(None), slice(-100, 100, 4)),
+        (slice(None), Ellipsis, None, slice(1, None, 2)),
+        (slice(None), None, Ellipsis, None),
+        (Ellipsis, 2),
+        (slice(None), slice(None, -7)),
+        (slice(0, None), slice(3, -1, 2), 1),
+        (slice(None), slice(7, 9)),
+    ],
+)
 def test_shapes_are_torch_s(index: tuple) -> None:
     shape = (2, 5, 3, 4)
     items = normalise_index(index, len(shape))
@@ -189,10 +199,12 @@ def test_a_bad_index_is_a_shape_error_naming_the_layer() -> None:
     from surgery.errors import ShapeError
 
     kind = layer_type("Index")
-    for items, message in [([[None, None, 1], 4], "index 4 is out of range for axis 1 of size 3"),
-                           ([0], "indexes the batch axis"),
-                           ([[None, None, 1], [None, None, 1], [None, None, 1]], "more items than the 2-D input"),
-                           ([[None, None, 1], [0, 2, -1]], "step > 0")]:
+    for items, message in [
+        ([[None, None, 1], 4], "index 4 is out of range for axis 1 of size 3"),
+        ([0], "indexes the batch axis"),
+        ([[None, None, 1], [None, None, 1], [None, None, 1]], "more items than the 2-D input"),
+        ([[None, None, 1], [0, 2, -1]], "step > 0"),
+    ]:
         layer = Layer("pick", "Index", inputs=["x"], outputs=["pick"], params={"index": items})
         with pytest.raises(ShapeError, match=message) as raised:
             kind.infer_shapes(layer, [(2, 3)])
@@ -220,12 +232,17 @@ def test_onnx_reads_back(case: str, tmp_path: Path) -> None:
 
 
 def _slice_model(starts: list[int], ends: list[int], axes: list[int], steps: list[int]) -> onnx.ModelProto:
-    consts = [numpy_helper.from_array(np.array(v, np.int64), name) for name, v in
-              [("starts", starts), ("ends", ends), ("axes", axes), ("steps", steps)]]
+    consts = [
+        numpy_helper.from_array(np.array(v, np.int64), name)
+        for name, v in [("starts", starts), ("ends", ends), ("axes", axes), ("steps", steps)]
+    ]
     graph = helper.make_graph(
-        [helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"], name="cut")], "g",
+        [helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"], name="cut")],
+        "g",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 6, 5])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], consts)
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        consts,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -244,15 +261,17 @@ def test_an_onnx_slice_from_another_exporter_reads_as_index(tmp_path: Path) -> N
 @pytest.mark.parametrize("bounds", [([0], [1], [0], [1]), ([0], [4], [1], [-1])])
 def test_an_onnx_slice_of_the_batch_or_backwards_is_not_read(bounds, tmp_path: Path) -> None:
     onnx.save(_slice_model(*bounds), tmp_path / "m.onnx")
-    with pytest.raises(ModelFormatError, match="'cut' .Slice. uses attributes or inputs surgery cannot map"):
+    with pytest.raises(ModelFormatError, match=r"'cut' .Slice. uses attributes or inputs surgery cannot map"):
         import_onnx(tmp_path / "m.onnx", (2, 6, 5))
 
 
 def test_an_opset_9_slice_with_attributes_reads_as_index(tmp_path: Path) -> None:
     graph = helper.make_graph(
-        [helper.make_node("Slice", ["x"], ["y"], name="cut", starts=[1], ends=[-1], axes=[2])], "g",
+        [helper.make_node("Slice", ["x"], ["y"], name="cut", starts=[1], ends=[-1], axes=[2])],
+        "g",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 6, 5])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=4), tmp_path / "m.onnx")
     net = import_onnx(tmp_path / "m.onnx", (2, 6, 5))
     assert net.layer("cut").params["index"] == [[None, None, 1], [None, None, 1], [1, -1, 1]]

@@ -17,11 +17,12 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
 pytest.importorskip("h5py")
 
+from keras_models import inputs_for, randomize, save_both, write_keras2_h5  # noqa: E402
+
 import surgery  # noqa: E402
 from surgery.emitters.onnx_model import emit_onnx  # noqa: E402
 from surgery.errors import ModelFormatError, ShapeError  # noqa: E402
 from surgery.importers.keras import import_keras  # noqa: E402
-from keras_models import inputs_for, randomize, save_both, write_keras2_h5  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:You are saving your model as an HDF5")
 L, A = keras.layers, keras.applications
@@ -36,8 +37,9 @@ def _nchw(array: np.ndarray) -> np.ndarray:
     return array.transpose(0, 3, 1, 2) if array.ndim == 4 else array
 
 
-def _ours(net: surgery.Net, arrays: list[np.ndarray], tmp_path: Path,
-          nhwc_input: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _ours(
+    net: surgery.Net, arrays: list[np.ndarray], tmp_path: Path, nhwc_input: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """The emitted torch model's and the emitted ONNX file's outputs."""
     feeds = arrays if nhwc_input else [np.ascontiguousarray(_nchw(a)) for a in arrays]
     model = surgery.to_torch(net).eval()
@@ -139,8 +141,15 @@ def _merges() -> keras.Model:
     a = L.Conv2D(4, 1)(x)
     b = L.Conv2D(4, 3, padding="same")(x)
     gate = L.Reshape((1, 1, 4))(L.Dense(4, activation="hard_sigmoid")(L.GlobalAveragePooling2D()(a)))
-    parts = [L.Add()([a, b]), L.Subtract()([a, b]), L.Multiply()([b, gate]), L.Average()([a, b, x]),
-             L.Maximum()([a, b]), (a + 1.5) * 0.25, 2.0 - b / 4.0]
+    parts = [
+        L.Add()([a, b]),
+        L.Subtract()([a, b]),
+        L.Multiply()([b, gate]),
+        L.Average()([a, b, x]),
+        L.Maximum()([a, b]),
+        (a + 1.5) * 0.25,
+        2.0 - b / 4.0,
+    ]
     y = L.Concatenate()(parts)
     y = L.Activation("hard_silu")(y)
     return keras.Model(x, L.Softmax()(L.Conv2D(3, 1)(y)))
@@ -199,8 +208,17 @@ def _reorders() -> keras.Model:
     return keras.Model(x, L.Concatenate()([flat_a, flat_b, steps, swapped, image]))
 
 
-LAYER_CASES = {"reorders": _reorders, "activations": _activations, "recurrent": _recurrent, "flatten_dense": _flatten_dense, "same_padding": _same_padding, "grouped": _grouped,
-               "merges": _merges, "preprocessing": _preprocessing, "sequence_dense": _sequence_dense}
+LAYER_CASES = {
+    "reorders": _reorders,
+    "activations": _activations,
+    "recurrent": _recurrent,
+    "flatten_dense": _flatten_dense,
+    "same_padding": _same_padding,
+    "grouped": _grouped,
+    "merges": _merges,
+    "preprocessing": _preprocessing,
+    "sequence_dense": _sequence_dense,
+}
 
 
 @pytest.mark.parametrize("case", sorted(LAYER_CASES))
@@ -234,8 +252,16 @@ def test_small_clip_model(nhwc_input: bool, tmp_path: Path) -> None:
     """TimeDistributed over a small conv model (BatchNorm, strided 'same' padding), then a
     GRU: the per-frame part folds the time axis into the batch."""
     keras.utils.set_random_seed(0)
-    frame = keras.Sequential([keras.Input((9, 9, 3)), L.Conv2D(4, 3, strides=2, padding="same"),
-                              L.BatchNormalization(), L.ReLU(), L.GlobalAveragePooling2D()], name="frame_net")
+    frame = keras.Sequential(
+        [
+            keras.Input((9, 9, 3)),
+            L.Conv2D(4, 3, strides=2, padding="same"),
+            L.BatchNormalization(),
+            L.ReLU(),
+            L.GlobalAveragePooling2D(),
+        ],
+        name="frame_net",
+    )
     clips = keras.Input((4, 9, 9, 3))
     y = L.GRU(5)(L.TimeDistributed(frame)(clips))
     _check(randomize(keras.Model(clips, L.Dense(3)(y))), tmp_path, "clip", nhwc_input=nhwc_input)
@@ -259,8 +285,16 @@ def test_video_model_matches_keras(tmp_path: Path) -> None:
 
 def test_sequential_model(tmp_path: Path) -> None:
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3, activation="relu"), L.MaxPooling2D(),
-                              L.Flatten(), L.Dense(5, activation="softmax")], name="seq")
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            L.Conv2D(4, 3, activation="relu"),
+            L.MaxPooling2D(),
+            L.Flatten(),
+            L.Dense(5, activation="softmax"),
+        ],
+        name="seq",
+    )
     _check(randomize(model), tmp_path, "seq")
 
 
@@ -315,8 +349,12 @@ def test_cli_inspect_keras_file(tmp_path: Path) -> None:
     model = _flatten_dense()
     conv, last = model.layers[1].name, model.layers[-1].name  # Keras numbers unnamed layers per process
     for path in save_both(model, tmp_path, "small").values():
-        run = subprocess.run([sys.executable, "-m", "surgery.cli", "inspect", str(path)], capture_output=True,
-                             text=True, env=os.environ | {"PYTHONPATH": str(Path(surgery.__file__).parent.parent)})
+        run = subprocess.run(
+            [sys.executable, "-m", "surgery.cli", "inspect", str(path)],
+            capture_output=True,
+            text=True,
+            env=os.environ | {"PYTHONPATH": str(Path(surgery.__file__).parent.parent)},
+        )
         assert run.returncode == 0, run.stderr
         assert f"{conv}/relu" in run.stdout and last in run.stdout
 
@@ -351,17 +389,24 @@ def test_lambda_custom_and_unmapped_layers_are_refused_at_once(tmp_path: Path) -
     assert "Lambda layer 'shift_by_code'" in message and "never runs it" in message
     assert "custom object 'doubler'" in message
     assert "'crop' (Cropping2D) has no mapping" in message
-    run = subprocess.run([sys.executable, "-m", "surgery.cli", "inspect", str(path)], capture_output=True, text=True,
-                         env=os.environ | {"PYTHONPATH": str(Path(surgery.__file__).parent.parent)})
+    run = subprocess.run(
+        [sys.executable, "-m", "surgery.cli", "inspect", str(path)],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(Path(surgery.__file__).parent.parent)},
+    )
     assert run.returncode == 2 and "Traceback" not in run.stderr and "shift_by_code" in run.stderr
 
 
-@pytest.mark.parametrize("layer, message", [
-    (lambda: L.GRU(3, reset_after=False), "reset_after: false"),
-    (lambda: L.LSTM(3, activation="relu"), "activation 'relu' has no torch form"),
-    (lambda: L.LSTM(3, go_backwards=True), "go_backwards: true"),
-    (lambda: L.Bidirectional(L.LSTM(3), merge_mode="sum"), "merge_mode 'sum'"),
-])
+@pytest.mark.parametrize(
+    "layer, message",
+    [
+        (lambda: L.GRU(3, reset_after=False), "reset_after: false"),
+        (lambda: L.LSTM(3, activation="relu"), "activation 'relu' has no torch form"),
+        (lambda: L.LSTM(3, go_backwards=True), "go_backwards: true"),
+        (lambda: L.Bidirectional(L.LSTM(3), merge_mode="sum"), "merge_mode 'sum'"),
+    ],
+)
 def test_recurrent_options_without_a_torch_form_are_refused(layer, message: str, tmp_path: Path) -> None:
     x = keras.Input((4, 5))
     path = tmp_path / "rnn.keras"
@@ -374,7 +419,7 @@ def test_recurrent_options_without_a_torch_form_are_refused(layer, message: str,
 def test_not_a_keras_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.keras"
     path.write_bytes(b"not a model")
-    with pytest.raises(ModelFormatError, match="neither a .keras archive nor an HDF5 file"):
+    with pytest.raises(ModelFormatError, match=r"neither a .keras archive nor an HDF5 file"):
         import_keras(path)
     with pytest.raises(ModelFormatError, match="does not exist"):
         import_keras(tmp_path / "missing.keras")

@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from caffe_nets import MINI_GOOGLENET, mini_googlenet_weights, write_net
+from toy_nets import toy_cnn
 
 import surgery
-from caffe_nets import MINI_GOOGLENET, mini_googlenet_weights, write_net
 from surgery.cli import main
 from surgery.emitters.onnx_model import emit_onnx
 from surgery.errors import ModelFormatError
 from surgery.importers.caffemodel import stored_weights
 from surgery.spec.schema import caffe_class
-from toy_nets import toy_cnn
 
 EDIT = 'edit {{ classifier {{ layer: "{layer}" num_output: 3 }} }}\n'
 
@@ -48,7 +48,7 @@ def test_onnx_external_data_is_never_read_by_plan_or_inspect(tmp_path: Path, cap
     assert surgery.plan(spec).report.rows
     assert main(["inspect", str(model)]) == 0
     assert "features.block1_conv1" in capsys.readouterr().out
-    with pytest.raises(ModelFormatError, match="toy.onnx.data holds 0 bytes for a tensor of .*truncated"):
+    with pytest.raises(ModelFormatError, match=r"toy.onnx.data holds 0 bytes for a tensor of .*truncated"):
         surgery.apply(spec, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
@@ -68,14 +68,20 @@ def test_onnx_weights_load_on_first_use(external: bool, tmp_path: Path) -> None:
 def test_torch_and_caffe_sources_stay_unread_by_plan(tmp_path: Path) -> None:
     torch.save(toy_cnn().state_dict(), tmp_path / "toy.pt")
     tests = Path(__file__).resolve().parent
-    spec = _spec(tmp_path, f'torch {{ factory: "{tests / "toy_nets.py"}:ToyCNN" weights: "toy.pt" }} '
-                           "input_shape: [1, 3, 16, 16]", "classifier.fc2")
+    spec = _spec(
+        tmp_path,
+        f'torch {{ factory: "{tests / "toy_nets.py"}:ToyCNN" weights: "toy.pt" }} input_shape: [1, 3, 16, 16]',
+        "classifier.fc2",
+    )
     net = surgery.plan(spec).net
     assert _source_blobs(net) and not any(b.is_loaded for b in _source_blobs(net))
 
     write_net(tmp_path / "caffe", "mini", MINI_GOOGLENET, mini_googlenet_weights())
-    spec = _spec(tmp_path, 'caffe { prototxt: "caffe/mini.prototxt" weights: "caffe/mini.caffemodel" } '
-                           "input_shape: [1, 3, 32, 32]", "loss3/classifier")
+    spec = _spec(
+        tmp_path,
+        'caffe { prototxt: "caffe/mini.prototxt" weights: "caffe/mini.caffemodel" } input_shape: [1, 3, 32, 32]',
+        "loss3/classifier",
+    )
     net = surgery.plan(spec).net
     assert _source_blobs(net) and not any(b.is_loaded for b in _source_blobs(net))
     # the new classifier's filler weights (and the Caffe layers without trained weights) too
@@ -124,7 +130,7 @@ def test_caffemodel_blob_encodings(tmp_path: Path) -> None:
     with pytest.raises(ModelFormatError, match=r"'wrong' stores 8 bytes for shape \(4,\) \(16 bytes\)"):
         stored_weights(tmp_path / "wrong.caffemodel")
     path.write_bytes(path.read_bytes()[:-7])
-    with pytest.raises(ModelFormatError, match="not a readable caffemodel .*truncated"):
+    with pytest.raises(ModelFormatError, match=r"not a readable caffemodel .*truncated"):
         stored_weights(path)
 
 

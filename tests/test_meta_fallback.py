@@ -42,11 +42,15 @@ def test_weights_still_come_from_the_file(tmp_path: Path) -> None:
     (tmp_path / "widths.py").write_text(FACTORY)
     torch.manual_seed(5)
     net = surgery.load(f"{tmp_path / 'widths.py'}:Widths", (1, 3, 8, 8))
-    state = {f"{layer.name}.{role}": torch.randn(blob.shape) for layer in net.layers() for role, blob in layer.blobs.items()}
+    state = {
+        f"{layer.name}.{role}": torch.randn(blob.shape) for layer in net.layers() for role, blob in layer.blobs.items()
+    }
     torch.save(state, tmp_path / "w.pt")
     spec = tmp_path / "s.prototxt"
-    spec.write_text(f'source {{ torch {{ factory: "widths.py:Widths" weights: "w.pt" }} input_shape: [1, 3, 8, 8] }}\n'
-                    'edit { lr { layer: "a" lr_mult: 0 } }\n')
+    spec.write_text(
+        'source { torch { factory: "widths.py:Widths" weights: "w.pt" } input_shape: [1, 3, 8, 8] }\n'
+        'edit { lr { layer: "a" lr_mult: 0 } }\n'
+    )
     assert main(["plan", str(spec)]) == 0
     assert main(["apply", str(spec), "-o", str(tmp_path / "out")]) == 0
     model = surgery.load_torch_folder(tmp_path / "out" / "torch")

@@ -104,8 +104,9 @@ def test_up_to_and_insert_after_and_bottom_take_a_block() -> None:
 def test_sequence_runs_a_block_per_frame() -> None:
     source = _source()
     net = surgery.load(source, SHAPE)
-    actions = surgery.sequence(net, ['name: "pool" type: "TemporalPooling" pooling_param { pool: MAX }'],
-                               at="stage.0", frames=3)
+    actions = surgery.sequence(
+        net, ['name: "pool" type: "TemporalPooling" pooling_param { pool: MAX }'], at="stage.0", frames=3
+    )
     assert any("(at 'stage.0' (module; its output is layer " in a.detail for a in actions)
     clip = torch.randn(2, 3, *SHAPE[1:])
     with torch.no_grad():
@@ -126,8 +127,11 @@ def test_a_misspelt_block_gets_a_did_you_mean_naming_the_module() -> None:
 def test_a_block_called_twice_is_refused_with_the_reason() -> None:
     net = surgery.load(_source(), SHAPE)
     before = net.layer_names()
-    with pytest.raises(SpecError, match=r"'shared' is a module of the source, but it cannot stand for one layer: "
-                                        r"the model calls it 2 times"):
+    with pytest.raises(
+        SpecError,
+        match=r"'shared' is a module of the source, but it cannot stand for one layer: "
+        r"the model calls it 2 times",
+    ):
         surgery.cut(net, "shared")
     assert net.layer_names() == before
 
@@ -167,9 +171,11 @@ def test_module_outputs_follow_renames_and_survive_copies_and_rollback() -> None
 def test_spec_report_and_inspect_name_the_module(tmp_path: Path, capsys) -> None:
     factory = f"{Path(__file__).resolve()}:Tiny"
     spec = tmp_path / "spec.prototxt"
-    spec.write_text(f'source {{ torch {{ factory: "{factory}" }} input_shape: [2, 3, 8, 8] }}\nseed: 1\n'
-                    'edit { cut { at: "stage" } }\n'
-                    'edit { lr { up_to: "stage.0" lr_mult: 0 } }\n')
+    spec.write_text(
+        f'source {{ torch {{ factory: "{factory}" }} input_shape: [2, 3, 8, 8] }}\nseed: 1\n'
+        'edit { cut { at: "stage" } }\n'
+        'edit { lr { up_to: "stage.0" lr_mult: 0 } }\n'
+    )
     result = surgery.apply(spec, tmp_path / "out")
     report = json.loads((result.out_dir / "report.json").read_text())
     details = {edit["op"]: edit["detail"] for edit in report["edits"]}
@@ -214,8 +220,12 @@ def _check_every_module_output(source: nn.Module, shape: tuple[int, ...]) -> int
     net.set_outputs(blobs)
     model = surgery.to_torch(net).eval()
     returned: dict[str, torch.Tensor] = {}
-    hooks = [source.get_submodule(p).register_forward_hook(
-        lambda module, inputs, output, p=p: returned.__setitem__(p, output.clone())) for p in paths]
+    hooks = [
+        source.get_submodule(p).register_forward_hook(
+            lambda module, inputs, output, p=p: returned.__setitem__(p, output.clone())
+        )
+        for p in paths
+    ]
     x = torch.randn(shape)
     try:
         with torch.no_grad():
@@ -236,13 +246,21 @@ def test_every_recorded_module_output_is_what_the_module_returns() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family, name, size, kwargs", [
-    ("torchvision", "resnet18", 32, {}), ("torchvision", "googlenet", 32, {"init_weights": False}),
-    ("torchvision", "densenet121", 32, {}), ("torchvision", "convnext_tiny", 32, {}),
-    ("torchvision", "swin_t", 32, {}), ("torchvision", "efficientnet_b0", 32, {}),
-    ("torchvision", "mobilenet_v3_small", 32, {}), ("torchvision", "vit_b_16", 32, {"image_size": 32}),
-    ("timm", "levit_128", 224, {}), ("timm", "coat_lite_tiny", 64, {"img_size": 64}),
-])
+@pytest.mark.parametrize(
+    "family, name, size, kwargs",
+    [
+        ("torchvision", "resnet18", 32, {}),
+        ("torchvision", "googlenet", 32, {"init_weights": False}),
+        ("torchvision", "densenet121", 32, {}),
+        ("torchvision", "convnext_tiny", 32, {}),
+        ("torchvision", "swin_t", 32, {}),
+        ("torchvision", "efficientnet_b0", 32, {}),
+        ("torchvision", "mobilenet_v3_small", 32, {}),
+        ("torchvision", "vit_b_16", 32, {"image_size": 32}),
+        ("timm", "levit_128", 224, {}),
+        ("timm", "coat_lite_tiny", 64, {"img_size": 64}),
+    ],
+)
 def test_zoo_module_outputs_are_what_the_modules_return(family: str, name: str, size: int, kwargs: dict) -> None:
     torch.manual_seed(0)
     if family == "timm":
@@ -272,8 +290,11 @@ def test_vit_cut_at_an_encoder_block_with_a_new_head_and_lr_by_glob(tmp_path: Pa
     source = torchvision.models.vit_b_16(image_size=32).eval()
     net = surgery.load(source, (1, 3, 32, 32))
     surgery.cut(net, "encoder.layers.encoder_layer_5")
-    surgery.append(net, ['name: "flat" type: "Flatten"',
-                         'name: "head" type: "InnerProduct" inner_product_param { num_output: 7 }'], seed=3)
+    surgery.append(
+        net,
+        ['name: "flat" type: "Flatten"', 'name: "head" type: "InnerProduct" inner_product_param { num_output: 7 }'],
+        seed=3,
+    )
     surgery.lr(net, match="encoder.layers.encoder_layer_*", lr_mult=0.5)
     surgery.lr(net, up_to="encoder.layers.encoder_layer_2", lr_mult=0)
     model = surgery.to_torch(net).eval()
@@ -291,8 +312,12 @@ def test_vit_cut_at_an_encoder_block_with_a_new_head_and_lr_by_glob(tmp_path: Pa
     groups = model.param_groups(lr=1.0, weight_decay=0.0)
     by_lr = {round(group["lr"], 6): {id(p) for p in group["params"]} for group in groups}
     blocks = source.encoder.layers
-    half = {id(p) for name, p in model.named_parameters() if name.startswith("encoder.layers.encoder_layer_")
-            and name.split(".")[2] in ("encoder_layer_3", "encoder_layer_4", "encoder_layer_5")}
+    half = {
+        id(p)
+        for name, p in model.named_parameters()
+        if name.startswith("encoder.layers.encoder_layer_")
+        and name.split(".")[2] in ("encoder_layer_3", "encoder_layer_4", "encoder_layer_5")
+    }
     assert by_lr[0.5] == half and len(half) == sum(1 for b in (3, 4, 5) for _ in blocks[b].parameters())
     assert by_lr[1.0] == {id(head.weight), id(head.bias)}
     frozen = [name for name, p in model.named_parameters() if not p.requires_grad]

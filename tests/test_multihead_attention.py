@@ -12,10 +12,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx_runs import random_inputs, run_onnx
 from torch import nn
 
 import surgery
-from onnx_runs import random_inputs, run_onnx
 from surgery.emitters.caffe import emit_caffe
 from surgery.emitters.onnx_model import emit_onnx
 from surgery.errors import ModelFormatError
@@ -126,8 +126,9 @@ def test_onnx_formula_and_native_operator_match_at_two_batch_sizes(case: str, tm
             xs = random_inputs(shapes, batch)
             with torch.no_grad():
                 expected = module(*xs).numpy()
-            np.testing.assert_allclose(run_onnx(path, xs), expected, atol=ATOL, rtol=0,
-                                       err_msg=f"opset {opset}, batch {batch}")
+            np.testing.assert_allclose(
+                run_onnx(path, xs), expected, atol=ATOL, rtol=0, err_msg=f"opset {opset}, batch {batch}"
+            )
 
 
 class Refused(nn.Module):

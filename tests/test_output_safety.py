@@ -25,8 +25,13 @@ EDITS = 'edit { classifier { layer: "classifier.fc2" rename: "head" num_output: 
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "surgery.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    return subprocess.run(
+        [sys.executable, "-m", "surgery.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -48,22 +53,25 @@ def _leftovers(parent: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------- 3, 4: output paths
-@pytest.mark.parametrize("output,message", [
-    ('output { pytorch { path: "../escaped" } }', "leaves the -o folder"),
-    ('output { pytorch { path: "torch/../../escaped" } }', "leaves the -o folder"),
-    ('output { onnx { path: "ABSOLUTE/x.onnx" } }', "is absolute"),
-    ('output { caffe { prototxt: "../deploy.prototxt" } }', "leaves the -o folder"),
-    ('output { caffe { weights: "ABSOLUTE/w.caffemodel" } }', "is absolute"),
-    ('output { onnx { path: "report.json" } }', "would replace the run's own report.json"),
-    ('output { onnx { path: ".surgery-output" } }', "would replace the run's own"),
-    ('output { pytorch { } onnx { path: "torch/model.py" } }', "collides with"),
-    ('output { pytorch { } onnx { path: "torch" } }', "collides with"),
-    ('output { onnx { path: "Model.onnx" } caffe { prototxt: "model.onnx" } }', "collides with"),
-    ('output { onnx { } caffe { weights: "model.onnx.data" } }', "collides with"),
-    ('output { onnx { path: "" } }', "is empty"),
-    ('output { pytorch { path: "" } }', "is empty"),
-    ('output { pytorch { path: "." } }', "leaves the -o folder"),
-])
+@pytest.mark.parametrize(
+    "output,message",
+    [
+        ('output { pytorch { path: "../escaped" } }', "leaves the -o folder"),
+        ('output { pytorch { path: "torch/../../escaped" } }', "leaves the -o folder"),
+        ('output { onnx { path: "ABSOLUTE/x.onnx" } }', "is absolute"),
+        ('output { caffe { prototxt: "../deploy.prototxt" } }', "leaves the -o folder"),
+        ('output { caffe { weights: "ABSOLUTE/w.caffemodel" } }', "is absolute"),
+        ('output { onnx { path: "report.json" } }', "would replace the run's own report.json"),
+        ('output { onnx { path: ".surgery-output" } }', "would replace the run's own"),
+        ('output { pytorch { } onnx { path: "torch/model.py" } }', "collides with"),
+        ('output { pytorch { } onnx { path: "torch" } }', "collides with"),
+        ('output { onnx { path: "Model.onnx" } caffe { prototxt: "model.onnx" } }', "collides with"),
+        ('output { onnx { } caffe { weights: "model.onnx.data" } }', "collides with"),
+        ('output { onnx { path: "" } }', "is empty"),
+        ('output { pytorch { path: "" } }', "is empty"),
+        ('output { pytorch { path: "." } }', "leaves the -o folder"),
+    ],
+)
 def test_output_paths_stay_inside_and_apart(output: str, message: str, toy_spec, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     spec = toy_spec(EDITS + output.replace("ABSOLUTE", str(outside)))
@@ -78,10 +86,10 @@ def test_output_paths_stay_inside_and_apart(output: str, message: str, toy_spec,
 
 def test_onnx_external_data_may_not_leave_the_model_folder(tmp_path: Path) -> None:
     import onnx
+    from toy_nets import toy_cnn
 
     from surgery.emitters.onnx_model import emit_onnx
     from surgery.importers.onnx_model import import_onnx
-    from toy_nets import toy_cnn
 
     path = emit_onnx(surgery.load(toy_cnn(), (2, 3, 16, 16)), tmp_path / "m" / "m.onnx", external_data=True)
     secret = tmp_path / "secret.bin"
@@ -152,9 +160,16 @@ def test_concurrent_applies_one_wins_the_others_fail_cleanly(toy_spec, tmp_path:
     specs = [toy_spec(EDITS, name=f"spec{i}.prototxt", seed=i) for i in range(3)]
     out = tmp_path / "out"
     for extra in ([], ["--force"]):
-        runs = [subprocess.Popen([sys.executable, "-m", "surgery.cli", "apply", str(spec), "-o", str(out), "-q", *extra],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-                for spec in specs]
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "surgery.cli", "apply", str(spec), "-o", str(out), "-q", *extra],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=tmp_path,
+            )
+            for spec in specs
+        ]
         results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
         for run in runs:
             run.stdout.close()
@@ -173,39 +188,49 @@ def test_concurrent_applies_one_wins_the_others_fail_cleanly(toy_spec, tmp_path:
 
 
 # ------------------------------------------------------------ 7: killed at any moment
-BIG_NET = '''
+BIG_NET = """
 import torch
 from torch import nn
 
 def build():
     return nn.Sequential(*[nn.Linear(768, 768) for _ in range(8)])
-'''
+"""
 
 
 def _big_spec(folder: Path, seed: int) -> Path:
     (folder / "big.py").write_text(BIG_NET)
     spec = folder / f"big{seed}.prototxt"
-    spec.write_text(f'source {{ torch {{ factory: "big.py:build" }} input_shape: [2, 768] }}\nseed: {seed}\n'
-                    f'edit {{ classifier {{ layer: "7" num_output: 10 }} }}\n')
+    spec.write_text(
+        f'source {{ torch {{ factory: "big.py:build" }} input_shape: [2, 768] }}\nseed: {seed}\n'
+        f'edit {{ classifier {{ layer: "7" num_output: 10 }} }}\n'
+    )
     return spec
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["KILL", "TERM", "INT"])
-@pytest.mark.parametrize("moment", [
-    pytest.param(("writing the PyTorch", 0.0), id="torch"),
-    pytest.param(("writing the PyTorch", 0.15), id="torch_later", marks=pytest.mark.slow),
-    pytest.param(("writing model.onnx", 0.05), id="onnx", marks=pytest.mark.slow),
-    pytest.param(("moving the outputs", 0.0), id="publish"),
-    # after the rename: the run winds down, prints, and the interpreter shuts down
-    pytest.param(("moving the outputs", 0.03), id="winding_down"),
-    pytest.param(("moving the outputs", 0.3), id="shutdown", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "moment",
+    [
+        pytest.param(("writing the PyTorch", 0.0), id="torch"),
+        pytest.param(("writing the PyTorch", 0.15), id="torch_later", marks=pytest.mark.slow),
+        pytest.param(("writing model.onnx", 0.05), id="onnx", marks=pytest.mark.slow),
+        pytest.param(("moving the outputs", 0.0), id="publish"),
+        # after the rename: the run winds down, prints, and the interpreter shuts down
+        pytest.param(("moving the outputs", 0.03), id="winding_down"),
+        pytest.param(("moving the outputs", 0.3), id="shutdown", marks=pytest.mark.slow),
+    ],
+)
 def test_killed_apply_leaves_old_or_new_output(sig: int, moment: tuple[str, float], tmp_path: Path) -> None:
     out = tmp_path / "out"
     surgery.apply(_big_spec(tmp_path, 1), out)
     old = _tree(out)
-    run = subprocess.Popen([sys.executable, "-m", "surgery.cli", "apply", str(_big_spec(tmp_path, 2)), "-o", str(out),
-                            "--force"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "surgery.cli", "apply", str(_big_spec(tmp_path, 2)), "-o", str(out), "--force"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
     line, delay = moment
     for text in run.stderr:
         if line in text:
@@ -290,18 +315,21 @@ def test_outputs_honour_the_umask(umask: int, toy_spec, tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------ 10: multipliers, JSON
-@pytest.mark.parametrize("edit", [
-    "edit { lr { match: \"features.*\" lr_mult: nan } }",
-    "edit { lr { match: \"features.*\" decay_mult: inf } }",
-    "edit { lr { match: \"features.*\" lr_mult: -1 } }",
-    'edit { append { layer { name: "fc" type: "InnerProduct" inner_product_param { num_output: 2 } '
-    "param { lr_mult: -1 } } } }",
-    'edit { append { layer { name: "fc" type: "InnerProduct" inner_product_param { num_output: 2 } '
-    "param { lr_mult: 1 } param { decay_mult: nan } } } }",
-    'edit { classifier { layer: "classifier.fc2" num_output: 2 } } '
-    'edit { replace { layer: "classifier.fc2" by { name: "classifier.fc2" type: "InnerProduct" '
-    "inner_product_param { num_output: 2 } param { lr_mult: inf } } } }",
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        'edit { lr { match: "features.*" lr_mult: nan } }',
+        'edit { lr { match: "features.*" decay_mult: inf } }',
+        'edit { lr { match: "features.*" lr_mult: -1 } }',
+        'edit { append { layer { name: "fc" type: "InnerProduct" inner_product_param { num_output: 2 } '
+        "param { lr_mult: -1 } } } }",
+        'edit { append { layer { name: "fc" type: "InnerProduct" inner_product_param { num_output: 2 } '
+        "param { lr_mult: 1 } param { decay_mult: nan } } } }",
+        'edit { classifier { layer: "classifier.fc2" num_output: 2 } } '
+        'edit { replace { layer: "classifier.fc2" by { name: "classifier.fc2" type: "InnerProduct" '
+        "inner_product_param { num_output: 2 } param { lr_mult: inf } } } }",
+    ],
+)
 def test_every_multiplier_is_finite_and_not_negative(edit: str, toy_spec, tmp_path: Path) -> None:
     spec = toy_spec(edit)
     with pytest.raises(SpecError, match="must be a finite number >= 0") as error:
@@ -313,8 +341,10 @@ def test_every_multiplier_is_finite_and_not_negative(edit: str, toy_spec, tmp_pa
 def test_json_spec_nan_multiplier_is_refused(tmp_path: Path, toy_weights: Path) -> None:
     tests = Path(__file__).resolve().parent
     spec = tmp_path / "s.json"
-    spec.write_text('{"source": {"torch": {"factory": "%s:ToyCNN", "weights": "toy.pt"}, "input_shape": [2, 3, 16, 16]},'
-                    ' "edit": [{"lr": {"match": ["features.*"], "lr_mult": NaN}}]}' % (tests / "toy_nets.py"))
+    spec.write_text(
+        '{"source": {"torch": {"factory": "%s:ToyCNN", "weights": "toy.pt"}, "input_shape": [2, 3, 16, 16]},'
+        ' "edit": [{"lr": {"match": ["features.*"], "lr_mult": NaN}}]}' % (tests / "toy_nets.py")
+    )
     with pytest.raises(SpecError, match="finite number"):
         surgery.apply(spec, tmp_path / "out")
 
@@ -323,9 +353,11 @@ def test_caffe_param_multipliers_are_checked(tmp_path: Path) -> None:
     from surgery.importers.caffe import import_caffe
 
     prototxt = tmp_path / "n.prototxt"
-    prototxt.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 } } }\n'
-                        'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" param { lr_mult: nan } '
-                        "inner_product_param { num_output: 2 } }\n")
+    prototxt.write_text(
+        'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 } } }\n'
+        'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" param { lr_mult: nan } '
+        "inner_product_param { num_output: 2 } }\n"
+    )
     with pytest.raises(SpecError, match="lr_mult of layer 'fc' must be a finite number"):
         import_caffe(prototxt)
 
@@ -351,14 +383,22 @@ def test_report_records_every_input_and_output(toy_spec, tmp_path: Path, toy_wei
         data = path.read_bytes()
         assert inputs[key] == {"path": key, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
     outputs = {entry["path"] for entry in report["files"]["outputs"]}
-    assert outputs == {"torch/model.py", "torch/weights.pt", "model.onnx", "model.onnx.data", "deploy.prototxt",
-                       "weights.caffemodel", "report.html"}
+    assert outputs == {
+        "torch/model.py",
+        "torch/weights.pt",
+        "model.onnx",
+        "model.onnx.data",
+        "deploy.prototxt",
+        "weights.caffemodel",
+        "report.html",
+    }
 
 
 def test_report_records_onnx_and_caffe_inputs(tmp_path: Path) -> None:
     from caffe_nets import rng_weights, write_net
-    from surgery.emitters.onnx_model import emit_onnx
     from toy_nets import toy_cnn
+
+    from surgery.emitters.onnx_model import emit_onnx
 
     emit_onnx(surgery.load(toy_cnn(), (2, 3, 16, 16)), tmp_path / "src.onnx", external_data=True)
     (tmp_path / "onnx.prototxt").write_text('source { onnx { path: "src.onnx" } }\nseed: 1\n')
@@ -366,11 +406,16 @@ def test_report_records_onnx_and_caffe_inputs(tmp_path: Path) -> None:
     names = {e["path"] for e in _complete(tmp_path / "a")["files"]["inputs"]}
     assert names == {"onnx.prototxt", "src.onnx", "src.onnx.data"}
     w = rng_weights()
-    write_net(tmp_path, "net", 'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 } } }\n'
-              'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 2 } }\n',
-              {"fc": [w(2, 4), w(2)]})
+    write_net(
+        tmp_path,
+        "net",
+        'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 } } }\n'
+        'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 2 } }\n',
+        {"fc": [w(2, 4), w(2)]},
+    )
     (tmp_path / "caffe.prototxt").write_text(
-        'source { caffe { prototxt: "net.prototxt" weights: "net.caffemodel" } }\nseed: 1\n')
+        'source { caffe { prototxt: "net.prototxt" weights: "net.caffemodel" } }\nseed: 1\n'
+    )
     surgery.apply(tmp_path / "caffe.prototxt", tmp_path / "b")
     names = {e["path"] for e in _complete(tmp_path / "b")["files"]["inputs"]}
     assert names == {"caffe.prototxt", "net.prototxt", "net.caffemodel"}
@@ -398,11 +443,11 @@ def build():
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(),
                          nn.Linear(4 * 8 * 8, 5))
 """
-_RANDOM_INIT_SPEC = '''source {{ torch {{ factory: "small.py:build" }} input_shape: [2, 3, 8, 8] }}
+_RANDOM_INIT_SPEC = """source {{ torch {{ factory: "small.py:build" }} input_shape: [2, 3, 8, 8] }}
 seed: {seed}
 edit {{ collapse {{ first: "0" second: "2" name: "fused" mode: FIT kernel_size: 5 samples: 8 }} }}
 output {{ pytorch {{ }} }}
-'''
+"""
 
 
 def test_random_init_factory_and_fit_are_seeded_by_the_spec(tmp_path: Path) -> None:
@@ -439,11 +484,14 @@ def test_random_init_factory_and_fit_are_seeded_by_the_spec(tmp_path: Path) -> N
 def test_caffe_layers_without_weights_use_the_spec_seed(tmp_path: Path) -> None:
     (tmp_path / "net.prototxt").write_text(
         'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 } } }\n'
-        'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 2 } }\n')
+        'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 2 } }\n'
+    )
     weights = {}
     for seed in (5, 6):
         spec = tmp_path / f"s{seed}.prototxt"
-        spec.write_text(f'source {{ caffe {{ prototxt: "net.prototxt" }} }}\nseed: {seed}\noutput {{ pytorch {{ }} }}\n')
+        spec.write_text(
+            f'source {{ caffe {{ prototxt: "net.prototxt" }} }}\nseed: {seed}\noutput {{ pytorch {{ }} }}\n'
+        )
         result = surgery.apply(spec, tmp_path / f"out{seed}")
         row = next(r for r in result.report.rows if r["name"] == "fc")
         assert f"seed {seed}" in row["origin"] and "seed 0" not in row["origin"]

@@ -26,8 +26,9 @@ def _path_fields() -> list[tuple[str, str]]:
     fields = []
     for kind in outputs.OUTPUT_KINDS:
         message = spec_class("Output").DESCRIPTOR.fields_by_name[kind.field].message_type
-        fields += [(kind.field, f.name) for f in message.fields
-                   if f.type == f.TYPE_STRING and not f.is_repeated]  # not dynamic_axis
+        fields += [
+            (kind.field, f.name) for f in message.fields if f.type == f.TYPE_STRING and not f.is_repeated
+        ]  # not dynamic_axis
     return fields
 
 
@@ -61,8 +62,9 @@ HOSTILE = [
 
 @pytest.mark.parametrize("kind,field", _path_fields(), ids=lambda v: str(v))
 @pytest.mark.parametrize("value,message", HOSTILE, ids=[h[0] or "empty" for h in HOSTILE])
-def test_hostile_output_paths_are_refused(kind: str, field: str, value: str, message: str, toy_spec,
-                                          tmp_path: Path) -> None:
+def test_hostile_output_paths_are_refused(
+    kind: str, field: str, value: str, message: str, toy_spec, tmp_path: Path
+) -> None:
     outside = tmp_path / "outside"
     spec = toy_spec(EDITS + f'output {{ {kind} {{ {field}: "{value.replace("ABSOLUTE", str(outside))}" }} }}')
     sub = tmp_path / "sub"
@@ -115,5 +117,5 @@ def test_space_estimate_counts_every_selected_kind(toy_spec, tmp_path: Path, mon
     """The free-space check sums each selected row's weight copies."""
     seen = []
     monkeypatch.setattr(outputs, "check_free_space", lambda net, copies, folder: seen.append(copies))
-    surgery.apply(toy_spec(EDITS + 'output { pytorch { } onnx { } caffe { } }'), tmp_path / "out")
+    surgery.apply(toy_spec(EDITS + "output { pytorch { } onnx { } caffe { } }"), tmp_path / "out")
     assert seen == [3]

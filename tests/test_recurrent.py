@@ -86,8 +86,11 @@ def _appended(kind: str, extra: str = "", features: int = 4) -> surgery.ir.Net:
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("kind", sorted(CLASSES))
 def test_new_layer_from_spec_syntax_matches_torch_module_and_onnxruntime(
-        kind: str, bidirectional: bool, return_sequences: bool, tmp_path: Path) -> None:
-    extra = f"bidirectional: {str(bidirectional).lower()} return_sequences: {str(return_sequences).lower()} num_layers: 2"
+    kind: str, bidirectional: bool, return_sequences: bool, tmp_path: Path
+) -> None:
+    extra = (
+        f"bidirectional: {str(bidirectional).lower()} return_sequences: {str(return_sequences).lower()} num_layers: 2"
+    )
     net = _appended(kind, extra)
     d = 2 if bidirectional else 1
     assert net.shape("rnn") == ((2, 5, 6 * d) if return_sequences else (2, 6 * d))
@@ -153,8 +156,9 @@ def test_recurrent_layer_on_an_image_is_a_shape_error() -> None:
 @pytest.mark.parametrize("return_sequences", [True, False])
 @pytest.mark.parametrize("option", ["plain", "deep_bidirectional", "no_bias"])
 @pytest.mark.parametrize("kind", sorted(CLASSES))
-def test_onnx_round_trip_reads_the_operators_back(kind: str, option: str, return_sequences: bool,
-                                                  tmp_path: Path) -> None:
+def test_onnx_round_trip_reads_the_operators_back(
+    kind: str, option: str, return_sequences: bool, tmp_path: Path
+) -> None:
     options = {k: v for k, v in OPTIONS[option].items() if k != "bias"}
     extra = " ".join(f"{k}: {str(v).lower()}" for k, v in options.items())
     extra += f" return_sequences: {str(return_sequences).lower()}"
@@ -163,10 +167,11 @@ def test_onnx_round_trip_reads_the_operators_back(kind: str, option: str, return
     net = _appended(kind, extra)
     path = emit_onnx(net, tmp_path / "m.onnx")
     back = import_onnx(path)
-    layer = next(l for l in back.layers() if l.type == kind)
+    layer = next(x for x in back.layers() if x.type == kind)
     assert {k: layer.params[k] for k in ("num_layers", "bidirectional", "return_sequences", "bias_term")} == {
-        k: net.layer("rnn").params[k] for k in ("num_layers", "bidirectional", "return_sequences", "bias_term")}
-    types = [l.type for l in back.layers()]
+        k: net.layer("rnn").params[k] for k in ("num_layers", "bidirectional", "return_sequences", "bias_term")
+    }
+    types = [x.type for x in back.layers()]
     assert types.count(kind) == 1 and not {"Permute", "Reshape", "Slice"} & set(types)  # no stray transposes
     for role, blob in net.layer("rnn").blobs.items():  # torch's gate order again, bit for bit
         assert torch.equal(layer.blobs[role].data, blob.data), role
@@ -185,13 +190,13 @@ def test_a_caffe_lrcn_lstm_is_refused_with_the_convention(tmp_path: Path) -> Non
     """Caffe's own LSTM reads a time-major sequence and a `cont` blob: the error says so
     and points at the `sequence` op."""
     prototxt = tmp_path / "lrcn.prototxt"
-    prototxt.write_text('''name: "lrcn"
+    prototxt.write_text("""name: "lrcn"
 input: "data"
 input_shape { dim: 16 dim: 4 dim: 10 }
 input: "cont"
 input_shape { dim: 16 dim: 4 }
 layer { name: "lstm1" type: "LSTM" bottom: "data" bottom: "cont" top: "lstm1" recurrent_param { num_output: 8 } }
-''')
+""")
     with pytest.raises(ShapeError) as caught:
         surgery.load(prototxt)
     assert "layer 'lstm1' (LSTM)" in str(caught.value) and "`cont` blob" in str(caught.value)

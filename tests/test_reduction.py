@@ -11,11 +11,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from caffe_nets import write_net
 from google.protobuf import text_format
 from torch import nn
 
 import surgery
-from caffe_nets import write_net
 from surgery.emitters.caffe import emit_caffe
 from surgery.emitters.onnx_model import emit_onnx
 from surgery.errors import ModelFormatError, ShapeError
@@ -103,8 +103,9 @@ def test_onnx_matches_torch_at_two_batch_sizes(case: str, opset: int, tmp_path: 
     with torch.no_grad():
         for batch in BATCHES:
             x = _input(shape, batch)
-            np.testing.assert_allclose(_run_onnx(path, x), module(x).numpy(), atol=ATOL, rtol=RTOL,
-                                       err_msg=f"batch {batch}")
+            np.testing.assert_allclose(
+                _run_onnx(path, x), module(x).numpy(), atol=ATOL, rtol=RTOL, err_msg=f"batch {batch}"
+            )
     again = import_onnx(path)  # read back: a reduction again (a spatial mean: a global pooling)
     assert {"Reduction", "Pooling"} & {layer.type for layer in again.layers()}
     with torch.no_grad():
@@ -112,12 +113,16 @@ def test_onnx_matches_torch_at_two_batch_sizes(case: str, opset: int, tmp_path: 
         np.testing.assert_allclose(surgery.to_torch(again).eval()(x).numpy(), module(x).numpy(), atol=ATOL, rtol=RTOL)
 
 
-@pytest.mark.parametrize("fn", [
-    lambda x: x.mean(),  # a full reduction: over the batch too
-    lambda x: x.sum(0),  # over the batch
-    lambda x: x.mean((2, 3), dtype=torch.float64),
-    lambda x: x.sum([]),  # torch reads an empty list as every axis
-], ids=["full", "batch_axis", "dtype", "empty_dims"])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: x.mean(),  # a full reduction: over the batch too
+        lambda x: x.sum(0),  # over the batch
+        lambda x: x.mean((2, 3), dtype=torch.float64),
+        lambda x: x.sum([]),  # torch reads an empty list as every axis
+    ],
+    ids=["full", "batch_axis", "dtype", "empty_dims"],
+)
 def test_calls_outside_a_per_sample_reduction_stay_calls(fn) -> None:
     module = Call(fn, 0)
     net = import_torch(module, (2, 3, 4, 4))
@@ -128,20 +133,29 @@ def test_calls_outside_a_per_sample_reduction_stay_calls(fn) -> None:
 
 
 INPUT = 'input: "data" input_shape { dim: 2 dim: 3 dim: 4 dim: 5 }\n'
-CAFFE = INPUT + """
+CAFFE = (
+    INPUT
+    + """
 layer { name: "mean" type: "Reduction" bottom: "data" top: "mean" reduction_param { operation: MEAN axis: 2 coeff: 2 } }
 layer { name: "sum" type: "Reduction" bottom: "data" top: "sum" reduction_param { operation: SUM axis: -1 } }
 layer { name: "asum" type: "Reduction" bottom: "data" top: "asum" reduction_param { operation: ASUM axis: 1 } }
-layer { name: "sumsq" type: "Reduction" bottom: "data" top: "sumsq" reduction_param { operation: SUMSQ axis: 1 coeff: 0.5 } }
+layer { name: "sumsq" type: "Reduction" bottom: "data" top: "sumsq"
+        reduction_param { operation: SUMSQ axis: 1 coeff: 0.5 } }
 layer { name: "all" type: "Reduction" bottom: "data" top: "all" reduction_param { operation: MEAN } }
 """
+)
 
 
 def _caffe_reference(x: np.ndarray) -> dict[str, np.ndarray]:
     """Caffe's definitions, in float64: reduce every axis from ``axis`` on, times coeff."""
     x = x.astype(np.float64)
-    return {"mean": 2 * x.mean(axis=(2, 3)), "sum": x.sum(axis=3), "asum": np.abs(x).sum(axis=(1, 2, 3)),
-            "sumsq": 0.5 * (x * x).sum(axis=(1, 2, 3)), "all": np.array(x.mean())}
+    return {
+        "mean": 2 * x.mean(axis=(2, 3)),
+        "sum": x.sum(axis=3),
+        "asum": np.abs(x).sum(axis=(1, 2, 3)),
+        "sumsq": 0.5 * (x * x).sum(axis=(1, 2, 3)),
+        "all": np.array(x.mean()),
+    }
 
 
 def _layers(prototxt: Path) -> list:
@@ -168,19 +182,23 @@ def test_caffe_reductions_compute_caffes_definition_and_round_trip(tmp_path: Pat
         for output, value in zip(session.get_outputs(), values):
             np.testing.assert_allclose(value, expected[output.name], atol=1e-5, rtol=1e-6, err_msg=output.name)
     written, _ = emit_caffe(net, tmp_path / "out.prototxt", tmp_path / "out.caffemodel")
+
     def form(path: Path) -> list:
         return [(m.name, list(m.bottom), list(m.top), str(m.reduction_param)) for m in _layers(path)]
+
     assert form(written) == form(text)
     again = import_caffe(written, tmp_path / "out.caffemodel")
-    assert [(l.name, l.params) for l in again.layers()] == [(l.name, l.params) for l in net.layers()]
+    assert [(x.name, x.params) for x in again.layers()] == [(x.name, x.params) for x in net.layers()]
 
 
 @pytest.mark.parametrize("case", ["sum_keepdim_positional", "sum_dim_1"])
 def test_caffe_refuses_a_reduction_it_cannot_write(case: str, tmp_path: Path) -> None:
     _, net, _ = _net(case)
     layer = next(layer for layer in net.layers() if layer.type == "Reduction")
-    with pytest.raises(ModelFormatError, match=f"'{layer.name}' .Reduction. cannot be written to Caffe: "
-                                               "Caffe's Reduction reduces every axis from one"):
+    with pytest.raises(
+        ModelFormatError,
+        match=f"'{layer.name}' .Reduction. cannot be written to Caffe: Caffe's Reduction reduces every axis from one",
+    ):
         emit_caffe(net, tmp_path / "m.prototxt", tmp_path / "m.caffemodel")
     assert not (tmp_path / "m.prototxt").exists()
 
@@ -211,8 +229,13 @@ def test_spec_layers_write_reductions_in_caffe_syntax() -> None:
     torch.manual_seed(0)
     module = Call(lambda x: x, 4)
     net = surgery.load(module, (2, 4, 5, 6))
-    surgery.append(net, ['name: "gap" type: "Reduction" reduction_param { operation: MEAN axis: 2 }',
-                         'name: "fc" type: "InnerProduct" inner_product_param { num_output: 3 }'])
+    surgery.append(
+        net,
+        [
+            'name: "gap" type: "Reduction" reduction_param { operation: MEAN axis: 2 }',
+            'name: "fc" type: "InnerProduct" inner_product_param { num_output: 3 }',
+        ],
+    )
     assert net.shapes()["gap"] == (2, 4) and net.shapes()["fc"] == (2, 3)
     x = _input((4, 5, 6), 2)
     emitted = surgery.to_torch(net).eval()
@@ -221,13 +244,18 @@ def test_spec_layers_write_reductions_in_caffe_syntax() -> None:
         assert torch.equal(emitted(x), expected)
 
 
-@pytest.mark.parametrize("param, error, message", [
-    ("operation: MEAN axis: 4", ShapeError, "axis 4 is out of range for a 4-D input"),
-    ("operation: SUM axis: -5", ShapeError, "axis -5 is out of range"),
-    ("operation: SUM coeff: inf", ModelFormatError, "coeff must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "param, error, message",
+    [
+        ("operation: MEAN axis: 4", ShapeError, "axis 4 is out of range for a 4-D input"),
+        ("operation: SUM axis: -5", ShapeError, "axis -5 is out of range"),
+        ("operation: SUM coeff: inf", ModelFormatError, "coeff must be a finite number"),
+    ],
+)
 def test_bad_caffe_reductions_are_refused_by_name(param: str, error: type, message: str, tmp_path: Path) -> None:
-    prototxt = INPUT + f'layer {{ name: "bad" type: "Reduction" bottom: "data" top: "bad" reduction_param {{ {param} }} }}\n'
+    prototxt = (
+        INPUT + f'layer {{ name: "bad" type: "Reduction" bottom: "data" top: "bad" reduction_param {{ {param} }} }}\n'
+    )
     text, model = write_net(tmp_path, "bad", prototxt, {})
     with pytest.raises(error, match=message) as raised:
         import_caffe(text, model)
@@ -239,11 +267,19 @@ def _onnx_file(path: Path, opset: int, nodes: list, outputs: list[tuple[str, lis
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        nodes, "reductions", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 4, 5])],
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [f"{name}_{i}" for i in range(rank)])
-         for name, _, rank in outputs],
-        initializer=[helper.make_tensor(f"{name}.axes", TensorProto.INT64, [len(axes)], axes)
-                     for name, axes, _ in outputs if axes is not None])
+        nodes,
+        "reductions",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 4, 5])],
+        [
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, [f"{name}_{i}" for i in range(rank)])
+            for name, _, rank in outputs
+        ],
+        initializer=[
+            helper.make_tensor(f"{name}.axes", TensorProto.INT64, [len(axes)], axes)
+            for name, axes, _ in outputs
+            if axes is not None
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7)
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
@@ -256,14 +292,22 @@ def test_onnx_reductions_of_other_exporters_read_as_reductions(opset: int, tmp_p
     input; keepdims either way; no axes at all (every axis)."""
     from onnx import helper
 
-    ops = {"sum": ("ReduceSum", [1], 0), "mean": ("ReduceMean", [-1], 1), "l1": ("ReduceL1", [1, 3], 0),
-           "sumsq": ("ReduceSumSquare", [2], 1), "all": ("ReduceMean", None, 0)}
+    ops = {
+        "sum": ("ReduceSum", [1], 0),
+        "mean": ("ReduceMean", [-1], 1),
+        "l1": ("ReduceL1", [1, 3], 0),
+        "sumsq": ("ReduceSumSquare", [2], 1),
+        "all": ("ReduceMean", None, 0),
+    }
     nodes, outputs = [], []
     for name, (op, axes, keepdims) in ops.items():
         as_input = axes is not None and opset >= (13 if op == "ReduceSum" else 18)
         attrs = {"axes": axes} if axes is not None and not as_input else {}
-        nodes.append(helper.make_node(op, ["x", f"{name}.axes"] if as_input else ["x"], [name], name=name,
-                                      keepdims=keepdims, **attrs))
+        nodes.append(
+            helper.make_node(
+                op, ["x", f"{name}.axes"] if as_input else ["x"], [name], name=name, keepdims=keepdims, **attrs
+            )
+        )
         rank = 4 if keepdims else 4 - len(axes or range(4))
         outputs.append((name, axes if as_input else None, rank))
     path = _onnx_file(tmp_path / "r.onnx", opset, nodes, outputs)
@@ -292,6 +336,7 @@ def test_a_spec_reduction_with_a_bad_axis_names_the_layer() -> None:
 
 def test_a_resize_flows_through_a_spatial_mean_to_the_next_layer() -> None:
     """SLICE: the Linear after ``mean([2, 3])`` keeps the weights of the channels that remain."""
+
     class Head(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -311,6 +356,7 @@ def test_a_resize_flows_through_a_spatial_mean_to_the_next_layer() -> None:
 
 def test_a_spatial_mean_leaves_the_image_size_free_in_onnx(tmp_path: Path) -> None:
     """Its axes are constants of the rank only: the file runs at other batch and image sizes."""
+
     class Head(nn.Module):
         def __init__(self) -> None:
             super().__init__()

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from toy_nets import ConvTail, toy_cnn
 
 import surgery
 from surgery.errors import ShapeError, SpecError
 from surgery.math.batchnorm_fold import fold_batchnorm
 from surgery.math.conv_compose import compose_weights, composed_geometry
-from toy_nets import ConvTail, toy_cnn
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -28,8 +28,9 @@ def _bit_identical_except(model, source, changed: set[str]) -> None:
             assert torch.equal(value, theirs[key]), key
 
 
-@pytest.mark.parametrize("k1,s1,d1,p1,k2,s2,d2", [(3, 1, 1, 1, 3, 1, 1), (3, 2, 1, 1, 3, 1, 1), (3, 1, 2, 0, 2, 2, 1),
-                                                  (5, 2, 1, 2, 3, 2, 2)])
+@pytest.mark.parametrize(
+    "k1,s1,d1,p1,k2,s2,d2", [(3, 1, 1, 1, 3, 1, 1), (3, 2, 1, 1, 3, 1, 1), (3, 1, 2, 0, 2, 2, 1), (5, 2, 1, 2, 3, 2, 2)]
+)
 def test_compose_weights_is_exact(k1, s1, d1, p1, k2, s2, d2) -> None:
     g = torch.Generator().manual_seed(0)
     w1, b1 = torch.randn(4, 3, k1, k1, generator=g), torch.randn(4, generator=g)
@@ -37,7 +38,7 @@ def test_compose_weights_is_exact(k1, s1, d1, p1, k2, s2, d2) -> None:
     x = torch.randn(2, 3, 23, 23, generator=g)
     pair = F.conv2d(F.conv2d(x, w1, b1, stride=s1, padding=p1, dilation=d1), w2, b2, stride=s2, dilation=d2)
     weight, bias = compose_weights(w1, b1, w2, b2, (s1, s1), (d1, d1), (d2, d2))
-    kernel, stride, pad = composed_geometry(k1, s1, d1, p1, k2, s2, d2, 0)
+    _kernel, stride, pad = composed_geometry(k1, s1, d1, p1, k2, s2, d2, 0)
     assert _rel(F.conv2d(x, weight, bias, stride=stride, padding=pad), pair) <= 1e-5
 
 
@@ -60,8 +61,11 @@ class Pair(nn.Module):
         layers = [("block1_conv1", nn.Conv2d(3, 8, 3, padding=1))]
         if relu:
             layers.append(("block1_relu1", nn.ReLU()))
-        layers += [("block1_conv2", nn.Conv2d(8, 8, 3, padding=pad2)), ("block1_relu2", nn.ReLU()),
-                   ("pool", nn.AdaptiveAvgPool2d(1))]
+        layers += [
+            ("block1_conv2", nn.Conv2d(8, 8, 3, padding=pad2)),
+            ("block1_relu2", nn.ReLU()),
+            ("pool", nn.AdaptiveAvgPool2d(1)),
+        ]
         self.features = nn.Sequential(OrderedDict(layers))
         self.fc = nn.Linear(8, 4)
 
@@ -102,7 +106,7 @@ def test_collapse_exact_with_padding_reports_the_border() -> None:
 
 def test_collapse_exact_refuses_a_nonlinearity_between() -> None:
     net = surgery.load(Pair(relu=True), (2, 3, 12, 12))
-    with pytest.raises(SpecError, match="'features.block1_relu1' .ReLU. sits between"):
+    with pytest.raises(SpecError, match=r"'features.block1_relu1' .ReLU. sits between"):
         surgery.collapse(net, "features.block1_conv1", "features.block1_conv2", "c12")
     assert "features.block1_conv1" in net
 
@@ -117,8 +121,9 @@ def test_collapse_fit_beats_fresh_and_naive_composition() -> None:
     fresh = surgery.load(source, shape)
     surgery.collapse(fresh, "features.block1_conv1", "features.block1_conv2", "c12", mode="FRESH", seed=3)
     f = source.features
-    naive_w, naive_b = compose_weights(f.block1_conv1.weight, f.block1_conv1.bias, f.block1_conv2.weight,
-                                       f.block1_conv2.bias, (1, 1), (1, 1), (1, 1))
+    naive_w, naive_b = compose_weights(
+        f.block1_conv1.weight, f.block1_conv1.bias, f.block1_conv2.weight, f.block1_conv2.bias, (1, 1), (1, 1), (1, 1)
+    )
     x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(99))  # held out
     with torch.no_grad():
         target = f.block1_conv2(f.block1_relu1(f.block1_conv1(x)))
@@ -154,15 +159,17 @@ def test_fold_batchnorm_op_parity_and_refusal() -> None:
             return self.bn(y) + y
 
     shared = surgery.load(Shared(), (1, 3, 4, 4))
-    with pytest.raises(SpecError, match="feeds bn .BatchNorm., add .Eltwise."):
+    with pytest.raises(SpecError, match=r"feeds bn .BatchNorm., add .Eltwise."):
         surgery.fold_batchnorm(shared, "conv")
 
 
 def test_eltwise_gate_with_broadcasting() -> None:
     source = toy_cnn()
     net = surgery.load(source, (2, 3, 16, 16))
-    gate = ['name: "gate_conv" type: "Convolution" convolution_param { num_output: 1 kernel_size: 1 '
-            'weight_filler { type: "msra" } }']
+    gate = [
+        'name: "gate_conv" type: "Convolution" convolution_param { num_output: 1 kernel_size: 1 '
+        'weight_filler { type: "msra" } }'
+    ]
     actions = surgery.eltwise(net, "gate", "features.block2_relu", layers=gate, seed=4)
     assert net.shapes()["gate_conv"] == (2, 1, 8, 8) and net.shapes()["gate"] == (2, 16, 8, 8)
     assert net.layer("features.block2_pool").inputs == ["gate"]
@@ -171,25 +178,44 @@ def test_eltwise_gate_with_broadcasting() -> None:
     _bit_identical_except(model, source, {"gate_conv"})
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        relu = source.features.block2_relu(source.features.block2_conv1(source.features.block1_pool(
-            source.features.block1_relu(source.features.block1_bn(source.features.block1_conv1(x))))))
-        gated = relu * F.conv2d(relu, net.layer("gate_conv").blobs["weight"].data,
-                                net.layer("gate_conv").blobs["bias"].data)
+        relu = source.features.block2_relu(
+            source.features.block2_conv1(
+                source.features.block1_pool(
+                    source.features.block1_relu(source.features.block1_bn(source.features.block1_conv1(x)))
+                )
+            )
+        )
+        gated = relu * F.conv2d(
+            relu, net.layer("gate_conv").blobs["weight"].data, net.layer("gate_conv").blobs["bias"].data
+        )
         expected = source.classifier(torch.flatten(source.features.block2_pool(gated), 1))
         assert _rel(model(x), expected) <= 1e-5
     with pytest.raises(SpecError, match="all-zero filler"):
-        surgery.eltwise(surgery.load(source, (2, 3, 16, 16)), "g", "features.block2_relu",
-                        layers=[gate[0].replace('{ type: "msra" }', '{ type: "constant" }')])
+        surgery.eltwise(
+            surgery.load(source, (2, 3, 16, 16)),
+            "g",
+            "features.block2_relu",
+            layers=[gate[0].replace('{ type: "msra" }', '{ type: "constant" }')],
+        )
     with pytest.raises(ShapeError, match="do not broadcast"):
-        surgery.eltwise(surgery.load(source, (2, 3, 16, 16)), "g", "features.block2_relu",
-                        layers=[gate[0].replace("num_output: 1", "num_output: 3")])
+        surgery.eltwise(
+            surgery.load(source, (2, 3, 16, 16)),
+            "g",
+            "features.block2_relu",
+            layers=[gate[0].replace("num_output: 1", "num_output: 3")],
+        )
 
 
 def test_near_identity_gate_starts_close_to_the_original() -> None:
     source = toy_cnn()
     net = surgery.load(source, (2, 3, 16, 16))
-    surgery.eltwise(net, "gate", "features.block2_relu", near_identity=True,
-                    layers=['name: "g" type: "Convolution" convolution_param { num_output: 1 kernel_size: 1 }'])
+    surgery.eltwise(
+        net,
+        "gate",
+        "features.block2_relu",
+        near_identity=True,
+        layers=['name: "g" type: "Convolution" convolution_param { num_output: 1 kernel_size: 1 }'],
+    )
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert _rel(surgery.to_torch(net).eval()(x), source(x)) < 5e-3
@@ -198,8 +224,9 @@ def test_near_identity_gate_starts_close_to_the_original() -> None:
 def test_replace_keeps_what_fits() -> None:
     source = toy_cnn()
     net = surgery.load(source, (2, 3, 16, 16))
-    actions = surgery.replace(net, "features.block2_conv1", 'type: "Convolution" convolution_param { num_output: 16 '
-                                                            'kernel_size: 5 pad: 2 }')
+    actions = surgery.replace(
+        net, "features.block2_conv1", 'type: "Convolution" convolution_param { num_output: 16 kernel_size: 5 pad: 2 }'
+    )
     assert "kept bias" in actions[0].detail and "new weight" in actions[0].detail
     layer = net.layer("features.block2_conv1")
     assert layer.blobs["weight"].shape == (16, 8, 5, 5)
@@ -211,9 +238,14 @@ def test_replace_keeps_what_fits() -> None:
 def test_fc_to_conv_makes_a_fully_convolutional_net(tmp_path) -> None:
     torch.manual_seed(0)
     net = surgery.load(ConvTail(), (1, 3, 10, 10))
-    surgery.append(net, ['name: "fc6" type: "InnerProduct" inner_product_param { num_output: 6 }',
-                         'name: "relu6" type: "ReLU"',
-                         'name: "fc7" type: "InnerProduct" inner_product_param { num_output: 5 }'])
+    surgery.append(
+        net,
+        [
+            'name: "fc6" type: "InnerProduct" inner_product_param { num_output: 6 }',
+            'name: "relu6" type: "ReLU"',
+            'name: "fc7" type: "InnerProduct" inner_product_param { num_output: 5 }',
+        ],
+    )
     before = surgery.to_torch(net).eval()
     x = torch.randn(1, 3, 10, 10)
     with torch.no_grad():
@@ -235,13 +267,13 @@ def test_collapse_fit_on_a_calibration_file(tmp_path) -> None:
     samples = tmp_path / "calib.npy"
     np.save(samples, np.random.default_rng(0).standard_normal((16, 3, 12, 12)).astype(np.float32))
     net = surgery.load(source, (2, 3, 12, 12))
-    actions = surgery.collapse(net, "features.block1_conv1", "features.block1_conv2", "c12", mode="FIT",
-                               calibration=str(samples))
+    actions = surgery.collapse(
+        net, "features.block1_conv1", "features.block1_conv2", "c12", mode="FIT", calibration=str(samples)
+    )
     assert "relative error" in actions[0].detail and "on 4 held-out calibration inputs" in actions[0].detail
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((4, 3, 10, 10), dtype=np.float32))
     net = surgery.load(source, (2, 3, 12, 12))
     with pytest.raises(SpecError, match=r"have shape \(4, 3, 10, 10\); the net's input is \(N, 3, 12, 12\)"):
-        surgery.collapse(net, "features.block1_conv1", "features.block1_conv2", "c12", mode="FIT",
-                         calibration=str(bad))
+        surgery.collapse(net, "features.block1_conv1", "features.block1_conv2", "c12", mode="FIT", calibration=str(bad))
     assert "features.block1_conv1" in net and "c12" not in net

@@ -18,12 +18,12 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from test_torch_roundtrip import _with_random_stats
 from torch import nn
+from toy_nets import ConvTail, toy_cnn
 
 import surgery
 from surgery.emitters.onnx_model import emit_onnx
-from test_torch_roundtrip import _with_random_stats
-from toy_nets import ConvTail, toy_cnn
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -202,8 +202,10 @@ def test_collapse_fit_and_fresh(mode: str, tmp_path: Path) -> None:
 
 
 # -------------------------------------------------------------------------- eltwise
-GATE = ('name: "gate_conv" type: "Convolution" convolution_param { num_output: 1 kernel_size: 1 '
-        'weight_filler { type: "msra" } }')
+GATE = (
+    'name: "gate_conv" type: "Convolution" convolution_param { num_output: 1 kernel_size: 1 '
+    'weight_filler { type: "msra" } }'
+)
 
 
 def test_eltwise_prod_gate_broadcasts_over_channels(tmp_path: Path) -> None:
@@ -223,14 +225,21 @@ def test_eltwise_prod_gate_broadcasts_over_channels(tmp_path: Path) -> None:
 def test_eltwise_prod_near_identity_starts_at_the_source(tmp_path: Path) -> None:
     source = toy_cnn()
     net = surgery.load(source, TOY)
-    surgery.eltwise(net, "gate", "features.block2_relu", near_identity=True, seed=4,
-                    layers=['name: "g" type: "Convolution" convolution_param { num_output: 1 kernel_size: 1 }'])
+    surgery.eltwise(
+        net,
+        "gate",
+        "features.block2_relu",
+        near_identity=True,
+        seed=4,
+        layers=['name: "g" type: "Convolution" convolution_param { num_output: 1 kernel_size: 1 }'],
+    )
     x = _x(TOY, 4)
     got, _ = _onnx_vs_torch(net, tmp_path, x)
     w, b = _blob(net, "g", "weight"), _blob(net, "g", "bias")
     with torch.no_grad():
-        gated = _toy_forward(source, x, {"features.block2_relu":
-                                         lambda m, h, v: m(h) * torch.sigmoid(F.conv2d(m(h), w, b))})
+        gated = _toy_forward(
+            source, x, {"features.block2_relu": lambda m, h, v: m(h) * torch.sigmoid(F.conv2d(m(h), w, b))}
+        )
         _assert_close(got, gated, what="onnxruntime vs source with the sigmoid gate")
         # The gate is sigmoid(~6.9 + tiny) ~= 1 - 1e-3 by design, not 1: the output moves by
         # ~1e-3 relative (the bound tests/test_rewrites.py uses for the same edit).
@@ -271,8 +280,9 @@ def test_eltwise_of_two_existing_blobs_of_the_same_shape(operation: str, tmp_pat
     got, _ = _onnx_vs_torch(net, tmp_path, x)
     combine = COMBINE[operation]
     with torch.no_grad():
-        expected = _toy_forward(source, x, {
-            "features.block1_relu": lambda m, h, v: combine(m(h), v["features.block1_bn"])})
+        expected = _toy_forward(
+            source, x, {"features.block1_relu": lambda m, h, v: combine(m(h), v["features.block1_bn"])}
+        )
     _assert_close(got, expected, what=f"onnxruntime vs source with relu {operation} bn")
 
 
@@ -323,8 +333,13 @@ class FcBn(nn.Module):
 def _fold_case(case: str):
     torch.manual_seed(6)
     if case == "all_pairs":
-        return (_with_random_stats(FoldNet()).eval(), (2, 3, 9, 9), None, {"conv1", "conv2", "fc1"},
-                {"bn1", "bn2", "bn3"})
+        return (
+            _with_random_stats(FoldNet()).eval(),
+            (2, 3, 9, 9),
+            None,
+            {"conv1", "conv2", "fc1"},
+            {"bn1", "bn2", "bn3"},
+        )
     if case == "named":
         return toy_cnn(), TOY, "features.block1_conv1", {"features.block1_conv1"}, {"features.block1_bn"}
     return _with_random_stats(FcBn()).eval(), (3, 12), "fc", {"fc"}, {"bn"}  # inner_product
@@ -348,14 +363,19 @@ def test_fold_batchnorm_preserves_the_function(case: str, tmp_path: Path) -> Non
 def test_replace_by_a_bigger_kernel_keeps_what_fits(tmp_path: Path) -> None:
     source = toy_cnn()
     net = surgery.load(source, TOY)
-    surgery.replace(net, "features.block2_conv1",
-                    'type: "Convolution" convolution_param { num_output: 16 kernel_size: 5 pad: 2 }', seed=8)
+    surgery.replace(
+        net,
+        "features.block2_conv1",
+        'type: "Convolution" convolution_param { num_output: 16 kernel_size: 5 pad: 2 }',
+        seed=8,
+    )
     assert net.layer("features.block2_conv1").blobs["weight"].shape == (16, 8, 5, 5)
     x = _x(TOY, 8)
     got, model = _onnx_vs_torch(net, tmp_path, x)
     # the kept bias reaches the ONNX file bit for bit
-    assert np.array_equal(_initializer(model, "features.block2_conv1.bias"),
-                          source.features.block2_conv1.bias.detach().numpy())
+    assert np.array_equal(
+        _initializer(model, "features.block2_conv1.bias"), source.features.block2_conv1.bias.detach().numpy()
+    )
     with torch.no_grad():
         expected = _toy_forward(source, x, {"features.block2_conv1": _recompute(net, "features.block2_conv1")})
     _assert_close(got, expected, what="onnxruntime vs source with the new 5x5 kernel")
@@ -366,9 +386,15 @@ def test_fc_to_conv_preserves_the_function(tmp_path: Path) -> None:
     torch.manual_seed(9)
     shape = (2, 3, 10, 10)
     net = surgery.load(ConvTail(), shape)
-    surgery.append(net, ['name: "fc6" type: "InnerProduct" inner_product_param { num_output: 6 }',
-                         'name: "relu6" type: "ReLU"',
-                         'name: "fc7" type: "InnerProduct" inner_product_param { num_output: 5 }'], seed=9)
+    surgery.append(
+        net,
+        [
+            'name: "fc6" type: "InnerProduct" inner_product_param { num_output: 6 }',
+            'name: "relu6" type: "ReLU"',
+            'name: "fc7" type: "InnerProduct" inner_product_param { num_output: 5 }',
+        ],
+        seed=9,
+    )
     x = _x(shape, 9)
     before = surgery.to_torch(net).eval()  # the fully connected net is the reference here
     with torch.no_grad():
@@ -448,9 +474,15 @@ def test_insert_one_identity_like_layer(case: str, tmp_path: Path) -> None:
 def test_insert_a_chain_of_two_layers(tmp_path: Path) -> None:
     source = toy_cnn()
     net = surgery.load(source, TOY)
-    actions = surgery.insert(net, "features.block2_relu", [
-        'name: "extra.conv" type: "Convolution" convolution_param { num_output: 16 kernel_size: 1 }',
-        'name: "extra.relu" type: "ReLU"'], seed=12)
+    actions = surgery.insert(
+        net,
+        "features.block2_relu",
+        [
+            'name: "extra.conv" type: "Convolution" convolution_param { num_output: 16 kernel_size: 1 }',
+            'name: "extra.relu" type: "ReLU"',
+        ],
+        seed=12,
+    )
     assert [a.layer for a in actions] == ["extra.conv", "extra.relu"]  # the wiring: test_edit_ops.py
     x = _x(TOY, 12)
     got, _ = _onnx_vs_torch(net, tmp_path, x)
@@ -518,8 +550,14 @@ def test_cut_then_append_a_new_head(tmp_path: Path) -> None:
     with torch.no_grad():
         features = source.features(x)
     _assert_close(trunk, features, what="onnxruntime vs source trunk after the cut")
-    surgery.append(net, ['name: "head.flat" type: "Flatten"',
-                         'name: "head.fc" type: "InnerProduct" inner_product_param { num_output: 4 }'], seed=15)
+    surgery.append(
+        net,
+        [
+            'name: "head.flat" type: "Flatten"',
+            'name: "head.fc" type: "InnerProduct" inner_product_param { num_output: 4 }',
+        ],
+        seed=15,
+    )
     got, model = _onnx_vs_torch(net, tmp_path, x, "head.onnx")
     assert [o.name for o in model.graph.output] == ["head.fc"]
     with torch.no_grad():

@@ -83,8 +83,12 @@ def test_temporal_pooling_head(pool: str, tmp_path: Path) -> None:
 
 
 def test_per_step_scores_from_all_steps_gru(tmp_path: Path) -> None:
-    net = clip_net(['name: "gru" type: "GRU" recurrent_param { num_output: 8 num_layers: 2 }',
-                    'name: "scores" type: "InnerProduct" inner_product_param { num_output: 11 axis: 2 }'])
+    net = clip_net(
+        [
+            'name: "gru" type: "GRU" recurrent_param { num_output: 8 num_layers: 2 }',
+            'name: "scores" type: "InnerProduct" inner_product_param { num_output: 11 axis: 2 }',
+        ]
+    )
     assert net.shape("scores") == (2, 5, 11)
     model = surgery.to_torch(net).eval()
     gru = _module(net, "gru", nn.GRU(256, 8, num_layers=2, batch_first=True))
@@ -121,10 +125,12 @@ def test_fine_tune_the_top_of_the_backbone_with_a_smaller_lr() -> None:
 def test_spec_apply_writes_a_clip_model_that_loads_standalone(tmp_path: Path) -> None:
     spec = tmp_path / "clip.prototxt"
     weights = Path(surgery.zoo.digits.WEIGHTS)
-    spec.write_text(f'source {{ torch {{ factory: "surgery.zoo:DigitsCNN" weights: "{weights}" }} '
-                    f'input_shape: [1, 1, 8, 8] }}\nseed: 3\n'
-                    f'edit {{ sequence {{ at: "features.pool2" frames: 7 layer {{ {LSTM_LAST} }} layer {{ {SCORES} }} }} }}\n'
-                    'edit { lr { up_to: "features.pool2" lr_mult: 0 } }\n')
+    spec.write_text(
+        f'source {{ torch {{ factory: "surgery.zoo:DigitsCNN" weights: "{weights}" }} '
+        f"input_shape: [1, 1, 8, 8] }}\nseed: 3\n"
+        f'edit {{ sequence {{ at: "features.pool2" frames: 7 layer {{ {LSTM_LAST} }} layer {{ {SCORES} }} }} }}\n'
+        'edit { lr { up_to: "features.pool2" lr_mult: 0 } }\n'
+    )
     assert main(["apply", str(spec), "-o", str(tmp_path / "out")]) == 0
     model = surgery.load_torch_folder(tmp_path / "out" / "torch").eval()
     clips = torch.rand(3, 4, 1, 8, 8)
@@ -149,8 +155,10 @@ def test_head_that_cannot_take_per_frame_features_is_refused_by_name(tmp_path: P
     assert "LSTM" in error.value.fix
     assert net.layer_names() == before and net.shape("x") == (1, 1, 8, 8)  # untouched
     spec = tmp_path / "bad.prototxt"
-    spec.write_text('source { torch { factory: "surgery.zoo:DigitsCNN" } input_shape: [1, 1, 8, 8] }\n'
-                    f'edit {{ sequence {{ at: "features.pool2"\n  layer {{ {conv} }} }} }}\n')
+    spec.write_text(
+        'source { torch { factory: "surgery.zoo:DigitsCNN" } input_shape: [1, 1, 8, 8] }\n'
+        f'edit {{ sequence {{ at: "features.pool2"\n  layer {{ {conv} }} }} }}\n'
+    )
     assert main(["apply", str(spec), "-o", str(tmp_path / "out")]) == 2
     assert "bad.prototxt:3:" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -167,10 +175,14 @@ def test_caffe_output_of_a_clip_model_is_refused_by_name(tmp_path: Path) -> None
 
 # ---------------------------------------------------------------- streaming step model
 STEP_HEADS = {
-    "lstm_last": ['name: "lstm" type: "LSTM" recurrent_param { num_output: 12 num_layers: 2 return_sequences: false }',
-                  SCORES],
-    "gru_per_step": ['name: "gru" type: "GRU" recurrent_param { num_output: 8 }',
-                     'name: "scores" type: "InnerProduct" inner_product_param { num_output: 11 axis: 2 }'],
+    "lstm_last": [
+        'name: "lstm" type: "LSTM" recurrent_param { num_output: 12 num_layers: 2 return_sequences: false }',
+        SCORES,
+    ],
+    "gru_per_step": [
+        'name: "gru" type: "GRU" recurrent_param { num_output: 8 }',
+        'name: "scores" type: "InnerProduct" inner_product_param { num_output: 11 axis: 2 }',
+    ],
     "rnn_last": ['name: "rnn" type: "RNN" recurrent_param { num_output: 8 return_sequences: false }', SCORES],
 }
 
@@ -218,10 +230,12 @@ def test_step_model_over_t_frames_equals_the_clip_model(head: str, tmp_path: Pat
 def _spec(tmp_path: Path, head: list[str], output: str = "output { pytorch { } onnx { } step { } }") -> Path:
     spec = tmp_path / "clip.prototxt"
     layers = "\n".join(f"    layer {{ {layer} }}" for layer in head)
-    spec.write_text(f'source {{ torch {{ factory: "surgery.zoo:DigitsCNN" weights: "{surgery.zoo.digits.WEIGHTS}" }} '
-                    'input_shape: [1, 1, 8, 8] }\nseed: 3\n'
-                    f'edit {{ sequence {{ at: "features.pool2" frames: 4\n{layers} }} }}\n'
-                    f'edit {{ lr {{ up_to: "features.pool2" lr_mult: 0 }} }}\n{output}\n')
+    spec.write_text(
+        f'source {{ torch {{ factory: "surgery.zoo:DigitsCNN" weights: "{surgery.zoo.digits.WEIGHTS}" }} '
+        "input_shape: [1, 1, 8, 8] }\nseed: 3\n"
+        f'edit {{ sequence {{ at: "features.pool2" frames: 4\n{layers} }} }}\n'
+        f'edit {{ lr {{ up_to: "features.pool2" lr_mult: 0 }} }}\n{output}\n'
+    )
     return spec
 
 
@@ -240,10 +254,13 @@ def test_apply_writes_the_step_model_and_verify_checks_it(tmp_path: Path, capsys
     assert "step model over T vs clip" in text and "torch vs source (per frame)" in text
 
 
-@pytest.mark.parametrize("head, culprit", [
-    (['name: "pool" type: "TemporalPooling" pooling_param { pool: AVE }', SCORES], "pool"),
-    (['name: "lstm" type: "LSTM" recurrent_param { num_output: 4 bidirectional: true }'], "lstm"),
-])
+@pytest.mark.parametrize(
+    "head, culprit",
+    [
+        (['name: "pool" type: "TemporalPooling" pooling_param { pool: AVE }', SCORES], "pool"),
+        (['name: "lstm" type: "LSTM" recurrent_param { num_output: 4 bidirectional: true }'], "lstm"),
+    ],
+)
 def test_step_model_of_a_head_that_needs_the_whole_clip_is_refused(head, culprit, tmp_path: Path, capsys) -> None:
     spec = _spec(tmp_path, head)
     assert main(["apply", str(spec), "-o", str(tmp_path / "out")]) == 2
@@ -255,8 +272,12 @@ def test_step_model_of_a_head_that_needs_the_whole_clip_is_refused(head, culprit
 def test_step_model_of_a_head_reading_several_steps_at_once_is_refused() -> None:
     from surgery.emitters.step import step_net
 
-    net = clip_net(['name: "gru" type: "GRU" recurrent_param { num_output: 4 }',
-                    'name: "scores" type: "InnerProduct" inner_product_param { num_output: 11 }'])  # flattens T
+    net = clip_net(
+        [
+            'name: "gru" type: "GRU" recurrent_param { num_output: 4 }',
+            'name: "scores" type: "InnerProduct" inner_product_param { num_output: 11 }',
+        ]
+    )  # flattens T
     with pytest.raises(ShapeError, match="cannot run one step at a time") as error:
         step_net(net)
     assert error.value.subject == "scores"
@@ -279,8 +300,18 @@ def test_head_on_cached_features_has_the_clip_models_loss_and_gradients(tmp_path
         losses.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
     (clip_loss, clip_grads), (head_loss, head_grads) = losses
     torch.testing.assert_close(head_loss, clip_loss, rtol=0, atol=1e-6)
-    assert sorted(head_grads) == sorted(clip_grads) == ["lstm.bias_hh_l0", "lstm.bias_ih_l0", "lstm.weight_hh_l0",
-                                                        "lstm.weight_ih_l0", "scores.bias", "scores.weight"]
+    assert (
+        sorted(head_grads)
+        == sorted(clip_grads)
+        == [
+            "lstm.bias_hh_l0",
+            "lstm.bias_ih_l0",
+            "lstm.weight_hh_l0",
+            "lstm.weight_ih_l0",
+            "scores.bias",
+            "scores.weight",
+        ]
+    )
     for name in clip_grads:
         torch.testing.assert_close(head_grads[name], clip_grads[name], rtol=0, atol=1e-6)
 
@@ -306,14 +337,18 @@ def test_features_command_caches_the_backbone_over_a_folder_of_clips(tmp_path: P
 
 def test_split_refuses_a_backbone_that_still_trains() -> None:
     net = clip_net([LSTM_LAST, SCORES], frozen=False)
-    with pytest.raises(SpecError, match="per-frame layer 'features.conv1' still trains"):
+    with pytest.raises(SpecError, match=r"per-frame layer 'features.conv1' still trains"):
         surgery.split(net)
 
 
 def test_a_layer_inserted_into_the_backbone_after_sequence_runs_per_frame(tmp_path: Path) -> None:
     net = clip_net([LSTM_LAST, SCORES], frozen=False)
-    surgery.insert(net, "features.relu3", ['name: "extra" type: "Convolution" convolution_param { num_output: 64 '
-                                           'kernel_size: 3 pad: 1 }'], seed=2)
+    surgery.insert(
+        net,
+        "features.relu3",
+        ['name: "extra" type: "Convolution" convolution_param { num_output: 64 kernel_size: 3 pad: 1 }'],
+        seed=2,
+    )
     assert net.layer("extra").per_frame and net.shape("extra") == (2, 5, 64, 4, 4)
     model = surgery.to_torch(net).eval()
     clips = torch.rand(2, 5, 1, 8, 8)
@@ -346,14 +381,23 @@ def test_apply_writes_backbone_and_head_split_at_the_freeze_boundary(tmp_path: P
     clips = torch.rand(3, 7, 1, 8, 8)  # N and T symbolic
     with torch.no_grad():
         feats = backbone(clips.flatten(0, 1)).unflatten(0, (3, 7))
-    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: feats.numpy()})[0],
-                               clip_model(clips).detach().numpy(), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        session.run(None, {session.get_inputs()[0].name: feats.numpy()})[0],
+        clip_model(clips).detach().numpy(),
+        rtol=0,
+        atol=ATOL,
+    )
 
 
 def test_an_eltwise_gate_in_the_backbone_after_sequence_runs_per_frame(tmp_path: Path) -> None:
     net = clip_net([LSTM_LAST, SCORES], frozen=False)
-    surgery.eltwise(net, "gated", "features.relu3", layers=['name: "gate" type: "Convolution" convolution_param '
-                                                           '{ num_output: 1 kernel_size: 1 }'], near_identity=True)
+    surgery.eltwise(
+        net,
+        "gated",
+        "features.relu3",
+        layers=['name: "gate" type: "Convolution" convolution_param { num_output: 1 kernel_size: 1 }'],
+        near_identity=True,
+    )
     for name in ("gate", "gate/sigmoid", "gated"):
         assert net.layer(name).per_frame, name
     assert net.shape("gated") == (2, 5, 64, 4, 4)
@@ -364,6 +408,6 @@ def test_an_eltwise_gate_in_the_backbone_after_sequence_runs_per_frame(tmp_path:
 
 def test_collapse_after_sequence_is_refused_by_name() -> None:
     net = clip_net([LSTM_LAST, SCORES], frozen=False)
-    with pytest.raises(SpecError, match="'features.conv1' runs per frame of a clip model") as caught:
+    with pytest.raises(SpecError, match=r"'features.conv1' runs per frame of a clip model") as caught:
         surgery.collapse(net, "features.conv1", "features.conv2", "conv12", mode="FIT", samples=8)
     assert "before the `sequence` edit" in caught.value.fix

@@ -57,10 +57,11 @@ def test_sizes_are_computed_at_import_and_reshapes_are_typed(tmp_path: Path) -> 
     model = ShuffleAndWindows().eval()
     net = surgery.load(model, (2, 3, 8, 8))
     types = [layer.type for layer in net.layers()]
-    assert "OpaqueCall" not in types, [(l.name, l.extra.get("target")) for l in net.layers() if l.type == "OpaqueCall"]
+    assert "OpaqueCall" not in types, [(x.name, x.extra.get("target")) for x in net.layers() if x.type == "OpaqueCall"]
     reshapes = [layer.params["shape"] for layer in net.layers() if layer.type == "Reshape"]
-    assert reshapes == [[0, 2, 4, 8, 8], [0, 8, 8, 8], [0, 8, 4, 2, 4, 2], [-1, 4, 8], [-1, 512]], \
+    assert reshapes == [[0, 2, 4, 8, 8], [0, 8, 8, 8], [0, 8, 4, 2, 4, 2], [-1, 4, 8], [-1, 512]], (
         "static sizes are literals, the batch axis is 0, the window count follows the batch as -1"
+    )
     _outputs_match(model, net, (2, 3, 7), tmp_path)
 
 
@@ -96,8 +97,9 @@ class HalfBatch(nn.Module):
 def test_a_batch_dependent_size_is_never_folded_into_a_literal(tmp_path: Path) -> None:
     model = HalfBatch().eval()
     net = surgery.load(model, (2, 3, 8, 8))
-    assert not any(layer.params.get("shape", [None])[0] == 1 for layer in net.layers() if layer.type == "Reshape"), \
+    assert not any(layer.params.get("shape", [None])[0] == 1 for layer in net.layers() if layer.type == "Reshape"), (
         "n // 2 is 1 at the import's batch size only"
+    )
     _outputs_match(model, net, (2, 4, 6), tmp_path)
 
 

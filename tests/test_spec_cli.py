@@ -25,16 +25,23 @@ edit { lr { match: "features.*" lr_mult: 0 } }
 
 
 def _hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_prototxt_yaml_and_json_are_the_same_spec(toy_spec, tmp_path: Path, toy_weights: Path) -> None:
     text = load_spec(toy_spec(EDITS)).message
-    source = {"torch": {"factory": f"{TESTS / 'toy_nets.py'}:ToyCNN", "weights": toy_weights.name},
-              "input_shape": [2, 3, 16, 16]}
-    edits = [{"classifier": {"layer": ["classifier.fc2"], "rename": ["head"], "num_output": 3}},
-             {"lr": {"match": ["features.*"], "lr_mult": 0}}]
+    source = {
+        "torch": {"factory": f"{TESTS / 'toy_nets.py'}:ToyCNN", "weights": toy_weights.name},
+        "input_shape": [2, 3, 16, 16],
+    }
+    edits = [
+        {"classifier": {"layer": ["classifier.fc2"], "rename": ["head"], "num_output": 3}},
+        {"lr": {"match": ["features.*"], "lr_mult": 0}},
+    ]
     (tmp_path / "s.json").write_text(json.dumps({"source": source, "seed": 3, "edit": edits}))
     (tmp_path / "s.yaml").write_text(
         f"source:\n  torch: {{factory: '{source['torch']['factory']}', weights: toy.pt}}\n"
@@ -49,12 +56,15 @@ def test_prototxt_yaml_and_json_are_the_same_spec(toy_spec, tmp_path: Path, toy_
     assert _hashes(a.out_dir / "torch") == _hashes(b.out_dir / "torch")
 
 
-@pytest.mark.parametrize("edits,where,message", [
-    ('edit { classifier { layer: "classifier.fc2" num_outputs: 3 } }', ":4:", "did you mean 'num_output'"),
-    ("edit { lr { lr_mult: abc } }", ":4:", "lr_mult"),
-    ('edit { lr { match: "feature.*" lr_mult: 0 } }', ":4:20", "matches no layer"),
-    ('\nedit { cut { at: "features.block2_pol" } }', ":5:18", "did you mean 'features.block2_pool'"),
-])
+@pytest.mark.parametrize(
+    "edits,where,message",
+    [
+        ('edit { classifier { layer: "classifier.fc2" num_outputs: 3 } }', ":4:", "did you mean 'num_output'"),
+        ("edit { lr { lr_mult: abc } }", ":4:", "lr_mult"),
+        ('edit { lr { match: "feature.*" lr_mult: 0 } }', ":4:20", "matches no layer"),
+        ('\nedit { cut { at: "features.block2_pol" } }', ":5:18", "did you mean 'features.block2_pool'"),
+    ],
+)
 def test_spec_errors_point_at_file_line_col(toy_spec, edits: str, where: str, message: str) -> None:
     path = toy_spec(edits)
     with pytest.raises(SpecError) as error:
@@ -65,9 +75,11 @@ def test_spec_errors_point_at_file_line_col(toy_spec, edits: str, where: str, me
 
 def test_yaml_errors_point_at_the_edit(tmp_path: Path, toy_weights: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text(f"source: {{torch: {{factory: '{TESTS / 'toy_nets.py'}:ToyCNN', weights: toy.pt}}, "
-                    "input_shape: [2, 3, 16, 16]}\nedit:\n  - lr: {match: [x], lr_mult: 0}\n"
-                    "  - classifier: {layer: [classifier.fc9], num_output: 2}\n  - cut: {att: y}\n")
+    path.write_text(
+        f"source: {{torch: {{factory: '{TESTS / 'toy_nets.py'}:ToyCNN', weights: toy.pt}}, "
+        "input_shape: [2, 3, 16, 16]}\nedit:\n  - lr: {match: [x], lr_mult: 0}\n"
+        "  - classifier: {layer: [classifier.fc9], num_output: 2}\n  - cut: {att: y}\n"
+    )
     with pytest.raises(SpecError, match=r"bad.yaml:5:5: .*no field named \"att\""):
         surgery.plan(path)
 
@@ -89,8 +101,19 @@ def test_cli_apply_writes_folder_and_report(toy_spec, tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "out" / "torch").iterdir()) == ["model.py", "weights.pt"]
 
 
-@pytest.mark.parametrize("case", ["missing_spec", "syntax", "unknown_layer", "bad_shape", "exists", "corrupt_weights",
-                                  "missing_weights", "no_source"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing_spec",
+        "syntax",
+        "unknown_layer",
+        "bad_shape",
+        "exists",
+        "corrupt_weights",
+        "missing_weights",
+        "no_source",
+    ],
+)
 def test_cli_errors_exit_2_and_write_nothing(case: str, toy_spec, tmp_path: Path, toy_weights: Path, capsys) -> None:
     out = tmp_path / "out"
     spec = toy_spec(EDITS)
@@ -101,8 +124,10 @@ def test_cli_errors_exit_2_and_write_nothing(case: str, toy_spec, tmp_path: Path
     elif case == "unknown_layer":
         spec = toy_spec('edit { lr { layer: "classifier.fc7" lr_mult: 0 } }')
     elif case == "bad_shape":
-        spec = toy_spec('edit { append { layer { name: "c" type: "Convolution" '
-                        'convolution_param { num_output: 2 kernel_size: 3 } } } }')
+        spec = toy_spec(
+            'edit { append { layer { name: "c" type: "Convolution" '
+            "convolution_param { num_output: 2 kernel_size: 3 } } } }"
+        )
     elif case == "exists":
         out.mkdir()
         (out / "keep.txt").write_text("mine")
@@ -133,13 +158,17 @@ def test_cli_error_in_a_subprocess_has_no_traceback(toy_spec, tmp_path: Path) ->
     assert f"{spec}:4:28: no layer named 'classifier.fc3'" in run.stderr and "did you mean" in run.stderr
 
 
-@pytest.mark.parametrize("output,where,message", [
-    ('output { onnx { dynamic_axis: "x:9" } }', ":4:31:", "axis 9 cannot be dynamic"),
-    ('output { onnx { dynamic_axis: "x:2" } }', ":4:1:", "fixed along a requested dynamic axis"),
-    ('output {\n  onnx { dynamic_axis: "data:2" } }', ":5:24:", "not an input of the net"),
-])
-def test_output_errors_point_at_the_output_block(output: str, where: str, message: str, toy_spec,
-                                                 tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "output,where,message",
+    [
+        ('output { onnx { dynamic_axis: "x:9" } }', ":4:31:", "axis 9 cannot be dynamic"),
+        ('output { onnx { dynamic_axis: "x:2" } }', ":4:1:", "fixed along a requested dynamic axis"),
+        ('output {\n  onnx { dynamic_axis: "data:2" } }', ":5:24:", "not an input of the net"),
+    ],
+)
+def test_output_errors_point_at_the_output_block(
+    output: str, where: str, message: str, toy_spec, tmp_path: Path
+) -> None:
     spec = toy_spec(output)
     with pytest.raises(SpecError) as error:
         surgery.apply(spec, tmp_path / "out")

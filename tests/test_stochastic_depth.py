@@ -70,8 +70,9 @@ def test_onnx_is_the_identity_at_inference(tmp_path: Path) -> None:
     session = onnx_session(emit_onnx(net, tmp_path / "m.onnx"))
     with torch.no_grad():
         expected = model.eval()(x).numpy()
-    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0], expected,
-                               atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        session.run(None, {session.get_inputs()[0].name: x.numpy()})[0], expected, atol=1e-6, rtol=0
+    )
 
 
 def test_a_call_that_ignores_the_mode_stays_the_call_it_was() -> None:

@@ -34,8 +34,16 @@ class BnAct(nn.BatchNorm2d):
     """timm's BatchNormAct2d: F.batch_norm on its own statistics, then an activation."""
 
     def forward(self, x):
-        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                         self.training or not self.track_running_stats, 0.1, self.eps)
+        x = F.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            self.training or not self.track_running_stats,
+            0.1,
+            self.eps,
+        )
         return F.relu(x)
 
 
@@ -87,8 +95,12 @@ def test_functional_calls_on_module_weights_are_that_modules_layers(tmp_path: Pa
     model = _model()
     net = surgery.load(model, (2, 3, 8, 8))
     types = {layer.name: layer.type for layer in net.layers()}
-    assert (types["conv"], types["bn"], types["norm"], types["head"]) == ("Convolution", "BatchNorm", "LayerNorm",
-                                                                         "InnerProduct")
+    assert (types["conv"], types["bn"], types["norm"], types["head"]) == (
+        "Convolution",
+        "BatchNorm",
+        "LayerNorm",
+        "InnerProduct",
+    )
     assert not any(t == "Constant" for t in types.values()), "no weight is left as a loose constant"
     assert types["drop"] == "Opaque", "a mode-dependent helper stays a module"
     assert net.layer("conv").params["pad"] == (0, 0) and net.layer("head").blobs["weight"].shape == (5, 6)
@@ -187,8 +199,9 @@ def test_index_tensors_keep_their_dtype(tmp_path: Path) -> None:
         assert torch.equal(surgery.to_torch(net).eval()(x), model(x))
     path = emit_onnx(net, tmp_path / "m.onnx")
     session = onnx_session(path)
-    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0], model(x).detach().numpy(),
-                               atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        session.run(None, {session.get_inputs()[0].name: x.numpy()})[0], model(x).detach().numpy(), atol=1e-6, rtol=0
+    )
 
 
 class Patches(nn.Module):
@@ -215,8 +228,9 @@ def test_size_arithmetic_is_not_an_eltwise_layer(tmp_path: Path) -> None:
             assert torch.equal(surgery.to_torch(net).eval()(x), expected)
         path = emit_onnx(net, tmp_path / "m.onnx")
         session = onnx_session(path)
-        np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0], expected.numpy(),
-                                   atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            session.run(None, {session.get_inputs()[0].name: x.numpy()})[0], expected.numpy(), atol=1e-5, rtol=0
+        )
 
 
 def test_an_eltwise_layer_on_sizes_is_a_clear_shape_error() -> None:

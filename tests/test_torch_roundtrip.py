@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from toy_nets import three_heads, toy_cnn
 
 import surgery
 from surgery.errors import ModelFormatError, ShapeError
-from toy_nets import three_heads, toy_cnn
 
 # Same kernels run on both sides, so outputs must be bit-identical.
 
@@ -108,8 +108,9 @@ def test_typed_layers_are_recognised() -> None:
     assert types["act@1"] == "ReLU" and net.layer("act@1").extra["module_path"] == "act"
     assert types["scale"] == "Constant" and net.layer("scale").blobs["value"].trainable
     assert types["mean"] == "Reduction"
-    assert types["view"] == "Reshape" and net.layer("view").params["shape"] == [0, 288], \
+    assert types["view"] == "Reshape" and net.layer("view").params["shape"] == [0, 288], (
         "y.view(y.size(0), -1): the batch axis copied, the rest its traced size"
+    )
     assert "OpaqueCall" not in types.values()
 
 
@@ -177,8 +178,10 @@ def test_param_groups_follow_lr_mult() -> None:
     model = surgery.to_torch(net)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert frozen == {n for n, _ in model.named_parameters() if n.startswith("features.")}
-    groups = {(round(g["lr"], 9), round(g["weight_decay"], 9)): set(g["names"])
-              for g in model.param_groups(lr=0.1, weight_decay=1e-3)}
+    groups = {
+        (round(g["lr"], 9), round(g["weight_decay"], 9)): set(g["names"])
+        for g in model.param_groups(lr=0.1, weight_decay=1e-3)
+    }
     assert groups == {
         (0.1, 0.001): {"classifier.fc1.weight"},
         (0.2, 0.0): {"classifier.fc1.bias"},
@@ -218,14 +221,21 @@ def test_untraceable_model_names_the_call() -> None:
 
 
 def test_wrong_input_shape_names_the_layer() -> None:
-    with pytest.raises(ShapeError, match="classifier.fc1"):
+    with pytest.raises(ShapeError, match=r"classifier.fc1"):
         surgery.load(toy_cnn(), (2, 3, 32, 32))
 
 
 @pytest.mark.slow
 @pytest.mark.vision
-@pytest.mark.parametrize("name,shape", [("resnet18", (2, 3, 64, 64)), ("mobilenet_v3_small", (2, 3, 64, 64)),
-                                        ("vgg16", (1, 3, 224, 224)), ("googlenet", (2, 3, 96, 96))])
+@pytest.mark.parametrize(
+    "name,shape",
+    [
+        ("resnet18", (2, 3, 64, 64)),
+        ("mobilenet_v3_small", (2, 3, 64, 64)),
+        ("vgg16", (1, 3, 224, 224)),
+        ("googlenet", (2, 3, 96, 96)),
+    ],
+)
 def test_torchvision_models_are_bit_identical(name: str, shape: tuple) -> None:
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
@@ -252,12 +262,12 @@ class InPlaceCases(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.on_input = nn.ReLU()            # the user's tensor: never overwritten
+        self.on_input = nn.ReLU()  # the user's tensor: never overwritten
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.after_conv = nn.ReLU()          # conv output read only here: in place
+        self.after_conv = nn.ReLU()  # conv output read only here: in place
         self.conv2 = nn.Conv2d(4, 4, 1)
-        self.shared_input = nn.ReLU()        # conv2 output is also read by the sum: not in place
-        self.on_view = nn.ReLU()             # a flatten is a view of its input: not in place
+        self.shared_input = nn.ReLU()  # conv2 output is also read by the sum: not in place
+        self.on_view = nn.ReLU()  # a flatten is a view of its input: not in place
 
     def forward(self, x):
         y = self.after_conv(self.conv(self.on_input(x)))
@@ -272,7 +282,11 @@ def test_activations_run_in_place_only_where_safe() -> None:
     x = torch.randn(2, 3, 5, 5)
     model = surgery.to_torch(surgery.load(source, tuple(x.shape)))
     assert {name: m.inplace for name, m in model.named_modules() if isinstance(m, nn.ReLU)} == {
-        "on_input": False, "after_conv": True, "shared_input": False, "on_view": False}
+        "on_input": False,
+        "after_conv": True,
+        "shared_input": False,
+        "on_view": False,
+    }
     kept = x.clone()
     model(x).sum().backward()
     source(x).sum().backward()

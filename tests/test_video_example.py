@@ -9,7 +9,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
-import video_digits  # noqa: E402
+import video_digits
 
 
 def test_paths_differ_only_in_order_for_each_pair() -> None:

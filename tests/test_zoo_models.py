@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from zoo_cases import Case, run_case, timm_cases, torchvision_cases
 
 pytest.importorskip("torchvision")

@@ -11,12 +11,41 @@ sys.path.insert(0, str(ROOT / "tools"))
 import zoo_table  # noqa: E402
 
 ROWS = [
-    {"family": "torchvision", "model": "resnet18", "input": 64, "params": 11_689_512, "head": "fc", "stage": "done",
-     "ok": True, "max_rel": 3.2e-7, "error": None, "layers": 70, "opaque": []},
-    {"family": "torchvision", "model": "vit_b_16", "input": 32, "params": 86_567_656, "head": "heads.head",
-     "stage": "done", "ok": True, "max_rel": 1.2e-6, "error": None, "layers": 170, "opaque": ["expand", "getattr_1"]},
-    {"family": "timm", "model": "mobilevit_s", "input": 64, "params": 5_578_632, "stage": "load", "ok": False,
-     "error": "ModelFormatError: torch.fx cannot trace ByobNet | x"},
+    {
+        "family": "torchvision",
+        "model": "resnet18",
+        "input": 64,
+        "params": 11_689_512,
+        "head": "fc",
+        "stage": "done",
+        "ok": True,
+        "max_rel": 3.2e-7,
+        "error": None,
+        "layers": 70,
+        "opaque": [],
+    },
+    {
+        "family": "torchvision",
+        "model": "vit_b_16",
+        "input": 32,
+        "params": 86_567_656,
+        "head": "heads.head",
+        "stage": "done",
+        "ok": True,
+        "max_rel": 1.2e-6,
+        "error": None,
+        "layers": 170,
+        "opaque": ["expand", "getattr_1"],
+    },
+    {
+        "family": "timm",
+        "model": "mobilevit_s",
+        "input": 64,
+        "params": 5_578_632,
+        "stage": "load",
+        "ok": False,
+        "error": "ModelFormatError: torch.fx cannot trace ByobNet | x",
+    },
 ]
 
 

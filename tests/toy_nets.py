@@ -14,15 +14,25 @@ class ToyCNN(nn.Module):
 
     def __init__(self, classes: int = 5) -> None:
         super().__init__()
-        self.features = nn.Sequential(OrderedDict(
-            block1_conv1=nn.Conv2d(3, 8, 3, padding=1), block1_bn=nn.BatchNorm2d(8), block1_relu=nn.ReLU(),
-            block1_pool=nn.MaxPool2d(2),
-            block2_conv1=nn.Conv2d(8, 16, 3, padding=1), block2_relu=nn.ReLU(),
-            block2_pool=nn.MaxPool2d(2),
-        ))
-        self.classifier = nn.Sequential(OrderedDict(
-            fc1=nn.Linear(16 * 4 * 4, 32), relu=nn.ReLU(), drop=nn.Dropout(0.5), fc2=nn.Linear(32, classes),
-        ))
+        self.features = nn.Sequential(
+            OrderedDict(
+                block1_conv1=nn.Conv2d(3, 8, 3, padding=1),
+                block1_bn=nn.BatchNorm2d(8),
+                block1_relu=nn.ReLU(),
+                block1_pool=nn.MaxPool2d(2),
+                block2_conv1=nn.Conv2d(8, 16, 3, padding=1),
+                block2_relu=nn.ReLU(),
+                block2_pool=nn.MaxPool2d(2),
+            )
+        )
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                fc1=nn.Linear(16 * 4 * 4, 32),
+                relu=nn.ReLU(),
+                drop=nn.Dropout(0.5),
+                fc2=nn.Linear(32, classes),
+            )
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
@@ -35,10 +45,16 @@ class ThreeHeads(nn.Module):
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
         self.mid = nn.Conv2d(8, 8, 3, padding=1)
-        self.aux1 = nn.Sequential(OrderedDict(pool=nn.AdaptiveAvgPool2d(2), flat=nn.Flatten(), fc=nn.Linear(32, 16),
-                                              classifier=nn.Linear(16, 10)))
-        self.aux2 = nn.Sequential(OrderedDict(pool=nn.AdaptiveAvgPool2d(2), flat=nn.Flatten(), fc=nn.Linear(32, 16),
-                                              classifier=nn.Linear(16, 10)))
+        self.aux1 = nn.Sequential(
+            OrderedDict(
+                pool=nn.AdaptiveAvgPool2d(2), flat=nn.Flatten(), fc=nn.Linear(32, 16), classifier=nn.Linear(16, 10)
+            )
+        )
+        self.aux2 = nn.Sequential(
+            OrderedDict(
+                pool=nn.AdaptiveAvgPool2d(2), flat=nn.Flatten(), fc=nn.Linear(32, 16), classifier=nn.Linear(16, 10)
+            )
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(8, 10)
 

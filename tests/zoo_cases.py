@@ -8,11 +8,9 @@ tools/zoo_table.py turns that JSON into the README's table.
 
 from __future__ import annotations
 
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,17 +39,43 @@ class Case:
 # timm's), so the whole zoo runs in minutes (inception_v3's
 # train-mode auxiliary head needs the full 299; maxvit's windows need 224).
 _TORCHVISION_SIZES = {"inception_v3": 299, "alexnet": 64, "maxvit_t": 224}
-_TORCHVISION_KWARGS = {"vit_b_16": {"image_size": 32}, "vit_b_32": {"image_size": 32},
-                       "inception_v3": {"init_weights": False}, "googlenet": {"init_weights": False}}
+_TORCHVISION_KWARGS = {
+    "vit_b_16": {"image_size": 32},
+    "vit_b_32": {"image_size": 32},
+    "inception_v3": {"init_weights": False},
+    "googlenet": {"init_weights": False},
+}
 _TORCHVISION_REFUSALS: dict[str, str] = {}
 
-TIMM_MODELS = ["resnet50", "efficientnet_b0", "mobilenetv3_large_100", "convnext_tiny", "regnety_008", "densenet121",
-               "vit_tiny_patch16_224", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "inception_v3",
-               "xception41", "mixnet_s", "ghostnet_100", "repvgg_a2", "resnest14d", "efficientnetv2_rw_t",
-               "levit_128", "coat_lite_tiny", "mobilevit_s", "edgenext_small"]
+TIMM_MODELS = [
+    "resnet50",
+    "efficientnet_b0",
+    "mobilenetv3_large_100",
+    "convnext_tiny",
+    "regnety_008",
+    "densenet121",
+    "vit_tiny_patch16_224",
+    "deit_tiny_patch16_224",
+    "swin_tiny_patch4_window7_224",
+    "inception_v3",
+    "xception41",
+    "mixnet_s",
+    "ghostnet_100",
+    "repvgg_a2",
+    "resnest14d",
+    "efficientnetv2_rw_t",
+    "levit_128",
+    "coat_lite_tiny",
+    "mobilevit_s",
+    "edgenext_small",
+]
 _TIMM_SIZES = {"inception_v3": 75, "xception41": 64, "levit_128": 224, "coat_lite_tiny": 64}
-_TIMM_KWARGS = {"coat_lite_tiny": {"img_size": 64}, "vit_tiny_patch16_224": {"img_size": 64}, "deit_tiny_patch16_224": {"img_size": 64},
-                "swin_tiny_patch4_window7_224": {"img_size": 64, "window_size": 2}}
+_TIMM_KWARGS = {
+    "coat_lite_tiny": {"img_size": 64},
+    "vit_tiny_patch16_224": {"img_size": 64},
+    "deit_tiny_patch16_224": {"img_size": 64},
+    "swin_tiny_patch4_window7_224": {"img_size": 64, "window_size": 2},
+}
 _TIMM_REFUSALS = {
     "mobilevit_s": "load: torch.fx cannot trace ByobNet",  # data-dependent Python control flow in its forward
 }
@@ -66,14 +90,23 @@ def torchvision_cases() -> list[Case]:
     for name in torchvision.models.list_models(module=torchvision.models):
         params = torchvision.models.get_model_weights(name).DEFAULT.meta["num_params"]
         if params <= MAX_PARAMS:
-            cases.append(Case("torchvision", name, _TORCHVISION_SIZES.get(name, 32), _TORCHVISION_KWARGS.get(name, {}),
-                              _TORCHVISION_REFUSALS.get(name)))
+            cases.append(
+                Case(
+                    "torchvision",
+                    name,
+                    _TORCHVISION_SIZES.get(name, 32),
+                    _TORCHVISION_KWARGS.get(name, {}),
+                    _TORCHVISION_REFUSALS.get(name),
+                )
+            )
     return cases
 
 
 def timm_cases() -> list[Case]:
-    return [Case("timm", name, _TIMM_SIZES.get(name, 64), _TIMM_KWARGS.get(name, {}), _TIMM_REFUSALS.get(name))
-            for name in TIMM_MODELS]
+    return [
+        Case("timm", name, _TIMM_SIZES.get(name, 64), _TIMM_KWARGS.get(name, {}), _TIMM_REFUSALS.get(name))
+        for name in TIMM_MODELS
+    ]
 
 
 def build(case: Case) -> torch.nn.Module:
@@ -93,8 +126,11 @@ def classifier_layers(net: Any, classes: int = 1000) -> list[str]:
     """The layers with weights that make the ``classes`` logits with no such layer after
     them (one head, or a distilled model's two)."""
     weighted = {layer.name for layer in net.layers() if layer.type in ("InnerProduct", "Convolution")}
-    heads = [name for name in weighted if net.layer(name).params.get("num_output") == classes
-             and not (net.descendants(name) & weighted)]
+    heads = [
+        name
+        for name in weighted
+        if net.layer(name).params.get("num_output") == classes and not (net.descendants(name) & weighted)
+    ]
     if not heads:
         raise LookupError(f"no InnerProduct/Convolution with {classes} outputs")
     return sorted(heads)
@@ -107,8 +143,16 @@ def run_case(case: Case) -> dict[str, Any]:
     from surgery.errors import SurgeryError
     from surgery.verify import verify
 
-    row: dict[str, Any] = {"id": case.id, "family": case.family, "model": case.name, "input": case.size,
-                           "stage": "build", "ok": False, "error": None, "traceback": False}
+    row: dict[str, Any] = {
+        "id": case.id,
+        "family": case.family,
+        "model": case.name,
+        "input": case.size,
+        "stage": "build",
+        "ok": False,
+        "error": None,
+        "traceback": False,
+    }
     started = time.perf_counter()
     try:
         model = build(case)

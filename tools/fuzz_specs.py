@@ -35,27 +35,151 @@ SPEC_SUFFIXES = (".prototxt", ".yaml", ".yml", ".json")
 _NUMBER = re.compile(r"(?<![\w.\"'])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w.])")
 _QUOTED = re.compile(r'"[^"\n]*"')
 _WORD = re.compile(r"[A-Za-z_][\w.*/]*")
-_NUMBERS = ["0", "-1", "-7", "1099511627776", "4294967297", "9223372036854775808", "1e308", "nan", "inf",
-            "-inf", "0.5", "2", "3", "65537", "100000", "1e-30"]
-_GARBAGE = ["{", "}", "[", "]", ":", '"', "'", "#", "{ }", "edit { }", "edit:", "- null", "- 3", "&a [*a]",
-            "layer { }", 'name: "x"', "\x00", "\t\t", "{{{{", "]]]]", ": :", "\\", "edit { lr }", "*",
-            "edit { append { layer { type: \"ReLU\" } } }", "seed: -1", "- lr: {}", "source: null", "\ufeff",
-            "!!python/object:os.system 'x'", "? a", "%YAML 1.1", "---", "..."]
+_NUMBERS = [
+    "0",
+    "-1",
+    "-7",
+    "1099511627776",
+    "4294967297",
+    "9223372036854775808",
+    "1e308",
+    "nan",
+    "inf",
+    "-inf",
+    "0.5",
+    "2",
+    "3",
+    "65537",
+    "100000",
+    "1e-30",
+]
+_GARBAGE = [
+    "{",
+    "}",
+    "[",
+    "]",
+    ":",
+    '"',
+    "'",
+    "#",
+    "{ }",
+    "edit { }",
+    "edit:",
+    "- null",
+    "- 3",
+    "&a [*a]",
+    "layer { }",
+    'name: "x"',
+    "\x00",
+    "\t\t",
+    "{{{{",
+    "]]]]",
+    ": :",
+    "\\",
+    "edit { lr }",
+    "*",
+    'edit { append { layer { type: "ReLU" } } }',
+    "seed: -1",
+    "- lr: {}",
+    "source: null",
+    "\ufeff",
+    "!!python/object:os.system 'x'",
+    "? a",
+    "%YAML 1.1",
+    "---",
+    "...",
+]
 #: Fields a spec's messages have, with values at and past the edge of their range.
-_FIELDS = ["kernel_size: 0", "stride: 0", "num_output: 0", "num_output: 1099511627", "pad: 100000", "group: 0",
-           "dilation: 0", "dropout_ratio: 2", "axis: 10", "axis: -9", "std: -1", "min: 3", "max: -3",
-           "mode: FIT", "mode: FRESH", "samples: 0", "samples: 4000000000", "kernel_size: 4", "operation: MAX",
-           "propagate: SLICE", "propagate: ERROR", "lr_mult: 0", "lr_mult: -1", "decay_mult: nan",
-           "local_size: 0", "opset: 99", "opset: 1", "ir_version: 99", "near_identity: true", "allow_zero: true",
-           "bias_term: false", "global_pooling: true", "type: \"Reshape\"", "type: \"Softmax\"",
-           "type: \"Concat\"", "type: \"Eltwise\"", "type: \"Slice\"", "type: \"BatchNorm\"",
-           "type: \"gaussian\"", "type: \"bilinear\"", "phase: TEST", "keep_train_branches: true",
-           "external_data: true", "dynamic_axis: \"x:2\"", "path: \"\"", "path: \"/tmp\"",
-           "bottom: \"data\"", "top: \"x\"", "name: \".\""]
-_ENUMS = ["EXACT", "FIT", "FRESH", "PROD", "SUM", "MAX", "AVE", "STOCHASTIC", "REINIT", "SLICE", "ERROR", "TRAIN",
-          "TEST", "FAN_IN", "FAN_OUT", "AVERAGE"]
-_TYPES = ["Convolution", "InnerProduct", "Pooling", "ReLU", "Dropout", "Softmax", "Concat", "Eltwise", "Flatten",
-          "Reshape", "BatchNorm", "Scale", "Slice", "LRN", "Deconvolution", "Input", "Power", "PReLU", "Sigmoid"]
+_FIELDS = [
+    "kernel_size: 0",
+    "stride: 0",
+    "num_output: 0",
+    "num_output: 1099511627",
+    "pad: 100000",
+    "group: 0",
+    "dilation: 0",
+    "dropout_ratio: 2",
+    "axis: 10",
+    "axis: -9",
+    "std: -1",
+    "min: 3",
+    "max: -3",
+    "mode: FIT",
+    "mode: FRESH",
+    "samples: 0",
+    "samples: 4000000000",
+    "kernel_size: 4",
+    "operation: MAX",
+    "propagate: SLICE",
+    "propagate: ERROR",
+    "lr_mult: 0",
+    "lr_mult: -1",
+    "decay_mult: nan",
+    "local_size: 0",
+    "opset: 99",
+    "opset: 1",
+    "ir_version: 99",
+    "near_identity: true",
+    "allow_zero: true",
+    "bias_term: false",
+    "global_pooling: true",
+    'type: "Reshape"',
+    'type: "Softmax"',
+    'type: "Concat"',
+    'type: "Eltwise"',
+    'type: "Slice"',
+    'type: "BatchNorm"',
+    'type: "gaussian"',
+    'type: "bilinear"',
+    "phase: TEST",
+    "keep_train_branches: true",
+    "external_data: true",
+    'dynamic_axis: "x:2"',
+    'path: ""',
+    'path: "/tmp"',
+    'bottom: "data"',
+    'top: "x"',
+    'name: "."',
+]
+_ENUMS = [
+    "EXACT",
+    "FIT",
+    "FRESH",
+    "PROD",
+    "SUM",
+    "MAX",
+    "AVE",
+    "STOCHASTIC",
+    "REINIT",
+    "SLICE",
+    "ERROR",
+    "TRAIN",
+    "TEST",
+    "FAN_IN",
+    "FAN_OUT",
+    "AVERAGE",
+]
+_TYPES = [
+    "Convolution",
+    "InnerProduct",
+    "Pooling",
+    "ReLU",
+    "Dropout",
+    "Softmax",
+    "Concat",
+    "Eltwise",
+    "Flatten",
+    "Reshape",
+    "BatchNorm",
+    "Scale",
+    "Slice",
+    "LRN",
+    "Deconvolution",
+    "Input",
+    "Power",
+    "PReLU",
+    "Sigmoid",
+]
 
 
 @dataclass
@@ -84,7 +208,7 @@ def _sub_one(pattern: re.Pattern, text: str, rng: random.Random, make) -> str | 
     if not found:
         return None
     match = rng.choice(found)
-    return text[:match.start()] + make(match.group()) + text[match.end():]
+    return text[: match.start()] + make(match.group()) + text[match.end() :]
 
 
 def _typo(word: str, rng: random.Random) -> str:
@@ -93,12 +217,12 @@ def _typo(word: str, rng: random.Random) -> str:
     i = rng.randrange(len(word))
     kind = rng.randrange(4)
     if kind == 0:
-        return word[:i] + word[i + 1:]
+        return word[:i] + word[i + 1 :]
     if kind == 1:
         return word[:i] + rng.choice("abcxyz_.0") + word[i:]
     if kind == 2 and i + 1 < len(word):
-        return word[:i] + word[i + 1] + word[i] + word[i + 2:]
-    return word[:i] + rng.choice("qwertyuiop._-/") + word[i + 1:]
+        return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
+    return word[:i] + rng.choice("qwertyuiop._-/") + word[i + 1 :]
 
 
 def _lines(text: str) -> list[str]:
@@ -145,17 +269,23 @@ def _mutate_once(text: str, rng: random.Random, yaml: bool = False) -> str:
         lines.insert(rng.randrange(len(lines) + 1), rng.choice(_GARBAGE))
         result = "\n".join(lines)
     elif kind == 5:  # truncation
-        result = text[:rng.randrange(len(text) + 1)]
+        result = text[: rng.randrange(len(text) + 1)]
     elif kind in (6, 7):  # a number becomes huge, zero, negative, not a number
         result = _sub_one(_NUMBER, text, rng, lambda _: rng.choice(_NUMBERS))
     elif kind == 8:  # wrong type: a string where a number is, and the reverse
         if rng.random() < 0.5:
-            result = _sub_one(_NUMBER, text, rng, lambda n: rng.choice(['"abc"', '"' + n + '"', "true", "[1, 2]",
-                                                                       "{ }", "null"]))
+            result = _sub_one(
+                _NUMBER, text, rng, lambda n: rng.choice(['"abc"', '"' + n + '"', "true", "[1, 2]", "{ }", "null"])
+            )
         else:
-            result = _sub_one(_QUOTED, text, rng, lambda _: rng.choice(["7", "-1", "true", "[]", "{}", '""',
-                                                                       '"."', '".x"', '"class"', '"a\\"b"',
-                                                                       "null", '"\\x00"']))
+            result = _sub_one(
+                _QUOTED,
+                text,
+                rng,
+                lambda _: rng.choice(
+                    ["7", "-1", "true", "[]", "{}", '""', '"."', '".x"', '"class"', '"a\\"b"', "null", '"\\x00"']
+                ),
+            )
     elif kind == 9:  # swap two lines
         i, j = rng.randrange(len(lines)), rng.randrange(len(lines))
         lines[i], lines[j] = lines[j], lines[i]
@@ -163,7 +293,7 @@ def _mutate_once(text: str, rng: random.Random, yaml: bool = False) -> str:
     elif kind == 10:  # a character flipped anywhere
         if text:
             i = rng.randrange(len(text))
-            result = text[:i] + rng.choice('{}[]:"\'#,-\n \x00é') + text[i + 1:]
+            result = text[:i] + rng.choice("{}[]:\"'#,-\n \x00é") + text[i + 1 :]
     else:  # a number's digits repeated (a very large value of the same sign)
         result = _sub_one(_NUMBER, text, rng, lambda n: n + n.lstrip("-") * rng.randrange(1, 4))
     return text if result is None else result
@@ -223,8 +353,9 @@ def spec_files(root: Path = ROOT) -> list[Path]:
     return sorted(p for p in (root / "specs").iterdir() if p.suffix in SPEC_SUFFIXES)
 
 
-def fuzz(count: int, seed: int, apply_every: int, folder: Path, specs: list[Path] | None = None,
-         log=None) -> list[tuple[Path, str, Outcome]]:
+def fuzz(
+    count: int, seed: int, apply_every: int, folder: Path, specs: list[Path] | None = None, log=None
+) -> list[tuple[Path, str, Outcome]]:
     """Run ``count`` mutants of each spec; returns the ``(mutant, command, outcome)`` failures."""
     failures = []
     for spec in specs or spec_files():

@@ -19,18 +19,25 @@ FAMILIES = {"torchvision": "torchvision 0.29", "timm": "timm 1.0"}
 
 
 def summary(rows: list[dict]) -> list[str]:
-    lines = ["| | tried | load | classifier resize | torch + ONNX + verify | layers with a type |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| | tried | load | classifier resize | torch + ONNX + verify | layers with a type |",
+        "|---|---|---|---|---|---|",
+    ]
     for family, label in FAMILIES.items():
         mine = [row for row in rows if row["family"] == family]
         if not mine:
             continue
-        past = lambda *stages: sum(row["stage"] not in stages for row in mine)  # noqa: E731
+
+        def past(*stages: str, mine: list[dict] = mine) -> int:
+            return sum(row["stage"] not in stages for row in mine)
+
         layers = sum(row.get("layers", 0) for row in mine)
         typed = layers - sum(len(row.get("opaque") or []) for row in mine)
         share = f"{100 * typed / layers:.1f}% of {layers}" if layers else "-"
-        lines.append(f"| {label} | {len(mine)} | {past('build', 'load')} | {past('build', 'load', 'classifier')} "
-                     f"| {sum(row['ok'] for row in mine)} | {share} |")
+        lines.append(
+            f"| {label} | {len(mine)} | {past('build', 'load')} | {past('build', 'load', 'classifier')} "
+            f"| {sum(row['ok'] for row in mine)} | {share} |"
+        )
     return lines
 
 
@@ -52,14 +59,18 @@ def details(rows: list[dict]) -> list[str]:
     lines = ["| model | input | params | layers | head | result |", "|---|---|---|---|---|---|"]
     for row in sorted(rows, key=lambda r: (list(FAMILIES).index(r["family"]), r["model"])):
         params = f"{row['params'] / 1e6:.1f}M" if row.get("params") else "-"
-        result = f"ok (max rel {row['max_rel']:.1e})" if row["ok"] else f"stops at {row['stage']}: {_portable(row['error'])}"
-        lines.append(f"| {row['family']}:{row['model']} | {row['input']} | {params} | {_layers(row)} "
-                     f"| `{row.get('head') or '-'}` | {result.replace('|', '/')} |")
+        result = (
+            f"ok (max rel {row['max_rel']:.1e})" if row["ok"] else f"stops at {row['stage']}: {_portable(row['error'])}"
+        )
+        lines.append(
+            f"| {row['family']}:{row['model']} | {row['input']} | {params} | {_layers(row)} "
+            f"| `{row.get('head') or '-'}` | {result.replace('|', '/')} |"
+        )
     return lines
 
 
 def table(rows: list[dict]) -> str:
-    body = summary(rows) + ["", "<details><summary>every model</summary>", ""] + details(rows) + ["", "</details>"]
+    body = [*summary(rows), "", "<details><summary>every model</summary>", "", *details(rows), "", "</details>"]
     return "\n".join(body)
 
 

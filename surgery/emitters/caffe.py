@@ -30,8 +30,15 @@ class CaffeWriter:
         self.message = caffe_class("NetParameter")()
         self.message.name = net.name
 
-    def layer(self, layer: Layer, type_name: str, *, name: str | None = None, bottom: list[str] | None = None,
-              top: list[str] | None = None) -> Any:
+    def layer(
+        self,
+        layer: Layer,
+        type_name: str,
+        *,
+        name: str | None = None,
+        bottom: list[str] | None = None,
+        top: list[str] | None = None,
+    ) -> Any:
         """A new LayerParameter (defaults: the layer's name, inputs and outputs)."""
         message = self.message.layer.add()
         message.name = name or layer.name
@@ -59,14 +66,15 @@ class CaffeWriter:
         return [self.shapes[b] for b in layer.inputs]
 
 
-
-
 def build_net_parameter(net: Net) -> Any:
     """The deploy NetParameter of ``net``, weights included."""
     clip_layer = next((layer for layer in net.layers() if layer.per_frame), None)
     if clip_layer is not None:  # Caffe's LSTM is time-major with a `cont` input: not written
-        raise unsupported_in_caffe(clip_layer, "a clip model (per-frame layers and a temporal head) has no Caffe form "
-                                               "here; emit PyTorch / ONNX, or Caffe from the image net before `sequence`")
+        raise unsupported_in_caffe(
+            clip_layer,
+            "a clip model (per-frame layers and a temporal head) has no Caffe form "
+            "here; emit PyTorch / ONNX, or Caffe from the image net before `sequence`",
+        )
     writer = CaffeWriter(net)
     needed: set[str] = set()
     for blob in net.outputs_for(None):
@@ -97,4 +105,3 @@ def emit_caffe(net: Net, prototxt: str | Path, weights: str | Path, log: FileLog
 
 
 __all__ = ["CaffeWriter", "build_net_parameter", "emit_caffe", "unsupported_in_caffe"]
-

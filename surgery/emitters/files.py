@@ -166,14 +166,18 @@ def _move_new(temp: Path, path: Path) -> None:
     try:
         os.link(temp, path)
     except FileExistsError:
-        raise SurgeryError(f"two outputs would both be written to {path.name!r}",
-                           fix="give each output its own path in the spec's output { } block",
-                           subject=path.name) from None
+        raise SurgeryError(
+            f"two outputs would both be written to {path.name!r}",
+            fix="give each output its own path in the spec's output { } block",
+            subject=path.name,
+        ) from None
     except OSError:
         if os.path.lexists(path):
-            raise SurgeryError(f"two outputs would both be written to {path.name!r}",
-                               fix="give each output its own path in the spec's output { } block",
-                               subject=path.name) from None
+            raise SurgeryError(
+                f"two outputs would both be written to {path.name!r}",
+                fix="give each output its own path in the spec's output { } block",
+                subject=path.name,
+            ) from None
         os.replace(temp, path)
         return
     os.unlink(temp)

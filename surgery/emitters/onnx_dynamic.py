@@ -33,8 +33,11 @@ def parse_dynamic_axes(pairs: Iterable[str]) -> dict[str, list[int]]:
     for pair in pairs:
         name, _, axis = pair.rpartition(":")
         if not name or not axis.lstrip("-").isdigit():
-            raise SpecError(f"dynamic_axis {pair!r} is not \"input:axis\"", subject=pair,
-                            fix='e.g. dynamic_axis: "data:2" for the height of input "data"')
+            raise SpecError(
+                f'dynamic_axis {pair!r} is not "input:axis"',
+                subject=pair,
+                fix='e.g. dynamic_axis: "data:2" for the height of input "data"',
+            )
         axes.setdefault(name, []).append(int(axis))
     return axes
 
@@ -48,12 +51,17 @@ def resolve(net: Net, requested: Mapping[str, Iterable[int]] | None, dynamic_bat
             axes[layer.outputs[0]].add(layer.params["time_axis"])
     for name, wanted in (requested or {}).items():
         if name not in inputs:
-            raise SpecError(f"dynamic_axis names {name!r}, which is not an input of the net", subject=name,
-                            fix=did_you_mean(name, inputs) or f"inputs: {', '.join(inputs)}")
+            raise SpecError(
+                f"dynamic_axis names {name!r}, which is not an input of the net",
+                subject=name,
+                fix=did_you_mean(name, inputs) or f"inputs: {', '.join(inputs)}",
+            )
         for axis in wanted:
             if not -inputs[name] <= axis < inputs[name]:
-                raise SpecError(f"input {name!r} has {inputs[name]} axes, so axis {axis} cannot be dynamic",
-                                subject=f"{name}:{axis}")
+                raise SpecError(
+                    f"input {name!r} has {inputs[name]} axes, so axis {axis} cannot be dynamic",
+                    subject=f"{name}:{axis}",
+                )
             axes[name].add(axis % inputs[name])
     return axes
 
@@ -72,8 +80,11 @@ def resized_copy(net: Net, axes: DynamicAxes) -> Net:
     try:
         copy.shapes()
     except ShapeError as error:
-        raise SpecError(f"the net's shapes are fixed along a requested dynamic axis: {error.message}",
-                        subject=error.subject, fix="leave that axis fixed (remove its dynamic_axis)") from None
+        raise SpecError(
+            f"the net's shapes are fixed along a requested dynamic axis: {error.message}",
+            subject=error.subject,
+            fix="leave that axis fixed (remove its dynamic_axis)",
+        ) from None
     return copy
 
 
@@ -91,11 +102,16 @@ def check_same_graph(writer: Any, twin: Any) -> None:
             raise _baked(f"node {first.name!r} ({first.op_type})")
     for name, array in writer.tensors.items():
         other = twin.tensors.get(name)
-        if other is None or other.shape != array.shape or (
-                array.nbytes <= _COMPARED_BYTES and not np.array_equal(array, other)):
+        if (
+            other is None
+            or other.shape != array.shape
+            or (array.nbytes <= _COMPARED_BYTES and not np.array_equal(array, other))
+        ):
             raise _baked(f"constant {name!r}")
 
 
 def _baked(what: str) -> SurgeryError:
-    return SpecError(f"{what} depends on the input's size, so the ONNX graph cannot leave that axis dynamic",
-                     fix="leave that axis fixed (remove its dynamic_axis), or replace the layer")
+    return SpecError(
+        f"{what} depends on the input's size, so the ONNX graph cannot leave that axis dynamic",
+        fix="leave that axis fixed (remove its dynamic_axis), or replace the layer",
+    )

@@ -31,8 +31,13 @@ DEFAULT_OPSET = 17
 IR_FOR_OPSET = {17: 8, 18: 8, 19: 9, 20: 9, 21: 10}
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3  # protobuf's 2 GB message limit
 
-_DTYPES = {torch.float32: TensorProto.FLOAT, torch.float64: TensorProto.DOUBLE, torch.float16: TensorProto.FLOAT16,
-           torch.int64: TensorProto.INT64, torch.int32: TensorProto.INT32}
+_DTYPES = {
+    torch.float32: TensorProto.FLOAT,
+    torch.float64: TensorProto.DOUBLE,
+    torch.float16: TensorProto.FLOAT16,
+    torch.int64: TensorProto.INT64,
+    torch.int32: TensorProto.INT32,
+}
 
 
 MIN_OPSET = 17
@@ -50,8 +55,12 @@ def supported_versions() -> tuple[int, int, int]:
 
     def loads(opset: int, ir: int) -> bool:
         value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [value],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        graph = helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["y"])],
+            "probe",
+            [value],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir)
         try:
             onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -60,8 +69,9 @@ def supported_versions() -> tuple[int, int, int]:
         return True
 
     base_ir = IR_FOR_OPSET[MIN_OPSET]
-    max_opset = max((o for o in range(MIN_OPSET, top_opset + 1) if loads(o, IR_FOR_OPSET.get(o, 10))),
-                    default=MIN_OPSET)
+    max_opset = max(
+        (o for o in range(MIN_OPSET, top_opset + 1) if loads(o, IR_FOR_OPSET.get(o, 10))), default=MIN_OPSET
+    )
     max_ir = max((ir for ir in range(base_ir, top_ir + 1) if loads(MIN_OPSET, ir)), default=base_ir)
     return max_opset, base_ir, max_ir
 
@@ -73,14 +83,19 @@ def check_versions(opset: int | None, ir_version: int | None) -> None:
         return  # the opsets this emitter is tested with: no need to probe onnxruntime
     max_opset, min_ir, max_ir = supported_versions()
     if opset is not None and not MIN_OPSET <= opset <= max_opset:
-        raise SpecError(f"opset {opset} is outside what the installed onnx / onnxruntime support "
-                        f"({MIN_OPSET} to {max_opset})", fix=f"use an opset from {MIN_OPSET} to {max_opset}",
-                        subject=str(opset))
+        raise SpecError(
+            f"opset {opset} is outside what the installed onnx / onnxruntime support ({MIN_OPSET} to {max_opset})",
+            fix=f"use an opset from {MIN_OPSET} to {max_opset}",
+            subject=str(opset),
+        )
     needed = IR_FOR_OPSET.get(opset or DEFAULT_OPSET, min_ir)
     if ir_version is not None and not max(min_ir, needed) <= ir_version <= max_ir:
-        raise SpecError(f"IR version {ir_version} is outside what the installed onnx / onnxruntime support with "
-                        f"opset {opset or DEFAULT_OPSET} ({max(min_ir, needed)} to {max_ir})",
-                        fix="leave ir_version out (the opset's own is used)", subject=str(ir_version))
+        raise SpecError(
+            f"IR version {ir_version} is outside what the installed onnx / onnxruntime support with "
+            f"opset {opset or DEFAULT_OPSET} ({max(min_ir, needed)} to {max_ir})",
+            fix="leave ir_version out (the opset's own is used)",
+            subject=str(ir_version),
+        )
 
 
 class OnnxWriter:
@@ -147,8 +162,9 @@ class OnnxWriter:
 
 def _value_info(name: str, shape: Shape, dynamic: set[int]) -> onnx.ValueInfoProto:
     """A float tensor's type; axis 0 of a dynamic set is "batch", others "<name>_<axis>"."""
-    dims: list[Any] = [("batch" if axis == 0 else f"{name}_{axis}") if axis in dynamic else size
-                       for axis, size in enumerate(shape)]
+    dims: list[Any] = [
+        ("batch" if axis == 0 else f"{name}_{axis}") if axis in dynamic else size for axis, size in enumerate(shape)
+    ]
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
 
 
@@ -173,9 +189,15 @@ def _write_layers(net: Net, opset: int, keep_train_branches: bool) -> tuple[Onnx
     return writer, [layer for layer in layers if layer.type == "Input"], outputs
 
 
-def build_parts(net: Net, *, opset: int = DEFAULT_OPSET, ir_version: int | None = None, dynamic_batch: bool = True,
-                dynamic_axes: Mapping[str, Iterable[int]] | None = None,
-                keep_train_branches: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+def build_parts(
+    net: Net,
+    *,
+    opset: int = DEFAULT_OPSET,
+    ir_version: int | None = None,
+    dynamic_batch: bool = True,
+    dynamic_axes: Mapping[str, Iterable[int]] | None = None,
+    keep_train_branches: bool = False,
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """The ONNX model of ``net`` without its initializers, and the initializers' values
     (deploy outputs only unless ``keep_train_branches``). ``dynamic_axes``: input name
     -> axes to leave symbolic besides the batch (see :mod:`surgery.emitters.onnx_dynamic`)."""
@@ -189,15 +211,22 @@ def build_parts(net: Net, *, opset: int = DEFAULT_OPSET, ir_version: int | None 
     if any(axis for wanted in axes.values() for axis in wanted):
         resized = onnx_dynamic.resized_copy(net, axes)
         onnx_dynamic.check_same_graph(writer, _write_layers(resized, opset, keep_train_branches)[0])
-        output_axes = {blob: varying | batch for blob, varying in onnx_dynamic.varying_axes(net, resized, outputs).items()}
-    inputs = [_value_info(layer.outputs[0], writer.shapes[layer.outputs[0]], axes[layer.outputs[0]])
-              for layer in input_layers]
+        output_axes = {
+            blob: varying | batch for blob, varying in onnx_dynamic.varying_axes(net, resized, outputs).items()
+        }
+    inputs = [
+        _value_info(layer.outputs[0], writer.shapes[layer.outputs[0]], axes[layer.outputs[0]]) for layer in input_layers
+    ]
     graph = helper.make_graph(
-        writer.nodes, net.name, inputs, [_value_info(blob, writer.shapes[blob], output_axes[blob]) for blob in outputs],
+        writer.nodes,
+        net.name,
+        inputs,
+        [_value_info(blob, writer.shapes[blob], output_axes[blob]) for blob in outputs],
     )
     ir = ir_version or IR_FOR_OPSET.get(opset, 10)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir,
-                              producer_name="surgery")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir, producer_name="surgery"
+    )
     return model, writer.tensors
 
 
@@ -232,10 +261,18 @@ def check_model(model: onnx.ModelProto, tensors: dict[str, np.ndarray]) -> None:
         raise SurgeryError(f"the ONNX model does not check: {str(error).strip().splitlines()[0]}") from None
 
 
-def emit_onnx(net: Net, path: str | Path, *, opset: int = DEFAULT_OPSET, ir_version: int | None = None,
-              dynamic_batch: bool = True, dynamic_axes: Mapping[str, Iterable[int]] | None = None,
-              external_data: bool | None = None, keep_train_branches: bool = False,
-              log: FileLog | None = None) -> Path:
+def emit_onnx(
+    net: Net,
+    path: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    ir_version: int | None = None,
+    dynamic_batch: bool = True,
+    dynamic_axes: Mapping[str, Iterable[int]] | None = None,
+    external_data: bool | None = None,
+    keep_train_branches: bool = False,
+    log: FileLog | None = None,
+) -> Path:
     """Write ``net`` as an ONNX file, atomically.
 
     Args:
@@ -258,8 +295,14 @@ def emit_onnx(net: Net, path: str | Path, *, opset: int = DEFAULT_OPSET, ir_vers
         >>> emit_onnx(net, "out/model.onnx")
     """
     path = Path(path)
-    model, tensors = build_parts(net, opset=opset, ir_version=ir_version, dynamic_batch=dynamic_batch,
-                                 dynamic_axes=dynamic_axes, keep_train_branches=keep_train_branches)
+    model, tensors = build_parts(
+        net,
+        opset=opset,
+        ir_version=ir_version,
+        dynamic_batch=dynamic_batch,
+        dynamic_axes=dynamic_axes,
+        keep_train_branches=keep_train_branches,
+    )
     size = sum(a.nbytes for a in tensors.values())
     external = external_data if external_data is not None else size > EXTERNAL_DATA_THRESHOLD
     check_model(model, tensors)
@@ -308,8 +351,9 @@ def _tensor_head(name: str, array: np.ndarray, location: str | None, offset: int
     return head
 
 
-def write_model(out, model: onnx.ModelProto, tensors: dict[str, np.ndarray], data=None,
-                location: str | None = None) -> None:
+def write_model(
+    out, model: onnx.ModelProto, tensors: dict[str, np.ndarray], data=None, location: str | None = None
+) -> None:
     """Write ``model`` with ``tensors`` as its initializers to the binary file ``out``;
     with ``data``, the weights go to that file instead (external data at ``location``)."""
     # Fields are written in field-number order, as protobuf does: the model's fields
@@ -354,5 +398,3 @@ def _split(message: Any, field_number: int) -> tuple[bytes, bytes]:
         else:
             setattr(target, field.name, value)
     return below.SerializeToString(), above.SerializeToString()
-
-

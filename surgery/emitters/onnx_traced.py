@@ -114,8 +114,17 @@ def _export(module: nn.Module, examples: list[torch.Tensor], dynamic: list[bool]
     notes = io.StringIO()  # the exporter prints its graph when it fails: the error says enough
     with warnings.catch_warnings(), contextlib.redirect_stdout(notes), contextlib.redirect_stderr(notes):
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notices
-        torch.onnx.export(module, tuple(examples), buffer, dynamo=False, opset_version=opset, input_names=names,
-                          output_names=["out"], dynamic_axes=axes, do_constant_folding=True)
+        torch.onnx.export(
+            module,
+            tuple(examples),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=names,
+            output_names=["out"],
+            dynamic_axes=axes,
+            do_constant_folding=True,
+        )
     return onnx.load_from_string(buffer.getvalue()).graph
 
 
@@ -127,8 +136,16 @@ def _signature(writer: Any, layers: list[Layer], inputs: list[str], dynamic: lis
     position = {blob: index for index, blob in enumerate(inputs)}
     for index, item in enumerate(layers):
         position[item.outputs[0]] = len(inputs) + index
-    calls = tuple((item.extra["kind"], item.extra["target"], repr(item.extra["args"]), repr(item.extra["kwargs"]),
-                   tuple(position[b] for b in item.inputs)) for item in layers)
+    calls = tuple(
+        (
+            item.extra["kind"],
+            item.extra["target"],
+            repr(item.extra["args"]),
+            repr(item.extra["kwargs"]),
+            tuple(position[b] for b in item.inputs),
+        )
+        for item in layers
+    )
     shapes = tuple((tuple(writer.shapes[b]), str(getattr(writer.shapes[b], "dtype", ""))) for b in inputs)
     return calls, shapes, tuple(dynamic), writer.opset
 
@@ -153,7 +170,9 @@ def write_traced(writer: Any, layer: Layer) -> None:
             graph = _export(module, [_example(writer.shapes[b]) for b in inputs], dynamic, writer.opset)
         except Exception as error:  # noqa: BLE001  (the exporter raises many types; say which layer)
             message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise unsupported_in_onnx(layer, f"torch's exporter fails on it: {type(error).__name__}: {message}") from None
+            raise unsupported_in_onnx(
+                layer, f"torch's exporter fails on it: {type(error).__name__}: {message}"
+            ) from None
         if key is not None:
             writer.traced_graphs[key] = graph
     _splice(writer, layer, graph, inputs)
@@ -177,8 +196,9 @@ def _splice(writer: Any, layer: Layer, graph: onnx.GraphProto, inputs: list[str]
     for index, node in enumerate(graph.node):
         outputs = [rename(name) for name in node.output]
         name = layer.name if output in outputs else rename(node.name or f"{node.op_type}_{index}")
-        copied = helper.make_node(node.op_type, [rename(n) for n in node.input], outputs, name=name,
-                                  domain=node.domain or None)
+        copied = helper.make_node(
+            node.op_type, [rename(n) for n in node.input], outputs, name=name, domain=node.domain or None
+        )
         copied.attribute.extend(node.attribute)
         writer.nodes.append(copied)
     if result in outer:  # the piece is the identity at inference (stochastic depth, dropout)

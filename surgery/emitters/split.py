@@ -20,8 +20,13 @@ def feature_blob(net: Net) -> str:
     """The one per-frame blob the head reads."""
     if not has_time_axis(net):
         raise SpecError("splitting at the freeze boundary needs a clip model", fix="apply `sequence` first")
-    read = {blob for layer in net.layers() if not layer.per_frame and layer.type != "Input"
-            for blob in layer.inputs if net.producer(blob).per_frame}
+    read = {
+        blob
+        for layer in net.layers()
+        if not layer.per_frame and layer.type != "Input"
+        for blob in layer.inputs
+        if net.producer(blob).per_frame
+    }
     if len(read) != 1:
         raise SpecError(f"the head reads {len(read)} per-frame blobs ({', '.join(sorted(read))}); the split needs one")
     return read.pop()
@@ -31,8 +36,11 @@ def check_frozen(net: Net) -> None:
     """Refuse, naming it, a per-frame layer that still trains."""
     for layer in net.layers():
         if layer.per_frame and any(not blob.frozen for blob in layer.blobs.values()):
-            raise SpecError(f"per-frame layer {layer.name!r} still trains, so its features cannot be cached",
-                            fix='freeze the backbone: edit { lr { up_to: "..." lr_mult: 0 } }', subject=layer.name)
+            raise SpecError(
+                f"per-frame layer {layer.name!r} still trains, so its features cannot be cached",
+                fix='freeze the backbone: edit { lr { up_to: "..." lr_mult: 0 } }',
+                subject=layer.name,
+            )
 
 
 def backbone_net(net: Net) -> Net:
@@ -57,10 +65,18 @@ def head_net(net: Net) -> Net:
     for layer in net.layers():
         if layer.per_frame or layer.type == "Input":
             continue
-        head.add_layer(Layer(layer.name, layer.type, inputs=list(layer.inputs), outputs=list(layer.outputs),
-                             params=copy.deepcopy(layer.params),
-                             blobs={role: copy.copy(blob) for role, blob in layer.blobs.items()},
-                             phase=layer.phase, extra=dict(layer.extra)))
+        head.add_layer(
+            Layer(
+                layer.name,
+                layer.type,
+                inputs=list(layer.inputs),
+                outputs=list(layer.outputs),
+                params=copy.deepcopy(layer.params),
+                blobs={role: copy.copy(blob) for role, blob in layer.blobs.items()},
+                phase=layer.phase,
+                extra=dict(layer.extra),
+            )
+        )
     head.set_outputs(net.outputs)
     head.loss_weights = dict(net.loss_weights)
     head.shapes()

@@ -31,10 +31,12 @@ STATE_NAMES = ("h", "c")
 
 
 def _refuse(layer: Layer, why: str) -> SpecError:
-    return SpecError(f"layer {layer.name!r} ({layer.type}) {why}, so a streaming step model cannot run it",
-                     fix="use a unidirectional LSTM / GRU / RNN head (and per-step layers after it), or leave "
-                         "`step` out of the spec's output block",
-                     subject=layer.name)
+    return SpecError(
+        f"layer {layer.name!r} ({layer.type}) {why}, so a streaming step model cannot run it",
+        fix="use a unidirectional LSTM / GRU / RNN head (and per-step layers after it), or leave "
+        "`step` out of the spec's output block",
+        subject=layer.name,
+    )
 
 
 def check_streamable(net: Net) -> None:
@@ -62,9 +64,16 @@ def _deploy_layers(net: Net) -> list[Layer]:
 
 
 def _copy(layer: Layer, **changes: Any) -> Layer:
-    fields = dict(name=layer.name, type=layer.type, inputs=list(layer.inputs), outputs=list(layer.outputs),
-                  params=copy.deepcopy(layer.params), blobs={r: copy.copy(b) for r, b in layer.blobs.items()},
-                  phase=layer.phase, extra=dict(layer.extra))
+    fields = dict(
+        name=layer.name,
+        type=layer.type,
+        inputs=list(layer.inputs),
+        outputs=list(layer.outputs),
+        params=copy.deepcopy(layer.params),
+        blobs={r: copy.copy(b) for r, b in layer.blobs.items()},
+        phase=layer.phase,
+        extra=dict(layer.extra),
+    )
     fields.update(changes)
     return Layer(**fields)
 
@@ -107,9 +116,12 @@ def step_net(net: Net) -> Net:
     try:
         step.shapes()
     except ShapeError as error:
-        raise ShapeError(f"the head cannot run one step at a time: {error.message}", subject=error.subject,
-                         fix="a layer that reads several steps at once (an InnerProduct over T) needs the whole "
-                             "clip: use axis: 2 (per step) or a last-step recurrent layer before it") from None
+        raise ShapeError(
+            f"the head cannot run one step at a time: {error.message}",
+            subject=error.subject,
+            fix="a layer that reads several steps at once (an InnerProduct over T) needs the whole "
+            "clip: use axis: 2 (per step) or a last-step recurrent layer before it",
+        ) from None
     return step
 
 
@@ -125,7 +137,7 @@ def _expose_state(step: Net, layer: Layer, batch: int) -> list[str]:
     layer.params["state_batch_first"] = True
     shape = kind.state_shape(layer, batch)
     outputs = []
-    for state in STATE_NAMES[:kind.states]:
+    for state in STATE_NAMES[: kind.states]:
         given = f"{layer.name}.{state}0"
         step.add_layer(Layer(given, "Input", outputs=[given], params={"shape": shape}))
         layer.inputs.append(given)

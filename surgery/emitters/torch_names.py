@@ -27,16 +27,29 @@ _ILLEGAL = re.compile(r"[^A-Za-z0-9_/:@\-]+")
 _MAX_PART = 64
 
 #: Attributes of the generated class and of nn.Module: a submodule may not shadow them.
-_GENERATED_ATTRIBUTES = {"LR_MULTS", "OUTPUTS", "MODULE_PATHS", "NET_NAME", "_forward_train", "_forward_eval",
-                         "surgery_source", "self"}
+_GENERATED_ATTRIBUTES = {
+    "LR_MULTS",
+    "OUTPUTS",
+    "MODULE_PATHS",
+    "NET_NAME",
+    "_forward_train",
+    "_forward_eval",
+    "surgery_source",
+    "self",
+}
 _TOP_RESERVED = frozenset(dir(SurgeryModule)) | frozenset(vars(nn.Module())) | _GENERATED_ATTRIBUTES
 _INNER_RESERVED = frozenset(dir(nn.Module)) | frozenset(vars(nn.Module()))
 
 
 def _plain(part: str, reserved: frozenset[str]) -> bool:
     # fx names a node after its module's path, lower-cased: "Self" would become `self`.
-    return (_PLAIN_PART.fullmatch(part) is not None and len(part) <= _MAX_PART and not keyword.iskeyword(part)
-            and part not in reserved and part.lower() != "self")
+    return (
+        _PLAIN_PART.fullmatch(part) is not None
+        and len(part) <= _MAX_PART
+        and not keyword.iskeyword(part)
+        and part not in reserved
+        and part.lower() != "self"
+    )
 
 
 def _keeps_path(name: str) -> bool:
@@ -61,7 +74,7 @@ def module_paths(names: Iterable[str]) -> dict[str, str]:
     """
     names = list(names)
     paths: dict[str, str] = {}
-    taken: set[str] = set()       # every path and every container prefix in use
+    taken: set[str] = set()  # every path and every container prefix in use
     leaves: set[str] = set()
 
     def free(path: str) -> bool:
@@ -91,4 +104,3 @@ def module_paths(names: Iterable[str]) -> dict[str, str]:
             path = f"{base}_{number}"
         claim(name, path)
     return {name: paths[name] for name in names}
-

@@ -90,5 +90,8 @@ class BatchProbe:
 
 def same_value(value: NonTensor, alternate: Any) -> bool:
     """Whether a non-tensor value is the same at the second batch size."""
-    return isinstance(alternate, NonTensor) and type(alternate.value) is type(value.value) \
+    return (
+        isinstance(alternate, NonTensor)
+        and type(alternate.value) is type(value.value)
         and alternate.value == value.value
+    )

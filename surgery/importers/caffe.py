@@ -35,28 +35,78 @@ from surgery.spec.loader import decode_text
 from surgery.spec.schema import caffe_class
 
 DATA_TYPES = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData", "AnnotatedData"}
-LOSS_TYPES = {"SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "HingeLoss", "InfogainLoss",
-              "MultinomialLogisticLoss", "ContrastiveLoss"}
+LOSS_TYPES = {
+    "SoftmaxWithLoss",
+    "EuclideanLoss",
+    "SigmoidCrossEntropyLoss",
+    "HingeLoss",
+    "InfogainLoss",
+    "MultinomialLogisticLoss",
+    "ContrastiveLoss",
+}
 DROPPED_TYPES = {"Accuracy", "Silence"}
 
 #: V1LayerParameter.LayerType enum names -> V2 type strings (upgrade_proto.cpp).
 V1_TYPES = {
-    "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL", "CONCAT": "Concat",
-    "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution", "DATA": "Data",
-    "DECONVOLUTION": "Deconvolution", "DROPOUT": "Dropout", "DUMMY_DATA": "DummyData",
-    "EUCLIDEAN_LOSS": "EuclideanLoss", "ELTWISE": "Eltwise", "EXP": "Exp", "FLATTEN": "Flatten",
-    "HDF5_DATA": "HDF5Data", "HDF5_OUTPUT": "HDF5Output", "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col",
-    "IMAGE_DATA": "ImageData", "INFOGAIN_LOSS": "InfogainLoss", "INNER_PRODUCT": "InnerProduct", "LRN": "LRN",
-    "MEMORY_DATA": "MemoryData", "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss", "MVN": "MVN",
-    "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
-    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence", "SOFTMAX": "Softmax",
-    "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice", "TANH": "TanH",
-    "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+    "ABSVAL": "AbsVal",
+    "ACCURACY": "Accuracy",
+    "ARGMAX": "ArgMax",
+    "BNLL": "BNLL",
+    "CONCAT": "Concat",
+    "CONTRASTIVE_LOSS": "ContrastiveLoss",
+    "CONVOLUTION": "Convolution",
+    "DATA": "Data",
+    "DECONVOLUTION": "Deconvolution",
+    "DROPOUT": "Dropout",
+    "DUMMY_DATA": "DummyData",
+    "EUCLIDEAN_LOSS": "EuclideanLoss",
+    "ELTWISE": "Eltwise",
+    "EXP": "Exp",
+    "FLATTEN": "Flatten",
+    "HDF5_DATA": "HDF5Data",
+    "HDF5_OUTPUT": "HDF5Output",
+    "HINGE_LOSS": "HingeLoss",
+    "IM2COL": "Im2col",
+    "IMAGE_DATA": "ImageData",
+    "INFOGAIN_LOSS": "InfogainLoss",
+    "INNER_PRODUCT": "InnerProduct",
+    "LRN": "LRN",
+    "MEMORY_DATA": "MemoryData",
+    "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
+    "MVN": "MVN",
+    "POOLING": "Pooling",
+    "POWER": "Power",
+    "RELU": "ReLU",
+    "SIGMOID": "Sigmoid",
+    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss",
+    "SILENCE": "Silence",
+    "SOFTMAX": "Softmax",
+    "SOFTMAX_LOSS": "SoftmaxWithLoss",
+    "SPLIT": "Split",
+    "SLICE": "Slice",
+    "TANH": "TanH",
+    "WINDOW_DATA": "WindowData",
+    "THRESHOLD": "Threshold",
 }
-_V1_PARAMS = ("concat_param", "convolution_param", "data_param", "dropout_param", "image_data_param",
-              "inner_product_param", "lrn_param", "memory_data_param", "pooling_param", "power_param",
-              "relu_param", "softmax_param", "slice_param", "eltwise_param", "transform_param", "loss_param",
-              "accuracy_param")
+_V1_PARAMS = (
+    "concat_param",
+    "convolution_param",
+    "data_param",
+    "dropout_param",
+    "image_data_param",
+    "inner_product_param",
+    "lrn_param",
+    "memory_data_param",
+    "pooling_param",
+    "power_param",
+    "relu_param",
+    "softmax_param",
+    "slice_param",
+    "eltwise_param",
+    "transform_param",
+    "loss_param",
+    "accuracy_param",
+)
 
 
 @dataclass
@@ -82,8 +132,10 @@ def read_prototxt(path: Path) -> Any:
     try:
         text = decode_text(raw, str(path), ModelFormatError)
     except ModelFormatError as error:  # a binary file (the caffemodel, named by mistake?) stops here
-        raise ModelFormatError(f"{error.location}: {error.message}", fix="name the network's text definition "
-                               "(.prototxt) here; the trained weights (.caffemodel) are `weights`") from None
+        raise ModelFormatError(
+            f"{error.location}: {error.message}",
+            fix="name the network's text definition (.prototxt) here; the trained weights (.caffemodel) are `weights`",
+        ) from None
     message = caffe_class("NetParameter")()
     try:
         text_format.Parse(text, message)
@@ -132,8 +184,12 @@ def layers_of(net_param: Any, where: str) -> list[Any]:
 # ---------------------------------------------------------------------- phases
 def _rule_matches(rule: Any, phase: int) -> bool:
     # surgery imports with level 0 and no stages, as `caffe train` does by default.
-    return (not rule.HasField("phase") or rule.phase == phase) and not rule.stage and (
-        not rule.HasField("min_level") or rule.min_level <= 0) and (not rule.HasField("max_level") or rule.max_level >= 0)
+    return (
+        (not rule.HasField("phase") or rule.phase == phase)
+        and not rule.stage
+        and (not rule.HasField("min_level") or rule.min_level <= 0)
+        and (not rule.HasField("max_level") or rule.max_level >= 0)
+    )
 
 
 def included(layer: Any, phase: int) -> bool:
@@ -162,8 +218,10 @@ class _Builder:
     def data_layer(self, message: Any) -> None:
         shape = self.input_shape or _data_shape(message)
         if shape is None:
-            raise ShapeError(f"cannot tell the input shape of data layer {message.name!r}",
-                             fix="give input_shape in the spec's source (e.g. [10, 3, 224, 224])")
+            raise ShapeError(
+                f"cannot tell the input shape of data layer {message.name!r}",
+                fix="give input_shape in the spec's source (e.g. [10, 3, 224, 224])",
+            )
         self.add_input(message.top[0], shape)  # the label top only feeds losses and accuracy
 
     def loss_layer(self, message: Any) -> None:
@@ -181,8 +239,10 @@ class _Builder:
         try:
             layer.inputs = [self.current[b] for b in message.bottom]
         except KeyError as missing:
-            raise ModelFormatError(f"layer {message.name!r} reads blob {missing.args[0]!r}, which no earlier "
-                                   "layer writes", location=str(self.path)) from None
+            raise ModelFormatError(
+                f"layer {message.name!r} reads blob {missing.args[0]!r}, which no earlier layer writes",
+                location=str(self.path),
+            ) from None
         outputs = []
         for top in message.top:
             if top in message.bottom:  # in place: a new version, named after the layer
@@ -196,8 +256,10 @@ class _Builder:
         if not layer.outputs:
             layer.outputs = [layer.name]
         if _pooling_clip_differs(layer):
-            raise ModelFormatError(f"pooling {layer.name!r} uses CEIL rounding without padding and a stride larger "
-                                   "than its kernel, where Caffe and torch count windows differently")
+            raise ModelFormatError(
+                f"pooling {layer.name!r} uses CEIL rounding without padding and a stride larger "
+                "than its kernel, where Caffe and torch count windows differently"
+            )
         self.net.add_layer(layer)
         for top, blob in zip(message.top, layer.outputs):
             self.current[top] = blob
@@ -231,7 +293,7 @@ def _legacy_inputs(net_param: Any, builder: _Builder) -> None:
         elif index < len(net_param.input_shape):
             shape = tuple(net_param.input_shape[index].dim)
         elif len(dims) >= 4 * (index + 1):
-            shape = tuple(dims[4 * index: 4 * index + 4])
+            shape = tuple(dims[4 * index : 4 * index + 4])
         else:
             raise ShapeError(f"net input {name!r} has no shape", fix="give input_shape in the spec's source")
         builder.add_input(name, shape)
@@ -242,12 +304,19 @@ def _check_types(layers: list[Any], where: str) -> None:
     unknown = sorted({layer.type for layer in layers if layer.type not in known})
     if unknown:
         hints = [h for h in (did_you_mean(t, registered_types()) for t in unknown) if h]
-        raise ModelFormatError(f"{where} uses layer types surgery does not support: {', '.join(unknown)}",
-                               fix="; ".join(hints) or None)
+        raise ModelFormatError(
+            f"{where} uses layer types surgery does not support: {', '.join(unknown)}", fix="; ".join(hints) or None
+        )
 
 
-def import_caffe(prototxt: str | Path, weights: str | Path | None = None, *, phase: str = "TRAIN",
-                 input_shape: tuple[int, ...] | None = None, seed: int = 0) -> Net:
+def import_caffe(
+    prototxt: str | Path,
+    weights: str | Path | None = None,
+    *,
+    phase: str = "TRAIN",
+    input_shape: tuple[int, ...] | None = None,
+    seed: int = 0,
+) -> Net:
     """Read a Caffe network definition, and its trained weights when given.
 
     Args:
@@ -321,6 +390,7 @@ def _fits(stored: tuple[int, ...], shape: tuple[int, ...]) -> bool:
 
 def _lazy(stored: StoredBlob, shape: tuple[int, ...], scale: Any = None, **kwargs: Any) -> ParamBlob:
     """A blob read from the caffemodel on first use (times ``scale()`` when given)."""
+
     def load() -> torch.Tensor:
         array = stored.array().reshape(shape)
         return torch.from_numpy(np.ascontiguousarray(array * scale() if scale is not None else array))
@@ -328,8 +398,16 @@ def _lazy(stored: StoredBlob, shape: tuple[int, ...], scale: Any = None, **kwarg
     return ParamBlob.lazy(shape, torch.float32, load, **kwargs)
 
 
-def _give_blobs(net: Net, layer: Layer, fillers: dict, specs: list, source: dict, report: CaffeImport, seed: int,
-                weights_name: str | None) -> None:
+def _give_blobs(
+    net: Net,
+    layer: Layer,
+    fillers: dict,
+    specs: list,
+    source: dict,
+    report: CaffeImport,
+    seed: int,
+    weights_name: str | None,
+) -> None:
     kind = layer_type(layer.type)
     shapes = net.shapes()
     wanted = kind.param_shapes(layer, [shapes[b] for b in layer.inputs])
@@ -339,7 +417,7 @@ def _give_blobs(net: Net, layer: Layer, fillers: dict, specs: list, source: dict
         return
     if layer.name not in source:
         if layer.type == "BatchNorm":  # Caffe's third blob (the scale factor) is folded away
-            specs = specs[:len(wanted)]
+            specs = specs[: len(wanted)]
         init_new_blobs(net, layer, seed, fillers, specs, allow_zero=True)
         report.initialised.append(layer.name)
         return
@@ -351,15 +429,17 @@ def _give_blobs(net: Net, layer: Layer, fillers: dict, specs: list, source: dict
         if len(blobs) != len(wanted):
             raise ModelFormatError(
                 f"layer {layer.name!r} has {len(wanted)} blobs but the caffemodel's has {len(blobs)}",
-                fix=f"rename {layer.name!r} in the spec (classifier rename) so it starts from its filler")
+                fix=f"rename {layer.name!r} in the spec (classifier rename) so it starts from its filler",
+            )
         layer.blobs = {}
         for position, ((role, shape), stored) in enumerate(zip(wanted.items(), blobs)):
             if not _fits(stored.shape, shape):
                 raise ModelFormatError(
                     f"cannot copy {role} of layer {layer.name!r}: the caffemodel has shape "
                     f"{stored.shape}, the net needs {shape}",
-                    fix=f"rename or resize {layer.name!r} in the spec (classifier {{ layer: \"{layer.name}\" "
-                        "rename: ... }) so it gets fresh weights instead of these")
+                    fix=f'rename or resize {layer.name!r} in the spec (classifier {{ layer: "{layer.name}" '
+                    "rename: ... }) so it gets fresh weights instead of these",
+                )
             lr, decay = specs[position] if position < len(specs) else (1.0, 1.0)
             layer.blobs[role] = _lazy(stored, shape, lr_mult=lr, decay_mult=decay, origin=origin)
     report.copied.append(layer.name)
@@ -379,8 +459,15 @@ def _batchnorm_blobs(layer: Layer, blobs: list[StoredBlob], wanted: dict, origin
     for role, stored in zip(("running_mean", "running_var"), blobs[:2]):
         if not _fits(stored.shape, wanted[role]):
             raise ModelFormatError(f"BatchNorm {layer.name!r} statistics do not fit {wanted[role]}")
-        out[role] = _lazy(stored, wanted[role], scale, lr_mult=0, decay_mult=0, trainable=False,
-                          origin=Origin("source", f"{origin.detail} (divided by the scale factor)"))
+        out[role] = _lazy(
+            stored,
+            wanted[role],
+            scale,
+            lr_mult=0,
+            decay_mult=0,
+            trainable=False,
+            origin=Origin("source", f"{origin.detail} (divided by the scale factor)"),
+        )
     return out
 
 

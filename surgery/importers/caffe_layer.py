@@ -39,9 +39,12 @@ def layer_from_caffe(message: Any) -> CaffeLayer:
         raise SpecError("a layer needs a name", fix='add `name: "..."` to the layer')
     kind = layer_type(message.type)
     if not kind.caffe_syntax:
-        raise SpecError(f"layer {message.name!r}: {kind.name} layers have no Caffe syntax (their parameters come "
-                        "only from imported models)", subject=message.name,
-                        fix="use a type written with a *_param, e.g. Pooling, InnerProduct, Reshape")
+        raise SpecError(
+            f"layer {message.name!r}: {kind.name} layers have no Caffe syntax (their parameters come "
+            "only from imported models)",
+            subject=message.name,
+            fix="use a type written with a *_param, e.g. Pooling, InnerProduct, Reshape",
+        )
     param_field = kind.caffe_param_field
     params: dict[str, Any] = {}
     fillers: dict[str, Filler] = {}
@@ -61,7 +64,11 @@ def layer_from_caffe(message: Any) -> CaffeLayer:
         outputs=list(message.top),
         params=params,
     )
-    specs = [(check_multiplier(p.lr_mult, f"lr_mult of layer {message.name!r}", message.name),
-              check_multiplier(p.decay_mult, f"decay_mult of layer {message.name!r}", message.name))
-             for p in message.param]
+    specs = [
+        (
+            check_multiplier(p.lr_mult, f"lr_mult of layer {message.name!r}", message.name),
+            check_multiplier(p.decay_mult, f"decay_mult of layer {message.name!r}", message.name),
+        )
+        for p in message.param
+    ]
     return CaffeLayer(layer, fillers, specs)

@@ -21,8 +21,10 @@ from surgery.spec.schema import caffe_class
 
 _NET = caffe_class("NetParameter").DESCRIPTOR
 _LAYER, _V1_LAYER = _NET.fields_by_name["layer"].number, _NET.fields_by_name["layers"].number
-_BLOBS = {_LAYER: caffe_class("LayerParameter").DESCRIPTOR.fields_by_name["blobs"].number,
-          _V1_LAYER: caffe_class("V1LayerParameter").DESCRIPTOR.fields_by_name["blobs"].number}
+_BLOBS = {
+    _LAYER: caffe_class("LayerParameter").DESCRIPTOR.fields_by_name["blobs"].number,
+    _V1_LAYER: caffe_class("V1LayerParameter").DESCRIPTOR.fields_by_name["blobs"].number,
+}
 _BLOB = caffe_class("BlobProto").DESCRIPTOR
 _VALUES = {_BLOB.fields_by_name["data"].number: np.float32, _BLOB.fields_by_name["double_data"].number: np.float64}
 
@@ -54,8 +56,10 @@ class StoredBlob:
             full = caffe_class("BlobProto").FromString(bytes(self.buffer[start:end]))
             values = np.asarray(full.double_data if len(full.double_data) else full.data)
         if values.size != math.prod(self.shape):
-            raise ModelFormatError(f"a caffemodel blob holds {values.size} values for shape {self.shape}",
-                                   fix="the file is truncated or corrupt: download or export it again")
+            raise ModelFormatError(
+                f"a caffemodel blob holds {values.size} values for shape {self.shape}",
+                fix="the file is truncated or corrupt: download or export it again",
+            )
         return values.astype(np.float32, copy=False).reshape(self.shape)
 
 
@@ -92,9 +96,11 @@ def stored_weights(path: Path) -> dict[str, list[StoredBlob]]:
         layers = _layers(buffer, path.stat().st_size)
     except ModelFormatError:
         raise
-    except Exception as error:  # wire.WireError, protobuf's DecodeError
-        raise ModelFormatError(f"{str(path)!r} is not a readable caffemodel ({type(error).__name__}: {error})",
-                               fix="the file is truncated or corrupt: download or export it again") from None
+    except Exception as error:  # noqa: BLE001  (wire.WireError, protobuf's DecodeError: a located error)
+        raise ModelFormatError(
+            f"{str(path)!r} is not a readable caffemodel ({type(error).__name__}: {error})",
+            fix="the file is truncated or corrupt: download or export it again",
+        ) from None
     if not layers:
         raise ModelFormatError(f"{str(path)!r} holds no layers (is it a caffemodel?)")
     found: dict[str, list[StoredBlob]] = {}
@@ -114,6 +120,8 @@ def _check_size(blob: StoredBlob, layer: str, path: Path) -> None:
     _, length, dtype = blob.values
     count = math.prod(blob.shape)
     if length != count * np.dtype(dtype).itemsize:
-        raise ModelFormatError(f"{str(path)!r}: a blob of layer {layer!r} stores {length} bytes for shape "
-                               f"{blob.shape} ({count * np.dtype(dtype).itemsize} bytes)",
-                               fix="the file is truncated or corrupt: download or export it again")
+        raise ModelFormatError(
+            f"{str(path)!r}: a blob of layer {layer!r} stores {length} bytes for shape "
+            f"{blob.shape} ({count * np.dtype(dtype).itemsize} bytes)",
+            fix="the file is truncated or corrupt: download or export it again",
+        )

@@ -57,7 +57,7 @@ class Weights:
             full = onnx.TensorProto()
             full.CopyFrom(tensor)
             offset, length = self.raw[tensor.name]
-            full.raw_data = bytes(self.buffer[offset:offset + length])
+            full.raw_data = bytes(self.buffer[offset : offset + length])
             return numpy_helper.to_array(full)
         return numpy_helper.to_array(tensor)
 
@@ -70,9 +70,11 @@ class Weights:
     def _view(buffer: Any, dtype: np.dtype, offset: int, length: int, dims: tuple[int, ...], where: str) -> np.ndarray:
         count = int(np.prod(dims))
         if length != count * dtype.itemsize or offset + length > len(buffer):
-            raise ModelFormatError(f"{where} holds {max(0, min(length, len(buffer) - offset))} bytes for a tensor of "
-                                   f"{count * dtype.itemsize} (shape {list(dims)}, {dtype}): truncated or corrupt",
-                                   fix="re-export the model, or copy the file again")
+            raise ModelFormatError(
+                f"{where} holds {max(0, min(length, len(buffer) - offset))} bytes for a tensor of "
+                f"{count * dtype.itemsize} (shape {list(dims)}, {dtype}): truncated or corrupt",
+                fix="re-export the model, or copy the file again",
+            )
         return wire.view(buffer, dtype, offset, count).reshape(dims)
 
 
@@ -101,9 +103,11 @@ def _load(path: Path) -> tuple[onnx.ModelProto, Weights]:
     try:
         buffer = wire.open_mapped(path)
         model, raw = _skim(buffer, path.stat().st_size)
-    except Exception as error:  # wire.WireError, protobuf's DecodeError and friends
-        raise ModelFormatError(f"{str(path)!r} is not a readable ONNX file ({type(error).__name__}: {error})",
-                               fix="check the file is complete (re-export or re-download it)") from None
+    except Exception as error:  # noqa: BLE001  (wire.WireError, protobuf's DecodeError and friends)
+        raise ModelFormatError(
+            f"{str(path)!r} is not a readable ONNX file ({type(error).__name__}: {error})",
+            fix="check the file is complete (re-export or re-download it)",
+        ) from None
     if not model.graph.node:
         raise ModelFormatError(f"{str(path)!r} has no graph nodes (truncated or not an ONNX model)")
     _check_names(model, path)
@@ -119,11 +123,13 @@ def _check_names(model: onnx.ModelProto, path: Path) -> None:
     """Every name is text (protobuf hands back bytes for a string field that is not
     UTF-8: a flipped bit in a name)."""
     graph = model.graph
-    names = [graph.name, *(v.name for v in (*graph.input, *graph.output, *graph.value_info)),
-             *(t.name for t in graph.initializer)]
+    names = [
+        graph.name,
+        *(v.name for v in (*graph.input, *graph.output, *graph.value_info)),
+        *(t.name for t in graph.initializer),
+    ]
     for node in graph.node:
-        names += [node.name, node.op_type, node.domain, *node.input, *node.output,
-                  *(a.name for a in node.attribute)]
+        names += [node.name, node.op_type, node.domain, *node.input, *node.output, *(a.name for a in node.attribute)]
     bad = next((n for n in names if not isinstance(n, str)), None)
     if bad is not None:
         raise ModelFormatError(f"{str(path)!r} has a name that is not UTF-8 text ({bytes(bad)[:40]!r})", fix=_CORRUPT)
@@ -138,18 +144,25 @@ def _check_initializers(model: onnx.ModelProto, raw: dict[str, tuple[int, int]],
         except (KeyError, ValueError):
             dtype = None
         if dtype is None or dtype.kind not in "fiubc":
-            raise ModelFormatError(f"initializer {tensor.name!r} in {str(path)!r} has data type {tensor.data_type} "
-                                   "(surgery reads number tensors)", fix=_CORRUPT)
+            raise ModelFormatError(
+                f"initializer {tensor.name!r} in {str(path)!r} has data type {tensor.data_type} "
+                "(surgery reads number tensors)",
+                fix=_CORRUPT,
+            )
         dims = [int(d) for d in tensor.dims]
         if any(d < 0 for d in dims):
-            raise ModelFormatError(f"initializer {tensor.name!r} in {str(path)!r} has negative dims {dims}",
-                                   fix=_CORRUPT)
+            raise ModelFormatError(
+                f"initializer {tensor.name!r} in {str(path)!r} has negative dims {dims}", fix=_CORRUPT
+            )
         if tensor.name in raw:
             count = int(np.prod(dims, dtype=object)) if dims else 1
             length = raw[tensor.name][1]
             if length != count * dtype.itemsize:
-                raise ModelFormatError(f"initializer {tensor.name!r} in {str(path)!r} stores {length} bytes for "
-                                       f"shape {dims} of {dtype} ({count * dtype.itemsize} bytes)", fix=_CORRUPT)
+                raise ModelFormatError(
+                    f"initializer {tensor.name!r} in {str(path)!r} stores {length} bytes for "
+                    f"shape {dims} of {dtype} ({count * dtype.itemsize} bytes)",
+                    fix=_CORRUPT,
+                )
 
 
 def external_data_files(path: str | Path) -> list[Path]:
@@ -157,8 +170,11 @@ def external_data_files(path: str | Path) -> list[Path]:
     folder: :func:`import_onnx` refuses others). Reads the structure, not the weights."""
     model, _ = _load(Path(path))
     folder = Path(path).resolve().parent
-    locations = {next((e.value for e in t.external_data if e.key == "location"), "")
-                 for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+    locations = {
+        next((e.value for e in t.external_data if e.key == "location"), "")
+        for t in model.graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL
+    }
     return [folder / location for location in sorted(locations)]
 
 
@@ -248,14 +264,22 @@ class OnnxReader:
         if tensor is None or name in self.constants:
             return self.param_from(torch.from_numpy(np.array(self.const(name))), trainable)
         weights = self.weights
-        return ParamBlob.lazy(tuple(int(d) for d in tensor.dims), self._torch_dtype(name),
-                              lambda: torch.from_numpy(weights.array(tensor)), trainable=trainable)
+        return ParamBlob.lazy(
+            tuple(int(d) for d in tensor.dims),
+            self._torch_dtype(name),
+            lambda: torch.from_numpy(weights.array(tensor)),
+            trainable=trainable,
+        )
 
     def param_derived(self, name: str, shape: tuple[int, ...], compute: Any, trainable: bool = True) -> ParamBlob:
         """A lazy blob of ``shape`` holding ``compute(values of initializer name)`` (a
         transpose, a scale), computed only when its data is first used."""
-        return ParamBlob.lazy(tuple(shape), self._torch_dtype(name), lambda: torch.from_numpy(
-            np.ascontiguousarray(compute(self.const(name)))), trainable=trainable)
+        return ParamBlob.lazy(
+            tuple(shape),
+            self._torch_dtype(name),
+            lambda: torch.from_numpy(np.ascontiguousarray(compute(self.const(name)))),
+            trainable=trainable,
+        )
 
     def _torch_dtype(self, name: str) -> torch.dtype:
         name = self.alias.get(name, name)
@@ -274,13 +298,26 @@ class OnnxReader:
             candidate = f"{name}_{self._names[name]}"
         return candidate
 
-    def layer(self, node: onnx.NodeProto, type_name: str, params: dict[str, Any], *, inputs: list[str] | None = None,
-              blobs: dict[str, ParamBlob] | None = None, outputs: list[str] | None = None) -> Layer:
+    def layer(
+        self,
+        node: onnx.NodeProto,
+        type_name: str,
+        params: dict[str, Any],
+        *,
+        inputs: list[str] | None = None,
+        blobs: dict[str, ParamBlob] | None = None,
+        outputs: list[str] | None = None,
+    ) -> Layer:
         """Add the layer a node becomes (default inputs: the node's first input)."""
         name = self.unique(node.name or f"{node.op_type}_{len(self.net)}")
-        layer = Layer(name, type_name, inputs=inputs if inputs is not None else [self.blob(node.input[0])],
-                      outputs=list(outputs if outputs is not None else node.output[:1]), params=params,
-                      blobs=blobs or {})
+        layer = Layer(
+            name,
+            type_name,
+            inputs=inputs if inputs is not None else [self.blob(node.input[0])],
+            outputs=list(outputs if outputs is not None else node.output[:1]),
+            params=params,
+            blobs=blobs or {},
+        )
         return self.add(layer)
 
     def add(self, layer: Layer) -> Layer:
@@ -293,8 +330,7 @@ class OnnxReader:
     def constant_layer(self, node: onnx.NodeProto, value: np.ndarray, suffix: str) -> str:
         name = self.unique(f"{node.name or node.op_type}/{suffix}")
         tensor = torch.from_numpy(np.array(value, dtype=np.float32))
-        layer = Layer(name, "Constant", outputs=[name],
-                      blobs={"value": ParamBlob.from_tensor(tensor, trainable=False)})
+        layer = Layer(name, "Constant", outputs=[name], blobs={"value": ParamBlob.from_tensor(tensor, trainable=False)})
         self.add(layer)
         return name
 
@@ -330,13 +366,16 @@ def _dispatch() -> dict[str, list]:
 
 def _unsupported(model: onnx.ModelProto, table: dict) -> None:
     counts = collections.Counter(
-        n.op_type for n in model.graph.node if n.op_type not in table and n.op_type not in _PASS_THROUGH
-        and n.op_type != "Constant"
+        n.op_type
+        for n in model.graph.node
+        if n.op_type not in table and n.op_type not in _PASS_THROUGH and n.op_type != "Constant"
     )
     if counts:
         listing = ", ".join(f"{op} x{count}" for op, count in sorted(counts.items()))
-        raise ModelFormatError(f"the ONNX file uses operators surgery does not support: {listing}",
-                               fix="export with constant folding (or simplify the model) so these disappear")
+        raise ModelFormatError(
+            f"the ONNX file uses operators surgery does not support: {listing}",
+            fix="export with constant folding (or simplify the model) so these disappear",
+        )
 
 
 def _input_shape(value: onnx.ValueInfoProto, given: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -344,8 +383,10 @@ def _input_shape(value: onnx.ValueInfoProto, given: tuple[int, ...] | None) -> t
     file_shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     if given is not None:
         if len(given) != len(file_shape) or any(f is not None and f != g for f, g in zip(file_shape[1:], given[1:])):
-            raise ShapeError(f"input {value.name!r} has shape {file_shape} in the file, not {list(given)}",
-                             fix="pass an input shape that matches the model (any batch size)")
+            raise ShapeError(
+                f"input {value.name!r} has shape {file_shape} in the file, not {list(given)}",
+                fix="pass an input shape that matches the model (any batch size)",
+            )
         return tuple(given)
     if any(d is None for d in file_shape[1:]):
         raise ShapeError(f"input {value.name!r} has symbolic axes {file_shape}", fix="give input_shape in the spec")
@@ -406,8 +447,11 @@ def _import_node(node: onnx.NodeProto, reader: OnnxReader, table: dict) -> None:
         except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError) as error:
             # A layer type reads the node's attributes as the ONNX spec defines them; a
             # value of another type or size means a corrupt (e.g. bit-flipped) file.
-            raise ModelFormatError(f"ONNX node {node.name or node.op_type!r} ({node.op_type}) cannot be read "
-                                   f"({type(error).__name__}: {error})", fix=_CORRUPT) from None
+            raise ModelFormatError(
+                f"ONNX node {node.name or node.op_type!r} ({node.op_type}) cannot be read "
+                f"({type(error).__name__}: {error})",
+                fix=_CORRUPT,
+            ) from None
     raise ModelFormatError(
         f"ONNX node {node.name or node.op_type!r} ({node.op_type}) uses attributes or inputs surgery cannot map",
         fix="export with constant folding, or a newer opset",

@@ -49,11 +49,15 @@ def resolve_factory(reference: str, base_dir: Path) -> Callable[..., nn.Module]:
         try:
             module = importlib.import_module(module_ref)
         except ImportError as error:
-            raise SpecError(f"cannot import {module_ref!r}: {error}", subject=reference,
-                            fix="install the package that provides it") from None
+            raise SpecError(
+                f"cannot import {module_ref!r}: {error}", subject=reference, fix="install the package that provides it"
+            ) from None
         except (TypeError, ValueError) as error:  # a relative or empty module name
-            raise SpecError(f"{module_ref!r} is not a module name: {error}", subject=reference,
-                            fix='write e.g. factory: "torchvision.models:resnet18"') from None
+            raise SpecError(
+                f"{module_ref!r} is not a module name: {error}",
+                subject=reference,
+                fix='write e.g. factory: "torchvision.models:resnet18"',
+            ) from None
         except Exception as error:  # noqa: BLE001  (the module's own code failed: say so, with its words)
             raise _user_code_error(error, f"importing {module_ref!r}", reference) from None
     try:
@@ -80,8 +84,11 @@ def _user_code_error(error: BaseException, what: str, reference: str) -> SpecErr
         frames = traceback.extract_tb(error.__traceback__)
         if frames:
             where = f" (at {frames[-1].filename}:{frames[-1].lineno})"
-    return SpecError(f"{what} raised {type(error).__name__}: {error}{where}", subject=reference,
-                     fix="fix the factory's code, or point the spec at another factory")
+    return SpecError(
+        f"{what} raised {type(error).__name__}: {error}{where}",
+        subject=reference,
+        fix="fix the factory's code, or point the spec at another factory",
+    )
 
 
 def _run_user_code(run: Callable[[], Any], what: str, reference: str) -> Any:
@@ -99,8 +106,9 @@ def _kwargs(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise SpecError(f"kwargs is not valid JSON: {error.msg}", fix='write e.g. kwargs: \'{"num_classes": 10}\'',
-                        subject=text) from None
+        raise SpecError(
+            f"kwargs is not valid JSON: {error.msg}", fix="write e.g. kwargs: '{\"num_classes\": 10}'", subject=text
+        ) from None
     if not isinstance(value, dict):
         raise SpecError("kwargs must be a JSON object", subject=text)
     return value
@@ -112,16 +120,26 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise SpecError(f"weights file {str(path)!r} does not exist", subject=str(path))
     try:
         state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as error:  # torch raises many types for a corrupt file
+    except Exception as error:  # noqa: BLE001  (torch raises many types for a corrupt file)
         raise ModelFormatError(f"cannot read weights file {str(path)!r}: {type(error).__name__}: {error}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelFormatError(f"{str(path)!r} is not a state_dict (a dict of tensors)",
-                               fix="save it with torch.save(model.state_dict(), path)")
+        raise ModelFormatError(
+            f"{str(path)!r} is not a state_dict (a dict of tensors)",
+            fix="save it with torch.save(model.state_dict(), path)",
+        )
     return state
 
 
-def load_torch_source(factory: str, kwargs: str, weights: str, input_shape: tuple[int, ...], base_dir: Path,
-                      name: str | None = None, shapes_only: bool = False, seed: int = 0) -> Net:
+def load_torch_source(
+    factory: str,
+    kwargs: str,
+    weights: str,
+    input_shape: tuple[int, ...],
+    base_dir: Path,
+    name: str | None = None,
+    shapes_only: bool = False,
+    seed: int = 0,
+) -> Net:
     """Build the model (on the meta device when a weights file is given, or when only
     shapes are wanted) and trace it. The factory runs with torch's, numpy's and Python's
     generators seeded from ``seed`` (and restored after), so a factory's own random
@@ -137,8 +155,11 @@ def load_torch_source(factory: str, kwargs: str, weights: str, input_shape: tupl
     with seeded(seed):
         model = _run_user_code(lambda: _build(build, arguments, meta), f"calling {factory!r}", factory)
     if not isinstance(model, nn.Module):
-        raise SpecError(f"{factory!r} returned a {type(model).__name__}, not an nn.Module", subject=factory,
-                        fix="the factory must return the model (an nn.Module instance)")
+        raise SpecError(
+            f"{factory!r} returned a {type(model).__name__}, not an nn.Module",
+            subject=factory,
+            fix="the factory must return the model (an nn.Module instance)",
+        )
     if state is not None:
         _check_keys(model, state, weights)
         return import_torch(model, input_shape, state_dict=state, name=name)
@@ -156,8 +177,12 @@ def _build(build: Callable[..., Any], arguments: dict[str, Any], meta: bool) -> 
             raise
     # The constructor reads tensor values (RegNet's .tolist()): build it for real, then
     # drop its tensors to the meta device, so weights still come from the file only.
-    warnings.warn(f"{getattr(build, '__qualname__', build)} reads tensor values while it is built, so it "
-                  "cannot be built on the meta device; built on the CPU instead (slower, same result)", SurgeryNote)
+    warnings.warn(
+        f"{getattr(build, '__qualname__', build)} reads tensor values while it is built, so it "
+        "cannot be built on the meta device; built on the CPU instead (slower, same result)",
+        SurgeryNote,
+        stacklevel=2,
+    )
     model = build(**arguments)
     return model.to("meta") if isinstance(model, nn.Module) else model
 
@@ -177,8 +202,7 @@ def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], weights: str) 
         )
 
 
-def load_source(source: Any, base_dir: Path, name: str | None = None, shapes_only: bool = False,
-                seed: int = 0) -> Net:
+def load_source(source: Any, base_dir: Path, name: str | None = None, shapes_only: bool = False, seed: int = 0) -> Net:
     """The net a spec's ``source { }`` names (paths relative to ``base_dir``).
 
     ``shapes_only``: the net is for shapes and names only (``inspect``, ``plan``);
@@ -204,8 +228,13 @@ def load_source(source: Any, base_dir: Path, name: str | None = None, shapes_onl
             raise SpecError(f"Caffe sources need the Caffe importer: {error}") from None
         c = source.caffe
         phase = "TRAIN" if c.phase == 0 else "TEST"
-        return import_caffe(base_dir / c.prototxt, base_dir / c.weights if c.weights else None,
-                            phase=phase, input_shape=shape or None, seed=seed)
+        return import_caffe(
+            base_dir / c.prototxt,
+            base_dir / c.weights if c.weights else None,
+            phase=phase,
+            input_shape=shape or None,
+            seed=seed,
+        )
     if fmt == "keras":
         from surgery.importers.keras import import_keras
 
@@ -213,9 +242,13 @@ def load_source(source: Any, base_dir: Path, name: str | None = None, shapes_onl
             raise SpecError("source.keras needs a path", fix='add path: "model.keras"')
         path = base_dir / source.keras.path
         if not path.exists():
-            raise SpecError(f"Keras file {str(path)!r} does not exist", subject=source.keras.path,
-                            fix="check the path (relative to the spec file); Keras writes such a file with "
-                                "model.save('model.keras')")
+            raise SpecError(
+                f"Keras file {str(path)!r} does not exist",
+                subject=source.keras.path,
+                fix="check the path (relative to the spec file); Keras writes such a file with "
+                "model.save('model.keras')",
+            )
         return import_keras(path, input_shape=shape or None, name=name, nhwc_input=source.keras.nhwc_input)
-    raise SpecError("the spec names no source model",
-                    fix="add source { torch { factory: ... } } (or onnx / caffe / keras)")
+    raise SpecError(
+        "the spec names no source model", fix="add source { torch { factory: ... } } (or onnx / caffe / keras)"
+    )

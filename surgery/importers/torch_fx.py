@@ -19,22 +19,35 @@ import torch
 from torch import fx, nn
 
 from surgery.errors import ModelFormatError, ShapeError
+from surgery.importers.batch_probe import BatchProbe, foldable, same_value
 from surgery.importers.torch_modules import record_module_outputs
 from surgery.importers.torch_trace import (
-    bind_defaults, count_leaves, get_attr_value, is_output_tuple, map_structure, mode_dependent, nones_unread,
-    only_indexed, output_leaves, tensor_leaves, trace,
+    bind_defaults,
+    count_leaves,
+    get_attr_value,
+    is_output_tuple,
+    map_structure,
+    mode_dependent,
+    nones_unread,
+    only_indexed,
+    output_leaves,
+    tensor_leaves,
+    trace,
 )
 from surgery.ir import Layer, Net, ParamBlob
 from surgery.layers import layer_type, torch_function_map, torch_functional_map, torch_module_map
-from surgery.importers.batch_probe import BatchProbe, foldable, same_value
 from surgery.layers.meta_run import NonTensor, TracedShapes
 from surgery.layers.opaque_call import TRAINING, InputRef, TrainOnly
 
 
-
 class _Importer:
-    def __init__(self, model: nn.Module, input_shapes: list[tuple[int, ...]],
-                 state_dict: Mapping[str, torch.Tensor] | None, name: str) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        input_shapes: list[tuple[int, ...]],
+        state_dict: Mapping[str, torch.Tensor] | None,
+        name: str,
+    ) -> None:
         self.model = model
         self.input_shapes = input_shapes
         self.state_dict = state_dict
@@ -55,7 +68,9 @@ class _Importer:
         if self.state_dict is None or tensor.device.type != "meta":
             return ParamBlob.from_tensor(tensor, trainable=trainable)
         if key not in self.state_dict:
-            raise ModelFormatError(f"the weights file has no entry {key!r}", fix="pass the state_dict saved from this model")
+            raise ModelFormatError(
+                f"the weights file has no entry {key!r}", fix="pass the state_dict saved from this model"
+            )
         stored = self.state_dict[key]
         if tuple(stored.shape) != tuple(tensor.shape):
             raise ModelFormatError(
@@ -89,7 +104,9 @@ class _Importer:
     def _tuple_outputs(self, layer: Layer, structure: Any) -> None:
         """One top per tensor of a tuple result (the first one named after the layer)."""
         if structure is not None:
-            layer.outputs = [layer.name] + [self._unique(f"{layer.name}:{i}") for i in range(1, count_leaves(structure))]
+            layer.outputs = [layer.name] + [
+                self._unique(f"{layer.name}:{i}") for i in range(1, count_leaves(structure))
+            ]
 
     def _infer(self, layer: Layer) -> list[Any]:
         """The layer's output shapes, from its inputs' (raises ShapeError naming it)."""
@@ -163,7 +180,7 @@ class _Importer:
         plain = len(node.args) == 1 and not node.kwargs
         layer = Layer(self._unique(node.target), kind.name, inputs=inputs[:1] if plain else inputs, params=params)
         structure = kind.torch_output_structure(layer)
-        if not plain and (not self._fits(layer) or structure is not None and not nones_unread(node, structure)):
+        if not plain and (not self._fits(layer) or (structure is not None and not nones_unread(node, structure))):
             return None
         return layer
 
@@ -199,8 +216,12 @@ class _Importer:
         """After ``noise.div_(p)`` or ``F.relu(x, inplace=True)`` the source's later reads of
         the mutated tensor see the new values: in the net they read the call's output."""
         first = node.args[0] if node.args else None
-        in_place = (node.op == "call_method" and isinstance(node.target, str) and node.target.endswith("_")
-                    and not node.target.endswith("__")) or node.kwargs.get("inplace") is True
+        in_place = (
+            node.op == "call_method"
+            and isinstance(node.target, str)
+            and node.target.endswith("_")
+            and not node.target.endswith("__")
+        ) or node.kwargs.get("inplace") is True
         if in_place and isinstance(first, fx.Node) and first in self.blob_of and node in self.blob_of:
             self.versions.setdefault(first, [(first, self.blob_of[first])]).append((node, self.blob_of[node]))
             self.blob_of[first] = self.blob_of[node]
@@ -214,8 +235,9 @@ class _Importer:
         seen = [blob for maker, blob in versions if self.position[maker] <= self.position[last]]
         return seen[-1] if seen else None
 
-    def _typed_call(self, node: fx.Node, tensor_args: list[fx.Node], inputs: list[str],
-                    sizes: list[fx.Node]) -> tuple[Layer | None, Any, Layer | None]:
+    def _typed_call(
+        self, node: fx.Node, tensor_args: list[fx.Node], inputs: list[str], sizes: list[fx.Node]
+    ) -> tuple[Layer | None, Any, Layer | None]:
         """The call as a typed layer (or None) with its output structure (None: one tensor),
         and the opaque reading of it when one was built to trace its shapes. A call reading
         sizes that follow the batch is typed only by a kind that reads its parameters off
@@ -234,7 +256,8 @@ class _Importer:
             elif not sizes:
                 call_args, call_kwargs = self._flagged(node) if kind.reads_mode_flags else (args, kwargs)
                 params, structure = kind.import_torch_call_shaped(
-                    node.target, call_args, call_kwargs, [self.shapes[self.blob_of[n]] for n in tensors])
+                    node.target, call_args, call_kwargs, [self.shapes[self.blob_of[n]] for n in tensors]
+                )
                 if structure is not None and not only_indexed(node):
                     continue
             else:
@@ -276,9 +299,16 @@ class _Importer:
         args, kwargs = self._mode_flags(node)
         name = self._unique(node.name)
         return Layer(
-            name, "OpaqueCall", inputs=inputs, outputs=[name],
-            extra={"kind": node.op, "target": node.target, "args": fx.node.map_arg(args, refs),
-                   "kwargs": dict(fx.node.map_arg(kwargs, refs))},
+            name,
+            "OpaqueCall",
+            inputs=inputs,
+            outputs=[name],
+            extra={
+                "kind": node.op,
+                "target": node.target,
+                "args": fx.node.map_arg(args, refs),
+                "kwargs": dict(fx.node.map_arg(kwargs, refs)),
+            },
         )
 
     # --------------------------------------------------- sizes computed at import
@@ -311,8 +341,14 @@ class _Importer:
         outputs = set(self.net.outputs)
         for layer in list(self.net.layers()):
             extra = layer.extra
-            if layer.type != "OpaqueCall" or extra["target"] != "contiguous" or extra["kind"] != "call_method" \
-                    or len(extra["args"]) != 1 or extra["kwargs"] or layer.outputs[0] in outputs:
+            if (
+                layer.type != "OpaqueCall"
+                or extra["target"] != "contiguous"
+                or extra["kind"] != "call_method"
+                or len(extra["args"]) != 1
+                or extra["kwargs"]
+                or layer.outputs[0] in outputs
+            ):
                 continue
             readers = self.net.consumers(layer.outputs[0])
             if readers and all(reader.type == "Reshape" for reader, _ in readers):
@@ -323,8 +359,10 @@ class _Importer:
         """Remove size layers nothing reads any more (their readers took the values)."""
         outputs = set(self.net.outputs)
         for layer in reversed(list(self.net.layers())):
-            if all(isinstance(self.shapes.get(b), NonTensor) and b not in outputs and not self.net.consumers(b)
-                   for b in layer.outputs):
+            if all(
+                isinstance(self.shapes.get(b), NonTensor) and b not in outputs and not self.net.consumers(b)
+                for b in layer.outputs
+            ):
                 self.net.remove_layer(layer.name)
 
     def _weights_owner(self, node: fx.Node, tensor_args: list[fx.Node]) -> str | None:
@@ -350,8 +388,13 @@ class _Importer:
             params = kind.import_torch_functional(node.target, args, kwargs, module)
             if params is None:
                 continue
-            layer = Layer(self._unique(path), kind.name, inputs=[self.blob_of[tensor_args[0]]], params=params,
-                          blobs=self._module_blobs(path, module, recurse=False))
+            layer = Layer(
+                self._unique(path),
+                kind.name,
+                inputs=[self.blob_of[tensor_args[0]]],
+                params=params,
+                blobs=self._module_blobs(path, module, recurse=False),
+            )
             if not self._fits(layer):
                 continue
             for weight in tensor_args[1:]:  # the Constant layers the weights were read into
@@ -369,8 +412,12 @@ class _Importer:
         train trace, 0 in the eval one), so the emitted call follows the emitted model's
         mode (stochastic depth, functional dropout, attention dropout)."""
         twin = self.eval_twins.get(node.name)
-        if twin is None or twin.target != node.target or len(twin.args) != len(node.args) \
-                or set(twin.kwargs) != set(node.kwargs):
+        if (
+            twin is None
+            or twin.target != node.target
+            or len(twin.args) != len(node.args)
+            or set(twin.kwargs) != set(node.kwargs)
+        ):
             return node.args, node.kwargs
 
         def flag(train: Any, evaluated: Any) -> Any:
@@ -412,8 +459,13 @@ class _Importer:
         self._drop_contiguous_before_reshape()
         self._mark_train_only(train_graph, eval_graph)
         self.position = {node: index for index, node in enumerate(train_graph.nodes)}
-        record_module_outputs(train_graph, self.net, self._blob_after, self.tuples,
-                              lambda blob: not isinstance(self.shapes.get(blob), NonTensor))
+        record_module_outputs(
+            train_graph,
+            self.net,
+            self._blob_after,
+            self.tuples,
+            lambda blob: not isinstance(self.shapes.get(blob), NonTensor),
+        )
         return self.net
 
     def _mark_train_only(self, train_graph: fx.Graph, eval_graph: fx.Graph) -> None:
@@ -461,7 +513,9 @@ def import_torch(
         >>> net.layer("fc").type
         'InnerProduct'
     """
-    shapes = [tuple(input_shape)] if input_shape and isinstance(input_shape[0], int) else [tuple(s) for s in input_shape]
+    shapes = (
+        [tuple(input_shape)] if input_shape and isinstance(input_shape[0], int) else [tuple(s) for s in input_shape]
+    )
     net = _Importer(model, shapes, state_dict, name or type(model).__name__).run()
     net.shapes()  # validate now: a bad input shape fails at import, naming the layer
     return net

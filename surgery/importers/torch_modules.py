@@ -30,8 +30,13 @@ def _escaping(nodes: list[fx.Node]) -> list[fx.Node]:
     return [node for node in nodes if any(user not in inside for user in node.users)]
 
 
-def record_module_outputs(graph: fx.Graph, net: Net, blob_after: Callable[[fx.Node, fx.Node], str | None],
-                          tuples: dict[fx.Node, tuple], is_tensor: Callable[[str], bool]) -> None:
+def record_module_outputs(
+    graph: fx.Graph,
+    net: Net,
+    blob_after: Callable[[fx.Node, fx.Node], str | None],
+    tuples: dict[fx.Node, tuple],
+    is_tensor: Callable[[str], bool],
+) -> None:
     """Fill ``net.module_outputs`` (module path -> its output blob) and
     ``net.module_refusals`` (path -> why it has no single output) from the traced
     ``graph``. ``blob_after(node, last)`` is a node's blob as it stood once ``last`` ran
@@ -55,5 +60,6 @@ def record_module_outputs(graph: fx.Graph, net: Net, blob_after: Callable[[fx.No
         if len(blobs) == 1:
             net.module_outputs[path] = blobs[0]
         elif blobs:
-            net.module_refusals[path] = (f"{len(blobs)} tensors computed inside it are read outside it "
-                                         f"({', '.join(repr(b) for b in blobs)})")
+            net.module_refusals[path] = (
+                f"{len(blobs)} tensors computed inside it are read outside it ({', '.join(repr(b) for b in blobs)})"
+            )

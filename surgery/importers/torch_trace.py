@@ -56,7 +56,7 @@ def trace(model: nn.Module, train: bool, leaves: frozenset[str] = frozenset()) -
     model.train(train)
     try:
         return _Tracer(leaves).trace(model)  # the graph only: no GraphModule to compile
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001  (whatever the model's code raises, named)
         raise ModelFormatError(
             f"torch.fx cannot trace {type(model).__name__}: {type(error).__name__}: {_first_line(error)}"
             f"{_user_frame(error)}",
@@ -91,7 +91,9 @@ def is_output_tuple(node: fx.Node) -> bool:
     """A namedtuple built only to return several heads (GoogLeNet's GoogLeNetOutputs)."""
     target = node.target
     return (
-        node.op == "call_function" and isinstance(target, type) and issubclass(target, tuple)
+        node.op == "call_function"
+        and isinstance(target, type)
+        and issubclass(target, tuple)
         and all(user.op == "output" for user in node.users)
     )
 
@@ -107,8 +109,10 @@ def output_leaves(graph: fx.Graph) -> list[fx.Node]:
 
 def only_indexed(node: fx.Node) -> bool:
     """Whether a tuple result is only ever read one item at a time (``parts[1]``)."""
-    return all(user.op == "call_function" and user.target is operator.getitem and isinstance(user.args[1], int)
-               for user in node.users)
+    return all(
+        user.op == "call_function" and user.target is operator.getitem and isinstance(user.args[1], int)
+        for user in node.users
+    )
 
 
 def count_leaves(structure: Any) -> int:
@@ -131,8 +135,12 @@ def nones_unread(node: fx.Node, structure: tuple) -> bool:
     (``nn.MultiheadAttention``'s weights when not asked for) by nothing at all
     (``x, _ = attention(...)`` still reads ``_``, then drops it)."""
     for user in node.users:
-        if user.op != "call_function" or user.target is not operator.getitem or not isinstance(user.args[1], int) \
-                or not -len(structure) <= user.args[1] < len(structure):
+        if (
+            user.op != "call_function"
+            or user.target is not operator.getitem
+            or not isinstance(user.args[1], int)
+            or not -len(structure) <= user.args[1] < len(structure)
+        ):
             return False
         if structure[user.args[1]] is None and user.users:
             return False
@@ -146,10 +154,13 @@ def bind_defaults(graph: fx.Graph, given: int) -> None:
     for node in placeholders[given:]:
         if not node.args:
             continue
-        default = node.args[0]
+
+        def bound(n: fx.Node, node: fx.Node = node, default: object = node.args[0]) -> object:
+            return default if n is node else n
+
         for user in list(node.users):
-            user.args = fx.node.map_arg(user.args, lambda n: default if n is node else n)
-            user.kwargs = fx.node.map_arg(user.kwargs, lambda n: default if n is node else n)
+            user.args = fx.node.map_arg(user.args, bound)
+            user.kwargs = fx.node.map_arg(user.kwargs, bound)
 
 
 def get_attr_value(model: nn.Module, target: str) -> torch.Tensor:
@@ -157,4 +168,16 @@ def get_attr_value(model: nn.Module, target: str) -> torch.Tensor:
     return getattr(model.get_submodule(owner_path), attr)
 
 
-__all__ = ['bind_defaults', 'count_leaves', 'get_attr_value', 'is_output_tuple', 'map_structure', 'mode_dependent', 'nones_unread', 'only_indexed', 'output_leaves', 'tensor_leaves', 'trace']
+__all__ = [
+    "bind_defaults",
+    "count_leaves",
+    "get_attr_value",
+    "is_output_tuple",
+    "map_structure",
+    "mode_dependent",
+    "nones_unread",
+    "only_indexed",
+    "output_leaves",
+    "tensor_leaves",
+    "trace",
+]

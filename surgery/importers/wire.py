@@ -83,7 +83,7 @@ def split(buffer: mmap.mmap | bytes, start: int, end: int, keep_out: set[int]) -
     kept, left_out, run_start = [], [], start
     for item in fields(buffer, start, end):
         if item.number in keep_out:
-            kept.append(buffer[run_start:item.start])
+            kept.append(buffer[run_start : item.start])
             left_out.append(item)
             run_start = item.end
     kept.append(buffer[run_start:end])
@@ -109,8 +109,10 @@ class MappedFile(mmap.mmap):
         except OSError as error:
             raise FileChangedError(f"{str(self.path)!r} went away while in use ({error.strerror})") from None
         if size < min(end, self.mapped_size):
-            raise FileChangedError(f"{str(self.path)!r} was truncated while in use: it is {size} bytes now, "
-                                   f"{self.mapped_size} when it was opened")
+            raise FileChangedError(
+                f"{str(self.path)!r} was truncated while in use: it is {size} bytes now, "
+                f"{self.mapped_size} when it was opened"
+            )
 
 
 class FileChangedError(ModelFormatError):

@@ -22,8 +22,11 @@ def check_multiplier(value: float, what: str, subject: str | None = None) -> flo
     SpecError naming ``what``. Every place a multiplier enters the IR calls this, so an
     ``lr { }`` edit, a new layer's ``param { }`` and a Caffe prototxt obey one rule."""
     if not math.isfinite(value) or value < 0:
-        raise SpecError(f"{what} must be a finite number >= 0, got {value}",
-                        fix="use 0 to freeze, 1 for the base rate, 10 to learn ten times faster", subject=subject)
+        raise SpecError(
+            f"{what} must be a finite number >= 0, got {value}",
+            fix="use 0 to freeze, 1 for the base rate, 10 to learn ten times faster",
+            subject=subject,
+        )
     return float(value)
 
 
@@ -71,12 +74,14 @@ class ParamBlob:
     _loader: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
 
     @classmethod
-    def from_tensor(cls, tensor: torch.Tensor, **kwargs) -> "ParamBlob":
+    def from_tensor(cls, tensor: torch.Tensor, **kwargs) -> ParamBlob:
         """A blob holding ``tensor`` (not copied)."""
         return cls(shape=tuple(tensor.shape), dtype=tensor.dtype, _data=tensor.detach(), **kwargs)
 
     @classmethod
-    def lazy(cls, shape: tuple[int, ...], dtype: torch.dtype, loader: Callable[[], torch.Tensor], **kwargs) -> "ParamBlob":
+    def lazy(
+        cls, shape: tuple[int, ...], dtype: torch.dtype, loader: Callable[[], torch.Tensor], **kwargs
+    ) -> ParamBlob:
         """A blob whose data is read by ``loader`` on first use."""
         return cls(shape=tuple(shape), dtype=dtype, _loader=loader, **kwargs)
 

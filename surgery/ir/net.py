@@ -13,13 +13,14 @@ import copy
 import dataclasses
 import itertools
 from collections.abc import Iterable, Iterator
+from typing import cast
 
 import networkx as nx
 import torch
 
-from surgery.ir.kinds import kind_of
 from surgery.errors import ShapeError, SpecError, unknown_layer
 from surgery.ir.budget import check_bytes, tensor_bytes
+from surgery.ir.kinds import kind_of
 from surgery.ir.layer import Layer
 
 Shape = tuple[int, ...]
@@ -72,16 +73,19 @@ class Net:
             return self.graph.nodes[name]["layer"]
         except KeyError:
             if name in self.module_outputs or name in self.module_refusals:
-                raise SpecError(f"{name!r} is a module of the source, not a layer; this edit needs a layer",
-                                fix=f"name one of its layers, or select them all with the glob '{name}.*'",
-                                subject=name) from None
+                raise SpecError(
+                    f"{name!r} is a module of the source, not a layer; this edit needs a layer",
+                    fix=f"name one of its layers, or select them all with the glob '{name}.*'",
+                    subject=name,
+                ) from None
             raise unknown_layer(name, self.graph.nodes) from None
 
     def layer_names(self) -> list[str]:
         """Layer names in execution order."""
         if self._names is None:
             self._names = list(
-                nx.lexicographical_topological_sort(self.graph, key=lambda n: self.graph.nodes[n]["order"]))
+                nx.lexicographical_topological_sort(self.graph, key=lambda n: self.graph.nodes[n]["order"])
+            )
         return list(self._names)
 
     def layers(self) -> Iterator[Layer]:
@@ -125,16 +129,20 @@ class Net:
             'add'
         """
         if path in self.module_refusals:
-            raise SpecError(f"{path!r} is a module of the source, but it cannot stand for one layer: "
-                            f"{self.module_refusals[path]}",
-                            fix="name one of its layers instead (`surgery inspect` lists them)", subject=path)
+            raise SpecError(
+                f"{path!r} is a module of the source, but it cannot stand for one layer: {self.module_refusals[path]}",
+                fix="name one of its layers instead (`surgery inspect` lists them)",
+                subject=path,
+            )
         blob = self.module_outputs.get(path)
         if blob is None:
             return None
         if blob not in self._producer:
-            raise SpecError(f"module {path!r} computed blob {blob!r}, which an earlier edit removed from the net",
-                            fix="name a layer that is still in the net, or move this edit before the one that "
-                                "removed it", subject=path)
+            raise SpecError(
+                f"module {path!r} computed blob {blob!r}, which an earlier edit removed from the net",
+                fix="name a layer that is still in the net, or move this edit before the one that removed it",
+                subject=path,
+            )
         return blob
 
     def module_paths(self) -> list[str]:
@@ -179,7 +187,9 @@ class Net:
     def add_layer(self, layer: Layer) -> Layer:
         """Add a layer whose input blobs already exist. Blob names must be new."""
         if layer.name in self.graph:
-            raise SpecError(f"a layer named {layer.name!r} already exists", fix="choose another name", subject=layer.name)
+            raise SpecError(
+                f"a layer named {layer.name!r} already exists", fix="choose another name", subject=layer.name
+            )
         for blob in layer.inputs:
             if blob not in self._producer:
                 raise unknown_layer(blob, self._producer, what="blob")
@@ -329,7 +339,7 @@ class Net:
             self._restore(saved)
             raise
 
-    def copy(self) -> "Net":
+    def copy(self) -> Net:
         """An independent copy of the graph and layer records that shares the weight
         tensors (and opaque modules): cheap, and edits to the copy never reach this net."""
         memo: dict[int, object] = {}
@@ -342,16 +352,23 @@ class Net:
                     memo[id(value)] = value
         return copy.deepcopy(self, memo)
 
-    def skeleton(self) -> "Net":
+    def skeleton(self) -> Net:
         """A copy of the structure alone: layers, wiring, hyper-parameters, and each blob's
         shape, multipliers and origin, without weight values or the loaders that would read
         them. Cheap for any size of net; for looking at a net as it was before edits."""
         twin = Net(self.name)
         for layer in self.layers():
             blobs = {role: dataclasses.replace(blob, _data=None, _loader=None) for role, blob in layer.blobs.items()}
-            twin.add_layer(dataclasses.replace(layer, inputs=list(layer.inputs), outputs=list(layer.outputs),
-                                               params=copy.deepcopy(layer.params), blobs=blobs,
-                                               extra=dict(layer.extra)))
+            twin.add_layer(
+                dataclasses.replace(
+                    layer,
+                    inputs=list(layer.inputs),
+                    outputs=list(layer.outputs),
+                    params=copy.deepcopy(layer.params),
+                    blobs=blobs,
+                    extra=dict(layer.extra),
+                )
+            )
         twin._outputs = list(self._outputs) if self._outputs is not None else None
         twin.loss_weights = dict(self.loss_weights)
         twin.weight_copy = copy.deepcopy(self.weight_copy)
@@ -376,12 +393,21 @@ class Net:
             layer = self.graph.nodes[name]["layer"]
             fields = dict(vars(layer))
             fields.update(
-                inputs=list(layer.inputs), outputs=list(layer.outputs), params=copy.deepcopy(layer.params),
-                blobs={role: copy.copy(blob) for role, blob in layer.blobs.items()}, extra=dict(layer.extra),
+                inputs=list(layer.inputs),
+                outputs=list(layer.outputs),
+                params=copy.deepcopy(layer.params),
+                blobs={role: copy.copy(blob) for role, blob in layer.blobs.items()},
+                extra=dict(layer.extra),
             )
             layers[name] = (layer, fields)
-        return (self.graph.copy(), dict(self._producer), self._outputs and list(self._outputs),
-                dict(self.loss_weights), dict(self.module_outputs), layers)
+        return (
+            self.graph.copy(),
+            dict(self._producer),
+            self._outputs and list(self._outputs),
+            dict(self.loss_weights),
+            dict(self.module_outputs),
+            layers,
+        )
 
     def _restore(self, saved: tuple) -> None:
         graph, producer, outputs, loss_weights, module_outputs, layers = saved
@@ -399,6 +425,7 @@ class Net:
             ShapeError: a layer's inputs do not fit it; the message names the layer.
         """
         self.ensure_shapes()
+        assert self._shapes is not None  # ensure_shapes fills it or raises
         return dict(self._shapes)
 
     def ensure_shapes(self) -> None:
@@ -408,7 +435,7 @@ class Net:
             return
         if self._shapes is None:
             shapes: dict[str, Shape | None] = {}
-            todo = self.layers()
+            todo = list(self.layers())
         else:  # only the layers added at the end since the last inference (an error leaves
             # them pending, so entries written before it are simply written again)
             shapes, todo = self._shapes, [self.layer(name) for name in self._pending]
@@ -424,7 +451,9 @@ class Net:
                     error.message = f"layer {layer.name!r} ({layer.type}): {error.message}"
                 raise
             if len(out) != len(layer.outputs):
-                raise ShapeError(f"layer {layer.name!r} ({layer.type}) makes {len(out)} outputs, has {len(layer.outputs)} tops")
+                raise ShapeError(
+                    f"layer {layer.name!r} ({layer.type}) makes {len(out)} outputs, has {len(layer.outputs)} tops"
+                )
             _check_output_sizes(layer, out)
             shapes.update(zip(layer.outputs, out))
         self._shapes, self._pending = shapes, []
@@ -447,6 +476,13 @@ class Net:
     def shape(self, blob: str) -> Shape | None:
         return self.shapes()[blob]
 
+    def known_shape(self, blob: str) -> Shape:
+        """The shape of ``blob``, which must be known (a ShapeError naming it otherwise)."""
+        shape = self.shapes()[blob]
+        if shape is None:
+            raise ShapeError(f"the shape of blob {blob!r} is unknown here", subject=blob)
+        return shape
+
 
 def _as_seen(layer: Layer, shapes: list[Shape | None]) -> list[Shape | None]:
     """Input shapes as the layer's type sees them: a per-frame layer sees one frame."""
@@ -462,7 +498,7 @@ def _infer(kind, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | No
         return kind.infer_shapes(layer, in_shapes)
     steps = in_shapes[0][1] if in_shapes and in_shapes[0] is not None else None
     out = kind.infer_shapes(layer, _as_seen(layer, in_shapes))
-    return [None if s is None else (s[0], steps, *s[1:]) for s in out]
+    return [None if s is None else (s[0], cast(int, steps), *s[1:]) for s in out]
 
 
 def _check_output_sizes(layer: Layer, shapes: list[Shape | None]) -> None:
@@ -470,5 +506,6 @@ def _check_output_sizes(layer: Layer, shapes: list[Shape | None]) -> None:
     here, with its size, before anything runs."""
     for shape in shapes:
         if isinstance(shape, tuple) and all(isinstance(d, int) for d in shape):
-            check_bytes(f"layer {layer.name!r} ({layer.type}): its output {shape}", tensor_bytes(shape),
-                        subject=layer.name)
+            check_bytes(
+                f"layer {layer.name!r} ({layer.type}): its output {shape}", tensor_bytes(shape), subject=layer.name
+            )

@@ -68,16 +68,22 @@ class AdaptivePooling(LayerType):
             return None
         shape = reader.shape(source)
         readers = [n for n in reader.model.graph.node if node.output[0] in n.input]
-        if len(shape) != 4 or len(readers) != 1 or readers[0].op_type != "MatMul" or \
-                list(readers[0].input) != [readers[0].input[0], node.output[0]]:
+        if (
+            len(shape) != 4
+            or len(readers) != 1
+            or readers[0].op_type != "MatMul"
+            or list(readers[0].input) != [readers[0].input[0], node.output[0]]
+        ):
             return None
         rows_shape = reader.const_shape(readers[0].input[0])
         if rows_shape is None or len(rows_shape) != 2 or cols_shape[0] != shape[3] or rows_shape[1] != shape[2]:
             return None
         size = [int(rows_shape[0]), int(cols_shape[1])]
         cols, rows = reader.const(node.input[1]), reader.const(readers[0].input[0])
-        if not (np.array_equal(cols, average_matrix(shape[3], size[1]).T)
-                and np.array_equal(rows, average_matrix(shape[2], size[0]))):
+        if not (
+            np.array_equal(cols, average_matrix(shape[3], size[1]).T)
+            and np.array_equal(rows, average_matrix(shape[2], size[0]))
+        ):
             return None
         return reader.layer(readers[0], self.name, {"pool": "AVE", "output_size": size}, inputs=[source])
 

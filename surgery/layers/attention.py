@@ -53,11 +53,15 @@ class ScaledDotProductAttention(LayerType):
         if min(len(q), len(k), len(v)) < 2:
             raise ShapeError(f"query, key and value need at least 2 axes, got {list(in_shapes)}", subject=layer.name)
         try:
-            out = F.scaled_dot_product_attention(*(torch.empty(s, device="meta") for s in in_shapes),
-                                                 is_causal=bool(layer.params.get("is_causal")))
+            out = F.scaled_dot_product_attention(
+                *(torch.empty(s, device="meta") for s in in_shapes), is_causal=bool(layer.params.get("is_causal"))
+            )
         except RuntimeError:
-            raise ShapeError(f"query {list(q)}, key {list(k)} and value {list(v)} do not fit "
-                             "(q and k share the last axis, k and v the second to last)", subject=layer.name) from None
+            raise ShapeError(
+                f"query {list(q)}, key {list(k)} and value {list(v)} do not fit "
+                "(q and k share the last axis, k and v the second to last)",
+                subject=layer.name,
+            ) from None
         return [tuple(out.shape)]
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
@@ -85,27 +89,46 @@ class ScaledDotProductAttention(LayerType):
     onnx_ops = ("Attention",)
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:
-        write_attention(writer, layer.name, list(layer.inputs), layer.outputs[0], writer.in_shapes(layer),
-                        layer.params.get("scale"), bool(layer.params.get("is_causal")))
+        write_attention(
+            writer,
+            layer.name,
+            list(layer.inputs),
+            layer.outputs[0],
+            writer.in_shapes(layer),
+            layer.params.get("scale"),
+            bool(layer.params.get("is_causal")),
+        )
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
         attrs = reader.attrs(node)
         inputs = [n for n in node.input]
         if len(inputs) != 3 or any(o for o in node.output[1:]):
             return None  # a mask, a KV cache, or the extra outputs
-        if set(attrs) - {"scale", "is_causal", "q_num_heads", "kv_num_heads"} or attrs.get("q_num_heads", 1) != 1 \
-                or attrs.get("kv_num_heads", 1) != 1:
+        if (
+            set(attrs) - {"scale", "is_causal", "q_num_heads", "kv_num_heads"}
+            or attrs.get("q_num_heads", 1) != 1
+            or attrs.get("kv_num_heads", 1) != 1
+        ):
             return None  # softcap, another softmax precision, or heads packed in a 3-D input
         shapes = [reader.shape(reader.blob(n)) for n in inputs]
         if not _native(*shapes):
             return None
-        params = {"scale": float(attrs["scale"]) if "scale" in attrs else None,
-                  "is_causal": bool(attrs.get("is_causal", 0))}
+        params = {
+            "scale": float(attrs["scale"]) if "scale" in attrs else None,
+            "is_causal": bool(attrs.get("is_causal", 0)),
+        }
         return reader.layer(node, self.name, params, inputs=[reader.blob(n) for n in inputs])
 
 
-def write_attention(writer: Any, name: str, inputs: list[str], output: str, shapes: list[Shape],
-                    scale: float | None = None, is_causal: bool = False) -> None:
+def write_attention(
+    writer: Any,
+    name: str,
+    inputs: list[str],
+    output: str,
+    shapes: list[Shape],
+    scale: float | None = None,
+    is_causal: bool = False,
+) -> None:
     """Write ``softmax(q @ k^T * scale [+ causal mask]) @ v`` into an ``OnnxWriter``: the
     Attention operator from opset 23 when the shapes fit it, else its formula. The node
     computing ``output`` is called ``name`` (other nodes and constants ``name/...``,
@@ -122,8 +145,9 @@ def write_attention(writer: Any, name: str, inputs: list[str], output: str, shap
         _write_formula(writer, name, inputs, output, q, k, _scale(scale, q), is_causal)
 
 
-def _write_formula(writer: Any, name: str, inputs: list[str], output: str, q: Shape, k: Shape, scale: float,
-                   is_causal: bool) -> None:
+def _write_formula(
+    writer: Any, name: str, inputs: list[str], output: str, q: Shape, k: Shape, scale: float, is_causal: bool
+) -> None:
     """The attention written with MatMul / Softmax (any opset, any rank)."""
     query, key, value = inputs
     perm = list(range(len(k)))

@@ -10,8 +10,8 @@ from torch import nn
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
-from surgery.layers.runtime import FrozenBatchNorm1d, FrozenBatchNorm2d
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+from surgery.layers.runtime import FrozenBatchNorm1d, FrozenBatchNorm2d
 
 
 @register_layer
@@ -60,10 +60,15 @@ class BatchNorm(LayerType):
             cls = FrozenBatchNorm2d if frozen else nn.BatchNorm2d
         else:
             cls = FrozenBatchNorm1d if frozen else nn.BatchNorm1d
-        return ModuleRecipe(cls, {
-            "num_features": in_shapes[0][1], "eps": p.get("eps", 1e-5), "momentum": p.get("momentum", 0.1),
-            "affine": "weight" in layer.blobs,
-        })
+        return ModuleRecipe(
+            cls,
+            {
+                "num_features": in_shapes[0][1],
+                "eps": p.get("eps", 1e-5),
+                "momentum": p.get("momentum", 0.1),
+                "affine": "weight" in layer.blobs,
+            },
+        )
 
     def import_torch_module(self, module: nn.Module) -> dict[str, Any] | None:
         if not module.track_running_stats:
@@ -72,15 +77,23 @@ class BatchNorm(LayerType):
 
     torch_functionals = (F.batch_norm,)
 
-    def import_torch_functional(self, target: Any, args: tuple, kwargs: dict, module: nn.Module) -> dict[str, Any] | None:
+    def import_torch_functional(
+        self, target: Any, args: tuple, kwargs: dict, module: nn.Module
+    ) -> dict[str, Any] | None:
         """``F.batch_norm`` on a BatchNorm subclass's own statistics (timm's BatchNormAct2d)."""
         if not isinstance(module, nn.modules.batchnorm._BatchNorm) or not module.track_running_stats:
             return None
-        values = dict(zip(("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
-                          args)) | kwargs
+        values = (
+            dict(zip(("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"), args))
+            | kwargs
+        )
         momentum = values.get("momentum", module.momentum)
-        return {"eps": float(values.get("eps", module.eps)), "momentum": momentum if momentum is not None else 0.1,
-                "affine": module.affine, "use_global_stats": None}
+        return {
+            "eps": float(values.get("eps", module.eps)),
+            "momentum": momentum if momentum is not None else 0.1,
+            "affine": module.affine,
+            "use_global_stats": None,
+        }
 
     onnx_ops = ("BatchNormalization",)
 
@@ -88,26 +101,46 @@ class BatchNorm(LayerType):
         import torch
 
         channels = layer.blobs["running_mean"].shape[0]
-        scale = writer.weight(layer, "weight") if "weight" in layer.blobs else writer.weight(
-            layer, "weight", torch.ones(channels))
-        bias = writer.weight(layer, "bias") if "bias" in layer.blobs else writer.weight(
-            layer, "bias", torch.zeros(channels))
-        inputs = [layer.inputs[0], scale, bias, writer.weight(layer, "running_mean"),
-                  writer.weight(layer, "running_var")]
-        writer.node("BatchNormalization", inputs, list(layer.outputs), layer.name,
-                    epsilon=float(layer.params.get("eps", 1e-5)))
+        scale = (
+            writer.weight(layer, "weight")
+            if "weight" in layer.blobs
+            else writer.weight(layer, "weight", torch.ones(channels))
+        )
+        bias = (
+            writer.weight(layer, "bias")
+            if "bias" in layer.blobs
+            else writer.weight(layer, "bias", torch.zeros(channels))
+        )
+        inputs = [
+            layer.inputs[0],
+            scale,
+            bias,
+            writer.weight(layer, "running_mean"),
+            writer.weight(layer, "running_var"),
+        ]
+        writer.node(
+            "BatchNormalization", inputs, list(layer.outputs), layer.name, epsilon=float(layer.params.get("eps", 1e-5))
+        )
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
         if any(reader.const_shape(name) is None for name in node.input[1:5]):
             return None
         attrs = reader.attrs(node)
-        blobs = {"weight": reader.param(node.input[1]), "bias": reader.param(node.input[2]),
-                 "running_mean": reader.param(node.input[3], trainable=False),
-                 "running_var": reader.param(node.input[4], trainable=False)}
-        params = {"eps": float(attrs.get("epsilon", 1e-5)), "momentum": 1.0 - float(attrs.get("momentum", 0.9)),
-                  "affine": True, "use_global_stats": None}
-        return reader.layer(node, self.name, params, inputs=[reader.blob(node.input[0])], blobs=blobs,
-                            outputs=node.output[:1])
+        blobs = {
+            "weight": reader.param(node.input[1]),
+            "bias": reader.param(node.input[2]),
+            "running_mean": reader.param(node.input[3], trainable=False),
+            "running_var": reader.param(node.input[4], trainable=False),
+        }
+        params = {
+            "eps": float(attrs.get("epsilon", 1e-5)),
+            "momentum": 1.0 - float(attrs.get("momentum", 0.9)),
+            "affine": True,
+            "use_global_stats": None,
+        }
+        return reader.layer(
+            node, self.name, params, inputs=[reader.blob(node.input[0])], blobs=blobs, outputs=node.output[:1]
+        )
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         """Caffe's BatchNorm (statistics, factor 1) plus a Scale for torch's affine part."""
@@ -132,6 +165,8 @@ class BatchNorm(LayerType):
         # Caffe's BatchNorm has no affine part (a Scale layer follows) and its running
         # averages move by 1 - moving_average_fraction per step.
         return {
-            "eps": param.eps, "momentum": 1.0 - param.moving_average_fraction, "affine": False,
+            "eps": param.eps,
+            "momentum": 1.0 - param.moving_average_fraction,
+            "affine": False,
             "use_global_stats": param.use_global_stats if param.HasField("use_global_stats") else None,
         }

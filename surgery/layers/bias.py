@@ -6,8 +6,8 @@ from typing import Any
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
-from surgery.layers.runtime import ChannelAffine
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+from surgery.layers.runtime import ChannelAffine
 from surgery.layers.scale import affine_shape
 
 
@@ -33,9 +33,15 @@ class Bias(LayerType):
         return {"type": "constant", "value": 0.0}
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
-        return ModuleRecipe(ChannelAffine, {"shape": affine_shape(layer, in_shapes[0]),
-                                            "axis": layer.params.get("axis", 1) % len(in_shapes[0]),
-                                            "scale": False, "bias": True})
+        return ModuleRecipe(
+            ChannelAffine,
+            {
+                "shape": affine_shape(layer, in_shapes[0]),
+                "axis": layer.params.get("axis", 1) % len(in_shapes[0]),
+                "scale": False,
+                "bias": True,
+            },
+        )
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:
         shape = writer.in_shapes(layer)[0]

@@ -28,7 +28,7 @@ class Concat(LayerType):
         for shape in in_shapes[1:]:
             if len(shape) != len(first) or any(a != b for i, (a, b) in enumerate(zip(shape, first)) if i != axis):
                 raise ShapeError(f"inputs {in_shapes} differ outside the concatenation axis {axis}")
-        return [(*first[:axis], sum(s[axis] for s in in_shapes), *first[axis + 1:])]
+        return [(*first[:axis], sum(s[axis] for s in in_shapes), *first[axis + 1 :])]
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
         return graph.call_function(torch.cat, (list(inputs),), {"dim": layer.params.get("axis", 1)})
@@ -43,8 +43,12 @@ class Concat(LayerType):
         writer.node("Concat", list(layer.inputs), list(layer.outputs), layer.name, axis=layer.params.get("axis", 1))
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
-        return reader.layer(node, self.name, {"axis": reader.attrs(node)["axis"]},
-                            inputs=[reader.blob_or_const(n, node) for n in node.input])
+        return reader.layer(
+            node,
+            self.name,
+            {"axis": reader.attrs(node)["axis"]},
+            inputs=[reader.blob_or_const(n, node) for n in node.input],
+        )
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         writer.layer(layer, "Concat").concat_param.axis = layer.params.get("axis", 1)

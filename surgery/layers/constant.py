@@ -9,8 +9,8 @@ import torch
 
 from surgery.ir import Layer, Shape
 from surgery.layers.meta_run import TypedShape
-from surgery.layers.runtime import ConstantTensor
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+from surgery.layers.runtime import ConstantTensor
 
 
 @register_layer

@@ -36,7 +36,9 @@ class Convolution(LayerType):
             raise ShapeError(f"expects a 4-D input (N, C, H, W), got {shape}")
         channels = shape[1]
         if channels % p["group"] or p["num_output"] % p["group"]:
-            raise ShapeError(f"group {p['group']} must divide input channels {channels} and num_output {p['num_output']}")
+            raise ShapeError(
+                f"group {p['group']} must divide input channels {channels} and num_output {p['num_output']}"
+            )
         weight = layer.blobs.get("weight")
         if weight is not None and weight.shape[1] * p["group"] != channels:
             raise ShapeError(
@@ -60,11 +62,20 @@ class Convolution(LayerType):
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
         p = layer.params
-        return ModuleRecipe(nn.Conv2d, {
-            "in_channels": in_shapes[0][1], "out_channels": p["num_output"], "kernel_size": tuple(p["kernel"]),
-            "stride": tuple(p["stride"]), "padding": tuple(p["pad"]), "dilation": tuple(p["dilation"]),
-            "groups": p["group"], "bias": p["bias_term"], "padding_mode": p.get("padding_mode", "zeros"),
-        })
+        return ModuleRecipe(
+            nn.Conv2d,
+            {
+                "in_channels": in_shapes[0][1],
+                "out_channels": p["num_output"],
+                "kernel_size": tuple(p["kernel"]),
+                "stride": tuple(p["stride"]),
+                "padding": tuple(p["pad"]),
+                "dilation": tuple(p["dilation"]),
+                "groups": p["group"],
+                "bias": p["bias_term"],
+                "padding_mode": p.get("padding_mode", "zeros"),
+            },
+        )
 
     def import_torch_module(self, module: nn.Conv2d) -> dict[str, Any] | None:
         if isinstance(module.padding, str):
@@ -82,7 +93,9 @@ class Convolution(LayerType):
 
     torch_functionals = (F.conv2d,)
 
-    def import_torch_functional(self, target: Any, args: tuple, kwargs: dict, module: nn.Module) -> dict[str, Any] | None:
+    def import_torch_functional(
+        self, target: Any, args: tuple, kwargs: dict, module: nn.Module
+    ) -> dict[str, Any] | None:
         """``F.conv2d`` on a module's own weight with the call's own stride / padding
         (timm's Conv2dSame pads first, then convolves unpadded)."""
         values = dict(zip(("input", "weight", "bias", "stride", "padding", "dilation", "groups"), args)) | kwargs
@@ -92,9 +105,13 @@ class Convolution(LayerType):
             return None
         groups = int(values.get("groups", 1))
         return {
-            "num_output": int(weight.shape[0]), "kernel": pair(tuple(weight.shape[2:])),
-            "stride": pair(values.get("stride", 1)), "pad": pair(padding), "dilation": pair(values.get("dilation", 1)),
-            "group": groups, "bias_term": "bias" in values and getattr(module, "bias", None) is not None,
+            "num_output": int(weight.shape[0]),
+            "kernel": pair(tuple(weight.shape[2:])),
+            "stride": pair(values.get("stride", 1)),
+            "pad": pair(padding),
+            "dilation": pair(values.get("dilation", 1)),
+            "group": groups,
+            "bias_term": "bias" in values and getattr(module, "bias", None) is not None,
             "padding_mode": "zeros",
         }
 
@@ -107,9 +124,17 @@ class Convolution(LayerType):
         inputs = [layer.inputs[0], writer.weight(layer, "weight")]
         if p["bias_term"]:
             inputs.append(writer.weight(layer, "bias"))
-        writer.node("Conv", inputs, list(layer.outputs), layer.name, kernel_shape=list(p["kernel"]),
-                    strides=list(p["stride"]), pads=[*p["pad"], *p["pad"]], dilations=list(p["dilation"]),
-                    group=p["group"])
+        writer.node(
+            "Conv",
+            inputs,
+            list(layer.outputs),
+            layer.name,
+            kernel_shape=list(p["kernel"]),
+            strides=list(p["stride"]),
+            pads=[*p["pad"], *p["pad"]],
+            dilations=list(p["dilation"]),
+            group=p["group"],
+        )
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
         attrs = reader.attrs(node)
@@ -125,8 +150,15 @@ class Convolution(LayerType):
         if begin != end:  # asymmetric: an explicit Pad layer, then an unpadded convolution
             source = reader.pad_layer(node, source, [0, 0, *begin, 0, 0, *end])
             begin = (0, 0)
-        params = {"num_output": int(weight[0]), "kernel": kernel, "stride": stride, "pad": tuple(begin),
-                  "dilation": dilation, "group": int(attrs.get("group", 1)), "bias_term": len(node.input) > 2}
+        params = {
+            "num_output": int(weight[0]),
+            "kernel": kernel,
+            "stride": stride,
+            "pad": tuple(begin),
+            "dilation": dilation,
+            "group": int(attrs.get("group", 1)),
+            "bias_term": len(node.input) > 2,
+        }
         blobs = {"weight": reader.param(node.input[1])}
         if len(node.input) > 2:
             blobs["bias"] = reader.param(node.input[2])
@@ -164,7 +196,9 @@ class Convolution(LayerType):
         return params
 
     def caffe_fillers(self, param: Any) -> dict[str, Any]:
-        return {role: getattr(param, f"{role}_filler") for role in ("weight", "bias") if param.HasField(f"{role}_filler")}
+        return {
+            role: getattr(param, f"{role}_filler") for role in ("weight", "bias") if param.HasField(f"{role}_filler")
+        }
 
 
 def check_conv_params(p: dict[str, Any]) -> None:
@@ -176,12 +210,24 @@ def check_conv_params(p: dict[str, Any]) -> None:
     check_param(p["group"] >= 1, f"group must be at least 1, got {p['group']}")
 
 
-def conv_params(num_output: int, kernel: int | tuple = 3, stride: int | tuple = 1, pad: int | tuple = 0,
-                dilation: int | tuple = 1, group: int = 1, bias_term: bool = True) -> dict[str, Any]:
+def conv_params(
+    num_output: int,
+    kernel: int | tuple = 3,
+    stride: int | tuple = 1,
+    pad: int | tuple = 0,
+    dilation: int | tuple = 1,
+    group: int = 1,
+    bias_term: bool = True,
+) -> dict[str, Any]:
     """Hyper-parameters of a Convolution layer, with Caffe's defaults."""
     return {
-        "num_output": num_output, "kernel": pair(kernel), "stride": pair(stride), "pad": pair(pad),
-        "dilation": pair(dilation), "group": group, "bias_term": bias_term,
+        "num_output": num_output,
+        "kernel": pair(kernel),
+        "stride": pair(stride),
+        "pad": pair(pad),
+        "dilation": pair(dilation),
+        "group": group,
+        "bias_term": bias_term,
     }
 
 

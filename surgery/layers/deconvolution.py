@@ -22,6 +22,7 @@ class Deconvolution(LayerType):
     torch_modules = (nn.ConvTranspose2d,)
     onnx_ops = ("ConvTranspose",)
     blob_roles = ("weight", "bias")
+
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         p = layer.params
         message = writer.layer(layer, self.name)
@@ -43,8 +44,14 @@ class Deconvolution(LayerType):
         shape, p = in_shapes[0], layer.params
         if shape is None or len(shape) != 4:
             raise ShapeError(f"expects a 4-D input (N, C, H, W), got {shape}")
-        out = [p["stride"][i] * (shape[2 + i] - 1) + p["dilation"][i] * (p["kernel"][i] - 1) + 1
-               - 2 * p["pad"][i] + p.get("output_padding", (0, 0))[i] for i in range(2)]
+        out = [
+            p["stride"][i] * (shape[2 + i] - 1)
+            + p["dilation"][i] * (p["kernel"][i] - 1)
+            + 1
+            - 2 * p["pad"][i]
+            + p.get("output_padding", (0, 0))[i]
+            for i in range(2)
+        ]
         return [(shape[0], p["num_output"], *out)]
 
     def param_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> dict[str, Shape]:
@@ -56,25 +63,50 @@ class Deconvolution(LayerType):
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
         p = layer.params
-        return ModuleRecipe(nn.ConvTranspose2d, {
-            "in_channels": in_shapes[0][1], "out_channels": p["num_output"], "kernel_size": tuple(p["kernel"]),
-            "stride": tuple(p["stride"]), "padding": tuple(p["pad"]),
-            "output_padding": tuple(p.get("output_padding", (0, 0))), "groups": p["group"],
-            "bias": p["bias_term"], "dilation": tuple(p["dilation"]),
-        })
+        return ModuleRecipe(
+            nn.ConvTranspose2d,
+            {
+                "in_channels": in_shapes[0][1],
+                "out_channels": p["num_output"],
+                "kernel_size": tuple(p["kernel"]),
+                "stride": tuple(p["stride"]),
+                "padding": tuple(p["pad"]),
+                "output_padding": tuple(p.get("output_padding", (0, 0))),
+                "groups": p["group"],
+                "bias": p["bias_term"],
+                "dilation": tuple(p["dilation"]),
+            },
+        )
 
     def import_torch_module(self, module: nn.ConvTranspose2d) -> dict[str, Any] | None:
-        return {"num_output": module.out_channels, "kernel": pair(module.kernel_size), "stride": pair(module.stride),
-                "pad": pair(module.padding), "dilation": pair(module.dilation), "group": module.groups,
-                "bias_term": module.bias is not None, "output_padding": pair(module.output_padding)}
+        return {
+            "num_output": module.out_channels,
+            "kernel": pair(module.kernel_size),
+            "stride": pair(module.stride),
+            "pad": pair(module.padding),
+            "dilation": pair(module.dilation),
+            "group": module.groups,
+            "bias_term": module.bias is not None,
+            "output_padding": pair(module.output_padding),
+        }
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:
         p = layer.params
         inputs = [layer.inputs[0], writer.weight(layer, "weight")] + (
-            [writer.weight(layer, "bias")] if p["bias_term"] else [])
-        writer.node("ConvTranspose", inputs, list(layer.outputs), layer.name, kernel_shape=list(p["kernel"]),
-                    strides=list(p["stride"]), pads=[*p["pad"], *p["pad"]], dilations=list(p["dilation"]),
-                    group=p["group"], output_padding=list(p.get("output_padding", (0, 0))))
+            [writer.weight(layer, "bias")] if p["bias_term"] else []
+        )
+        writer.node(
+            "ConvTranspose",
+            inputs,
+            list(layer.outputs),
+            layer.name,
+            kernel_shape=list(p["kernel"]),
+            strides=list(p["stride"]),
+            pads=[*p["pad"], *p["pad"]],
+            dilations=list(p["dilation"]),
+            group=p["group"],
+            output_padding=list(p.get("output_padding", (0, 0))),
+        )
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
         attrs = reader.attrs(node)
@@ -85,11 +117,16 @@ class Deconvolution(LayerType):
         if pads[:2] != pads[2:] or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             return None
         group = int(attrs.get("group", 1))
-        params = {"num_output": int(weight[1]) * group, "kernel": tuple(weight[2:]),
-                  "stride": tuple(attrs.get("strides", (1, 1))), "pad": tuple(pads[:2]),
-                  "dilation": tuple(attrs.get("dilations", (1, 1))), "group": group,
-                  "bias_term": len(node.input) > 2,
-                  "output_padding": tuple(attrs.get("output_padding", (0, 0)))}
+        params = {
+            "num_output": int(weight[1]) * group,
+            "kernel": tuple(weight[2:]),
+            "stride": tuple(attrs.get("strides", (1, 1))),
+            "pad": tuple(pads[:2]),
+            "dilation": tuple(attrs.get("dilations", (1, 1))),
+            "group": group,
+            "bias_term": len(node.input) > 2,
+            "output_padding": tuple(attrs.get("output_padding", (0, 0))),
+        }
         blobs = {"weight": reader.param(node.input[1])}
         if len(node.input) > 2:
             blobs["bias"] = reader.param(node.input[2])

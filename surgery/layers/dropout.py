@@ -41,8 +41,13 @@ class Dropout(LayerType):
         if ratio is None and len(node.input) > 1 and node.input[1]:
             values = reader.const_list(node.input[1])
             ratio = values[0] if values else 0.5
-        return reader.layer(node, self.name, {"ratio": float(0.5 if ratio is None else ratio)},
-                            inputs=[reader.blob(node.input[0])], outputs=node.output[:1])
+        return reader.layer(
+            node,
+            self.name,
+            {"ratio": float(0.5 if ratio is None else ratio)},
+            inputs=[reader.blob(node.input[0])],
+            outputs=node.output[:1],
+        )
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         writer.layer(layer, "Dropout").dropout_param.dropout_ratio = layer.params.get("ratio", 0.5)
@@ -51,6 +56,9 @@ class Dropout(LayerType):
 
     def from_caffe(self, param: Any) -> dict[str, Any]:
         ratio = param.dropout_ratio
-        check_param(0 <= ratio < 1, f"dropout_ratio must be in [0, 1), got {ratio:g}",
-                    fix="the probability of zeroing an element, e.g. dropout_ratio: 0.5")
+        check_param(
+            0 <= ratio < 1,
+            f"dropout_ratio must be in [0, 1), got {ratio:g}",
+            fix="the probability of zeroing an element, e.g. dropout_ratio: 0.5",
+        )
         return {"ratio": ratio}

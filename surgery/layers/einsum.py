@@ -49,8 +49,11 @@ class Einsum(LayerType):
         try:
             out = torch.einsum(equation, *(torch.empty(s, device="meta") for s in in_shapes))
         except (RuntimeError, ValueError) as error:
-            raise ShapeError(f"equation {equation!r} does not fit inputs shaped {[list(s) for s in in_shapes]}: "
-                             f"{str(error).splitlines()[0]}", subject=layer.name) from None
+            raise ShapeError(
+                f"equation {equation!r} does not fit inputs shaped {[list(s) for s in in_shapes]}: "
+                f"{str(error).splitlines()[0]}",
+                subject=layer.name,
+            ) from None
         return [tuple(out.shape)]
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:

@@ -15,10 +15,22 @@ from surgery.layers.meta_run import NonTensor
 from surgery.layers.registry import LayerType, register_layer
 
 _FUNCTIONS = {
-    operator.add: "SUM", operator.iadd: "SUM", torch.add: "SUM", "add": "SUM", "add_": "SUM",
-    operator.sub: "SUB", operator.isub: "SUB", torch.sub: "SUB", "sub": "SUB",
-    operator.mul: "PROD", operator.imul: "PROD", torch.mul: "PROD", "mul": "PROD", "mul_": "PROD",
-    torch.maximum: "MAX", torch.max: "MAX",
+    operator.add: "SUM",
+    operator.iadd: "SUM",
+    torch.add: "SUM",
+    "add": "SUM",
+    "add_": "SUM",
+    operator.sub: "SUB",
+    operator.isub: "SUB",
+    torch.sub: "SUB",
+    "sub": "SUB",
+    operator.mul: "PROD",
+    operator.imul: "PROD",
+    torch.mul: "PROD",
+    "mul": "PROD",
+    "mul_": "PROD",
+    torch.maximum: "MAX",
+    torch.max: "MAX",
 }
 
 

@@ -29,10 +29,12 @@ class Flatten(LayerType):
         start, end = layer.params.get("axis", 1) % rank, layer.params.get("end_axis", -1) % rank
         if start > end:
             raise ShapeError(f"axis {start} comes after end_axis {end} for input {shape}")
-        return [(*shape[:start], math.prod(shape[start:end + 1]), *shape[end + 1:])]
+        return [(*shape[:start], math.prod(shape[start : end + 1]), *shape[end + 1 :])]
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
-        return graph.call_function(torch.flatten, (inputs[0], layer.params.get("axis", 1), layer.params.get("end_axis", -1)))
+        return graph.call_function(
+            torch.flatten, (inputs[0], layer.params.get("axis", 1), layer.params.get("end_axis", -1))
+        )
 
     def import_torch_module(self, module: nn.Flatten) -> dict[str, Any]:
         return {"axis": module.start_dim, "end_axis": module.end_dim}
@@ -55,9 +57,10 @@ class Flatten(LayerType):
             writer.node("Flatten", *io, axis=1)
             return
         # 0 keeps an axis (the batch stays dynamic), -1 takes the merged axes.
-        target = [0] * start + [-1] + list(shape[end + 1:])
-        writer.node("Reshape", [layer.inputs[0], writer.const(f"{layer.name}.shape", target)],
-                    list(layer.outputs), layer.name)
+        target = [0] * start + [-1] + list(shape[end + 1 :])
+        writer.node(
+            "Reshape", [layer.inputs[0], writer.const(f"{layer.name}.shape", target)], list(layer.outputs), layer.name
+        )
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
         axis = reader.attrs(node).get("axis", 1)

@@ -26,8 +26,11 @@ APPROXIMATIONS = ("none", "tanh")
 def _approximate(layer: Layer) -> str:
     value = layer.params.get("approximate", "none")
     if value not in APPROXIMATIONS:
-        raise ModelFormatError(f"GELU {layer.name!r} has approximate {value!r}",
-                               fix=f"use one of {', '.join(map(repr, APPROXIMATIONS))}", subject=layer.name)
+        raise ModelFormatError(
+            f"GELU {layer.name!r} has approximate {value!r}",
+            fix=f"use one of {', '.join(map(repr, APPROXIMATIONS))}",
+            subject=layer.name,
+        )
     return value
 
 

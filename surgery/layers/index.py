@@ -62,7 +62,7 @@ def normalise_index(index: Any, rank: int) -> list[Any] | None:
         return None
     if ellipses:
         k = ellipses[0]
-        items[k:k + 1] = [list(_WHOLE) for _ in range(rank - used)]
+        items[k : k + 1] = [list(_WHOLE) for _ in range(rank - used)]
     return items
 
 
@@ -83,24 +83,34 @@ def _walk(layer: Layer, shape: Shape) -> list[tuple[Any, int]]:
     if not isinstance(items, list) or not items:
         raise ShapeError(f"index {items!r} must be a non-empty list", subject=layer.name)
     if not _whole(items[0]):
-        raise ShapeError(f"index {items!r} indexes the batch axis (axis 0)", subject=layer.name,
-                         fix="keep the first item a whole slice, so the layer holds at any batch size")
+        raise ShapeError(
+            f"index {items!r} indexes the batch axis (axis 0)",
+            subject=layer.name,
+            fix="keep the first item a whole slice, so the layer holds at any batch size",
+        )
     walked, axis = [], 0
     for item in items:
         if item is None:
             walked.append((None, axis))
             continue
         if axis >= len(shape):
-            raise ShapeError(f"index {items!r} has more items than the {len(shape)}-D input {shape} has axes",
-                             subject=layer.name)
+            raise ShapeError(
+                f"index {items!r} has more items than the {len(shape)}-D input {shape} has axes", subject=layer.name
+            )
         if _is_int(item):
             if not -shape[axis] <= item < shape[axis]:
-                raise ShapeError(f"index {item} is out of range for axis {axis} of size {shape[axis]}",
-                                 subject=layer.name)
-        elif not (isinstance(item, list) and len(item) == 3 and _bound(item[0]) and _bound(item[1])
-                  and _is_int(item[2]) and item[2] > 0):
-            raise ShapeError(f"index item {item!r} is not an int, [start, stop, step > 0] or None",
-                             subject=layer.name)
+                raise ShapeError(
+                    f"index {item} is out of range for axis {axis} of size {shape[axis]}", subject=layer.name
+                )
+        elif not (
+            isinstance(item, list)
+            and len(item) == 3
+            and _bound(item[0])
+            and _bound(item[1])
+            and _is_int(item[2])
+            and item[2] > 0
+        ):
+            raise ShapeError(f"index item {item!r} is not an int, [start, stop, step > 0] or None", subject=layer.name)
         walked.append((item, axis))
         axis += 1
     return walked + [(list(_WHOLE), rest) for rest in range(axis, len(shape))]
@@ -137,13 +147,13 @@ class Index(LayerType):
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
         return graph.call_function(operator.getitem, (inputs[0], to_torch_index(layer.params["index"])))
 
-    def import_torch_call_shaped(self, target: Any, args: tuple, kwargs: dict,
-                                 in_shapes: list[Shape | None]) -> tuple[dict[str, Any] | None, Any]:
+    def import_torch_call_shaped(
+        self, target: Any, args: tuple, kwargs: dict, in_shapes: list[Shape | None]
+    ) -> tuple[dict[str, Any] | None, Any]:
         """``x[index]`` on one float tensor (a tuple shape; a typed or non-tensor value and an
         index holding a tensor, which the importer passes as a second input, stay calls).
         An index leaving an empty axis stays a call too."""
-        if kwargs or len(args) != 2 or args[0] is not None or len(in_shapes) != 1 \
-                or type(in_shapes[0]) is not tuple:
+        if kwargs or len(args) != 2 or args[0] is not None or len(in_shapes) != 1 or type(in_shapes[0]) is not tuple:
             return None, None
         items = normalise_index(args[1], len(in_shapes[0]))
         if items is None:
@@ -177,14 +187,18 @@ class Index(LayerType):
                 axes.append(axis)
                 steps.append(step)
             out_axis += 1
-        stages = [("Slice", [starts, ends, axes, steps], ("starts", "ends", "axes", "steps")) if axes else None,
-                  ("Squeeze", [squeezed], ("squeezed",)) if squeezed else None,
-                  ("Unsqueeze", [inserted], ("inserted",)) if inserted else None]
+        stages = [
+            ("Slice", [starts, ends, axes, steps], ("starts", "ends", "axes", "steps")) if axes else None,
+            ("Squeeze", [squeezed], ("squeezed",)) if squeezed else None,
+            ("Unsqueeze", [inserted], ("inserted",)) if inserted else None,
+        ]
         stages = [stage for stage in stages if stage is not None] or [("Identity", [], ())]
         current = layer.inputs[0]
         for k, (op, values, roles) in enumerate(stages):
             last = k == len(stages) - 1
-            consts = [writer.const(f"{layer.name}.{role}", np.array(v, dtype=np.int64)) for role, v in zip(roles, values)]
+            consts = [
+                writer.const(f"{layer.name}.{role}", np.array(v, dtype=np.int64)) for role, v in zip(roles, values)
+            ]
             output = layer.outputs[0] if last else f"{layer.name}/{op.lower()}"
             writer.node(op, [current, *consts], [output], layer.name if last else f"{layer.name}/{op.lower()}")
             current = output
@@ -207,8 +221,12 @@ class Index(LayerType):
         rank = len(reader.shape(source))
         axes = list(range(len(starts))) if axes is None else [int(a) % rank if -rank <= a < rank else -1 for a in axes]
         steps = [1] * len(starts) if steps is None else [int(s) for s in steps]
-        if not len(starts) == len(ends) == len(axes) == len(steps) or -1 in axes or len(set(axes)) != len(axes) \
-                or min(steps, default=1) < 1:
+        if (
+            not len(starts) == len(ends) == len(axes) == len(steps)
+            or -1 in axes
+            or len(set(axes)) != len(axes)
+            or min(steps, default=1) < 1
+        ):
             return None  # a negative step or an axis twice: not this layer
         items: list[Any] = [list(_WHOLE) for _ in range(max(axes, default=0) + 1)]
         for axis, start, end, step in zip(axes, starts, ends, steps):

@@ -58,9 +58,14 @@ class InnerProduct(LayerType):
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
         _, features = self._split(layer, in_shapes[0])
-        return ModuleRecipe(nn.Linear, {
-            "in_features": features, "out_features": layer.params["num_output"], "bias": layer.params["bias_term"],
-        })
+        return ModuleRecipe(
+            nn.Linear,
+            {
+                "in_features": features,
+                "out_features": layer.params["num_output"],
+                "bias": layer.params["bias_term"],
+            },
+        )
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
         x = inputs[0]
@@ -75,13 +80,18 @@ class InnerProduct(LayerType):
 
     torch_functionals = (F.linear,)
 
-    def import_torch_functional(self, target: Any, args: tuple, kwargs: dict, module: nn.Module) -> dict[str, Any] | None:
+    def import_torch_functional(
+        self, target: Any, args: tuple, kwargs: dict, module: nn.Module
+    ) -> dict[str, Any] | None:
         weight = getattr(module, "weight", None)
         if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
             return None
         has_bias = len(args) > 2 or "bias" in kwargs
-        return {"num_output": int(weight.shape[0]), "bias_term": has_bias and getattr(module, "bias", None) is not None,
-                "axis": -1}
+        return {
+            "num_output": int(weight.shape[0]),
+            "bias_term": has_bias and getattr(module, "bias", None) is not None,
+            "axis": -1,
+        }
 
     onnx_ops = ("Gemm", "MatMul")
 
@@ -153,5 +163,6 @@ class InnerProduct(LayerType):
         return {"num_output": param.num_output, "bias_term": param.bias_term, "axis": param.axis}
 
     def caffe_fillers(self, param: Any) -> dict[str, Any]:
-        return {role: getattr(param, f"{role}_filler") for role in ("weight", "bias") if param.HasField(f"{role}_filler")}
-
+        return {
+            role: getattr(param, f"{role}_filler") for role in ("weight", "bias") if param.HasField(f"{role}_filler")
+        }

@@ -12,16 +12,23 @@ from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, register_layer
 
 #: Names the generated model's source already uses at module level or as ``self``.
-_TAKEN_NAMES = frozenset({"self", "torch", "math", "nn", "F", "inf", "nan", "NoneType", "device", "Path",
-                          "fx_pytree", "pytree"})
+_TAKEN_NAMES = frozenset(
+    {"self", "torch", "math", "nn", "F", "inf", "nan", "NoneType", "device", "Path", "fx_pytree", "pytree"}
+)
 
 
 def argument_name(blob: str, index: int) -> str:
     """The forward argument for input ``blob``: the blob's name when it is a short plain
     ASCII identifier, ``input_<index>`` otherwise (a name from a model file is never
     pasted into generated source)."""
-    plain = (blob.isascii() and blob.isidentifier() and not keyword.iskeyword(blob) and len(blob) <= 64
-             and blob not in _TAKEN_NAMES and not blob.startswith("__"))
+    plain = (
+        blob.isascii()
+        and blob.isidentifier()
+        and not keyword.iskeyword(blob)
+        and len(blob) <= 64
+        and blob not in _TAKEN_NAMES
+        and not blob.startswith("__")
+    )
     return blob if plain else f"input_{index}"
 
 

@@ -33,10 +33,12 @@ class LayerNorm(LayerType):
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)
         shape, normalized = in_shapes[0], tuple(layer.params["normalized_shape"])
-        if shape is None or len(shape) < len(normalized) or tuple(shape[len(shape) - len(normalized):]) != normalized:
-            raise ShapeError(f"normalises over trailing axes {list(normalized)}, the input is shaped {shape}",
-                             fix="resize the layer that feeds it to keep those sizes, or replace this layer",
-                             subject=layer.name)
+        if shape is None or len(shape) < len(normalized) or tuple(shape[len(shape) - len(normalized) :]) != normalized:
+            raise ShapeError(
+                f"normalises over trailing axes {list(normalized)}, the input is shaped {shape}",
+                fix="resize the layer that feeds it to keep those sizes, or replace this layer",
+                subject=layer.name,
+            )
         for role, blob in layer.blobs.items():
             if tuple(blob.shape) != normalized:
                 raise ShapeError(f"{role} is shaped {list(blob.shape)}, not {list(normalized)}", subject=layer.name)
@@ -50,14 +52,22 @@ class LayerNorm(LayerType):
         return {"type": "constant", "value": 1.0 if role == "weight" else 0.0}  # the identity transform
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
-        return ModuleRecipe(nn.LayerNorm, {
-            "normalized_shape": tuple(layer.params["normalized_shape"]), "eps": float(layer.params.get("eps", 1e-5)),
-            "elementwise_affine": "weight" in layer.blobs, "bias": "bias" in layer.blobs,
-        })
+        return ModuleRecipe(
+            nn.LayerNorm,
+            {
+                "normalized_shape": tuple(layer.params["normalized_shape"]),
+                "eps": float(layer.params.get("eps", 1e-5)),
+                "elementwise_affine": "weight" in layer.blobs,
+                "bias": "bias" in layer.blobs,
+            },
+        )
 
     def import_torch_module(self, module: nn.LayerNorm) -> dict[str, Any]:
-        return {"normalized_shape": list(module.normalized_shape), "eps": float(module.eps),
-                "affine": module.elementwise_affine}
+        return {
+            "normalized_shape": list(module.normalized_shape),
+            "eps": float(module.eps),
+            "affine": module.elementwise_affine,
+        }
 
     def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
         names = ["input", "normalized_shape", "weight", "bias", "eps"]
@@ -73,7 +83,9 @@ class LayerNorm(LayerType):
 
     torch_functionals = (F.layer_norm,)
 
-    def import_torch_functional(self, target: Any, args: tuple, kwargs: dict, module: nn.Module) -> dict[str, Any] | None:
+    def import_torch_functional(
+        self, target: Any, args: tuple, kwargs: dict, module: nn.Module
+    ) -> dict[str, Any] | None:
         """``F.layer_norm`` on a module's own weight and bias (timm's LayerNorm2d after a permute)."""
         values = dict(zip(("input", "normalized_shape", "weight", "bias", "eps"), args)) | kwargs
         shape = values.get("normalized_shape")
@@ -85,15 +97,25 @@ class LayerNorm(LayerType):
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:
         normalized = tuple(layer.params["normalized_shape"])
-        scale = writer.weight(layer, "weight") if "weight" in layer.blobs else writer.const(
-            f"{layer.name}.weight", np.ones(normalized, np.float32))
+        scale = (
+            writer.weight(layer, "weight")
+            if "weight" in layer.blobs
+            else writer.const(f"{layer.name}.weight", np.ones(normalized, np.float32))
+        )
         inputs = [layer.inputs[0], scale] + ([writer.weight(layer, "bias")] if "bias" in layer.blobs else [])
-        writer.node("LayerNormalization", inputs, list(layer.outputs), layer.name, axis=-len(normalized),
-                    epsilon=float(layer.params.get("eps", 1e-5)))
+        writer.node(
+            "LayerNormalization",
+            inputs,
+            list(layer.outputs),
+            layer.name,
+            axis=-len(normalized),
+            epsilon=float(layer.params.get("eps", 1e-5)),
+        )
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
         attrs = reader.attrs(node)
-        if len(node.output) > 1 and any(node.output[1:]) or any(reader.const_shape(n) is None for n in node.input[1:]):
+        extra_outputs = len(node.output) > 1 and any(node.output[1:])
+        if extra_outputs or any(reader.const_shape(n) is None for n in node.input[1:]):
             return None  # mean / inv-std outputs used, or a computed scale
         source = reader.blob(node.input[0])
         shape = reader.shape(source)

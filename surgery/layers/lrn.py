@@ -8,8 +8,8 @@ from torch import nn
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
-from surgery.layers.runtime import WithinChannelLRN
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+from surgery.layers.runtime import WithinChannelLRN
 
 
 @register_layer
@@ -31,11 +31,18 @@ class LRN(LayerType):
         p = layer.params
         if p.get("norm_region", "ACROSS_CHANNELS") == "WITHIN_CHANNEL":
             return ModuleRecipe(WithinChannelLRN, {"size": p["local_size"], "alpha": p["alpha"], "beta": p["beta"]})
-        return ModuleRecipe(nn.LocalResponseNorm, {"size": p["local_size"], "alpha": p["alpha"], "beta": p["beta"], "k": p["k"]})
+        return ModuleRecipe(
+            nn.LocalResponseNorm, {"size": p["local_size"], "alpha": p["alpha"], "beta": p["beta"], "k": p["k"]}
+        )
 
     def import_torch_module(self, module: nn.LocalResponseNorm) -> dict[str, Any]:
-        return {"local_size": module.size, "alpha": module.alpha, "beta": module.beta, "k": module.k,
-                "norm_region": "ACROSS_CHANNELS"}
+        return {
+            "local_size": module.size,
+            "alpha": module.alpha,
+            "beta": module.beta,
+            "k": module.k,
+            "norm_region": "ACROSS_CHANNELS",
+        }
 
     onnx_ops = ("LRN",)
 
@@ -44,8 +51,16 @@ class LRN(LayerType):
         if p.get("norm_region", "ACROSS_CHANNELS") == "WITHIN_CHANNEL":
             self._within_channel_onnx(layer, writer)
             return
-        writer.node("LRN", list(layer.inputs), list(layer.outputs), layer.name, size=p["local_size"],
-                    alpha=float(p["alpha"]), beta=float(p["beta"]), bias=float(p["k"]))
+        writer.node(
+            "LRN",
+            list(layer.inputs),
+            list(layer.outputs),
+            layer.name,
+            size=p["local_size"],
+            alpha=float(p["alpha"]),
+            beta=float(p["beta"]),
+            bias=float(p["k"]),
+        )
 
     @staticmethod
     def _within_channel_onnx(layer: Layer, writer: Any) -> None:
@@ -56,8 +71,15 @@ class LRN(LayerType):
         pad = (p["local_size"] - 1) // 2
         const = lambda role, v: writer.const(f"{name}.{role}", np.array(v, dtype=np.float32))  # noqa: E731
         writer.node("Mul", [x, x], [f"{name}/sq"], f"{name}/sq")
-        writer.node("AveragePool", [f"{name}/sq"], [f"{name}/mean"], f"{name}/mean",
-                    kernel_shape=[p["local_size"]] * 2, pads=[pad] * 4, count_include_pad=1)
+        writer.node(
+            "AveragePool",
+            [f"{name}/sq"],
+            [f"{name}/mean"],
+            f"{name}/mean",
+            kernel_shape=[p["local_size"]] * 2,
+            pads=[pad] * 4,
+            count_include_pad=1,
+        )
         writer.node("Mul", [f"{name}/mean", const("alpha", p["alpha"])], [f"{name}/scaled"], f"{name}/scaled")
         writer.node("Add", [f"{name}/scaled", const("one", 1.0)], [f"{name}/base"], f"{name}/base")
         writer.node("Pow", [f"{name}/base", const("beta", -p["beta"])], [f"{name}/norm"], f"{name}/norm")
@@ -65,9 +87,17 @@ class LRN(LayerType):
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
         a = reader.attrs(node)
-        return reader.layer(node, self.name, {"local_size": a["size"], "alpha": a.get("alpha", 1e-4),
-                                              "beta": a.get("beta", 0.75), "k": a.get("bias", 1.0),
-                                              "norm_region": "ACROSS_CHANNELS"})
+        return reader.layer(
+            node,
+            self.name,
+            {
+                "local_size": a["size"],
+                "alpha": a.get("alpha", 1e-4),
+                "beta": a.get("beta", 0.75),
+                "k": a.get("bias", 1.0),
+                "norm_region": "ACROSS_CHANNELS",
+            },
+        )
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         p = layer.params
@@ -79,5 +109,10 @@ class LRN(LayerType):
 
     def from_caffe(self, param: Any) -> dict[str, Any]:
         region = param.DESCRIPTOR.fields_by_name["norm_region"].enum_type.values_by_number[param.norm_region].name
-        return {"local_size": param.local_size, "alpha": param.alpha, "beta": param.beta, "k": param.k,
-                "norm_region": region}
+        return {
+            "local_size": param.local_size,
+            "alpha": param.alpha,
+            "beta": param.beta,
+            "k": param.k,
+            "norm_region": region,
+        }

@@ -43,7 +43,7 @@ class LSTM(RecurrentType):
         if role.startswith("bias_ih"):
             hidden = params["num_output"]
             tensor = tensor.clone()
-            tensor[FORGET * hidden:(FORGET + 1) * hidden] = 1.0
+            tensor[FORGET * hidden : (FORGET + 1) * hidden] = 1.0
         return tensor
 
     def default_fill_note(self, role: str) -> str:

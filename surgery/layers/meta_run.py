@@ -37,7 +37,7 @@ class TypedShape(tuple):
     """The shape of a tensor that is not float32 (an index table read by an opaque call):
     a tuple that also carries the dtype, so shape inference builds the right meta tensor."""
 
-    def __new__(cls, shape: Any, dtype: torch.dtype) -> "TypedShape":
+    def __new__(cls, shape: Any, dtype: torch.dtype) -> TypedShape:
         made = super().__new__(cls, tuple(shape))
         made.dtype = dtype
         return made
@@ -74,12 +74,11 @@ def run_on_meta(fn: Callable[..., Any], layer: Layer, in_shapes: list[Any], n_ou
     try:
         with torch.no_grad():
             result = fn(*(_to_meta(s) for s in in_shapes))
-    except Exception as error:  # the user's module raised: report it as a shape problem
+    except Exception as error:  # noqa: BLE001  (the user's module raised: a shape problem)
         raise ShapeError(f"fails on inputs shaped {in_shapes}: {type(error).__name__}: {error}") from None
     if n_outputs == 1:
         return [_from_result(result)]
     return [_from_result(item) for item in result]
-
 
 
 @dataclass(frozen=True)

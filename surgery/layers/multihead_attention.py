@@ -31,14 +31,19 @@ from surgery.layers.attention import write_attention
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
 
 #: ``nn.MultiheadAttention.forward``'s parameters in order.
-_ARGS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights",
-         "is_causal")
+_ARGS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
 
 
 def _common_form(module: nn.MultiheadAttention) -> bool:
     """Whether the module is the form this type expresses (see the module docstring)."""
-    return (module.batch_first and module._qkv_same_embed_dim and module.bias_k is None and module.bias_v is None
-            and not module.add_zero_attn and module.in_proj_weight is not None)
+    return (
+        module.batch_first
+        and module._qkv_same_embed_dim
+        and module.bias_k is None
+        and module.bias_v is None
+        and not module.add_zero_attn
+        and module.in_proj_weight is not None
+    )
 
 
 def _blobs(layer: Layer, writer: Any) -> dict[str, Any]:
@@ -64,11 +69,15 @@ class MultiheadAttention(LayerType):
         q, k, v = in_shapes
         embed = layer.params["embed_dim"]
         if any(s is None or len(s) != 3 or s[-1] != embed for s in in_shapes):
-            raise ShapeError(f"query, key and value must be (N, length, {embed}), got {list(in_shapes)}",
-                             subject=layer.name)
+            raise ShapeError(
+                f"query, key and value must be (N, length, {embed}), got {list(in_shapes)}", subject=layer.name
+            )
         if q[0] != k[0] or k[:2] != v[:2]:
-            raise ShapeError(f"query {list(q)}, key {list(k)} and value {list(v)} do not fit (one batch; key "
-                             "and value of one length)", subject=layer.name)
+            raise ShapeError(
+                f"query {list(q)}, key {list(k)} and value {list(v)} do not fit (one batch; key "
+                "and value of one length)",
+                subject=layer.name,
+            )
         return [q]
 
     def param_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> dict[str, Shape]:
@@ -85,10 +94,16 @@ class MultiheadAttention(LayerType):
     # -------------------------------------------------------------- torch
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
         p = layer.params
-        return ModuleRecipe(nn.MultiheadAttention, {
-            "embed_dim": p["embed_dim"], "num_heads": p["num_heads"], "dropout": p["dropout"],
-            "bias": p["bias_term"], "batch_first": True,
-        })
+        return ModuleRecipe(
+            nn.MultiheadAttention,
+            {
+                "embed_dim": p["embed_dim"],
+                "num_heads": p["num_heads"],
+                "dropout": p["dropout"],
+                "bias": p["bias_term"],
+                "batch_first": True,
+            },
+        )
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
         result = graph.call_module(layer.extra.get("module_path", layer.name), tuple(inputs), {"need_weights": False})
@@ -97,11 +112,15 @@ class MultiheadAttention(LayerType):
     def import_torch_module(self, module: nn.MultiheadAttention) -> dict[str, Any] | None:
         if not _common_form(module):
             return None
-        return {"embed_dim": module.embed_dim, "num_heads": module.num_heads, "dropout": float(module.dropout),
-                "bias_term": module.in_proj_bias is not None}
+        return {
+            "embed_dim": module.embed_dim,
+            "num_heads": module.num_heads,
+            "dropout": float(module.dropout),
+            "bias_term": module.in_proj_bias is not None,
+        }
 
     def import_torch_module_call(self, module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any] | None:
-        if not 3 <= len(args) <= len(_ARGS) or set(kwargs) - set(_ARGS[len(args):]):
+        if not 3 <= len(args) <= len(_ARGS) or set(kwargs) - set(_ARGS[len(args) :]):
             return None  # query, key and value given by position
         values = dict(zip(_ARGS, args)) | kwargs
         if values.get("need_weights", True) is not False or values.get("is_causal", False) is not False:
@@ -123,11 +142,19 @@ class MultiheadAttention(LayerType):
         parts = []
         for index, (tag, source) in enumerate(zip("qkv", layer.inputs)):
             rows = slice(index * embed, (index + 1) * embed)
-            projected = self._linear(writer, layer, f"{name}/{tag}_proj", source, weight[rows],
-                                     None if bias is None else bias[rows], f"in_proj.{tag}")
+            projected = self._linear(
+                writer,
+                layer,
+                f"{name}/{tag}_proj",
+                source,
+                weight[rows],
+                None if bias is None else bias[rows],
+                f"in_proj.{tag}",
+            )
             writer.node("Reshape", [projected, split], [f"{name}/{tag}_heads"], f"{name}/{tag}_heads")
-            writer.node("Transpose", [f"{name}/{tag}_heads"], [f"{name}/{tag}_nhld"], f"{name}/{tag}_nhld",
-                        perm=[0, 2, 1, 3])  # (N, H, length, E / H)
+            writer.node(
+                "Transpose", [f"{name}/{tag}_heads"], [f"{name}/{tag}_nhld"], f"{name}/{tag}_nhld", perm=[0, 2, 1, 3]
+            )  # (N, H, length, E / H)
             parts.append(f"{name}/{tag}_nhld")
         head_shapes = [(s[0], heads, s[1], embed // heads) for s in (q_shape, k_shape, v_shape)]
         write_attention(writer, f"{name}/attention", parts, f"{name}/attention", head_shapes)
@@ -135,12 +162,28 @@ class MultiheadAttention(LayerType):
         merged = writer.const(f"{name}.merged_shape", np.array([0, 0, embed], np.int64))
         writer.node("Reshape", [f"{name}/merge", merged], [f"{name}/merged"], f"{name}/merged")
         out_bias = blobs["out_proj.bias"].data.detach() if p["bias_term"] else None
-        self._linear(writer, layer, name, f"{name}/merged", blobs["out_proj.weight"].data.detach(), out_bias,
-                     "out_proj", output=layer.outputs[0])
+        self._linear(
+            writer,
+            layer,
+            name,
+            f"{name}/merged",
+            blobs["out_proj.weight"].data.detach(),
+            out_bias,
+            "out_proj",
+            output=layer.outputs[0],
+        )
 
     @staticmethod
-    def _linear(writer: Any, layer: Layer, name: str, source: str, weight: torch.Tensor, bias: torch.Tensor | None,
-                role: str, output: str | None = None) -> str:
+    def _linear(
+        writer: Any,
+        layer: Layer,
+        name: str,
+        source: str,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        role: str,
+        output: str | None = None,
+    ) -> str:
         """``source @ weight^T + bias`` as MatMul (+ Add), the last node called ``name``; its output."""
         output = output or name
         weight_t = writer.weight(layer, f"{role}.weight_t", weight.t())

@@ -36,8 +36,9 @@ def init_new_blobs(
     wanted = kind.param_shapes(layer, net.input_shapes(layer.name))
     # Fillers draw in float64, then cast to float32: 12 bytes per value at the peak.
     total = sum(tensor_bytes(shape, itemsize=12) for shape in wanted.values())
-    check_bytes(f"layer {layer.name!r} ({layer.type}): its new weights {list(wanted.values())}", total,
-                subject=layer.name)
+    check_bytes(
+        f"layer {layer.name!r} ({layer.type}): its new weights {list(wanted.values())}", total, subject=layer.name
+    )
     fillers = fillers or {}
     specs = param_specs or []
     if len(specs) > len(wanted):
@@ -60,10 +61,20 @@ def init_new_blobs(
         # Filled on first use: plan and inspect never pay for it. The generator is seeded
         # from the blob's name at creation, so the values do not depend on when.
         layer.blobs[role] = ParamBlob.lazy(
-            tuple(shape), torch.float32,
-            functools.partial(_filled, filler, tuple(shape), seed, layer.name, role,
-                              None if role in fillers else (layer.type, dict(layer.params))),
-            lr_mult=lr_mult, decay_mult=decay_mult, trainable=role in trainable,
+            tuple(shape),
+            torch.float32,
+            functools.partial(
+                _filled,
+                filler,
+                tuple(shape),
+                seed,
+                layer.name,
+                role,
+                None if role in fillers else (layer.type, dict(layer.params)),
+            ),
+            lr_mult=lr_mult,
+            decay_mult=decay_mult,
+            trainable=role in trainable,
             origin=Origin("filler", f"{described}, seed {seed}"),
         )
         notes.append(f"{role} {tuple(shape)} <- {described}")
@@ -71,8 +82,9 @@ def init_new_blobs(
     return notes
 
 
-def _filled(filler: Filler, shape: tuple[int, ...], seed: int, layer: str, role: str,
-            default: tuple[str, dict] | None) -> torch.Tensor:
+def _filled(
+    filler: Filler, shape: tuple[int, ...], seed: int, layer: str, role: str, default: tuple[str, dict] | None
+) -> torch.Tensor:
     tensor = fill(filler, shape, blob_generator(seed, layer, role))
     if default is not None:  # the type's own default filler: let the type adjust it
         type_name, params = default

@@ -31,7 +31,9 @@ class Opaque(LayerType):
         state = {name: torch.empty(t.shape, dtype=t.dtype, device="meta") for name, t in own if t is not None}
         state |= {name: torch.empty(blob.shape, dtype=blob.dtype, device="meta") for name, blob in layer.blobs.items()}
         return run_on_meta(
-            lambda *xs: torch.func.functional_call(module, state, *_arguments(layer, list(xs))), layer, in_shapes,
+            lambda *xs: torch.func.functional_call(module, state, *_arguments(layer, list(xs))),
+            layer,
+            in_shapes,
             len(layer.outputs),
         )
 

@@ -23,18 +23,24 @@ class Pad(LayerType):
     onnx_ops = ("Pad",)
     torch_functions = (F.pad,)
 
-    def import_torch_call_shaped(self, target: Any, args: tuple, kwargs: dict,
-                                 in_shapes: list[Shape | None]) -> tuple[dict[str, Any] | None, Any]:
+    def import_torch_call_shaped(
+        self, target: Any, args: tuple, kwargs: dict, in_shapes: list[Shape | None]
+    ) -> tuple[dict[str, Any] | None, Any]:
         """``F.pad(x, (left, right, top, bottom), value=v)``: constant padding only, by
         non-negative amounts (a negative pad crops; reflect/replicate are other layers)."""
         pad = args[1] if len(args) > 1 else kwargs.get("pad")
         mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
         value = args[3] if len(args) > 3 else kwargs.get("value")
         shape = in_shapes[0] if in_shapes else None
-        if mode != "constant" or not isinstance(shape, tuple) or not isinstance(pad, (tuple, list)) \
-                or len(pad) % 2 or len(pad) > 2 * len(shape) \
-                or any(not isinstance(p, int) or isinstance(p, bool) or p < 0 for p in pad) \
-                or not (value is None or isinstance(value, (int, float)) and not isinstance(value, bool)):
+        if (
+            mode != "constant"
+            or not isinstance(shape, tuple)
+            or not isinstance(pad, (tuple, list))
+            or len(pad) % 2
+            or len(pad) > 2 * len(shape)
+            or any(not isinstance(p, int) or isinstance(p, bool) or p < 0 for p in pad)
+            or not (value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)))
+        ):
             return None, None
         rank = len(shape)
         begin, end = [0] * rank, [0] * rank
@@ -55,7 +61,9 @@ class Pad(LayerType):
         torch_pads = []
         for axis in reversed(range(rank)):  # F.pad lists the last axis first
             torch_pads += [pads[axis], pads[rank + axis]]
-        return graph.call_function(F.pad, (inputs[0], tuple(torch_pads)), {"value": float(layer.params.get("value", 0.0))})
+        return graph.call_function(
+            F.pad, (inputs[0], tuple(torch_pads)), {"value": float(layer.params.get("value", 0.0))}
+        )
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:
         import numpy as np
@@ -75,5 +83,9 @@ class Pad(LayerType):
         if value is None and len(node.input) > 2 and node.input[2]:
             values = reader.const_list(node.input[2])
             value = values[0] if values else 0.0
-        return reader.layer(node, self.name, {"pads": [int(p) for p in pads], "value": float(value or 0.0)},
-                            inputs=[reader.blob(node.input[0])])
+        return reader.layer(
+            node,
+            self.name,
+            {"pads": [int(p) for p in pads], "value": float(value or 0.0)},
+            inputs=[reader.blob(node.input[0])],
+        )

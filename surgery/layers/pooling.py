@@ -42,7 +42,9 @@ class Pooling(LayerType):
         if p.get("global_pooling"):
             return [(shape[0], shape[1], 1, 1)]
         out = [
-            pool_output_size(shape[2 + i], p["kernel"][i], p["stride"][i], p["pad"][i], p["dilation"][i], p["ceil_mode"])
+            pool_output_size(
+                shape[2 + i], p["kernel"][i], p["stride"][i], p["pad"][i], p["dilation"][i], p["ceil_mode"]
+            )
             for i in range(2)
         ]
         if min(out) < 1:
@@ -54,22 +56,44 @@ class Pooling(LayerType):
         if p.get("global_pooling"):
             cls = nn.AdaptiveMaxPool2d if p["pool"] == "MAX" else nn.AdaptiveAvgPool2d
             return ModuleRecipe(cls, {"output_size": 1})
-        common = {"kernel_size": tuple(p["kernel"]), "stride": tuple(p["stride"]), "padding": tuple(p["pad"]),
-                  "ceil_mode": p["ceil_mode"]}
+        common = {
+            "kernel_size": tuple(p["kernel"]),
+            "stride": tuple(p["stride"]),
+            "padding": tuple(p["pad"]),
+            "ceil_mode": p["ceil_mode"],
+        }
         if p["pool"] == "MAX":
             return ModuleRecipe(nn.MaxPool2d, common | {"dilation": tuple(p["dilation"])})
-        return ModuleRecipe(nn.AvgPool2d, common | {
-            "count_include_pad": p["count_include_pad"], "divisor_override": p.get("divisor_override"),
-        })
+        return ModuleRecipe(
+            nn.AvgPool2d,
+            common
+            | {
+                "count_include_pad": p["count_include_pad"],
+                "divisor_override": p.get("divisor_override"),
+            },
+        )
 
     def import_torch_module(self, module: nn.Module) -> dict[str, Any] | None:
         if isinstance(module, nn.MaxPool2d):
             if module.return_indices:
                 return None
-            return pooling_params("MAX", module.kernel_size, module.stride, module.padding,
-                                  dilation=module.dilation, ceil_mode=module.ceil_mode)
-        return pooling_params("AVE", module.kernel_size, module.stride, module.padding, ceil_mode=module.ceil_mode,
-                              count_include_pad=module.count_include_pad, divisor_override=module.divisor_override)
+            return pooling_params(
+                "MAX",
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                dilation=module.dilation,
+                ceil_mode=module.ceil_mode,
+            )
+        return pooling_params(
+            "AVE",
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            ceil_mode=module.ceil_mode,
+            count_include_pad=module.count_include_pad,
+            divisor_override=module.divisor_override,
+        )
 
     def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
         names = ["input", "kernel_size", "stride", "padding"]
@@ -77,14 +101,25 @@ class Pooling(LayerType):
         if target is F.max_pool2d:
             if values.get("return_indices") or len(args) > 4:
                 return None
-            return pooling_params("MAX", values["kernel_size"], values.get("stride"), values.get("padding", 0),
-                                  dilation=values.get("dilation", 1), ceil_mode=values.get("ceil_mode", False))
+            return pooling_params(
+                "MAX",
+                values["kernel_size"],
+                values.get("stride"),
+                values.get("padding", 0),
+                dilation=values.get("dilation", 1),
+                ceil_mode=values.get("ceil_mode", False),
+            )
         if len(args) > 4:
             return None
-        return pooling_params("AVE", values["kernel_size"], values.get("stride"), values.get("padding", 0),
-                              ceil_mode=values.get("ceil_mode", False),
-                              count_include_pad=values.get("count_include_pad", True),
-                              divisor_override=values.get("divisor_override"))
+        return pooling_params(
+            "AVE",
+            values["kernel_size"],
+            values.get("stride"),
+            values.get("padding", 0),
+            ceil_mode=values.get("ceil_mode", False),
+            count_include_pad=values.get("count_include_pad", True),
+            divisor_override=values.get("divisor_override"),
+        )
 
     onnx_ops = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean")
 
@@ -94,8 +129,12 @@ class Pooling(LayerType):
         if p.get("global_pooling"):
             writer.node("GlobalMaxPool" if p["pool"] == "MAX" else "GlobalAveragePool", *io)
             return
-        common = {"kernel_shape": list(p["kernel"]), "strides": list(p["stride"]), "pads": [*p["pad"], *p["pad"]],
-                  "ceil_mode": int(p["ceil_mode"])}
+        common = {
+            "kernel_shape": list(p["kernel"]),
+            "strides": list(p["stride"]),
+            "pads": [*p["pad"], *p["pad"]],
+            "ceil_mode": int(p["ceil_mode"]),
+        }
         if p["pool"] == "MAX":
             writer.node("MaxPool", *io, dilations=list(p["dilation"]), **common)
         elif p.get("divisor_override"):
@@ -118,8 +157,15 @@ class Pooling(LayerType):
             if attrs.get("keepdims", 1):
                 return reader.layer(node, self.name, params, inputs=[source])
             pooled = reader.layer(node, self.name, params, inputs=[source], outputs=[f"{node.output[0]}/keepdims"])
-            return reader.add(Layer(reader.unique(f"{pooled.name}/flatten"), "Flatten", inputs=pooled.outputs,
-                                    outputs=[node.output[0]], params={"axis": 1, "end_axis": -1}))
+            return reader.add(
+                Layer(
+                    reader.unique(f"{pooled.name}/flatten"),
+                    "Flatten",
+                    inputs=pooled.outputs,
+                    outputs=[node.output[0]],
+                    params={"axis": 1, "end_axis": -1},
+                )
+            )
         kernel = tuple(attrs["kernel_shape"])
         stride = tuple(attrs.get("strides", (1, 1)))
         dilation = tuple(attrs.get("dilations", (1, 1)))
@@ -127,9 +173,15 @@ class Pooling(LayerType):
         if pads[:2] != pads[2:]:
             return None
         pool = "MAX" if node.op_type == "MaxPool" else "AVE"
-        params = pooling_params(pool, kernel, stride, pads[:2], dilation=dilation,
-                                ceil_mode=bool(attrs.get("ceil_mode", 0)),
-                                count_include_pad=bool(attrs.get("count_include_pad", 0)))
+        params = pooling_params(
+            pool,
+            kernel,
+            stride,
+            pads[:2],
+            dilation=dilation,
+            ceil_mode=bool(attrs.get("ceil_mode", 0)),
+            count_include_pad=bool(attrs.get("count_include_pad", 0)),
+        )
         return reader.layer(node, self.name, params, inputs=[source])
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
@@ -161,20 +213,37 @@ class Pooling(LayerType):
         pad = (param.pad_h, param.pad_w) if param.HasField("pad_h") else param.pad
         # Caffe rounds up (CEIL, its default) and its AVE divisor counts padding cells.
         params = pooling_params(pool, kernel, stride, pad, ceil_mode=param.round_mode == 0, count_include_pad=True)
-        check_param(min(params["kernel"]) >= 1, f"kernel_size must be at least 1, got {params['kernel']}",
-                    fix="set kernel_size (or kernel_h and kernel_w), or global_pooling: true")
+        check_param(
+            min(params["kernel"]) >= 1,
+            f"kernel_size must be at least 1, got {params['kernel']}",
+            fix="set kernel_size (or kernel_h and kernel_w), or global_pooling: true",
+        )
         check_param(min(params["stride"]) >= 1, f"stride must be at least 1, got {params['stride']}")
         return params
 
 
-def pooling_params(pool: str, kernel: Any, stride: Any = None, pad: Any = 0, *, dilation: Any = 1,
-                   ceil_mode: bool = False, count_include_pad: bool = True, global_pooling: bool = False,
-                   divisor_override: int | None = None) -> dict[str, Any]:
+def pooling_params(
+    pool: str,
+    kernel: Any,
+    stride: Any = None,
+    pad: Any = 0,
+    *,
+    dilation: Any = 1,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    global_pooling: bool = False,
+    divisor_override: int | None = None,
+) -> dict[str, Any]:
     """Hyper-parameters of a Pooling layer; ``stride`` None means ``kernel`` (torch's default)."""
     kernel = pair(kernel)
     params = {
-        "pool": pool, "kernel": kernel, "stride": pair(stride) if stride else kernel, "pad": pair(pad),
-        "dilation": pair(dilation), "ceil_mode": bool(ceil_mode), "count_include_pad": bool(count_include_pad),
+        "pool": pool,
+        "kernel": kernel,
+        "stride": pair(stride) if stride else kernel,
+        "pad": pair(pad),
+        "dilation": pair(dilation),
+        "ceil_mode": bool(ceil_mode),
+        "count_include_pad": bool(count_include_pad),
         "global_pooling": global_pooling,
     }
     if divisor_override:

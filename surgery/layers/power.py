@@ -12,10 +12,24 @@ from torch import fx
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, register_layer
 
-_SCALAR_OPS = {operator.mul: "mul", operator.imul: "mul", torch.mul: "mul", "mul": "mul",
-               operator.add: "add", operator.iadd: "add", torch.add: "add", "add": "add",
-               operator.sub: "sub", operator.isub: "sub", torch.sub: "sub", "sub": "sub",
-               operator.truediv: "div", operator.itruediv: "div", torch.div: "div", "div": "div"}
+_SCALAR_OPS = {
+    operator.mul: "mul",
+    operator.imul: "mul",
+    torch.mul: "mul",
+    "mul": "mul",
+    operator.add: "add",
+    operator.iadd: "add",
+    torch.add: "add",
+    "add": "add",
+    operator.sub: "sub",
+    operator.isub: "sub",
+    torch.sub: "sub",
+    "sub": "sub",
+    operator.truediv: "div",
+    operator.itruediv: "div",
+    torch.div: "div",
+    "div": "div",
+}
 
 
 @register_layer
@@ -64,8 +78,11 @@ class Power(LayerType):
         for index, (op, role, value, _) in enumerate(steps):
             last = index == len(steps) - 1
             out = layer.outputs[0] if last else f"{layer.name}/{role}"
-            inputs = [current] if value is None else [
-                current, writer.const(f"{layer.name}.{role}", np.array(value, dtype=np.float32))]
+            inputs = (
+                [current]
+                if value is None
+                else [current, writer.const(f"{layer.name}.{role}", np.array(value, dtype=np.float32))]
+            )
             writer.node(op, inputs, [out], layer.name if last else out)
             current = out
 

@@ -47,8 +47,13 @@ class PReLU(LayerType):
             return None
         count = math.prod(shape)
         weight = reader.param_derived(node.input[1], (count,), lambda slope: slope.reshape(-1))
-        return reader.layer(node, self.name, {"channel_shared": count == 1},
-                            inputs=[reader.blob(node.input[0])], blobs={"weight": weight})
+        return reader.layer(
+            node,
+            self.name,
+            {"channel_shared": count == 1},
+            inputs=[reader.blob(node.input[0])],
+            blobs={"weight": weight},
+        )
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         message = writer.layer(layer, "PReLU")

@@ -44,19 +44,33 @@ from surgery.layers.recurrent_onnx import OnnxWalk
 from surgery.layers.registry import LayerType, ModuleRecipe, check_param
 
 
-def recurrent_params(num_output: int, num_layers: int = 1, bidirectional: bool = False,
-                     return_sequences: bool = True, bias_term: bool = True, dropout: float = 0.0,
-                     **extra: Any) -> dict[str, Any]:
+def recurrent_params(
+    num_output: int,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    return_sequences: bool = True,
+    bias_term: bool = True,
+    dropout: float = 0.0,
+    **extra: Any,
+) -> dict[str, Any]:
     """The params dict of a recurrent layer (importers from any format build this)."""
-    return {"num_output": int(num_output), "num_layers": int(num_layers), "bidirectional": bool(bidirectional),
-            "return_sequences": bool(return_sequences), "bias_term": bool(bias_term), "dropout": float(dropout),
-            **extra}
+    return {
+        "num_output": int(num_output),
+        "num_layers": int(num_layers),
+        "bidirectional": bool(bidirectional),
+        "return_sequences": bool(return_sequences),
+        "bias_term": bool(bias_term),
+        "dropout": float(dropout),
+        **extra,
+    }
 
 
 #: Why a Caffe LRCN prototxt's LSTM does not fit (its second bottom is Caffe's `cont` blob).
-_CAFFE_CONVENTION = ("the inputs are a batch-first (N, T, features) sequence and optionally the initial states; "
-                     "Caffe's own LSTM/RNN layers (a time-major sequence plus a `cont` blob) are not read: build the "
-                     "recurrent head with the `sequence` op instead")
+_CAFFE_CONVENTION = (
+    "the inputs are a batch-first (N, T, features) sequence and optionally the initial states; "
+    "Caffe's own LSTM/RNN layers (a time-major sequence plus a `cont` blob) are not read: build the "
+    "recurrent head with the `sequence` op instead"
+)
 
 
 def directions(layer: Layer) -> int:
@@ -91,18 +105,24 @@ class RecurrentType(LayerType):
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         if len(in_shapes) not in (1, 1 + self.states):
-            raise ShapeError(f"takes the sequence and optionally {self.states} initial state(s), got {len(in_shapes)} inputs",
-                             fix=_CAFFE_CONVENTION)
+            raise ShapeError(
+                f"takes the sequence and optionally {self.states} initial state(s), got {len(in_shapes)} inputs",
+                fix=_CAFFE_CONVENTION,
+            )
         x = in_shapes[0]
         if x is None or len(x) != 3:
-            raise ShapeError(f"expects a (N, T, features) input, got {x}",
-                             fix="put it in a `sequence` head (after the per-frame layers), or make each step's "
-                                 "features one vector first (Flatten from axis 2)")
+            raise ShapeError(
+                f"expects a (N, T, features) input, got {x}",
+                fix="put it in a `sequence` head (after the per-frame layers), or make each step's "
+                "features one vector first (Flatten from axis 2)",
+            )
         batch, steps, features = x
         weight = layer.blobs.get("weight_ih_l0")
         if weight is not None and weight.shape[1] != features:
-            raise ShapeError(f"weight expects {weight.shape[1]} input features, the input {x} gives {features}",
-                             fix="resize or reinitialise this layer (replace), or fix the layer that feeds it")
+            raise ShapeError(
+                f"weight expects {weight.shape[1]} input features, the input {x} gives {features}",
+                fix="resize or reinitialise this layer (replace), or fix the layer that feeds it",
+            )
         state = self.state_shape(layer, batch)
         for shape in in_shapes[1:]:
             if tuple(shape or ()) != state:
@@ -137,22 +157,35 @@ class RecurrentType(LayerType):
 
     def torch_kwargs(self, layer: Layer, features: int) -> dict[str, Any]:
         p = layer.params
-        return {"input_size": features, "hidden_size": p["num_output"], "num_layers": p["num_layers"],
-                "bias": p["bias_term"], "batch_first": True, "dropout": p.get("dropout", 0.0),
-                "bidirectional": p["bidirectional"]}
+        return {
+            "input_size": features,
+            "hidden_size": p["num_output"],
+            "num_layers": p["num_layers"],
+            "bias": p["bias_term"],
+            "batch_first": True,
+            "dropout": p.get("dropout", 0.0),
+            "bidirectional": p["bidirectional"],
+        }
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> Any:
         batch_first_state = layer.params.get("state_batch_first", False)
         args: tuple = (inputs[0],)
         if len(inputs) > 1:
-            given = [graph.call_method("contiguous", (graph.call_method("transpose", (s, 0, 1)),))
-                     if batch_first_state else s for s in inputs[1:]]
+            given = [
+                graph.call_method("contiguous", (graph.call_method("transpose", (s, 0, 1)),))
+                if batch_first_state
+                else s
+                for s in inputs[1:]
+            ]
             args = (inputs[0], tuple(given) if self.states > 1 else given[0])
         result = graph.call_module(layer.extra.get("module_path", layer.name), args)
         y = graph.call_function(operator.getitem, (result, 0))
         final = graph.call_function(operator.getitem, (result, 1))
-        finals = [graph.call_function(operator.getitem, (final, i)) for i in range(self.states)] \
-            if self.states > 1 else [final]
+        finals = (
+            [graph.call_function(operator.getitem, (final, i)) for i in range(self.states)]
+            if self.states > 1
+            else [final]
+        )
         if not layer.params["return_sequences"]:
             # the top layer's final state per direction -> (N, D*H)
             top = graph.call_function(operator.getitem, (finals[0], slice(-directions(layer), None)))
@@ -166,8 +199,15 @@ class RecurrentType(LayerType):
     def import_torch_module(self, module: nn.Module) -> dict[str, Any] | None:
         if not module.batch_first or getattr(module, "proj_size", 0):
             return None  # time-major or projected: carried as an opaque module
-        return recurrent_params(module.hidden_size, module.num_layers, module.bidirectional, True, module.bias,
-                                module.dropout, **self.torch_extra(module))
+        return recurrent_params(
+            module.hidden_size,
+            module.num_layers,
+            module.bidirectional,
+            True,
+            module.bias,
+            module.dropout,
+            **self.torch_extra(module),
+        )
 
     def torch_extra(self, module: nn.Module) -> dict[str, Any]:
         return {}
@@ -191,10 +231,18 @@ class RecurrentType(LayerType):
             w.append(self._onnx_blocks(layer.blobs[f"weight_ih_l{index}{sfx}"].data))
             r.append(self._onnx_blocks(layer.blobs[f"weight_hh_l{index}{sfx}"].data))
             if layer.params["bias_term"]:
-                b.append(np.concatenate([self._onnx_blocks(layer.blobs[f"bias_ih_l{index}{sfx}"].data),
-                                         self._onnx_blocks(layer.blobs[f"bias_hh_l{index}{sfx}"].data)]))
-        names = [writer.const(f"{layer.name}.W_l{index}", np.stack(w)),
-                 writer.const(f"{layer.name}.R_l{index}", np.stack(r))]
+                b.append(
+                    np.concatenate(
+                        [
+                            self._onnx_blocks(layer.blobs[f"bias_ih_l{index}{sfx}"].data),
+                            self._onnx_blocks(layer.blobs[f"bias_hh_l{index}{sfx}"].data),
+                        ]
+                    )
+                )
+        names = [
+            writer.const(f"{layer.name}.W_l{index}", np.stack(w)),
+            writer.const(f"{layer.name}.R_l{index}", np.stack(r)),
+        ]
         names.append(writer.const(f"{layer.name}.B_l{index}", np.stack(b)) if b else "")
         return names
 
@@ -222,10 +270,16 @@ class RecurrentType(LayerType):
             tag = f"{name}/l{index}"
             inputs = [seq, *self._onnx_weights(layer, writer, index), ""]
             inputs += [self._onnx_state_in(layer, writer, blob, index) for blob in layer.inputs[1:]]
-            outputs = [f"{tag}/Y", *(f"{tag}/Y_{s}" for s in "hc"[:self.states])]
-            writer.node(self.onnx_op, inputs, outputs, tag if p["num_layers"] > 1 else name,
-                        hidden_size=p["num_output"], direction="bidirectional" if d == 2 else "forward",
-                        **self.onnx_attrs(layer))
+            outputs = [f"{tag}/Y", *(f"{tag}/Y_{s}" for s in "hc"[: self.states])]
+            writer.node(
+                self.onnx_op,
+                inputs,
+                outputs,
+                tag if p["num_layers"] > 1 else name,
+                hidden_size=p["num_output"],
+                direction="bidirectional" if d == 2 else "forward",
+                **self.onnx_attrs(layer),
+            )
             for state, blob in zip(finals, outputs[1:]):
                 state.append(blob)
             if index == p["num_layers"] - 1 and not p["return_sequences"]:
@@ -233,16 +287,21 @@ class RecurrentType(LayerType):
             # Y is (T, D, N, H): the next layer (and the output) read (T, N, D*H)
             writer.node("Transpose", [f"{tag}/Y"], [f"{tag}/TNDH"], f"{tag}/TNDH", perm=[0, 2, 1, 3])
             seq = f"{tag}/seq"
-            writer.node("Reshape", [f"{tag}/TNDH", writer.const(f"{tag}.seq_shape", np.array([0, 0, -1], np.int64))],
-                        [seq], seq)
+            writer.node(
+                "Reshape", [f"{tag}/TNDH", writer.const(f"{tag}.seq_shape", np.array([0, 0, -1], np.int64))], [seq], seq
+            )
         y = layer.outputs[0]
         if p["return_sequences"]:
             writer.node("Transpose", [seq], [y], f"{name}/batch_first", perm=[1, 0, 2])
         else:
             top = finals[0][-1]  # the top layer's final h, (D, N, H)
             writer.node("Transpose", [top], [f"{name}/last"], f"{name}/last", perm=[1, 0, 2])
-            writer.node("Reshape", [f"{name}/last", writer.const(f"{name}.last_shape", np.array([0, -1], np.int64))],
-                        [y], f"{name}/last_step")
+            writer.node(
+                "Reshape",
+                [f"{name}/last", writer.const(f"{name}.last_shape", np.array([0, -1], np.int64))],
+                [y],
+                f"{name}/last_step",
+            )
         for state, out in zip(finals, layer.outputs[1:]):
             stacked = out if not p.get("state_batch_first") else f"{out}/stacked"
             writer.node("Concat", state, [stacked], stacked, axis=0)
@@ -257,8 +316,14 @@ class RecurrentType(LayerType):
         if not walk.run():
             return None
         reader.net.remove_layer(walk.permute.name)  # the Transpose to time-major is part of this layer
-        layer = reader.layer(node, self.name, recurrent_params(**walk.params), inputs=[walk.source], blobs=walk.blobs(),
-                             outputs=[walk.output])
+        layer = reader.layer(
+            node,
+            self.name,
+            recurrent_params(**walk.params),
+            inputs=[walk.source],
+            blobs=walk.blobs(),
+            outputs=[walk.output],
+        )
         for value in walk.consumed:  # the nodes read as part of this layer are not imported again
             reader.alias[value] = walk.output
         return layer
@@ -266,15 +331,25 @@ class RecurrentType(LayerType):
     # -------------------------------------------------------------- caffe
     def from_caffe(self, param: Any) -> dict[str, Any]:
         if param.expose_hidden:
-            raise ModelFormatError("expose_hidden recurrent layers are not supported",
-                             fix="leave expose_hidden unset: the streaming step model exposes the state itself")
+            raise ModelFormatError(
+                "expose_hidden recurrent layers are not supported",
+                fix="leave expose_hidden unset: the streaming step model exposes the state itself",
+            )
         check_param(param.num_output >= 1, f"num_output (the hidden size) must be at least 1, got {param.num_output}")
         if self.name == "RNN":
-            check_param(param.nonlinearity in ("tanh", "relu"),
-                        f"nonlinearity must be \"tanh\" or \"relu\", got {param.nonlinearity!r}")
+            check_param(
+                param.nonlinearity in ("tanh", "relu"),
+                f'nonlinearity must be "tanh" or "relu", got {param.nonlinearity!r}',
+            )
         extra = {"nonlinearity": param.nonlinearity} if self.name == "RNN" else {}
-        return recurrent_params(param.num_output, param.num_layers or 1, param.bidirectional, param.return_sequences,
-                                param.bias_term, **extra)
+        return recurrent_params(
+            param.num_output,
+            param.num_layers or 1,
+            param.bidirectional,
+            param.return_sequences,
+            param.bias_term,
+            **extra,
+        )
 
     def caffe_fillers(self, param: Any) -> dict[str, Any]:
         roles: dict[str, Any] = {}
@@ -286,4 +361,3 @@ class RecurrentType(LayerType):
                     if param.HasField("bias_filler"):
                         roles[f"bias_{kind}_l{index}{sfx}"] = param.bias_filler
         return roles
-

@@ -40,8 +40,11 @@ class OnnxWalk:
         if not reader.net.has_blob(x) or len(self.readers(self.node.input[0])) != 1:
             return False
         self.permute = reader.net.producer(x)
-        if self.permute.type != "Permute" or list(self.permute.params.get("order") or []) != [1, 0, 2] \
-                or reader.net.consumers(x):
+        if (
+            self.permute.type != "Permute"
+            or list(self.permute.params.get("order") or []) != [1, 0, 2]
+            or reader.net.consumers(x)
+        ):
             return False
         self.source = self.permute.inputs[0]
         node, seq = self.node, None
@@ -59,9 +62,15 @@ class OnnxWalk:
         attrs = self.reader.attrs(op)
         direction = attrs.get("direction", b"forward")
         direction = direction.decode() if isinstance(direction, bytes) else direction
-        if any(i for i in op.input[4:]) or attrs.get("layout", 0) or "clip" in attrs or attrs.get("input_forget", 0) \
-                or direction not in ("forward", "bidirectional") or self.reader.const_shape(op.input[1]) is None \
-                or self.reader.const_shape(op.input[2]) is None:
+        if (
+            any(i for i in op.input[4:])
+            or attrs.get("layout", 0)
+            or "clip" in attrs
+            or attrs.get("input_forget", 0)
+            or direction not in ("forward", "bidirectional")
+            or self.reader.const_shape(op.input[1]) is None
+            or self.reader.const_shape(op.input[2]) is None
+        ):
             return False
         if self.kind.name == "GRU" and attrs.get("linear_before_reset", 0) != 1:
             return False
@@ -70,8 +79,11 @@ class OnnxWalk:
             if len(set(activations)) != 1 or activations[0] not in ("Tanh", "Relu"):
                 return False
             self.params["nonlinearity"] = activations[0].lower()
-        settings = {"num_output": int(attrs["hidden_size"]), "bidirectional": direction == "bidirectional",
-                    "bias_term": len(op.input) > 3 and bool(op.input[3])}
+        settings = {
+            "num_output": int(attrs["hidden_size"]),
+            "bidirectional": direction == "bidirectional",
+            "bias_term": len(op.input) > 3 and bool(op.input[3]),
+        }
         if self.ops and any(self.params[k] != v for k, v in settings.items()):
             return False
         self.params.update(settings)
@@ -116,18 +128,25 @@ class OnnxWalk:
         to_torch = [kind.onnx_gate_order.index(k) for k in range(kind.gates)]
         blobs = {}
         for index, op in enumerate(self.ops):
-            for d, sfx in enumerate(("", "_reverse")[:2 if self.params["bidirectional"] else 1]):
-                for role, name, part in (("weight_ih", op.input[1], None), ("weight_hh", op.input[2], None),
-                                         ("bias_ih", op.input[3] if len(op.input) > 3 else "", 0),
-                                         ("bias_hh", op.input[3] if len(op.input) > 3 else "", 1)):
+            for d, sfx in enumerate(("", "_reverse")[: 2 if self.params["bidirectional"] else 1]):
+                for role, name, part in (
+                    ("weight_ih", op.input[1], None),
+                    ("weight_hh", op.input[2], None),
+                    ("bias_ih", op.input[3] if len(op.input) > 3 else "", 0),
+                    ("bias_hh", op.input[3] if len(op.input) > 3 else "", 1),
+                ):
                     if not name:
                         continue
                     shape = reader.const_shape(name)
                     rows = shape[1] // (2 if part is not None else 1)
                     out = (rows,) if part is not None else (rows, shape[2])
                     blobs[f"{role}_l{index}{sfx}"] = reader.param_derived(
-                        name, out, lambda a, d=d, part=part, rows=rows: _torch_blocks(
-                            a[d] if part is None else a[d][part * rows:(part + 1) * rows], to_torch, kind.gates))
+                        name,
+                        out,
+                        lambda a, d=d, part=part, rows=rows: _torch_blocks(
+                            a[d] if part is None else a[d][part * rows : (part + 1) * rows], to_torch, kind.gates
+                        ),
+                    )
         return blobs
 
 

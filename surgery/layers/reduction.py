@@ -40,8 +40,11 @@ def reduced_axes(layer: Layer, shape: Shape | None) -> list[int]:
     given = [params.get("axis", 0)] if params.get("axes") is None else list(params["axes"])
     for axis in given:
         if not -rank <= axis < rank:
-            raise ShapeError(f"axis {axis} is out of range for a {rank}-D input {shape}", subject=layer.name,
-                             fix=f"use axes in [{-rank}, {rank - 1}]")
+            raise ShapeError(
+                f"axis {axis} is out of range for a {rank}-D input {shape}",
+                subject=layer.name,
+                fix=f"use axes in [{-rank}, {rank - 1}]",
+            )
     if params.get("axes") is None:  # Caffe's form: every axis from `axis` on
         return list(range(given[0] % rank, rank))
     axes = sorted(axis % rank for axis in given)
@@ -50,8 +53,9 @@ def reduced_axes(layer: Layer, shape: Shape | None) -> list[int]:
     return axes
 
 
-def reduction_params(operation: str, axes: list[int] | None = None, *, axis: int = 0, keepdim: bool = False,
-                     coeff: float = 1.0) -> dict[str, Any]:
+def reduction_params(
+    operation: str, axes: list[int] | None = None, *, axis: int = 0, keepdim: bool = False, coeff: float = 1.0
+) -> dict[str, Any]:
     """Hyper-parameters of a Reduction layer; ``axes`` None means Caffe's "``axis`` to the end"."""
     check_param(operation in ONNX_OPS, f"operation must be one of {', '.join(ONNX_OPS)}, got {operation!r}")
     check_param(math.isfinite(coeff), f"coeff must be a finite number, got {coeff}")
@@ -143,8 +147,9 @@ class Reduction(LayerType):
             if attrs.get("noop_with_empty_axes", 0):
                 return None  # an identity, not a reduction
             axes = list(range(rank))  # ONNX's default: every axis
-        params = reduction_params(_OPERATION_OF[node.op_type], [int(a) for a in axes],
-                                  keepdim=bool(attrs.get("keepdims", 1)))
+        params = reduction_params(
+            _OPERATION_OF[node.op_type], [int(a) for a in axes], keepdim=bool(attrs.get("keepdims", 1))
+        )
         return reader.layer(node, self.name, params, inputs=[source])
 
     # -------------------------------------------------------------- caffe
@@ -166,8 +171,10 @@ class Reduction(LayerType):
             return
         if p.get("keepdim") or axes != list(range(axes[0], len(shape))):
             raise unsupported_in_caffe(
-                layer, f"Caffe's Reduction reduces every axis from one to the last and drops them; this one reduces "
-                       f"axes {axes} of a {len(shape)}-D input" + (" keeping them" if p.get("keepdim") else ""))
+                layer,
+                f"Caffe's Reduction reduces every axis from one to the last and drops them; this one reduces "
+                f"axes {axes} of a {len(shape)}-D input" + (" keeping them" if p.get("keepdim") else ""),
+            )
         param = writer.layer(layer, self.name).reduction_param
         enum = param.DESCRIPTOR.fields_by_name["operation"].enum_type
         param.operation = enum.values_by_name[p["operation"]].number

@@ -19,7 +19,6 @@ from surgery.ir import Layer, Shape
 from surgery.ir.kinds import add_kind, all_kinds, kind_of
 
 
-
 @dataclass(frozen=True)
 class ModuleRecipe:
     """A module class and the keyword arguments that construct it.
@@ -150,8 +149,9 @@ class LayerType:
         ``args`` holds ``None`` where a tensor input stands."""
         raise NotImplementedError
 
-    def import_torch_call_shaped(self, target: Any, args: tuple, kwargs: dict,
-                                 in_shapes: list[Shape | None]) -> tuple[dict[str, Any] | None, Any]:
+    def import_torch_call_shaped(
+        self, target: Any, args: tuple, kwargs: dict, in_shapes: list[Shape | None]
+    ) -> tuple[dict[str, Any] | None, Any]:
         """:meth:`import_torch_call` for the torch importer, which also knows the input
         shapes: ``(params or None, output structure)``. The structure is None for a call
         returning one tensor, else the tuple of output indices it returns (``x.chunk(2)``
@@ -159,8 +159,7 @@ class LayerType:
         hyper-parameters or the number of outputs depend on the input shapes."""
         return self.import_torch_call(target, args, kwargs), None
 
-    def import_torch_call_traced(self, target: Any, args: tuple, kwargs: dict,
-                                 traced: Any) -> dict[str, Any] | None:
+    def import_torch_call_traced(self, target: Any, args: tuple, kwargs: dict, traced: Any) -> dict[str, Any] | None:
         """Hyper-parameters of a layer made from a traced call, read off ``traced`` (the
         call's :class:`~surgery.layers.meta_run.TracedShapes`), or None. Asked only of types
         that set :attr:`reads_traced_shapes`. ``args`` holds ``None`` where a tensor or a
@@ -171,7 +170,9 @@ class LayerType:
     #: own parameters (timm's Linear, Conv2dSame and BatchNormAct2d subclasses call them).
     torch_functionals: ClassVar[tuple[Any, ...]] = ()
 
-    def import_torch_functional(self, target: Any, args: tuple, kwargs: dict, module: nn.Module) -> dict[str, Any] | None:
+    def import_torch_functional(
+        self, target: Any, args: tuple, kwargs: dict, module: nn.Module
+    ) -> dict[str, Any] | None:
         """Hyper-parameters of a layer made from a functional call on ``module``'s own
         weights, or None when the call is not one this type can take (``args`` holds
         ``None`` where a tensor stands). The layer is named after the module and holds
@@ -212,6 +213,7 @@ class LayerType:
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         """Write this layer's Caffe LayerParameter(s) into a ``CaffeWriter``."""
         raise unsupported_in_caffe(layer)
+
     # -------------------------------------------------------------- helpers
     def expect_inputs(self, layer: Layer, in_shapes: list[Shape | None], count: int) -> None:
         if len(in_shapes) != count:
@@ -272,8 +274,9 @@ def check_axis(axis: int, shape: Shape | None) -> int:
     when the input has no such axis."""
     rank = len(shape) if shape is not None else 0
     if not -rank <= axis < rank:
-        raise ShapeError(f"axis {axis} is out of range for a {rank}-D input {shape}",
-                         fix=f"use an axis in [{-rank}, {rank - 1}]")
+        raise ShapeError(
+            f"axis {axis} is out of range for a {rank}-D input {shape}", fix=f"use an axis in [{-rank}, {rank - 1}]"
+        )
     return axis % rank
 
 
@@ -283,7 +286,6 @@ def pair(value: Any) -> tuple[int, int]:
         return (value, value)
     values = tuple(int(v) for v in value)
     return values * 2 if len(values) == 1 else values  # type: ignore[return-value]
-
 
 
 class ActivationType(LayerType):
@@ -301,8 +303,9 @@ class ActivationType(LayerType):
         if self.onnx_native_opset is not None and writer.opset < self.onnx_native_opset:
             self.to_onnx_formula(layer, writer)
         else:
-            writer.node(self.onnx_op, list(layer.inputs), list(layer.outputs), layer.name,
-                        **self.onnx_attributes(layer))
+            writer.node(
+                self.onnx_op, list(layer.inputs), list(layer.outputs), layer.name, **self.onnx_attributes(layer)
+            )
 
     def onnx_attributes(self, layer: Layer) -> dict[str, Any]:
         """Attributes of the native ONNX operator."""

@@ -89,8 +89,9 @@ class Reshape(LayerType):
             args = [in_shapes[0][i] if d == 0 else d for i, d in enumerate(target)]
         return graph.call_method("reshape", (inputs[0], *args))
 
-    def import_torch_call_traced(self, target: Any, args: tuple, kwargs: dict,
-                                 traced: TracedShapes) -> dict[str, Any] | None:
+    def import_torch_call_traced(
+        self, target: Any, args: tuple, kwargs: dict, traced: TracedShapes
+    ) -> dict[str, Any] | None:
         """``x.view(n, -1)``, ``x.reshape((n, c, h * w))``, ``torch.reshape(x, shape)``,
         ``unsqueeze`` / ``squeeze``: the target is read off the traced output shape at two
         batch sizes. An axis of the same size at both is that size, whatever expression
@@ -139,11 +140,19 @@ class Reshape(LayerType):
     caffe_param_field = "reshape_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:
-        check_param(param.HasField("shape") and len(param.shape.dim) > 0, "needs reshape_param { shape { dim ... } }",
-                    fix="e.g. reshape_param { shape { dim: 0 dim: -1 } } (0 copies an axis, -1 is inferred)")
-        check_param(param.axis == 0 and param.num_axes == -1, "reshape_param axis / num_axes are not supported",
-                    fix="write the whole target shape, with 0 for axes to keep")
+        check_param(
+            param.HasField("shape") and len(param.shape.dim) > 0,
+            "needs reshape_param { shape { dim ... } }",
+            fix="e.g. reshape_param { shape { dim: 0 dim: -1 } } (0 copies an axis, -1 is inferred)",
+        )
+        check_param(
+            param.axis == 0 and param.num_axes == -1,
+            "reshape_param axis / num_axes are not supported",
+            fix="write the whole target shape, with 0 for axes to keep",
+        )
         dims = [int(d) for d in param.shape.dim]
-        check_param(all(d >= -1 for d in dims) and dims.count(-1) <= 1,
-                    f"shape {dims}: each dim is a size, 0 (copy the input's axis) or one -1 (inferred)")
+        check_param(
+            all(d >= -1 for d in dims) and dims.count(-1) <= 1,
+            f"shape {dims}: each dim is a size, 0 (copy the input's axis) or one -1 (inferred)",
+        )
         return {"shape": dims}

@@ -29,8 +29,9 @@ class RNN(RecurrentType):
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         if layer.params.get("nonlinearity", "tanh") not in NONLINEARITIES:
-            raise ModelFormatError(f"unknown nonlinearity {layer.params['nonlinearity']!r}",
-                                   fix="use \"tanh\" or \"relu\"", subject=layer.name)
+            raise ModelFormatError(
+                f"unknown nonlinearity {layer.params['nonlinearity']!r}", fix='use "tanh" or "relu"', subject=layer.name
+            )
         return super().infer_shapes(layer, in_shapes)
 
     def torch_kwargs(self, layer: Layer, features: int) -> dict[str, Any]:

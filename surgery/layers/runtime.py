@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,9 +37,9 @@ class SurgeryModule(nn.Module):
         MODULE_PATHS: layer name -> attribute path, for the layers not at their own name.
     """
 
-    LR_MULTS: dict[str, tuple[float, float]] = {}
-    OUTPUTS: dict[str, list[str]] = {}
-    MODULE_PATHS: dict[str, str] = {}
+    LR_MULTS: ClassVar[dict[str, tuple[float, float]]] = {}
+    OUTPUTS: ClassVar[dict[str, list[str]]] = {}
+    MODULE_PATHS: ClassVar[dict[str, str]] = {}
 
     def layer_module(self, name: str) -> nn.Module:
         """The module of layer ``name``. Layers whose names are not plain attribute paths
@@ -75,10 +77,17 @@ class SurgeryModule(nn.Module):
             lr_mult, decay_mult = self.LR_MULTS.get(name, (1.0, 1.0))
             if lr_mult == 0 or not param.requires_grad:
                 continue
-            group = groups.setdefault((lr_mult, decay_mult), {
-                "params": [], "names": [], "lr": lr * lr_mult, "weight_decay": weight_decay * decay_mult,
-                "lr_mult": lr_mult, "decay_mult": decay_mult,
-            })
+            group = groups.setdefault(
+                (lr_mult, decay_mult),
+                {
+                    "params": [],
+                    "names": [],
+                    "lr": lr * lr_mult,
+                    "weight_decay": weight_decay * decay_mult,
+                    "lr_mult": lr_mult,
+                    "decay_mult": decay_mult,
+                },
+            )
             group["params"].append(param)
             group["names"].append(name)
         return list(groups.values())

@@ -7,8 +7,8 @@ from typing import Any
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
-from surgery.layers.runtime import ChannelAffine
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+from surgery.layers.runtime import ChannelAffine
 
 
 def affine_shape(layer: Layer, shape: Shape) -> tuple[int, ...]:
@@ -47,9 +47,15 @@ class Scale(LayerType):
         return {"type": "constant", "value": 1.0 if role == "weight" else 0.0}  # Caffe's: the identity
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
-        return ModuleRecipe(ChannelAffine, {"shape": affine_shape(layer, in_shapes[0]),
-                                            "axis": layer.params.get("axis", 1) % len(in_shapes[0]),
-                                            "scale": True, "bias": bool(layer.params.get("bias_term"))})
+        return ModuleRecipe(
+            ChannelAffine,
+            {
+                "shape": affine_shape(layer, in_shapes[0]),
+                "axis": layer.params.get("axis", 1) % len(in_shapes[0]),
+                "scale": True,
+                "bias": bool(layer.params.get("bias_term")),
+            },
+        )
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:
         shape = writer.in_shapes(layer)[0]
@@ -61,8 +67,12 @@ class Scale(LayerType):
             view = blob.reshape(*blob.shape, *([1] * (len(shape) - axis - blob.dim())))
             last = index == len(roles) - 1
             out = layer.outputs[0] if last else f"{layer.name}/{role}"
-            writer.node("Mul" if role == "weight" else "Add", [current, writer.weight(layer, role, view)], [out],
-                        layer.name if last else out)
+            writer.node(
+                "Mul" if role == "weight" else "Add",
+                [current, writer.weight(layer, role, view)],
+                [out],
+                layer.name if last else out,
+            )
             current = out
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:

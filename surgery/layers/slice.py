@@ -4,6 +4,7 @@ for ``unbind``)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 from typing import Any
@@ -33,7 +34,7 @@ def _sizes(layer: Layer, shape: Shape) -> list[int]:
         raise ShapeError(f"slice points {points} do not cut axis {axis} of size {shape[axis]} into {count} tops")
     else:
         edges = [0, *points, shape[axis]]
-        sizes = [b - a for a, b in zip(edges, edges[1:])]
+        sizes = [b - a for a, b in itertools.pairwise(edges)]
     if layer.params.get("squeeze") and set(sizes) != {1}:
         raise ShapeError(f"squeeze needs parts of size 1, axis {axis} is cut into {sizes}")
     return sizes
@@ -47,8 +48,11 @@ def _torch_dim(target: Any, args: tuple, kwargs: dict) -> Any:
 
 def _sizes_arg(args: tuple, kwargs: dict) -> Any:
     """The second argument of a traced ``chunk`` / ``split``: a count, a size or sizes."""
-    return args[1] if len(args) > 1 else kwargs.get("chunks", kwargs.get("split_size_or_sections",
-                                                                          kwargs.get("split_size")))
+    return (
+        args[1]
+        if len(args) > 1
+        else kwargs.get("chunks", kwargs.get("split_size_or_sections", kwargs.get("split_size")))
+    )
 
 
 def _cuts_by_count(target: Any, args: tuple, kwargs: dict) -> bool:
@@ -91,8 +95,8 @@ class Slice(LayerType):
         shape = in_shapes[0]
         axis = check_axis(layer.params.get("axis", 1), shape)
         if layer.params.get("squeeze"):
-            return [(*shape[:axis], *shape[axis + 1:]) for _ in _sizes(layer, shape)]
-        return [(*shape[:axis], size, *shape[axis + 1:]) for size in _sizes(layer, shape)]
+            return [(*shape[:axis], *shape[axis + 1 :]) for _ in _sizes(layer, shape)]
+        return [(*shape[:axis], size, *shape[axis + 1 :]) for size in _sizes(layer, shape)]
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
         shape = in_shapes[0]
@@ -104,12 +108,16 @@ class Slice(LayerType):
         # one top: the emitter takes the node as that tensor, not as a tuple to index
         return graph.call_function(operator.getitem, (parts, 0)) if len(layer.outputs) == 1 else parts
 
-    def import_torch_call_shaped(self, target: Any, args: tuple, kwargs: dict,
-                                 in_shapes: list[Shape | None]) -> tuple[dict[str, Any] | None, Any]:
+    def import_torch_call_shaped(
+        self, target: Any, args: tuple, kwargs: dict, in_shapes: list[Shape | None]
+    ) -> tuple[dict[str, Any] | None, Any]:
         """The parts come from the input's size along the axis, as torch cuts it
         (``chunk(3)`` of 4 is two parts of 2), one top per part."""
-        if len(in_shapes) != 1 or args[:1] != (None,) or set(kwargs) - {"chunks", "split_size_or_sections",
-                                                                           "split_size", "dim"}:
+        if (
+            len(in_shapes) != 1
+            or args[:1] != (None,)
+            or set(kwargs) - {"chunks", "split_size_or_sections", "split_size", "dim"}
+        ):
             return None, None
         shape, dim = in_shapes[0], _torch_dim(target, args, kwargs)
         if not isinstance(dim, int) or not -len(shape) <= dim < len(shape):
@@ -153,13 +161,13 @@ class Slice(LayerType):
         squeezes = _squeezes(node, reader, axis, len(shape)) if set(sizes) == {1} else None
         if squeezes is not None:
             params["squeeze"] = True
-        return reader.layer(node, self.name, params, inputs=[source],
-                            outputs=squeezes if squeezes is not None else list(node.output))
+        return reader.layer(
+            node, self.name, params, inputs=[source], outputs=squeezes if squeezes is not None else list(node.output)
+        )
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         if layer.params.get("squeeze"):
-            raise unsupported_in_caffe(layer, "it removes the sliced axis (torch's unbind), which Caffe's Slice "
-                                              "cannot")
+            raise unsupported_in_caffe(layer, "it removes the sliced axis (torch's unbind), which Caffe's Slice cannot")
         param = writer.layer(layer, "Slice").slice_param
         param.axis = layer.params.get("axis", 1)
         param.slice_point.extend(layer.params.get("slice_point") or [])

@@ -45,8 +45,13 @@ class StochasticDepth(LayerType):
         names = ("input", "p", "mode", "training")
         values = dict(zip(names, args)) | kwargs
         p, mode = values.get("p"), values.get("mode")
-        if values.get("training") is not TRAINING or not isinstance(p, (int, float)) or isinstance(p, bool) \
-                or not 0.0 <= p <= 1.0 or mode not in MODES:
+        if (
+            values.get("training") is not TRAINING
+            or not isinstance(p, (int, float))
+            or isinstance(p, bool)
+            or not 0.0 <= p <= 1.0
+            or mode not in MODES
+        ):
             return None
         return {"p": float(p), "mode": mode}
 

@@ -32,8 +32,10 @@ class TemporalPooling(LayerType):
         self.expect_inputs(layer, in_shapes, 1)
         shape = in_shapes[0]
         if shape is None or len(shape) < 3:
-            raise ShapeError(f"expects a clip's features (N, T, ...), got {shape}",
-                             fix="put it in a `sequence` head, after the per-frame layers")
+            raise ShapeError(
+                f"expects a clip's features (N, T, ...), got {shape}",
+                fix="put it in a `sequence` head, after the per-frame layers",
+            )
         return [(shape[0], *shape[2:])]
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:

@@ -68,8 +68,13 @@ class UnfoldTime(LayerType):
         clip_axes = f"{layer.name}/clip_axes"
         writer.node("Shape", [layer.inputs[1]], [clip_axes], clip_axes, start=0, end=2)
         target = f"{layer.name}/shape"
-        writer.node("Concat", [clip_axes, writer.const(f"{layer.name}.rest", np.array(rest, np.int64))],
-                    [target], target, axis=0)
+        writer.node(
+            "Concat",
+            [clip_axes, writer.const(f"{layer.name}.rest", np.array(rest, np.int64))],
+            [target],
+            target,
+            axis=0,
+        )
         writer.node("Reshape", [layer.inputs[0], target], list(layer.outputs), layer.name)
 
 
@@ -109,8 +114,12 @@ def lower_time(net: Net) -> Net:
         layer.per_frame = False
     outputs = [blob for blob in low.outputs]
     if any(low.producer(b).name in per_frame for b in outputs):
-        low.set_outputs([unfolded.get(b) or _boundary(low, b, clip, fold=False)
-                         if low.producer(b).name in per_frame else b for b in outputs])
+        low.set_outputs(
+            [
+                unfolded.get(b) or _boundary(low, b, clip, fold=False) if low.producer(b).name in per_frame else b
+                for b in outputs
+            ]
+        )
     low.invalidate()
     return low
 

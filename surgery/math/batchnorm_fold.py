@@ -10,14 +10,21 @@ from __future__ import annotations
 import torch
 
 
-def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, mean: torch.Tensor, var: torch.Tensor,
-                   eps: float, gamma: torch.Tensor | None = None, beta: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_batchnorm(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    eps: float,
+    gamma: torch.Tensor | None = None,
+    beta: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The folded (weight, bias). ``weight``'s first axis is the output channel (Conv
     [O, C, kh, kw], InnerProduct [O, K])."""
     dtype = weight.dtype
     scale = (gamma.double() if gamma is not None else torch.ones_like(mean, dtype=torch.float64)) / torch.sqrt(
-        var.double() + eps)
+        var.double() + eps
+    )
     shift = beta.double() if beta is not None else torch.zeros_like(scale)
     b = bias.double() if bias is not None else torch.zeros_like(scale)
     new_weight = weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))

@@ -15,14 +15,20 @@ def composed_geometry(k1: int, s1: int, d1: int, p1: int, k2: int, s2: int, d2: 
     return kernel, s1 * s2, p1 + s1 * p2
 
 
-def compose_weights(w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor, b2: torch.Tensor | None,
-                    stride1: tuple[int, int], dilation1: tuple[int, int], dilation2: tuple[int, int]
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def compose_weights(
+    w1: torch.Tensor,
+    b1: torch.Tensor | None,
+    w2: torch.Tensor,
+    b2: torch.Tensor | None,
+    stride1: tuple[int, int],
+    dilation1: tuple[int, int],
+    dilation2: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight and bias of ``conv2(conv1(x))`` as one convolution (groups 1, computed in float64).
 
     Output tap ``(s1*d2*i + d1*a)`` of the composite gathers ``w2[:, :, i] @ w1[:, :, a]``.
     """
-    c2, c1 = w2.shape[:2]
+    c2 = w2.shape[0]
     c0 = w1.shape[1]
     (k1h, k1w), (k2h, k2w) = w1.shape[2:], w2.shape[2:]
     kh = dilation1[0] * (k1h - 1) + stride1[0] * dilation2[0] * (k2h - 1) + 1
@@ -41,8 +47,14 @@ def compose_weights(w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
     return weight.to(w1.dtype), bias.to(w1.dtype)
 
 
-def fit_conv(inputs: torch.Tensor, targets: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
-             pad: tuple[int, int], ridge: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_conv(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    pad: tuple[int, int],
+    ridge: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The convolution (weight, bias) whose output on ``inputs`` best matches ``targets``
     in least squares (a tiny ridge term keeps the normal equations well posed)."""
     patches = F.unfold(inputs.double(), kernel, padding=pad, stride=stride)  # [N, C*kh*kw, L]

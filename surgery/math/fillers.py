@@ -35,7 +35,7 @@ class Filler:
     variance_norm: str = "FAN_IN"
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Filler":
+    def from_dict(cls, values: dict[str, Any]) -> Filler:
         filler = cls(**values)
         if filler.type not in FILLER_TYPES:
             from surgery.errors import did_you_mean
@@ -46,7 +46,9 @@ class Filler:
                 subject=filler.type,
             )
         if filler.variance_norm not in VARIANCE_NORMS:
-            raise SpecError(f"unknown variance_norm {filler.variance_norm!r}", fix=f"use one of {', '.join(VARIANCE_NORMS)}")
+            raise SpecError(
+                f"unknown variance_norm {filler.variance_norm!r}", fix=f"use one of {', '.join(VARIANCE_NORMS)}"
+            )
         filler._check_ranges()
         return filler
 
@@ -54,26 +56,33 @@ class Filler:
         """Refuse values the random draw cannot honour (torch would fail at apply)."""
         for name in ("value", "min", "max", "mean", "std"):
             if not math.isfinite(getattr(self, name)):
-                raise SpecError(f"{self.type} filler: {name} must be a finite number, got {getattr(self, name)}",
-                                subject=self.type)
+                raise SpecError(
+                    f"{self.type} filler: {name} must be a finite number, got {getattr(self, name)}", subject=self.type
+                )
         if self.type == "gaussian" and self.std < 0:
-            raise SpecError(f"gaussian filler: std must not be negative, got {self.std:g}", subject=self.type,
-                            fix="use a positive std, e.g. std: 0.01")
+            raise SpecError(
+                f"gaussian filler: std must not be negative, got {self.std:g}",
+                subject=self.type,
+                fix="use a positive std, e.g. std: 0.01",
+            )
         if self.type == "uniform" and self.min > self.max:
-            raise SpecError(f"uniform filler: min {self.min:g} is above max {self.max:g}", subject=self.type,
-                            fix="swap them")
+            raise SpecError(
+                f"uniform filler: min {self.min:g} is above max {self.max:g}", subject=self.type, fix="swap them"
+            )
 
     @classmethod
-    def from_proto(cls, message: Any) -> "Filler":
+    def from_proto(cls, message: Any) -> Filler:
         """From a ``surgery.caffe.FillerParameter`` message (unset fields keep Caffe's defaults)."""
         values = {}
         for field in ("type", "value", "min", "max", "mean", "std"):
             if message.HasField(field):
                 values[field] = getattr(message, field)
         if message.HasField("variance_norm"):
-            values["variance_norm"] = message.DESCRIPTOR.fields_by_name["variance_norm"].enum_type.values_by_number[
-                message.variance_norm
-            ].name
+            values["variance_norm"] = (
+                message.DESCRIPTOR.fields_by_name["variance_norm"]
+                .enum_type.values_by_number[message.variance_norm]
+                .name
+            )
         return cls.from_dict(values)
 
     def describe(self) -> str:
@@ -90,9 +99,11 @@ class Filler:
 
     @property
     def is_all_zero(self) -> bool:
-        return (self.type == "constant" and self.value == 0) or (
-            self.type == "uniform" and self.min == self.max == 0
-        ) or (self.type == "gaussian" and self.std == 0 and self.mean == 0)
+        return (
+            (self.type == "constant" and self.value == 0)
+            or (self.type == "uniform" and self.min == self.max == 0)
+            or (self.type == "gaussian" and self.std == 0 and self.mean == 0)
+        )
 
 
 def _fans(shape: tuple[int, ...]) -> tuple[float, float]:
@@ -117,7 +128,9 @@ def _bilinear(shape: tuple[int, ...]) -> torch.Tensor:
     return (axis[:, None] * axis[None, :]).expand(shape).clone()
 
 
-def fill(filler: Filler, shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def fill(
+    filler: Filler, shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """A new tensor of ``shape`` filled as ``filler`` says (computed in float64, then cast,
     so values do not depend on the target dtype's random stream)."""
     shape = tuple(shape)
@@ -132,7 +145,9 @@ def fill(filler: Filler, shape: tuple[int, ...], generator: torch.Generator, dty
         scale = math.sqrt(3.0 / _norm(filler, shape))
         out = torch.empty(shape, dtype=torch.float64).uniform_(-scale, scale, generator=generator)
     elif kind == "msra":
-        out = torch.empty(shape, dtype=torch.float64).normal_(0.0, math.sqrt(2.0 / _norm(filler, shape)), generator=generator)
+        out = torch.empty(shape, dtype=torch.float64).normal_(
+            0.0, math.sqrt(2.0 / _norm(filler, shape)), generator=generator
+        )
     elif kind == "positive_unitball":
         out = torch.empty(shape, dtype=torch.float64).uniform_(0, 1, generator=generator)
         out = out / out.reshape(shape[0], -1).sum(1).reshape(-1, *([1] * (len(shape) - 1)))

@@ -19,7 +19,8 @@ def append(net: Net, op: Any, ctx: OpContext) -> list[Action]:
     outputs = net.outputs
     if len(outputs) != 1 and not op.layer[0].bottom:
         raise SpecError(
-            f"the net has {len(outputs)} outputs ({', '.join(outputs)}); the first appended layer must say which it reads",
+            f"the net has {len(outputs)} outputs ({', '.join(outputs)}); "
+            "the first appended layer must say which it reads",
             fix=f'add bottom: "{outputs[0]}" to layer {op.layer[0].name!r}' if outputs else "add a bottom",
             subject=op.layer[0].name,
         )

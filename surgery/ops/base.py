@@ -13,7 +13,13 @@ from surgery.ir import Net
 
 #: What an action did to a layer.
 KEPT, REINITIALISED, DERIVED, DROPPED, ADDED, RENAMED, LR = (
-    "kept", "reinitialised", "derived", "dropped", "added", "renamed", "lr",
+    "kept",
+    "reinitialised",
+    "derived",
+    "dropped",
+    "added",
+    "renamed",
+    "lr",
 )
 
 

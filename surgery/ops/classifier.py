@@ -11,9 +11,9 @@ from typing import Any
 
 from surgery.errors import SpecError
 from surgery.ir import Net
+from surgery.layers.new_blobs import init_new_blobs
 from surgery.math.fillers import Filler
 from surgery.ops.base import REINITIALISED, Action, OpContext, register_op
-from surgery.layers.new_blobs import init_new_blobs
 from surgery.ops.propagate import propagate_resize
 
 CLASSIFIER_TYPES = ("InnerProduct", "Convolution")
@@ -41,7 +41,9 @@ def _check(net: Net, op: Any) -> None:
                 subject=name,
             )
         if new_names and new_names[index] != name and new_names[index] in net:
-            raise SpecError(f"cannot rename {name!r} to {new_names[index]!r}: that name is taken", subject=new_names[index])
+            raise SpecError(
+                f"cannot rename {name!r} to {new_names[index]!r}: that name is taken", subject=new_names[index]
+            )
     if len(set(new_names)) != len(new_names):
         raise SpecError("two layers would get the same new name")
 
@@ -72,8 +74,9 @@ def classifier(net: Net, op: Any, ctx: OpContext) -> list[Action]:
         notes += init_new_blobs(net, layer, ctx.seed, fillers, mults)
         if new_name == name:
             notes.append("re-initialised: a resized layer cannot keep its pretrained weights")
-        actions.append(Action("classifier", new_name, REINITIALISED, "; ".join(notes),
-                              was=name if new_name != name else ""))
+        actions.append(
+            Action("classifier", new_name, REINITIALISED, "; ".join(notes), was=name if new_name != name else "")
+        )
         if op.HasField("num_output") and op.num_output != old_outputs:
             actions += propagate_resize(net, layer, op.propagate, ctx)
     net.shapes()

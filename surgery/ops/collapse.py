@@ -22,11 +22,11 @@ from surgery.errors import SpecError
 from surgery.ir import Layer, Net, Origin, ParamBlob
 from surgery.ir.budget import check_bytes
 from surgery.layers.convolution import conv_output_size, conv_params
+from surgery.layers.new_blobs import init_new_blobs
 from surgery.math.conv_compose import compose_weights, composed_geometry, fit_conv, relative_error
 from surgery.math.fillers import Filler
 from surgery.math.seeding import seeded
 from surgery.ops.base import ADDED, DROPPED, Action, OpContext, register_op
-from surgery.layers.new_blobs import init_new_blobs
 
 _MODES = {0: "EXACT", 1: "FIT", 2: "FRESH"}
 
@@ -37,31 +37,41 @@ def _between(net: Net, first: Layer, second: Layer) -> list[Layer]:
     while True:
         readers = net.consumers(blob)
         if len(readers) != 1 or blob in net.outputs:
-            raise SpecError(f"{net.producer(blob).name!r}'s output has other readers: the pair is not a chain",
-                            subject=first.name, fix="collapse two convolutions where one feeds only the other")
+            raise SpecError(
+                f"{net.producer(blob).name!r}'s output has other readers: the pair is not a chain",
+                subject=first.name,
+                fix="collapse two convolutions where one feeds only the other",
+            )
         reader = readers[0][0]
         if reader.name == second.name:
             return chain
         if len(reader.inputs) != 1 or len(reader.outputs) != 1 or len(chain) > 8:
-            raise SpecError(f"{second.name!r} is not reached from {first.name!r} by a simple chain",
-                            subject=second.name)
+            raise SpecError(
+                f"{second.name!r} is not reached from {first.name!r} by a simple chain", subject=second.name
+            )
         chain.append(reader)
         blob = reader.outputs[0]
 
 
 def _check(net: Net, op: Any) -> tuple[Layer, Layer, list[Layer]]:
     if not (op.first and op.second and op.name):
-        raise SpecError("collapse needs first, second and name", fix='e.g. first: "conv1" second: "conv2" name: "conv12"')
+        raise SpecError(
+            "collapse needs first, second and name", fix='e.g. first: "conv1" second: "conv2" name: "conv12"'
+        )
     first, second = net.layer(op.first), net.layer(op.second)
     for layer in (first, second):
         if layer.type != "Convolution":
             raise SpecError(f"{layer.name!r} is a {layer.type}, not a Convolution", subject=layer.name)
         if layer.params["group"] != 1:
-            raise SpecError(f"{layer.name!r} is a grouped convolution; collapse composes groups of 1",
-                            subject=layer.name)
+            raise SpecError(
+                f"{layer.name!r} is a grouped convolution; collapse composes groups of 1", subject=layer.name
+            )
         if layer.per_frame:  # its shapes carry the clip's time axis, its calibration runs on clips
-            raise SpecError(f"{layer.name!r} runs per frame of a clip model; collapse rewrites the image net",
-                            subject=layer.name, fix="put the collapse before the `sequence` edit")
+            raise SpecError(
+                f"{layer.name!r} runs per frame of a clip model; collapse rewrites the image net",
+                subject=layer.name,
+                fix="put the collapse before the `sequence` edit",
+            )
     if op.name in net and op.name not in (op.first, op.second):
         raise SpecError(f"a layer named {op.name!r} already exists", subject=op.name)
     return first, second, _between(net, first, second)
@@ -69,8 +79,19 @@ def _check(net: Net, op: Any) -> tuple[Layer, Layer, list[Layer]]:
 
 def _geometry(first: Layer, second: Layer) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
     p1, p2 = first.params, second.params
-    parts = [composed_geometry(p1["kernel"][i], p1["stride"][i], p1["dilation"][i], p1["pad"][i],
-                               p2["kernel"][i], p2["stride"][i], p2["dilation"][i], p2["pad"][i]) for i in range(2)]
+    parts = [
+        composed_geometry(
+            p1["kernel"][i],
+            p1["stride"][i],
+            p1["dilation"][i],
+            p1["pad"][i],
+            p2["kernel"][i],
+            p2["stride"][i],
+            p2["dilation"][i],
+            p2["pad"][i],
+        )
+        for i in range(2)
+    ]
     return tuple(p[0] for p in parts), tuple(p[1] for p in parts), tuple(p[2] for p in parts)
 
 
@@ -105,9 +126,12 @@ def _calibration(net: Net, path: Path) -> torch.Tensor:
         raise SpecError(f"cannot read calibration inputs {str(path)!r}: {error}", subject=path.name) from None
     expected = tuple(net.input_layers()[0].params["shape"][1:])
     if array.ndim != len(expected) + 1 or tuple(array.shape[1:]) != expected:
-        raise SpecError(f"calibration inputs {str(path)!r} have shape {array.shape}; the net's input is "
-                        f"(N, {', '.join(map(str, expected))})", subject=path.name,
-                        fix="save an array of input samples, batch axis first")
+        raise SpecError(
+            f"calibration inputs {str(path)!r} have shape {array.shape}; the net's input is "
+            f"(N, {', '.join(map(str, expected))})",
+            subject=path.name,
+            fix="save an array of input samples, batch axis first",
+        )
     return torch.from_numpy(np.asarray(array, dtype=np.float32))
 
 
@@ -127,24 +151,32 @@ def _check_fit(net: Net, op: Any, first: Layer, second: Layer, kernel, stride, p
     """What a fit can be refused for from shapes alone: no samples, a kernel whose
     output does not line up with the pair's, more memory than the machine has."""
     if not op.calibration and op.samples < 1:
-        raise SpecError(f"samples must be at least 1, got {op.samples}", subject=op.name,
-                        fix="fit on e.g. samples: 8 seeded random inputs, or give calibration inputs")
+        raise SpecError(
+            f"samples must be at least 1, got {op.samples}",
+            subject=op.name,
+            fix="fit on e.g. samples: 8 seeded random inputs, or give calibration inputs",
+        )
     source, target = net.shape(first.inputs[0]), net.shape(second.outputs[0])
     out = tuple(conv_output_size(source[2 + i], kernel[i], stride[i], pad[i], 1) for i in range(2))
     if out != tuple(target[2:]):
-        raise SpecError(f"a {kernel[0]}x{kernel[1]} convolution (stride {stride[0]}, pad {pad[0]}) on "
-                        f"{first.name!r}'s input {source} gives {out[0]}x{out[1]}, the pair gives "
-                        f"{target[2]}x{target[3]}", subject=op.name,
-                        fix="use an odd kernel_size (its padding keeps the size), or the pair's own (omit it)")
+        raise SpecError(
+            f"a {kernel[0]}x{kernel[1]} convolution (stride {stride[0]}, pad {pad[0]}) on "
+            f"{first.name!r}'s input {source} gives {out[0]}x{out[1]}, the pair gives "
+            f"{target[2]}x{target[3]}",
+            subject=op.name,
+            fix="use an odd kernel_size (its padding keeps the size), or the pair's own (omit it)",
+        )
     if op.calibration:
         return
     features = source[1] * kernel[0] * kernel[1] + 1
     positions = op.samples * out[0] * out[1]
-    per_sample = sum(math.prod(s[1:]) for b, s in net.shapes().items()
-                     if s and net.producer(b).name in net.ancestors(second.name) | {second.name})
+    per_sample = sum(
+        math.prod(s[1:])
+        for b, s in net.shapes().items()
+        if s and net.producer(b).name in net.ancestors(second.name) | {second.name}
+    )
     estimate = 8 * positions * (2 * features + target[1]) + 4 * 2 * op.samples * per_sample
-    check_bytes(f"fitting {op.name!r} on {op.samples} samples", estimate, subject=op.name,
-                fix="use fewer samples")
+    check_bytes(f"fitting {op.name!r} on {op.samples} samples", estimate, subject=op.name, fix="use fewer samples")
 
 
 def _fit(net: Net, op: Any, first: Layer, second: Layer, kernel, stride, pad, ctx: OpContext) -> tuple:
@@ -157,8 +189,11 @@ def _fit(net: Net, op: Any, first: Layer, second: Layer, kernel, stride, pad, ct
         weight, bias = fit_conv(train[wanted[0]], train[wanted[1]], kernel, stride, pad)
     estimate = F.conv2d(held[wanted[0]], weight, bias, stride=stride, padding=pad)
     if estimate.shape != held[wanted[1]].shape:
-        raise SpecError(f"a {kernel} convolution with stride {stride} cannot reproduce {second.name!r}'s output "
-                        f"shape {tuple(held[wanted[1]].shape)}", subject=op.name)
+        raise SpecError(
+            f"a {kernel} convolution with stride {stride} cannot reproduce {second.name!r}'s output "
+            f"shape {tuple(held[wanted[1]].shape)}",
+            subject=op.name,
+        )
     return weight, bias, relative_error(estimate, held[wanted[1]]), measured
 
 
@@ -174,14 +209,22 @@ def collapse(net: Net, op: Any, ctx: OpContext) -> list[Action]:
     detail = ""
     if mode == "EXACT":
         if chain:
-            raise SpecError(f"{chain[0].name!r} ({chain[0].type}) sits between {first.name!r} and {second.name!r}: "
-                            "the pair is not linear", subject=first.name,
-                            fix="use mode: FIT (least squares) or FRESH, or fold/remove that layer first")
+            raise SpecError(
+                f"{chain[0].name!r} ({chain[0].type}) sits between {first.name!r} and {second.name!r}: "
+                "the pair is not linear",
+                subject=first.name,
+                fix="use mode: FIT (least squares) or FRESH, or fold/remove that layer first",
+            )
         p1, p2 = first.params, second.params
-        weight, bias = compose_weights(first.blobs["weight"].data, first.blobs.get("bias") and first.blobs["bias"].data,
-                                       second.blobs["weight"].data,
-                                       second.blobs.get("bias") and second.blobs["bias"].data,
-                                       p1["stride"], p1["dilation"], p2["dilation"])
+        weight, bias = compose_weights(
+            first.blobs["weight"].data,
+            first.blobs.get("bias") and first.blobs["bias"].data,
+            second.blobs["weight"].data,
+            second.blobs.get("bias") and second.blobs["bias"].data,
+            p1["stride"],
+            p1["dilation"],
+            p2["dilation"],
+        )
         if any(p2["pad"]) and ctx.shapes_only:  # measuring needs weights: apply does it
             border = float("nan") if op.accept_border else 0.0
         else:
@@ -189,8 +232,10 @@ def collapse(net: Net, op: Any, ctx: OpContext) -> list[Action]:
         if border and not op.accept_border:
             raise SpecError(
                 f"{second.name!r} pads its input, so the composite differs at the borders (interior exact, max "
-                f"border deviation {border:.3g} on a probe input)", subject=op.name,
-                fix="add accept_border: true to accept it, or use mode: FIT")
+                f"border deviation {border:.3g} on a probe input)",
+                subject=op.name,
+                fix="add accept_border: true to accept it, or use mode: FIT",
+            )
         detail = "exact composition" + (f"; interior exact, max border deviation {border:.3g}" if border else "")
         if any(p2["pad"]) and ctx.shapes_only:
             detail = "exact composition; the border deviation is measured at apply"
@@ -199,8 +244,10 @@ def collapse(net: Net, op: Any, ctx: OpContext) -> list[Action]:
         _check_fit(net, op, first, second, kernel, stride, pad)
         if ctx.shapes_only:  # plan reads no weights: the fit itself runs at apply
             weight, bias = _shapes_only(second.params["num_output"], first.blobs["weight"].shape[1], kernel)
-            detail = (f"least-squares fit on {_what_inputs(op)} happens at apply (plan reads no weights); "
-                      "apply reports its relative error")
+            detail = (
+                f"least-squares fit on {_what_inputs(op)} happens at apply (plan reads no weights); "
+                "apply reports its relative error"
+            )
         else:
             weight, bias, error, measured = _fit(net, op, first, second, kernel, stride, pad, ctx)
             detail = f"least-squares fit, relative error {error:.4f} on {measured}"
@@ -212,18 +259,24 @@ def collapse(net: Net, op: Any, ctx: OpContext) -> list[Action]:
         fillers = {"weight": Filler.from_proto(op.weight_filler)} if op.HasField("weight_filler") else {}
         detail = "fresh: " + "; ".join(init_new_blobs(net, layer, ctx.seed, fillers))
     else:
-        layer.blobs = {"weight": ParamBlob.from_tensor(weight, origin=origin),
-                       "bias": ParamBlob.from_tensor(bias, origin=origin)}
+        layer.blobs = {
+            "weight": ParamBlob.from_tensor(weight, origin=origin),
+            "bias": ParamBlob.from_tensor(bias, origin=origin),
+        }
     net.shapes()
-    return [Action("collapse", op.name, ADDED, f"{kernel[0]}x{kernel[1]} stride {stride[0]} from "
-                   f"{' + '.join(removed)}: {detail}")] + [
-        Action("collapse", name, DROPPED, f"collapsed into {op.name}") for name in removed]
+    return [
+        Action(
+            "collapse",
+            op.name,
+            ADDED,
+            f"{kernel[0]}x{kernel[1]} stride {stride[0]} from {' + '.join(removed)}: {detail}",
+        )
+    ] + [Action("collapse", name, DROPPED, f"collapsed into {op.name}") for name in removed]
 
 
 def _shapes_only(out_channels: int, in_channels: int, kernel) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight and bias with shapes and no values (plan's fitted convolution)."""
-    return (torch.empty(out_channels, in_channels, *kernel, device="meta"),
-            torch.empty(out_channels, device="meta"))
+    return (torch.empty(out_channels, in_channels, *kernel, device="meta"), torch.empty(out_channels, device="meta"))
 
 
 def _what_inputs(op: Any) -> str:

@@ -24,16 +24,20 @@ def _near_identity(net: Net, added: list[Layer], gate_blob: str) -> tuple[Layer,
     append a Sigmoid: the product starts within 0.1% of the original activations."""
     last = added[-1]
     if "weight" not in last.blobs or "bias" not in last.blobs:
-        raise SpecError("near_identity needs the gate's last new layer to have a weight and a bias",
-                        subject=last.name)
+        raise SpecError("near_identity needs the gate's last new layer to have a weight and a bias", subject=last.name)
     bias = math.log(_IDENTITY_GATE / (1 - _IDENTITY_GATE))
     origin = Origin("filler", f"near-identity gate: sigmoid(bias) = {_IDENTITY_GATE}")
     # A small random weight (not zero) lets the gate learn; its effect starts tiny.
     weight = last.blobs["weight"].data * 1e-3
     last.blobs["weight"].set_data(weight, Origin("filler", f"{last.blobs['weight'].origin.detail} x 1e-3"))
     last.blobs["bias"].set_data(torch.full_like(last.blobs["bias"].data, bias), origin)
-    sigmoid = Layer(f"{last.name}/sigmoid", "Sigmoid", inputs=[gate_blob], outputs=[f"{last.name}/sigmoid"],
-                    per_frame=last.per_frame)
+    sigmoid = Layer(
+        f"{last.name}/sigmoid",
+        "Sigmoid",
+        inputs=[gate_blob],
+        outputs=[f"{last.name}/sigmoid"],
+        per_frame=last.per_frame,
+    )
     net.add_layer(sigmoid)
     return sigmoid, sigmoid.outputs[0]
 
@@ -47,8 +51,15 @@ def _downstream_first(net: Net, main: str, other: str, readers: list[str]) -> tu
     if first == second or first not in net.ancestors(second):
         return main, other, readers, ""
     later = [reader.name for reader, _ in net.consumers(other)]
-    return other, main, later, (f"{other!r} is computed from {main!r}, so the result replaces {other!r} "
-                                f"(its readers {', '.join(later) or 'the output'} read it)")
+    return (
+        other,
+        main,
+        later,
+        (
+            f"{other!r} is computed from {main!r}, so the result replaces {other!r} "
+            f"(its readers {', '.join(later) or 'the output'} read it)"
+        ),
+    )
 
 
 @register_op("eltwise")
@@ -70,13 +81,19 @@ def eltwise(net: Net, op: Any, ctx: OpContext) -> list[Action]:
         for message in op.layer:
             if message.type in ("InnerProduct", "Convolution") and operation == "PROD" and not op.allow_zero:
                 param = message.convolution_param if message.type == "Convolution" else message.inner_product_param
-                if param.HasField("weight_filler") and param.weight_filler.type in ("", "constant") and \
-                        param.weight_filler.value == 0:
-                    raise SpecError(f"layer {message.name!r} feeds a PROD with an all-zero filler: the product "
-                                    "would zero everything downstream", subject=message.name,
-                                    fix="use a random filler (msra, xavier), near_identity, or allow_zero: true")
+                if (
+                    param.HasField("weight_filler")
+                    and param.weight_filler.type in ("", "constant")
+                    and param.weight_filler.value == 0
+                ):
+                    raise SpecError(
+                        f"layer {message.name!r} feeds a PROD with an all-zero filler: the product "
+                        "would zero everything downstream",
+                        subject=message.name,
+                        fix="use a random filler (msra, xavier), near_identity, or allow_zero: true",
+                    )
         added = [layer for layer, _ in add_caffe_layers(net, list(op.layer), main, ctx.seed, op.allow_zero)]
-        actions += [Action("eltwise", l.name, ADDED, f"{l.type} feeding {op.name}") for l in added]
+        actions += [Action("eltwise", x.name, ADDED, f"{x.type} feeding {op.name}") for x in added]
         other = added[-1].outputs[0]
     elif len(op.bottom) == 2:
         other = resolve_bottom(net, op.bottom[1])
@@ -86,8 +103,11 @@ def eltwise(net: Net, op: Any, ctx: OpContext) -> list[Action]:
     else:
         raise SpecError("eltwise needs a second bottom or new layers that make it", subject=op.name)
     if op.near_identity and not added:
-        raise SpecError("near_identity shapes a gate the eltwise's new layers make; this one has none",
-                        subject=op.name, fix="add the gate's layer { } (e.g. a 1x1 convolution), or drop near_identity")
+        raise SpecError(
+            "near_identity shapes a gate the eltwise's new layers make; this one has none",
+            subject=op.name,
+            fix="add the gate's layer { } (e.g. a 1x1 convolution), or drop near_identity",
+        )
     if op.near_identity:
         sigmoid, other = _near_identity(net, added, other)
         actions.append(Action("eltwise", sigmoid.name, ADDED, "Sigmoid: the gate starts near 1"))
@@ -95,16 +115,32 @@ def eltwise(net: Net, op: Any, ctx: OpContext) -> list[Action]:
     try:
         torch.broadcast_shapes(shapes[main], shapes[other])
     except RuntimeError:
-        raise ShapeError(f"{main!r} {shapes[main]} and {other!r} {shapes[other]} do not broadcast",
-                         subject=op.name, fix="make the gate 1 where the shapes differ (e.g. num_output: 1)") from None
-    layer = Layer(op.name, "Eltwise", inputs=[main, other], outputs=[op.name],
-                  params={"operation": operation, "coeff": []},
-                  per_frame=net.producer(main).per_frame and net.producer(other).per_frame)
+        raise ShapeError(
+            f"{main!r} {shapes[main]} and {other!r} {shapes[other]} do not broadcast",
+            subject=op.name,
+            fix="make the gate 1 where the shapes differ (e.g. num_output: 1)",
+        ) from None
+    layer = Layer(
+        op.name,
+        "Eltwise",
+        inputs=[main, other],
+        outputs=[op.name],
+        params={"operation": operation, "coeff": []},
+        per_frame=net.producer(main).per_frame and net.producer(other).per_frame,
+    )
     net.add_layer(layer)
     net.redirect_consumers(main, op.name, only=readers)
     if main in net.outputs:
         net.set_outputs([op.name if b == main else b for b in net.outputs])
     net.shapes()
-    return actions + [Action("eltwise", op.name, ADDED, f"{operation} of {main!r} {shapes[main]} and {other!r} "
-                                                         f"{shapes[other]}; {', '.join(readers) or 'the output'} "
-                                                         "now read it")]
+    return [
+        *actions,
+        Action(
+            "eltwise",
+            op.name,
+            ADDED,
+            f"{operation} of {main!r} {shapes[main]} and {other!r} "
+            f"{shapes[other]}; {', '.join(readers) or 'the output'} "
+            "now read it",
+        ),
+    ]

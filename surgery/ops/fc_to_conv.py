@@ -26,15 +26,20 @@ def fc_to_conv(net: Net, op: Any, ctx: OpContext) -> list[Action]:
             raise SpecError(f"{name!r} is a {layer.type}, not an InnerProduct", subject=name)
         shape = net.shapes()[layer.inputs[0]]
         if len(shape) != 4 or layer.params.get("axis", 1) % 4 != 1:
-            raise SpecError(f"{name!r} reads a {len(shape)}-D input {shape}; fc_to_conv needs an (N, C, H, W) "
-                            "input flattened from axis 1", subject=name,
-                            fix="convert the first fully connected layer, after the last pooling")
+            raise SpecError(
+                f"{name!r} reads a {len(shape)}-D input {shape}; fc_to_conv needs an (N, C, H, W) "
+                "input flattened from axis 1",
+                subject=name,
+                fix="convert the first fully connected layer, after the last pooling",
+            )
         _, channels, height, width = shape
         weight = layer.blobs["weight"]
         reshaped = weight.data.reshape(weight.shape[0], channels, height, width)
         layer.type = "Convolution"
         layer.params = conv_params(layer.params["num_output"], (height, width), bias_term=layer.params["bias_term"])
-        weight.set_data(reshaped, Origin("derived", f"{name}'s InnerProduct weight reshaped to a {height}x{width} kernel"))
+        weight.set_data(
+            reshaped, Origin("derived", f"{name}'s InnerProduct weight reshaped to a {height}x{width} kernel")
+        )
         actions.append(Action("fc_to_conv", name, DERIVED, f"InnerProduct -> Convolution {height}x{width}"))
         net.invalidate()
     # A later InnerProduct that applied to the last axis now reads (N, C, h, w): flatten it

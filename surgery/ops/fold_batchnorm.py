@@ -30,17 +30,25 @@ def _chain(net: Net, layer: Layer) -> tuple[Layer, Layer | None] | str:
 
 def _fold_one(net: Net, layer: Layer, bn: Layer, scale: Layer | None) -> list[Action]:
     if bn.params.get("use_global_stats") is False:
-        raise SpecError(f"BatchNorm {bn.name!r} normalises with batch statistics; folding needs fixed ones",
-                        subject=layer.name)
+        raise SpecError(
+            f"BatchNorm {bn.name!r} normalises with batch statistics; folding needs fixed ones", subject=layer.name
+        )
     gamma = bn.blobs["weight"].data if "weight" in bn.blobs else None
     beta = bn.blobs["bias"].data if "bias" in bn.blobs else None
     if scale is not None:  # Caffe: BatchNorm without affine, then Scale(bias_term)
         gamma, beta = scale.blobs["weight"].data, scale.blobs["bias"].data
     bias = layer.blobs["bias"].data if "bias" in layer.blobs else None
-    weight, new_bias = fold(layer.blobs["weight"].data, bias, bn.blobs["running_mean"].data,
-                            bn.blobs["running_var"].data, float(bn.params.get("eps", 1e-5)), gamma, beta)
+    weight, new_bias = fold(
+        layer.blobs["weight"].data,
+        bias,
+        bn.blobs["running_mean"].data,
+        bn.blobs["running_var"].data,
+        float(bn.params.get("eps", 1e-5)),
+        gamma,
+        beta,
+    )
     folded = [bn] + ([scale] if scale is not None else [])
-    origin = Origin("derived", f"{layer.name} folded with {' + '.join(l.name for l in folded)}")
+    origin = Origin("derived", f"{layer.name} folded with {' + '.join(x.name for x in folded)}")
     layer.blobs["weight"].set_data(weight, origin)
     if "bias" in layer.blobs:
         layer.blobs["bias"].set_data(new_bias, origin)
@@ -48,34 +56,43 @@ def _fold_one(net: Net, layer: Layer, bn: Layer, scale: Layer | None) -> list[Ac
         from surgery.ir import ParamBlob
 
         decay = layer.blobs["weight"].decay_mult
-        layer.blobs["bias"] = ParamBlob.from_tensor(new_bias, lr_mult=layer.blobs["weight"].lr_mult,
-                                                    decay_mult=decay, origin=origin)
+        layer.blobs["bias"] = ParamBlob.from_tensor(
+            new_bias, lr_mult=layer.blobs["weight"].lr_mult, decay_mult=decay, origin=origin
+        )
         layer.params["bias_term"] = True
     last = folded[-1]
     net.redirect_consumers(last.outputs[0], layer.outputs[0])
     for gone in reversed(folded):
         net.remove_layer(gone.name)
-    return [Action("fold_batchnorm", layer.name, DERIVED, f"absorbed {', '.join(l.name for l in folded)}")] + [
-        Action("fold_batchnorm", l.name, DROPPED, f"folded into {layer.name}") for l in folded]
+    return [Action("fold_batchnorm", layer.name, DERIVED, f"absorbed {', '.join(x.name for x in folded)}")] + [
+        Action("fold_batchnorm", x.name, DROPPED, f"folded into {layer.name}") for x in folded
+    ]
 
 
 @register_op("fold_batchnorm")
 def fold_batchnorm(net: Net, op: Any, ctx: OpContext) -> list[Action]:
     """Fold each named layer's following BatchNorm (every foldable pair when none is named)."""
     explicit = bool(op.layer)
-    names = [n for pattern in op.layer for n in match_name(net, pattern)] if explicit else [
-        l.name for l in net.layers() if l.type in FOLDABLE]
+    names = (
+        [n for pattern in op.layer for n in match_name(net, pattern)]
+        if explicit
+        else [x.name for x in net.layers() if x.type in FOLDABLE]
+    )
     actions: list[Action] = []
     for name in names:
         layer = net.layer(name)
         if layer.type not in FOLDABLE:
-            raise SpecError(f"{name!r} is a {layer.type}; fold_batchnorm folds into Convolution or InnerProduct",
-                            subject=name)
+            raise SpecError(
+                f"{name!r} is a {layer.type}; fold_batchnorm folds into Convolution or InnerProduct", subject=name
+            )
         chain = _chain(net, layer)
         if isinstance(chain, str):
             if explicit:
-                raise SpecError(f"cannot fold a BatchNorm into {name!r}: {chain}", subject=name,
-                                fix="the BatchNorm's input must have no other consumers")
+                raise SpecError(
+                    f"cannot fold a BatchNorm into {name!r}: {chain}",
+                    subject=name,
+                    fix="the BatchNorm's input must have no other consumers",
+                )
             continue
         actions += _fold_one(net, layer, *chain)
     if not actions:

@@ -19,7 +19,9 @@ def insert(net: Net, op: Any, ctx: OpContext) -> list[Action]:
         raise SpecError("insert needs `after` and at least one `layer { }`", fix='add after: "conv1" and a layer')
     after = place(net, op.after)
     if len(after.blobs) != 1:
-        raise SpecError(f"{op.after!r} has {len(after.blobs)} outputs; insert after a one-output layer", subject=op.after)
+        raise SpecError(
+            f"{op.after!r} has {len(after.blobs)} outputs; insert after a one-output layer", subject=op.after
+        )
     blob = after.blobs[0]
     # The readers are taken before the new layers exist: the first new layer reads `blob`
     # too, and must keep reading it.

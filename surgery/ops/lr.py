@@ -20,8 +20,9 @@ def _selection(net: Net, op: Any) -> list[str]:
     for field in ("lr_mult", "decay_mult"):
         if op.HasField(field):
             check_multiplier(getattr(op, field), field)
-    return select(net, names=op.layer, globs=op.match, regexes=op.regex,
-                  up_to_layer=op.up_to if op.HasField("up_to") else None)
+    return select(
+        net, names=op.layer, globs=op.match, regexes=op.regex, up_to_layer=op.up_to if op.HasField("up_to") else None
+    )
 
 
 @register_op("lr")

@@ -15,13 +15,17 @@ def resolve_bottom(net: Net, name: str) -> str:
         return name
     found = place(net, name, blobs=True)
     if len(found.blobs) != 1:
-        raise SpecError(f"layer {name!r} has {len(found.blobs)} outputs; a bottom names one blob",
-                        fix="name one of " + ", ".join(repr(b) for b in found.blobs), subject=name)
+        raise SpecError(
+            f"layer {name!r} has {len(found.blobs)} outputs; a bottom names one blob",
+            fix="name one of " + ", ".join(repr(b) for b in found.blobs),
+            subject=name,
+        )
     return found.blobs[0]
 
 
-def add_caffe_layers(net: Net, messages: list, first_bottom: str, seed: int, allow_zero: bool = False,
-                     per_frame: bool | None = None) -> list[tuple[Layer, list[str]]]:
+def add_caffe_layers(
+    net: Net, messages: list, first_bottom: str, seed: int, allow_zero: bool = False, per_frame: bool | None = None
+) -> list[tuple[Layer, list[str]]]:
     """Add layers written in Caffe syntax as a chain: a layer without ``bottom`` reads the
     previous layer's top (the first one reads ``first_bottom``); a layer without ``top``
     writes a blob named after itself. In a clip model a layer reading only per-frame blobs
@@ -35,12 +39,14 @@ def add_caffe_layers(net: Net, messages: list, first_bottom: str, seed: int, all
         parsed = layer_from_caffe(message)
         layer = parsed.layer
         if layer.type == "Input":
-            raise SpecError(f"layer {layer.name!r}: a spec adds layers that compute; an Input is the source's",
-                            subject=layer.name, fix="set the source's input_shape instead")
+            raise SpecError(
+                f"layer {layer.name!r}: a spec adds layers that compute; an Input is the source's",
+                subject=layer.name,
+                fix="set the source's input_shape instead",
+            )
         layer.inputs = [resolve_bottom(net, b) for b in layer.inputs] or [previous]
         layer.outputs = layer.outputs or [layer.name]
-        layer.per_frame = all(net.producer(blob).per_frame for blob in layer.inputs) if per_frame is None \
-            else per_frame
+        layer.per_frame = all(net.producer(blob).per_frame for blob in layer.inputs) if per_frame is None else per_frame
         net.add_layer(layer)
         net.ensure_shapes()  # a new layer that does not fit its input fails here, by name
         notes = init_new_blobs(net, layer, seed, parsed.fillers, parsed.param_specs, allow_zero)

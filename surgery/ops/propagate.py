@@ -14,8 +14,8 @@ import torch
 from surgery.errors import SpecError
 from surgery.ir import Layer, Net, Origin
 from surgery.layers import layer_type
-from surgery.ops.base import REINITIALISED, Action, OpContext
 from surgery.layers.new_blobs import init_new_blobs
+from surgery.ops.base import REINITIALISED, Action, OpContext
 
 REINIT, SLICE, ERROR = 0, 1, 2
 
@@ -67,17 +67,27 @@ def propagate_resize(net: Net, resized: Layer, policy: int, ctx: OpContext) -> l
         if all(layer.blobs[r].shape == s for r, s in wanted.items() if r in layer.blobs):
             continue
         if policy == ERROR:
-            raise SpecError(f"resizing {resized.name!r} changes the input of {layer.name!r}",
-                            subject=resized.name, fix="set propagate: REINIT or SLICE, or change that layer too")
+            raise SpecError(
+                f"resizing {resized.name!r} changes the input of {layer.name!r}",
+                subject=resized.name,
+                fix="set propagate: REINIT or SLICE, or change that layer too",
+            )
         if policy == SLICE:
             _slice(layer, wanted)
-            actions.append(Action("propagate", layer.name, "resized", f"weights sliced/padded to {resized.name}'s "
-                                                                      "new size"))
+            actions.append(
+                Action("propagate", layer.name, "resized", f"weights sliced/padded to {resized.name}'s new size")
+            )
         else:
             mults = [(b.lr_mult, b.decay_mult) for b in layer.blobs.values() if b.trainable]
             layer.blobs = {}
             notes = init_new_blobs(net, layer, ctx.seed, None, mults)
-            actions.append(Action("propagate", layer.name, REINITIALISED,
-                                  f"its input changed with {resized.name}: " + "; ".join(notes)))
+            actions.append(
+                Action(
+                    "propagate",
+                    layer.name,
+                    REINITIALISED,
+                    f"its input changed with {resized.name}: " + "; ".join(notes),
+                )
+            )
         net.invalidate()
     return actions

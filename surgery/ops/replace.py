@@ -9,8 +9,8 @@ from surgery.errors import SpecError
 from surgery.importers.caffe_layer import layer_from_caffe
 from surgery.ir import Net
 from surgery.layers import layer_type
-from surgery.ops.base import KEPT, REINITIALISED, Action, OpContext, register_op
 from surgery.layers.new_blobs import init_new_blobs
+from surgery.ops.base import KEPT, REINITIALISED, Action, OpContext, register_op
 from surgery.ops.propagate import propagate_resize
 
 
@@ -40,9 +40,16 @@ def replace(net: Net, op: Any, ctx: OpContext) -> list[Action]:
             kept.append(role)
         else:
             fresh.append(role)
-    actions = [Action("replace", old.name, KEPT if not fresh else REINITIALISED,
-                      f"now {old.type}; kept {', '.join(kept) or 'no weights'}"
-                      + (f"; new {', '.join(fresh)} from fillers" if fresh else ""), was=was)]
+    actions = [
+        Action(
+            "replace",
+            old.name,
+            KEPT if not fresh else REINITIALISED,
+            f"now {old.type}; kept {', '.join(kept) or 'no weights'}"
+            + (f"; new {', '.join(fresh)} from fillers" if fresh else ""),
+            was=was,
+        )
+    ]
     # Only this layer's ancestors are sure to fit until propagation has fixed its consumers.
     new_outputs = layer_type(old.type).infer_shapes(old, net.input_shapes(old.name))[0]
     if new_outputs != old_outputs:

@@ -87,8 +87,11 @@ class LoadedSpec:
         except SurgeryError as error:
             if error.location is None:
                 locator = self.locator
-                error.location = (locator.find(where, error.subject) if isinstance(where, int)
-                                  else locator.section(where, error.subject))
+                error.location = (
+                    locator.find(where, error.subject)
+                    if isinstance(where, int)
+                    else locator.section(where, error.subject)
+                )
             raise
 
 
@@ -178,9 +181,12 @@ def _unquote(token: str) -> str:
 def _parse_text(text: str, path: str) -> tuple[Any, Locator]:
     kind, line, col = sniff_text(text)
     if kind == "caffe":
-        raise SpecError("this is a Caffe network definition, not a spec", location=f"{path}:{line}:{col}",
-                        fix=f"list its layers with `surgery inspect {path}`, or edit it with a spec whose "
-                            f'source is caffe {{ prototxt: "{Path(path).name}" }}')
+        raise SpecError(
+            "this is a Caffe network definition, not a spec",
+            location=f"{path}:{line}:{col}",
+            fix=f"list its layers with `surgery inspect {path}`, or edit it with a spec whose "
+            f'source is caffe {{ prototxt: "{Path(path).name}" }}',
+        )
     message = spec_class("Spec")()
     try:
         text_format.Parse(text, message)
@@ -199,8 +205,9 @@ def _text_fix(reason: str) -> str | None:
         return None
     from surgery.errors import did_you_mean
 
-    descriptor = spec_class(found.group(1).split(".")[-1])().DESCRIPTOR if found.group(1).startswith(
-        "surgery.spec.") else None
+    descriptor = (
+        spec_class(found.group(1).split(".")[-1])().DESCRIPTOR if found.group(1).startswith("surgery.spec.") else None
+    )
     if descriptor is None:
         return None
     hint = did_you_mean(found.group(2), [f.name for f in descriptor.fields])
@@ -259,8 +266,11 @@ def _yaml_error(error: yaml.YAMLError, text: str, path: str) -> SpecError:
     problem = getattr(error, "problem", None) or getattr(error, "reason", None) or str(error)
     if isinstance(error, yaml.reader.ReaderError):
         problem = f"character {error.character!r} is not allowed in YAML ({error.reason})"
-    return SpecError(f"not valid YAML/JSON: {problem}", location=f"{path}:{line}:{col}",
-                     fix="remove the character" if isinstance(error, yaml.reader.ReaderError) else None)
+    return SpecError(
+        f"not valid YAML/JSON: {problem}",
+        location=f"{path}:{line}:{col}",
+        fix="remove the character" if isinstance(error, yaml.reader.ReaderError) else None,
+    )
 
 
 def _check_flow_nesting(text: str, path: str) -> None:
@@ -279,8 +289,11 @@ def _check_flow_nesting(text: str, path: str) -> None:
         elif char in "[{":
             depth += 1
             if depth > MAX_NESTING:
-                raise SpecError(f"nested more than {MAX_NESTING} levels deep", location=f"{path}:{line}:{col}",
-                                fix="a spec needs a few levels; check the brackets")
+                raise SpecError(
+                    f"nested more than {MAX_NESTING} levels deep",
+                    location=f"{path}:{line}:{col}",
+                    fix="a spec needs a few levels; check the brackets",
+                )
         elif char in "]}":
             depth = max(0, depth - 1)
     _check_block_nesting(text, path)
@@ -298,8 +311,11 @@ def _check_block_nesting(text: str, path: str) -> None:
             indents.pop()
         indents.append(indent)
         if len(indents) > MAX_NESTING:
-            raise SpecError(f"nested more than {MAX_NESTING} levels deep", location=f"{path}:{number}:{indent + 1}",
-                            fix="a spec needs a few levels; check the indentation")
+            raise SpecError(
+                f"nested more than {MAX_NESTING} levels deep",
+                location=f"{path}:{number}:{indent + 1}",
+                fix="a spec needs a few levels; check the indentation",
+            )
 
 
 def _check_node_count(node: Any, path: str) -> None:
@@ -311,8 +327,10 @@ def _check_node_count(node: Any, path: str) -> None:
         if id(item) in sizes:
             return sizes[id(item)]
         if depth > MAX_NESTING:
-            raise SpecError(f"nested more than {MAX_NESTING} levels deep",
-                            location=f"{path}:{item.start_mark.line + 1}:{item.start_mark.column + 1}")
+            raise SpecError(
+                f"nested more than {MAX_NESTING} levels deep",
+                location=f"{path}:{item.start_mark.line + 1}:{item.start_mark.column + 1}",
+            )
         sizes[id(item)] = 1  # a cycle (a recursive alias) counts once, and is refused below
         total = 1
         if isinstance(item, yaml.SequenceNode):
@@ -324,8 +342,11 @@ def _check_node_count(node: Any, path: str) -> None:
         return total
 
     if node is not None and size(node, 0) > MAX_YAML_NODES:
-        raise SpecError(f"the document expands to more than {MAX_YAML_NODES} values (aliases repeat whole "
-                        "subtrees)", location=f"{path}:1:1", fix="write the spec out without nested aliases")
+        raise SpecError(
+            f"the document expands to more than {MAX_YAML_NODES} values (aliases repeat whole subtrees)",
+            location=f"{path}:1:1",
+            fix="write the spec out without nested aliases",
+        )
 
 
 def _parse_yaml(text: str, path: str) -> tuple[Any, Locator]:
@@ -346,8 +367,11 @@ def _parse_yaml(text: str, path: str) -> tuple[Any, Locator]:
     message = spec_class("Spec")()
     edits = data.pop("edit", []) or []
     if not isinstance(edits, list):
-        raise SpecError(f"`edit` is a list of edits, not a {type(edits).__name__}", location=locator.section("edit"),
-                        fix="write each edit as a list item: `edit:` then `  - lr: {...}` lines")
+        raise SpecError(
+            f"`edit` is a list of edits, not a {type(edits).__name__}",
+            location=locator.section("edit"),
+            fix="write each edit as a list item: `edit:` then `  - lr: {...}` lines",
+        )
     for key, value in data.items():  # one key at a time, so an error points at its line
         try:
             json_format.ParseDict({key: value}, message)
@@ -355,8 +379,11 @@ def _parse_yaml(text: str, path: str) -> tuple[Any, Locator]:
             raise SpecError(_json_reason(error), location=locator.section(str(key))) from None
     for index, item in enumerate(edits):
         if not isinstance(item, dict) or len(item) != 1:
-            raise SpecError(f"edit {index + 1} is {_describe(item)}, not one operation with its fields",
-                            location=locator.edit(index), fix=_edit_fix(item))
+            raise SpecError(
+                f"edit {index + 1} is {_describe(item)}, not one operation with its fields",
+                location=locator.edit(index),
+                fix=_edit_fix(item),
+            )
         try:
             json_format.ParseDict(item, message.edit.add())
         except json_format.ParseError as error:
@@ -402,8 +429,10 @@ def decode_text(raw: bytes, path: str, error_class: type = SpecError) -> str:
         raw = text.encode()  # offsets below count characters either way for the prefix
         offset = len(text[:offset].encode())
     line = raw.count(b"\n", 0, offset) + 1
-    col = len(raw[raw.rfind(b"\n", 0, offset) + 1:offset].decode("utf-8", "replace")) + 1
+    col = len(raw[raw.rfind(b"\n", 0, offset) + 1 : offset].decode("utf-8", "replace")) + 1
     raise error_class(problem, location=f"{path}:{line}:{col}", fix="save the file as UTF-8 text")
+
+
 def parse_spec(text: str, path: str = "<spec>", fmt: str = "prototxt") -> LoadedSpec:
     """Parse spec ``text`` (``fmt`` is ``prototxt``, ``yaml`` or ``json``)."""
     if fmt == "prototxt":
@@ -426,8 +455,11 @@ def load_spec(path: str | Path) -> LoadedSpec:
         if path.is_dir():
             raise SpecError(f"spec file {str(path)!r} is a folder", fix="name a .prototxt, .yaml or .json file")
         if size > MAX_SPEC_BYTES:
-            raise SpecError(f"spec file {str(path)!r} has {size} bytes; a spec is text of at most {MAX_SPEC_BYTES}",
-                            location=f"{path}:1:1", fix="is this a model file? name it in the spec's source { }")
+            raise SpecError(
+                f"spec file {str(path)!r} has {size} bytes; a spec is text of at most {MAX_SPEC_BYTES}",
+                location=f"{path}:1:1",
+                fix="is this a model file? name it in the spec's source { }",
+            )
         raw = path.read_bytes()
     except FileNotFoundError:
         raise SpecError(f"spec file {str(path)!r} does not exist") from None

@@ -12,6 +12,7 @@ from functools import cache
 from importlib import resources
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
 
 
 @cache
@@ -25,16 +26,16 @@ def _pool() -> descriptor_pool.DescriptorPool:
 
 
 @cache
-def message_class(full_name: str) -> type:
+def message_class(full_name: str) -> type[Message]:
     """The message class for a fully qualified name, e.g. ``surgery.spec.Spec``."""
     return message_factory.GetMessageClass(_pool().FindMessageTypeByName(full_name))
 
 
-def spec_class(name: str) -> type:
+def spec_class(name: str) -> type[Message]:
     """A message class of the spec schema (``Spec``, ``Edit``, ``Classifier``...)."""
     return message_class(f"surgery.spec.{name}")
 
 
-def caffe_class(name: str) -> type:
+def caffe_class(name: str) -> type[Message]:
     """A message class of the Caffe schema (``NetParameter``, ``LayerParameter``...)."""
     return message_class(f"surgery.caffe.{name}")

@@ -22,16 +22,28 @@ class DigitsCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
-        self.features = nn.Sequential(OrderedDict(
-            conv1=nn.Conv2d(1, 16, 3, padding=1), bn1=nn.BatchNorm2d(16), relu1=nn.ReLU(),
-            conv2=nn.Conv2d(16, 32, 3, padding=1), bn2=nn.BatchNorm2d(32), relu2=nn.ReLU(),
-            pool1=nn.MaxPool2d(2),
-            conv3=nn.Conv2d(32, 64, 3, padding=1), relu3=nn.ReLU(),
-            pool2=nn.MaxPool2d(2),
-        ))
-        self.classifier = nn.Sequential(OrderedDict(
-            fc1=nn.Linear(256, 64), relu=nn.ReLU(), drop=nn.Dropout(0.25), fc2=nn.Linear(64, num_classes),
-        ))
+        self.features = nn.Sequential(
+            OrderedDict(
+                conv1=nn.Conv2d(1, 16, 3, padding=1),
+                bn1=nn.BatchNorm2d(16),
+                relu1=nn.ReLU(),
+                conv2=nn.Conv2d(16, 32, 3, padding=1),
+                bn2=nn.BatchNorm2d(32),
+                relu2=nn.ReLU(),
+                pool1=nn.MaxPool2d(2),
+                conv3=nn.Conv2d(32, 64, 3, padding=1),
+                relu3=nn.ReLU(),
+                pool2=nn.MaxPool2d(2),
+            )
+        )
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                fc1=nn.Linear(256, 64),
+                relu=nn.ReLU(),
+                drop=nn.Dropout(0.25),
+                fc2=nn.Linear(64, num_classes),
+            )
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)

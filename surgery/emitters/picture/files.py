@@ -18,8 +18,10 @@ def svg_to_png(svg: str) -> bytes:
     try:
         import resvg_py
     except ImportError:
-        raise SurgeryError("writing a .png needs the resvg renderer, which is not installed",
-                           fix='pip install "surgery-nets[png]", or write an .svg') from None
+        raise SurgeryError(
+            "writing a .png needs the resvg renderer, which is not installed",
+            fix='pip install "surgery-nets[png]", or write an .svg',
+        ) from None
     return bytes(resvg_py.svg_to_bytes(svg_string=svg, zoom=PNG_ZOOM, background="#ffffff"))
 
 

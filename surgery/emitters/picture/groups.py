@@ -32,8 +32,11 @@ def group_mark(box: Box) -> str:
     return next((m for m in map(_mark, box.members) if m is not None), "")
 
 
-def group_boxes(side: Side, min_group: int = 3, partition: dict[str, str] | None = None,
-                ) -> tuple[list[Box], list[tuple[str, str]]]:
+def group_boxes(
+    side: Side,
+    min_group: int = 3,
+    partition: dict[str, str] | None = None,
+) -> tuple[list[Box], list[tuple[str, str]]]:
     """The boxes of ``side`` (in execution order of their first layer) and the edges
     between boxes. ``min_group``: smaller runs stay as single layers (0: no grouping).
     ``partition``: layers with different labels never share a box (the source side
@@ -69,8 +72,14 @@ def group_boxes(side: Side, min_group: int = 3, partition: dict[str, str] | None
     return ordered, edges
 
 
-def _region(exit_name: str, nodes: dict[str, Node], preds: dict[str, list[str]],
-            succs: dict[str, list[str]], owner: dict[str, str], label: dict[str, str]) -> set[str]:
+def _region(
+    exit_name: str,
+    nodes: dict[str, Node],
+    preds: dict[str, list[str]],
+    succs: dict[str, list[str]],
+    owner: dict[str, str],
+    label: dict[str, str],
+) -> set[str]:
     """The largest set ending at ``exit_name`` whose other members feed only the set."""
     look = (_look(nodes[exit_name]), label.get(exit_name))
     mark = _mark(nodes[exit_name])

@@ -14,12 +14,15 @@ from surgery.emitters.picture.model import CHANGE_STYLES, xml_safe
 
 _CSS = """
 body{font-family:"DejaVu Sans",Verdana,Helvetica,Arial,sans-serif;margin:24px;color:#222;font-size:14px}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
-.sub{color:#666;margin-bottom:14px}.chips span{display:inline-block;margin:0 8px 6px 0;padding:3px 9px;border-radius:10px;
-border:1px solid #999}.picture{overflow:auto;border:1px solid #e0e0e0;padding:6px;max-height:90vh}
+h1{font-size:22px;margin:0 0 4px}
+h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.sub{color:#666;margin-bottom:14px}
+.chips span{display:inline-block;margin:0 8px 6px 0;padding:3px 9px;border-radius:10px;border:1px solid #999}
+.picture{overflow:auto;border:1px solid #e0e0e0;padding:6px;max-height:90vh}
 table{border-collapse:collapse;font-size:13px}th,td{border-bottom:1px solid #eee;padding:4px 8px;text-align:left;
 vertical-align:top}th{background:#f4f4f4;position:sticky;top:0}table.sortable th{cursor:pointer;user-select:none}
-table.sortable th:after{content:" \\2195";color:#aaa}td:first-child,th{white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums}
+table.sortable th:after{content:" \\2195";color:#aaa}td:first-child,th{white-space:nowrap}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
 code{background:#f6f6f6;padding:1px 4px;border-radius:3px}.ok{color:#2e7d32;font-weight:bold}
 .bad{color:#c62828;font-weight:bold}label{cursor:pointer}.hidden{display:none}
 #picture-folded svg{max-width:100%;height:auto}
@@ -91,14 +94,32 @@ def _layers_table(layers: list[dict[str, Any]]) -> str:
         train = ("yes" if row["trainable"] else "frozen") if row["lr_mult"] is not None else "-"
         rows.append(
             f'<tr class="{escape(row["change"])}" style="background:{fill}">'
-            + _cell(index, numeric=True) + _cell(row["name"]) + _cell(row["type"])
+            + _cell(index, numeric=True)
+            + _cell(row["name"])
+            + _cell(row["type"])
             + _cell(_shape(row["output_shape"]), sort=_numel(row["output_shape"]), numeric=True)
-            + _cell(f'{row["params"]:,}', sort=row["params"], numeric=True)
-            + _cell(row["change"]) + _cell(_mult(row["lr_mult"])) + _cell(_mult(row["decay_mult"]))
-            + _cell(train) + _cell(row["origin"]) + _cell(", ".join(_line(w) for w in row.get("where", [])))
-            + "</tr>")
-    headers = ["#", "layer", "type", "output", "params", "change", "lr_mult", "decay_mult", "trains", "weights from",
-               "spec"]
+            + _cell(f"{row['params']:,}", sort=row["params"], numeric=True)
+            + _cell(row["change"])
+            + _cell(_mult(row["lr_mult"]))
+            + _cell(_mult(row["decay_mult"]))
+            + _cell(train)
+            + _cell(row["origin"])
+            + _cell(", ".join(_line(w) for w in row.get("where", [])))
+            + "</tr>"
+        )
+    headers = [
+        "#",
+        "layer",
+        "type",
+        "output",
+        "params",
+        "change",
+        "lr_mult",
+        "decay_mult",
+        "trains",
+        "weights from",
+        "spec",
+    ]
     return _table(headers, rows, True, "layers")
 
 
@@ -128,10 +149,16 @@ def _edits_table(edits: list[dict[str, Any]], spec_lines: dict[int, str]) -> str
         line = label.removeprefix("line ")
         text = spec_lines.get(int(line), "") if line.isdigit() else ""
         who = layers[0] if len(layers) == 1 else f"{layers[0]} … {layers[-1]} ({len(layers)} layers)"
-        rows.append("<tr>" + _cell(label or "-", sort=int(line) if line.isdigit() else 0)
-                    + f"<td><code>{escape(text)}</code></td>" + _cell(op)
-                    + f'<td data-v="{escape(layers[0])}" title="{escape(chr(10).join(layers))}">{escape(who)}</td>'
-                    + _cell(what) + _cell(detail) + "</tr>")
+        rows.append(
+            "<tr>"
+            + _cell(label or "-", sort=int(line) if line.isdigit() else 0)
+            + f"<td><code>{escape(text)}</code></td>"
+            + _cell(op)
+            + f'<td data-v="{escape(layers[0])}" title="{escape(chr(10).join(layers))}">{escape(who)}</td>'
+            + _cell(what)
+            + _cell(detail)
+            + "</tr>"
+        )
     return _table(["spec", "spec text", "edit", "layer", "what", "detail"], rows, True, "edits")
 
 
@@ -145,42 +172,73 @@ def _weights_section(report: dict[str, Any]) -> str:
             size = _numel(blob["shape"]) if blob["shape"] else 1
             counts[kind] += size
             blobs[kind] += 1
-    rows = [("<tr>" + _cell(kind) + _cell(blobs[kind], numeric=True) + _cell(f"{counts[kind]:,}", sort=counts[kind],
-                                                                             numeric=True) + "</tr>")
-            for kind in sorted(counts)]
+    rows = [
+        (
+            "<tr>"
+            + _cell(kind)
+            + _cell(blobs[kind], numeric=True)
+            + _cell(f"{counts[kind]:,}", sort=counts[kind], numeric=True)
+            + "</tr>"
+        )
+        for kind in sorted(counts)
+    ]
     out = _table(["weights from", "blobs", "values"], rows, False, "weights")
     copy = report.get("weight_copy")
     if copy:
-        items = "".join(f"<li><b>{escape(what)}</b> ({len(names)}): {escape(', '.join(names)) or '-'}</li>"
-                        for what, names in copy.items())
+        items = "".join(
+            f"<li><b>{escape(what)}</b> ({len(names)}): {escape(', '.join(names)) or '-'}</li>"
+            for what, names in copy.items()
+        )
         out += f"<p>Weights matched to layers by name:</p><ul>{items}</ul>"
     return out
 
 
 def _verify_section(verified: dict[str, Any] | None) -> str:
     if verified is None:
-        return ('<p id="verify-none">Not run. <code>surgery apply SPEC -o DIR --verify</code> runs it and puts the '
-                "figures here; <code>surgery verify SPEC --html DIR/report.html</code> rewrites this page with "
-                "them.</p>")
-    verdict = '<span class="ok">all within tolerance</span>' if verified["ok"] else \
-        '<span class="bad">some outputs differ beyond the tolerance</span>'
-    rows = ["<tr>" + _cell(c["what"]) + _cell(c["blob"]) + _cell(f'{c["max_abs"]:.3g}', sort=c["max_abs"], numeric=True)
-            + _cell(f'{c["max_rel"]:.3g}', sort=c["max_rel"], numeric=True)
-            + _cell(f'{c["allclose_ratio"]:.3g}', sort=c["allclose_ratio"], numeric=True)
-            + f'<td class="{"ok" if c["ok"] else "bad"}">'
-            + (f'ok ({escape(c["passed_by"])})' if c["ok"] else "DIFFERS") + "</td></tr>"
-            for c in verified["comparisons"]]
+        return (
+            '<p id="verify-none">Not run. <code>surgery apply SPEC -o DIR --verify</code> runs it and puts the '
+            "figures here; <code>surgery verify SPEC --html DIR/report.html</code> rewrites this page with "
+            "them.</p>"
+        )
+    verdict = (
+        '<span class="ok">all within tolerance</span>'
+        if verified["ok"]
+        else '<span class="bad">some outputs differ beyond the tolerance</span>'
+    )
+    rows = [
+        "<tr>"
+        + _cell(c["what"])
+        + _cell(c["blob"])
+        + _cell(f"{c['max_abs']:.3g}", sort=c["max_abs"], numeric=True)
+        + _cell(f"{c['max_rel']:.3g}", sort=c["max_rel"], numeric=True)
+        + _cell(f"{c['allclose_ratio']:.3g}", sort=c["allclose_ratio"], numeric=True)
+        + f'<td class="{"ok" if c["ok"] else "bad"}">'
+        + (f"ok ({escape(c['passed_by'])})" if c["ok"] else "DIFFERS")
+        + "</td></tr>"
+        for c in verified["comparisons"]
+    ]
     first = verified["comparisons"][0] if verified["comparisons"] else {"atol": 0, "rtol": 0, "scale_rtol": 0}
-    rules = (f'A comparison passes by allclose (|a - b| &lt;= {first["atol"]:g} + {first["rtol"]:g}·|b| for every '
-             f'element; the ratio column is the worst element against that bound) or by scale (max abs &lt;= '
-             f'{first["scale_rtol"]:g}·max |b|).')
-    return (f'<p id="verify-verdict">{verdict}; onnxruntime ran on {escape(verified["provider"])}, '
-            f'seed {escape(str(verified.get("seed", 0)))}. {rules}</p>'
-            + _table(["comparison", "blob", "max abs", "max rel", "allclose ratio", ""], rows, True, "verify"))
+    rules = (
+        f"A comparison passes by allclose (|a - b| &lt;= {first['atol']:g} + {first['rtol']:g}·|b| for every "
+        f"element; the ratio column is the worst element against that bound) or by scale (max abs &lt;= "
+        f"{first['scale_rtol']:g}·max |b|)."
+    )
+    return (
+        f'<p id="verify-verdict">{verdict}; onnxruntime ran on {escape(verified["provider"])}, '
+        f"seed {escape(str(verified.get('seed', 0)))}. {rules}</p>"
+        + _table(["comparison", "blob", "max abs", "max rel", "allclose ratio", ""], rows, True, "verify")
+    )
 
 
-def report_page(title: str, spec_name: str, report: dict[str, Any], svg_folded: str, svg_all: str | None,
-                spec_lines: dict[int, str], verified: dict[str, Any] | None) -> str:
+def report_page(
+    title: str,
+    spec_name: str,
+    report: dict[str, Any],
+    svg_folded: str,
+    svg_all: str | None,
+    spec_lines: dict[int, str],
+    verified: dict[str, Any] | None,
+) -> str:
     """The report page's HTML text.
 
     Args:
@@ -193,8 +251,10 @@ def report_page(title: str, spec_name: str, report: dict[str, Any], svg_folded: 
         verified: verify's figures (``provider``, ``ok``, ``seed``, ``comparisons``), or ``None``.
     """
     changes = Counter(row["change"] for row in report["layers"])
-    chips = "".join(f'<span style="background:{CHANGE_STYLES.get(c, CHANGE_STYLES["derived"])[0]}">'
-                    f"{escape(c)}: {n}</span>" for c, n in changes.items())
+    chips = "".join(
+        f'<span style="background:{CHANGE_STYLES.get(c, CHANGE_STYLES["derived"])[0]}">{escape(c)}: {n}</span>'
+        for c, n in changes.items()
+    )
     toggle = ""
     pictures = f'<div class="picture" id="picture-folded">{svg_folded}</div>'
     if svg_all is not None:

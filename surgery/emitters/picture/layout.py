@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from grandalf.graphs import Edge, Graph, Vertex
 from grandalf.layouts import SugiyamaLayout
 
-X_SPACE = 28   # between boxes of one rank
-Y_SPACE = 34   # between ranks
+X_SPACE = 28  # between boxes of one rank
+Y_SPACE = 34  # between ranks
 COMPONENT_GAP = 40
 
 

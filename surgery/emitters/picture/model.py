@@ -16,6 +16,7 @@ def xml_safe(text: str) -> str:
     """``text`` with characters that XML cannot represent replaced by U+FFFD."""
     return _NOT_XML.sub("\ufffd", text)
 
+
 #: Colours by what happened to a layer: (fill, stroke, legend text).
 CHANGE_STYLES: dict[str, tuple[str, str, str]] = {
     "kept": ("#f5f5f5", "#8c8c8c", "kept (weights bit for bit)"),

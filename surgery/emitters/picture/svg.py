@@ -9,6 +9,7 @@ scripts and tests (``layer reinitialised``, ``group kept``).
 
 from __future__ import annotations
 
+import itertools
 import xml.etree.ElementTree as ET
 from collections import Counter
 
@@ -18,10 +19,10 @@ from surgery.emitters.picture.model import CHANGE_STYLES, Box, Side, xml_safe
 
 FONT = "DejaVu Sans, Verdana, Helvetica, Arial, sans-serif"
 NAME_SIZE, TEXT_SIZE, TITLE_SIZE = 12.5, 11, 15
-LINE = 15          # line height inside a box
+LINE = 15  # line height inside a box
 PAD_X, PAD_Y = 10, 7
-STRIPE = 6         # the frozen / lr stripe on a box's left edge
-MAX_CHARS = 44     # longer names are shortened (the tooltip has them whole)
+STRIPE = 6  # the frozen / lr stripe on a box's left edge
+MAX_CHARS = 44  # longer names are shortened (the tooltip has them whole)
 PANEL_GAP = 70
 MARGIN = 16
 FROZEN_COLOUR, LR_COLOUR, EDGE_COLOUR = "#4f6d8a", "#00897b", "#7a7a7a"
@@ -33,7 +34,7 @@ def _width(text: str, size: float, bold: bool = False) -> float:
 
 
 def _short(text: str, limit: int = MAX_CHARS) -> str:
-    return text if len(text) <= limit else text[: limit // 2 - 1] + "…" + text[-(limit - limit // 2):]
+    return text if len(text) <= limit else text[: limit // 2 - 1] + "…" + text[-(limit - limit // 2) :]
 
 
 def _shape(shape: tuple[int, ...] | None) -> str:
@@ -55,13 +56,14 @@ def _lines(box: Box) -> list[tuple[str, str]]:
         last = box.members[-1]
         types = Counter(m.type for m in box.members).most_common()
         kinds = ", ".join(f"{n} {t}" for t, n in types[:3]) + (", …" if len(types) > 3 else "")
-        lines = [(f"{len(box.members)} layers kept", "name"),
-                 (f"{_short(node.name, 22)} … {_short(last.name, 22)}", "meta"),
-                 (_short(kinds, 52), "meta"),
-                 (f"out {_shape(last.shape)} · {_params(sum(m.params for m in box.members))}", "meta")]
+        lines = [
+            (f"{len(box.members)} layers kept", "name"),
+            (f"{_short(node.name, 22)} … {_short(last.name, 22)}", "meta"),
+            (_short(kinds, 52), "meta"),
+            (f"out {_shape(last.shape)} · {_params(sum(m.params for m in box.members))}", "meta"),
+        ]
     else:
-        lines = [(_short(node.name), "name"),
-                 (f"{node.type} · {_shape(node.shape)} · {_params(node.params)}", "meta")]
+        lines = [(_short(node.name), "name"), (f"{node.type} · {_shape(node.shape)} · {_params(node.params)}", "meta")]
         if node.change != "kept" or node.where:
             spec = ", ".join(node.where[:3]) + (" …" if len(node.where) > 3 else "")
             lines.append((node.change + (f" · spec {spec}" if spec else ""), "change"))
@@ -82,15 +84,19 @@ def _tooltip(box: Box) -> str:
     if box.grouped:
         return f"{len(box.members)} unchanged layers:\n" + "\n".join(f"{m.name} ({m.type})" for m in box.members)
     node = box.first
-    parts = [f"{node.name} ({node.type})", f"output {_shape(node.shape)}, {node.params:,} parameters",
-             f"{node.change}" + (f": {node.detail}" if node.detail else "")]
+    parts = [
+        f"{node.name} ({node.type})",
+        f"output {_shape(node.shape)}, {node.params:,} parameters",
+        f"{node.change}" + (f": {node.detail}" if node.detail else ""),
+    ]
     if node.where:
         parts.append("spec: " + ", ".join(node.where))
     return "\n".join(parts)
 
 
-def _draw_box(parent: ET.Element, box: Box, centre: tuple[float, float], size: tuple[float, float],
-              lines: list[tuple[str, str]]) -> None:
+def _draw_box(
+    parent: ET.Element, box: Box, centre: tuple[float, float], size: tuple[float, float], lines: list[tuple[str, str]]
+) -> None:
     node = box.first
     fill, stroke, _ = CHANGE_STYLES.get(node.change, CHANGE_STYLES["derived"])
     kind = "group" if box.grouped else "layer"
@@ -103,8 +109,16 @@ def _draw_box(parent: ET.Element, box: Box, centre: tuple[float, float], size: t
     ET.SubElement(g, "title").text = _tooltip(box)
     w, h = size
     x, y = centre[0] - w / 2, centre[1] - h / 2
-    rect = {"x": f"{x:.1f}", "y": f"{y:.1f}", "width": f"{w:.1f}", "height": f"{h:.1f}", "rx": "5",
-            "fill": fill, "stroke": stroke, "stroke-width": "1.6" if node.change != "kept" else "1"}
+    rect = {
+        "x": f"{x:.1f}",
+        "y": f"{y:.1f}",
+        "width": f"{w:.1f}",
+        "height": f"{h:.1f}",
+        "rx": "5",
+        "fill": fill,
+        "stroke": stroke,
+        "stroke-width": "1.6" if node.change != "kept" else "1",
+    }
     if box.grouped:  # a stack of cards: a second outline peeking out behind
         ET.SubElement(g, "rect", {**rect, "x": f"{x + 4:.1f}", "y": f"{y + 4:.1f}", "fill": "#e8e8e8"})
     if node.change == "dropped":
@@ -113,11 +127,25 @@ def _draw_box(parent: ET.Element, box: Box, centre: tuple[float, float], size: t
     lr = group_mark(box)
     if lr:
         colour = FROZEN_COLOUR if lr == "frozen" else LR_COLOUR
-        ET.SubElement(g, "rect", {"x": f"{x + 1:.1f}", "y": f"{y + 1:.1f}", "width": str(STRIPE),
-                                  "height": f"{h - 2:.1f}", "rx": "3", "fill": colour})
+        ET.SubElement(
+            g,
+            "rect",
+            {
+                "x": f"{x + 1:.1f}",
+                "y": f"{y + 1:.1f}",
+                "width": str(STRIPE),
+                "height": f"{h - 2:.1f}",
+                "rx": "3",
+                "fill": colour,
+            },
+        )
     for index, (text, role) in enumerate(lines):
-        attrs = {"x": f"{x + PAD_X + STRIPE:.1f}", "y": f"{y + PAD_Y + LINE * index + 11.5:.1f}",
-                 "font-size": str(NAME_SIZE if role == "name" else TEXT_SIZE), "fill": "#222"}
+        attrs = {
+            "x": f"{x + PAD_X + STRIPE:.1f}",
+            "y": f"{y + PAD_Y + LINE * index + 11.5:.1f}",
+            "font-size": str(NAME_SIZE if role == "name" else TEXT_SIZE),
+            "fill": "#222",
+        }
         if role == "name":
             attrs["font-weight"] = "bold"
         elif role == "change":
@@ -133,14 +161,15 @@ def _edge_path(points: list[tuple[float, float]], start: tuple[float, float], en
     and entering each point vertically (the look of dot's splines)."""
     pts = [start, *points[1:-1], end]
     path = [f"M{pts[0][0]:.1f},{pts[0][1]:.1f}"]
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+    for (x0, y0), (x1, y1) in itertools.pairwise(pts):
         mid = (y0 + y1) / 2
         path.append(f"C{x0:.1f},{mid:.1f} {x1:.1f},{mid:.1f} {x1:.1f},{y1:.1f}")
     return " ".join(path)
 
 
-def _panel(parent: ET.Element, side: Side, left: float, top: float, boxes: list[Box],
-           edges: list[tuple[str, str]]) -> tuple[float, float]:
+def _panel(
+    parent: ET.Element, side: Side, left: float, top: float, boxes: list[Box], edges: list[tuple[str, str]]
+) -> tuple[float, float]:
     """Draw one side's boxes at (left, top); returns its (width, height)."""
     lines = {box.key: _lines(box) for box in boxes}
     sizes = {box.key: _size(lines[box.key]) for box in boxes}
@@ -149,8 +178,17 @@ def _panel(parent: ET.Element, side: Side, left: float, top: float, boxes: list[
     title = f"{side.title} · {len(side.nodes)} layers" + (f" · {changed} changed" if changed else "")
     width = max(placed.width, _width(title, TITLE_SIZE, True))
     panel = ET.SubElement(parent, "g", {"class": "panel", "data-title": side.title})
-    ET.SubElement(panel, "text", {"x": f"{left:.1f}", "y": f"{top + TITLE_SIZE:.1f}", "font-size": str(TITLE_SIZE),
-                                  "font-weight": "bold", "fill": "#222"}).text = title
+    ET.SubElement(
+        panel,
+        "text",
+        {
+            "x": f"{left:.1f}",
+            "y": f"{top + TITLE_SIZE:.1f}",
+            "font-size": str(TITLE_SIZE),
+            "font-weight": "bold",
+            "fill": "#222",
+        },
+    ).text = title
     top += TITLE_SIZE + 14
     offset = left + (width - placed.width) / 2
     for (a, b), route in placed.routes.items():
@@ -158,8 +196,18 @@ def _panel(parent: ET.Element, side: Side, left: float, top: float, boxes: list[
         start = (ax + offset, ay + top + sizes[a][1] / 2)
         end = (bx + offset, by + top - sizes[b][1] / 2 - 2)
         bends = [(x + offset, y + top) for x, y in route]
-        ET.SubElement(panel, "path", {"d": _edge_path(bends, start, end), "fill": "none", "stroke": EDGE_COLOUR,
-                                      "stroke-width": "1.2", "marker-end": "url(#arrow)", "class": "edge"})
+        ET.SubElement(
+            panel,
+            "path",
+            {
+                "d": _edge_path(bends, start, end),
+                "fill": "none",
+                "stroke": EDGE_COLOUR,
+                "stroke-width": "1.2",
+                "marker-end": "url(#arrow)",
+                "class": "edge",
+            },
+        )
     for box in boxes:
         cx, cy = placed.centres[box.key]
         _draw_box(panel, box, (cx + offset, cy + top), sizes[box.key], lines[box.key])
@@ -177,10 +225,24 @@ def _legend(parent: ET.Element, sides: list[Side], left: float, top: float) -> f
     legend = ET.SubElement(parent, "g", {"class": "legend"})
     x = left
     for fill, stroke, text in items:
-        ET.SubElement(legend, "rect", {"x": f"{x:.1f}", "y": f"{top:.1f}", "width": "14", "height": "14", "rx": "3",
-                                       "fill": fill, "stroke": stroke})
-        ET.SubElement(legend, "text", {"x": f"{x + 19:.1f}", "y": f"{top + 11.5:.1f}", "font-size": str(TEXT_SIZE),
-                                       "fill": "#222"}).text = text
+        ET.SubElement(
+            legend,
+            "rect",
+            {
+                "x": f"{x:.1f}",
+                "y": f"{top:.1f}",
+                "width": "14",
+                "height": "14",
+                "rx": "3",
+                "fill": fill,
+                "stroke": stroke,
+            },
+        )
+        ET.SubElement(
+            legend,
+            "text",
+            {"x": f"{x + 19:.1f}", "y": f"{top + 11.5:.1f}", "font-size": str(TEXT_SIZE), "fill": "#222"},
+        ).text = text
         x += 19 + _width(text, TEXT_SIZE) + 18
     return 14
 
@@ -197,8 +259,19 @@ def draw_svg(sides: list[Side], *, min_group: int = 3, standalone: bool = True) 
     """
     root = ET.Element("svg", {"font-family": FONT, "class": "surgery-change"})
     defs = ET.SubElement(root, "defs")
-    marker = ET.SubElement(defs, "marker", {"id": "arrow", "viewBox": "0 0 10 10", "refX": "9", "refY": "5",
-                                            "markerWidth": "7", "markerHeight": "7", "orient": "auto-start-reverse"})
+    marker = ET.SubElement(
+        defs,
+        "marker",
+        {
+            "id": "arrow",
+            "viewBox": "0 0 10 10",
+            "refX": "9",
+            "refY": "5",
+            "markerWidth": "7",
+            "markerHeight": "7",
+            "orient": "auto-start-reverse",
+        },
+    )
     ET.SubElement(marker, "path", {"d": "M0,0 L10,5 L0,10 z", "fill": EDGE_COLOUR})
     background = ET.SubElement(root, "rect", {"x": "0", "y": "0", "fill": "#ffffff"})
     top = MARGIN + _legend(root, sides, MARGIN, MARGIN) + 22
@@ -208,9 +281,18 @@ def draw_svg(sides: list[Side], *, min_group: int = 3, standalone: bool = True) 
     left, height = MARGIN, 0.0
     for index, side in enumerate(sides):
         if index:
-            ET.SubElement(root, "line", {"x1": f"{left - PANEL_GAP / 2:.1f}", "y1": f"{top:.1f}",
-                                         "x2": f"{left - PANEL_GAP / 2:.1f}", "y2": "0", "stroke": "#d0d0d0",
-                                         "class": "divider"})
+            ET.SubElement(
+                root,
+                "line",
+                {
+                    "x1": f"{left - PANEL_GAP / 2:.1f}",
+                    "y1": f"{top:.1f}",
+                    "x2": f"{left - PANEL_GAP / 2:.1f}",
+                    "y2": "0",
+                    "stroke": "#d0d0d0",
+                    "class": "divider",
+                },
+            )
         boxes, edges = grouped.get(index) or group_boxes(side, min_group, partition)
         w, h = _panel(root, side, left, top, boxes, edges)
         left += w + PANEL_GAP

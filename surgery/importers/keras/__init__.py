@@ -23,8 +23,9 @@ from surgery.ir import Net
 SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
-def import_keras(path: str | Path, input_shape: tuple[int, ...] | None = None, name: str | None = None,
-                 nhwc_input: bool = False) -> Net:
+def import_keras(
+    path: str | Path, input_shape: tuple[int, ...] | None = None, name: str | None = None, nhwc_input: bool = False
+) -> Net:
     """Read a Keras model file into a :class:`Net` (weights are read on first use).
 
     Args:
@@ -48,8 +49,10 @@ def import_keras(path: str | Path, input_shape: tuple[int, ...] | None = None, n
     opened = open_keras(path)
     model = opened.config
     if model.get("class_name") not in MODEL_CLASSES:
-        raise ModelFormatError(f"{str(path)!r} holds a {model.get('class_name')!r}, not a Functional or Sequential model",
-                               fix="save a keras.Model or keras.Sequential")
+        raise ModelFormatError(
+            f"{str(path)!r} holds a {model.get('class_name')!r}, not a Functional or Sequential model",
+            fix="save a keras.Model or keras.Sequential",
+        )
     refuse_unmapped(model)
     net = Net(name or model.get("config", {}).get("name") or path.stem)
     shape = tuple(int(d) for d in input_shape) if input_shape else None

@@ -63,8 +63,12 @@ class Variable:
         unfiltered and little-endian; else read by h5py."""
         dataset, count = self.dataset, int(np.prod(self.shape))
         offset = dataset.id.get_offset() if self.mapped is not None and count else None
-        if offset is not None and dataset.chunks is None and self.dtype.byteorder in "=<|" \
-                and self.dtype.kind in "fiub":
+        if (
+            offset is not None
+            and dataset.chunks is None
+            and self.dtype.byteorder in "=<|"
+            and self.dtype.kind in "fiub"
+        ):
             buffer, base = self.mapped
             if base + offset + count * self.dtype.itemsize <= len(buffer):
                 return wire.view(buffer, self.dtype, base + offset, count).reshape(self.shape)
@@ -74,11 +78,11 @@ class Variable:
 class Scope:
     """Where one Keras layer's variables are; models hand out their layers' scopes."""
 
-    def child(self, class_name: str, name: str) -> "Scope":
+    def child(self, class_name: str, name: str) -> Scope:
         """The scope of a layer of a model (call in the model's layer order)."""
         raise NotImplementedError
 
-    def attribute(self, attr: str, name: str | None = None) -> "Scope":
+    def attribute(self, attr: str, name: str | None = None) -> Scope:
         """The scope of a sub-object (``cell`` of an RNN, ``layer`` of a wrapper)."""
         raise NotImplementedError
 
@@ -118,8 +122,10 @@ class ArchiveScope(Scope):
         where = f"{self.path}/vars/{index}"
         dataset = self.root.get(where)
         if dataset is None or not isinstance(dataset, h5py.Dataset):
-            raise ModelFormatError(f"the weights file has no variable {where!r} ({name} of layer {layer!r})",
-                                   fix="re-save the model with Keras 3 (model.save('model.keras'))")
+            raise ModelFormatError(
+                f"the weights file has no variable {where!r} ({name} of layer {layer!r})",
+                fix="re-save the model with Keras 3 (model.save('model.keras'))",
+            )
         return Variable(dataset, where, self.mapped, self.keep)
 
 
@@ -129,8 +135,9 @@ class LegacyScope(Scope):
     a top-level layer owns its whole group, a layer of a nested model owns the entries
     naming it (``block1_conv1/kernel``, or ``inner/dense/kernel`` in a nested Sequential)."""
 
-    def __init__(self, root: Any, group: Any, leaf: str | None, owns_group: bool,
-                 mapped: tuple[Any, int] | None = None) -> None:
+    def __init__(
+        self, root: Any, group: Any, leaf: str | None, owns_group: bool, mapped: tuple[Any, int] | None = None
+    ) -> None:
         self.root = root
         self.mapped = mapped
         self.group = group
@@ -164,17 +171,22 @@ class LegacyScope(Scope):
         model's trainable weights before its statistics, but keeps each layer's own
         order), else by variable name."""
         if self.group is None:
-            raise ModelFormatError(f"the .h5 file has no weights group for layer {layer!r}",
-                                   fix="save the model with its weights (model.save('model.h5'))")
+            raise ModelFormatError(
+                f"the .h5 file has no weights group for layer {layer!r}",
+                fix="save the model with its weights (model.save('model.h5'))",
+            )
         listed = [n.decode() if isinstance(n, bytes) else str(n) for n in self.group.attrs.get("weight_names", [])]
         mine = [n for n in listed if self._mine(n)]
         if index < len(mine) and mine[index] in self.group:
             return Variable(self.group[mine[index]], f"{self.group.name}/{mine[index]}", self.mapped)
-        candidates = [path for path in self._datasets()
-                      if self._mine(path) and path.rsplit("/", 1)[-1].split(":")[0] == name]
+        candidates = [
+            path for path in self._datasets() if self._mine(path) and path.rsplit("/", 1)[-1].split(":")[0] == name
+        ]
         if not candidates:
-            raise ModelFormatError(f"the .h5 file has no weight {name!r} for layer {layer!r}",
-                                   fix="save the model with its weights (model.save('model.h5'))")
+            raise ModelFormatError(
+                f"the .h5 file has no weight {name!r} for layer {layer!r}",
+                fix="save the model with its weights (model.save('model.h5'))",
+            )
         path = min(candidates, key=len)
         return Variable(self.group[path], f"{self.group.name}/{path}", self.mapped)
 
@@ -184,7 +196,7 @@ class _Window(io.RawIOBase):
 
     def __init__(self, buffer: mmap.mmap, offset: int, length: int) -> None:
         super().__init__()
-        self.view = memoryview(buffer)[offset:offset + length]
+        self.view = memoryview(buffer)[offset : offset + length]
         self.position = 0
 
     def readable(self) -> bool:
@@ -202,8 +214,8 @@ class _Window(io.RawIOBase):
         return self.position
 
     def readinto(self, target: Any) -> int:
-        chunk = self.view[self.position:self.position + len(target)]
-        target[:len(chunk)] = chunk
+        chunk = self.view[self.position : self.position + len(target)]
+        target[: len(chunk)] = chunk
         self.position += len(chunk)
         return len(chunk)
 
@@ -230,8 +242,10 @@ def open_keras(path: Path) -> KerasFile:
     try:
         handle = h5py.File(path, "r")
     except OSError as error:
-        raise ModelFormatError(f"{str(path)!r} is neither a .keras archive nor an HDF5 file ({error})",
-                               fix="save the model with model.save('model.keras')") from None
+        raise ModelFormatError(
+            f"{str(path)!r} is neither a .keras archive nor an HDF5 file ({error})",
+            fix="save the model with model.save('model.keras')",
+        ) from None
     return _open_legacy(path, handle)
 
 
@@ -243,8 +257,10 @@ def _open_archive(path: Path) -> KerasFile:
         config = _json(archive.read("config.json"), path)
         metadata = _json(archive.read("metadata.json"), path) if "metadata.json" in names else {}
         if "model.weights.h5" not in names:
-            raise ModelFormatError(f"{str(path)!r} has no model.weights.h5",
-                                   fix="save the whole model (model.save('model.keras')), not only its config")
+            raise ModelFormatError(
+                f"{str(path)!r} has no model.weights.h5",
+                fix="save the whole model (model.save('model.keras')), not only its config",
+            )
         info = archive.getinfo("model.weights.h5")
         buffer = wire.open_mapped(path)
         mapped = None
@@ -267,18 +283,20 @@ def _data_offset(buffer: mmap.mmap, info: zipfile.ZipInfo) -> int:
     """Where a stored member's bytes start: after its local header (zip format: 30 fixed
     bytes, then the file name and extra field, whose lengths sit at offsets 26 and 28)."""
     header = info.header_offset
-    if buffer[header:header + 4] != b"PK\x03\x04":
+    if buffer[header : header + 4] != b"PK\x03\x04":
         raise ModelFormatError("the .keras archive is corrupt (bad local file header)")
-    name_length = int.from_bytes(buffer[header + 26:header + 28], "little")
-    extra_length = int.from_bytes(buffer[header + 28:header + 30], "little")
+    name_length = int.from_bytes(buffer[header + 26 : header + 28], "little")
+    extra_length = int.from_bytes(buffer[header + 28 : header + 30], "little")
     return header + 30 + name_length + extra_length
 
 
 def _open_legacy(path: Path, handle: Any) -> KerasFile:
     text = handle.attrs.get("model_config")
     if text is None:
-        raise ModelFormatError(f"{str(path)!r} holds weights only (no model_config)",
-                               fix="save the whole model (model.save('model.h5')), not save_weights")
+        raise ModelFormatError(
+            f"{str(path)!r} holds weights only (no model_config)",
+            fix="save the whole model (model.save('model.h5')), not save_weights",
+        )
     config = _json(text.encode() if isinstance(text, str) else bytes(text), path)
     group = handle.get("model_weights", handle)
     version = handle.attrs.get("keras_version", "")

@@ -113,19 +113,33 @@ class Builder:
             candidate = f"{name}_{self._counts[name]}"
         return candidate
 
-    def add(self, name: str, type_name: str, inputs: list[str], params: dict[str, Any] | None = None,
-            blobs: dict[str, ParamBlob] | None = None) -> str:
+    def add(
+        self,
+        name: str,
+        type_name: str,
+        inputs: list[str],
+        params: dict[str, Any] | None = None,
+        blobs: dict[str, ParamBlob] | None = None,
+    ) -> str:
         """Add one IR layer (its output blob has the layer's name); returns that blob."""
         name = self.unique(name)
-        layer = Layer(name, type_name, inputs=list(inputs), outputs=[name], params=params or {}, blobs=blobs or {},
-                      per_frame=self.frames is not None)
+        layer = Layer(
+            name,
+            type_name,
+            inputs=list(inputs),
+            outputs=[name],
+            params=params or {},
+            blobs=blobs or {},
+            per_frame=self.frames is not None,
+        )
         self.net.add_layer(layer)
         out = layer_type(type_name).infer_shapes(layer, [self.shape(b) for b in inputs])[0]
         self.shapes[name] = out if self.frames is None else (out[0], self.frames, *out[1:])
         return name
 
-    def tensor(self, blob: str, shape: tuple[int, ...], channel_at: int | None = None,
-               flattened: tuple[int, ...] | None = None) -> Tensor:
+    def tensor(
+        self, blob: str, shape: tuple[int, ...], channel_at: int | None = None, flattened: tuple[int, ...] | None = None
+    ) -> Tensor:
         """A Keras tensor for ``blob``, checked against the IR's shape for it."""
         tensor = Tensor(blob, tuple(shape), channel_at, flattened)
         expected = ir_shape(tensor.shape, channel_at)
@@ -140,12 +154,19 @@ class Builder:
             keras = tuple(shape)
         else:
             at = source.channel_at
-            keras = (*shape[:at], *shape[at + 1:], shape[at])
+            keras = (*shape[:at], *shape[at + 1 :], shape[at])
         return self.tensor(blob, keras, source.channel_at, source.flattened)
 
     # -------------------------------------------------------------- blobs
-    def param(self, variable: Variable, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-              shape: tuple[int, ...] | None = None, *, trainable: bool = True, **kwargs: Any) -> ParamBlob:
+    def param(
+        self,
+        variable: Variable,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        shape: tuple[int, ...] | None = None,
+        *,
+        trainable: bool = True,
+        **kwargs: Any,
+    ) -> ParamBlob:
         """A lazy blob over a stored variable: read (viewed in the mapped file when it can
         be), transformed (a transpose, made contiguous) on first use."""
         out_shape = tuple(shape) if shape is not None else variable.shape
@@ -157,8 +178,9 @@ class Builder:
 
         return ParamBlob.lazy(out_shape, dtype, load, trainable=trainable, **kwargs)
 
-    def variable(self, call: Call, index: int, name: str, shape: tuple[int, ...] | None = None,
-                 attribute: str | None = None) -> Variable:
+    def variable(
+        self, call: Call, index: int, name: str, shape: tuple[int, ...] | None = None, attribute: str | None = None
+    ) -> Variable:
         """Variable ``index`` (``name`` in legacy files) of a layer, or of its sub-object
         ``attribute`` (an RNN's ``cell``), its shape checked."""
         if call.scope is None:
@@ -166,6 +188,8 @@ class Builder:
         scope = call.scope.attribute(attribute) if attribute else call.scope
         variable = scope.variable(index, name, call.name)
         if shape is not None and variable.shape != tuple(shape):
-            raise call.refuse(f"stored {name} has shape {list(variable.shape)}, the config implies {list(shape)}",
-                              fix="the file's config and weights disagree: re-save the model")
+            raise call.refuse(
+                f"stored {name} has shape {list(variable.shape)}, the config implies {list(shape)}",
+                fix="the file's config and weights disagree: re-save the model",
+            )
         return variable

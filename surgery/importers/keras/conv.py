@@ -53,8 +53,13 @@ def conv2d(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
     filters, bias = int(call.get("filters")), bool(call.get("use_bias", True))
     channels = x.shape[-1]
     source, pad = _padded(b, call, x, kernel, stride, dilation)
-    blobs = {"weight": b.param(b.variable(call, 0, "kernel", (*kernel, channels // groups, filters)), conv_kernel,
-                               (filters, channels // groups, *kernel))}
+    blobs = {
+        "weight": b.param(
+            b.variable(call, 0, "kernel", (*kernel, channels // groups, filters)),
+            conv_kernel,
+            (filters, channels // groups, *kernel),
+        )
+    }
     if bias:
         blobs["bias"] = b.param(b.variable(call, 1, "bias", (filters,)))
     params = conv_params(filters, kernel, stride, pad, dilation, groups, bias)
@@ -62,8 +67,9 @@ def conv2d(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
     return activations.fused(b, call, _out(b, out))
 
 
-def _depthwise(b: Builder, call: Call, x: Tensor, name: str, variable: Any, multiplier: int,
-               bias: dict[str, Any]) -> str:
+def _depthwise(
+    b: Builder, call: Call, x: Tensor, name: str, variable: Any, multiplier: int, bias: dict[str, Any]
+) -> str:
     kernel, stride = _pair(call.get("kernel_size")), _pair(call.get("strides", 1))
     dilation = _pair(call.get("dilation_rate", 1))
     channels = x.shape[-1]
@@ -134,8 +140,10 @@ def pooling2d(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
     wanted = [-(-n // s) if mode == "same" else (n - k) // s + 1 for n, k, s in zip(x.shape[1:3], kernel, stride)]
     got = [pool_output_size(n, k, s, p, 1, ceil) for n, k, s, p in zip(x.shape[1:3], kernel, stride, begin)]
     if got != wanted or any(2 * p > k for p, k in zip(begin, kernel)):
-        raise call.refuse(f"'same' pooling of a {list(x.shape[1:3])} map with window {list(kernel)} and stride "
-                          f"{list(stride)} has no torch form")
+        raise call.refuse(
+            f"'same' pooling of a {list(x.shape[1:3])} map with window {list(kernel)} and stride "
+            f"{list(stride)} has no torch form"
+        )
     pool = "MAX" if call.class_name.startswith("Max") else "AVE"
     params = pooling_params(pool, kernel, stride, begin, ceil_mode=ceil, count_include_pad=False)
     return _out(b, b.add(call.name, "Pooling", [x.blob], params))

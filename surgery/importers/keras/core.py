@@ -33,7 +33,10 @@ def dense(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
     else:
         flattened = x.flattened
         blobs["weight"] = b.param(kernel, lambda k: dense_kernel(k, flattened), (units, features))
-        type_name, params = "InnerProduct", {"num_output": units, "bias_term": use_bias, "axis": 1 if x.rank == 2 else -1}
+        type_name, params = (
+            "InnerProduct",
+            {"num_output": units, "bias_term": use_bias, "axis": 1 if x.rank == 2 else -1},
+        )
     if use_bias:
         blobs["bias"] = b.param(b.variable(call, 1, "bias", (units,)))
     out = b.add(call.name, type_name, [x.blob], params, blobs)
@@ -131,8 +134,10 @@ def channel_axis(call: Call, x: Tensor) -> None:
     if isinstance(axis, list):
         axis = axis[0] if len(axis) == 1 else None
     if axis is None or x.axis(axis) != 1:
-        raise call.refuse(f"axis {call.get('axis')} of a {list(x.shape)} tensor is not the channel axis; "
-                          "only per-channel statistics have a mapping")
+        raise call.refuse(
+            f"axis {call.get('axis')} of a {list(x.shape)} tensor is not the channel axis; "
+            "only per-channel statistics have a mapping"
+        )
 
 
 @keras_layer("BatchNormalization")
@@ -154,8 +159,12 @@ def batch_normalization(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
     for role, keras_name in (("running_mean", "moving_mean"), ("running_var", "moving_variance")):
         blobs[role] = b.param(b.variable(call, index, keras_name, (channels,)), trainable=False)
         index += 1
-    params = {"eps": float(call.get("epsilon", 1e-3)), "momentum": 1.0 - float(call.get("momentum", 0.99)),
-              "affine": scale or center, "use_global_stats": None}
+    params = {
+        "eps": float(call.get("epsilon", 1e-3)),
+        "momentum": 1.0 - float(call.get("momentum", 0.99)),
+        "affine": scale or center,
+        "use_global_stats": None,
+    }
     out = b.add(call.name, "BatchNorm", [x.blob], params, blobs)
     return b.tensor(out, x.shape, x.channel_at, x.flattened)
 
@@ -195,8 +204,10 @@ def normalization(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
     def shift() -> torch.Tensor:
         return torch.from_numpy((-mean_of() / np.maximum(np.sqrt(var_of()), 1e-7)).astype(np.float32))
 
-    blobs = {"weight": ParamBlob.lazy((channels,), torch.float32, inverse_std, trainable=False),
-             "bias": ParamBlob.lazy((channels,), torch.float32, shift, trainable=False)}
+    blobs = {
+        "weight": ParamBlob.lazy((channels,), torch.float32, inverse_std, trainable=False),
+        "bias": ParamBlob.lazy((channels,), torch.float32, shift, trainable=False),
+    }
     out = b.add(call.name, "Scale", [x.blob], {"axis": 1, "num_axes": 1, "bias_term": True}, blobs)
     return b.tensor(out, x.shape, x.channel_at, x.flattened)
 
@@ -218,13 +229,18 @@ def layer_normalization(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
     axes = call.get("axis", -1)
     axes = sorted(a % x.rank for a in (axes if isinstance(axes, list) else [axes]))
     if x.channel_at is not None or x.flattened is not None or axes != list(range(x.rank - len(axes), x.rank)):
-        raise call.refuse(f"normalising axes {axes} of a {list(x.shape)} tensor has no mapping (only trailing "
-                          "axes of a tensor in Keras's order)")
+        raise call.refuse(
+            f"normalising axes {axes} of a {list(x.shape)} tensor has no mapping (only trailing "
+            "axes of a tensor in Keras's order)"
+        )
     if call.get("rms_scaling", False):
         raise call.refuse("rms_scaling has no mapping")
     normalized = tuple(x.shape[a] for a in axes)
     index, blobs = 0, {}
-    for role, keras_name, present in (("weight", "gamma", call.get("scale", True)), ("bias", "beta", call.get("center", True))):
+    for role, keras_name, present in (
+        ("weight", "gamma", call.get("scale", True)),
+        ("bias", "beta", call.get("center", True)),
+    ):
         if present:
             blobs[role] = b.param(b.variable(call, index, keras_name, normalized))
             index += 1

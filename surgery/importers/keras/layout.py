@@ -1,7 +1,8 @@
 """Channels-last (Keras) to channels-first (the IR): pure shape and weight arithmetic.
 
 Weight functions take and return torch tensors (torch's strided copies are several times
-faster than numpy's for a large transpose). A Keras image tensor is ``(N, H, W, C)``; the IR holds it as ``(N, C, H, W)``. A tensor
+faster than numpy's for a large transpose). A Keras image tensor is ``(N, H, W, C)``; the
+IR holds it as ``(N, C, H, W)``. A tensor
 records where the IR put Keras's last axis (``channel_at``: 1 for images, 2 for clips
 ``(N, T, C, H, W)``; None when the IR holds the Keras order as is). Weights are
 transposed here, once, at import; nothing is transposed at run time.
@@ -61,8 +62,9 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
     return total // 2, total - total // 2
 
 
-def padding_of(mode: str, sizes: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
-               dilation: tuple[int, ...]) -> tuple[list[int], list[int]]:
+def padding_of(
+    mode: str, sizes: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]
+) -> tuple[list[int], list[int]]:
     """(begin, end) padding per spatial axis for Keras's ``valid`` / ``same``."""
     if mode == "valid":
         return [0] * len(sizes), [0] * len(sizes)

@@ -22,7 +22,7 @@ _TORCH_FROM_KERAS = {"LSTM": (0, 1, 2, 3), "GRU": (1, 0, 2)}
 
 def _gates(matrix: torch.Tensor, order: tuple[int, ...], units: int) -> torch.Tensor:
     """Keras ``(in, G*H)`` (or a bias ``(G*H,)``) to torch's gate order, transposed."""
-    blocks = [matrix[..., g * units:(g + 1) * units] for g in order]
+    blocks = [matrix[..., g * units : (g + 1) * units] for g in order]
     return torch.cat(blocks, dim=-1).t()  # t() leaves a bias (1-D) as it is
 
 
@@ -36,8 +36,10 @@ def _check(call: Call, x: Tensor, backwards: bool = False) -> None:
         if call.get(key):
             raise call.refuse(f"{key}: true has no mapping")
     if bool(call.get("go_backwards")) != backwards:
-        raise call.refuse(f"go_backwards: {str(not backwards).lower()} has no mapping"
-                          + (" (outside a Bidirectional wrapper)" if not backwards else ""))
+        raise call.refuse(
+            f"go_backwards: {str(not backwards).lower()} has no mapping"
+            + (" (outside a Bidirectional wrapper)" if not backwards else "")
+        )
 
 
 def _blobs(b: Builder, call: Call, features: int, suffix: str = "") -> dict[str, ParamBlob]:
@@ -46,14 +48,17 @@ def _blobs(b: Builder, call: Call, features: int, suffix: str = "") -> dict[str,
     gates, order = (4 if kind == "LSTM" else 3), _TORCH_FROM_KERAS[kind]
     kernel = b.variable(call, 0, "kernel", (features, gates * units), attribute="cell")
     recurrent_kernel = b.variable(call, 1, "recurrent_kernel", (units, gates * units), attribute="cell")
-    blobs = {f"weight_ih_l0{suffix}": b.param(kernel, lambda k: _gates(k, order, units), (gates * units, features)),
-             f"weight_hh_l0{suffix}": b.param(recurrent_kernel, lambda k: _gates(k, order, units),
-                                              (gates * units, units))}
+    blobs = {
+        f"weight_ih_l0{suffix}": b.param(kernel, lambda k: _gates(k, order, units), (gates * units, features)),
+        f"weight_hh_l0{suffix}": b.param(recurrent_kernel, lambda k: _gates(k, order, units), (gates * units, units)),
+    }
     if not call.get("use_bias", True):
         return blobs
     if kind == "GRU" and not call.get("reset_after", True):
-        raise call.refuse("reset_after: false (the reset gate before the recurrent product) has no torch form",
-                          fix="build the GRU with reset_after=True (Keras 3's default)")
+        raise call.refuse(
+            "reset_after: false (the reset gate before the recurrent product) has no torch form",
+            fix="build the GRU with reset_after=True (Keras 3's default)",
+        )
     bias = b.variable(call, 2, "bias", (2, gates * units) if kind == "GRU" else (gates * units,), attribute="cell")
     if kind == "GRU":
         blobs[f"bias_ih_l0{suffix}"] = b.param(bias, lambda v: _gates(v[0], order, units), (gates * units,))
@@ -66,8 +71,9 @@ def _blobs(b: Builder, call: Call, features: int, suffix: str = "") -> dict[str,
 
 def _add(b: Builder, name: str, kind: str, forward: Call, x: Tensor, blobs: dict, directions: int) -> Tensor:
     units, sequences = int(forward.get("units")), bool(forward.get("return_sequences", False))
-    params = recurrent_params(units, bidirectional=directions == 2, return_sequences=sequences,
-                              bias_term=bool(forward.get("use_bias", True)))
+    params = recurrent_params(
+        units, bidirectional=directions == 2, return_sequences=sequences, bias_term=bool(forward.get("use_bias", True))
+    )
     out = b.add(name, kind, [x.blob], params, blobs)
     width = directions * units
     return b.tensor(out, (x.shape[0], x.shape[1], width) if sequences else (x.shape[0], width))

@@ -60,8 +60,10 @@ def refuse_unmapped(model: dict[str, Any]) -> None:
     problems = [p for p in (_problem(entry) for entry in _entries(model)) if p]
     if problems:
         listing = "\n  ".join(problems)
-        raise ModelFormatError(f"the Keras model has {len(problems)} layer(s) surgery cannot read:\n  {listing}",
-                               fix="replace these with built-in Keras layers and re-save the model")
+        raise ModelFormatError(
+            f"the Keras model has {len(problems)} layer(s) surgery cannot read:\n  {listing}",
+            fix="replace these with built-in Keras layers and re-save the model",
+        )
 
 
 # ------------------------------------------------------------------ walking
@@ -150,8 +152,10 @@ class Walker:
                 continue
             nodes = entry.get("inbound_nodes", [])
             if len(nodes) != 1:
-                raise ModelFormatError(f"Keras layer {name!r} is called {len(nodes)} times (a shared layer)",
-                                       fix="give each call its own layer")
+                raise ModelFormatError(
+                    f"Keras layer {name!r} is called {len(nodes)} times (a shared layer)",
+                    fix="give each call its own layer",
+                )
             args, kwargs = _node_args(nodes[0], tensors, name)
             outputs = self._layer(entry, name, child, args, kwargs)
             for index, tensor in enumerate(outputs):
@@ -177,8 +181,9 @@ class Walker:
             current = self._layer(entry, name, child, [current], {})[0]
         return [current]
 
-    def _layer(self, entry: dict[str, Any], name: str, scope: Scope | None, args: list[Any],
-               kwargs: dict[str, Any]) -> list[Tensor]:
+    def _layer(
+        self, entry: dict[str, Any], name: str, scope: Scope | None, args: list[Any], kwargs: dict[str, Any]
+    ) -> list[Tensor]:
         class_name = entry["class_name"]
         inputs = _tensors_in(args)
         if class_name in MODEL_CLASSES:
@@ -194,21 +199,26 @@ class Walker:
         out = MAPPINGS[class_name](self.b, call, inputs)
         return out if isinstance(out, list) else [out]
 
-    def _time_distributed(self, entry: dict[str, Any], name: str, scope: Scope | None,
-                          inputs: list[Tensor]) -> list[Tensor]:
+    def _time_distributed(
+        self, entry: dict[str, Any], name: str, scope: Scope | None, inputs: list[Tensor]
+    ) -> list[Tensor]:
         """The wrapped layer (or model) runs per frame: its IR layers are marked per-frame
         and see one frame, ``(N, ...)``; the emitters fold the time axis into the batch.
         A wrapped single layer is named after the wrapper."""
         x = inputs[0]
         if self.b.frames is not None or x.rank < 3 or len(inputs) != 1:
-            raise ModelFormatError(f"Keras layer {name!r} (TimeDistributed): expects one (batch, steps, ...) input "
-                                   "outside any other TimeDistributed", subject=name)
+            raise ModelFormatError(
+                f"Keras layer {name!r} (TimeDistributed): expects one (batch, steps, ...) input "
+                "outside any other TimeDistributed",
+                subject=name,
+            )
         inner = entry["config"]["layer"]
         if x.rank == 3 and x.channel_at is None and inner["class_name"] in STEPWISE:
             return self._layer(inner, name, scope.attribute("layer") if scope is not None else None, [x], {})
         steps = x.shape[1]
-        frame = Tensor(x.blob, (x.shape[0], *x.shape[2:]), None if x.channel_at is None else x.channel_at - 1,
-                       x.flattened)
+        frame = Tensor(
+            x.blob, (x.shape[0], *x.shape[2:]), None if x.channel_at is None else x.channel_at - 1, x.flattened
+        )
         inner_name = inner.get("config", {}).get("name") or name
         self.b.frames = steps
         try:
@@ -221,8 +231,14 @@ class Walker:
         finally:
             self.b.frames = None
         out = outputs[0]
-        return [Tensor(out.blob, (out.shape[0], steps, *out.shape[1:]),
-                       None if out.channel_at is None else out.channel_at + 1, out.flattened)]
+        return [
+            Tensor(
+                out.blob,
+                (out.shape[0], steps, *out.shape[1:]),
+                None if out.channel_at is None else out.channel_at + 1,
+                out.flattened,
+            )
+        ]
 
     def _input(self, config: dict[str, Any], name: str) -> Tensor:
         declared = config.get("batch_shape") or config.get("batch_input_shape")
@@ -232,13 +248,17 @@ class Walker:
         if self.input_shape is not None:
             given = list(self.input_shape)
             if len(given) != len(shape) or any(d is not None and d != g for d, g in zip(shape[1:], given[1:])):
-                raise ShapeError(f"input {name!r} has shape {shape} in the Keras file, not {given}",
-                                 fix="give input_shape in Keras's order (batch, height, width, channels)")
+                raise ShapeError(
+                    f"input {name!r} has shape {shape} in the Keras file, not {given}",
+                    fix="give input_shape in Keras's order (batch, height, width, channels)",
+                )
             shape = given
         shape[0] = shape[0] or self.b.batch
         if any(d is None for d in shape):
-            raise ShapeError(f"input {name!r} has unknown axes {declared}",
-                             fix="give input_shape in Keras's order, e.g. [1, 224, 224, 3]")
+            raise ShapeError(
+                f"input {name!r} has unknown axes {declared}",
+                fix="give input_shape in Keras's order, e.g. [1, 224, 224, 3]",
+            )
         shape = tuple(int(d) for d in shape)
         channel_at = 1 if len(shape) == 4 else (2 if len(shape) == 5 else None)
         nhwc = self.nhwc_input and channel_at is not None
