@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_collapse
 import bench_core
+import bench_front
 import bench_keras
 import bench_onnx
 import bench_video
@@ -27,3 +28,5 @@ if __name__ == "__main__":
     bench_video.main([])
     print("== keras ==")
     bench_keras.main([])
+    print("== front door ==")
+    bench_front.main([])

@@ -4,6 +4,7 @@ EfficientNet, ConvNeXt, Swin and MaxViT block). Caffe has no such layer."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from surgery.ir import Layer, Shape
@@ -11,10 +12,14 @@ from surgery.layers import runtime
 from surgery.layers.opaque_call import TRAINING
 from surgery.layers.registry import LayerType, ModuleRecipe, check_param, register_layer
 
-try:  # torchvision is optional: without it there is no call to map
-    from torchvision.ops import stochastic_depth as _torchvision_stochastic_depth
-except ImportError:  # pragma: no cover - the vision extra is not installed
-    _torchvision_stochastic_depth = None
+
+def _torchvision_stochastic_depth() -> Any:
+    """torchvision's function, when torchvision.ops is loaded: a model that calls it has
+    imported it, and importing it here would cost seconds that no other model (nor a
+    command reading an ONNX file) should pay."""
+    module = sys.modules.get("torchvision.ops.stochastic_depth")
+    return getattr(module, "stochastic_depth", None)
+
 
 MODES = ("row", "batch")
 
@@ -26,7 +31,12 @@ class StochasticDepth(LayerType):
     name = "StochasticDepth"
     caffe_syntax = False
     passes_resize = True
-    torch_functions = (_torchvision_stochastic_depth,) if _torchvision_stochastic_depth else ()
+
+    @property
+    def torch_functions(self) -> tuple[Any, ...]:  # type: ignore[override]
+        function = _torchvision_stochastic_depth()
+        return (function,) if function else ()
+
     reads_mode_flags = True
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:

@@ -32,6 +32,7 @@ class Locator:
     strings: list[list[tuple[str, int, int]]] = field(default_factory=list)
     #: The other top-level fields (``source``, ``output``): position and strings inside.
     sections: dict[str, tuple[int, int, list[tuple[str, int, int]]]] = field(default_factory=dict)
+    _exact: dict[int, dict[str, tuple[int, int]]] = field(default_factory=dict, repr=False, compare=False)
 
     def edit(self, index: int) -> str:
         """``file:line:col`` of edit number ``index`` (0-based)."""
@@ -44,11 +45,24 @@ class Locator:
         """``file:line:col`` of the string ``subject`` inside edit ``index`` (the first
         one equal to it, or containing it), else the edit's own position."""
         if subject is not None and 0 <= index < len(self.strings):
-            for exact in (True, False):
-                for value, line, col in self.strings[index]:
-                    if value == subject if exact else subject in value:
-                        return f"{self.path}:{line}:{col}"
+            exact = self._first_of(index).get(subject)
+            if exact is not None:
+                return f"{self.path}:{exact[0]}:{exact[1]}"
+            for value, line, col in self.strings[index]:
+                if subject in value:
+                    return f"{self.path}:{line}:{col}"
         return self.edit(index)
+
+    def _first_of(self, index: int) -> dict[str, tuple[int, int]]:
+        """Each string of edit ``index`` -> where it first stands (built once: a spec
+        that appends 10,000 layers asks for every one of them)."""
+        table = self._exact.get(index)
+        if table is None:
+            table = {}
+            for value, line, col in self.strings[index]:
+                table.setdefault(value, (line, col))
+            self._exact[index] = table
+        return table
 
     def section(self, name: str, subject: str | None = None) -> str:
         """``file:line:col`` of ``subject`` inside the top-level field ``name`` (e.g.
