@@ -36,7 +36,6 @@ from surgery.api import (
     sequence,
     split,
     to_torch,
-    verify,
 )
 from surgery.emitters.torch_module import load_torch_folder
 from surgery.errors import ModelFormatError, ShapeError, SpecError, SurgeryError
@@ -80,5 +79,4 @@ __all__ = [
     "sequence",
     "split",
     "to_torch",
-    "verify",
 ]

@@ -19,6 +19,7 @@ from onnx import helper, numpy_helper
 
 from surgery.errors import ModelFormatError, ShapeError
 from surgery.importers import wire
+from surgery.importers.onnx_fold import constant_nodes, fold
 from surgery.ir import Layer, Net, ParamBlob, Shape
 from surgery.layers import layer_type, registered_types
 
@@ -309,7 +310,7 @@ class OnnxReader:
         outputs: list[str] | None = None,
     ) -> Layer:
         """Add the layer a node becomes (default inputs: the node's first input)."""
-        name = self.unique(node.name or f"{node.op_type}_{len(self.net)}")
+        name = self.unique(node_name(node))
         layer = Layer(
             name,
             type_name,
@@ -328,7 +329,7 @@ class OnnxReader:
         return layer
 
     def constant_layer(self, node: onnx.NodeProto, value: np.ndarray, suffix: str) -> str:
-        name = self.unique(f"{node.name or node.op_type}/{suffix}")
+        name = self.unique(f"{node_name(node)}/{suffix}")
         tensor = torch.from_numpy(np.array(value, dtype=np.float32))
         layer = Layer(name, "Constant", outputs=[name], blobs={"value": ParamBlob.from_tensor(tensor, trainable=False)})
         self.add(layer)
@@ -350,10 +351,22 @@ class OnnxReader:
         pads = list(attrs.get("pads", [0, 0, 0, 0]))
         return [int(p) for p in pads] if len(pads) == 4 else [0, 0, 0, 0]
 
-    def pad_layer(self, node: onnx.NodeProto, source: str, pads: list[int]) -> str:
-        name = self.unique(f"{node.name or node.op_type}/pad")
-        self.add(Layer(name, "Pad", inputs=[source], outputs=[name], params={"pads": pads, "value": 0.0}))
+    def pad_layer(self, node: onnx.NodeProto, source: str, pads: list[int], value: float = 0.0) -> str:
+        """A Pad layer (ONNX's pads order) before the layer ``node`` becomes."""
+        name = self.unique(f"{node_name(node)}/pad")
+        self.add(Layer(name, "Pad", inputs=[source], outputs=[name], params={"pads": pads, "value": value}))
         return name
+
+    @staticmethod
+    def node_name(node: onnx.NodeProto) -> str:
+        """See :func:`node_name`."""
+        return node_name(node)
+
+
+def node_name(node: onnx.NodeProto) -> str:
+    """A node's layer name: its own, or (converters often leave nodes unnamed) the name of
+    its first output, which is what Netron shows and stays put when other nodes change."""
+    return node.name or next((name for name in node.output if name), node.op_type)
 
 
 def _dispatch() -> dict[str, list]:
@@ -364,11 +377,11 @@ def _dispatch() -> dict[str, list]:
     return table
 
 
-def _unsupported(model: onnx.ModelProto, table: dict) -> None:
+def _unsupported(model: onnx.ModelProto, table: dict, folded: set[int]) -> None:
     counts = collections.Counter(
         n.op_type
-        for n in model.graph.node
-        if n.op_type not in table and n.op_type not in _PASS_THROUGH and n.op_type != "Constant"
+        for index, n in enumerate(model.graph.node)
+        if n.op_type not in table and n.op_type not in _PASS_THROUGH and n.op_type != "Constant" and index not in folded
     )
     if counts:
         listing = ", ".join(f"{op} x{count}" for op, count in sorted(counts.items()))
@@ -411,7 +424,8 @@ def import_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None, na
     path = Path(path)
     model, weights = _load(path)
     table = _dispatch()
-    _unsupported(model, table)
+    folded = constant_nodes(model.graph)
+    _unsupported(model, table, folded)
     net = Net(name or model.graph.name or path.stem)
     reader = OnnxReader(model, weights, net)
     for value in model.graph.input:
@@ -420,8 +434,12 @@ def import_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None, na
         shape = _input_shape(value, input_shape)
         reader.batch = shape[0]
         reader.add(Layer(reader.unique(value.name), "Input", outputs=[value.name], params={"shape": shape}))
-    for node in model.graph.node:
-        _import_node(node, reader, table)
+    for index, node in enumerate(model.graph.node):
+        if index in folded:
+            values = {name: reader.const(name) for name in node.input if name}
+            reader.constants.update(fold(node, values, reader.opset))  # type: ignore[arg-type]
+        else:
+            _import_node(node, reader, table)
     outputs = [reader.alias.get(o.name, o.name) for o in model.graph.output]
     net.set_outputs(outputs)
     net.shapes()
@@ -448,11 +466,10 @@ def _import_node(node: onnx.NodeProto, reader: OnnxReader, table: dict) -> None:
             # A layer type reads the node's attributes as the ONNX spec defines them; a
             # value of another type or size means a corrupt (e.g. bit-flipped) file.
             raise ModelFormatError(
-                f"ONNX node {node.name or node.op_type!r} ({node.op_type}) cannot be read "
-                f"({type(error).__name__}: {error})",
+                f"ONNX node {node_name(node)!r} ({node.op_type}) cannot be read ({type(error).__name__}: {error})",
                 fix=_CORRUPT,
             ) from None
     raise ModelFormatError(
-        f"ONNX node {node.name or node.op_type!r} ({node.op_type}) uses attributes or inputs surgery cannot map",
+        f"ONNX node {node_name(node)!r} ({node.op_type}) uses attributes or inputs surgery cannot map",
         fix="export with constant folding, or a newer opset",
     )

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
-from surgery.errors import ShapeError, unsupported_in_caffe, unsupported_in_onnx
+from surgery.errors import ModelFormatError, ShapeError, unsupported_in_caffe, unsupported_in_onnx
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, check_param, pair, register_layer
 
@@ -21,6 +22,15 @@ def pool_output_size(size: int, kernel: int, stride: int, pad: int, dilation: in
     if ceil_mode and (out - 1) * stride >= size + pad:
         out -= 1
     return out
+
+
+def _real_cell_scale(size: tuple, kernel: tuple, stride: tuple, begin: list[int], end: list[int]) -> np.ndarray:
+    """``(1, 1, OH, OW)``: each window's cell count over the real (unpadded) cells it
+    covers, for an average written as a padded average."""
+    ones = np.pad(np.ones(size, np.float64), [(begin[0], end[0]), (begin[1], end[1])])
+    windows = np.lib.stride_tricks.sliding_window_view(ones, kernel)[:: stride[0], :: stride[1]]
+    real = windows.sum(axis=(-2, -1))
+    return (kernel[0] * kernel[1] / real)[None, None].astype(np.float32)
 
 
 @register_layer
@@ -170,19 +180,57 @@ class Pooling(LayerType):
         stride = tuple(attrs.get("strides", (1, 1)))
         dilation = tuple(attrs.get("dilations", (1, 1)))
         pads = reader.pads(node, source, kernel, stride, dilation)
-        if pads[:2] != pads[2:]:
-            return None
         pool = "MAX" if node.op_type == "MaxPool" else "AVE"
+        ceil, include = bool(attrs.get("ceil_mode", 0)), bool(attrs.get("count_include_pad", 0))
+        if pads[:2] != pads[2:]:
+            return self._asymmetric(node, reader, source, pool, (kernel, stride, dilation), pads, ceil, include)
         params = pooling_params(
-            pool,
-            kernel,
-            stride,
-            pads[:2],
-            dilation=dilation,
-            ceil_mode=bool(attrs.get("ceil_mode", 0)),
-            count_include_pad=bool(attrs.get("count_include_pad", 0)),
+            pool, kernel, stride, pads[:2], dilation=dilation, ceil_mode=ceil, count_include_pad=include
         )
         return reader.layer(node, self.name, params, inputs=[source])
+
+    def _asymmetric(
+        self, node: Any, reader: Any, source: str, pool: str, window: tuple, pads: list[int], ceil: bool, include: bool
+    ) -> Layer | None:
+        """Pooling with more padding at the end than at the start (``pads: [0, 0, 1, 1]``),
+        which is how Caffe's ceil-mode pooling reaches ONNX: the same windows as ceil
+        mode with the start's padding, when the output sizes agree (max, or an average
+        over the real cells only); otherwise an explicit Pad layer before the pooling
+        (max pads with -inf, an average that counts the padding with 0)."""
+        kernel, stride, dilation = window
+        begin, end = pads[:2], pads[2:]
+        size = reader.shape(source)[2:]
+        floor_sizes = [
+            (size[i] + begin[i] + end[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1 for i in range(2)
+        ]
+        ceil_sizes = [pool_output_size(size[i], kernel[i], stride[i], begin[i], dilation[i], True) for i in range(2)]
+        like_ceil = all(b <= e and 2 * b <= k for b, e, k in zip(begin, end, kernel))
+        if not ceil and like_ceil and floor_sizes == ceil_sizes and (pool == "MAX" or not include):
+            params = pooling_params(pool, kernel, stride, begin, dilation=dilation, ceil_mode=True)
+            return reader.layer(node, self.name, params, inputs=[source])
+        if pool == "AVE" and not include and ceil:
+            raise ModelFormatError(
+                f"ONNX node {reader.node_name(node)!r} (AveragePool) pads {pads} unevenly, rounds its output size "
+                "up and leaves the padding out of its average; surgery has no form that computes all three",
+                fix="export with symmetric pads, ceil_mode=0 or count_include_pad=1",
+            )
+        value = -math.inf if pool == "MAX" else 0.0
+        padded = reader.pad_layer(node, source, [0, 0, begin[0], begin[1], 0, 0, end[0], end[1]], value)
+        params = pooling_params(pool, kernel, stride, (0, 0), dilation=dilation, ceil_mode=ceil, count_include_pad=True)
+        if pool == "MAX" or include:
+            return reader.layer(node, self.name, params, inputs=[padded])
+        # An average over the real cells only: the padded average times kernel / real cells.
+        pooled = reader.add(
+            Layer(
+                reader.unique(f"{reader.node_name(node)}/pool"),
+                self.name,
+                inputs=[padded],
+                outputs=[f"{node.output[0]}/padded_average"],
+                params=params,
+            )
+        )
+        scale = reader.constant_layer(node, _real_cell_scale(size, kernel, stride, begin, end), "real_cells")
+        return reader.layer(node, "Eltwise", {"operation": "PROD", "coeff": []}, inputs=[pooled.outputs[0], scale])
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         p = layer.params

@@ -46,10 +46,33 @@ class Softmax(LayerType):
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
         source = reader.blob(node.input[0])
         axis = reader.attrs(node).get("axis", 1 if reader.opset < 13 else -1)
-        rank = len(reader.shape(source))
-        if reader.opset < 13 and axis % rank != rank - 1:
-            return None  # before opset 13 Softmax flattens from `axis` on
-        return reader.layer(node, self.name, {"axis": axis}, inputs=[source])
+        shape = reader.shape(source)
+        axis %= len(shape)
+        if reader.opset >= 13 or axis == len(shape) - 1 or all(d == 1 for d in shape[axis + 1 :]):
+            return reader.layer(node, self.name, {"axis": axis}, inputs=[source])
+        if axis == 0:
+            return None  # one softmax over the whole batch
+        # Before opset 13 a Softmax flattens the axes from `axis` on and normalises over them.
+        name = reader.node_name(node)
+        flat = reader.add(
+            Layer(
+                reader.unique(f"{name}/flatten"),
+                "Flatten",
+                inputs=[source],
+                outputs=[f"{node.output[0]}/flat"],
+                params={"axis": axis, "end_axis": -1},
+            )
+        )
+        normed = reader.add(
+            Layer(
+                reader.unique(f"{name}/softmax"),
+                self.name,
+                inputs=flat.outputs,
+                outputs=[f"{node.output[0]}/normed"],
+                params={"axis": axis},
+            )
+        )
+        return reader.layer(node, "Reshape", {"shape": [0, *shape[1:]]}, inputs=normed.outputs)
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         writer.layer(layer, "Softmax").softmax_param.axis = layer.params.get("axis", 1)

@@ -1,0 +1,96 @@
+"""Constant folding at ONNX import: a node whose inputs are all constants is computed
+once, with onnx's own reference evaluator, and its outputs become constants.
+
+Converters write weights as small computations: Caffe's BatchNorm + Scale as
+``Unsqueeze(scale) * x + Unsqueeze(bias)``, a shape as ``Concat(Shape, Gather, ...)``
+over constants, a ``ConstantOfShape``. Folded here, every layer type downstream sees
+plain constants, and nothing past the importer knows how the file spelt them.
+
+A folded value is read and computed at import (``inspect`` and ``plan`` included); its
+size is estimated first and refused past the memory budget.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from surgery.errors import ModelFormatError
+from surgery.ir.budget import check_bytes
+
+#: Operators whose outputs are not a function of their inputs: a fresh draw on each run.
+_RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+
+
+def constant_nodes(graph: onnx.GraphProto) -> set[int]:
+    """The indices of the nodes that compute constants only: standard, deterministic
+    operators whose every input is an initializer, a Constant's output, or the output of
+    another such node (Identity looked through)."""
+    constant = {tensor.name for tensor in graph.initializer}
+    found = set()
+    for index, node in enumerate(graph.node):
+        given = [name for name in node.input if name]
+        if node.op_type == "Constant":
+            constant.update(node.output)
+        elif node.op_type == "Identity" and given and given[0] in constant:
+            constant.update(node.output)
+        elif (
+            given
+            and node.op_type not in _RANDOM
+            and node.domain in ("", "ai.onnx")
+            and all(name in constant for name in given)
+        ):
+            found.add(index)
+            constant.update(name for name in node.output if name)
+    return found
+
+
+def fold(node: onnx.NodeProto, values: dict[str, np.ndarray], opset: int) -> dict[str, np.ndarray]:
+    """The outputs of ``node`` computed from its constant inputs ``values``."""
+    check_bytes(
+        f"folding the constant computation of ONNX node {node.name or node.output[0]!r} ({node.op_type})",
+        _estimate_bytes(node, values),
+        fix="export the model with its constants folded (e.g. onnxsim), or raise SURGERY_MEMORY_BUDGET",
+    )
+    from onnx.reference import ReferenceEvaluator
+
+    inputs = [
+        helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+        for name, v in values.items()
+    ]
+    outputs = [helper.make_value_info(name, onnx.TypeProto()) for name in node.output if name]
+    graph = helper.make_graph([node], "fold", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    try:
+        results = ReferenceEvaluator(model).run(None, values)
+    except Exception as error:  # noqa: BLE001  (the evaluator raises whatever its numpy code does)
+        raise ModelFormatError(
+            f"ONNX node {node.name or node.output[0]!r} ({node.op_type}) computes on constants only, and "
+            f"computing it failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+            fix="check the node's attributes and inputs (the file may be corrupt), or export it folded",
+        ) from None
+    return {name: np.asarray(value) for name, value in zip([o.name for o in outputs], results)}
+
+
+def _estimate_bytes(node: onnx.NodeProto, values: dict[str, np.ndarray]) -> float:
+    """What folding ``node`` allocates at most: its inputs' size, or for the operators
+    whose output can be far larger than their inputs, that output's size."""
+    given = [values[name] for name in node.input if name]
+    largest = max((v.nbytes for v in given), default=0)
+    try:
+        if node.op_type == "ConstantOfShape":
+            return math.prod(int(d) for d in given[0].reshape(-1)) * 8
+        if node.op_type == "Expand":
+            shape = np.broadcast_shapes(given[0].shape, tuple(int(d) for d in given[1].reshape(-1)))
+            return math.prod(shape) * given[0].itemsize
+        if node.op_type == "Tile":
+            return given[0].nbytes * math.prod(int(d) for d in given[1].reshape(-1))
+        if node.op_type == "Range":
+            start, limit, delta = (float(v.reshape(-1)[0]) for v in given[:3])
+            return max(0.0, math.ceil((limit - start) / delta)) * 8 if delta else math.inf
+    except (ValueError, IndexError, OverflowError):
+        return math.inf  # shapes that do not even broadcast: refused with the node named
+    return 2 * largest
