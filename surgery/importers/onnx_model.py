@@ -462,6 +462,12 @@ def _import_node(node: onnx.NodeProto, reader: OnnxReader, table: dict) -> None:
         try:
             if kind.from_onnx(node, reader) is not None:
                 return
+        except ShapeError as error:  # a layer type refused the input: say which node it was
+            if not error.message.startswith("ONNX node"):
+                error.message = f"ONNX node {node_name(node)!r} ({node.op_type}) on {_operands(node, reader)}: " + (
+                    error.message
+                )
+            raise
         except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError) as error:
             # A layer type reads the node's attributes as the ONNX spec defines them; a
             # value of another type or size means a corrupt (e.g. bit-flipped) file.
@@ -469,7 +475,25 @@ def _import_node(node: onnx.NodeProto, reader: OnnxReader, table: dict) -> None:
                 f"ONNX node {node_name(node)!r} ({node.op_type}) cannot be read ({type(error).__name__}: {error})",
                 fix=_CORRUPT,
             ) from None
+    attributes = ", ".join(f"{k}={v!r}" for k, v in reader.attrs(node).items()) or "no attributes"
     raise ModelFormatError(
-        f"ONNX node {node_name(node)!r} ({node.op_type}) uses attributes or inputs surgery cannot map",
-        fix="export with constant folding, or a newer opset",
+        f"ONNX node {node_name(node)!r} ({node.op_type}) on {_operands(node, reader)} with {attributes}: "
+        f"no layer type of surgery computes this form of {node.op_type}",
+        fix=f"see the README's ONNX mapping for the {node.op_type} forms surgery reads; export the model so that "
+        "this node takes one of them, or leave it out of the exported part",
     )
+
+
+def _operands(node: onnx.NodeProto, reader: OnnxReader) -> str:
+    """What a node reads, for an error: each input's shape, and whether it is a constant."""
+    described = []
+    for name in node.input:
+        if not name:
+            continue
+        shape = reader.const_shape(name)
+        if shape is not None:
+            described.append(f"a constant {shape}")
+        else:
+            blob = reader.alias.get(name, name)
+            described.append(f"a {reader.shapes[blob]} input" if blob in reader.shapes else f"{name!r}")
+    return ", ".join(described) or "no inputs"

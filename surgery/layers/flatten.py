@@ -64,9 +64,15 @@ class Flatten(LayerType):
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
         axis = reader.attrs(node).get("axis", 1)
-        if axis != 1:
-            return None  # ONNX merges the leading axes too; not a Caffe/torch flatten
-        return reader.layer(node, self.name, {"axis": 1, "end_axis": -1})
+        shape = reader.shape(reader.blob(node.input[0]))
+        axis %= max(len(shape), 1) if axis < 0 else len(shape) + 1
+        if axis == 1 and len(shape) >= 2:
+            return reader.layer(node, self.name, {"axis": 1, "end_axis": -1})
+        if axis == 0:
+            return None  # the batch axis merged into the features: no batch-agnostic form
+        # ONNX's Flatten always gives 2-D (the axes before `axis` merged too): a reshape
+        # whose first axis follows the batch.
+        return reader.layer(node, "Reshape", {"shape": [-1, math.prod(shape[axis:])]})
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         param = writer.layer(layer, "Flatten").flatten_param
