@@ -39,7 +39,7 @@ from surgery import api  # noqa: E402
 from surgery.emitters.torch_module import emit_torch  # noqa: E402
 from surgery.importers.sources import load_source  # noqa: E402
 from surgery.ir import Net  # noqa: E402
-from surgery.layers.runtime import FrozenBatchNorm1d, FrozenBatchNorm2d  # noqa: E402
+from surgery.layers.runtime import FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d  # noqa: E402
 from surgery.spec import load_spec  # noqa: E402
 from surgery.verify import Tolerance, compare, full_fp32, verify  # noqa: E402
 
@@ -129,7 +129,7 @@ def check_sgd(case: Case, device: torch.device, batch: int) -> tuple[bool, str]:
     after = model.state_dict()
     frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
     for path, module in model.named_modules():
-        if isinstance(module, (FrozenBatchNorm1d, FrozenBatchNorm2d)):
+        if isinstance(module, (FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d)):
             frozen += [f"{path}.{name}" for name, _ in module.named_buffers()]
     changed = [name for name in frozen if not torch.equal(before[name], after[name])]
     new = [

@@ -15,6 +15,7 @@ import bench_core
 import bench_front
 import bench_keras
 import bench_onnx
+import bench_peer
 import bench_video
 
 if __name__ == "__main__":
@@ -30,3 +31,5 @@ if __name__ == "__main__":
     bench_keras.main([])
     print("== front door ==")
     bench_front.main([])
+    print("== ONNX peer ==")
+    bench_peer.main([])

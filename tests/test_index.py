@@ -261,7 +261,9 @@ def test_an_onnx_slice_from_another_exporter_reads_as_index(tmp_path: Path) -> N
 @pytest.mark.parametrize("bounds", [([0], [1], [0], [1]), ([0], [4], [1], [-1])])
 def test_an_onnx_slice_of_the_batch_or_backwards_is_not_read(bounds, tmp_path: Path) -> None:
     onnx.save(_slice_model(*bounds), tmp_path / "m.onnx")
-    with pytest.raises(ModelFormatError, match=r"'cut' .Slice. uses attributes or inputs surgery cannot map"):
+    with pytest.raises(
+        ModelFormatError, match=r"'cut' .Slice. on a .* no layer type of surgery computes this form of Slice"
+    ):
         import_onnx(tmp_path / "m.onnx", (2, 6, 5))
 
 

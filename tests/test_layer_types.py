@@ -80,6 +80,33 @@ CASES = {
     "view_batch_size": (Call(lambda x: x.view(x.size(0), -1, 2)), (2, 4, 3), "Reshape", 17),
     "unsqueeze": (Call(lambda x: x.unsqueeze(2)), (2, 4, 3), "Reshape", 17),
     "squeeze": (Call(lambda x: torch.squeeze(x, -1)), (2, 4, 1), "Reshape", 17),
+    "pad_reflect": (Call(lambda x: F.pad(x, (1, 2, 0, 3), mode="reflect")), (2, 3, 4, 4), "Pad", 17),
+    "pad_replicate": (Call(lambda x: F.pad(x, (2, 1), mode="replicate")), (2, 3, 5), "Pad", 17),
+    "exp": (Call(torch.exp), (2, 3, 4), "UnaryMath", 17),
+    "log_of_abs": (Call(lambda x: (x.abs() + 0.5).log()), (2, 3, 4), "UnaryMath", 17),
+    "sign": (Call(torch.sign), (2, 5), "UnaryMath", 17),
+    "elu": (nn.ELU(alpha=0.5), (2, 3, 4, 4), "UnaryMath", 17),
+    "selu": (nn.SELU(), (2, 3, 4), "UnaryMath", 17),
+    "softplus": (nn.Softplus(), (2, 3, 4), "UnaryMath", 17),
+    "softsign": (Call(F.softsign), (2, 6), "UnaryMath", 17),
+    "log_softmax": (nn.LogSoftmax(dim=1), (2, 5, 3), "Softmax", 17),
+    "log_softmax_functional": (Call(lambda x: F.log_softmax(x, -1)), (2, 3, 6), "Softmax", 17),
+    "conv1d": (
+        nn.Sequential(nn.Conv1d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2)),
+        (2, 4, 11),
+        "Convolution",
+        17,
+    ),
+    "conv3d": (
+        nn.Sequential(nn.Conv3d(3, 4, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))),
+        (2, 3, 4, 7, 7),
+        "Convolution",
+        17,
+    ),
+    "maxpool1d": (nn.MaxPool1d(3, stride=2, padding=1, dilation=1, ceil_mode=True), (2, 3, 10), "Pooling", 17),
+    "avgpool3d": (nn.AvgPool3d((2, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)), (2, 3, 4, 7, 7), "Pooling", 17),
+    "maxpool3d_functional": (Call(lambda x: F.max_pool3d(x, 2)), (2, 3, 4, 6, 6), "Pooling", 17),
+    "batchnorm3d": (Affine(nn.BatchNorm3d(3)), (2, 3, 4, 5, 5), "BatchNorm", 17),
 }
 
 
@@ -125,7 +152,10 @@ def test_onnx_matches_at_opset_17_and_with_the_native_operator(case: str, tmp_pa
         np.testing.assert_allclose(surgery.to_torch(again).eval()(x).numpy(), expected, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("case", ["silu", "gelu", "mish", "layernorm", "permute", "matmul_square", "pad", "einsum"])
+@pytest.mark.parametrize(
+    "case",
+    ["silu", "gelu", "mish", "layernorm", "permute", "matmul_square", "pad", "einsum", "exp", "log_softmax", "conv3d"],
+)
 def test_caffe_refuses_by_name(case: str, tmp_path: Path) -> None:
     _, net, _ = _net(case)
     layer = next(layer for layer in net.layers() if layer.type == CASES[case][2])

@@ -336,20 +336,27 @@ class OnnxReader:
         return name
 
     def pads(self, node: onnx.NodeProto, source: str, kernel: tuple, stride: tuple, dilation: tuple) -> list[int]:
-        """[top, left, bottom, right] from ``pads`` or ``auto_pad``."""
+        """The begins, then the ends, of every spatial axis (``[top, left, bottom, right]``
+        in 2-D) from ``pads`` or ``auto_pad``."""
+        rank = len(kernel)
         attrs = self.attrs(node)
         auto = attrs.get("auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else auto
         if auto in ("SAME_UPPER", "SAME_LOWER"):
-            pads = [0, 0, 0, 0]
+            pads = [0] * (2 * rank)
             for i, size in enumerate(self.shape(source)[2:]):
                 out = -(-size // stride[i])
                 total = max(0, (out - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1 - size)
                 small, big = total // 2, total - total // 2
-                pads[i], pads[i + 2] = (small, big) if auto == "SAME_UPPER" else (big, small)
+                pads[i], pads[i + rank] = (small, big) if auto == "SAME_UPPER" else (big, small)
             return pads
-        pads = list(attrs.get("pads", [0, 0, 0, 0]))
-        return [int(p) for p in pads] if len(pads) == 4 else [0, 0, 0, 0]
+        pads = [int(p) for p in attrs.get("pads", [0] * (2 * rank))]
+        if len(pads) != 2 * rank:
+            raise ModelFormatError(
+                f"ONNX node {node_name(node)!r} ({node.op_type}) has pads {pads} for {rank} spatial axes",
+                fix="pads lists a begin and an end for every spatial axis; the file is corrupt",
+            )
+        return pads
 
     def pad_layer(self, node: onnx.NodeProto, source: str, pads: list[int], value: float = 0.0) -> str:
         """A Pad layer (ONNX's pads order) before the layer ``node`` becomes."""

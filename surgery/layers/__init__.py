@@ -51,6 +51,7 @@ from surgery.layers import (  # noqa: F401  (importing registers the types)
     tanh,
     temporal_pooling,
     time_fold,
+    unary,
 )
 from surgery.layers.registry import (
     LayerType,

@@ -11,7 +11,7 @@ from torch import nn
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
-from surgery.layers.runtime import FrozenBatchNorm1d, FrozenBatchNorm2d
+from surgery.layers.runtime import FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d
 
 
 @register_layer
@@ -25,14 +25,14 @@ class BatchNorm(LayerType):
     name = "BatchNorm"
     passes_resize = True
     fresh_output = True
-    torch_modules = (nn.BatchNorm1d, nn.BatchNorm2d)
+    torch_modules = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
     blob_roles = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)
         shape = in_shapes[0]
-        if shape is None or len(shape) not in (2, 3, 4):
-            raise ShapeError(f"expects a 2-D, 3-D or 4-D input, got {shape}")
+        if shape is None or len(shape) not in (2, 3, 4, 5):
+            raise ShapeError(f"expects a 2-D to 5-D input (N, C, ...), got {shape}")
         mean = layer.blobs.get("running_mean")
         if mean is not None and mean.shape[0] != shape[1]:
             raise ShapeError(f"has statistics for {mean.shape[0]} channels, the input has {shape[1]}")
@@ -56,7 +56,9 @@ class BatchNorm(LayerType):
         p = layer.params
         rank = len(in_shapes[0])
         frozen = bool(p.get("use_global_stats"))
-        if rank == 4:
+        if rank == 5:
+            cls = FrozenBatchNorm3d if frozen else nn.BatchNorm3d
+        elif rank == 4:
             cls = FrozenBatchNorm2d if frozen else nn.BatchNorm2d
         else:
             cls = FrozenBatchNorm1d if frozen else nn.BatchNorm1d

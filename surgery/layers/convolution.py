@@ -1,4 +1,8 @@
-"""Convolution: Caffe's Convolution, torch's Conv2d (2-D, groups, dilation)."""
+"""Convolution: Caffe's Convolution, torch's Conv1d / Conv2d / Conv3d (groups, dilation).
+
+The spatial rank is the length of ``kernel`` (1, 2 or 3): a 1-D convolution over
+``(N, C, L)``, a 2-D one over ``(N, C, H, W)``, a 3-D one over ``(N, C, T, H, W)`` (the
+video backbones' convolutions). Caffe output writes the 2-D ones."""
 
 from __future__ import annotations
 
@@ -20,20 +24,21 @@ def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: in
 
 @register_layer
 class Convolution(LayerType):
-    """2-D convolution. Params: num_output, kernel, stride, pad, dilation (pairs), group,
-    bias_term. Blobs: weight [O, C/group, kh, kw], bias [O]."""
+    """Params: num_output, kernel, stride, pad, dilation (one value per spatial axis: 1 to
+    3), group, bias_term. Blobs: weight [O, C/group, *kernel], bias [O]."""
 
     name = "Convolution"
     fresh_output = True
-    torch_modules = (nn.Conv2d,)
+    torch_modules = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
     blob_roles = ("weight", "bias")
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)
         shape = in_shapes[0]
         p = layer.params
-        if shape is None or len(shape) != 4:
-            raise ShapeError(f"expects a 4-D input (N, C, H, W), got {shape}")
+        rank = len(p["kernel"])
+        if shape is None or len(shape) != 2 + rank:
+            raise ShapeError(f"a {rank}-D convolution expects a {2 + rank}-D input {_LAYOUTS[rank]}, got {shape}")
         channels = shape[1]
         if channels % p["group"] or p["num_output"] % p["group"]:
             raise ShapeError(
@@ -47,7 +52,7 @@ class Convolution(LayerType):
             )
         out = [
             conv_output_size(shape[2 + i], p["kernel"][i], p["stride"][i], p["pad"][i], p["dilation"][i])
-            for i in range(2)
+            for i in range(rank)
         ]
         if min(out) < 1:
             raise ShapeError(f"input {shape} is too small for kernel {p['kernel']}")
@@ -63,7 +68,7 @@ class Convolution(LayerType):
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
         p = layer.params
         return ModuleRecipe(
-            nn.Conv2d,
+            _MODULES[len(p["kernel"]) - 1],
             {
                 "in_channels": in_shapes[0][1],
                 "out_channels": p["num_output"],
@@ -77,21 +82,22 @@ class Convolution(LayerType):
             },
         )
 
-    def import_torch_module(self, module: nn.Conv2d) -> dict[str, Any] | None:
-        if isinstance(module.padding, str):
+    def import_torch_module(self, module: nn.Module) -> dict[str, Any] | None:
+        if not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or isinstance(module.padding, str):
             return None  # 'same'/'valid' padding: carried as an opaque layer
+        rank = len(module.kernel_size)
         return {
             "num_output": module.out_channels,
-            "kernel": pair(module.kernel_size),
-            "stride": pair(module.stride),
-            "pad": pair(module.padding),
-            "dilation": pair(module.dilation),
+            "kernel": spatial(module.kernel_size, rank),
+            "stride": spatial(module.stride, rank),
+            "pad": spatial(module.padding, rank),
+            "dilation": spatial(module.dilation, rank),
             "group": module.groups,
             "bias_term": module.bias is not None,
             "padding_mode": module.padding_mode,
         }
 
-    torch_functionals = (F.conv2d,)
+    torch_functionals = (F.conv1d, F.conv2d, F.conv3d)
 
     def import_torch_functional(
         self, target: Any, args: tuple, kwargs: dict, module: nn.Module
@@ -101,15 +107,16 @@ class Convolution(LayerType):
         values = dict(zip(("input", "weight", "bias", "stride", "padding", "dilation", "groups"), args)) | kwargs
         weight = getattr(module, "weight", None)
         padding = values.get("padding", 0)
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or isinstance(padding, str):
+        rank = _FUNCTIONALS.index(target) + 1 if target in _FUNCTIONALS else 0
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2 + rank or isinstance(padding, str):
             return None
         groups = int(values.get("groups", 1))
         return {
             "num_output": int(weight.shape[0]),
-            "kernel": pair(tuple(weight.shape[2:])),
-            "stride": pair(values.get("stride", 1)),
-            "pad": pair(padding),
-            "dilation": pair(values.get("dilation", 1)),
+            "kernel": tuple(int(k) for k in weight.shape[2:]),
+            "stride": spatial(values.get("stride", 1), rank),
+            "pad": spatial(padding, rank),
+            "dilation": spatial(values.get("dilation", 1), rank),
             "group": groups,
             "bias_term": "bias" in values and getattr(module, "bias", None) is not None,
             "padding_mode": "zeros",
@@ -139,17 +146,18 @@ class Convolution(LayerType):
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
         attrs = reader.attrs(node)
         weight = reader.const_shape(node.input[1])  # the shape only: weights are read lazily
-        if weight is None or len(weight) != 4:
+        if weight is None or not 3 <= len(weight) <= 5:
             return None
+        rank = len(weight) - 2
         kernel = tuple(attrs.get("kernel_shape", weight[2:]))
-        stride = tuple(attrs.get("strides", (1, 1)))
-        dilation = tuple(attrs.get("dilations", (1, 1)))
+        stride = tuple(attrs.get("strides", (1,) * rank))
+        dilation = tuple(attrs.get("dilations", (1,) * rank))
         source = reader.blob(node.input[0])
         pads = reader.pads(node, source, kernel, stride, dilation)
-        begin, end = pads[:2], pads[2:]
+        begin, end = pads[:rank], pads[rank:]
         if begin != end:  # asymmetric: an explicit Pad layer, then an unpadded convolution
             source = reader.pad_layer(node, source, [0, 0, *begin, 0, 0, *end])
-            begin = (0, 0)
+            begin = [0] * rank
         params = {
             "num_output": int(weight[0]),
             "kernel": kernel,
@@ -166,6 +174,8 @@ class Convolution(LayerType):
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         p = layer.params
+        if len(p["kernel"]) != 2:
+            raise unsupported_in_caffe(layer, f"a {len(p['kernel'])}-D convolution (surgery writes Caffe's 2-D ones)")
         message = writer.layer(layer, self.name)
         param = message.convolution_param
         param.num_output, param.bias_term, param.group = p["num_output"], p["bias_term"], p["group"]
@@ -199,6 +209,17 @@ class Convolution(LayerType):
         return {
             role: getattr(param, f"{role}_filler") for role in ("weight", "bias") if param.HasField(f"{role}_filler")
         }
+
+
+_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_FUNCTIONALS = (F.conv1d, F.conv2d, F.conv3d)
+_LAYOUTS = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, T, H, W)"}
+
+
+def spatial(value: Any, rank: int) -> tuple[int, ...]:
+    """One int per spatial axis from an int or a sequence (of one value, or of ``rank``)."""
+    values = (int(value),) if isinstance(value, int) else tuple(int(v) for v in value)
+    return values * rank if len(values) == 1 else values
 
 
 def check_conv_params(p: dict[str, Any]) -> None:

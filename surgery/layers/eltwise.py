@@ -113,13 +113,24 @@ class Eltwise(LayerType):
         import numpy as np
 
         op = node.op_type
-        if op in ("Max", "Sum") and len(node.input) != 2:
-            return None
         consts = [reader.const(name) for name in node.input]
         if op == "Div":
-            if consts[1] is None or consts[0] is not None:
-                return None  # x / y of two tensors has no Eltwise form
-            inputs = [reader.blob(node.input[0]), reader.constant_layer(node, np.reciprocal(consts[1]), "divisor")]
+            if consts[0] is not None:
+                return None  # a constant over a tensor: no Eltwise form
+            if consts[1] is not None:
+                divisor = reader.constant_layer(node, np.reciprocal(consts[1]), "divisor")
+            else:  # x / y of two tensors: x * y^-1
+                divisor = f"{node.output[0]}/reciprocal"
+                reader.add(
+                    Layer(
+                        reader.unique(f"{reader.node_name(node)}/reciprocal"),
+                        "Power",
+                        inputs=[reader.blob(node.input[1])],
+                        outputs=[divisor],
+                        params={"power": -1.0, "scale": 1.0, "shift": 0.0},
+                    )
+                )
+            inputs = [reader.blob(node.input[0]), divisor]
             return reader.layer(node, self.name, {"operation": "PROD", "coeff": []}, inputs=inputs)
         inputs = [reader.blob_or_const(name, node) for name in node.input]
         if op == "Sub":

@@ -1,5 +1,6 @@
 """Pad: constant zero (or value) padding of the spatial axes, e.g. ONNX's asymmetric
-convolution padding made explicit."""
+convolution padding made explicit; or reflect / edge padding of the spatial axes (torch's
+``reflect`` / ``replicate``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from surgery.layers.registry import LayerType, register_layer
 
 @register_layer
 class Pad(LayerType):
-    """Params: pads (ONNX order: begin of every axis, then end of every axis), value."""
+    """Params: pads (ONNX order: begin of every axis, then end of every axis), value, mode
+    (absent: constant; ``reflect`` or ``edge``: the spatial axes of a 3-D to 5-D input)."""
 
     name = "Pad"
     caffe_syntax = False
@@ -33,7 +35,7 @@ class Pad(LayerType):
         value = args[3] if len(args) > 3 else kwargs.get("value")
         shape = in_shapes[0] if in_shapes else None
         if (
-            mode != "constant"
+            mode not in _FROM_TORCH
             or not isinstance(shape, tuple)
             or not isinstance(pad, (tuple, list))
             or len(pad) % 2
@@ -46,7 +48,8 @@ class Pad(LayerType):
         begin, end = [0] * rank, [0] * rank
         for k in range(len(pad) // 2):  # F.pad lists the last axis first
             begin[rank - 1 - k], end[rank - 1 - k] = pad[2 * k], pad[2 * k + 1]
-        return {"pads": begin + end, "value": float(value or 0.0)}, None
+        params = {"pads": begin + end, "value": float(value or 0.0)}
+        return (params | {"mode": _FROM_TORCH[mode]} if mode != "constant" else params), None
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)
@@ -54,13 +57,25 @@ class Pad(LayerType):
         if len(pads) != 2 * len(shape) or any(p < 0 for p in pads):
             raise ShapeError(f"pads {pads} do not fit input {shape} (need {2 * len(shape)} non-negative values)")
         rank = len(shape)
+        mode = layer.params.get("mode", "constant")
+        if mode != "constant":
+            if mode not in _TO_TORCH or not 3 <= rank <= 5 or any(pads[i] or pads[rank + i] for i in range(2)):
+                raise ShapeError(
+                    f"{mode} padding pads the spatial axes of a 3-D to 5-D input; got pads {pads} on {shape}",
+                    fix="pad only the axes after the channel axis, or use constant padding",
+                )
+            if mode == "reflect" and any(max(pads[i], pads[rank + i]) >= shape[i] for i in range(2, rank)):
+                raise ShapeError(f"reflect padding {pads} needs each pad below its axis' size {shape}")
         return [tuple(d + pads[i] + pads[rank + i] for i, d in enumerate(shape))]
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
         pads, rank = layer.params["pads"], len(in_shapes[0])
+        mode = layer.params.get("mode", "constant")
         torch_pads = []
-        for axis in reversed(range(rank)):  # F.pad lists the last axis first
+        for axis in reversed(range(2 if mode != "constant" else 0, rank)):  # F.pad lists the last axis first
             torch_pads += [pads[axis], pads[rank + axis]]
+        if mode != "constant":
+            return graph.call_function(F.pad, (inputs[0], tuple(torch_pads)), {"mode": _TO_TORCH[mode]})
         return graph.call_function(
             F.pad, (inputs[0], tuple(torch_pads)), {"value": float(layer.params.get("value", 0.0))}
         )
@@ -69,13 +84,19 @@ class Pad(LayerType):
         import numpy as np
 
         pads = writer.const(f"{layer.name}.pads", np.array(layer.params["pads"], dtype=np.int64))
+        mode = layer.params.get("mode", "constant")
+        if mode != "constant":
+            writer.node("Pad", [layer.inputs[0], pads], list(layer.outputs), layer.name, mode=mode)
+            return
         value = writer.const(f"{layer.name}.value", np.array(layer.params.get("value", 0.0), dtype=np.float32))
         writer.node("Pad", [layer.inputs[0], pads, value], list(layer.outputs), layer.name, mode="constant")
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
         attrs = reader.attrs(node)
-        if attrs.get("mode", b"constant") not in (b"constant", "constant"):
-            return None
+        mode = attrs.get("mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode not in ("constant", *_TO_TORCH):
+            return None  # opset 19's wrap
         pads = attrs.get("pads") or reader.const_list(node.input[1] if len(node.input) > 1 else None)
         if pads is None or (len(node.input) > 3 and node.input[3]):
             return None  # pads computed at run time, or only some axes padded
@@ -83,9 +104,12 @@ class Pad(LayerType):
         if value is None and len(node.input) > 2 and node.input[2]:
             values = reader.const_list(node.input[2])
             value = values[0] if values else 0.0
-        return reader.layer(
-            node,
-            self.name,
-            {"pads": [int(p) for p in pads], "value": float(value or 0.0)},
-            inputs=[reader.blob(node.input[0])],
-        )
+        params: dict[str, Any] = {"pads": [int(p) for p in pads], "value": float(value or 0.0)}
+        if mode != "constant":
+            params["mode"] = mode
+        return reader.layer(node, self.name, params, inputs=[reader.blob(node.input[0])])
+
+
+#: ONNX's padding modes besides constant, as torch's F.pad names them, and back.
+_TO_TORCH = {"reflect": "reflect", "edge": "replicate"}
+_FROM_TORCH = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}

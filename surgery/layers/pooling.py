@@ -1,4 +1,5 @@
-"""Pooling: MAX / AVE windows, Caffe's and torch's ceil rounding, global pooling."""
+"""Pooling: MAX / AVE windows, Caffe's and torch's ceil rounding, global pooling; over 1,
+2 or 3 spatial axes (the length of ``kernel``; global pooling: every axis after C)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from torch import nn
 
 from surgery.errors import ModelFormatError, ShapeError, unsupported_in_caffe, unsupported_in_onnx
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, ModuleRecipe, check_param, pair, register_layer
+from surgery.layers.convolution import spatial
+from surgery.layers.registry import LayerType, ModuleRecipe, check_param, register_layer
 
 
 def pool_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
@@ -33,6 +35,18 @@ def _real_cell_scale(size: tuple, kernel: tuple, stride: tuple, begin: list[int]
     return (kernel[0] * kernel[1] / real)[None, None].astype(np.float32)
 
 
+_MAX = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+_AVE = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+_MAX_CALLS = (F.max_pool1d, F.max_pool2d, F.max_pool3d)
+_AVE_CALLS = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
+_ADAPTIVE_MAX = (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+_ADAPTIVE_AVE = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+_LAYOUTS = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, T, H, W)"}
+#: The positional parameters of torch's max_pool*d / avg_pool*d, in order.
+_MAX_ARGUMENTS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+_AVE_ARGUMENTS = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+
+
 @register_layer
 class Pooling(LayerType):
     """Params: pool ("MAX"|"AVE"), kernel, stride, pad, dilation, ceil_mode,
@@ -41,21 +55,24 @@ class Pooling(LayerType):
     name = "Pooling"
     passes_resize = True
     fresh_output = True
-    torch_modules = (nn.MaxPool2d, nn.AvgPool2d)
-    torch_functions = (F.max_pool2d, F.avg_pool2d)
+    torch_modules = (*_MAX, *_AVE)
+    torch_functions = (*_MAX_CALLS, *_AVE_CALLS)
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)
         shape, p = in_shapes[0], layer.params
-        if shape is None or len(shape) != 4:
-            raise ShapeError(f"expects a 4-D input (N, C, H, W), got {shape}")
         if p.get("global_pooling"):
-            return [(shape[0], shape[1], 1, 1)]
+            if shape is None or not 3 <= len(shape) <= 5:
+                raise ShapeError(f"global pooling expects a 3-D to 5-D input (N, C, ...), got {shape}")
+            return [(shape[0], shape[1], *(1,) * (len(shape) - 2))]
+        rank = len(p["kernel"])
+        if shape is None or len(shape) != 2 + rank:
+            raise ShapeError(f"a {rank}-D pooling expects a {2 + rank}-D input {_LAYOUTS[rank]}, got {shape}")
         out = [
             pool_output_size(
                 shape[2 + i], p["kernel"][i], p["stride"][i], p["pad"][i], p["dilation"][i], p["ceil_mode"]
             )
-            for i in range(2)
+            for i in range(rank)
         ]
         if min(out) < 1:
             raise ShapeError(f"input {shape} is too small for a {p['kernel']} pooling window")
@@ -64,8 +81,10 @@ class Pooling(LayerType):
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
         p = layer.params
         if p.get("global_pooling"):
-            cls = nn.AdaptiveMaxPool2d if p["pool"] == "MAX" else nn.AdaptiveAvgPool2d
+            rank = len(in_shapes[0]) - 2
+            cls = (_ADAPTIVE_MAX if p["pool"] == "MAX" else _ADAPTIVE_AVE)[rank - 1]
             return ModuleRecipe(cls, {"output_size": 1})
+        rank = len(p["kernel"])
         common = {
             "kernel_size": tuple(p["kernel"]),
             "stride": tuple(p["stride"]),
@@ -73,9 +92,9 @@ class Pooling(LayerType):
             "ceil_mode": p["ceil_mode"],
         }
         if p["pool"] == "MAX":
-            return ModuleRecipe(nn.MaxPool2d, common | {"dilation": tuple(p["dilation"])})
+            return ModuleRecipe(_MAX[rank - 1], common | {"dilation": tuple(p["dilation"])})
         return ModuleRecipe(
-            nn.AvgPool2d,
+            _AVE[rank - 1],
             common
             | {
                 "count_include_pad": p["count_include_pad"],
@@ -84,7 +103,7 @@ class Pooling(LayerType):
         )
 
     def import_torch_module(self, module: nn.Module) -> dict[str, Any] | None:
-        if isinstance(module, nn.MaxPool2d):
+        if isinstance(module, _MAX):
             if module.return_indices:
                 return None
             return pooling_params(
@@ -94,7 +113,10 @@ class Pooling(LayerType):
                 module.padding,
                 dilation=module.dilation,
                 ceil_mode=module.ceil_mode,
+                rank=_MAX.index(type(module)) + 1,
             )
+        if not isinstance(module, _AVE):
+            return None
         return pooling_params(
             "AVE",
             module.kernel_size,
@@ -102,14 +124,17 @@ class Pooling(LayerType):
             module.padding,
             ceil_mode=module.ceil_mode,
             count_include_pad=module.count_include_pad,
-            divisor_override=module.divisor_override,
+            divisor_override=getattr(module, "divisor_override", None),
+            rank=_AVE.index(type(module)) + 1,
         )
 
     def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
-        names = ["input", "kernel_size", "stride", "padding"]
+        names = _MAX_ARGUMENTS if target in _MAX_CALLS else _AVE_ARGUMENTS
+        if len(args) > len(names):
+            return None
         values = dict(zip(names, args)) | kwargs
-        if target is F.max_pool2d:
-            if values.get("return_indices") or len(args) > 4:
+        if target in _MAX_CALLS:
+            if values.get("return_indices"):
                 return None
             return pooling_params(
                 "MAX",
@@ -118,9 +143,8 @@ class Pooling(LayerType):
                 values.get("padding", 0),
                 dilation=values.get("dilation", 1),
                 ceil_mode=values.get("ceil_mode", False),
+                rank=_MAX_CALLS.index(target) + 1,
             )
-        if len(args) > 4:
-            return None
         return pooling_params(
             "AVE",
             values["kernel_size"],
@@ -129,6 +153,7 @@ class Pooling(LayerType):
             ceil_mode=values.get("ceil_mode", False),
             count_include_pad=values.get("count_include_pad", True),
             divisor_override=values.get("divisor_override"),
+            rank=_AVE_CALLS.index(target) + 1,
         )
 
     onnx_ops = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean")
@@ -177,15 +202,18 @@ class Pooling(LayerType):
                 )
             )
         kernel = tuple(attrs["kernel_shape"])
-        stride = tuple(attrs.get("strides", (1, 1)))
-        dilation = tuple(attrs.get("dilations", (1, 1)))
+        rank = len(kernel)
+        stride = tuple(attrs.get("strides", (1,) * rank))
+        dilation = tuple(attrs.get("dilations", (1,) * rank))
         pads = reader.pads(node, source, kernel, stride, dilation)
         pool = "MAX" if node.op_type == "MaxPool" else "AVE"
         ceil, include = bool(attrs.get("ceil_mode", 0)), bool(attrs.get("count_include_pad", 0))
-        if pads[:2] != pads[2:]:
+        if pads[:rank] != pads[rank:]:
+            if rank != 2:
+                return None  # uneven padding is read for 2-D pooling only
             return self._asymmetric(node, reader, source, pool, (kernel, stride, dilation), pads, ceil, include)
         params = pooling_params(
-            pool, kernel, stride, pads[:2], dilation=dilation, ceil_mode=ceil, count_include_pad=include
+            pool, kernel, stride, pads[:rank], dilation=dilation, ceil_mode=ceil, count_include_pad=include
         )
         return reader.layer(node, self.name, params, inputs=[source])
 
@@ -234,6 +262,9 @@ class Pooling(LayerType):
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         p = layer.params
+        shape = writer.in_shapes(layer)[0]
+        if len(shape) != 4:
+            raise unsupported_in_caffe(layer, f"a pooling over a {len(shape)}-D input (Caffe's Pooling is 2-D)")
         param = writer.layer(layer, "Pooling").pooling_param
         param.pool = 0 if p["pool"] == "MAX" else 1
         if p.get("global_pooling"):
@@ -281,15 +312,18 @@ def pooling_params(
     count_include_pad: bool = True,
     global_pooling: bool = False,
     divisor_override: int | None = None,
+    rank: int | None = None,
 ) -> dict[str, Any]:
-    """Hyper-parameters of a Pooling layer; ``stride`` None means ``kernel`` (torch's default)."""
-    kernel = pair(kernel)
+    """Hyper-parameters of a Pooling layer; ``stride`` None means ``kernel`` (torch's
+    default); ``rank``: the spatial axes (default: the length of ``kernel``, else 2)."""
+    rank = rank or (2 if isinstance(kernel, int) else len(tuple(kernel)))
+    kernel = spatial(kernel, rank)
     params = {
         "pool": pool,
         "kernel": kernel,
-        "stride": pair(stride) if stride else kernel,
-        "pad": pair(pad),
-        "dilation": pair(dilation),
+        "stride": spatial(stride, rank) if stride else kernel,
+        "pad": spatial(pad, rank),
+        "dilation": spatial(dilation, rank),
         "ceil_mode": bool(ceil_mode),
         "count_include_pad": bool(count_include_pad),
         "global_pooling": global_pooling,

@@ -86,6 +86,23 @@ class Power(LayerType):
             writer.node(op, inputs, [out], layer.name if last else out)
             current = out
 
+    #: ONNX operators that are a Power: -x, sqrt(x), 1/x, x ** c for a constant number c.
+    onnx_ops = ("Neg", "Sqrt", "Reciprocal", "Pow")
+
+    def from_onnx(self, node: Any, reader: Any) -> Layer | None:
+        if node.op_type == "Pow":
+            exponent = reader.const_list(node.input[1])
+            if exponent is None or len(exponent) != 1:
+                return None  # a computed or per-element exponent
+            params = power_params(power=exponent[0])
+        else:
+            params = {
+                "Neg": power_params(scale=-1.0),
+                "Sqrt": power_params(power=0.5),
+                "Reciprocal": power_params(power=-1.0),
+            }[node.op_type]
+        return reader.layer(node, self.name, params, inputs=[reader.blob(node.input[0])])
+
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         param = writer.layer(layer, "Power").power_param
         param.power, param.scale, param.shift = (layer.params[k] for k in ("power", "scale", "shift"))

@@ -126,8 +126,9 @@ class LayerType:
         """
         return graph.call_module(layer.extra.get("module_path", layer.name), tuple(inputs))
 
-    def import_torch_module(self, module: nn.Module) -> dict[str, Any]:
-        """Hyper-parameters of a layer made from ``module`` (torch importer hook)."""
+    def import_torch_module(self, module: nn.Module) -> dict[str, Any] | None:
+        """Hyper-parameters of a layer made from ``module`` (torch importer hook), or None
+        when this module (a padding mode, a flag) stays an opaque layer."""
         raise NotImplementedError
 
     def import_torch_module_call(self, module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any] | None:

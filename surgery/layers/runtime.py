@@ -27,6 +27,12 @@ class FrozenBatchNorm1d(nn.BatchNorm1d):
     forward = FrozenBatchNorm2d.forward
 
 
+class FrozenBatchNorm3d(nn.BatchNorm3d):
+    """The (N, C, T, H, W) form of :class:`FrozenBatchNorm2d` (video backbones)."""
+
+    forward = FrozenBatchNorm2d.forward
+
+
 class SurgeryModule(nn.Module):
     """Base class of emitted models.
 

@@ -147,12 +147,14 @@ class Slice(LayerType):
             writer.node("Squeeze", [part, axes], [top], layer.name if index == 0 else f"{layer.name}/squeeze{index}")
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
-        if node.op_type != "Split" or reader.opset < 13 or any(not o for o in node.output):
-            return None  # a Squeeze on its own is not a Slice; before opset 13 `split` is an attribute
+        if node.op_type != "Split" or any(not o for o in node.output):
+            return None  # a Squeeze on its own is not a Slice
         source = reader.blob(node.input[0])
         shape = reader.shape(source)
-        axis = check_axis(reader.attrs(node).get("axis", 0), shape)
-        sizes = reader.const_list(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        attrs = reader.attrs(node)
+        axis = check_axis(attrs.get("axis", 0), shape)
+        # the sizes: an input from opset 13, an attribute before
+        sizes = reader.const_list(node.input[1]) if len(node.input) > 1 and node.input[1] else attrs.get("split")
         if sizes is None:
             if shape[axis] % len(node.output):
                 return None  # opset 18's uneven num_outputs split: not read

@@ -62,6 +62,11 @@ def _check(net: Net, op: Any) -> tuple[Layer, Layer, list[Layer]]:
     for layer in (first, second):
         if layer.type != "Convolution":
             raise SpecError(f"{layer.name!r} is a {layer.type}, not a Convolution", subject=layer.name)
+        if len(layer.params["kernel"]) != 2:
+            raise SpecError(
+                f"{layer.name!r} is a {len(layer.params['kernel'])}-D convolution; collapse composes 2-D ones",
+                subject=layer.name,
+            )
         if layer.params["group"] != 1:
             raise SpecError(
                 f"{layer.name!r} is a grouped convolution; collapse composes groups of 1", subject=layer.name
