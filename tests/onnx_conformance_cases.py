@@ -8,13 +8,6 @@ REFUSED = {
     "pytorch-operator/test_operator_index": ("Slice", "Slice along the batch axis"),
     "pytorch-operator/test_operator_min": ("Min", "no layer type for Min"),
     "pytorch-operator/test_operator_mm": ("Gemm", "Gemm of computed inputs: no weight, an InnerProduct needs one"),
-    "pytorch-operator/test_operator_pow": ("Pow", "no layer type for Pow"),
-    "pytorch-operator/test_operator_repeat": ("Tile", "no layer type for Tile"),
-    "pytorch-operator/test_operator_repeat_dim_overflow": ("Tile", "no layer type for Tile"),
-    "pytorch-operator/test_operator_symbolic_override": (
-        "InstanceNormalization",
-        "no layer type for InstanceNormalization",
-    ),
     "simple/test_gradient_of_add": ("Gradient", "no layer type for Gradient"),
     "simple/test_gradient_of_add_and_mul": ("Gradient", "no layer type for Gradient"),
     "simple/test_sequence_model1": ("SequenceAt", "no layer type for SequenceAt, SequenceEmpty, SequenceInsert"),
@@ -30,11 +23,5 @@ REFUSED = {
 
 
 #: Models the ONNX-to-PyTorch converter onnx2torch converts to the expected outputs and
-#: surgery refuses (``test_onnx_conformance.py`` compares the two on every model): the
-#: gap to a superset, each with what it would take.
-PEER_ONLY = {
-    "pytorch-operator/test_operator_pow": "Pow of two computed tensors: an elementwise power layer",
-    "pytorch-operator/test_operator_repeat": "Tile: a tiling layer type",
-    "pytorch-operator/test_operator_repeat_dim_overflow": "Tile: a tiling layer type",
-    "pytorch-operator/test_operator_symbolic_override": "InstanceNormalization: an instance-norm layer type",
-}
+#: surgery refuses (``test_onnx_conformance.py`` compares the two on every model): none.
+PEER_ONLY: dict[str, str] = {}

@@ -107,6 +107,13 @@ CASES = {
     "avgpool3d": (nn.AvgPool3d((2, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)), (2, 3, 4, 7, 7), "Pooling", 17),
     "maxpool3d_functional": (Call(lambda x: F.max_pool3d(x, 2)), (2, 3, 4, 6, 6), "Pooling", 17),
     "batchnorm3d": (Affine(nn.BatchNorm3d(3)), (2, 3, 4, 5, 5), "BatchNorm", 17),
+    "global_avgpool3d": (nn.Sequential(nn.AdaptiveAvgPool3d(1)), (2, 3, 4, 5, 5), "Pooling", 17),
+    "global_maxpool1d": (nn.Sequential(nn.AdaptiveMaxPool1d(1)), (2, 3, 7), "Pooling", 17),
+    "instance_norm2d": (Affine(nn.InstanceNorm2d(3, affine=True)), (2, 3, 5, 5), "InstanceNorm", 17),
+    "instance_norm1d_plain": (nn.Sequential(nn.InstanceNorm1d(4, eps=1e-3)), (2, 4, 9), "InstanceNorm", 17),
+    "tile": (Call(lambda x: x.repeat(1, 2, 1, 3)), (2, 3, 4, 5), "Tile", 17),
+    "torch_tile": (Call(lambda x: torch.tile(x, (2, 1))), (2, 3, 4), "Tile", 17),
+    "pow_of_two_tensors": (Call(lambda a, b: a.abs() ** b, linear=4), (2, 3, 4), "Eltwise", 17),
 }
 
 

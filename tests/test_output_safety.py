@@ -237,6 +237,7 @@ def test_killed_apply_leaves_old_or_new_output(sig: int, moment: tuple[str, floa
             break
     time.sleep(delay)
     run.send_signal(sig)
+    said = run.stderr.read()  # what the run printed after the signal, for the assertions' messages
     code = run.wait(timeout=120)
     run.stderr.close()
     now = _tree(out)
@@ -245,7 +246,7 @@ def test_killed_apply_leaves_old_or_new_output(sig: int, moment: tuple[str, floa
     if sig != signal.SIGKILL:
         # 0: the signal came after the run had finished (the new output is complete);
         # 128 + the signal: unwound like Ctrl-C, whatever the moment, never a traceback
-        assert code in (0, 128 + sig), code
+        assert code in (0, 128 + sig), f"exit {code}; the run said:\n{said}"
         assert code == 128 + sig or now != old, "exit 0 means the new output is in place"
         assert not _leftovers(tmp_path), "SIGTERM and SIGINT clean up like Ctrl-C"
     surgery.apply(_big_spec(tmp_path, 3), out, force=True)  # a later apply removes what a kill left

@@ -1,5 +1,5 @@
-"""The model zoo run: every torchvision classifier up to 150M parameters and a list of
-timm models, each through load -> classifier resize -> torch + ONNX -> verify.
+"""The model zoo run: every torchvision classifier up to 150M parameters (image and video)
+and a list of timm models, each through load -> classifier resize -> torch + ONNX -> verify.
 
 `run_case` does one model and returns a row (what passed, where it stopped, why);
 tests/test_zoo_models.py runs it for every case and writes the rows as JSON, and
@@ -24,15 +24,25 @@ class Case:
     """One model: its factory, the input it runs at, and (when it cannot go through)
     the stage it is expected to stop at and why."""
 
-    family: str  # "torchvision" or "timm"
+    family: str  # "torchvision", "torchvision.video" or "timm"
     name: str
     size: int = 64
     kwargs: dict[str, Any] = field(default_factory=dict)
     refusal: str | None = None  # "stage: start of the error" when the model is expected to be refused
+    frames: int = 0  # a video model's clip length: its input is (1, 3, frames, size, size)
+    classes: int = 1000  # the pretrained head's outputs (Kinetics-400 for the video models)
 
     @property
     def id(self) -> str:
         return f"{self.family}:{self.name}"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (1, 3, self.frames, self.size, self.size) if self.frames else (1, 3, self.size, self.size)
+
+    @property
+    def input_label(self) -> str:
+        return f"{self.frames}x{self.size}" if self.frames else str(self.size)
 
 
 # Inputs are as small as each model allows (32x32 for most torchvision models, 64x64 for
@@ -102,6 +112,31 @@ def torchvision_cases() -> list[Case]:
     return cases
 
 
+# Video models: (frames, size) as small as each allows (S3D's last pooling is 2x7x7 and
+# MViT's patch grid is fixed at 16x224x224).
+_VIDEO_INPUTS = {"s3d": (16, 224), "mvit_v1_b": (16, 224), "mvit_v2_s": (16, 224)}
+_VIDEO_REFUSALS = {
+    # torchvision computes the shifted windows' sizes in Python from the input's shape
+    **{f"swin3d_{size}": "load: ShapeError" for size in "tsb"},
+    # an opaque call's nodes from torch's exporter land before the constants they read
+    **{name: "verify: SurgeryError: the ONNX model does not check" for name in ("mvit_v1_b", "mvit_v2_s")},
+}
+
+
+def video_cases() -> list[Case]:
+    """Every torchvision video classification model with at most MAX_PARAMS parameters."""
+    import torchvision
+
+    cases = []
+    for name in torchvision.models.list_models(module=torchvision.models.video):
+        if torchvision.models.get_model_weights(name).DEFAULT.meta["num_params"] <= MAX_PARAMS:
+            frames, size = _VIDEO_INPUTS.get(name, (8, 32 if "swin" not in name else 64))
+            cases.append(
+                Case("torchvision.video", name, size, {}, _VIDEO_REFUSALS.get(name), frames=frames, classes=400)
+            )
+    return cases
+
+
 def timm_cases() -> list[Case]:
     return [
         Case("timm", name, _TIMM_SIZES.get(name, 64), _TIMM_KWARGS.get(name, {}), _TIMM_REFUSALS.get(name))
@@ -111,7 +146,7 @@ def timm_cases() -> list[Case]:
 
 def build(case: Case) -> torch.nn.Module:
     torch.manual_seed(0)
-    if case.family == "torchvision":
+    if case.family.startswith("torchvision"):
         import torchvision
 
         model = torchvision.models.get_model(case.name, **case.kwargs)
@@ -147,7 +182,7 @@ def run_case(case: Case) -> dict[str, Any]:
         "id": case.id,
         "family": case.family,
         "model": case.name,
-        "input": case.size,
+        "input": case.input_label,
         "stage": "build",
         "ok": False,
         "error": None,
@@ -158,12 +193,12 @@ def run_case(case: Case) -> dict[str, Any]:
         model = build(case)
         row["params"] = sum(p.numel() for p in model.parameters())
         row["stage"] = "load"
-        source = surgery.load(model, (1, 3, case.size, case.size), name=case.name)
+        source = surgery.load(model, case.input_shape, name=case.name)
         row["layers"] = len(source)
         row["opaque"] = sorted({layer.name for layer in source.layers() if layer.type in ("Opaque", "OpaqueCall")})
         row["stage"] = "classifier"
         edited = source.copy()
-        heads = classifier_layers(edited)
+        heads = classifier_layers(edited, case.classes)
         row["head"] = ", ".join(heads)
         surgery.classifier(edited, heads, num_output=NUM_OUTPUT, seed=1)
         row["stage"] = "verify"

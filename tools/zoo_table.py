@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- zoo:begin -->", "<!-- zoo:end -->"
-FAMILIES = {"torchvision": "torchvision 0.29", "timm": "timm 1.0"}
+FAMILIES = {"torchvision": "torchvision 0.29", "torchvision.video": "torchvision 0.29 video", "timm": "timm 1.0"}
 
 
 def summary(rows: list[dict]) -> list[str]:

@@ -25,6 +25,7 @@ from surgery.layers import (  # noqa: F401  (importing registers the types)
     index,
     inner_product,
     input,
+    instance_norm,
     layer_norm,
     lrn,
     lstm,
@@ -50,6 +51,7 @@ from surgery.layers import (  # noqa: F401  (importing registers the types)
     stochastic_depth,
     tanh,
     temporal_pooling,
+    tile,
     time_fold,
     unary,
 )

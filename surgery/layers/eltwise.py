@@ -1,5 +1,6 @@
-"""Eltwise: elementwise SUM (with coefficients), PROD or MAX of several blobs, with
-numpy broadcasting (Caffe's Eltwise needs equal shapes; the Caffe emitter checks that)."""
+"""Eltwise: elementwise SUM (with coefficients), PROD or MAX of several blobs, or POW of
+two, with numpy broadcasting (Caffe's Eltwise needs equal shapes, the Caffe emitter checks
+that, and has no POW)."""
 
 from __future__ import annotations
 
@@ -31,12 +32,16 @@ _FUNCTIONS = {
     "mul_": "PROD",
     torch.maximum: "MAX",
     torch.max: "MAX",
+    operator.pow: "POW",
+    torch.pow: "POW",
+    "pow": "POW",
 }
 
 
 @register_layer
 class Eltwise(LayerType):
-    """Params: operation ("SUM"|"PROD"|"MAX"), coeff (SUM only: one per input)."""
+    """Params: operation ("SUM"|"PROD"|"MAX"|"POW": the first input to the power of the
+    second), coeff (SUM only: one per input)."""
 
     name = "Eltwise"
     fresh_output = True
@@ -51,6 +56,8 @@ class Eltwise(LayerType):
         coeff = layer.params.get("coeff") or []
         if coeff and (layer.params["operation"] != "SUM" or len(coeff) != len(in_shapes)):
             raise ShapeError("coeff needs operation SUM and one value per input")
+        if layer.params["operation"] == "POW" and len(in_shapes) != 2:
+            raise ShapeError(f"POW takes a base and an exponent, got {len(in_shapes)} inputs")
         try:
             return [tuple(torch.broadcast_shapes(*in_shapes))]
         except RuntimeError:
@@ -68,7 +75,7 @@ class Eltwise(LayerType):
         terms: list[Any] = list(inputs)
         if coeff:
             terms = [t if c == 1 else graph.call_function(operator.mul, (t, float(c))) for t, c in zip(terms, coeff)]
-        combine = {"SUM": operator.add, "PROD": operator.mul, "MAX": torch.maximum}[operation]
+        combine = {"SUM": operator.add, "PROD": operator.mul, "MAX": torch.maximum, "POW": torch.pow}[operation]
         result = terms[0]
         for term in terms[1:]:
             result = graph.call_function(combine, (result, term))
@@ -87,7 +94,7 @@ class Eltwise(LayerType):
             return {"operation": "SUM", "coeff": [1.0, alpha]} if operation == "SUM" else None
         return {"operation": operation, "coeff": []}
 
-    onnx_ops = ("Add", "Sub", "Mul", "Div", "Max", "Sum")
+    onnx_ops = ("Add", "Sub", "Mul", "Div", "Max", "Sum", "Pow")
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:
         import numpy as np
@@ -101,7 +108,7 @@ class Eltwise(LayerType):
                 factor = writer.const(f"{layer.name}.coeff{index}", np.array(c, dtype=np.float32))
                 writer.node("Mul", [terms[index], factor], [scaled], scaled)
                 terms[index] = scaled
-        op = {"SUM": "Add", "PROD": "Mul", "MAX": "Max"}[operation]
+        op = {"SUM": "Add", "PROD": "Mul", "MAX": "Max", "POW": "Pow"}[operation]
         result = terms[0]
         for index, term in enumerate(terms[1:], start=1):
             last = index == len(terms) - 1
@@ -114,6 +121,8 @@ class Eltwise(LayerType):
 
         op = node.op_type
         consts = [reader.const(name) for name in node.input]
+        if op == "Pow" and consts[1] is not None:
+            return None  # a constant exponent: a Power layer
         if op == "Div":
             if consts[0] is not None:
                 return None  # a constant over a tensor: no Eltwise form
@@ -135,13 +144,15 @@ class Eltwise(LayerType):
         inputs = [reader.blob_or_const(name, node) for name in node.input]
         if op == "Sub":
             return reader.layer(node, self.name, {"operation": "SUM", "coeff": [1.0, -1.0]}, inputs=inputs)
-        operation = {"Add": "SUM", "Sum": "SUM", "Mul": "PROD", "Max": "MAX"}[op]
+        operation = {"Add": "SUM", "Sum": "SUM", "Mul": "PROD", "Max": "MAX", "Pow": "POW"}[op]
         return reader.layer(node, self.name, {"operation": operation, "coeff": []}, inputs=inputs)
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
         shapes = writer.in_shapes(layer)
         if any(tuple(s) != tuple(shapes[0]) for s in shapes):
             raise unsupported_in_caffe(layer, f"Caffe's Eltwise needs equal shapes, got {shapes} (no broadcasting)")
+        if layer.params["operation"] == "POW":
+            raise unsupported_in_caffe(layer, "Caffe's Eltwise has no POW")
         param = writer.layer(layer, "Eltwise").eltwise_param
         param.operation = {"PROD": 0, "SUM": 1, "MAX": 2}[layer.params["operation"]]
         param.coeff.extend(layer.params.get("coeff") or [])

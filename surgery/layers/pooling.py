@@ -42,6 +42,9 @@ _AVE_CALLS = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
 _ADAPTIVE_MAX = (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 _ADAPTIVE_AVE = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 _LAYOUTS = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, T, H, W)"}
+#: Adaptive poolings read as global ones when their output size is 1 (the 2-D ones are
+#: AdaptivePooling layers, which also take other sizes).
+_GLOBAL = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool3d)
 #: The positional parameters of torch's max_pool*d / avg_pool*d, in order.
 _MAX_ARGUMENTS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
 _AVE_ARGUMENTS = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
@@ -55,7 +58,7 @@ class Pooling(LayerType):
     name = "Pooling"
     passes_resize = True
     fresh_output = True
-    torch_modules = (*_MAX, *_AVE)
+    torch_modules = (*_MAX, *_AVE, *_GLOBAL)
     torch_functions = (*_MAX_CALLS, *_AVE_CALLS)
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
@@ -103,6 +106,12 @@ class Pooling(LayerType):
         )
 
     def import_torch_module(self, module: nn.Module) -> dict[str, Any] | None:
+        if isinstance(module, _GLOBAL):  # an adaptive pooling to size 1 is a global one
+            sizes = module.output_size if isinstance(module.output_size, tuple) else (module.output_size,)
+            if set(sizes) != {1} or getattr(module, "return_indices", False):
+                return None
+            pool = "MAX" if isinstance(module, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool3d)) else "AVE"
+            return pooling_params(pool, 1, global_pooling=True)
         if isinstance(module, _MAX):
             if module.return_indices:
                 return None

@@ -74,10 +74,17 @@ def keras_order(b: Builder, x: Tensor, name: str) -> Tensor:
     if same_order(x.shape, x.channel_at, x.flattened):
         return x if x.flattened is None else Tensor(x.blob, x.shape)
     if x.flattened is not None:
+        # (N, F), or (N, T, F) from a TimeDistributed Flatten: each feature vector back to
+        # its (C, H, W) map, the channels moved last, flattened again.
         height, width, channels = x.flattened
-        maps = b.add(f"{name}/unflatten", "Reshape", [x.blob], {"shape": [0, channels, height, width]})
-        moved = b.add(f"{name}/channels_last", "Permute", [maps], {"order": [0, 2, 3, 1]})
-        return b.tensor(b.add(f"{name}/keras_order", "Flatten", [moved], {"axis": 1, "end_axis": -1}), x.shape)
+        lead = len(x.shape) - 1
+        maps = b.add(
+            f"{name}/unflatten", "Reshape", [x.blob], {"shape": [0, *[-1] * (lead - 1), channels, height, width]}
+        )
+        order = [*range(lead), lead + 1, lead + 2, lead]
+        moved = b.add(f"{name}/channels_last", "Permute", [maps], {"order": order})
+        flat = b.add(f"{name}/keras_order", "Flatten", [moved], {"axis": lead, "end_axis": -1})
+        return b.tensor(flat, x.shape)
     order = inverse(ir_order(x.rank, x.channel_at))
     return b.tensor(b.add(f"{name}/channels_last", "Permute", [x.blob], {"order": order}), x.shape)
 

@@ -45,7 +45,9 @@ def _problem(entry: dict[str, Any]) -> str | None:
     module = str(entry.get("module") or "keras")
     if class_name == "Lambda":
         return f"Lambda layer {name!r} (it holds Python code; surgery never runs it)"
-    if not module.startswith("keras") or "Custom>" in str(entry.get("registered_name") or ""):
+    # Keras 3 writes "keras.layers" / "keras.src.models.functional"; TensorFlow's Keras 2
+    # writes "tf_keras.src.engine.functional" (older: "keras.engine..."): all built in.
+    if not module.startswith(("keras", "tf_keras")) or "Custom>" in str(entry.get("registered_name") or ""):
         return f"custom object {name!r} (class {module}.{class_name})"
     if class_name in MODEL_CLASSES or class_name in ("InputLayer", "TimeDistributed"):
         return None
