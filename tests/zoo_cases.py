@@ -118,8 +118,6 @@ _VIDEO_INPUTS = {"s3d": (16, 224), "mvit_v1_b": (16, 224), "mvit_v2_s": (16, 224
 _VIDEO_REFUSALS = {
     # torchvision computes the shifted windows' sizes in Python from the input's shape
     **{f"swin3d_{size}": "load: ShapeError" for size in "tsb"},
-    # an opaque call's nodes from torch's exporter land before the constants they read
-    **{name: "verify: SurgeryError: the ONNX model does not check" for name in ("mvit_v1_b", "mvit_v2_s")},
 }
 
 

@@ -199,7 +199,37 @@ def _splice(writer: Any, layer: Layer, graph: onnx.GraphProto, inputs: list[str]
         copied = helper.make_node(
             node.op_type, [rename(n) for n in node.input], outputs, name=name, domain=node.domain or None
         )
-        copied.attribute.extend(node.attribute)
+        copied.attribute.extend(_renamed_attributes(node.attribute, rename))
         writer.nodes.append(copied)
     if result in outer:  # the piece is the identity at inference (stochastic depth, dropout)
         writer.node("Identity", [outer[result]], [output], layer.name)
+
+
+def _renamed_attributes(attributes: Any, rename: Any) -> list[onnx.AttributeProto]:
+    """``attributes`` with every name inside their subgraphs (a Loop's or an If's body)
+    renamed as the outer graph is: a body reads the outer graph's values by name."""
+    renamed = []
+    for attribute in attributes:
+        copy = onnx.AttributeProto()
+        copy.CopyFrom(attribute)
+        for graph in [copy.g] if copy.type == onnx.AttributeProto.GRAPH else list(copy.graphs):
+            _rename_graph(graph, rename)
+        renamed.append(copy)
+    return renamed
+
+
+def _rename_graph(graph: onnx.GraphProto, rename: Any) -> None:
+    """Rename, in place, every value of a subgraph (its own values too, so that none can
+    clash with a name of the graph it is spliced into)."""
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        value.name = rename(value.name)
+    for tensor in graph.initializer:
+        tensor.name = rename(tensor.name)
+    for node in graph.node:
+        node.input[:] = [rename(name) for name in node.input]
+        node.output[:] = [rename(name) for name in node.output]
+        if node.name:
+            node.name = rename(node.name)
+        for attribute in node.attribute:
+            for inner in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
+                _rename_graph(inner, rename)
