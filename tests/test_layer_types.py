@@ -77,6 +77,13 @@ CASES = {
     "einsum_ellipsis": (Call(lambda x: torch.einsum("...ij->...ji", x)), (2, 3, 4, 5), "Einsum", 17),
     "pad": (Call(lambda x: F.pad(x, (1, 2, 0, 3), value=0.5)), (2, 3, 4, 4), "Pad", 17),
     "pad_last_axis": (Call(lambda x: F.pad(x, (2, 1))), (2, 3, 5), "Pad", 17),
+    # negative inputs: the zeros win every window that reaches them (pads past the kernel too)
+    "zero_pad_then_maxpool": (
+        Call(lambda x: F.max_pool2d(F.pad(-x.abs() - 1, (1, 2, 0, 3)), 3, stride=2, padding=1)),
+        (2, 3, 6, 6),
+        "Pad",
+        17,
+    ),
     "view_batch_size": (Call(lambda x: x.view(x.size(0), -1, 2)), (2, 4, 3), "Reshape", 17),
     "unsqueeze": (Call(lambda x: x.unsqueeze(2)), (2, 4, 3), "Reshape", 17),
     "squeeze": (Call(lambda x: torch.squeeze(x, -1)), (2, 4, 1), "Reshape", 17),
@@ -157,6 +164,19 @@ def test_onnx_matches_at_opset_17_and_with_the_native_operator(case: str, tmp_pa
     assert CASES[case][2] in {layer.type for layer in again.layers()}
     with torch.no_grad():
         np.testing.assert_allclose(surgery.to_torch(again).eval()(x).numpy(), expected, atol=ATOL, rtol=0)
+
+
+def test_a_zero_pad_before_max_pooling_is_written_so_onnxruntime_keeps_it(tmp_path: Path) -> None:
+    """onnxruntime up to 1.31 folds a Pad whose value is all zero bytes into a following
+    MaxPool (padded with -inf there): the pad before a max pooling is written as -0.0."""
+    net = _net("zero_pad_then_maxpool")[1]
+    model = onnx.load(str(emit_onnx(net, tmp_path / "m.onnx")))
+    values = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith(".value")]
+    assert values and all(v == 0 and np.signbit(v).all() for v in values)
+    other = surgery.load(Call(lambda x: torch.sigmoid(F.pad(x, (1, 1)))), (1, 3, 5))
+    model = onnx.load(str(emit_onnx(other, tmp_path / "c.onnx")))
+    values = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith(".value")]
+    assert values and not any(np.signbit(v).any() for v in values), "any other zero pad is written as 0"
 
 
 @pytest.mark.parametrize(

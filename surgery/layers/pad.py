@@ -88,8 +88,16 @@ class Pad(LayerType):
         if mode != "constant":
             writer.node("Pad", [layer.inputs[0], pads], list(layer.outputs), layer.name, mode=mode)
             return
-        value = writer.const(f"{layer.name}.value", np.array(layer.params.get("value", 0.0), dtype=np.float32))
-        writer.node("Pad", [layer.inputs[0], pads, value], list(layer.outputs), layer.name, mode="constant")
+        value = float(layer.params.get("value", 0.0))
+        if value == 0.0 and _feeds_max_pooling(layer, writer.net):
+            # onnxruntime up to 1.31 folds a Pad whose value is all zero bytes into a
+            # following MaxPool's pads, where padding is -inf: the zeros are lost (a window
+            # of negatives gives its maximum, not 0) or the session refuses to load (pads
+            # not smaller than the kernel). -0.0 pads the same values, is not all zero
+            # bytes, and so stays a Pad.
+            value = -0.0
+        constant = writer.const(f"{layer.name}.value", np.array(value, dtype=np.float32))
+        writer.node("Pad", [layer.inputs[0], pads, constant], list(layer.outputs), layer.name, mode="constant")
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
         attrs = reader.attrs(node)
@@ -113,3 +121,12 @@ class Pad(LayerType):
 #: ONNX's padding modes besides constant, as torch's F.pad names them, and back.
 _TO_TORCH = {"reflect": "reflect", "edge": "replicate"}
 _FROM_TORCH = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}
+
+
+def _feeds_max_pooling(layer: Layer, net: Any) -> bool:
+    """Whether a MAX Pooling layer reads the padded blob."""
+    return any(
+        consumer.type == "Pooling" and consumer.params.get("pool") == "MAX"
+        for blob in layer.outputs
+        for consumer, _ in net.consumers(blob)
+    )
