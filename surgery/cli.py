@@ -19,9 +19,9 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from surgery.errors import SurgeryError, SurgeryNote
+from surgery.interrupts import StopOnSignal
 
 EXIT_USER_ERROR = 2
 
@@ -283,16 +283,16 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     shutdown cannot change an exit code that already stands for a finished run.
     """
     args = build_parser().parse_args(argv)
-    interrupts = _Interrupts()
+    stop = StopOnSignal()  # a signal is recorded; the run stops at its next checkpoint
     try:
-        interrupts.arm()
+        stop.arm()
         code = _run(args)
-        interrupts.disarm()
-    except KeyboardInterrupt:  # raised at most once, and only between arm and disarm
+        stop.disarm()
+    except KeyboardInterrupt:  # raised by a checkpoint, at most once
         print("interrupted; the output folder is as it was, or complete", file=sys.stderr)
-        code = 128 + (interrupts.signum or signal.SIGINT)
+        code = 128 + (stop.signum or signal.SIGINT)
     finally:
-        interrupts.close(ignore=exiting)
+        stop.close(ignore=exiting)
     return code
 
 
@@ -310,57 +310,6 @@ def _run(args: argparse.Namespace) -> int:
     except SurgeryError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
-
-
-class _Interrupts:
-    """SIGINT and SIGTERM (Ctrl-C, ``kill``, a job scheduler) unwind the run like Ctrl-C,
-    so staging folders are removed on the way out.
-
-    The handler raises KeyboardInterrupt once, and only while armed; any later signal
-    is recorded and otherwise ignored. ``main`` arms it inside its ``try`` and disarms
-    it as the try's last statement, so the one KeyboardInterrupt always lands where it
-    is caught, however late the signal comes (a handler may run at any function call,
-    including those that restore the previous handlers).
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.armed = False
-        self.signum: int | None = None
-        self.previous: dict[int, Any] = {}
-        try:
-            for signum in self.SIGNALS:
-                self.previous[signum] = signal.signal(signum, self._handle)
-        except ValueError:  # not the main thread: leave Python's own handling
-            self.previous.clear()
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.signum is None:
-            self.signum = signum
-        if self.armed:
-            self.armed = False
-            raise KeyboardInterrupt
-
-    def arm(self) -> None:
-        """From here on, a signal unwinds the run (one that came already does so now)."""
-        self.armed = True
-        if self.signum is not None:
-            self.armed = False
-            raise KeyboardInterrupt
-
-    def disarm(self) -> None:
-        self.armed = False
-
-    def close(self, *, ignore: bool) -> None:
-        """Put back the previous handlers, or ignore both signals when the process is
-        about to exit. The handler is disarmed: a signal arriving meanwhile raises nothing."""
-        self.armed = False
-        for signum, previous in self.previous.items():
-            if ignore:
-                signal.signal(signum, signal.SIG_IGN)
-            else:  # None: a handler set outside Python, which Python cannot put back
-                signal.signal(signum, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

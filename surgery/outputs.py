@@ -27,6 +27,7 @@ from surgery import output_folder
 from surgery.change import report_html
 from surgery.emitters.files import FileLog, write_bytes
 from surgery.errors import SurgeryError
+from surgery.interrupts import checkpoint
 from surgery.output_folder import MARKER, check_output_path, check_output_paths
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class Job:
     progress: Progress | None
 
     def step(self, text: str) -> None:
+        checkpoint()  # where a Ctrl-C under the CLI stops the run (see surgery.interrupts)
         if self.progress is not None:
             self.progress(text)
 

@@ -18,6 +18,7 @@ from surgery import output_folder, outputs
 from surgery.edits import run_edit
 from surgery.errors import SpecError
 from surgery.importers.sources import load_source
+from surgery.interrupts import checkpoint
 from surgery.ir import Net
 from surgery.ops.base import Action, OpContext
 from surgery.report import Report, build_report
@@ -40,6 +41,7 @@ class Plan:
 
 
 def _step(progress: Progress | None, text: str) -> None:
+    checkpoint()  # where a Ctrl-C under the CLI stops the run (see surgery.interrupts)
     if progress is not None:
         progress(text)
 

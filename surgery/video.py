@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from surgery.errors import SurgeryError
+from surgery.interrupts import checkpoint
 from surgery.ir import Net
 
 
@@ -59,6 +60,7 @@ def features(
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for done, clip_file in enumerate(clips, 1):
+        checkpoint()
         frames = np.load(clip_file, allow_pickle=False)
         if frames.ndim != 4 or tuple(frames.shape[1:]) != frame_shape:
             raise ShapeError(

@@ -20,6 +20,7 @@ import torch
 import surgery
 from surgery.cli import main
 from surgery.errors import ModelFormatError, SpecError, SurgeryError
+from surgery.interrupts import StopOnSignal, checkpoint
 
 EDITS = 'edit { classifier { layer: "classifier.fc2" rename: "head" num_output: 3 } }\n'
 
@@ -252,6 +253,47 @@ def test_killed_apply_leaves_old_or_new_output(sig: int, moment: tuple[str, floa
     surgery.apply(_big_spec(tmp_path, 3), out, force=True)  # a later apply removes what a kill left
     assert not _leftovers(tmp_path)
     assert json.loads((out / "report.json").read_text())["spec"]["seed"] == "3"
+
+
+class _SignallingFile:
+    """A file object that raises a real signal at its ``at``-th write: a Ctrl-C landing
+    while torch.save's C++ writer calls back into Python."""
+
+    def __init__(self, path: Path, signum: int, at: int) -> None:
+        self.file, self.signum, self.at, self.writes = path.open("wb"), signum, at, 0
+
+    def write(self, data: bytes) -> int:
+        self.writes += 1
+        if self.writes == self.at:
+            signal.raise_signal(self.signum)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_a_signal_inside_torch_save_stops_the_run_at_the_next_checkpoint(signum: int, tmp_path: Path) -> None:
+    """A KeyboardInterrupt raised inside torch.save's C++ writer comes out as
+    ``RuntimeError: unexpected pos`` (and inside a native module's import, as an abort):
+    under the CLI's StopOnSignal the signal is recorded, the file is written whole, and
+    the run stops at its next checkpoint."""
+    state = {f"w{i}": torch.randn(64, 64) for i in range(4)}
+    stop = StopOnSignal()
+    try:
+        stop.arm()
+        target = _SignallingFile(tmp_path / "w.pt", signum, at=3)
+        torch.save(state, target)
+        target.file.close()
+        assert stop.signum == signum
+        with pytest.raises(KeyboardInterrupt):
+            checkpoint()
+        checkpoint()  # once only: the unwinding is not interrupted again
+    finally:
+        stop.close(ignore=False)
+    loaded = torch.load(tmp_path / "w.pt", weights_only=True)
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in state.items())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_signal_handlers_are_put_back_after_main(toy_spec, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from surgery.emitters import onnx_dynamic, onnx_traced
 from surgery.emitters.files import FileLog, output_file
 from surgery.errors import SpecError, SurgeryError
+from surgery.interrupts import checkpoint
 from surgery.ir import Layer, Net, Shape
 from surgery.layers import layer_type
 from surgery.layers.time_fold import lower_time
@@ -377,6 +378,7 @@ def write_model(
     out.write(_tag(_GRAPH_FIELD) + _varint(graph_length))
     out.write(graph_head)
     for prefix, raw in pieces:
+        checkpoint()  # a Ctrl-C stops the write between two initializers
         out.write(prefix)
         if raw is not None:
             out.write(raw)
