@@ -16,6 +16,7 @@ import bench_front
 import bench_keras
 import bench_onnx
 import bench_peer
+import bench_solver
 import bench_video
 
 if __name__ == "__main__":
@@ -33,3 +34,5 @@ if __name__ == "__main__":
     bench_front.main([])
     print("== ONNX peer ==")
     bench_peer.main([])
+    print("== Caffe solver ==")
+    bench_solver.main([])

@@ -129,6 +129,29 @@ def _cmd_draw(args: argparse.Namespace) -> int:
     return 0
 
 
+def _iterations(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of iterations like 0,5000,9999") from None
+    if any(value < 0 for value in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: iterations count from 0")
+    return values
+
+
+def _cmd_solver(args: argparse.Namespace) -> int:
+    from surgery.solver.caffe import describe, read_solver, solver_settings
+    from surgery.solver.runtime import caffe_rate
+
+    message, text = read_solver(args.solver)
+    settings = solver_settings(message, text)
+    for line in describe(settings):
+        print(line)
+    for iteration in args.at:
+        print(f"rate at iteration {iteration}: {caffe_rate(settings, iteration):.9g}")
+    return 0
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from surgery import api
     from surgery.verify import format_verify
@@ -243,6 +266,16 @@ def build_parser() -> argparse.ArgumentParser:
     draw.add_argument("--all", action="store_true", help="draw every layer (runs of unchanged layers fold by default)")
     draw.add_argument("-q", "--quiet", action="store_true")
     draw.set_defaults(run=_cmd_draw)
+
+    solver = sub.add_parser(
+        "solver",
+        help="say what a Caffe solver.prototxt means: the update, the schedule, the rate where it changes",
+    )
+    solver.add_argument("solver", help="a Caffe solver.prototxt")
+    solver.add_argument(
+        "--at", type=_iterations, default=(), help="also the rate at these iterations (e.g. 0,5000,9999)"
+    )
+    solver.set_defaults(run=_cmd_solver)
 
     verify = sub.add_parser(
         "verify", help="compare emitted torch, emitted ONNX (onnxruntime) and the source; exit 1 above tolerance"

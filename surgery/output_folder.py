@@ -99,11 +99,16 @@ def input_files(loaded: LoadedSpec) -> list[Path]:
     base = loaded.base_dir
     message = loaded.message
     found = [loaded.path]
-    values = list(_strings(message.source)) + [
-        item.collapse.calibration
-        for item in message.edit
-        if item.WhichOneof("op") == "collapse" and item.collapse.calibration
-    ]
+    solver = [message.solver.caffe] if message.HasField("solver") and message.solver.caffe else []
+    values = (
+        list(_strings(message.source))
+        + solver
+        + [
+            item.collapse.calibration
+            for item in message.edit
+            if item.WhichOneof("op") == "collapse" and item.collapse.calibration
+        ]
+    )
     for value in values:
         for candidate in (value, value.rpartition(":")[0]):  # "models/net.py:build"
             if candidate and "\0" not in candidate and (base / candidate).is_file():

@@ -22,6 +22,7 @@ from surgery.interrupts import checkpoint
 from surgery.ir import Net
 from surgery.ops.base import Action, OpContext
 from surgery.report import Report, build_report
+from surgery.solver.caffe import spec_solver
 from surgery.spec import LoadedSpec, load_spec
 from surgery.spec.loader import spec_to_dict
 
@@ -62,6 +63,7 @@ def plan(
 def _plan(loaded: LoadedSpec, progress: Progress | None, *, shapes_only: bool, source: Net | None = None) -> Plan:
     message = loaded.message
     _check_output_versions(loaded)
+    solver = spec_solver(loaded)  # a bad solver is refused before any model loads
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if source is not None:
@@ -86,6 +88,7 @@ def _plan(loaded: LoadedSpec, progress: Progress | None, *, shapes_only: bool, s
         # Each row of the report points at the spec line that did it.
         actions += [dataclasses.replace(a, where=loaded.locator.find(index, a.was or a.layer)) for a in done]
     timings["edits"] = time.perf_counter() - start - timings["load"]
+    net.solver = solver
     return Plan(loaded, net, build_report(net, actions, spec_to_dict(message)), source=before, timings=timings)
 
 

@@ -16,7 +16,7 @@ FLOORS = [
     {"errors", "interrupts"},
     {"ir", "spec"},
     {"math"},
-    {"layers"},
+    {"layers", "solver"},
     {"importers", "emitters", "probe"},
     {"ops", "edits", "verify", "report", "change"},
     {"api", "runner", "video", "outputs", "cli", "zoo", "output_folder", "__init__", "__main__"},

@@ -13,7 +13,7 @@ import copy
 import dataclasses
 import itertools
 from collections.abc import Iterable, Iterator
-from typing import cast
+from typing import Any, cast
 
 import networkx as nx
 import torch
@@ -52,6 +52,8 @@ class Net:
         self.loss_weights: dict[str, float] = {}
         #: How an importer matched weights to layers ({"copied", "initialised", "ignored"}).
         self.weight_copy: dict[str, list[str]] | None = None
+        #: The spec's Caffe solver settings (surgery.solver.caffe.solver_settings), or None.
+        self.solver: dict[str, Any] | None = None
         #: A torch source's composite modules (``layer3.1``, ``blocks.5``): module path ->
         #: the blob that is the module's output, so a spec may name the module where it
         #: names a position in the net (see :meth:`module_output`).
@@ -372,6 +374,7 @@ class Net:
         twin._outputs = list(self._outputs) if self._outputs is not None else None
         twin.loss_weights = dict(self.loss_weights)
         twin.weight_copy = copy.deepcopy(self.weight_copy)
+        twin.solver = copy.deepcopy(self.solver)
         twin.module_outputs, twin.module_refusals = dict(self.module_outputs), dict(self.module_refusals)
         if self._shapes is not None:
             twin._shapes = dict(self._shapes)

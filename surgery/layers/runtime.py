@@ -41,11 +41,29 @@ class SurgeryModule(nn.Module):
         OUTPUTS: output names per mode ({"train": [...], "eval": [...]}); a mode with
             several outputs returns a dict keyed by these names.
         MODULE_PATHS: layer name -> attribute path, for the layers not at their own name.
+        LOSS_WEIGHTS: train output -> its loss weight (Caffe's ``loss_weight``; GoogLeNet's
+            auxiliary heads 0.3); an output not listed weighs 1.
+        SOLVER: the spec's Caffe solver (see ``caffe_solver()``), or None.
     """
 
     LR_MULTS: ClassVar[dict[str, tuple[float, float]]] = {}
     OUTPUTS: ClassVar[dict[str, list[str]]] = {}
     MODULE_PATHS: ClassVar[dict[str, str]] = {}
+    LOSS_WEIGHTS: ClassVar[dict[str, float]] = {}
+    SOLVER: ClassVar[dict | None] = None
+
+    def weighted_loss(self, outputs: torch.Tensor | dict[str, torch.Tensor], criterion, *targets) -> torch.Tensor:
+        """The total loss as Caffe's net sums it: each train output's
+        ``criterion(output, *targets)`` times its LOSS_WEIGHTS entry (1 when absent).
+
+        Example:
+            >>> loss = model.weighted_loss(model(images), F.cross_entropy, labels)  # 0.3, 0.3, 1
+        """
+        if isinstance(outputs, torch.Tensor):
+            name = self.OUTPUTS.get("train", [None])[0]
+            return criterion(outputs, *targets) * self.LOSS_WEIGHTS.get(name, 1.0)
+        terms = [criterion(value, *targets) * self.LOSS_WEIGHTS.get(name, 1.0) for name, value in outputs.items()]
+        return torch.stack(terms).sum()
 
     def layer_module(self, name: str) -> nn.Module:
         """The module of layer ``name``. Layers whose names are not plain attribute paths
