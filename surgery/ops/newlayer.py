@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from surgery.errors import SpecError
 from surgery.ir import Layer, Net
 from surgery.layers.new_blobs import init_new_blobs
@@ -21,6 +23,22 @@ def resolve_bottom(net: Net, name: str) -> str:
             subject=name,
         )
     return found.blobs[0]
+
+
+def _phase(message: Any, producers: list[Layer]) -> str | None:
+    """``"train"`` for a layer the spec writes with ``include { phase: TRAIN }`` (Caffe's
+    train-only branch: in the train-mode model, left out of the deploy ONNX), or one that
+    reads a train-only layer; None otherwise. A TEST-only layer has no place in a spec."""
+    phases = {rule.phase for rule in message.include if rule.HasField("phase")}
+    if message.exclude or phases - {0}:
+        raise SpecError(
+            f"layer {message.name!r}: a spec's new layer may be train-only (include {{ phase: TRAIN }}), nothing else",
+            subject=message.name,
+            fix="remove the exclude / TEST rule (the deploy model is every layer that is not train-only)",
+        )
+    if phases or any(producer.phase == "train" for producer in producers):
+        return "train"
+    return None
 
 
 def add_caffe_layers(
@@ -46,6 +64,7 @@ def add_caffe_layers(
             )
         layer.inputs = [resolve_bottom(net, b) for b in layer.inputs] or [previous]
         layer.outputs = layer.outputs or [layer.name]
+        layer.phase = _phase(message, [net.producer(blob) for blob in layer.inputs])
         layer.per_frame = all(net.producer(blob).per_frame for blob in layer.inputs) if per_frame is None else per_frame
         net.add_layer(layer)
         net.ensure_shapes()  # a new layer that does not fit its input fails here, by name
