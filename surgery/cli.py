@@ -129,6 +129,13 @@ def _cmd_draw(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from surgery.runner import fetch
+
+    print(fetch(args.spec, progress=not args.quiet))
+    return 0
+
+
 def _iterations(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(part) for part in text.split(",") if part.strip())
@@ -266,6 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     draw.add_argument("--all", action="store_true", help="draw every layer (runs of unchanged layers fold by default)")
     draw.add_argument("-q", "--quiet", action="store_true")
     draw.set_defaults(run=_cmd_draw)
+
+    fetch = sub.add_parser(
+        "fetch",
+        help="download the pretrained weights a spec names into torch's cache, with the hash check "
+        "(apply never downloads)",
+    )
+    fetch.add_argument("spec")
+    fetch.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    fetch.set_defaults(run=_cmd_fetch)
 
     solver = sub.add_parser(
         "solver",

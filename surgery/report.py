@@ -55,6 +55,8 @@ class Report:
     weight_copy: dict[str, list[str]] | None = None
     #: the spec's Caffe solver (surgery.solver.caffe.solver_settings), if it names one
     solver: dict[str, Any] | None = None
+    #: the pretrained weights the source named: name, url, file, sha256, preprocessing
+    pretrained: dict[str, Any] | None = None
     #: verify's figures (provider, ok, seed, comparisons), once it has run.
     verify: dict[str, Any] | None = None
     #: ``{"inputs": [...], "outputs": [...]}``, each ``{"path", "sha256", "size"}`` (set by apply)
@@ -79,6 +81,7 @@ class Report:
             **({"loss_weights": self.loss_weights} if self.loss_weights else {}),
             **({"weight_copy": self.weight_copy} if self.weight_copy is not None else {}),
             **({"solver": self.solver} if self.solver is not None else {}),
+            **({"pretrained": self.pretrained} if self.pretrained is not None else {}),
             **({"spec": self.spec} if self.spec is not None else {}),
             **({"verify": self.verify} if self.verify is not None else {}),
             **({"files": self.files} if self.files is not None else {}),
@@ -241,5 +244,13 @@ def build_report(net: Net, actions: list[Action] | None = None, spec: dict[str, 
             }
         )
     return Report(
-        net.name, rows, list(actions or []), net.outputs, spec, dict(net.loss_weights), net.weight_copy, net.solver
+        net.name,
+        rows,
+        list(actions or []),
+        net.outputs,
+        spec,
+        dict(net.loss_weights),
+        net.weight_copy,
+        net.solver,
+        net.pretrained,
     )

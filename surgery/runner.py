@@ -92,6 +92,26 @@ def _plan(loaded: LoadedSpec, progress: Progress | None, *, shapes_only: bool, s
     return Plan(loaded, net, build_report(net, actions, spec_to_dict(message)), source=before, timings=timings)
 
 
+def fetch(spec_path: str | Path, progress: bool = True) -> str:
+    """Download the pretrained weights a spec's torch source names into torch's cache,
+    checking their hash; what was done, in words. ``apply`` itself never downloads."""
+    from surgery.importers.pretrained import fetch as fetch_file
+    from surgery.importers.sources import torch_pretrained
+
+    loaded = load_spec(spec_path)
+    source = loaded.message.source
+    if source.WhichOneof("format") != "torch":
+        return "nothing to fetch: the spec's source is not a torch factory"
+    with loaded.located("source"):
+        t = source.torch
+        cached = torch_pretrained(t.factory, t.kwargs, t.pretrained, t.weights, loaded.base_dir)[2]
+        if cached is None:
+            return "nothing to fetch: the source names no pretrained weights"
+        if fetch_file(cached, progress=progress):
+            return f"fetched {cached.name}: {cached.path}"
+    return f"{cached.name} is in the cache already (hash checked): {cached.path}"
+
+
 def _check_output_versions(loaded: LoadedSpec) -> None:
     """The ONNX opset / IR version the spec asks for, against what is installed."""
     onnx = loaded.message.output.onnx

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from surgery.errors import ModelFormatError, SpecError, SurgeryNote
+from surgery.importers.pretrained import Pretrained, check_hash, require_file, resolve, split_pretrained
 from surgery.importers.torch_fx import import_torch
 from surgery.ir import Net
 from surgery.math.seeding import seeded
@@ -130,6 +131,33 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def torch_pretrained(
+    factory: str, kwargs: str, pretrained: str, weights: str, base_dir: Path
+) -> tuple[Callable[..., Any], dict[str, Any], Pretrained | None]:
+    """The factory, its arguments (without a ``weights`` name) and the pretrained
+    weights a torch source names, resolved to torch's cache (None when it names none)."""
+    build = resolve_factory(factory, base_dir)
+    arguments = _kwargs(kwargs)
+    if arguments.get("pretrained") is True:
+        raise SpecError(
+            "kwargs pretrained: true asks the factory to download and load its weights, which surgery "
+            "does not let it do; timm's tags are not resolved to its cache yet",
+            fix="save the model's state_dict once and name the file as weights:, or use a torchvision "
+            "builder with pretrained: NAME",
+            subject=factory,
+        )
+    name, arguments = split_pretrained(pretrained, arguments)
+    if not name:
+        return build, arguments, None
+    if weights:
+        raise SpecError(
+            f"the source names both a weights file ({weights!r}) and pretrained weights ({name!r})",
+            fix="keep one of them",
+            subject=weights,
+        )
+    return build, arguments, resolve(build, name, factory)
+
+
 def load_torch_source(
     factory: str,
     kwargs: str,
@@ -139,16 +167,26 @@ def load_torch_source(
     name: str | None = None,
     shapes_only: bool = False,
     seed: int = 0,
+    pretrained: str = "",
 ) -> Net:
-    """Build the model (on the meta device when a weights file is given, or when only
-    shapes are wanted) and trace it. The factory runs with torch's, numpy's and Python's
-    generators seeded from ``seed`` (and restored after), so a factory's own random
-    initialisation gives the same weights on every run."""
-    build = resolve_factory(factory, base_dir)
-    arguments = _kwargs(kwargs)
+    """Build the model (on the meta device when weights come from a file or torch's
+    cache, or when only shapes are wanted) and trace it. The factory runs with torch's,
+    numpy's and Python's generators seeded from ``seed`` (and restored after), so a
+    factory's own random initialisation gives the same weights on every run. Pretrained
+    weights must be in the cache (else a located error says where to put them); only
+    ``apply`` (not ``shapes_only``) reads them, after checking their hash."""
+    build, arguments, cached = torch_pretrained(factory, kwargs, pretrained, weights, base_dir)
     if not input_shape:
         raise SpecError("a torch source needs input_shape (batch axis first)", fix="add input_shape: [1, 3, 224, 224]")
+    sha256 = None
+    if cached is not None:
+        require_file(cached)
+        if not shapes_only:
+            sha256 = check_hash(cached)
     state = load_state_dict(base_dir / weights) if weights else None
+    if cached is not None and not shapes_only:
+        state = load_state_dict(cached.path)
+        weights = str(cached.path)
     # On the meta device when weights come from a file, or only shapes are wanted
     # (inspect / plan): the factory's own init would cost time and memory.
     meta = state is not None or shapes_only
@@ -162,8 +200,12 @@ def load_torch_source(
         )
     if state is not None:
         _check_keys(model, state, weights)
-        return import_torch(model, input_shape, state_dict=state, name=name)
-    return import_torch(model, input_shape, name=name)
+        net = import_torch(model, input_shape, state_dict=state, name=name)
+    else:
+        net = import_torch(model, input_shape, name=name)
+    if cached is not None:
+        net.pretrained = cached.record(sha256)
+    return net
 
 
 def _build(build: Callable[..., Any], arguments: dict[str, Any], meta: bool) -> Any:
@@ -214,7 +256,9 @@ def load_source(source: Any, base_dir: Path, name: str | None = None, shapes_onl
         t = source.torch
         if not t.factory:
             raise SpecError("source.torch needs a factory", fix='add factory: "torchvision.models:resnet18"')
-        return load_torch_source(t.factory, t.kwargs, t.weights, shape, base_dir, name, shapes_only, seed)
+        return load_torch_source(
+            t.factory, t.kwargs, t.weights, shape, base_dir, name, shapes_only, seed, pretrained=t.pretrained
+        )
     if fmt == "onnx":
         try:
             from surgery.importers.onnx_model import import_onnx

@@ -54,6 +54,8 @@ class Net:
         self.weight_copy: dict[str, list[str]] | None = None
         #: The spec's Caffe solver settings (surgery.solver.caffe.solver_settings), or None.
         self.solver: dict[str, Any] | None = None
+        #: Pretrained weights the source named (surgery.importers.pretrained), or None.
+        self.pretrained: dict[str, Any] | None = None
         #: A torch source's composite modules (``layer3.1``, ``blocks.5``): module path ->
         #: the blob that is the module's output, so a spec may name the module where it
         #: names a position in the net (see :meth:`module_output`).
@@ -375,6 +377,7 @@ class Net:
         twin.loss_weights = dict(self.loss_weights)
         twin.weight_copy = copy.deepcopy(self.weight_copy)
         twin.solver = copy.deepcopy(self.solver)
+        twin.pretrained = copy.deepcopy(self.pretrained)
         twin.module_outputs, twin.module_refusals = dict(self.module_outputs), dict(self.module_refusals)
         if self._shapes is not None:
             twin._shapes = dict(self._shapes)

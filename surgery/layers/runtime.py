@@ -44,6 +44,8 @@ class SurgeryModule(nn.Module):
         LOSS_WEIGHTS: train output -> its loss weight (Caffe's ``loss_weight``; GoogLeNet's
             auxiliary heads 0.3); an output not listed weighs 1.
         SOLVER: the spec's Caffe solver (see ``caffe_solver()``), or None.
+        PREPROCESSING: the input transform of the pretrained weights the source named
+            (resize, crop, mean, std, interpolation), or empty.
     """
 
     LR_MULTS: ClassVar[dict[str, tuple[float, float]]] = {}
@@ -51,6 +53,7 @@ class SurgeryModule(nn.Module):
     MODULE_PATHS: ClassVar[dict[str, str]] = {}
     LOSS_WEIGHTS: ClassVar[dict[str, float]] = {}
     SOLVER: ClassVar[dict | None] = None
+    PREPROCESSING: ClassVar[dict] = {}
 
     def weighted_loss(self, outputs: torch.Tensor | dict[str, torch.Tensor], criterion, *targets) -> torch.Tensor:
         """The total loss as Caffe's net sums it: each train output's

@@ -1,0 +1,183 @@
+"""Pretrained weights named the way torchvision documents them, resolved to the file its
+own cache would hold: never downloaded, never read by ``inspect`` / ``plan``, hash-checked
+when ``apply`` reads them.
+
+``torch { factory: "torchvision.models:resnet18" pretrained: "IMAGENET1K_V1" }`` (or
+``DEFAULT``, or ``ResNet18_Weights.IMAGENET1K_V1``, or the same name written as the
+builder's ``weights`` keyword in ``kwargs``) finds the builder's weights enum from its
+``weights`` annotation, and the enum's URL gives the file:
+``$TORCH_HOME/hub/checkpoints/<name>-<sha256 prefix>.<ext>``. The factory itself is called
+without weights (on the meta device), so it never downloads or loads anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from surgery.errors import ModelFormatError, SpecError, did_you_mean
+
+
+@dataclass
+class Pretrained:
+    """Weights a torch source names: where they live, and what they say about the net."""
+
+    name: str  # the enum member's full name, "ResNet18_Weights.IMAGENET1K_V1"
+    url: str
+    path: Path
+    hash_prefix: str | None
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    categories: list[str] = field(default_factory=list)
+
+    def record(self, sha256: str | None = None) -> dict[str, Any]:
+        """What the report keeps of them."""
+        out: dict[str, Any] = {"name": self.name, "url": self.url, "file": str(self.path)}
+        if sha256 is not None:
+            out["sha256"] = sha256
+        if self.preprocessing:
+            out["preprocessing"] = self.preprocessing
+        if self.categories:
+            out["categories"] = len(self.categories)
+        return out
+
+
+def split_pretrained(pretrained: str, arguments: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The weights' name (from ``pretrained:`` or a ``weights`` keyword written as a
+    string, as torchvision's docs show it) and the factory's arguments without it."""
+    named = arguments.get("weights")
+    if isinstance(named, str):
+        if pretrained and pretrained != named:
+            raise SpecError(
+                f"pretrained {pretrained!r} and kwargs weights {named!r} name different weights",
+                fix="keep one of them",
+                subject=pretrained,
+            )
+        pretrained = named
+        arguments = {k: v for k, v in arguments.items() if k != "weights"}
+    return pretrained, arguments
+
+
+def resolve(build: Callable[..., Any], text: str, factory: str) -> Pretrained:
+    """The weights ``text`` names for the builder ``build`` (a torchvision-style builder
+    whose ``weights`` parameter is annotated with its weights enum)."""
+    enum = _weights_enum(build, factory)
+    try:
+        weights = enum.verify(text)
+    except (ValueError, KeyError):
+        names = list(dict.fromkeys(["DEFAULT", *enum.__members__]))
+        raise SpecError(
+            f"{factory!r} has no pretrained weights {text!r}",
+            fix=did_you_mean(text.split(".")[-1], names) or f"one of {', '.join(names)}",
+            subject=text,
+        ) from None
+    url = weights.url
+    file_name = Path(urlparse(url).path).name
+    found = re.search(r"-([a-f0-9]+)\.", file_name)
+    return Pretrained(
+        name=f"{type(weights).__name__}.{weights.name}",
+        url=url,
+        path=_hub_dir() / "checkpoints" / file_name,
+        hash_prefix=found.group(1) if found else None,
+        preprocessing=_preprocessing(weights),
+        categories=list(weights.meta.get("categories") or []),
+    )
+
+
+def _hub_dir() -> Path:
+    import torch.hub
+
+    return Path(torch.hub.get_dir())
+
+
+def _weights_enum(build: Callable[..., Any], factory: str) -> Any:
+    try:
+        from torchvision.models import WeightsEnum
+    except ImportError:
+        raise SpecError(
+            "pretrained weights by name need torchvision", fix="pip install torchvision", subject=factory
+        ) from None
+    try:
+        hints = typing.get_type_hints(build)
+    except Exception:  # noqa: BLE001  (unresolvable annotations: there is no enum to find)
+        hints = {}
+    annotation = hints.get("weights")
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, WeightsEnum):
+            return candidate
+    raise SpecError(
+        f"{factory!r} takes no torchvision weights enum (its `weights` parameter names none)",
+        fix="name a torchvision builder (torchvision.models:resnet18), or give a state_dict file as weights:",
+        subject=factory,
+    )
+
+
+def _preprocessing(weights: Any) -> dict[str, Any]:
+    """The weights' input transform as plain values (resize, crop, mean, std, ...)."""
+    try:
+        transform = weights.transforms()
+    except Exception:  # noqa: BLE001  (a transform that cannot be built: nothing to record)
+        return {}
+    out: dict[str, Any] = {"transform": type(transform).__name__}
+    for key, value in vars(transform).items():
+        if key.startswith("_") or key == "training":
+            continue
+        value = getattr(value, "value", value)  # InterpolationMode.BILINEAR -> "bilinear"
+        if isinstance(value, tuple):
+            value = list(value)
+        if isinstance(value, (str, int, float, bool, list)) or value is None:
+            out[key] = value
+    return out
+
+
+def require_file(weights: Pretrained) -> None:
+    """The cache file must be there; otherwise say where to place it (never download)."""
+    if weights.path.is_file():
+        return
+    raise SpecError(
+        f"pretrained weights {weights.name} are not in torch's cache: {str(weights.path)!r} does not exist",
+        fix=f"run `surgery fetch SPEC` (downloads {weights.url}), or place that file at {weights.path}",
+        subject=weights.name,
+    )
+
+
+def check_hash(weights: Pretrained) -> str:
+    """The file's sha256, checked against the prefix in its name as torchvision checks it."""
+    digest = hashlib.sha256()
+    with weights.path.open("rb") as file:
+        while chunk := file.read(1 << 22):
+            digest.update(chunk)
+    sha256 = digest.hexdigest()
+    if weights.hash_prefix and not sha256.startswith(weights.hash_prefix):
+        raise ModelFormatError(
+            f"pretrained weights file {str(weights.path)!r} is damaged or not {weights.name}: its sha256 "
+            f"starts {sha256[: len(weights.hash_prefix)]}, the name says {weights.hash_prefix}",
+            fix=f"delete it and run `surgery fetch SPEC` (or download {weights.url} again)",
+        )
+    return sha256
+
+
+def fetch(weights: Pretrained, progress: bool = True) -> bool:
+    """Download the weights into torch's cache with the hash check; False when they were
+    there already (and whole)."""
+    if weights.path.is_file():
+        check_hash(weights)
+        return False
+    import torch.hub
+
+    weights.path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(weights.url, str(weights.path), weights.hash_prefix, progress=progress)
+    except RuntimeError as error:  # the hash did not match: torch.hub removed the file
+        raise ModelFormatError(f"downloaded {weights.url}: {error}") from None
+    except OSError as error:
+        raise SpecError(
+            f"cannot download {weights.url}: {error}",
+            fix=f"place the file at {weights.path} by other means (the machine may be offline)",
+        ) from None
+    return True
