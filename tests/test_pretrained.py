@@ -124,7 +124,7 @@ def test_apply_reads_the_cache_checks_the_hash_and_records_the_preprocessing(tin
     assert all(torch.equal(model.state_dict()[k], v) for k, v in tiny.state.items())
     report = json.loads((result.out_dir / "report.json").read_text())["pretrained"]
     assert report["sha256"] == hashlib.sha256(tiny.cached.read_bytes()).hexdigest()
-    assert report["url"] == tiny.remote_file.as_uri() and report["categories"] == 3
+    assert report["url"] == tiny.remote_file.as_uri() and report["categories"] == ["apple", "banana", "cherry"]
     assert report["preprocessing"]["crop_size"] == [8] and report["preprocessing"]["resize_size"] == [10]
     assert model.PREPROCESSING == report["preprocessing"]
     props = {p.key: p.value for p in onnx.load(str(result.out_dir / "model.onnx")).metadata_props}
@@ -184,3 +184,40 @@ def test_a_factory_without_a_weights_enum_is_refused_by_name(tmp_path: Path) -> 
     )
     with pytest.raises(SpecError, match="takes no torchvision weights enum"):
         surgery.plan(spec)
+
+
+def _head(tiny: Fixture, edit: str, out: str = "out") -> tuple[torch.Tensor, torch.Tensor]:
+    path = tiny.spec('pretrained: "V1"', name=f"{out}.prototxt")
+    path.write_text(path.read_text() + "seed: 3\n" + edit + "\n")
+    model = surgery.load_torch_folder(surgery.apply(path, tiny.root / out).out_dir / "torch")
+    return model.fc.weight.detach(), model.fc.bias.detach()
+
+
+def test_keep_classes_copies_the_pretrained_rows_exactly(tiny: Fixture) -> None:
+    tiny.place()
+    weight, bias = _head(tiny, 'edit { classifier { layer: "fc" keep_classes: ["cherry", "0"] } }')
+    assert torch.equal(weight, tiny.state["fc.weight"][[2, 0]]) and torch.equal(bias, tiny.state["fc.bias"][[2, 0]])
+    weight, bias = _head(tiny, 'edit { classifier { layer: "fc" keep_classes: "banana" num_output: 4 } }', "mixed")
+    assert weight.shape == (4, 4) and torch.equal(weight[0], tiny.state["fc.weight"][1])
+    assert not torch.equal(weight[1:], torch.zeros(3, 4)) and torch.equal(bias[0], tiny.state["fc.bias"][1])
+
+
+def test_keep_classes_reads_nothing_at_plan(tiny: Fixture) -> None:
+    tiny.cached.parent.mkdir(parents=True)
+    tiny.cached.write_bytes(b"\0" * 4096)
+    spec = tiny.spec('pretrained: "V1"')
+    spec.write_text(spec.read_text() + 'edit { classifier { layer: "fc" keep_classes: "apple" } }\n')
+    assert surgery.plan(spec).net.shapes()["fc"] == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "keep,message",
+    [('"chery"', "did you mean 'cherry'"), ('"7"', "not a row"), ('["apple", "0"]', "kept twice")],
+)
+def test_keep_classes_mistakes_are_located(keep: str, message: str, tiny: Fixture) -> None:
+    tiny.place()
+    spec = tiny.spec('pretrained: "V1"')
+    spec.write_text(spec.read_text() + f'edit {{ classifier {{ layer: "fc" keep_classes: {keep} }} }}\n')
+    with pytest.raises(SpecError) as caught:
+        surgery.plan(spec)
+    assert message in f"{caught.value.message} {caught.value.fix}" and caught.value.location.startswith(f"{spec}:")

@@ -43,7 +43,7 @@ class Pretrained:
         if self.preprocessing:
             out["preprocessing"] = self.preprocessing
         if self.categories:
-            out["categories"] = len(self.categories)
+            out["categories"] = self.categories
         return out
 
 

@@ -7,10 +7,14 @@ pretrained weights; a resized one cannot keep them either; both say so in the re
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any
 
-from surgery.errors import SpecError
-from surgery.ir import Net
+import torch
+
+from surgery.errors import SpecError, did_you_mean
+from surgery.ir import Layer, Net, Origin, ParamBlob
 from surgery.layers.new_blobs import init_new_blobs
 from surgery.math.fillers import Filler
 from surgery.ops.base import REINITIALISED, Action, OpContext, register_op
@@ -27,8 +31,8 @@ def _check(net: Net, op: Any) -> None:
             f"classifier has {len(op.layer)} layer(s) but {len(op.rename)} rename(s)",
             fix="give one rename per layer, in the same order, or none",
         )
-    if not op.rename and not op.HasField("num_output"):
-        raise SpecError("classifier changes nothing", fix="set num_output, rename, or both", subject=op.layer[0])
+    if not op.rename and not op.HasField("num_output") and not op.keep_classes:
+        raise SpecError("classifier changes nothing", fix="set num_output, rename or keep_classes", subject=op.layer[0])
     if op.HasField("num_output") and op.num_output == 0:
         raise SpecError("num_output must be at least 1")
     new_names = list(op.rename)
@@ -46,6 +50,55 @@ def _check(net: Net, op: Any) -> None:
             )
     if len(set(new_names)) != len(new_names):
         raise SpecError("two layers would get the same new name")
+    if op.keep_classes and op.HasField("num_output") and op.num_output < len(op.keep_classes):
+        raise SpecError(
+            f"num_output {op.num_output} is fewer than the {len(op.keep_classes)} classes kept",
+            fix="leave num_output out (the kept classes alone) or raise it",
+        )
+
+
+def _kept_rows(net: Net, layer: Layer, op: Any) -> list[int]:
+    """The rows of ``layer`` that ``keep_classes`` names, in its order."""
+    categories = list((net.pretrained or {}).get("categories") or [])
+    count = layer.params["num_output"]
+    rows: list[int] = []
+    for entry in op.keep_classes:
+        if entry.strip().isdigit():
+            row = int(entry)
+            if row >= count:
+                raise SpecError(f"class {row} is not a row of {layer.name!r} ({count} classes)", subject=entry)
+        elif not categories:
+            raise SpecError(
+                f"class {entry!r} is a name, but the source names no pretrained weights with categories",
+                fix='give row indices (keep_classes: "281"), or name the weights with pretrained:',
+                subject=entry,
+            )
+        elif entry not in categories:
+            raise SpecError(
+                f"{entry!r} is not one of the pretrained weights' {len(categories)} categories",
+                fix=did_you_mean(entry, categories) or "see report.json's pretrained.categories",
+                subject=entry,
+            )
+        else:
+            if len(categories) != count:
+                raise SpecError(
+                    f"{layer.name!r} has {count} outputs, the weights {len(categories)} categories",
+                    fix="keep classes by row index, or name the layer that makes the pretrained class scores",
+                    subject=entry,
+                )
+            row = categories.index(entry)
+        if row in rows:
+            raise SpecError(f"class {entry!r} is kept twice", subject=entry)
+        rows.append(row)
+    return rows
+
+
+def _keep(old: ParamBlob, fresh: ParamBlob, rows: list[int]) -> torch.Tensor:
+    """The kept rows of the pretrained blob, exactly, then the fresh rows after them."""
+    kept = old.data.index_select(0, torch.tensor(rows))
+    if fresh.shape[0] == len(rows):
+        return kept
+    return torch.cat([kept.to(fresh.dtype), fresh.data[len(rows) :]])
 
 
 @register_op("classifier")
@@ -66,18 +119,27 @@ def classifier(net: Net, op: Any, ctx: OpContext) -> list[Action]:
             net.rename_layer(name, new_name)
             notes.append(f"renamed from {name!r}")
         old_outputs = layer.params["num_output"]
-        if op.HasField("num_output"):
-            layer.params["num_output"] = op.num_output
-            notes.append(f"num_output {old_outputs} -> {op.num_output}")
+        rows = _kept_rows(net, layer, op) if op.keep_classes else []
+        if op.HasField("num_output") or rows:
+            layer.params["num_output"] = op.num_output if op.HasField("num_output") else len(rows)
+            notes.append(f"num_output {old_outputs} -> {layer.params['num_output']}")
         mults = [(b.lr_mult, b.decay_mult) for b in layer.blobs.values()]
-        layer.blobs = {}
+        old_blobs, layer.blobs = layer.blobs, {}
         notes += init_new_blobs(net, layer, ctx.seed, fillers, mults)
-        if new_name == name:
+        if rows:
+            for role, fresh in list(layer.blobs.items()):
+                layer.blobs[role] = dataclasses.replace(
+                    fresh,
+                    _loader=functools.partial(_keep, old_blobs[role], fresh, rows),
+                    origin=Origin("resized", f"pretrained rows {rows}, then {fresh.origin.detail}"),
+                )
+            notes.append(f"kept {len(rows)} pretrained classes exactly: rows {rows}")
+        elif new_name == name:
             notes.append("re-initialised: a resized layer cannot keep its pretrained weights")
         actions.append(
             Action("classifier", new_name, REINITIALISED, "; ".join(notes), was=name if new_name != name else "")
         )
-        if op.HasField("num_output") and op.num_output != old_outputs:
+        if layer.params["num_output"] != old_outputs:
             actions += propagate_resize(net, layer, op.propagate, ctx)
     net.shapes()
     return actions
