@@ -33,7 +33,7 @@ from surgery.importers.torch_fx import import_torch
 from surgery.ir import Net
 from surgery.ops.base import Action
 from surgery.report import Report, build_report
-from surgery.runner import ApplyResult, Plan, apply, draw, plan, report_page, verify
+from surgery.runner import ApplyResult, Plan, apply, draw, fetch, plan, report_page, verify
 from surgery.spec import spec_class
 from surgery.video import features, split
 
@@ -132,9 +132,11 @@ def classifier(
     weight_filler: dict | None = None,
     bias_filler: dict | None = None,
     propagate: str | None = None,
+    keep_classes: list[str | int] | None = None,
     seed: int = 0,
 ) -> list[Action]:
-    """Rename and/or resize classifier layers with fresh filler weights.
+    """Rename and/or resize classifier layers with fresh filler weights; ``keep_classes``
+    (the pretrained weights' category names, or row indices) keeps those rows exactly.
 
     Example:
         >>> surgery.classifier(net, ["loss1/classifier", "loss2/classifier", "loss3/classifier"],
@@ -150,6 +152,7 @@ def classifier(
         weight_filler=weight_filler,
         bias_filler=bias_filler,
         propagate=propagate,
+        keep_classes=[str(entry) for entry in keep_classes] if keep_classes else None,
     )
 
 
@@ -333,6 +336,7 @@ __all__ = [
     "eltwise",
     "fc_to_conv",
     "features",
+    "fetch",
     "fold_batchnorm",
     "insert",
     "load",

@@ -130,9 +130,9 @@ def _cmd_draw(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from surgery.runner import fetch
+    from surgery import api
 
-    print(fetch(args.spec, progress=not args.quiet))
+    print(api.fetch(args.spec, progress=not args.quiet))
     return 0
 
 

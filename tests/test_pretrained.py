@@ -221,3 +221,12 @@ def test_keep_classes_mistakes_are_located(keep: str, message: str, tiny: Fixtur
     with pytest.raises(SpecError) as caught:
         surgery.plan(spec)
     assert message in f"{caught.value.message} {caught.value.fix}" and caught.value.location.startswith(f"{spec}:")
+
+
+def test_keep_classes_from_the_python_api_by_row() -> None:
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    net = surgery.load(head, (1, 4))
+    surgery.classifier(net, "0", keep_classes=[2, 0])
+    model = surgery.to_torch(net)
+    assert torch.equal(model.layer_module("0").weight, head[0].weight.detach()[[2, 0]])

@@ -145,6 +145,21 @@ def test_h_rates_as_caffe_computes_them_in_float32(settings: dict, points: dict[
         assert caffe_rate(f32, iteration) == pytest.approx(rate, rel=2e-6), iteration
 
 
+@pytest.mark.parametrize(
+    "stepvalue,rates",
+    [
+        ([3, 3], [1, 1, 1, 0.1, 0.01, 0.01]),
+        ([4, 2], [1, 1, 1, 1, 0.1, 0.01]),
+        ([1, 2], [1, 0.1, 0.01, 0.01, 0.01, 0.01]),
+    ],
+)
+def test_h_multistep_advances_at_most_once_per_update(stepvalue: list[int], rates: list[float]) -> None:
+    """Vector H's multistep table: duplicate or unsorted stepvalues as Caffe steps them
+    (torch's MultiStepLR differs); `surgery solver` refuses such lists, the runtime follows Caffe."""
+    settings = {"lr_policy": "multistep", "base_lr": 1.0, "gamma": 0.1, "stepvalue": stepvalue}
+    assert [caffe_rate(settings, i) for i in range(6)] == pytest.approx(rates, rel=1e-6)
+
+
 # ------------------------------------------- an independent re-implementation of Caffe
 def _oracle_rate(s: dict, it: int) -> float:
     policy = s["lr_policy"]
@@ -425,3 +440,11 @@ def test_the_googlenet_example_trains_through_the_recipe() -> None:
     losses = finetune_googlenet_caffe.main(iterations=20)
     assert len(losses) == 20 and all(math.isfinite(loss) for loss in losses)
     assert sum(losses[-5:]) < sum(losses[:5]), "the heads learn"
+
+
+def test_a_model_file_named_as_the_solver_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "weights.caffemodel"
+    path.write_bytes(b"\x08" * (2 << 20))
+    with pytest.raises(SpecError, match="at most") as caught:
+        read_solver(path)
+    assert caught.value.location == f"{path}:1:1" and "not a model file" in caught.value.fix

@@ -19,7 +19,7 @@ from google.protobuf import text_format
 
 from surgery.errors import SpecError, did_you_mean
 from surgery.solver.runtime import LR_POLICIES, SOLVER_TYPES, caffe_rate
-from surgery.spec.loader import LoadedSpec, decode_text
+from surgery.spec.loader import MAX_SPEC_BYTES, LoadedSpec, decode_text
 from surgery.spec.schema import caffe_class
 
 #: What each Caffe solver type reads besides the rate, decay, clip and iter_size.
@@ -112,7 +112,18 @@ def read_solver(path: str | Path) -> tuple[Any, SolverText]:
             fix="name a Caffe solver.prototxt (base_lr, lr_policy, ...)",
             subject=str(path),
         )
-    text = decode_text(path.read_bytes(), str(path), SpecError)
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:  # a solver is a few lines of text, like a spec
+        raise SpecError(
+            f"solver {str(path)!r} has {size} bytes; a solver.prototxt is text of at most {MAX_SPEC_BYTES}",
+            location=f"{path}:1:1",
+            fix="name the solver.prototxt (base_lr, lr_policy, ...), not a model file",
+        )
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise SpecError(f"cannot read solver {str(path)!r}: {error.strerror or error}", subject=str(path)) from None
+    text = decode_text(raw, str(path), SpecError)
     message = caffe_class("SolverParameter")()
     try:
         text_format.Parse(text, message)

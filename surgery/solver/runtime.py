@@ -54,8 +54,7 @@ def caffe_rate(settings: dict, iteration: int) -> float:
     elif policy == "inv":
         rate = base * math.pow(_f32(1.0 + _f32(gamma * iteration)), -power)
     elif policy == "multistep":
-        # at most one step per update, `>=`: with increasing values, those reached
-        rate = base * math.pow(gamma, sum(1 for value in settings["stepvalue"] if iteration >= value))
+        rate = base * math.pow(gamma, _multistep(settings["stepvalue"], iteration))
     elif policy == "poly":
         rate = base * math.pow(_f32(1.0 - _f32(_f32(iteration) / _f32(settings["max_iter"]))), power)
     elif policy == "sigmoid":
@@ -63,6 +62,19 @@ def caffe_rate(settings: dict, iteration: int) -> float:
     else:
         raise ValueError(f"unknown lr_policy {policy!r}; Caffe knows {', '.join(LR_POLICIES)}")
     return _f32(rate)
+
+
+def _multistep(stepvalues: list, iteration: int) -> int:
+    """Caffe's ``current_step_`` at ``iteration``: it advances at most once per update,
+    when ``iter >= stepvalue[current_step_]``, so step k is taken at update
+    ``max(stepvalue[k], update of step k-1 + 1)`` (duplicates and unsorted lists too)."""
+    taken, at = 0, -1
+    for value in stepvalues:
+        at = max(value, at + 1)
+        if at > iteration:
+            break
+        taken += 1
+    return taken
 
 
 class CaffeSolver(torch.optim.Optimizer):
