@@ -6,7 +6,12 @@ by side:
    <= 1.2x: the state costs next to nothing);
 2. recomputing a 40-frame window per new frame (the clip model) vs the step model per frame;
 3. one head training step (SGD) on cached features vs one step of the whole clip model with
-   the backbone frozen (torch, 4 clips of 40 frames).
+   the backbone frozen (torch, 4 clips of 40 frames);
+4. from video files (.mp4, 64x64, decoded by PyAV and resized to 32x32): `surgery features`
+   throughput in frames per second (decode + preprocess + backbone, as each worker reports
+   it) of 2 workers under torchrun together vs 1 worker (on 2 cores expect <= 2x);
+5. `surgery stream` per frame (decode + preprocess + step model) vs the step model alone in
+   the same run (goal <= 1.2x: decoding must not dominate).
 
 Run: ``python bench/bench_video.py`` (needs torchvision and onnxruntime).
 """
@@ -14,6 +19,10 @@ Run: ``python bench/bench_video.py`` (needs torchvision and onnxruntime).
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -97,6 +106,67 @@ def bench_training(net, repeat: int) -> dict:
     return {"clip_s": t_clip, "head_s": t_head, "ratio": t_head / t_clip}
 
 
+FILES_SPEC = """\
+source {{ torch {{ factory: "torchvision.models:vgg16" }} input_shape: [1, 3, {size}, {size}] }}
+seed: 1
+edit {{ sequence {{ at: "features.30" frames: {frames}
+                  layer {{ name: "lstm" type: "LSTM" recurrent_param {{ num_output: 256 return_sequences: false }} }}
+                  layer {{ name: "scores" type: "InnerProduct" inner_product_param {{ num_output: 11 }} }} }} }}
+edit {{ lr {{ up_to: "features.30" lr_mult: 0 }} }}
+"""
+
+
+def write_videos(folder: Path, count: int, frames: int = FRAMES, size: int = 64) -> None:
+    import av
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        with av.open(str(folder / f"clip{index:03d}.mp4"), "w") as container:
+            stream = container.add_stream("libx264", rate=25)
+            stream.width = stream.height = size
+            stream.pix_fmt = "yuv420p"
+            for _ in range(frames):
+                image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+
+
+def _features_rate(spec: Path, videos: Path, out: Path, workers: int) -> float:
+    """Frames per second of ``surgery features`` over ``videos``: the sum of what each
+    worker reports (decode + preprocess + backbone, process start-up left out)."""
+    cli = ["-m", "surgery.cli", "features", str(spec), str(videos), "-o", str(out), "-q"]
+    command = [sys.executable, *cli]
+    if workers > 1:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}", *cli]
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    return sum(float(rate) for rate in re.findall(r"([\d.]+) frames/s", done.stdout))
+
+
+def bench_files(workdir: Path, repeat: int) -> tuple[dict, dict]:
+    import surgery
+
+    spec = workdir / "vgg_clip.prototxt"
+    spec.write_text(FILES_SPEC.format(size=SIZE, frames=FRAMES))
+    write_videos(workdir / "videos", 16)
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for round_ in range(repeat):
+        for workers in (1, 2) if round_ % 2 == 0 else (2, 1):
+            rates[workers].append(_features_rate(spec, workdir / "videos", workdir / f"f{round_}-{workers}", workers))
+    one, two = statistics.median(rates[1]), statistics.median(rates[2])
+    write_videos(workdir / "long", 1, frames=400)  # sustained: start-up costs spread over 400 frames
+    net = surgery.plan(spec, shapes_only=False).net
+    surgery.stream(net, str(workdir / "videos" / "clip000.mp4"))  # warm-up
+    streamed = surgery.stream(net, str(workdir / "long" / "clip000.mp4"))
+    per_frame = {"stream_s": streamed.seconds / streamed.frames, "step_s": streamed.step_seconds / streamed.frames}
+    return {"one_fps": one, "two_fps": two, "ratio": two / one}, per_frame | {
+        "ratio": per_frame["stream_s"] / per_frame["step_s"]
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20)
@@ -112,6 +182,18 @@ def main(argv: list[str] | None = None) -> None:
         "head_s",
         "clip_s",
     )
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        print("video files: skipped (pip install 'surgery-nets[video]')")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        workers, streamed = bench_files(Path(tmp), max(1, args.repeat // 10))
+    print(
+        f"features from .mp4, 2 workers vs 1 (frames/s, expect <= 2x on 2 cores): {workers['ratio']:.2f}x "
+        f"({workers['two_fps']:.0f} vs {workers['one_fps']:.0f} frames/s)"
+    )
+    print_row("stream per frame (decode + step) vs step model alone (goal <= 1.2x)", streamed, "stream_s", "step_s")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from surgery.api import (
     save_torch,
     sequence,
     split,
+    stream,
     to_torch,
 )
 from surgery.emitters.torch_module import load_torch_folder
@@ -80,5 +81,6 @@ __all__ = [
     "save_torch",
     "sequence",
     "split",
+    "stream",
     "to_torch",
 ]

@@ -35,7 +35,7 @@ from surgery.ops.base import Action
 from surgery.report import Report, build_report
 from surgery.runner import ApplyResult, Plan, apply, draw, fetch, plan, report_page, verify
 from surgery.spec import spec_class
-from surgery.video import features, split
+from surgery.video import features, split, stream
 
 
 # ------------------------------------------------------------------ loading
@@ -350,6 +350,7 @@ __all__ = [
     "save_torch",
     "sequence",
     "split",
+    "stream",
     "to_torch",
     "verify",
 ]

@@ -170,20 +170,62 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _cmd_features(args: argparse.Namespace) -> int:
     from surgery import api
+    from surgery.video.features import torchrun_shard
+
+    rank = torchrun_shard()
+    prefix = f"[rank {rank.index}/{rank.count}] " if rank is not None else ""
 
     def bar(done: int, total: int, name: str) -> None:
         if not args.quiet:
             filled = done * 30 // total
             end = "\n" if done == total else ""
             print(
-                f"\rfeatures [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {name}",
+                f"\r{prefix}features [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {name}",
                 end=end,
                 file=sys.stderr,
                 flush=True,
             )
 
-    written = api.features(args.spec, args.clips, args.out, progress=bar)
-    print(f"wrote {len(written)} feature files to {args.out}/")
+    run = api.features(
+        args.spec,
+        args.clips,
+        args.out,
+        frames=args.frames,
+        stride=1 if args.every_frame else args.stride,
+        pad=args.pad,
+        shard=args.shard,
+        batch_frames=args.batch_frames,
+        device=args.device,
+        progress=bar,
+    )
+    for record in run.failed:
+        print(f"{prefix}failed: {record['source']}: {record['error']}", file=sys.stderr)
+    print(f"{prefix}{run.summary()}")
+    return 1 if run.failed else 0
+
+
+def _cmd_stream(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from surgery.runner import plan
+    from surgery.video.stream import class_names, stream
+
+    net = plan(args.spec, shapes_only=False).net
+    names: list[str] | None = None
+
+    def show(index: int, scores: np.ndarray) -> None:
+        nonlocal names
+        if args.quiet or index % args.every:
+            return
+        if names is None:
+            names = class_names(net, len(scores)) or [str(i) for i in range(len(scores))]
+        best = np.argsort(-scores)[: args.top]
+        print(f"frame {index}: " + "  ".join(f"{names[i]} {scores[i]:.3f}" for i in best), flush=True)
+
+    run = stream(
+        net, args.source, use_onnx=args.onnx, weights=args.weights, limit=args.limit, device=args.device, on_frame=show
+    )
+    print(run.summary())
     return 0
 
 
@@ -304,14 +346,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     features = sub.add_parser(
         "features",
-        help="run a clip model's frozen backbone once over a folder of .npy clips "
-        "(T, C, H, W) and write their features (T, F)",
+        help="run a clip model's frozen backbone over a folder of videos (or image folders, or (T, C, H, W) "
+        ".npy arrays) and write each clip's features (T, F); resumable, shardable, runs under torchrun",
+        description="Each clip's features go to OUT/<clip>.npy (atomically); a rerun skips clips already done. "
+        "Video frames are decoded with PyAV and preprocessed as the spec's source says (surgery inspect shows "
+        "it). Many workers: torchrun --nproc_per_node=N --no-python surgery features ..., or --shard K/N on "
+        "each machine; OUT/manifest.json lists every clip once all are done. Exit 1 when some clips failed "
+        "(each is named; the others are written).",
     )
     features.add_argument("spec")
-    features.add_argument("clips", help="folder of .npy clips")
-    features.add_argument("-o", "--out", required=True, help="folder for the feature files (same names)")
+    features.add_argument("clips", help="folder of clips: video files, folders of images, .npy arrays")
+    features.add_argument("-o", "--out", required=True, help="folder for the feature files (<clip>.npy)")
+    sampling = features.add_mutually_exclusive_group()
+    sampling.add_argument("--frames", type=int, help="T frames uniformly over each video (default: the spec's T)")
+    sampling.add_argument("--stride", type=int, help="every S-th frame from the first")
+    sampling.add_argument("--every-frame", action="store_true", help="every frame (--stride 1)")
+    features.add_argument(
+        "--pad",
+        choices=("last", "loop", "stretch", "refuse"),
+        default="last",
+        help="a video shorter than T: repeat the last frame (default), start over, repeat frames evenly, or fail it",
+    )
+    features.add_argument("--shard", help="K/N: this worker's share of the clips (K from 0); torchrun sets it")
+    features.add_argument("--batch-frames", type=int, default=64, help="frames per backbone call (memory bound)")
+    features.add_argument("--device", help="where the backbone runs (default: the rank's GPU when there is one)")
     features.add_argument("-q", "--quiet", action="store_true")
     features.set_defaults(run=_cmd_features)
+
+    stream = sub.add_parser(
+        "stream",
+        help="score a video frame by frame with the spec's streaming step model: top-k classes per frame and "
+        "the sustained frames per second",
+        description="The scores after frame t are the clip model's for frames 1..t. SOURCE is a video file, or "
+        "a camera number N (/dev/videoN through FFmpeg's v4l2, Linux).",
+    )
+    stream.add_argument("spec")
+    stream.add_argument("source", help="a video file, or a camera number")
+    stream.add_argument("--every", type=int, default=1, help="print every k-th frame (default: every frame)")
+    stream.add_argument("--top", type=int, default=3, help="classes printed per frame (default 3)")
+    stream.add_argument("--onnx", action="store_true", help="run the step ONNX in onnxruntime (CUDA when it starts)")
+    stream.add_argument(
+        "--weights", help="trained values: a state_dict of the emitted clip model or of its head (torch.save)"
+    )
+    stream.add_argument("--limit", type=int, help="stop after this many frames (a camera never ends)")
+    stream.add_argument("--device", default="cpu", help="where the PyTorch step model runs (default cpu)")
+    stream.add_argument("-q", "--quiet", action="store_true", help="print the summary only")
+    stream.set_defaults(run=_cmd_stream)
     return parser
 
 

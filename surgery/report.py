@@ -57,6 +57,8 @@ class Report:
     solver: dict[str, Any] | None = None
     #: the pretrained weights the source named: name, url, file, sha256, preprocessing
     pretrained: dict[str, Any] | None = None
+    #: how a decoded image becomes the input (surgery.preprocess.Preprocess.to_dict)
+    preprocess: dict[str, Any] | None = None
     #: verify's figures (provider, ok, seed, comparisons), once it has run.
     verify: dict[str, Any] | None = None
     #: ``{"inputs": [...], "outputs": [...]}``, each ``{"path", "sha256", "size"}`` (set by apply)
@@ -82,6 +84,7 @@ class Report:
             **({"weight_copy": self.weight_copy} if self.weight_copy is not None else {}),
             **({"solver": self.solver} if self.solver is not None else {}),
             **({"pretrained": self.pretrained} if self.pretrained is not None else {}),
+            **({"preprocess": self.preprocess} if self.preprocess is not None else {}),
             **({"spec": self.spec} if self.spec is not None else {}),
             **({"verify": self.verify} if self.verify is not None else {}),
             **({"files": self.files} if self.files is not None else {}),
@@ -127,6 +130,10 @@ class Report:
                     for what, names in self.weight_copy.items()
                 )
             )
+        if self.preprocess:
+            from surgery.preprocess import describe
+
+            out.append(f"input preprocessing: {describe(self.preprocess)}")
         if self.loss_weights:
             out.append("loss weights: " + ", ".join(f"{b} {w:g}" for b, w in self.loss_weights.items()))
         if self.actions:
@@ -253,4 +260,5 @@ def build_report(net: Net, actions: list[Action] | None = None, spec: dict[str, 
         net.weight_copy,
         net.solver,
         net.pretrained,
+        preprocess=net.preprocess.to_dict() if net.preprocess is not None else None,
     )

@@ -102,7 +102,8 @@ layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAI
         transform_param { mirror: true crop_size: 32 mean_value: 104 mean_value: 117 mean_value: 123 }
         data_param { source: "train_lmdb" batch_size: 4 backend: LMDB } }
 layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TEST }
-        transform_param { crop_size: 32 } data_param { source: "val_lmdb" batch_size: 2 backend: LMDB } }
+        transform_param { crop_size: 32 mean_value: 104 mean_value: 117 mean_value: 123 }
+        data_param { source: "val_lmdb" batch_size: 2 backend: LMDB } }
 layer { name: "conv1/7x7_s2" type: "Convolution" bottom: "data" top: "conv1/7x7_s2"
         param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
         convolution_param { num_output: 8 pad: 3 kernel_size: 7 stride: 2 weight_filler { type: "xavier" } } }

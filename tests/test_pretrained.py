@@ -126,10 +126,16 @@ def test_apply_reads_the_cache_checks_the_hash_and_records_the_preprocessing(tin
     assert report["sha256"] == hashlib.sha256(tiny.cached.read_bytes()).hexdigest()
     assert report["url"] == tiny.remote_file.as_uri() and report["categories"] == ["apple", "banana", "cherry"]
     assert report["preprocessing"]["crop_size"] == [8] and report["preprocessing"]["resize_size"] == [10]
-    assert model.PREPROCESSING == report["preprocessing"]
+    # the weights' transform becomes the net's preprocessing, in pixel units (ToTensor's 1/255 folded in)
+    block = json.loads((result.out_dir / "report.json").read_text())["preprocess"]
+    assert block["resize"] == [10] and block["crop"] == [8] and block["channel_order"] == "RGB"
+    assert block["mean"] == pytest.approx([0.485 * 255, 0.456 * 255, 0.406 * 255])
+    assert block["std"] == pytest.approx([0.229 * 255, 0.224 * 255, 0.225 * 255]) and block["scale"] == 1.0
+    assert block["origin"] == {"*": "torchvision TinyNet_Weights.V1"}
+    assert model.PREPROCESSING == block
     props = {p.key: p.value for p in onnx.load(str(result.out_dir / "model.onnx")).metadata_props}
     assert props["surgery.pretrained"] == "TinyNet_Weights.V1"
-    assert json.loads(props["surgery.preprocessing"])["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert json.loads(props["surgery.preprocessing"]) == block
 
 
 def test_a_missing_file_says_where_to_put_it_and_nothing_downloads(tiny: Fixture) -> None:

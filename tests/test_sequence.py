@@ -331,8 +331,11 @@ def test_features_command_caches_the_backbone_over_a_folder_of_clips(tmp_path: P
             want = torch.flatten(cnn.features(torch.from_numpy(array)), 1).numpy()
         np.testing.assert_allclose(np.load(tmp_path / "feats" / name), want, rtol=0, atol=1e-6)
     np.save(clips / "bad.npy", np.zeros((2, 3, 8, 8), np.float32))
-    assert main(["features", str(spec), str(clips), "-o", str(tmp_path / "feats2")]) == 2
-    assert "'bad.npy' has shape (2, 3, 8, 8)" in capsys.readouterr().err
+    assert main(["features", str(spec), str(clips), "-o", str(tmp_path / "feats2")]) == 1  # named, others written
+    captured = capsys.readouterr()
+    assert "bad.npy: it has shape (2, 3, 8, 8), expected (T, 1, 8, 8)" in captured.err
+    assert "3 done, 0 skipped (already done), 1 failed" in captured.out
+    assert sorted(p.name for p in (tmp_path / "feats2").glob("*.npy")) == sorted(data)
 
 
 def test_split_refuses_a_backbone_that_still_trains() -> None:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
@@ -23,3 +24,14 @@ def test_example_runs_end_to_end_on_a_few_clips() -> None:
     results = video_digits.run(per_class=2, test_per_class=1, epochs=1, frames=6)
     assert set(results) == {"lstm", "frame_average", "seconds"}
     assert 0.0 <= results["lstm"] <= 1.0 and 0.0 <= results["frame_average"] <= 1.0
+
+
+def test_the_video_files_example_runs_end_to_end_on_a_few_files(tmp_path: Path) -> None:
+    pytest.importorskip("av")
+    import video_digits_files
+
+    results = video_digits_files.run(per_class=2, test_per_class=1, epochs=2, work=tmp_path)
+    assert results["videos"] == 33 and results["ranks_agree"]
+    assert 0.0 <= results["accuracy"] <= 1.0 and 0 <= results["stream_class"] < 11
+    assert len(list((tmp_path / "features" / "train").glob("*/*.npy"))) == 22
+    assert (tmp_path / "features" / "test" / "manifest.json").is_file()

@@ -205,7 +205,7 @@ def build_parts(
     -> axes to leave symbolic besides the batch (see :mod:`surgery.emitters.onnx_dynamic`)."""
     if opset < 17:
         raise SurgeryError(f"opset {opset} is too old", fix="use opset 17 or newer")
-    pretrained = net.pretrained
+    pretrained, preprocess = net.pretrained, net.preprocess
     net = lower_time(net)  # a clip model: per-frame layers on N*T frames
     axes = onnx_dynamic.resolve(net, dynamic_axes, dynamic_batch)
     writer, input_layers, outputs = _write_layers(net, opset, keep_train_branches)
@@ -230,10 +230,12 @@ def build_parts(
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir, producer_name="surgery"
     )
-    if pretrained is not None:  # what a deployment needs to feed the net as it was trained
-        metadata = {"surgery.pretrained": pretrained["name"]}
-        if pretrained.get("preprocessing"):
-            metadata["surgery.preprocessing"] = json.dumps(pretrained["preprocessing"], sort_keys=True)
+    metadata = {}  # what a deployment needs to feed the net as it was trained
+    if pretrained is not None:
+        metadata["surgery.pretrained"] = pretrained["name"]
+    if preprocess is not None:
+        metadata["surgery.preprocessing"] = json.dumps(preprocess.to_dict(), sort_keys=True)
+    if metadata:
         helper.set_model_props(model, metadata)
     return model, writer.tensors
 

@@ -52,6 +52,7 @@ def backbone_net(net: Net) -> Net:
     image.prune_to(image.ancestors(producer) | {producer})
     image.set_outputs([features])
     image.name = f"{net.name}_backbone"
+    image.preprocess = net.preprocess  # the frames it reads are the clip model's
     return image
 
 

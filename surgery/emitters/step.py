@@ -92,6 +92,7 @@ def step_net(net: Net) -> Net:
     shapes = net.shapes()
     batch = shapes[clip][0]
     step = Net(f"{net.name}_step")
+    step.preprocess, step.pretrained = net.preprocess, net.pretrained  # it reads the same frames
     one_step: dict[str, str] = {}  # per-frame blob -> its (N, 1, ...) view
     states: list[str] = []
     for layer in _deploy_layers(net):

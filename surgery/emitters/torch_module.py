@@ -252,7 +252,7 @@ def generate(net: Net) -> TorchProgram:
         lr_mults=_format_dict(lr_mults),
         loss_weights=_format_dict({blob: float(weight) for blob, weight in net.loss_weights.items()}),
         solver=_format_dict(_solver_entries(net.solver)) if net.solver is not None else "None",
-        preprocessing=_format_dict((net.pretrained or {}).get("preprocessing", {})),
+        preprocessing=_format_dict(net.preprocess.to_dict() if net.preprocess is not None else {}),
         module_paths=_format_dict({name: path for name, path in paths.items() if name != path}),
         outputs=repr({"train": list(train_outputs), "eval": list(eval_outputs)}),
         init="\n".join(init_lines) or "        pass",

@@ -358,7 +358,35 @@ def import_caffe(
     report.ignored = [name for name in source if name not in net]
     net.weight_copy = {"copied": report.copied, "initialised": report.initialised, "ignored": report.ignored}
     net.shapes()
+    net.preprocess = _test_transform(layers_of(net_param, str(path)), path.parent)
     return net
+
+
+def _test_transform(layers: list[Any], base_dir: Path) -> Any:
+    """What the first data layer of the TEST phase (deployment's) says about its input."""
+    from surgery.preprocess import from_caffe_transform
+
+    for message in layers:
+        if message.type in DATA_TYPES and included(message, 1) and message.HasField("transform_param"):
+            return from_caffe_transform(message.transform_param, lambda name: _channel_means(base_dir / name))
+    return None
+
+
+def _channel_means(path: Path) -> list[float]:
+    """A mean_file (a BlobProto of C x H x W): its per-channel means."""
+    import numpy as np
+
+    blob = caffe_class("BlobProto")()
+    try:
+        blob.ParseFromString(path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise ModelFormatError(f"cannot read the mean_file {str(path)!r}: {error}") from None
+    dims = list(blob.shape.dim) or [blob.num, blob.channels, blob.height, blob.width]
+    data = np.asarray(blob.data, np.float64)
+    channels = dims[-3] if len(dims) >= 3 else 1
+    if data.size == 0 or data.size % channels:
+        raise ModelFormatError(f"the mean_file {str(path)!r} holds {data.size} values for {channels} channels")
+    return [float(v) for v in data.reshape(channels, -1).mean(axis=1)]
 
 
 def _finish_heads(net: Net, loss_of: dict[str, float]) -> None:

@@ -204,7 +204,10 @@ def load_torch_source(
     else:
         net = import_torch(model, input_shape, name=name)
     if cached is not None:
+        from surgery.preprocess import from_torchvision
+
         net.pretrained = cached.record(sha256)
+        net.preprocess = from_torchvision(cached.preprocessing, cached.name)
     return net
 
 
@@ -245,11 +248,42 @@ def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], weights: str) 
 
 
 def load_source(source: Any, base_dir: Path, name: str | None = None, shapes_only: bool = False, seed: int = 0) -> Net:
-    """The net a spec's ``source { }`` names (paths relative to ``base_dir``).
+    """The net a spec's ``source { }`` names (paths relative to ``base_dir``), with its
+    input preprocessing: what the source says, under what the spec's ``preprocess { }``
+    says (see :mod:`surgery.preprocess`).
 
     ``shapes_only``: the net is for shapes and names only (``inspect``, ``plan``);
     blobs may then have no readable data. ``seed`` (the spec's): seeds a torch
     factory's own initialisation and the fillers of Caffe layers without weights."""
+    net = _load_net(source, base_dir, name, shapes_only, seed)
+    net.preprocess = resolve_preprocess(net, source.preprocess if source.HasField("preprocess") else None)
+    return net
+
+
+def resolve_preprocess(net: Net, message: Any) -> Any:
+    """The net's preprocessing: the spec's block over the source's, else the source's,
+    else the default for an image input (pixels to [0, 1]); None for other inputs."""
+    from surgery import preprocess
+
+    inputs = net.input_layers()
+    shape = tuple(inputs[0].params["shape"]) if len(inputs) == 1 else ()
+    image = len(shape) == 4 and shape[1] in (1, 3)
+    if message is None and not image:
+        return net.preprocess
+    if not image:
+        raise SpecError(
+            f"preprocess describes an image input (N, C, H, W) with 1 or 3 channels; the net's input is {list(shape)}",
+            fix="remove the preprocess block",
+        )
+    if message is not None:
+        result = preprocess.stated(message, net.preprocess, shape[1])
+    else:
+        result = net.preprocess or preprocess.default(shape[1])
+    result.check_net_input(shape)
+    return result
+
+
+def _load_net(source: Any, base_dir: Path, name: str | None, shapes_only: bool, seed: int) -> Net:
     fmt = source.WhichOneof("format")
     shape = tuple(source.input_shape)
     if fmt == "torch":

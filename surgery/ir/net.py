@@ -56,6 +56,9 @@ class Net:
         self.solver: dict[str, Any] | None = None
         #: Pretrained weights the source named (surgery.importers.pretrained), or None.
         self.pretrained: dict[str, Any] | None = None
+        #: How a decoded frame becomes the input (surgery.preprocess.Preprocess), or None
+        #: for a net whose input is not an image.
+        self.preprocess: Any = None
         #: A torch source's composite modules (``layer3.1``, ``blocks.5``): module path ->
         #: the blob that is the module's output, so a spec may name the module where it
         #: names a position in the net (see :meth:`module_output`).
@@ -378,6 +381,7 @@ class Net:
         twin.weight_copy = copy.deepcopy(self.weight_copy)
         twin.solver = copy.deepcopy(self.solver)
         twin.pretrained = copy.deepcopy(self.pretrained)
+        twin.preprocess = self.preprocess
         twin.module_outputs, twin.module_refusals = dict(self.module_outputs), dict(self.module_refusals)
         if self._shapes is not None:
             twin._shapes = dict(self._shapes)

@@ -44,8 +44,8 @@ class SurgeryModule(nn.Module):
         LOSS_WEIGHTS: train output -> its loss weight (Caffe's ``loss_weight``; GoogLeNet's
             auxiliary heads 0.3); an output not listed weighs 1.
         SOLVER: the spec's Caffe solver (see ``caffe_solver()``), or None.
-        PREPROCESSING: the input transform of the pretrained weights the source named
-            (resize, crop, mean, std, interpolation), or empty.
+        PREPROCESSING: how a decoded image becomes the input (surgery.preprocess: resize,
+            crop, channel_order, then (pixel - mean) / std * scale), or empty.
     """
 
     LR_MULTS: ClassVar[dict[str, tuple[float, float]]] = {}

@@ -190,7 +190,19 @@ def _weights_section(report: dict[str, Any]) -> str:
             for what, names in copy.items()
         )
         out += f"<p>Weights matched to layers by name:</p><ul>{items}</ul>"
-    return out
+    return out + _preprocess_section(report.get("preprocess"))
+
+
+def _preprocess_section(preprocess: dict[str, Any] | None) -> str:
+    """How a decoded image becomes the input, and who said so."""
+    if not preprocess:
+        return ""
+    from surgery.preprocess import describe
+
+    return (
+        f'<p id="preprocess">Input preprocessing: {escape(describe(preprocess))}, '
+        f"interpolation {escape(preprocess['interpolation'].lower())}.</p>"
+    )
 
 
 def _verify_section(verified: dict[str, Any] | None) -> str:

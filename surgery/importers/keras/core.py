@@ -183,6 +183,7 @@ def rescaling(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
     if not all(isinstance(v, (int, float)) for v in (scale, offset)):
         raise call.refuse("a per-channel scale or offset has no mapping yet")
     params = {"power": 1.0, "scale": float(scale), "shift": float(offset)}
+    _note_input_scaling(b, call, x)
     return b.tensor(b.add(call.name, "Power", [x.blob], params), x.shape, x.channel_at, x.flattened)
 
 
@@ -195,6 +196,7 @@ def normalization(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
         raise call.refuse("invert: true has no mapping")
     channel_axis(call, x)
     channels = x.shape[-1]
+    _note_input_scaling(b, call, x)
     if call.get("mean") is not None:
         mean_of = _constant(call.get("mean"), channels, call)
         var_of = _constant(call.get("variance"), channels, call)
@@ -217,6 +219,18 @@ def normalization(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
     }
     out = b.add(call.name, "Scale", [x.blob], {"axis": 1, "num_axes": 1, "bias_term": True}, blobs)
     return b.tensor(out, x.shape, x.channel_at, x.flattened)
+
+
+def _note_input_scaling(b: Builder, call: Call, x: Tensor) -> None:
+    """A Rescaling / Normalization reading the model's input: the net takes pixels as
+    decoded (0-255) and scales them itself, which is its preprocessing."""
+    from surgery.preprocess import raw_pixels
+
+    producer = b.net.producer(x.blob)
+    if producer.type == "Permute" and producer.inputs:
+        producer = b.net.producer(producer.inputs[0])
+    if producer.type == "Input" and b.net.preprocess is None and len(x.shape) == 4:
+        b.net.preprocess = raw_pixels(int(x.shape[-1]), f"keras {call.name!r} at the input scales pixels itself")
 
 
 def _constant(value: object, channels: int, call: Call):
