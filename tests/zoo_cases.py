@@ -115,10 +115,7 @@ def torchvision_cases() -> list[Case]:
 # Video models: (frames, size) as small as each allows (S3D's last pooling is 2x7x7 and
 # MViT's patch grid is fixed at 16x224x224).
 _VIDEO_INPUTS = {"s3d": (16, 224), "mvit_v1_b": (16, 224), "mvit_v2_s": (16, 224)}
-_VIDEO_REFUSALS = {
-    # torchvision computes the shifted windows' sizes in Python from the input's shape
-    **{f"swin3d_{size}": "load: ShapeError" for size in "tsb"},
-}
+_VIDEO_REFUSALS: dict[str, str] = {}
 
 
 def video_cases() -> list[Case]:

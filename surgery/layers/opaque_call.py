@@ -72,6 +72,10 @@ def substitute(structure: Any, values: list[Any], training: Any = False) -> Any:
         return structure.pick(training)
     if isinstance(structure, (list, tuple)):
         items = [substitute(item, values, training) for item in structure]
+        if isinstance(structure, list):
+            # a plain list, never torch.fx's immutable_list: the callee may change it in place
+            # (torchvision's Swin3D _get_window_and_shift_size does), as it may in eager mode
+            return items
         return type(structure)(items) if not hasattr(structure, "_fields") else type(structure)(*items)
     if isinstance(structure, dict):
         return {key: substitute(item, values, training) for key, item in structure.items()}
