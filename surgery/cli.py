@@ -318,8 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     fetch = sub.add_parser(
         "fetch",
-        help="download the pretrained weights a spec names into torch's cache, with the hash check "
-        "(apply never downloads)",
+        help="download the pretrained weights a spec names into the cache their library reads (torch's for "
+        "torchvision, Hugging Face's for timm), with the hash check (apply never downloads)",
     )
     fetch.add_argument("spec")
     fetch.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

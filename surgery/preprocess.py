@@ -80,6 +80,18 @@ class Preprocess:
                 fix=f"set preprocess {{ crop: {size[0]} }} or the source's input_shape",
             )
 
+    def fitted_to(self, size: tuple[int, int]) -> Preprocess:
+        """The same transform at another input size (a source's crop of 224 for a net
+        built at 112): the crop becomes ``size`` and the resize scales with it."""
+        if not self.crop or _pair(self.crop) == size:
+            return self
+        crop = _pair(self.crop)
+        ratio = size[0] / crop[0]
+        resize = tuple(max(1, round(v * ratio)) for v in self.resize)
+        origin = dict(self.origin)
+        origin.update(crop="input_shape", **({"resize": "input_shape"} if resize else {}))
+        return dataclasses.replace(self, crop=size if size[0] != size[1] else size[:1], resize=resize, origin=origin)
+
     def output_size(self, frame_hw: tuple[int, int], net_hw: tuple[int, int]) -> tuple[int, int]:
         """The size frames are decoded to (before the crop)."""
         if len(self.resize) == 2:

@@ -214,6 +214,21 @@ def _change(layer: Layer, actions: list[Action]) -> str:
     return "kept"
 
 
+def _name_classes(net: Net, rows: list[dict[str, Any]], shapes: dict[str, Any]) -> None:
+    """A head's ``classes``: what keep_classes kept (None for a new class), or the
+    pretrained weights' categories on an output layer the edits left as it was."""
+    categories = list((net.pretrained or {}).get("categories") or [])
+    outputs = set(net.outputs)
+    for row in rows:
+        layer = net.layer(row["name"])
+        if layer.name in net.class_names:
+            row["classes"] = list(net.class_names[layer.name])
+        elif categories and row["change"] == "kept" and outputs & set(layer.outputs):
+            shape = shapes.get(layer.outputs[0])
+            if isinstance(shape, tuple) and len(shape) == 2 and shape[1] == len(categories):
+                row["classes"] = categories
+
+
 def build_report(net: Net, actions: list[Action] | None = None, spec: dict[str, Any] | None = None) -> Report:
     """The report of ``net`` as it stands (reads shapes only, never weights)."""
     shapes = net.shapes()
@@ -250,6 +265,7 @@ def build_report(net: Net, actions: list[Action] | None = None, spec: dict[str, 
                 },
             }
         )
+    _name_classes(net, rows, shapes)
     return Report(
         net.name,
         rows,

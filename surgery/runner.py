@@ -93,8 +93,9 @@ def _plan(loaded: LoadedSpec, progress: Progress | None, *, shapes_only: bool, s
 
 
 def fetch(spec_path: str | Path, progress: bool = True) -> str:
-    """Download the pretrained weights a spec's torch source names into torch's cache,
-    checking their hash; what was done, in words. ``apply`` itself never downloads."""
+    """Download the pretrained weights a spec's torch source names into the cache their
+    library reads (torch's, or Hugging Face's for timm), checking their hash; what was
+    done, in words. ``apply`` itself never downloads."""
     from surgery.importers.pretrained import fetch as fetch_file
     from surgery.importers.sources import torch_pretrained
 

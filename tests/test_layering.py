@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "surgery"
 # Lowest floor first. A module's floor is its first path part under surgery/.
 FLOORS = [
     {"errors", "interrupts"},
-    {"ir", "spec"},
+    {"ir", "spec", "preprocess"},
     {"math"},
     {"layers", "solver"},
     {"importers", "emitters", "probe"},

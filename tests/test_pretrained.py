@@ -236,3 +236,17 @@ def test_keep_classes_from_the_python_api_by_row() -> None:
     surgery.classifier(net, "0", keep_classes=[2, 0])
     model = surgery.to_torch(net)
     assert torch.equal(model.layer_module("0").weight, head[0].weight.detach()[[2, 0]])
+
+
+def test_heads_carry_their_class_names_in_the_report(tiny: Fixture) -> None:
+    tiny.place()
+    spec = tiny.spec('pretrained: "V1"')
+    rows = {row["name"]: row for row in surgery.plan(spec).report.as_dict()["layers"]}
+    assert rows["fc"]["classes"] == ["apple", "banana", "cherry"] and "classes" not in rows["conv"]
+    keep = 'edit { classifier { layer: "fc" keep_classes: ["cherry", "0"] num_output: 3 } }\n'
+    spec.write_text(spec.read_text() + keep)
+    rows = {row["name"]: row for row in surgery.plan(spec).report.as_dict()["layers"]}
+    assert rows["fc"]["classes"] == ["cherry", "apple", None]  # the third class is new
+    spec.write_text(tiny.spec('pretrained: "V1"').read_text() + 'edit { classifier { layer: "fc" num_output: 5 } }\n')
+    rows = {row["name"]: row for row in surgery.plan(spec).report.as_dict()["layers"]}
+    assert "classes" not in rows["fc"]  # a resized head's classes are the user's, unnamed here

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -226,10 +227,14 @@ def test_a_killed_run_resumes_to_the_same_outputs(tmp_path: Path) -> None:
 
 def test_torchrun_two_ranks_split_the_work(tmp_path: Path, clips: Path) -> None:
     spec, out = _spec(tmp_path), tmp_path / "feats"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-        "surgery.cli", "features", str(spec), str(clips), "-o", str(out), "-q",
-    ]  # fmt: skip
+    arguments = ["features", str(spec), str(clips), "-o", str(out), "-q"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    # the README's form where the console script is installed (CI), else the same through python -m
+    command = (
+        [*launcher, "--no-python", "surgery", *arguments]
+        if shutil.which("surgery")
+        else [*launcher, "-m", "surgery.cli", *arguments]
+    )
     run = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "[rank 0/2] 2 done" in run.stdout and "[rank 1/2] 2 done" in run.stdout

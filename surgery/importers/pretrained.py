@@ -34,10 +34,13 @@ class Pretrained:
     hash_prefix: str | None
     preprocessing: dict[str, Any] = field(default_factory=dict)
     categories: list[str] = field(default_factory=list)
+    #: (repo id, file name, revision) for weights in the Hugging Face cache (timm's)
+    hub: tuple[str, str, str | None] | None = None
 
     def record(self, sha256: str | None = None) -> dict[str, Any]:
         """What the report keeps of them."""
         out: dict[str, Any] = {"name": self.name, "url": self.url, "file": str(self.path)}
+        out["cache"] = "huggingface" if self.hub is not None else "torch.hub"
         if sha256 is not None:
             out["sha256"] = sha256
         if self.preprocessing:
@@ -76,16 +79,19 @@ def resolve(build: Callable[..., Any], text: str, factory: str) -> Pretrained:
             fix=did_you_mean(text.split(".")[-1], names) or f"one of {', '.join(names)}",
             subject=text,
         ) from None
-    url = weights.url
+    found = hub_checkpoint(f"{type(weights).__name__}.{weights.name}", weights.url)
+    found.preprocessing = _preprocessing(weights)
+    found.categories = list(weights.meta.get("categories") or [])
+    return found
+
+
+def hub_checkpoint(name: str, url: str) -> Pretrained:
+    """Weights at ``url`` as torch.hub caches them: ``$TORCH_HOME/hub/checkpoints/<file>``,
+    the sha256 prefix in the file name (``resnet18-f37072fd.pth``) checked when read."""
     file_name = Path(urlparse(url).path).name
     found = re.search(r"-([a-f0-9]+)\.", file_name)
     return Pretrained(
-        name=f"{type(weights).__name__}.{weights.name}",
-        url=url,
-        path=_hub_dir() / "checkpoints" / file_name,
-        hash_prefix=found.group(1) if found else None,
-        preprocessing=_preprocessing(weights),
-        categories=list(weights.meta.get("categories") or []),
+        name=name, url=url, path=_hub_dir() / "checkpoints" / file_name, hash_prefix=found.group(1) if found else None
     )
 
 
@@ -139,6 +145,16 @@ def require_file(weights: Pretrained) -> None:
     """The cache file must be there; otherwise say where to place it (never download)."""
     if weights.path.is_file():
         return
+    if weights.hub is not None:
+        repo, file_name, revision = weights.hub
+        raise SpecError(
+            f"pretrained weights {weights.name} are not in the Hugging Face cache: {str(weights.path)!r} does "
+            "not exist",
+            fix=f"run `surgery fetch SPEC` (downloads {weights.url}), or on a machine that is online "
+            f"`huggingface-cli download {repo} {file_name}{f' --revision {revision}' if revision else ''}` and "
+            f"copy its cache folder {weights.path.parent.parent.parent} here",
+            subject=weights.name,
+        )
     raise SpecError(
         f"pretrained weights {weights.name} are not in torch's cache: {str(weights.path)!r} does not exist",
         fix=f"run `surgery fetch SPEC` (downloads {weights.url}), or place that file at {weights.path}",
@@ -154,9 +170,10 @@ def check_hash(weights: Pretrained) -> str:
             digest.update(chunk)
     sha256 = digest.hexdigest()
     if weights.hash_prefix and not sha256.startswith(weights.hash_prefix):
+        said = "the cache's blob name" if weights.hub is not None else "the name"
         raise ModelFormatError(
             f"pretrained weights file {str(weights.path)!r} is damaged or not {weights.name}: its sha256 "
-            f"starts {sha256[: len(weights.hash_prefix)]}, the name says {weights.hash_prefix}",
+            f"starts {sha256[: min(len(weights.hash_prefix), 16)]}, {said} says {weights.hash_prefix[:16]}",
             fix=f"delete it and run `surgery fetch SPEC` (or download {weights.url} again)",
         )
     return sha256
@@ -168,6 +185,8 @@ def fetch(weights: Pretrained, progress: bool = True) -> bool:
     if weights.path.is_file():
         check_hash(weights)
         return False
+    if weights.hub is not None:
+        return _fetch_from_hub(weights)
     import torch.hub
 
     weights.path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,4 +199,29 @@ def fetch(weights: Pretrained, progress: bool = True) -> bool:
             f"cannot download {weights.url}: {error}",
             fix=f"place the file at {weights.path} by other means (the machine may be offline)",
         ) from None
+    return True
+
+
+def _fetch_from_hub(weights: Pretrained) -> bool:
+    """Download into the Hugging Face cache with huggingface_hub (its progress bar; the
+    blob is named by its sha256, checked after)."""
+    assert weights.hub is not None
+    repo, file_name, revision = weights.hub
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise SpecError("downloading from the Hugging Face Hub needs huggingface_hub", fix="pip install timm") from None
+    from surgery.importers.pretrained_timm import hub_cache
+
+    try:
+        path = hf_hub_download(repo, file_name, revision=revision, cache_dir=str(hub_cache()))
+    except Exception as error:  # noqa: BLE001  (offline, no such repo, a proxy: say so, with its words)
+        raise SpecError(
+            f"cannot download {weights.url}: {type(error).__name__}: {error}",
+            fix="the machine may be offline: download it elsewhere and copy the cache folder here",
+        ) from None
+    weights.path = Path(path)
+    blob = weights.path.resolve().name
+    weights.hash_prefix = blob if len(blob) == 64 else None
+    check_hash(weights)
     return True

@@ -21,14 +21,18 @@ from torch import nn
 
 from surgery.errors import ModelFormatError, SpecError, SurgeryNote
 from surgery.importers.pretrained import Pretrained, check_hash, require_file, resolve, split_pretrained
+from surgery.importers.pretrained_timm import is_timm, preprocess_of, resolve_timm
 from surgery.importers.torch_fx import import_torch
 from surgery.ir import Net
 from surgery.math.seeding import seeded
 
 
 def resolve_factory(reference: str, base_dir: Path) -> Callable[..., nn.Module]:
-    """``"package.module:callable"`` or ``"path/to/file.py:callable"`` to the callable."""
+    """``"package.module:callable"`` or ``"path/to/file.py:callable"`` to the callable;
+    ``"timm:NAME"`` is ``timm.create_model("NAME", ...)``."""
     module_ref, sep, attr = reference.rpartition(":")
+    if module_ref == "timm" and attr:
+        return _timm_builder(attr, reference)
     if not sep or not module_ref or not attr:
         raise SpecError(
             f"factory {reference!r} is not of the form 'module:callable'",
@@ -71,6 +75,25 @@ def resolve_factory(reference: str, base_dir: Path) -> Callable[..., nn.Module]:
             fix=did_you_mean(attr, [n for n in dir(module) if not n.startswith("_")]),
             subject=reference,
         ) from None
+
+
+def _timm_builder(name: str, reference: str) -> Callable[..., nn.Module]:
+    try:
+        import timm
+    except ImportError:
+        raise SpecError("a timm factory needs timm", fix="pip install timm", subject=reference) from None
+    if not timm.is_model(name):
+        from surgery.errors import did_you_mean
+
+        raise SpecError(
+            f"timm has no model {name!r}", fix=did_you_mean(name, timm.list_models()), subject=reference
+        ) from None
+
+    def build(**kwargs: Any) -> nn.Module:
+        return timm.create_model(name, **kwargs)
+
+    build.__qualname__ = f"timm.create_model({name!r})"
+    return build
 
 
 def _user_code_error(error: BaseException, what: str, reference: str) -> SpecError:
@@ -120,6 +143,10 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise SpecError(f"weights file {str(path)!r} does not exist", subject=str(path))
     try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
         state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as error:  # noqa: BLE001  (torch raises many types for a corrupt file)
         raise ModelFormatError(f"cannot read weights file {str(path)!r}: {type(error).__name__}: {error}") from None
@@ -138,12 +165,14 @@ def torch_pretrained(
     weights a torch source names, resolved to torch's cache (None when it names none)."""
     build = resolve_factory(factory, base_dir)
     arguments = _kwargs(kwargs)
+    if is_timm(factory):
+        return build, *_timm_pretrained(factory, arguments, pretrained, weights)
     if arguments.get("pretrained") is True:
         raise SpecError(
             "kwargs pretrained: true asks the factory to download and load its weights, which surgery "
-            "does not let it do; timm's tags are not resolved to its cache yet",
-            fix="save the model's state_dict once and name the file as weights:, or use a torchvision "
-            "builder with pretrained: NAME",
+            "does not let it do",
+            fix='use a torchvision builder with pretrained: NAME, a timm model (factory: "timm:resnet50") '
+            "with pretrained: TAG, or save the state_dict once and name the file as weights:",
             subject=factory,
         )
     name, arguments = split_pretrained(pretrained, arguments)
@@ -156,6 +185,26 @@ def torch_pretrained(
             subject=weights,
         )
     return build, arguments, resolve(build, name, factory)
+
+
+def _timm_pretrained(
+    factory: str, arguments: dict[str, Any], pretrained: str, weights: str
+) -> tuple[dict[str, Any], Pretrained | None]:
+    """A timm model's arguments without ``pretrained`` (timm never downloads here), and
+    the weights its tag (or ``pretrained: true``) names."""
+    asked = arguments.pop("pretrained", False)
+    if asked not in (True, False):
+        raise SpecError(f"kwargs pretrained must be true or false, not {asked!r}", subject=factory)
+    tag = pretrained or ("true" if asked else "")
+    if not tag:
+        return arguments, None
+    if weights:
+        raise SpecError(
+            f"the source names both a weights file ({weights!r}) and pretrained weights ({tag!r})",
+            fix="keep one of them",
+            subject=weights,
+        )
+    return arguments, resolve_timm(factory, tag)
 
 
 def load_torch_source(
@@ -207,7 +256,10 @@ def load_torch_source(
         from surgery.preprocess import from_torchvision
 
         net.pretrained = cached.record(sha256)
-        net.preprocess = from_torchvision(cached.preprocessing, cached.name)
+        if is_timm(factory):
+            net.preprocess = preprocess_of(cached)
+        else:
+            net.preprocess = from_torchvision(cached.preprocessing, cached.name)
     return net
 
 
@@ -275,10 +327,11 @@ def resolve_preprocess(net: Net, message: Any) -> Any:
             f"preprocess describes an image input (N, C, H, W) with 1 or 3 channels; the net's input is {list(shape)}",
             fix="remove the preprocess block",
         )
+    source = net.preprocess.fitted_to(tuple(shape[2:])) if net.preprocess is not None else None
     if message is not None:
-        result = preprocess.stated(message, net.preprocess, shape[1])
+        result = preprocess.stated(message, source, shape[1])
     else:
-        result = net.preprocess or preprocess.default(shape[1])
+        result = source or preprocess.default(shape[1])
     result.check_net_input(shape)
     return result
 

@@ -59,6 +59,9 @@ class Net:
         #: How a decoded frame becomes the input (surgery.preprocess.Preprocess), or None
         #: for a net whose input is not an image.
         self.preprocess: Any = None
+        #: Layer name -> what each of its outputs means, where an edit said (keep_classes);
+        #: untouched heads take the pretrained weights' categories (see the report).
+        self.class_names: dict[str, list[str | None]] = {}
         #: A torch source's composite modules (``layer3.1``, ``blocks.5``): module path ->
         #: the blob that is the module's output, so a spec may name the module where it
         #: names a position in the net (see :meth:`module_output`).
@@ -382,6 +385,7 @@ class Net:
         twin.solver = copy.deepcopy(self.solver)
         twin.pretrained = copy.deepcopy(self.pretrained)
         twin.preprocess = self.preprocess
+        twin.class_names = copy.deepcopy(self.class_names)
         twin.module_outputs, twin.module_refusals = dict(self.module_outputs), dict(self.module_refusals)
         if self._shapes is not None:
             twin._shapes = dict(self._shapes)

@@ -134,8 +134,13 @@ def classifier(net: Net, op: Any, ctx: OpContext) -> list[Action]:
                     origin=Origin("resized", f"pretrained rows {rows}, then {fresh.origin.detail}"),
                 )
             notes.append(f"kept {len(rows)} pretrained classes exactly: rows {rows}")
-        elif new_name == name:
-            notes.append("re-initialised: a resized layer cannot keep its pretrained weights")
+            categories = list((net.pretrained or {}).get("categories") or [])
+            kept: list[str | None] = [categories[r] if r < len(categories) else str(r) for r in rows]
+            net.class_names[new_name] = kept + [None] * (layer.params["num_output"] - len(rows))
+        else:
+            net.class_names.pop(name, None)
+            if new_name == name:
+                notes.append("re-initialised: a resized layer cannot keep its pretrained weights")
         actions.append(
             Action("classifier", new_name, REINITIALISED, "; ".join(notes), was=name if new_name != name else "")
         )

@@ -184,7 +184,13 @@ def _plan(spec: str | Path) -> Net:
 
 
 def class_names(net: Net, count: int) -> list[str] | None:
-    """The pretrained weights' categories when the head still has that many classes."""
+    """What the scores mean: the classes keep_classes kept (a new one is "new N"), else
+    the pretrained weights' categories when the head still has that many."""
+    outputs = set(net.outputs)
+    for layer in net.layers():
+        named = net.class_names.get(layer.name)
+        if named and len(named) == count and outputs & set(layer.outputs):
+            return [name if name is not None else f"new {index}" for index, name in enumerate(named)]
     names = (net.pretrained or {}).get("categories")
     return list(names) if names and len(names) == count else None
 
