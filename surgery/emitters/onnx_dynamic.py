@@ -90,8 +90,10 @@ def resized_copy(net: Net, axes: DynamicAxes) -> Net:
 
 def varying_axes(net: Net, resized: Net, blobs: Iterable[str]) -> DynamicAxes:
     """For each blob, the axes whose size differs between the two nets."""
-    first, second = net.shapes(), resized.shapes()
-    return {blob: {i for i, (a, b) in enumerate(zip(first[blob], second[blob])) if a != b} for blob in blobs}
+    return {
+        blob: {i for i, (a, b) in enumerate(zip(net.known_shape(blob), resized.known_shape(blob))) if a != b}
+        for blob in blobs
+    }
 
 
 def check_same_graph(writer: Any, twin: Any) -> None:

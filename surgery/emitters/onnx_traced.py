@@ -68,7 +68,7 @@ def _add_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     for part in parents:
         if part not in owner._modules:
             owner.add_module(part, nn.Module())
-        owner = owner._modules[part]
+        owner = owner.get_submodule(part)
     owner.add_module(leaf, module)
 
 
@@ -117,7 +117,7 @@ def _export(module: nn.Module, examples: list[torch.Tensor], dynamic: list[bool]
         torch.onnx.export(
             module,
             tuple(examples),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # torch's annotation omits the file objects it accepts
             dynamo=False,
             opset_version=opset,
             input_names=names,

@@ -50,7 +50,7 @@ class StoredBlob:
         """The values as float32 with :attr:`shape`."""
         if self.values is not None:
             offset, length, dtype = self.values
-            values = wire.view(self.buffer, dtype, offset, length // np.dtype(dtype).itemsize)
+            values = wire.view(self.buffer, np.dtype(dtype), offset, length // np.dtype(dtype).itemsize)
         else:  # unpacked or split values (legal, rare): protobuf parses the blob whole
             start, end = self.span
             full = caffe_class("BlobProto").FromString(bytes(self.buffer[start:end]))

@@ -47,9 +47,12 @@ def resolve_factory(reference: str, base_dir: Path) -> Callable[..., nn.Module]:
             raise SpecError(f"factory file {str(path)!r} is not a Python file", subject=reference)
         name = f"surgery_factory_{abs(hash(str(path)))}"
         spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise SpecError(f"factory file {str(path)!r} cannot be imported", subject=reference)
+        loader = spec.loader
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        _run_user_code(lambda: spec.loader.exec_module(module), f"importing {module_ref!r}", reference)
+        _run_user_code(lambda: loader.exec_module(module), f"importing {module_ref!r}", reference)
     else:
         try:
             module = importlib.import_module(module_ref)

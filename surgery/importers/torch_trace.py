@@ -83,7 +83,12 @@ def _user_frame(error: Exception) -> str:
 
 def tensor_leaves(structure: Any) -> list[fx.Node]:
     found: list[fx.Node] = []
-    fx.node.map_arg(structure, lambda node: found.append(node) or node)
+
+    def collect(node: fx.Node) -> fx.Node:
+        found.append(node)
+        return node
+
+    fx.node.map_arg(structure, collect)
     return found
 
 
@@ -155,7 +160,9 @@ def bind_defaults(graph: fx.Graph, given: int) -> None:
         if not node.args:
             continue
 
-        def bound(n: fx.Node, node: fx.Node = node, default: object = node.args[0]) -> object:
+        default: Any = node.args[0]
+
+        def bound(n: fx.Node, node: fx.Node = node, default: Any = default) -> Any:
             return default if n is node else n
 
         for user in list(node.users):

@@ -20,7 +20,7 @@ from torch import fx
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, register_layer
+from surgery.layers.registry import LayerType, all_known, register_layer
 
 _ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 #: The first opset with ONNX's Attention operator.
@@ -49,13 +49,12 @@ class ScaledDotProductAttention(LayerType):
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 3)
-        q, k, v = in_shapes
+        q, k, v = shapes = all_known(layer, in_shapes)
         if min(len(q), len(k), len(v)) < 2:
             raise ShapeError(f"query, key and value need at least 2 axes, got {list(in_shapes)}", subject=layer.name)
+        query, key, value = (torch.empty(s, device="meta") for s in shapes)
         try:
-            out = F.scaled_dot_product_attention(
-                *(torch.empty(s, device="meta") for s in in_shapes), is_causal=bool(layer.params.get("is_causal"))
-            )
+            out = F.scaled_dot_product_attention(query, key, value, is_causal=bool(layer.params.get("is_causal")))
         except RuntimeError:
             raise ShapeError(
                 f"query {list(q)}, key {list(k)} and value {list(v)} do not fit "

@@ -10,7 +10,7 @@ from torch import nn
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+from surgery.layers.registry import LayerType, ModuleRecipe, known, register_layer
 from surgery.layers.runtime import FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d
 
 
@@ -39,8 +39,8 @@ class BatchNorm(LayerType):
         return [shape]
 
     def param_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> dict[str, Shape]:
-        channels = in_shapes[0][1]
-        shapes = {"running_mean": (channels,), "running_var": (channels,)}
+        channels = known(layer, in_shapes)[1]
+        shapes: dict[str, Shape] = {"running_mean": (channels,), "running_var": (channels,)}
         if layer.params.get("affine", True):
             shapes = {"weight": (channels,), "bias": (channels,)} | shapes
         return shapes
@@ -54,8 +54,9 @@ class BatchNorm(LayerType):
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
         p = layer.params
-        rank = len(in_shapes[0])
+        rank = len(known(layer, in_shapes))
         frozen = bool(p.get("use_global_stats"))
+        cls: type[nn.Module]
         if rank == 5:
             cls = FrozenBatchNorm3d if frozen else nn.BatchNorm3d
         elif rank == 4:
@@ -65,7 +66,7 @@ class BatchNorm(LayerType):
         return ModuleRecipe(
             cls,
             {
-                "num_features": in_shapes[0][1],
+                "num_features": known(layer, in_shapes)[1],
                 "eps": p.get("eps", 1e-5),
                 "momentum": p.get("momentum", 0.1),
                 "affine": "weight" in layer.blobs,

@@ -6,7 +6,7 @@ from typing import Any
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+from surgery.layers.registry import LayerType, ModuleRecipe, known, register_layer
 from surgery.layers.runtime import ChannelAffine
 from surgery.layers.scale import affine_shape
 
@@ -27,7 +27,7 @@ class Bias(LayerType):
         return [in_shapes[0]]
 
     def param_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> dict[str, Shape]:
-        return {"bias": affine_shape(layer, in_shapes[0])}
+        return {"bias": affine_shape(layer, known(layer, in_shapes))}
 
     def default_filler(self, layer: Layer, role: str) -> dict[str, Any]:
         return {"type": "constant", "value": 0.0}
@@ -36,8 +36,8 @@ class Bias(LayerType):
         return ModuleRecipe(
             ChannelAffine,
             {
-                "shape": affine_shape(layer, in_shapes[0]),
-                "axis": layer.params.get("axis", 1) % len(in_shapes[0]),
+                "shape": affine_shape(layer, known(layer, in_shapes)),
+                "axis": layer.params.get("axis", 1) % len(known(layer, in_shapes)),
                 "scale": False,
                 "bias": True,
             },

@@ -9,7 +9,7 @@ from torch import fx
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, check_axis, register_layer
+from surgery.layers.registry import LayerType, all_known, check_axis, register_layer
 
 
 @register_layer
@@ -23,12 +23,13 @@ class Concat(LayerType):
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         if not in_shapes:
             raise ShapeError("needs at least one input")
-        first = in_shapes[0]
+        shapes = all_known(layer, in_shapes)
+        first = shapes[0]
         axis = check_axis(layer.params.get("axis", 1), first)
-        for shape in in_shapes[1:]:
+        for shape in shapes[1:]:
             if len(shape) != len(first) or any(a != b for i, (a, b) in enumerate(zip(shape, first)) if i != axis):
                 raise ShapeError(f"inputs {in_shapes} differ outside the concatenation axis {axis}")
-        return [(*first[:axis], sum(s[axis] for s in in_shapes), *first[axis + 1 :])]
+        return [(*first[:axis], sum(s[axis] for s in shapes), *first[axis + 1 :])]
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
         return graph.call_function(torch.cat, (list(inputs),), {"dim": layer.params.get("axis", 1)})

@@ -14,7 +14,7 @@ from torch import nn
 
 from surgery.errors import ModelFormatError, ShapeError, unsupported_in_caffe, unsupported_in_onnx
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, ModuleRecipe, check_param, pair, register_layer
+from surgery.layers.registry import LayerType, ModuleRecipe, check_param, known, pair, register_layer
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
@@ -60,7 +60,7 @@ class Convolution(LayerType):
 
     def param_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> dict[str, Shape]:
         p = layer.params
-        shapes = {"weight": (p["num_output"], in_shapes[0][1] // p["group"], *p["kernel"])}
+        shapes = {"weight": (p["num_output"], known(layer, in_shapes)[1] // p["group"], *p["kernel"])}
         if p["bias_term"]:
             shapes["bias"] = (p["num_output"],)
         return shapes
@@ -70,7 +70,7 @@ class Convolution(LayerType):
         return ModuleRecipe(
             _MODULES[len(p["kernel"]) - 1],
             {
-                "in_channels": in_shapes[0][1],
+                "in_channels": known(layer, in_shapes)[1],
                 "out_channels": p["num_output"],
                 "kernel_size": tuple(p["kernel"]),
                 "stride": tuple(p["stride"]),

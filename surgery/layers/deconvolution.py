@@ -10,7 +10,7 @@ from torch import nn
 from surgery.errors import ShapeError, unsupported_in_caffe
 from surgery.ir import Layer, Shape
 from surgery.layers.convolution import Convolution
-from surgery.layers.registry import LayerType, ModuleRecipe, pair, register_layer
+from surgery.layers.registry import LayerType, ModuleRecipe, known, pair, register_layer
 
 
 @register_layer
@@ -56,7 +56,7 @@ class Deconvolution(LayerType):
 
     def param_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> dict[str, Shape]:
         p = layer.params
-        shapes = {"weight": (in_shapes[0][1], p["num_output"] // p["group"], *p["kernel"])}
+        shapes = {"weight": (known(layer, in_shapes)[1], p["num_output"] // p["group"], *p["kernel"])}
         if p["bias_term"]:
             shapes["bias"] = (p["num_output"],)
         return shapes
@@ -66,7 +66,7 @@ class Deconvolution(LayerType):
         return ModuleRecipe(
             nn.ConvTranspose2d,
             {
-                "in_channels": in_shapes[0][1],
+                "in_channels": known(layer, in_shapes)[1],
                 "out_channels": p["num_output"],
                 "kernel_size": tuple(p["kernel"]),
                 "stride": tuple(p["stride"]),

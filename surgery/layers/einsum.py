@@ -11,7 +11,7 @@ from torch import fx
 
 from surgery.errors import ShapeError, unsupported_in_onnx
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, check_param, register_layer
+from surgery.layers.registry import LayerType, all_known, check_param, register_layer
 
 
 def _explicit(equation: Any) -> bool:
@@ -46,11 +46,12 @@ class Einsum(LayerType):
             raise ShapeError(f"equation {equation!r} must name its output with '->'", subject=layer.name)
         if not layer.inputs:
             raise ShapeError("needs at least one input", subject=layer.name)
+        shapes = all_known(layer, in_shapes)
         try:
-            out = torch.einsum(equation, *(torch.empty(s, device="meta") for s in in_shapes))
+            out = torch.einsum(equation, *(torch.empty(s, device="meta") for s in shapes))
         except (RuntimeError, ValueError) as error:
             raise ShapeError(
-                f"equation {equation!r} does not fit inputs shaped {[list(s) for s in in_shapes]}: "
+                f"equation {equation!r} does not fit inputs shaped {[list(s) for s in shapes]}: "
                 f"{str(error).splitlines()[0]}",
                 subject=layer.name,
             ) from None

@@ -10,7 +10,7 @@ from torch import fx, nn
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, register_layer
+from surgery.layers.registry import LayerType, known, register_layer
 
 
 @register_layer
@@ -24,7 +24,7 @@ class Flatten(LayerType):
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)
-        shape = in_shapes[0]
+        shape = known(layer, in_shapes)
         rank = len(shape)
         start, end = layer.params.get("axis", 1) % rank, layer.params.get("end_axis", -1) % rank
         if start > end:

@@ -187,12 +187,12 @@ class Index(LayerType):
                 axes.append(axis)
                 steps.append(step)
             out_axis += 1
-        stages = [
+        wanted: list[tuple[str, list[list[int]], tuple[str, ...]] | None] = [
             ("Slice", [starts, ends, axes, steps], ("starts", "ends", "axes", "steps")) if axes else None,
             ("Squeeze", [squeezed], ("squeezed",)) if squeezed else None,
             ("Unsqueeze", [inserted], ("inserted",)) if inserted else None,
         ]
-        stages = [stage for stage in stages if stage is not None] or [("Identity", [], ())]
+        stages = [stage for stage in wanted if stage is not None] or [("Identity", [], ())]
         current = layer.inputs[0]
         for k, (op, values, roles) in enumerate(stages):
             last = k == len(stages) - 1

@@ -11,7 +11,7 @@ from torch import fx, nn
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, ModuleRecipe, check_param, register_layer
+from surgery.layers.registry import LayerType, ModuleRecipe, check_param, known, register_layer
 
 
 @register_layer
@@ -50,14 +50,14 @@ class InnerProduct(LayerType):
         return [(*keep, layer.params["num_output"])]
 
     def param_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> dict[str, Shape]:
-        _, features = self._split(layer, in_shapes[0])
-        shapes = {"weight": (layer.params["num_output"], features)}
+        _, features = self._split(layer, known(layer, in_shapes))
+        shapes: dict[str, Shape] = {"weight": (layer.params["num_output"], features)}
         if layer.params["bias_term"]:
             shapes["bias"] = (layer.params["num_output"],)
         return shapes
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
-        _, features = self._split(layer, in_shapes[0])
+        _, features = self._split(layer, known(layer, in_shapes))
         return ModuleRecipe(
             nn.Linear,
             {
@@ -70,7 +70,7 @@ class InnerProduct(LayerType):
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
         x = inputs[0]
         axis = layer.params.get("axis", 1)
-        rank = len(in_shapes[0])
+        rank = len(known(layer, in_shapes))
         if axis % rank != rank - 1:
             x = graph.call_function(torch.flatten, (x, axis))  # Caffe flattens from `axis` on
         return graph.call_module(layer.name, (x,))

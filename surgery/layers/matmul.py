@@ -12,7 +12,7 @@ from torch import fx
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, register_layer
+from surgery.layers.registry import LayerType, all_known, register_layer
 
 
 @register_layer
@@ -25,7 +25,7 @@ class MatMul(LayerType):
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 2)
-        a, b = in_shapes
+        a, b = all_known(layer, in_shapes)
         try:
             out = torch.matmul(torch.empty(a, device="meta"), torch.empty(b, device="meta"))
         except RuntimeError:

@@ -37,6 +37,8 @@ class TypedShape(tuple):
     """The shape of a tensor that is not float32 (an index table read by an opaque call):
     a tuple that also carries the dtype, so shape inference builds the right meta tensor."""
 
+    dtype: torch.dtype
+
     def __new__(cls, shape: Any, dtype: torch.dtype) -> TypedShape:
         made = super().__new__(cls, tuple(shape))
         made.dtype = dtype

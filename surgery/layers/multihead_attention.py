@@ -28,7 +28,7 @@ from torch import fx, nn
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.attention import write_attention
-from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+from surgery.layers.registry import LayerType, ModuleRecipe, all_known, register_layer
 
 #: ``nn.MultiheadAttention.forward``'s parameters in order.
 _ARGS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
@@ -66,12 +66,12 @@ class MultiheadAttention(LayerType):
     # ------------------------------------------------------------- shapes
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 3)
-        q, k, v = in_shapes
         embed = layer.params["embed_dim"]
         if any(s is None or len(s) != 3 or s[-1] != embed for s in in_shapes):
             raise ShapeError(
                 f"query, key and value must be (N, length, {embed}), got {list(in_shapes)}", subject=layer.name
             )
+        q, k, v = all_known(layer, in_shapes)
         if q[0] != k[0] or k[:2] != v[:2]:
             raise ShapeError(
                 f"query {list(q)}, key {list(k)} and value {list(v)} do not fit (one batch; key "

@@ -7,6 +7,7 @@ weights for (a Caffe net without its caffemodel), so it lives on the layer floor
 from __future__ import annotations
 
 import functools
+from typing import Any, cast
 
 import torch
 
@@ -46,7 +47,8 @@ def init_new_blobs(
             f"layer {layer.name!r} has {len(specs)} param {{ }} entries but only {len(wanted)} blobs",
             subject=layer.name,
         )
-    trainable = set(kind.trainable_roles(Layer(layer.name, layer.type, blobs=dict.fromkeys(wanted))))
+    # trainable_roles reads which roles there are, not the blobs themselves
+    trainable = set(kind.trainable_roles(Layer(layer.name, layer.type, blobs=cast(Any, dict.fromkeys(wanted)))))
     notes = []
     for position, (role, shape) in enumerate(wanted.items()):
         filler = fillers.get(role) or Filler.from_dict(kind.default_filler(layer, role))

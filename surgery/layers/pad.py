@@ -11,7 +11,7 @@ from torch import fx
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, register_layer
+from surgery.layers.registry import LayerType, known, register_layer
 
 
 @register_layer
@@ -53,7 +53,7 @@ class Pad(LayerType):
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)
-        shape, pads = in_shapes[0], layer.params["pads"]
+        shape, pads = known(layer, in_shapes), layer.params["pads"]
         if len(pads) != 2 * len(shape) or any(p < 0 for p in pads):
             raise ShapeError(f"pads {pads} do not fit input {shape} (need {2 * len(shape)} non-negative values)")
         rank = len(shape)
@@ -69,7 +69,7 @@ class Pad(LayerType):
         return [tuple(d + pads[i] + pads[rank + i] for i, d in enumerate(shape))]
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
-        pads, rank = layer.params["pads"], len(in_shapes[0])
+        pads, rank = layer.params["pads"], len(known(layer, in_shapes))
         mode = layer.params.get("mode", "constant")
         torch_pads = []
         for axis in reversed(range(2 if mode != "constant" else 0, rank)):  # F.pad lists the last axis first

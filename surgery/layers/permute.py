@@ -10,7 +10,7 @@ from torch import fx
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, register_layer
+from surgery.layers.registry import LayerType, known, register_layer
 
 _SWAPS = (torch.transpose, "transpose", torch.swapaxes, "swapaxes")
 
@@ -39,11 +39,11 @@ class Permute(LayerType):
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)
-        shape = in_shapes[0]
+        shape = known(layer, in_shapes)
         return [tuple(shape[d] for d in axis_order(layer, len(shape)))]
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
-        return graph.call_method("permute", (inputs[0], *axis_order(layer, len(in_shapes[0]))))
+        return graph.call_method("permute", (inputs[0], *axis_order(layer, len(known(layer, in_shapes)))))
 
     def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
         if target in _SWAPS:

@@ -13,7 +13,7 @@ from torch import nn
 from surgery.errors import ModelFormatError, ShapeError, unsupported_in_caffe, unsupported_in_onnx
 from surgery.ir import Layer, Shape
 from surgery.layers.convolution import spatial
-from surgery.layers.registry import LayerType, ModuleRecipe, check_param, register_layer
+from surgery.layers.registry import LayerType, ModuleRecipe, check_param, known, register_layer
 
 
 def pool_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
@@ -84,7 +84,7 @@ class Pooling(LayerType):
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
         p = layer.params
         if p.get("global_pooling"):
-            rank = len(in_shapes[0]) - 2
+            rank = len(known(layer, in_shapes)) - 2
             cls = (_ADAPTIVE_MAX if p["pool"] == "MAX" else _ADAPTIVE_AVE)[rank - 1]
             return ModuleRecipe(cls, {"output_size": 1})
         rank = len(p["kernel"])

@@ -72,7 +72,11 @@ class Power(LayerType):
         import numpy as np
 
         p = layer.params
-        steps = [("Mul", "scale", p["scale"], 1), ("Add", "shift", p["shift"], 0), ("Pow", "power", p["power"], 1)]
+        steps: list[tuple[str, str, Any, Any]] = [
+            ("Mul", "scale", p["scale"], 1),
+            ("Add", "shift", p["shift"], 0),
+            ("Pow", "power", p["power"], 1),
+        ]
         steps = [s for s in steps if s[2] != s[3]] or [("Identity", "", None, None)]
         current = layer.inputs[0]
         for index, (op, role, value, _) in enumerate(steps):

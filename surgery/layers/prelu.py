@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+from surgery.layers.registry import LayerType, ModuleRecipe, known, register_layer
 
 
 @register_layer
@@ -20,7 +20,7 @@ class PReLU(LayerType):
     blob_roles = ("weight",)
 
     def param_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> dict[str, Shape]:
-        return {"weight": (1,) if layer.params.get("channel_shared") else (in_shapes[0][1],)}
+        return {"weight": (1,) if layer.params.get("channel_shared") else (known(layer, in_shapes)[1],)}
 
     def default_filler(self, layer: Layer, role: str) -> dict[str, Any]:
         return {"type": "constant", "value": 0.25}  # Caffe's and torch's default slope

@@ -41,7 +41,7 @@ from torch import fx, nn
 from surgery.errors import ModelFormatError, ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.recurrent_onnx import OnnxWalk
-from surgery.layers.registry import LayerType, ModuleRecipe, check_param
+from surgery.layers.registry import LayerType, ModuleRecipe, check_param, known
 
 
 def recurrent_params(
@@ -136,7 +136,7 @@ class RecurrentType(LayerType):
         hidden, rows = p["num_output"], self.gates * p["num_output"]
         shapes: dict[str, Shape] = {}
         for index in range(p["num_layers"]):
-            width = in_shapes[0][2] if index == 0 else directions(layer) * hidden
+            width = known(layer, in_shapes)[2] if index == 0 else directions(layer) * hidden
             for sfx in suffixes(layer):
                 shapes[f"weight_ih_l{index}{sfx}"] = (rows, width)
                 shapes[f"weight_hh_l{index}{sfx}"] = (rows, hidden)
@@ -153,7 +153,7 @@ class RecurrentType(LayerType):
 
     # -------------------------------------------------------------- torch
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
-        return ModuleRecipe(self.torch_class, self.torch_kwargs(layer, in_shapes[0][2]))
+        return ModuleRecipe(self.torch_class, self.torch_kwargs(layer, known(layer, in_shapes)[2]))
 
     def torch_kwargs(self, layer: Layer, features: int) -> dict[str, Any]:
         p = layer.params
@@ -196,7 +196,7 @@ class RecurrentType(LayerType):
             finals = [graph.call_method("transpose", (s, 0, 1)) for s in finals]
         return (y, *finals)
 
-    def import_torch_module(self, module: nn.Module) -> dict[str, Any] | None:
+    def import_torch_module(self, module: nn.RNNBase) -> dict[str, Any] | None:
         if not module.batch_first or getattr(module, "proj_size", 0):
             return None  # time-major or projected: carried as an opaque module
         return recurrent_params(

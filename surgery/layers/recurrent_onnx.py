@@ -113,7 +113,7 @@ class OnnxWalk:
             top_h = self.ops[-1].output[1]
             back = self.only_reader(top_h, "Transpose", perm=[1, 0, 2]) if top_h else None
             flat = self.reshaped(back.output[0], [0, -1]) if back is not None else None
-            if flat is None or any(self.readers(o) for o in states if o != top_h):
+            if back is None or flat is None or any(self.readers(o) for o in states if o != top_h):
                 return False
             self.consumed.append(back.output[0])
             self.output, self.params["return_sequences"] = flat.output[0], False

@@ -21,7 +21,7 @@ from torch import fx
 
 from surgery.errors import ShapeError, unsupported_in_caffe
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, check_param, register_layer
+from surgery.layers.registry import LayerType, check_param, known, register_layer
 
 #: Caffe's ReductionOp names; the ONNX operator computing each.
 ONNX_OPS = {"SUM": "ReduceSum", "ASUM": "ReduceL1", "SUMSQ": "ReduceSumSquare", "MEAN": "ReduceMean"}
@@ -79,7 +79,7 @@ class Reduction(LayerType):
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)
-        shape = in_shapes[0]
+        shape = known(layer, in_shapes)
         axes = reduced_axes(layer, shape)
         if layer.params.get("keepdim"):
             return [tuple(1 if i in axes else size for i, size in enumerate(shape))]

@@ -8,6 +8,7 @@ recognise it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -126,9 +127,10 @@ class LayerType:
         """
         return graph.call_module(layer.extra.get("module_path", layer.name), tuple(inputs))
 
-    def import_torch_module(self, module: nn.Module) -> dict[str, Any] | None:
+    def import_torch_module(self, module: Any) -> dict[str, Any] | None:
         """Hyper-parameters of a layer made from ``module`` (torch importer hook), or None
-        when this module (a padding mode, a flag) stays an opaque layer."""
+        when this module (a padding mode, a flag) stays an opaque layer. ``module`` is an
+        instance of one of :attr:`torch_modules` (each type annotates its own: Any here)."""
         raise NotImplementedError
 
     def import_torch_module_call(self, module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any] | None:
@@ -219,6 +221,20 @@ class LayerType:
     def expect_inputs(self, layer: Layer, in_shapes: list[Shape | None], count: int) -> None:
         if len(in_shapes) != count:
             raise ShapeError(f"takes {count} input(s), got {len(in_shapes)}", subject=layer.name)
+
+
+def known(layer: Layer, in_shapes: Sequence[Shape | None], index: int = 0) -> Shape:
+    """Input ``index``'s shape, which this layer needs as a tensor's: a ShapeError naming
+    the layer when it is unknown (a non-tensor value, or a layer whose shape is not set)."""
+    shape = in_shapes[index] if index < len(in_shapes) else None
+    if shape is None:
+        raise ShapeError(f"input {index} has no known tensor shape", subject=layer.name)
+    return shape
+
+
+def all_known(layer: Layer, in_shapes: Sequence[Shape | None]) -> list[Shape]:
+    """Every input's shape (see :func:`known`)."""
+    return [known(layer, in_shapes, index) for index in range(len(in_shapes))]
 
 
 def register_layer(cls: type[LayerType]) -> type[LayerType]:
@@ -322,7 +338,7 @@ class ActivationType(LayerType):
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
         return ModuleRecipe(self.module_class, {})
 
-    def import_torch_module(self, module: nn.Module) -> dict[str, Any]:
+    def import_torch_module(self, module: Any) -> dict[str, Any]:
         return {}
 
     def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ from torch import fx
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.meta_run import TracedShapes
-from surgery.layers.registry import LayerType, check_param, register_layer
+from surgery.layers.registry import LayerType, check_param, known, register_layer
 
 
 def resolve_shape(target: list[int], shape: Shape) -> tuple[int, ...]:
@@ -78,15 +78,15 @@ class Reshape(LayerType):
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)
-        return [resolve_shape(list(layer.params["shape"]), in_shapes[0])]
+        return [resolve_shape(list(layer.params["shape"]), known(layer, in_shapes))]
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
         target = list(layer.params["shape"])
         if target and target[0] == 0:  # keep the batch axis dynamic
             size = graph.call_method("size", (inputs[0], 0))
-            args = [size, *[in_shapes[0][i] if d == 0 else d for i, d in enumerate(target) if i > 0]]
+            args = [size, *[known(layer, in_shapes)[i] if d == 0 else d for i, d in enumerate(target) if i > 0]]
         else:
-            args = [in_shapes[0][i] if d == 0 else d for i, d in enumerate(target)]
+            args = [known(layer, in_shapes)[i] if d == 0 else d for i, d in enumerate(target)]
         return graph.call_method("reshape", (inputs[0], *args))
 
     def import_torch_call_traced(

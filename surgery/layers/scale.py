@@ -7,7 +7,7 @@ from typing import Any
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+from surgery.layers.registry import LayerType, ModuleRecipe, known, register_layer
 from surgery.layers.runtime import ChannelAffine
 
 
@@ -35,12 +35,12 @@ class Scale(LayerType):
         if len(in_shapes) != 1:
             raise ShapeError("a Scale with a second input (scale from a blob) is not supported; use Eltwise PROD")
         weight = layer.blobs.get("weight")
-        if weight is not None and weight.shape != affine_shape(layer, in_shapes[0]):
+        if weight is not None and weight.shape != affine_shape(layer, known(layer, in_shapes)):
             raise ShapeError(f"scale {weight.shape} does not fit input {in_shapes[0]}")
         return [in_shapes[0]]
 
     def param_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> dict[str, Shape]:
-        shape = affine_shape(layer, in_shapes[0])
+        shape = affine_shape(layer, known(layer, in_shapes))
         return {"weight": shape, "bias": shape} if layer.params.get("bias_term") else {"weight": shape}
 
     def default_filler(self, layer: Layer, role: str) -> dict[str, Any]:
@@ -50,8 +50,8 @@ class Scale(LayerType):
         return ModuleRecipe(
             ChannelAffine,
             {
-                "shape": affine_shape(layer, in_shapes[0]),
-                "axis": layer.params.get("axis", 1) % len(in_shapes[0]),
+                "shape": affine_shape(layer, known(layer, in_shapes)),
+                "axis": layer.params.get("axis", 1) % len(known(layer, in_shapes)),
                 "scale": True,
                 "bias": bool(layer.params.get("bias_term")),
             },

@@ -15,7 +15,7 @@ from torch import fx
 
 from surgery.errors import ShapeError, unsupported_in_caffe
 from surgery.ir import Layer, Shape
-from surgery.layers.registry import LayerType, check_axis, register_layer
+from surgery.layers.registry import LayerType, check_axis, known, register_layer
 
 _CHUNKS = (torch.chunk, "chunk")
 _SPLITS = (torch.split, "split")
@@ -92,14 +92,14 @@ class Slice(LayerType):
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)
-        shape = in_shapes[0]
+        shape = known(layer, in_shapes)
         axis = check_axis(layer.params.get("axis", 1), shape)
         if layer.params.get("squeeze"):
             return [(*shape[:axis], *shape[axis + 1 :]) for _ in _sizes(layer, shape)]
         return [(*shape[:axis], size, *shape[axis + 1 :]) for size in _sizes(layer, shape)]
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
-        shape = in_shapes[0]
+        shape = known(layer, in_shapes)
         axis = check_axis(layer.params.get("axis", 1), shape)
         if layer.params.get("squeeze"):
             parts = graph.call_function(torch.unbind, (inputs[0],), {"dim": axis})
@@ -120,7 +120,7 @@ class Slice(LayerType):
         ):
             return None, None
         shape, dim = in_shapes[0], _torch_dim(target, args, kwargs)
-        if not isinstance(dim, int) or not -len(shape) <= dim < len(shape):
+        if shape is None or not isinstance(dim, int) or not -len(shape) <= dim < len(shape):
             return None, None
         sizes = _torch_parts(target, args, kwargs, shape[dim])
         if not sizes or (dim % len(shape) == 0 and _cuts_by_count(target, args, kwargs)):

@@ -18,7 +18,7 @@ from torch import fx
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Net, Shape
-from surgery.layers.registry import LayerType, register_layer
+from surgery.layers.registry import LayerType, all_known, register_layer
 
 
 @register_layer
@@ -54,7 +54,7 @@ class UnfoldTime(LayerType):
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 2)
-        frames, clip = in_shapes
+        frames, clip = all_known(layer, in_shapes)
         if frames[0] != clip[0] * clip[1]:
             raise ShapeError(f"{frames[0]} frames do not make clips of {clip[:2]}")
         return [(clip[0], clip[1], *frames[1:])]

@@ -24,7 +24,7 @@ def fc_to_conv(net: Net, op: Any, ctx: OpContext) -> list[Action]:
         layer = net.layer(name)
         if layer.type != "InnerProduct":
             raise SpecError(f"{name!r} is a {layer.type}, not an InnerProduct", subject=name)
-        shape = net.shapes()[layer.inputs[0]]
+        shape = net.known_shape(layer.inputs[0])
         if len(shape) != 4 or layer.params.get("axis", 1) % 4 != 1:
             raise SpecError(
                 f"{name!r} reads a {len(shape)}-D input {shape}; fc_to_conv needs an (N, C, H, W) "
@@ -44,10 +44,12 @@ def fc_to_conv(net: Net, op: Any, ctx: OpContext) -> list[Action]:
         net.invalidate()
     # A later InnerProduct that applied to the last axis now reads (N, C, h, w): flatten it
     # from axis 1 as Caffe does (the same values where h = w = 1).
-    shapes = net.shapes()
     for later in net.layers():
-        if later.type == "InnerProduct" and later.params.get("axis") == -1 and len(shapes[later.inputs[0]]) == 4:
+        if (
+            later.type == "InnerProduct"
+            and later.params.get("axis") == -1
+            and len(net.known_shape(later.inputs[0])) == 4
+        ):
             later.params["axis"] = 1
             net.invalidate()
-            shapes = net.shapes()
     return actions

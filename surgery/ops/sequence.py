@@ -64,7 +64,7 @@ def _cut(net: Net, op: Any) -> tuple[str, list[Action]]:
 
 def _flatten_frames(net: Net, features: str) -> tuple[str, list[Action]]:
     """Each frame's feature map as one vector, ``(N, T, F)``."""
-    shape = net.shape(features)
+    shape = net.known_shape(features)
     if len(shape) <= 3:
         return features, []
     name = f"{features}/frame_flatten"

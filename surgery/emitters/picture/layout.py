@@ -28,7 +28,7 @@ class _EdgeView:
     points: list[tuple[float, float]] = field(default_factory=list)
 
     def setpath(self, points: list[tuple[float, float]]) -> None:
-        self.points = [tuple(p) for p in points]
+        self.points = [(float(p[0]), float(p[1])) for p in points]
 
 
 @dataclass

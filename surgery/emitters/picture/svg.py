@@ -278,7 +278,8 @@ def draw_svg(sides: list[Side], *, min_group: int = 3, standalone: bool = True) 
     # The last side (the edited net) folds first; the others fold along its groups.
     grouped = {len(sides) - 1: group_boxes(sides[-1], min_group)}
     partition = {m.name: box.key for box in grouped[len(sides) - 1][0] for m in box.members}
-    left, height = MARGIN, 0.0
+    left: float = MARGIN
+    height = 0.0
     for index, side in enumerate(sides):
         if index:
             ET.SubElement(

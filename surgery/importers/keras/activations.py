@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from surgery.errors import ModelFormatError
 from surgery.importers.keras.builder import Builder, Call, Tensor, has_type, keras_layer
 
 #: activation name -> (IR layer type, params). Softmax's axis is filled in per tensor.
@@ -54,6 +55,8 @@ def apply(b: Builder, name: str, value: Any, x: Tensor) -> Tensor:
     act = activation_name(value)
     if act == "linear":
         return x
+    if act is None or act not in _ACTIVATIONS:  # unsupported() refused these before any layer was built
+        raise ModelFormatError(f"layer {name!r}: activation {value!r} has no mapping")
     type_name, params = _ACTIVATIONS[act]
     params = dict(params)
     if type_name == "Softmax":

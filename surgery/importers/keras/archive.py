@@ -65,6 +65,7 @@ class Variable:
         offset = dataset.id.get_offset() if self.mapped is not None and count else None
         if (
             offset is not None
+            and self.mapped is not None
             and dataset.chunks is None
             and self.dtype.byteorder in "=<|"
             and self.dtype.kind in "fiub"
@@ -194,7 +195,7 @@ class LegacyScope(Scope):
 class _Window(io.RawIOBase):
     """A read-only file object over ``length`` bytes at ``offset`` of a memory map."""
 
-    def __init__(self, buffer: mmap.mmap, offset: int, length: int) -> None:
+    def __init__(self, buffer: mmap.mmap | bytes, offset: int, length: int) -> None:
         super().__init__()
         self.view = memoryview(buffer)[offset : offset + length]
         self.position = 0
@@ -279,7 +280,7 @@ def _open_archive(path: Path) -> KerasFile:
     return KerasFile(path, config, scope, str(metadata.get("keras_version", "")), handles)
 
 
-def _data_offset(buffer: mmap.mmap, info: zipfile.ZipInfo) -> int:
+def _data_offset(buffer: mmap.mmap | bytes, info: zipfile.ZipInfo) -> int:
     """Where a stored member's bytes start: after its local header (zip format: 30 fixed
     bytes, then the file name and extra field, whose lengths sit at offsets 26 and 28)."""
     header = info.header_offset

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from surgery.errors import ModelFormatError
+from surgery.errors import ModelFormatError, ShapeError
 from surgery.importers.keras.archive import Scope, Variable
 from surgery.importers.keras.layout import ir_axis, ir_shape
 from surgery.ir import Layer, Net, ParamBlob, Shape
@@ -134,6 +134,8 @@ class Builder:
         )
         self.net.add_layer(layer)
         out = layer_type(type_name).infer_shapes(layer, [self.shape(b) for b in inputs])[0]
+        if out is None:
+            raise ShapeError(f"the shape of {name!r} ({type_name}) cannot be known here", subject=name)
         self.shapes[name] = out if self.frames is None else (out[0], self.frames, *out[1:])
         return name
 

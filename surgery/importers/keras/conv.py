@@ -62,7 +62,7 @@ def conv2d(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
     }
     if bias:
         blobs["bias"] = b.param(b.variable(call, 1, "bias", (filters,)))
-    params = conv_params(filters, kernel, stride, pad, dilation, groups, bias)
+    params = conv_params(filters, kernel, stride, tuple(pad), dilation, groups, bias)
     out = b.add(call.name, "Convolution", [source], params, blobs)
     return activations.fused(b, call, _out(b, out))
 
@@ -75,7 +75,7 @@ def _depthwise(
     channels = x.shape[-1]
     source, pad = _padded(b, call, x, kernel, stride, dilation)
     blobs = {"weight": b.param(variable, depthwise_kernel, (channels * multiplier, 1, *kernel))} | bias
-    params = conv_params(channels * multiplier, kernel, stride, pad, dilation, channels, bool(bias))
+    params = conv_params(channels * multiplier, kernel, stride, tuple(pad), dilation, channels, bool(bias))
     return b.add(name, "Convolution", [source], params, blobs)
 
 

@@ -261,16 +261,16 @@ class Walker:
                 f"input {name!r} has unknown axes {declared}",
                 fix="give input_shape in Keras's order, e.g. [1, 224, 224, 3]",
             )
-        shape = tuple(int(d) for d in shape)
-        channel_at = 1 if len(shape) == 4 else (2 if len(shape) == 5 else None)
+        sizes = tuple(int(d) for d in shape)
+        channel_at = 1 if len(sizes) == 4 else (2 if len(sizes) == 5 else None)
         nhwc = self.nhwc_input and channel_at is not None
-        params: dict[str, Any] = {"shape": shape if nhwc else ir_shape(shape, channel_at)}
-        if len(shape) == 5:  # a clip (N, T, H, W, C): the time axis is 1
+        params: dict[str, Any] = {"shape": sizes if nhwc else ir_shape(sizes, channel_at)}
+        if len(sizes) == 5:  # a clip (N, T, H, W, C): the time axis is 1
             params["time_axis"] = 1
         blob = self.b.add(name, "Input", [], params)
         if nhwc:  # Keras-style arrays in, one transpose to the IR's channels-first layout
-            blob = self.b.add(f"{name}/nchw", "Permute", [blob], {"order": ir_order(len(shape), channel_at)})
-        return self.b.tensor(blob, shape, channel_at)
+            blob = self.b.add(f"{name}/nchw", "Permute", [blob], {"order": ir_order(len(sizes), channel_at)})
+        return self.b.tensor(blob, sizes, channel_at)
 
 
 def _declared_shape(config: dict[str, Any]) -> list[Any]:
