@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from surgery.emitters import onnx_dynamic, onnx_traced
 from surgery.emitters.files import FileLog, output_file
-from surgery.errors import SpecError, SurgeryError
+from surgery.errors import ShapeError, SpecError, SurgeryError
 from surgery.interrupts import checkpoint
 from surgery.ir import Layer, Net, Shape
 from surgery.layers import layer_type
@@ -162,8 +162,10 @@ class OnnxWriter:
         return self._batched
 
 
-def _value_info(name: str, shape: Shape, dynamic: set[int]) -> onnx.ValueInfoProto:
+def _value_info(name: str, shape: Shape | None, dynamic: set[int]) -> onnx.ValueInfoProto:
     """A float tensor's type; axis 0 of a dynamic set is "batch", others "<name>_<axis>"."""
+    if shape is None:  # a graph input or output must be a tensor of known shape
+        raise ShapeError(f"blob {name!r} has no known tensor shape, so it cannot be an ONNX input or output")
     dims: list[Any] = [
         ("batch" if axis == 0 else f"{name}_{axis}") if axis in dynamic else size for axis, size in enumerate(shape)
     ]
@@ -375,22 +377,22 @@ def write_model(
     for name, array in tensors.items():
         head = _tensor_head(name, array, location, offset).SerializeToString()
         if data is None:
-            raw = memoryview(np.ascontiguousarray(array)).cast("B")
+            raw = np.ascontiguousarray(array).data.cast("B")
             body = head + _tag(_RAW_DATA_FIELD) + _varint(len(raw))
             pieces.append((_tag(_INITIALIZER_FIELD) + _varint(len(body) + len(raw)) + body, raw))
         else:
-            data.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+            data.write(np.ascontiguousarray(array).data.cast("B"))
             offset += array.nbytes
             pieces.append((_tag(_INITIALIZER_FIELD) + _varint(len(head)) + head, None))
     graph_length = len(graph_head) + len(graph_tail) + sum(len(p) + (len(r) if r is not None else 0) for p, r in pieces)
     out.write(model_head)
     out.write(_tag(_GRAPH_FIELD) + _varint(graph_length))
     out.write(graph_head)
-    for prefix, raw in pieces:
+    for prefix, values in pieces:
         checkpoint()  # a Ctrl-C stops the write between two initializers
         out.write(prefix)
-        if raw is not None:
-            out.write(raw)
+        if values is not None:
+            out.write(values)
     out.write(graph_tail)
     out.write(model_tail)
 

@@ -19,7 +19,7 @@ no such layer.
 from __future__ import annotations
 
 import operator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -82,7 +82,7 @@ class MultiheadAttention(LayerType):
 
     def param_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> dict[str, Shape]:
         embed = layer.params["embed_dim"]
-        shapes = {"in_proj_weight": (3 * embed, embed), "out_proj.weight": (embed, embed)}
+        shapes: dict[str, Shape] = {"in_proj_weight": (3 * embed, embed), "out_proj.weight": (embed, embed)}
         if layer.params["bias_term"]:
             shapes |= {"in_proj_bias": (3 * embed,), "out_proj.bias": (embed,)}
         return shapes
@@ -128,7 +128,7 @@ class MultiheadAttention(LayerType):
         # A mask tensor also reads None here: it makes a fourth input, which infer_shapes refuses.
         if values.get("key_padding_mask") is not None or values.get("attn_mask") is not None:
             return None
-        return self.import_torch_module(module)
+        return self.import_torch_module(cast(nn.MultiheadAttention, module))
 
     # --------------------------------------------------------------- onnx
     def to_onnx(self, layer: Layer, writer: Any) -> None:
@@ -156,7 +156,7 @@ class MultiheadAttention(LayerType):
                 "Transpose", [f"{name}/{tag}_heads"], [f"{name}/{tag}_nhld"], f"{name}/{tag}_nhld", perm=[0, 2, 1, 3]
             )  # (N, H, length, E / H)
             parts.append(f"{name}/{tag}_nhld")
-        head_shapes = [(s[0], heads, s[1], embed // heads) for s in (q_shape, k_shape, v_shape)]
+        head_shapes: list[Shape] = [(s[0], heads, s[1], embed // heads) for s in (q_shape, k_shape, v_shape)]
         write_attention(writer, f"{name}/attention", parts, f"{name}/attention", head_shapes)
         writer.node("Transpose", [f"{name}/attention"], [f"{name}/merge"], f"{name}/merge", perm=[0, 2, 1, 3])
         merged = writer.const(f"{name}.merged_shape", np.array([0, 0, embed], np.int64))

@@ -197,7 +197,7 @@ class RecurrentType(LayerType):
         return (y, *finals)
 
     def import_torch_module(self, module: nn.RNNBase) -> dict[str, Any] | None:
-        if not module.batch_first or getattr(module, "proj_size", 0):
+        if not module.batch_first or module.proj_size:
             return None  # time-major or projected: carried as an opaque module
         return recurrent_params(
             module.hidden_size,

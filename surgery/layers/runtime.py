@@ -17,8 +17,8 @@ class FrozenBatchNorm2d(nn.BatchNorm2d):
     ``use_global_stats: true``): it always normalises with the running statistics
     and never updates them. Its affine parameters, if trainable, still learn."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 
 class FrozenBatchNorm1d(nn.BatchNorm1d):
@@ -63,7 +63,7 @@ class SurgeryModule(nn.Module):
             >>> loss = model.weighted_loss(model(images), F.cross_entropy, labels)  # 0.3, 0.3, 1
         """
         if isinstance(outputs, torch.Tensor):
-            name = self.OUTPUTS.get("train", [None])[0]
+            name = self.OUTPUTS.get("train", [""])[0]
             return criterion(outputs, *targets) * self.LOSS_WEIGHTS.get(name, 1.0)
         terms = [criterion(value, *targets) * self.LOSS_WEIGHTS.get(name, 1.0) for name, value in outputs.items()]
         return torch.stack(terms).sum()
@@ -80,7 +80,7 @@ class SurgeryModule(nn.Module):
         for part in parents:
             if part not in owner._modules:
                 owner.add_module(part, nn.Module())
-            owner = owner._modules[part]
+            owner = owner.get_submodule(part)
         owner.add_module(leaf, module)
 
     def apply_lr_mults(self) -> None:
@@ -147,6 +147,7 @@ class ChannelAffine(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         param = self.weight if self.weight is not None else self.bias
+        assert param is not None  # the constructor keeps a weight, a bias or both
         view = (1,) * self.axis + tuple(param.shape) + (1,) * (x.dim() - self.axis - param.dim())
         if self.weight is not None:
             x = x * self.weight.reshape(view)
