@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from surgery.emitters.onnx_model import emit_onnx
 from surgery.emitters.torch_module import save_torch_folder
 from surgery.errors import ShapeError, SpecError
 from surgery.ir import Layer, Net
 from surgery.layers import layer_type
+from surgery.layers.recurrent import RecurrentType
 from surgery.layers.time_fold import clip_input, has_time_axis
 
 STATE_NAMES = ("h", "c")
@@ -64,7 +65,7 @@ def _deploy_layers(net: Net) -> list[Layer]:
 
 
 def _copy(layer: Layer, **changes: Any) -> Layer:
-    fields = dict(
+    fields: dict[str, Any] = dict(
         name=layer.name,
         type=layer.type,
         inputs=list(layer.inputs),
@@ -89,8 +90,8 @@ def step_net(net: Net) -> Net:
     """
     check_streamable(net)
     clip = clip_input(net)
-    shapes = net.shapes()
-    batch = shapes[clip][0]
+    clip_shape = net.known_shape(clip)
+    batch = clip_shape[0]
     step = Net(f"{net.name}_step")
     step.preprocess, step.pretrained = net.preprocess, net.pretrained  # it reads the same frames
     one_step: dict[str, str] = {}  # per-frame blob -> its (N, 1, ...) view
@@ -98,7 +99,7 @@ def step_net(net: Net) -> Net:
     for layer in _deploy_layers(net):
         if layer.type == "Input" and layer.outputs[0] == clip:
             params = {k: v for k, v in layer.params.items() if k != "time_axis"}
-            params["shape"] = (shapes[clip][0], *shapes[clip][2:])
+            params["shape"] = (clip_shape[0], *clip_shape[2:])
             step.add_layer(_copy(layer, params=params))
             continue
         if layer.per_frame or layer.type == "Input":
@@ -107,7 +108,7 @@ def step_net(net: Net) -> Net:
         inputs = []
         for blob in layer.inputs:
             if blob not in one_step and (net.producer(blob).per_frame or blob == clip):
-                one_step[blob] = _one_step_view(step, blob, shapes[blob])
+                one_step[blob] = _one_step_view(step, blob, net.known_shape(blob))
             inputs.append(one_step.get(blob, blob))
         new = _copy(layer, inputs=inputs)
         if getattr(layer_type(layer.type), "recurrent", False):
@@ -134,7 +135,7 @@ def _one_step_view(step: Net, blob: str, shape: tuple[int, ...]) -> str:
 
 def _expose_state(step: Net, layer: Layer, batch: int) -> list[str]:
     """Add the layer's state inputs (zeros start a stream) and outputs; the output names."""
-    kind = layer_type(layer.type)
+    kind = cast(RecurrentType, layer_type(layer.type))
     layer.params["state_batch_first"] = True
     shape = kind.state_shape(layer, batch)
     outputs = []
