@@ -33,7 +33,8 @@ _MODES = {0: "EXACT", 1: "FIT", 2: "FRESH"}
 
 def _between(net: Net, first: Layer, second: Layer) -> list[Layer]:
     """The single-file chain of layers from ``first``'s output to ``second``'s input."""
-    chain, blob = [], first.outputs[0]
+    chain: list[Layer] = []
+    blob = first.outputs[0]
     while True:
         readers = net.consumers(blob)
         if len(readers) != 1 or blob in net.outputs:
@@ -97,7 +98,8 @@ def _geometry(first: Layer, second: Layer) -> tuple[tuple[int, int], tuple[int, 
         )
         for i in range(2)
     ]
-    return tuple(p[0] for p in parts), tuple(p[1] for p in parts), tuple(p[2] for p in parts)
+    (k0, s0, p0), (k1, s1, p1_) = parts[0], parts[1]
+    return (k0, k1), (s0, s1), (p0, p1_)
 
 
 def _replace_pair(net: Net, first: Layer, second: Layer, chain: list[Layer], name: str, params: dict) -> Layer:
@@ -161,7 +163,7 @@ def _check_fit(net: Net, op: Any, first: Layer, second: Layer, kernel, stride, p
             subject=op.name,
             fix="fit on e.g. samples: 8 seeded random inputs, or give calibration inputs",
         )
-    source, target = net.shape(first.inputs[0]), net.shape(second.outputs[0])
+    source, target = net.known_shape(first.inputs[0]), net.known_shape(second.outputs[0])
     out = tuple(conv_output_size(source[2 + i], kernel[i], stride[i], pad[i], 1) for i in range(2))
     if out != tuple(target[2:]):
         raise SpecError(
@@ -210,7 +212,7 @@ def collapse(net: Net, op: Any, ctx: OpContext) -> list[Action]:
     kernel, stride, pad = _geometry(first, second)
     if op.kernel_size and mode != "EXACT":
         kernel = (op.kernel_size, op.kernel_size)
-        pad = tuple((k - 1) // 2 if s == 1 else p for k, s, p in zip(kernel, stride, pad))
+        pad = ((kernel[0] - 1) // 2 if stride[0] == 1 else pad[0], (kernel[1] - 1) // 2 if stride[1] == 1 else pad[1])
     detail = ""
     if mode == "EXACT":
         if chain:
@@ -223,9 +225,9 @@ def collapse(net: Net, op: Any, ctx: OpContext) -> list[Action]:
         p1, p2 = first.params, second.params
         weight, bias = compose_weights(
             first.blobs["weight"].data,
-            first.blobs.get("bias") and first.blobs["bias"].data,
+            first.blobs["bias"].data if "bias" in first.blobs else None,
             second.blobs["weight"].data,
-            second.blobs.get("bias") and second.blobs["bias"].data,
+            second.blobs["bias"].data if "bias" in second.blobs else None,
             p1["stride"],
             p1["dilation"],
             p2["dilation"],
