@@ -11,7 +11,9 @@ by side:
    throughput in frames per second (decode + preprocess + backbone, as each worker reports
    it) of 2 workers under torchrun together vs 1 worker (on 2 cores expect <= 2x);
 5. `surgery stream` per frame (decode + preprocess + step model) vs the step model alone in
-   the same run (goal <= 1.2x: decoding must not dominate).
+   the same run (goal <= 1.2x: decoding must not dominate);
+6. peak memory of `surgery features --every-frame` over a 2,000-frame video vs a 200-frame
+   one, each in a fresh process (bounded by a batch of frames: about 1.0x).
 
 Run: ``python bench/bench_video.py`` (needs torchvision and onnxruntime).
 """
@@ -146,6 +148,25 @@ def _features_rate(spec: Path, videos: Path, out: Path, workers: int) -> float:
     return sum(float(rate) for rate in re.findall(r"([\d.]+) frames/s", done.stdout))
 
 
+def _features_peak_mib(spec: Path, videos: Path, out: Path) -> float:
+    code = (
+        "import resource, surgery\n"
+        f"surgery.features({str(spec)!r}, {str(videos)!r}, {str(out)!r}, stride=1)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
+
+
+def bench_memory(workdir: Path) -> dict:
+    spec = workdir / "vgg_clip.prototxt"
+    write_videos(workdir / "short", 1, frames=200)
+    write_videos(workdir / "long", 1, frames=2000)
+    short = _features_peak_mib(spec, workdir / "short", workdir / "f-short")
+    long = _features_peak_mib(spec, workdir / "long", workdir / "f-long")
+    return {"short_mib": short, "long_mib": long, "ratio": long / short}
+
+
 def bench_files(workdir: Path, repeat: int) -> tuple[dict, dict]:
     import surgery
 
@@ -189,11 +210,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         workers, streamed = bench_files(Path(tmp), max(1, args.repeat // 10))
+        memory = bench_memory(Path(tmp))
     print(
         f"features from .mp4, 2 workers vs 1 (frames/s, expect <= 2x on 2 cores): {workers['ratio']:.2f}x "
         f"({workers['two_fps']:.0f} vs {workers['one_fps']:.0f} frames/s)"
     )
     print_row("stream per frame (decode + step) vs step model alone (goal <= 1.2x)", streamed, "stream_s", "step_s")
+    print(
+        f"features peak memory, 2,000-frame video vs 200 (every frame; bounded): {memory['ratio']:.2f}x "
+        f"({memory['long_mib']:.0f} MiB vs {memory['short_mib']:.0f} MiB)"
+    )
 
 
 if __name__ == "__main__":
