@@ -20,13 +20,14 @@ import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 from torch import fx, nn
 
 from surgery.emitters.files import FileLog, output_file, write_bytes
 from surgery.emitters.torch_names import module_paths
+from surgery.errors import ModelFormatError
 from surgery.ir import Layer, Net
 from surgery.layers import ModuleRecipe, layer_type
 from surgery.layers import runtime as torch_runtime
@@ -367,7 +368,7 @@ def exec_program(program: TorchProgram) -> types.ModuleType:
     module = types.ModuleType(f"surgery_generated_{digest}_{next(_counter)}")
     module.__file__ = f"<surgery generated {digest}>"
     sys.modules[module.__name__] = module
-    module._OPAQUE_MODULES = {}
+    module.__dict__["_OPAQUE_MODULES"] = {}
     # The source is surgery's own: names from model files reach it only as repr() literals.
     exec(compile(program.source, module.__file__, "exec"), module.__dict__)  # noqa: S102
     return module
@@ -430,7 +431,7 @@ def save_torch_folder(net: Net, folder: Path, log: FileLog | None = None) -> Pat
     (the state_dict) and, when the net has opaque modules, ``opaque_modules.pt``.
     Each file is written atomically; ``log`` records their sha256 and sizes."""
     folder.mkdir(parents=True, exist_ok=True)
-    model = emit_torch(net, copy_weights=False)
+    model: Any = emit_torch(net, copy_weights=False)  # the generated class: its attributes are its own
     write_bytes(folder / SOURCE_FILE, model.surgery_source.encode(), log)
     opaque = {
         model.MODULE_PATHS.get(layer.name, layer.name): model.layer_module(layer.name)
@@ -444,10 +445,10 @@ def save_torch_folder(net: Net, folder: Path, log: FileLog | None = None) -> Pat
         if not any(name.startswith(prefix + ".") for prefix in opaque)
     }
     with output_file(folder / WEIGHTS_FILE, log, stable=state.values()) as out:
-        torch.save(state, out)
+        torch.save(state, cast(IO[bytes], out))  # a file-like writer that hashes what passes
     if opaque:
         with output_file(folder / OPAQUE_FILE, log) as out:
-            torch.save(opaque, out)
+            torch.save(opaque, cast(IO[bytes], out))
     return folder
 
 
@@ -459,6 +460,8 @@ def load_torch_folder(folder: str | Path, map_location: str = "cpu") -> nn.Modul
     folder = Path(folder)
     name = f"surgery_loaded_{next(_counter)}"
     spec = importlib.util.spec_from_file_location(name, folder / SOURCE_FILE)
+    if spec is None or spec.loader is None:
+        raise ModelFormatError(f"{str(folder / SOURCE_FILE)!r} cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
