@@ -325,7 +325,10 @@ class OnnxReader:
         self.net.add_layer(layer)
         kind = layer_type(layer.type)
         out = kind.infer_shapes(layer, [self.shapes[b] for b in layer.inputs])
-        self.shapes.update(zip(layer.outputs, out))
+        for blob, shape in zip(layer.outputs, out):
+            if shape is None:  # every blob of an ONNX graph is a tensor; its shape must be known
+                raise ModelFormatError(f"node {layer.name!r} ({layer.type}): the shape of {blob!r} cannot be known")
+            self.shapes[blob] = shape
         return layer
 
     def constant_layer(self, node: onnx.NodeProto, value: np.ndarray, suffix: str) -> str:

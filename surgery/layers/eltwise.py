@@ -5,7 +5,8 @@ that, and has no POW)."""
 from __future__ import annotations
 
 import operator
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import fx
@@ -13,7 +14,7 @@ from torch import fx
 from surgery.errors import ShapeError, unsupported_in_caffe
 from surgery.ir import Layer, Shape
 from surgery.layers.meta_run import NonTensor
-from surgery.layers.registry import LayerType, register_layer
+from surgery.layers.registry import LayerType, all_known, register_layer
 
 _FUNCTIONS = {
     operator.add: "SUM",
@@ -50,19 +51,21 @@ class Eltwise(LayerType):
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         if len(in_shapes) < 2:
             raise ShapeError(f"needs at least two inputs, got {len(in_shapes)}")
-        values = [s.value for s in in_shapes if isinstance(s, NonTensor)]
-        if values:  # a size or a number (h * w of a shape), not a tensor
+        # a size or a number (h * w of a shape) flows here as a NonTensor, not a tensor's shape
+        values = [item.value for item in cast(list[Any], in_shapes) if isinstance(item, NonTensor)]
+        if values:
             raise ShapeError(f"combines tensors, but reads the non-tensor value(s) {', '.join(map(repr, values))}")
         coeff = layer.params.get("coeff") or []
         if coeff and (layer.params["operation"] != "SUM" or len(coeff) != len(in_shapes)):
             raise ShapeError("coeff needs operation SUM and one value per input")
         if layer.params["operation"] == "POW" and len(in_shapes) != 2:
             raise ShapeError(f"POW takes a base and an exponent, got {len(in_shapes)} inputs")
+        shapes = all_known(layer, in_shapes)
         try:
-            return [tuple(torch.broadcast_shapes(*in_shapes))]
+            return [tuple(torch.broadcast_shapes(*shapes))]
         except RuntimeError:
             raise ShapeError(
-                f"input shapes {' and '.join(str(tuple(s)) for s in in_shapes)} do not broadcast",
+                f"input shapes {' and '.join(str(tuple(s)) for s in shapes)} do not broadcast",
                 fix="make the inputs agree on every axis, or be 1 where they differ (a 1-channel gate)",
             ) from None
 
@@ -75,7 +78,13 @@ class Eltwise(LayerType):
         terms: list[Any] = list(inputs)
         if coeff:
             terms = [t if c == 1 else graph.call_function(operator.mul, (t, float(c))) for t, c in zip(terms, coeff)]
-        combine = {"SUM": operator.add, "PROD": operator.mul, "MAX": torch.maximum, "POW": torch.pow}[operation]
+        combinations: dict[str, Callable[..., Any]] = {
+            "SUM": operator.add,
+            "PROD": operator.mul,
+            "MAX": torch.maximum,
+            "POW": torch.pow,
+        }
+        combine = combinations[operation]
         result = terms[0]
         for term in terms[1:]:
             result = graph.call_function(combine, (result, term))
