@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
@@ -76,7 +76,8 @@ class _Importer:
             raise ModelFormatError(
                 f"weights entry {key!r} has shape {tuple(stored.shape)}, the model expects {tuple(tensor.shape)}"
             )
-        return ParamBlob.lazy(tuple(stored.shape), stored.dtype, lambda: self.state_dict[key], trainable=trainable)
+        state = self.state_dict
+        return ParamBlob.lazy(tuple(stored.shape), stored.dtype, lambda: state[key], trainable=trainable)
 
     def _module_blobs(self, path: str, module: nn.Module, recurse: bool) -> dict[str, ParamBlob]:
         blobs = {}
@@ -135,15 +136,16 @@ class _Importer:
         self._add(node, Layer(self._unique(node.name), "Input", params={"shape": tuple(self.input_shapes[index])}))
 
     def get_attr(self, node: fx.Node) -> None:
-        tensor = get_attr_value(self.model, node.target)
-        blob = self._blob(node.target, tensor, trainable=isinstance(tensor, nn.Parameter))
-        self._add(node, Layer(self._unique(node.target), "Constant", blobs={"value": blob}))
+        target = cast(str, node.target)  # get_attr nodes name an attribute path
+        tensor = get_attr_value(self.model, target)
+        blob = self._blob(target, tensor, trainable=isinstance(tensor, nn.Parameter))
+        self._add(node, Layer(self._unique(target), "Constant", blobs={"value": blob}))
 
     def call_module(self, node: fx.Node) -> None:
-        path = node.target
+        path = cast(str, node.target)  # call_module nodes name a module path
         module = self.model.get_submodule(path)
         if type(module) is nn.Identity and len(node.args) == 1 and not node.kwargs:
-            self.blob_of[node] = self.blob_of[node.args[0]]  # a placeholder (a removed fc): no layer
+            self.blob_of[node] = self.blob_of[cast(fx.Node, node.args[0])]  # a placeholder (a removed fc): no layer
             return
         inputs = [self.blob_of[n] for n in tensor_leaves((node.args, node.kwargs))]
         kind = self.modules.get(type(module))
@@ -151,19 +153,19 @@ class _Importer:
         first = self.module_layers.get(path)
         if layer is None:
             layer = Layer(self._unique(path), "Opaque", inputs=inputs, extra={"module": module})
-            refs = lambda n: InputRef(inputs.index(self.blob_of[n]))  # noqa: E731
+            refs: Any = lambda n: InputRef(inputs.index(self.blob_of[n]))  # noqa: E731
             if node.kwargs or not all(isinstance(a, fx.Node) for a in node.args):
                 # keyword arguments, literals or nested tensors: the call as it was made
                 layer.extra["args"] = fx.node.map_arg(node.args, refs)
             if node.kwargs:
                 layer.extra["kwargs"] = fx.node.map_arg(node.kwargs, refs)
-        structure = kind.torch_output_structure(layer) if layer.type != "Opaque" else None
+        structure = kind.torch_output_structure(layer) if kind is not None and layer.type != "Opaque" else None
         if structure is not None:  # the module returns a tuple (nn.LSTM's (y, (h, c))): one top per tensor
             self._tuple_outputs(layer, structure)
             self.tuples[node] = map_structure(structure, layer.outputs)
         if first is None:
             self.module_layers[path] = layer.name
-            nested = layer.type == "Opaque" or kind.torch_nested_blobs
+            nested = layer.type == "Opaque" or (kind is not None and kind.torch_nested_blobs)
             layer.blobs = self._module_blobs(path, module, recurse=nested)
         else:
             layer.extra["module_path"] = first  # a module called again: share it, weights and all
@@ -178,7 +180,8 @@ class _Importer:
         if params is None:
             return None
         plain = len(node.args) == 1 and not node.kwargs
-        layer = Layer(self._unique(node.target), kind.name, inputs=inputs[:1] if plain else inputs, params=params)
+        path = cast(str, node.target)
+        layer = Layer(self._unique(path), kind.name, inputs=inputs[:1] if plain else inputs, params=params)
         structure = kind.torch_output_structure(layer)
         if not plain and (not self._fits(layer) or (structure is not None and not nones_unread(node, structure))):
             return None
@@ -187,7 +190,7 @@ class _Importer:
     def call_function(self, node: fx.Node) -> None:
         target = node.target
         if target is operator.getitem and node.args[0] in self.tuples and isinstance(node.args[1], int):
-            item = self.tuples[node.args[0]][node.args[1]]  # (y, (h, c))[1] is still a tuple
+            item = self.tuples[cast(fx.Node, node.args[0])][node.args[1]]  # (y, (h, c))[1] is still a tuple
             if item is not None:  # an item that is always None, never read (nones_unread)
                 (self.tuples if isinstance(item, tuple) else self.blob_of)[node] = item
             return
@@ -267,7 +270,7 @@ class _Importer:
             name = self._unique(node.name)
             layer = Layer(name, kind.name, inputs=[self.blob_of[n] for n in tensors], outputs=[name], params=params)
             self._tuple_outputs(layer, structure)
-            if self._gives(layer, traced) if kind.reads_traced_shapes else self._fits(layer):
+            if (traced is not None and self._gives(layer, traced)) if kind.reads_traced_shapes else self._fits(layer):
                 return layer, structure, opaque
         return None, None, opaque
 
@@ -295,7 +298,7 @@ class _Importer:
         return here == traced.output and self.probe.infer(layer)[0] == traced.alternate_output
 
     def _opaque_call(self, node: fx.Node, inputs: list[str]) -> Layer:
-        refs = lambda n: InputRef(inputs.index(self.blob_of[n]))  # noqa: E731
+        refs: Any = lambda n: InputRef(inputs.index(self.blob_of[n]))  # noqa: E731
         args, kwargs = self._mode_flags(node)
         name = self._unique(node.name)
         return Layer(
@@ -371,7 +374,7 @@ class _Importer:
         weights = tensor_args[1:]
         if not weights or any(n.op != "get_attr" for n in weights):
             return None
-        owners = {n.target.rpartition(".")[0] for n in weights}
+        owners = {cast(str, n.target).rpartition(".")[0] for n in weights}
         return owners.pop() if len(owners) == 1 else None
 
     def _functional_on_module(self, node: fx.Node, tensor_args: list[fx.Node]) -> bool:
@@ -513,9 +516,11 @@ def import_torch(
         >>> net.layer("fc").type
         'InnerProduct'
     """
-    shapes = (
-        [tuple(input_shape)] if input_shape and isinstance(input_shape[0], int) else [tuple(s) for s in input_shape]
-    )
+    shapes: list[tuple[int, ...]]
+    if input_shape and isinstance(input_shape[0], int):  # one input's shape
+        shapes = [tuple(input_shape)]
+    else:  # one shape per input
+        shapes = [tuple(s) for s in cast(list[tuple[int, ...]], input_shape)]
     net = _Importer(model, shapes, state_dict, name or type(model).__name__).run()
     net.shapes()  # validate now: a bad input shape fails at import, naming the layer
     return net
