@@ -317,3 +317,15 @@ def test_torchrun_ranks_that_do_not_share_the_output_folder_stop_before_any_work
     run = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert run.returncode != 0 and "the ranks do not share the output folder" in run.stdout
     assert not list(tmp_path.glob("machine*/*.npy"))
+
+
+def test_the_output_folder_is_checked_and_never_read_as_clips(tmp_path: Path, clips: Path, capsys) -> None:
+    spec = _spec(tmp_path)
+    (tmp_path / "a_file").write_text("not a folder")
+    for out, message in ((tmp_path / "a_file", "is a file"), (clips, "is the clips folder")):
+        assert main(["features", str(spec), str(clips), "-o", str(out), "-q"]) == 2
+        assert message in capsys.readouterr().err
+    inside = clips / "features"  # a sub-folder of the clips folder: its .npy files are not clips
+    for _ in range(2):
+        assert main(["features", str(spec), str(clips), "-o", str(inside), "-q"]) == 0
+    assert "0 done, 4 skipped (already done), 0 failed" in capsys.readouterr().out

@@ -51,15 +51,19 @@ class Clip:
     name: str
 
 
-def find_clips(folder: str | Path) -> list[Clip]:
+def find_clips(folder: str | Path, skip: Path | None = None) -> list[Clip]:
     """Every clip under ``folder`` (recursively), sorted by name: the order every worker
-    agrees on. Raises when there is none, or when two clips would write the same output."""
+    agrees on; ``skip``: a folder inside it to pass over (the features written there).
+    Raises when there is none, or when two clips would write the same output."""
     root = Path(folder)
     if not root.is_dir():
         raise SurgeryError(f"clips folder {str(root)!r} does not exist", fix="give the folder holding the videos")
+    skipped = skip.resolve() if skip is not None else None
     clips: list[Clip] = []
     for path in sorted(root.rglob("*")):
         if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        if skipped is not None and (path.resolve() == skipped or skipped in path.resolve().parents):
             continue
         name = path.relative_to(root).with_suffix("").as_posix()
         suffix = path.suffix.lower()

@@ -137,14 +137,18 @@ def extract(
     frame_shape = tuple(backbone.input_layers()[0].params["shape"][1:])
     preprocess = backbone.preprocess or net.preprocess
     sampling = sampling or Sampling(frames=_clip_frames(net), pad=pad)
-    all_clips = find_clips(clips_dir)
+    out = Path(out_dir)
+    _check_out(out, Path(clips_dir))
+    all_clips = find_clips(clips_dir, skip=out)
     from_torchrun = shard is None and torchrun_shard() is not None
     shard = shard or torchrun_shard() or Shard()
-    out = Path(out_dir)
+    state = out / STATE_DIR
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SurgeryError(f"cannot make the output folder {str(out)!r}: {error.strerror}") from None
     group = _Group.start(out, shard) if from_torchrun else None
     runner, torch_device = _runner(backbone, device, shard if from_torchrun else None)
-    state = out / STATE_DIR
-    state.mkdir(parents=True, exist_ok=True)
     part = state / f"part-{shard.label}.jsonl"
     mine = shard.take(all_clips)
     run = FeaturesRun()
@@ -173,6 +177,17 @@ def extract(
     if group is not None:
         group.close()
     return run
+
+
+def _check_out(out: Path, clips: Path) -> None:
+    """-o must be a folder (or not exist yet), and not the clips folder itself (each
+    clip's features would sit beside it, and read as a clip the next time)."""
+    if out.exists() and not out.is_dir():
+        raise SurgeryError(f"-o {str(out)!r} is a file", fix="give a folder for the feature files")
+    if clips.is_dir() and out.resolve() == clips.resolve():
+        raise SurgeryError(
+            f"-o {str(out)!r} is the clips folder", fix="give another folder (a sub-folder of it is fine)"
+        )
 
 
 def _clip_net(model: str | Path | Net) -> tuple[Net, str | None]:
