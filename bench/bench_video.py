@@ -138,7 +138,7 @@ def write_videos(folder: Path, count: int, frames: int = FRAMES, size: int = 64)
 
 def _features_rate(spec: Path, videos: Path, out: Path, workers: int) -> float:
     """Frames per second of ``surgery features`` over ``videos``: the sum of what each
-    worker reports (decode + preprocess + backbone, process start-up left out)."""
+    worker reports (decode + preprocess + backbone; start-up, planning and loading left out)."""
     cli = ["-m", "surgery.cli", "features", str(spec), str(videos), "-o", str(out), "-q"]
     command = [sys.executable, *cli]
     if workers > 1:

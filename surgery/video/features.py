@@ -76,6 +76,7 @@ class FeaturesRun:
     manifest: Path | None = None
     #: clips of the whole list still without a record (other shards not finished)
     waiting: int = 0
+    #: frames read this run, and the seconds its clips took (planning and loading left out)
     frames: int = 0
     seconds: float = 0.0
 
@@ -131,7 +132,6 @@ def extract(
     Returns:
         The records of what this worker did; unreadable clips are in ``failed``, never raised.
     """
-    start = time.perf_counter()
     net, spec_name = _clip_net(model)
     backbone = _backbone(net)
     frame_shape = tuple(backbone.input_layers()[0].params["shape"][1:])
@@ -152,6 +152,7 @@ def extract(
     part = state / f"part-{shard.label}.jsonl"
     mine = shard.take(all_clips)
     run = FeaturesRun()
+    start = time.perf_counter()  # the rate counts the clips' work: decode, preprocess, backbone, write
     for done, clip in enumerate(mine, 1):
         checkpoint()
         target = out / f"{clip.name}.npy"
