@@ -148,7 +148,7 @@ def _iterations(text: str) -> tuple[int, ...]:
 
 def _cmd_solver(args: argparse.Namespace) -> int:
     from surgery.solver.caffe import describe, read_solver, solver_settings
-    from surgery.solver.runtime import caffe_rate
+    from surgery.solver.rates import caffe_rate
 
     message, text = read_solver(args.solver)
     settings = solver_settings(message, text)

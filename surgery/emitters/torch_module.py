@@ -32,7 +32,11 @@ from surgery.ir import Layer, Net
 from surgery.layers import ModuleRecipe, layer_type
 from surgery.layers import runtime as torch_runtime
 from surgery.layers.time_fold import lower_time
+from surgery.solver import rates as solver_rates
 from surgery.solver import runtime as solver_runtime
+
+#: the line above which a solver module's imports end (its copied code starts below it)
+COPIED_FROM_HERE = "# --- copied into a generated model.py from here on ---\n"
 
 CLASS_NAME = "SurgeryModel"
 WEIGHTS_FILE = "weights.pt"
@@ -163,8 +167,10 @@ def _literal(value: Any) -> str:
 def _runtime_source() -> str:
     """The model runtime and the Caffe solver runtime, without their imports."""
     model = inspect.getsource(torch_runtime).split("from torch import nn\n", 1)[1].strip("\n")
-    solver = inspect.getsource(solver_runtime).split("import torch\n", 1)[1].strip("\n")
-    return f"{model}\n\n\n{solver}"
+    rates, solver = (
+        inspect.getsource(m).split(COPIED_FROM_HERE, 1)[1].strip("\n") for m in (solver_rates, solver_runtime)
+    )
+    return f"{model}\n\n\n{rates}\n\n\n{solver}"
 
 
 def _may_run_in_place(net: Net, layer: Layer) -> bool:

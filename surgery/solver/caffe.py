@@ -18,7 +18,7 @@ from typing import Any
 from google.protobuf import text_format
 
 from surgery.errors import SpecError, did_you_mean
-from surgery.solver.runtime import LR_POLICIES, SOLVER_TYPES, caffe_rate
+from surgery.solver.rates import LR_POLICIES, SOLVER_TYPES, caffe_rate
 from surgery.spec.loader import MAX_SPEC_BYTES, LoadedSpec, decode_text
 from surgery.spec.schema import caffe_class
 

@@ -1,6 +1,7 @@
-# Caffe's solvers for an emitted PyTorch model. Its source text is copied verbatim into a
-# generated `model.py` whose spec names a solver, so the folder trains as Caffe did with
-# only torch installed: this file must import nothing but torch and the standard library.
+# Caffe's solvers for an emitted PyTorch model. Its source text (below the marker) is copied
+# verbatim into a generated `model.py` whose spec names a solver, after rates.py's, so the
+# folder trains as Caffe did with only torch installed: this file must import nothing but
+# torch, the standard library and rates.py.
 """Caffe's update and learning-rate schedule, exactly, as a torch optimizer and scheduler.
 
 ``CaffeSolver`` runs Caffe's ``SGDSolver::ApplyUpdate`` literally, once per call of
@@ -26,55 +27,13 @@ of Caffe's ``GetLearningRate`` in float32 arithmetic where Caffe's is.
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Callable
 
 import torch
 
-#: Caffe's solver types and the deprecated ``solver_type`` enum's names for them.
-SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
-LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+from surgery.solver.rates import SOLVER_TYPES, _f32, caffe_rate  # in model.py: rates.py's code, above
 
-
-def _f32(value: float) -> float:
-    """``value`` rounded to float32, as Caffe's ``Dtype = float`` holds it."""
-    return struct.unpack("f", struct.pack("f", value))[0]
-
-
-def caffe_rate(settings: dict, iteration: int) -> float:
-    """Caffe's ``GetLearningRate`` for the update at ``iteration`` (0 for the first)."""
-    base, policy = settings["base_lr"], settings["lr_policy"]
-    gamma, power = settings.get("gamma", 0.0), settings.get("power", 0.0)
-    if policy == "fixed":
-        rate = base
-    elif policy == "step":
-        rate = base * math.pow(gamma, iteration // settings["stepsize"])
-    elif policy == "exp":
-        rate = base * math.pow(gamma, iteration)
-    elif policy == "inv":
-        rate = base * math.pow(_f32(1.0 + _f32(gamma * iteration)), -power)
-    elif policy == "multistep":
-        rate = base * math.pow(gamma, _multistep(settings["stepvalue"], iteration))
-    elif policy == "poly":
-        rate = base * math.pow(_f32(1.0 - _f32(_f32(iteration) / _f32(settings["max_iter"]))), power)
-    elif policy == "sigmoid":
-        rate = base * (1.0 / (1.0 + math.exp(-gamma * _f32(_f32(iteration) - _f32(settings["stepsize"])))))
-    else:
-        raise ValueError(f"unknown lr_policy {policy!r}; Caffe knows {', '.join(LR_POLICIES)}")
-    return _f32(rate)
-
-
-def _multistep(stepvalues: list, iteration: int) -> int:
-    """Caffe's ``current_step_`` at ``iteration``: it advances at most once per update,
-    when ``iter >= stepvalue[current_step_]``, so step k is taken at update
-    ``max(stepvalue[k], update of step k-1 + 1)`` (duplicates and unsorted lists too)."""
-    taken, at = 0, -1
-    for value in stepvalues:
-        at = max(value, at + 1)
-        if at > iteration:
-            break
-        taken += 1
-    return taken
+# --- copied into a generated model.py from here on ---
 
 
 class CaffeSolver(torch.optim.Optimizer):
