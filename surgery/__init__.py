@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from surgery.errors import ModelFormatError, ShapeError, SpecError, SurgeryError
@@ -68,6 +70,20 @@ _HOMES = dict.fromkeys(_API, "surgery.api") | {
     "ParamBlob": "surgery.ir",
     "Report": "surgery.report",
 }
+
+
+class _Package(types.ModuleType):
+    """The package, guarding its public names: importing the submodule ``surgery.report``
+    sets the package's attribute ``report`` to that module, which would hide the function
+    ``surgery.report`` (the module stays in ``sys.modules``, where imports find it)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _HOMES and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:
