@@ -35,3 +35,17 @@ def test_cli_commands_that_do_no_torch_work_do_not_import_it(argv: list[str], tm
     args = [str(solver) if a == "SOLVER" else a for a in argv]
     code = f"from surgery.cli import main\ntry:\n    main({args!r})\nexcept SystemExit:\n    pass"
     assert not _torch_imported(code)
+
+
+def test_a_submodule_import_does_not_hide_a_public_name() -> None:
+    # surgery.report is both a function (the API) and a submodule (the Report class's home)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    code = (
+        "import surgery, surgery.report\n"
+        "from surgery.report import Report\n"
+        "import types\n"
+        "assert isinstance(surgery.report, types.FunctionType), surgery.report\n"
+        "assert surgery.Report is Report\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
