@@ -62,7 +62,8 @@ def train(spec: str, train_dir: Path, *, epochs: int, batch: int, lr: float, see
 
 def ranks_agree(model: torch.nn.Module) -> float:
     """The largest difference between any rank's weights and rank 0's."""
-    flat = torch.cat([p.detach().float().flatten().cpu() for p in model.parameters()])
+    # on the parameters' own device: NCCL gathers GPU tensors only (gloo takes CPU ones)
+    flat = torch.cat([p.detach().float().flatten() for p in model.parameters()])
     gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, flat)
     return max(float((g - gathered[0]).abs().max()) for g in gathered)
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", type=Path, help="rank 0 saves the trained head's state_dict here")
     args = parser.parse_args(argv)
+    if torch.cuda.is_available():  # NCCL's collectives run on each rank's own GPU
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
         head, classes = train(args.spec, args.train, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed)

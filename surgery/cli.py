@@ -170,7 +170,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _cmd_features(args: argparse.Namespace) -> int:
     from surgery import api
-    from surgery.video.features import torchrun_shard
+    from surgery.video.feature_cache import torchrun_shard
 
     rank = torchrun_shard()
     prefix = f"[rank {rank.index}/{rank.count}] " if rank is not None else ""
@@ -227,6 +227,17 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     )
     print(run.summary())
     return 0
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a count of frames, classes, rows)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _verify_options(parser: argparse.ArgumentParser) -> None:
@@ -368,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a video shorter than T: repeat the last frame (default), start over, repeat frames evenly, or fail it",
     )
     features.add_argument("--shard", help="K/N: this worker's share of the clips (K from 0); torchrun sets it")
-    features.add_argument("--batch-frames", type=int, default=64, help="frames per backbone call (memory bound)")
+    features.add_argument("--batch-frames", type=_positive, default=64, help="frames per backbone call (memory bound)")
     features.add_argument("--device", help="where the backbone runs (default: the rank's GPU when there is one)")
     features.add_argument("-q", "--quiet", action="store_true")
     features.set_defaults(run=_cmd_features)
@@ -382,13 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stream.add_argument("spec")
     stream.add_argument("source", help="a video file, or a camera number")
-    stream.add_argument("--every", type=int, default=1, help="print every k-th frame (default: every frame)")
-    stream.add_argument("--top", type=int, default=3, help="classes printed per frame (default 3)")
+    stream.add_argument("--every", type=_positive, default=1, help="print every k-th frame (default: every frame)")
+    stream.add_argument("--top", type=_positive, default=3, help="classes printed per frame (default 3)")
     stream.add_argument("--onnx", action="store_true", help="run the step ONNX in onnxruntime (CUDA when it starts)")
     stream.add_argument(
         "--weights", help="trained values: a state_dict of the emitted clip model or of its head (torch.save)"
     )
-    stream.add_argument("--limit", type=int, help="stop after this many frames (a camera never ends)")
+    stream.add_argument("--limit", type=_positive, help="stop after this many frames (a camera never ends)")
     stream.add_argument("--device", default="cpu", help="where the PyTorch step model runs (default cpu)")
     stream.add_argument("-q", "--quiet", action="store_true", help="print the summary only")
     stream.set_defaults(run=_cmd_stream)

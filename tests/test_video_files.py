@@ -329,3 +329,41 @@ def test_the_output_folder_is_checked_and_never_read_as_clips(tmp_path: Path, cl
     for _ in range(2):
         assert main(["features", str(spec), str(clips), "-o", str(inside), "-q"]) == 0
     assert "0 done, 4 skipped (already done), 0 failed" in capsys.readouterr().out
+
+
+def test_a_clip_that_fails_half_way_leaves_no_partial_file(tmp_path: Path, capsys) -> None:
+    images = tmp_path / "clips" / "broken"
+    images.mkdir(parents=True)
+    for index, frame in enumerate(_frames(6, 7)):
+        write_video(images / f"{index:03d}.png", frame[None], codec="png")
+    (images / "004.png").write_bytes(b"not a picture" * 10)  # read after the first batch was written
+    out = tmp_path / "feats"
+    argv = ["features", str(_spec(tmp_path)), str(tmp_path / "clips"), "-o", str(out), "--batch-frames", "2", "-q"]
+    assert main(argv) == 1
+    assert "broken: image '004.png' cannot be decoded" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir() if p.name != ".surgery-features"] == ["manifest.json"]
+
+
+def test_videos_written_by_opencv_read_as_opencv_reads_them(tmp_path: Path) -> None:
+    """Files from another writer: OpenCV's own MJPG AVI muxer (and its mp4v MP4), decoded
+    here by OpenCV as an independent reader of the same frames."""
+    cv2 = pytest.importorskip("cv2")
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    y, x = np.mgrid[0:8, 0:8]
+    source = [(127 + 120 * np.sin((x + t) / 2.0) * np.cos(y / 3.0)).astype(np.uint8) for t in range(12)]
+    for file, fourcc in (("mjpg.avi", "MJPG"), ("mp4v.mp4", "mp4v")):
+        writer = cv2.VideoWriter(str(folder / file), cv2.VideoWriter_fourcc(*fourcc), 25, (8, 8), True)
+        assert writer.isOpened(), file
+        for frame in source:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
+        writer.release()
+    run = surgery.features(_spec(tmp_path, frames=12), folder, tmp_path / "feats", pad="refuse")
+    assert not run.failed and {r["clip"]: r["frames_total"] for r in run.done} == {"mjpg": 12, "mp4v": 12}
+    capture = cv2.VideoCapture(str(folder / "mjpg.avi"))
+    decoded = []
+    while (read := capture.read())[0]:
+        decoded.append(cv2.cvtColor(read[1], cv2.COLOR_BGR2GRAY))
+    # JPEG frames: OpenCV's gray and FFmpeg's luma agree; the CNN on them agrees to float rounding
+    want = _by_hand(np.stack(decoded), list(range(12)))
+    np.testing.assert_allclose(np.load(tmp_path / "feats" / "mjpg.npy"), want, rtol=0, atol=1e-5)

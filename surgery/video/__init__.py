@@ -1,5 +1,5 @@
 """Clip models in use: split one at its freeze boundary, cache its backbone's features
-over a folder of clips or videos (:mod:`surgery.video.features`), and stream a video
+over a folder of clips or videos (:mod:`surgery.video.feature_cache`), and stream a video
 through its step model (:mod:`surgery.video.stream`)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from surgery.ir import Net
 from surgery.video.decode import Sampling
-from surgery.video.features import FeaturesRun, Shard, extract
+from surgery.video.feature_cache import FeaturesRun, Shard, extract
 from surgery.video.stream import StreamRun, stream
 
 

@@ -172,15 +172,18 @@ class ClipReader:
         #: frames actually decoded (may be fewer than ``total`` for a file that ends early)
         self.decoded = 0
 
-    def count(self) -> int:
-        """The clip's frame count, read without decoding any frame."""
+    def count(self, exact: bool = False) -> int:
+        """The clip's frame count, read without decoding any frame: the container's word
+        for it, or (``exact``, or when it says nothing, as mkv and webm do) its video
+        packets counted. Sampling every k-th frame asks for ``exact``: the features file
+        is sized by the count, and a header is only a claim."""
         if self.clip.kind == "images":
             self.total = len(_image_files(self.clip.path))
             return self.total
         with _open(self.clip.path) as container:
             stream = _video_stream(container, self.clip.path)
-            total = int(stream.frames or 0)
-            if total <= 0:  # the container does not say (mkv, webm): count packets, decode none
+            total = 0 if exact else int(stream.frames or 0)
+            if total <= 0:
                 total = sum(1 for packet in container.demux(stream) if packet.size)
         self.total = total
         return total
@@ -217,7 +220,10 @@ class ClipReader:
             for index, path in enumerate(_image_files(self.clip.path)):
                 if index in wanted:
                     with _open(path) as container:
-                        frame = next(container.decode(_video_stream(container, path)), None)
+                        try:
+                            frame = next(container.decode(_video_stream(container, path)), None)
+                        except av_module().error.FFmpegError as error:
+                            raise ClipError(f"image {path.name!r} cannot be decoded: {_reason(error)}") from None
                     if frame is None:
                         raise ClipError(f"image {path.name!r} holds no picture")
                     self.decoded = index + 1
@@ -234,9 +240,7 @@ class ClipReader:
                     if index >= last_wanted:
                         break
             except av_module().error.FFmpegError as error:
-                raise ClipError(
-                    f"decoding failed after {self.decoded} frames: {getattr(error, 'strerror', None) or error}"
-                ) from None
+                raise ClipError(f"decoding failed after {self.decoded} frames: {_reason(error)}") from None
 
 
 class _open:
@@ -251,7 +255,7 @@ class _open:
         try:
             self.container = av.open(str(self.path))
         except (av.error.FFmpegError, OSError, UnicodeDecodeError) as error:
-            raise ClipError(f"cannot open it: {getattr(error, 'strerror', None) or error}") from None
+            raise ClipError(f"cannot open it: {_reason(error)}") from None
         return self.container
 
     def __exit__(self, *exc: object) -> None:
@@ -275,14 +279,19 @@ def open_source(source: str) -> Any:
         try:
             return av.open(f"/dev/video{source}", format="v4l2")
         except (av.error.FFmpegError, OSError) as error:
-            raise SurgeryError(f"cannot open camera {source}: {error}") from None
+            raise SurgeryError(f"cannot open camera {source}: {_reason(error)}") from None
     path = Path(source)
     if not path.is_file():
         raise SurgeryError(f"video {source!r} does not exist", fix="give a video file or a camera number")
     try:
         return av.open(str(path))
     except (av.error.FFmpegError, OSError) as error:
-        raise SurgeryError(f"cannot open video {source!r}: {error}") from None
+        raise SurgeryError(f"cannot open video {source!r}: {_reason(error)}") from None
+
+
+def _reason(error: BaseException) -> str:
+    """FFmpeg's words for a failure, without PyAV's errno and repeated path."""
+    return getattr(error, "strerror", None) or str(error)
 
 
 __all__ = ["Clip", "ClipError", "ClipReader", "FrameConverter", "Sampling", "find_clips", "open_source"]

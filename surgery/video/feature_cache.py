@@ -11,7 +11,6 @@ has a record, ``OUT/manifest.json`` lists them all (clip, frames read, shape, sh
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -23,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from surgery.emitters.files import sha256_file
+from surgery.emitters.split import backbone_net
 from surgery.errors import SurgeryError
 from surgery.interrupts import checkpoint
 from surgery.ir import Net
@@ -132,8 +133,9 @@ def extract(
     Returns:
         The records of what this worker did; unreadable clips are in ``failed``, never raised.
     """
-    net, spec_name = _clip_net(model)
-    backbone = _backbone(net)
+    net = clip_net(model)
+    spec_name = None if isinstance(model, Net) else str(model)
+    backbone = backbone_net(net)
     frame_shape = tuple(backbone.input_layers()[0].params["shape"][1:])
     preprocess = backbone.preprocess or net.preprocess
     sampling = sampling or Sampling(frames=_clip_frames(net), pad=pad)
@@ -152,6 +154,8 @@ def extract(
     part = state / f"part-{shard.label}.jsonl"
     mine = shard.take(all_clips)
     run = FeaturesRun()
+    if batch_frames < 1:
+        raise SurgeryError(f"batch_frames must be at least 1, got {batch_frames}")
     start = time.perf_counter()  # the rate counts the clips' work: decode, preprocess, backbone, write
     for done, clip in enumerate(mine, 1):
         checkpoint()
@@ -191,18 +195,13 @@ def _check_out(out: Path, clips: Path) -> None:
         )
 
 
-def _clip_net(model: str | Path | Net) -> tuple[Net, str | None]:
+def clip_net(model: str | Path | Net) -> Net:
+    """The clip model a spec file makes (with its weights), or the net itself."""
     if isinstance(model, Net):
-        return model, None
+        return model
     from surgery.runner import plan
 
-    return plan(model, shapes_only=False).net, str(model)
-
-
-def _backbone(net: Net) -> Net:
-    from surgery.emitters.split import backbone_net
-
-    return backbone_net(net)
+    return plan(model, shapes_only=False).net
 
 
 def _clip_frames(net: Net) -> int:
@@ -258,15 +257,21 @@ def _one_clip(
             if preprocess is None:
                 raise ClipError("the net's input is not an image, so video frames cannot feed it")
             reader = ClipReader(clip, preprocess, (int(frame_shape[1]), int(frame_shape[2])))
-            record["frames_total"] = reader.count()
+            record["frames_total"] = reader.count(exact=sampling.stride is not None)
             indices = sampling.indices(record["frames_total"])
             batches, rows = reader.batches(indices, batch_frames), len(indices)
         target.parent.mkdir(parents=True, exist_ok=True)
         temp = target.with_name(f".{target.name}.partial")
-        shape = _write_features(temp, batches, rows, runner, device)
-        temp.replace(target)
+        try:
+            shape = _write_features(temp, batches, rows, runner, device)
+            temp.replace(target)
+        finally:
+            temp.unlink(missing_ok=True)  # a clip that failed, or a Ctrl-C, leaves no partial file
     except SurgeryError as error:  # ClipError, or a preprocessing the frames cannot take
         record["error"] = error.message
+        return record
+    except OSError as error:  # the disk is full, the folder not writable: this clip fails, named
+        record["error"] = f"cannot write {str(target)!r}: {error.strerror or error}"
         return record
     if reader is not None and reader.decoded < record["frames_total"] and sampling.frames is not None:
         record["note"] = f"the file ended after {reader.decoded} of {record['frames_total']} frames"
@@ -274,7 +279,7 @@ def _one_clip(
         path=str(target),
         frames_read=rows,
         shape=list(shape),
-        sha256=_sha256(target),
+        sha256=sha256_file(target)[0],
         seconds=round(time.perf_counter() - started, 3),
     )
     return record
@@ -301,14 +306,6 @@ def _write_features(temp: Path, batches: Any, rows: int, runner: Any, device: An
     shape = array.shape
     del array
     return shape
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _npy_batches(clip: Clip, frame_shape: tuple[int, ...], batch: int) -> tuple[Any, int]:
@@ -359,7 +356,7 @@ def _write_manifest(
         else:
             if record.get("sha256") is None or record.get("path") != str(target):
                 record = {"clip": clip.name, "path": str(target), "frames_read": None}
-                record["sha256"] = _sha256(target)
+                record["sha256"] = sha256_file(target)[0]
                 record["shape"] = list(np.load(target, mmap_mode="r").shape)
             keys = ("clip", "frames_total", "frames_read", "shape", "sha256", "note")
             entry = {k: record[k] for k in keys if record.get(k) is not None}
@@ -393,8 +390,9 @@ class _Group:
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            dist.init_process_group(backend=backend)
+            if torch.cuda.is_available():  # NCCL's collectives run on the rank's own GPU
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
         group = cls(dist)
         token = secrets.token_hex(8)
         marks = out / STATE_DIR / "ranks"
