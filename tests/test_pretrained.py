@@ -250,3 +250,14 @@ def test_heads_carry_their_class_names_in_the_report(tiny: Fixture) -> None:
     spec.write_text(tiny.spec('pretrained: "V1"').read_text() + 'edit { classifier { layer: "fc" num_output: 5 } }\n')
     rows = {row["name"]: row for row in surgery.plan(spec).report.as_dict()["layers"]}
     assert "classes" not in rows["fc"]  # a resized head's classes are the user's, unnamed here
+
+
+def test_stream_names_scores_as_the_report_names_the_head(tiny: Fixture) -> None:
+    from surgery.video.stream import class_names
+
+    tiny.place()
+    spec = tiny.spec('pretrained: "V1"')
+    assert class_names(surgery.plan(spec).net, 3) == ["apple", "banana", "cherry"]
+    spec.write_text(spec.read_text() + 'edit { classifier { layer: "fc" keep_classes: "cherry" num_output: 2 } }\n')
+    net = surgery.plan(spec).net
+    assert class_names(net, 2) == ["cherry", "new 1"] and class_names(net, 3) is None

@@ -12,7 +12,6 @@ without weights (on the meta device), so it never downloads or loads anything.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import typing
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from surgery.emitters.files import sha256_file
 from surgery.errors import ModelFormatError, SpecError, did_you_mean
 
 
@@ -164,11 +164,7 @@ def require_file(weights: Pretrained) -> None:
 
 def check_hash(weights: Pretrained) -> str:
     """The file's sha256, checked against the prefix in its name as torchvision checks it."""
-    digest = hashlib.sha256()
-    with weights.path.open("rb") as file:
-        while chunk := file.read(1 << 22):
-            digest.update(chunk)
-    sha256 = digest.hexdigest()
+    sha256 = sha256_file(weights.path)[0]
     if weights.hash_prefix and not sha256.startswith(weights.hash_prefix):
         said = "the cache's blob name" if weights.hub is not None else "the name"
         raise ModelFormatError(

@@ -6,8 +6,9 @@ or ``kwargs: '{"pretrained": true}'``, for timm's default tag) looks the tag up 
 registry. Weights on the Hugging Face Hub are found in its cache as huggingface_hub lays it
 out: ``$HF_HUB_CACHE`` (else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``)
 ``/models--timm--resnet50.a1_in1k/refs/main`` names the snapshot, whose
-``model.safetensors`` (or ``pytorch_model.bin``) links to ``blobs/<sha256>``: the blob's
-name is the hash checked. Weights at a plain URL go to torch's cache, as torchvision's.
+``model.safetensors`` (or ``pytorch_model.bin``) links to ``blobs/<sha256>``, found by
+huggingface_hub's own ``try_to_load_from_cache``: the blob's name is the hash checked.
+Weights at a plain URL go to torch's cache, as torchvision's.
 """
 
 from __future__ import annotations
@@ -75,18 +76,23 @@ def hub_cache() -> Path:
 
 
 def _from_hub(name: str, repo: str, filename: str | None) -> Pretrained:
+    """The snapshot file huggingface_hub's own cache lookup finds (its refs, its layout);
+    when none is cached, where the preferred file would be."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        raise SpecError("timm weights from the Hub need huggingface_hub", fix="pip install timm") from None
     repo_id, _, revision = repo.partition("@")
-    folder = hub_cache() / f"models--{repo_id.replace('/', '--')}"
     candidates = (filename,) if filename else HUB_FILES
-    ref = folder / "refs" / (revision or "main")
-    commit = ref.read_text().strip() if ref.is_file() else None
-    chosen = candidates[0]
-    path = folder / "snapshots" / (commit or "<commit>") / chosen
-    if commit is not None:
-        for candidate in candidates:
-            if (folder / "snapshots" / commit / candidate).exists():
-                chosen, path = candidate, folder / "snapshots" / commit / candidate
-                break
+    chosen, path = candidates[0], None
+    for candidate in candidates:
+        found = try_to_load_from_cache(repo_id, candidate, cache_dir=str(hub_cache()), revision=revision or None)
+        if isinstance(found, str):
+            chosen, path = candidate, Path(found)
+            break
+    if path is None:  # not cached: say where it would be
+        folder = hub_cache() / f"models--{repo_id.replace('/', '--')}"
+        path = folder / "snapshots" / f"<{revision or 'main'} commit>" / chosen
     blob = path.resolve().name if path.is_symlink() else None  # the blob's name is its sha256
     return Pretrained(
         name=f"timm {name}",

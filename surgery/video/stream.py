@@ -18,6 +18,7 @@ from surgery.errors import SurgeryError
 from surgery.interrupts import checkpoint
 from surgery.ir import Net
 from surgery.video.decode import FrameConverter, open_source
+from surgery.video.feature_cache import clip_net
 
 
 @dataclass
@@ -107,7 +108,7 @@ def stream(
     """
     from surgery.emitters.step import step_net
 
-    net = model if isinstance(model, Net) else _plan(model)
+    net = clip_net(model)
     step = step_net(net)
     if weights is not None:
         load_trained(step, weights)
@@ -177,22 +178,16 @@ def load_trained(net: Net, weights: str | Path | dict) -> int:
     return len(state)
 
 
-def _plan(spec: str | Path) -> Net:
-    from surgery.runner import plan
-
-    return plan(spec, shapes_only=False).net
-
-
 def class_names(net: Net, count: int) -> list[str] | None:
-    """What the scores mean: the classes keep_classes kept (a new one is "new N"), else
-    the pretrained weights' categories when the head still has that many."""
-    outputs = set(net.outputs)
-    for layer in net.layers():
-        named = net.class_names.get(layer.name)
-        if named and len(named) == count and outputs & set(layer.outputs):
+    """What the ``count`` scores mean, as the report names its output heads (keep_classes'
+    names, a new class as "new N"; the pretrained categories on an untouched head)."""
+    from surgery.report import build_report
+
+    for row in build_report(net).rows:
+        named = row.get("classes")
+        if named and len(named) == count:
             return [name if name is not None else f"new {index}" for index, name in enumerate(named)]
-    names = (net.pretrained or {}).get("categories")
-    return list(names) if names and len(names) == count else None
+    return None
 
 
 __all__ = ["StreamRun", "class_names", "stream"]
