@@ -14,6 +14,7 @@ numpy only: the front door (``inspect``/``plan``) imports this without torch.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,9 @@ class Preprocess:
                 f"channel_order {self.channel_order} makes {wanted} channels; the net's input has {channels}",
                 fix="set preprocess { channel_order: " + ("GRAY" if channels == 1 else "RGB") + " }",
             )
+        for values, name in ((self.mean, "mean"), (self.std, "std"), ((self.scale,), "scale")):
+            if not all(math.isfinite(v) for v in values):  # from a file: data, checked as such
+                raise SpecError(f"preprocess {name} {list(values)} is not a finite number", fix="give finite values")
         for values, name in ((self.mean, "mean"), (self.std, "std")):
             _per_channel(values, channels, name)
         if self.crop and _pair(self.crop) != size:

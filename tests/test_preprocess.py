@@ -86,6 +86,8 @@ def test_nothing_stated_is_pixels_to_0_1_in_the_nets_channels(tmp_path: Path) ->
         ("preprocess { channel_order: GRAY }", "channel_order GRAY makes 1 channels; the net's input has 3"),
         ("preprocess { mean: [1, 2] }", "preprocess mean has 2 values for 3 channels"),
         ("preprocess { std: 0 }", "preprocess std has a zero"),
+        ("preprocess { mean: nan }", "preprocess mean [nan] is not a finite number"),
+        ("preprocess { scale: inf }", "preprocess scale [inf] is not a finite number"),
         ("preprocess { resize: [1, 2, 3] }", "resize takes one value or two"),
         ("preprocess { chanel_order: BGR }", "chanel_order"),
     ],
