@@ -22,15 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format, text_format
-from torch import nn
 
 import surgery.layers  # noqa: F401  (registers the layer types)
 from surgery.edits import edit
-from surgery.emitters.torch_module import emit_torch, save_torch_folder
 from surgery.errors import ModelFormatError, SpecError
-from surgery.importers.sources import load_torch_source
-from surgery.importers.torch_fx import import_torch
 from surgery.ir import Net
+from surgery.lazy_torch import is_torch_module, nn
 from surgery.ops.base import Action
 from surgery.report import Report, build_report
 from surgery.runner import ApplyResult, Plan, apply, draw, fetch, plan, report_page, verify
@@ -67,13 +64,13 @@ def load(
         >>> net = surgery.load("torchvision.models:resnet18", (1, 3, 224, 224))
     """
     shape = tuple(input_shape) if input_shape is not None else ()
-    if nhwc_input and (
-        isinstance(model, nn.Module) or Path(str(model)).suffix.lower() not in (".keras", ".h5", ".hdf5")
-    ):
+    if nhwc_input and (is_torch_module(model) or Path(str(model)).suffix.lower() not in (".keras", ".h5", ".hdf5")):
         raise SpecError("nhwc_input applies to Keras files only", fix="drop nhwc_input=True")
-    if isinstance(model, nn.Module):
+    if is_torch_module(model):
         if not shape:
             raise SpecError("loading a torch module needs input_shape", fix="pass input_shape=(1, 3, 224, 224)")
+        from surgery.importers.torch_fx import import_torch  # torch work: imported here
+
         return import_torch(model, shape, name=name)
     reference = str(model)
     suffix = Path(reference).suffix.lower()
@@ -96,6 +93,8 @@ def load(
         from surgery.importers.keras import import_keras
 
         return import_keras(Path(reference), input_shape=shape or None, name=name, nhwc_input=nhwc_input)
+    from surgery.importers.sources import load_torch_source
+
     return load_torch_source(reference, "", str(weights or ""), shape, Path.cwd(), name, shapes_only)
 
 
@@ -303,11 +302,15 @@ def to_torch(net: Net, copy: bool = True) -> nn.Module:
     The module has ``param_groups(lr, weight_decay)`` for torch.optim; frozen parameters
     have ``requires_grad=False``. ``copy=False`` shares storage with the source weights.
     """
+    from surgery.emitters.torch_module import emit_torch
+
     return emit_torch(net, copy_weights=copy)
 
 
 def save_torch(net: Net, folder: str | Path) -> Path:
     """Write a standalone folder (``model.py`` + ``weights.pt``) that loads with only torch."""
+    from surgery.emitters.torch_module import save_torch_folder
+
     return save_torch_folder(net, Path(folder))
 
 

@@ -291,7 +291,7 @@ def _write_reports(job: Job, inputs: Future | list[dict[str, Any]]) -> None:
 def check_free_space(net: Net, weight_copies: int, folder: Path) -> None:
     """Refuse, with the figures, outputs that cannot fit on the disk (a writer that runs
     out of space mid-file fails in ways that do not say so)."""
-    weights = sum(blob.numel * blob.dtype.itemsize for layer in net.layers() for blob in layer.blobs.values())
+    weights = sum(blob.numel * blob.itemsize for layer in net.layers() for blob in layer.blobs.values())
     # model.py, report.json, headers; report.html takes about 2 kB a layer (two pictures, a table row)
     needed = weight_copies * weights + (64 << 10) + 4096 * len(net)
     free = shutil.disk_usage(folder).free

@@ -7,9 +7,8 @@ those blobs, in eval mode, and leaves the net as it was.
 
 from __future__ import annotations
 
-import torch
-
 from surgery.ir import Net
+from surgery.lazy_torch import torch
 
 
 def blob_values(

@@ -19,6 +19,9 @@ from surgery.emitters.caffe import emit_caffe
 from surgery.emitters.onnx_model import emit_onnx
 from surgery.errors import ModelFormatError
 from surgery.importers.onnx_model import import_onnx
+from surgery.layers.attention import attention_shape
+from surgery.layers.einsum import einsum_shape
+from surgery.layers.matmul import matmul_shape
 from surgery.verify import onnx_session
 
 ort = pytest.importorskip("onnxruntime")
@@ -204,3 +207,77 @@ def test_layernorm_checks_its_trailing_axes() -> None:
 
     with pytest.raises(ShapeError, match=r"normalises over trailing axes \[6\], the input is shaped \(2, 5, 7\)"):
         surgery.load(nn.Sequential(nn.LayerNorm(6)), (2, 5, 7))
+
+
+SHAPE_GRID = [(3,), (4,), (2, 3), (3, 4), (4, 3), (5, 3, 4), (1, 4, 3), (2, 1, 3, 4), (5, 4, 2), (1, 3), (3, 1), (6,)]
+
+
+def test_matmul_and_broadcast_shape_rules_agree_with_torch_on_every_pair() -> None:
+    # the shape rules run without torch (inspect and plan of ONNX models); torch is the reference
+    for a in SHAPE_GRID:
+        for b in SHAPE_GRID:
+            try:
+                want = tuple(torch.matmul(torch.empty(a, device="meta"), torch.empty(b, device="meta")).shape)
+            except RuntimeError:
+                want = None
+            assert matmul_shape(a, b) == want, (a, b)
+            try:
+                broadcast = tuple(torch.broadcast_shapes(a, b))
+            except RuntimeError:
+                broadcast = None
+            try:
+                ours = tuple(int(d) for d in np.broadcast_shapes(a, b))
+            except ValueError:
+                ours = None
+            assert ours == broadcast, (a, b)
+
+
+EINSUMS = [
+    ("bhid,bhjd->bhij", [(2, 3, 4, 5), (2, 3, 6, 5)]),
+    ("ij,jk->ik", [(2, 3), (3, 4)]),
+    ("ij,jk->ik", [(2, 3), (4, 4)]),
+    ("ij,jk->ik", [(2, 3, 1), (3, 4)]),
+    ("i,i->i", [(3,), (1,)]),
+    ("i,i->", [(3,), (3,)]),
+    ("ii->i", [(3, 3)]),
+    ("ii->i", [(3, 4)]),
+    ("...ij,...jk->...ik", [(5, 2, 3), (3, 4)]),
+    ("...ij,...jk->...ik", [(5, 2, 3), (6, 3, 4)]),
+    ("b...,b->b...", [(2, 3, 4), (2,)]),
+    ("bn,anm,bm->ba", [(2, 3), (4, 3, 5), (2, 5)]),
+    ("ij->ji", [(2, 3)]),
+    ("ij->jk", [(2, 3)]),
+    ("i...->...", [(2, 3, 4)]),
+    ("ij,ij->ij", [(1, 3), (2, 1)]),
+    ("ij,ij->ij", [(0, 3), (1, 3)]),
+    ("bij,bjk->bik", [(1, 2, 3), (4, 3, 5)]),
+    ("a...b,a...b->a...", [(2, 3, 4, 5), (2, 1, 4, 5)]),
+]
+
+
+@pytest.mark.parametrize(("equation", "shapes"), EINSUMS)
+def test_einsum_shape_rule_agrees_with_torch(equation: str, shapes: list[tuple[int, ...]]) -> None:
+    try:
+        want = tuple(torch.einsum(equation, *(torch.empty(s, device="meta") for s in shapes)).shape)
+    except (RuntimeError, ValueError):
+        want = None
+    try:
+        got = einsum_shape(equation, shapes)
+    except ValueError:
+        got = None
+    assert got == want
+
+
+def test_attention_shape_rule_agrees_with_torch() -> None:
+    queries = [(2, 3, 4, 8), (3, 4, 8), (4, 8), (2, 1, 4, 8), (2, 3, 4, 6)]
+    keys = [(2, 3, 5, 8), (3, 5, 8), (5, 8), (2, 3, 5, 6), (1, 3, 5, 8)]
+    values = [(2, 3, 5, 7), (3, 5, 7), (5, 7), (2, 3, 4, 7), (2, 1, 5, 7)]
+    for q in queries:
+        for k in keys:
+            for v in values:
+                meta = (torch.empty(s, device="meta") for s in (q, k, v))
+                try:
+                    want = tuple(F.scaled_dot_product_attention(*meta).shape)
+                except RuntimeError:
+                    want = None
+                assert attention_shape(q, k, v) == want, (q, k, v)

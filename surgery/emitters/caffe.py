@@ -11,13 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from google.protobuf import text_format
 
 from surgery.emitters.files import FileLog, write_bytes
 from surgery.errors import unsupported_in_caffe
 from surgery.ir import Layer, Net
 from surgery.layers import layer_type
+from surgery.lazy_torch import torch
 from surgery.spec.schema import caffe_class
 
 

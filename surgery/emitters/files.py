@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from surgery.errors import SurgeryError
+from surgery.lazy_torch import torch
 
 #: Writes at least this large are hashed on a helper thread: hashing then overlaps with
 #: the writer's own work (torch's CRC of the next record, the copy into the page cache).

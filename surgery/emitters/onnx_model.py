@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from surgery.emitters import onnx_dynamic, onnx_traced
@@ -27,6 +26,7 @@ from surgery.interrupts import checkpoint
 from surgery.ir import Layer, Net, Shape
 from surgery.layers import layer_type
 from surgery.layers.time_fold import lower_time
+from surgery.lazy_torch import torch
 
 DEFAULT_OPSET = 17
 #: The IR version each opset first needs; onnxruntime accepts up to IR 10 here.

@@ -18,14 +18,13 @@ import warnings
 from typing import Any
 
 import onnx
-import torch
 from onnx import helper, numpy_helper
-from torch import fx, nn
 
 from surgery.errors import unsupported_in_onnx
 from surgery.ir import Layer
 from surgery.layers import layer_type
 from surgery.layers.meta_run import NonTensor
+from surgery.lazy_torch import fx, nn, torch
 
 #: The newest opset torch's (TorchScript) ONNX exporter writes.
 MAX_TRACED_OPSET = 20

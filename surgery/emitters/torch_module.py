@@ -22,9 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
-import torch
-from torch import fx, nn
-
 from surgery.emitters.files import FileLog, output_file, write_bytes
 from surgery.emitters.torch_names import module_paths
 from surgery.errors import ModelFormatError
@@ -32,6 +29,7 @@ from surgery.ir import Layer, Net
 from surgery.layers import ModuleRecipe, layer_type
 from surgery.layers import runtime as torch_runtime
 from surgery.layers.time_fold import lower_time
+from surgery.lazy_torch import fx, nn, torch
 from surgery.solver import rates as solver_rates
 from surgery.solver import runtime as solver_runtime
 

@@ -16,9 +16,8 @@ import keyword
 import re
 from collections.abc import Iterable
 
-from torch import nn
-
 from surgery.layers.runtime import SurgeryModule
+from surgery.lazy_torch import nn
 
 #: Characters a kept path part may hold: those of torch module paths, Caffe and ONNX
 #: names (``conv1/7x7_s2``, ``act@1``, ``model:conv``). None of them needs quoting.

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from surgery.ir import Layer, Net
 from surgery.layers import layer_type
 from surgery.layers.meta_run import NonTensor
+from surgery.lazy_torch import torch
 
 #: The second batch size is the import's plus this prime, so ``n // k`` and ``n % k``
 #: differ between the two for every k below it: a size that follows the batch cannot

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from google.protobuf import text_format
 
 from surgery.errors import ModelFormatError, ShapeError, did_you_mean
@@ -31,6 +30,7 @@ from surgery.importers.caffemodel import StoredBlob, stored_weights
 from surgery.ir import Layer, Net, Origin, ParamBlob
 from surgery.layers import layer_type, registered_types
 from surgery.layers.new_blobs import init_new_blobs
+from surgery.lazy_torch import torch
 from surgery.spec.loader import decode_text
 from surgery.spec.schema import caffe_class
 
@@ -423,7 +423,7 @@ def _lazy(stored: StoredBlob, shape: tuple[int, ...], scale: Any = None, **kwarg
         array = stored.array().reshape(shape)
         return torch.from_numpy(np.ascontiguousarray(array * scale() if scale is not None else array))
 
-    return ParamBlob.lazy(shape, torch.float32, load, **kwargs)
+    return ParamBlob.lazy(shape, "float32", load, **kwargs)
 
 
 def _give_blobs(

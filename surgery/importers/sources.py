@@ -16,14 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from surgery.errors import ModelFormatError, SpecError, SurgeryNote
 from surgery.importers.pretrained import Pretrained, check_hash, require_file, resolve, split_pretrained
 from surgery.importers.pretrained_timm import is_timm, preprocess_of, resolve_timm
-from surgery.importers.torch_fx import import_torch
 from surgery.ir import Net
+from surgery.lazy_torch import nn, torch
 from surgery.math.seeding import seeded
 
 
@@ -227,6 +224,8 @@ def load_torch_source(
     factory's own random initialisation gives the same weights on every run. Pretrained
     weights must be in the cache (else a located error says where to put them); only
     ``apply`` (not ``shapes_only``) reads them, after checking their hash."""
+    from surgery.importers.torch_fx import import_torch  # torch work: imported here
+
     build, arguments, cached = torch_pretrained(factory, kwargs, pretrained, weights, base_dir)
     if not input_shape:
         raise SpecError("a torch source needs input_shape (batch axis first)", fix="add input_shape: [1, 3, 224, 224]")

@@ -15,9 +15,6 @@ import operator
 from collections.abc import Mapping
 from typing import Any, cast
 
-import torch
-from torch import fx, nn
-
 from surgery.errors import ModelFormatError, ShapeError
 from surgery.importers.batch_probe import BatchProbe, foldable, same_value
 from surgery.importers.torch_modules import record_module_outputs
@@ -38,6 +35,7 @@ from surgery.ir import Layer, Net, ParamBlob
 from surgery.layers import layer_type, torch_function_map, torch_functional_map, torch_module_map
 from surgery.layers.meta_run import NonTensor, TracedShapes
 from surgery.layers.opaque_call import TRAINING, InputRef, TrainOnly
+from surgery.lazy_torch import fx, nn, torch
 
 
 class _Importer:

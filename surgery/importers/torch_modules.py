@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from torch import fx
-
 from surgery.ir import Net
+from surgery.lazy_torch import fx
 
 
 def _calls(graph: fx.Graph) -> dict[str, tuple[str, list[fx.Node]]]:

@@ -9,10 +9,8 @@ import operator
 import traceback
 from typing import Any
 
-import torch
-from torch import fx, nn
-
 from surgery.errors import ModelFormatError
+from surgery.lazy_torch import fx, nn, torch
 
 
 class _Tracer(fx.Tracer):

@@ -11,10 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-import torch
+import numpy as np
 
 from surgery.errors import SpecError
+from surgery.lazy_torch import torch
 
 
 def check_multiplier(value: float, what: str, subject: str | None = None) -> float:
@@ -50,13 +52,27 @@ class Origin:
 SOURCE = Origin("source")
 
 
+#: Element types numpy does not have.
+_ITEMSIZE = {"bfloat16": 2}
+
+
+def dtype_name(dtype: Any) -> str:
+    """A torch or numpy dtype (or a name) as the name both libraries give it: ``"float32"``."""
+    if isinstance(dtype, str):
+        return dtype.removeprefix("torch.")
+    if type(dtype).__module__ == "torch":  # a torch.dtype, told apart without importing torch
+        return str(dtype).removeprefix("torch.")
+    return np.dtype(dtype).name
+
+
 @dataclass
 class ParamBlob:
     """One parameter or buffer of a layer.
 
     Attributes:
         shape: the blob's shape (known without reading data).
-        dtype: the blob's dtype.
+        dtype_name: the blob's element type by name (``"float32"``, as numpy and torch both
+            spell it), so a blob is made and planned without torch; :attr:`dtype` is torch's.
         lr_mult: learning-rate multiplier (0 = frozen). Meaningless for buffers.
         decay_mult: weight-decay multiplier.
         trainable: False for buffers (BatchNorm running statistics), which never get
@@ -65,7 +81,7 @@ class ParamBlob:
     """
 
     shape: tuple[int, ...]
-    dtype: torch.dtype = torch.float32
+    dtype_name: str = "float32"
     lr_mult: float = 1.0
     decay_mult: float = 1.0
     trainable: bool = True
@@ -76,14 +92,23 @@ class ParamBlob:
     @classmethod
     def from_tensor(cls, tensor: torch.Tensor, **kwargs) -> ParamBlob:
         """A blob holding ``tensor`` (not copied)."""
-        return cls(shape=tuple(tensor.shape), dtype=tensor.dtype, _data=tensor.detach(), **kwargs)
+        return cls(shape=tuple(tensor.shape), dtype_name=dtype_name(tensor.dtype), _data=tensor.detach(), **kwargs)
 
     @classmethod
-    def lazy(
-        cls, shape: tuple[int, ...], dtype: torch.dtype, loader: Callable[[], torch.Tensor], **kwargs
-    ) -> ParamBlob:
-        """A blob whose data is read by ``loader`` on first use."""
-        return cls(shape=tuple(shape), dtype=dtype, _loader=loader, **kwargs)
+    def lazy(cls, shape: tuple[int, ...], dtype: Any, loader: Callable[[], torch.Tensor], **kwargs) -> ParamBlob:
+        """A blob whose data is read by ``loader`` on first use. ``dtype``: a torch or numpy
+        dtype, or its name."""
+        return cls(shape=tuple(shape), dtype_name=dtype_name(dtype), _loader=loader, **kwargs)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The blob's torch dtype (imports torch; :attr:`dtype_name` does not)."""
+        return getattr(torch, self.dtype_name)
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element."""
+        return _ITEMSIZE.get(self.dtype_name) or np.dtype(self.dtype_name).itemsize
 
     @property
     def is_loaded(self) -> bool:
@@ -107,7 +132,7 @@ class ParamBlob:
         self._data = tensor.detach()
         self._loader = None
         self.shape = tuple(tensor.shape)
-        self.dtype = tensor.dtype
+        self.dtype_name = dtype_name(tensor.dtype)
         self.origin = origin
 
     @property

@@ -16,12 +16,12 @@ from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
 import networkx as nx
-import torch
 
 from surgery.errors import ShapeError, SpecError, unknown_layer
 from surgery.ir.budget import check_bytes, tensor_bytes
 from surgery.ir.kinds import kind_of
 from surgery.ir.layer import Layer
+from surgery.lazy_torch import torch
 
 Shape = tuple[int, ...]
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch.nn.functional as F
-from torch import nn
 
 from surgery.errors import ShapeError, unsupported_in_caffe, unsupported_in_onnx
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+from surgery.lazy_torch import nn
 
 
 @register_layer
@@ -21,8 +20,8 @@ class AdaptivePooling(LayerType):
     caffe_syntax = False
     passes_resize = True
     fresh_output = True
-    torch_modules = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-    torch_functions = (F.adaptive_avg_pool2d,)
+    torch_modules = ("torch.nn.AdaptiveAvgPool2d", "torch.nn.AdaptiveMaxPool2d")
+    torch_functions = ("torch.nn.functional.adaptive_avg_pool2d",)
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)

@@ -14,13 +14,12 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import fx
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
+from surgery.layers.matmul import matmul_shape
 from surgery.layers.registry import LayerType, all_known, register_layer
+from surgery.lazy_torch import F, fx
 
 _ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 #: The first opset with ONNX's Attention operator.
@@ -38,6 +37,13 @@ def _native(q: Shape, k: Shape, v: Shape) -> bool:
     return len(q) == len(k) == len(v) and len(q) in (3, 4) and q[:-2] == k[:-2] == v[:-2]
 
 
+def attention_shape(q: tuple[int, ...], k: tuple[int, ...], v: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The shape of ``softmax(q @ k^T) @ v`` (scaled dot-product attention computed as its
+    two products), or None when the operands do not fit. Reads no values."""
+    scores = matmul_shape(q, (*k[:-2], k[-1], k[-2]))
+    return matmul_shape(scores, v) if scores is not None else None
+
+
 @register_layer
 class ScaledDotProductAttention(LayerType):
     """Params: scale (None: ``1 / sqrt(q.shape[-1])``), is_causal (a query attends to
@@ -45,23 +51,21 @@ class ScaledDotProductAttention(LayerType):
 
     name = "ScaledDotProductAttention"
     caffe_syntax = False
-    torch_functions = (F.scaled_dot_product_attention,)
+    torch_functions = ("torch.nn.functional.scaled_dot_product_attention",)
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 3)
-        q, k, v = shapes = all_known(layer, in_shapes)
+        q, k, v = all_known(layer, in_shapes)
         if min(len(q), len(k), len(v)) < 2:
             raise ShapeError(f"query, key and value need at least 2 axes, got {list(in_shapes)}", subject=layer.name)
-        query, key, value = (torch.empty(s, device="meta") for s in shapes)
-        try:
-            out = F.scaled_dot_product_attention(query, key, value, is_causal=bool(layer.params.get("is_causal")))
-        except RuntimeError:
+        out = attention_shape(tuple(q), tuple(k), tuple(v))
+        if out is None:
             raise ShapeError(
                 f"query {list(q)}, key {list(k)} and value {list(v)} do not fit "
                 "(q and k share the last axis, k and v the second to last)",
                 subject=layer.name,
-            ) from None
-        return [tuple(out.shape)]
+            )
+        return [out]
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
         kwargs: dict[str, Any] = {}

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.nn.functional as F
-from torch import nn
-
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, known, register_layer
-from surgery.layers.runtime import FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d
+from surgery.lazy_torch import nn
 
 
 @register_layer
@@ -25,7 +22,7 @@ class BatchNorm(LayerType):
     name = "BatchNorm"
     passes_resize = True
     fresh_output = True
-    torch_modules = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    torch_modules = ("torch.nn.BatchNorm1d", "torch.nn.BatchNorm2d", "torch.nn.BatchNorm3d")
     blob_roles = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
@@ -53,6 +50,12 @@ class BatchNorm(LayerType):
         return tuple(role for role in ("weight", "bias") if role in layer.blobs)
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
+        from surgery.layers.runtime import (  # torch's modules: imported for torch work only
+            FrozenBatchNorm1d,
+            FrozenBatchNorm2d,
+            FrozenBatchNorm3d,
+        )
+
         p = layer.params
         rank = len(known(layer, in_shapes))
         frozen = bool(p.get("use_global_stats"))
@@ -78,7 +81,7 @@ class BatchNorm(LayerType):
             return None
         return {"eps": module.eps, "momentum": module.momentum, "affine": module.affine, "use_global_stats": None}
 
-    torch_functionals = (F.batch_norm,)
+    torch_functionals = ("torch.nn.functional.batch_norm",)
 
     def import_torch_functional(
         self, target: Any, args: tuple, kwargs: dict, module: nn.Module

@@ -7,7 +7,6 @@ from typing import Any
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, known, register_layer
-from surgery.layers.runtime import ChannelAffine
 from surgery.layers.scale import affine_shape
 
 
@@ -33,6 +32,8 @@ class Bias(LayerType):
         return {"type": "constant", "value": 0.0}
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
+        from surgery.layers.runtime import ChannelAffine  # torch's modules: imported for torch work only
+
         return ModuleRecipe(
             ChannelAffine,
             {

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import fx, nn
-
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, register_layer
+from surgery.lazy_torch import fx, nn, torch
 
 
 @register_layer
@@ -18,7 +16,7 @@ class Clip(LayerType):
     name = "Clip"
     caffe_syntax = False
     passes_resize = True
-    torch_modules = (nn.ReLU6, nn.Hardtanh)
+    torch_modules = ("torch.nn.ReLU6", "torch.nn.Hardtanh")
     onnx_ops = ("Clip",)
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:

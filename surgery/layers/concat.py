@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import fx
-
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, all_known, check_axis, register_layer
+from surgery.lazy_torch import fx, torch
 
 
 @register_layer
@@ -18,7 +16,7 @@ class Concat(LayerType):
 
     name = "Concat"
     fresh_output = True
-    torch_functions = (torch.cat, torch.concat)
+    torch_functions = ("torch.cat", "torch.concat")
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         if not in_shapes:

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from surgery.ir import Layer, Shape
 from surgery.layers.meta_run import TypedShape
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
-from surgery.layers.runtime import ConstantTensor
 
 
 @register_layer
@@ -23,12 +20,14 @@ class Constant(LayerType):
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         blob = layer.blobs["value"]
-        return [blob.shape if blob.dtype == torch.float32 else TypedShape(blob.shape, blob.dtype)]
+        return [blob.shape if blob.dtype_name == "float32" else TypedShape(blob.shape, blob.dtype_name)]
 
     def trainable_roles(self, layer: Layer) -> tuple[str, ...]:
         return ("value",) if layer.blobs["value"].trainable else ()
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
+        from surgery.layers.runtime import ConstantTensor  # torch's modules: imported for torch work only
+
         blob = layer.blobs["value"]
         return ModuleRecipe(ConstantTensor, {"shape": blob.shape, "trainable": blob.trainable})
 

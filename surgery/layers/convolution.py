@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from surgery.errors import ModelFormatError, ShapeError, unsupported_in_caffe, unsupported_in_onnx
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, check_param, known, pair, register_layer
+from surgery.lazy_torch import nn, resolve_all, torch
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
@@ -29,7 +26,7 @@ class Convolution(LayerType):
 
     name = "Convolution"
     fresh_output = True
-    torch_modules = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    torch_modules = ("torch.nn.Conv1d", "torch.nn.Conv2d", "torch.nn.Conv3d")
     blob_roles = ("weight", "bias")
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
@@ -68,7 +65,7 @@ class Convolution(LayerType):
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
         p = layer.params
         return ModuleRecipe(
-            _MODULES[len(p["kernel"]) - 1],
+            resolve_all(_MODULES)[len(p["kernel"]) - 1],
             {
                 "in_channels": known(layer, in_shapes)[1],
                 "out_channels": p["num_output"],
@@ -97,7 +94,7 @@ class Convolution(LayerType):
             "padding_mode": module.padding_mode,
         }
 
-    torch_functionals = (F.conv1d, F.conv2d, F.conv3d)
+    torch_functionals = ("torch.nn.functional.conv1d", "torch.nn.functional.conv2d", "torch.nn.functional.conv3d")
 
     def import_torch_functional(
         self, target: Any, args: tuple, kwargs: dict, module: nn.Module
@@ -107,7 +104,7 @@ class Convolution(LayerType):
         values = dict(zip(("input", "weight", "bias", "stride", "padding", "dilation", "groups"), args)) | kwargs
         weight = getattr(module, "weight", None)
         padding = values.get("padding", 0)
-        rank = _FUNCTIONALS.index(target) + 1 if target in _FUNCTIONALS else 0
+        rank = resolve_all(_FUNCTIONALS).index(target) + 1 if target in resolve_all(_FUNCTIONALS) else 0
         if not isinstance(weight, torch.Tensor) or weight.dim() != 2 + rank or isinstance(padding, str):
             return None
         groups = int(values.get("groups", 1))
@@ -211,8 +208,8 @@ class Convolution(LayerType):
         }
 
 
-_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_FUNCTIONALS = (F.conv1d, F.conv2d, F.conv3d)
+_MODULES = ("torch.nn.Conv1d", "torch.nn.Conv2d", "torch.nn.Conv3d")
+_FUNCTIONALS = ("torch.nn.functional.conv1d", "torch.nn.functional.conv2d", "torch.nn.functional.conv3d")
 _LAYOUTS = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, T, H, W)"}
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
 from surgery.errors import ShapeError, unsupported_in_caffe
 from surgery.ir import Layer, Shape
 from surgery.layers.convolution import Convolution
 from surgery.layers.registry import LayerType, ModuleRecipe, known, pair, register_layer
+from surgery.lazy_torch import nn
 
 
 @register_layer
@@ -19,7 +18,7 @@ class Deconvolution(LayerType):
 
     name = "Deconvolution"
     fresh_output = True
-    torch_modules = (nn.ConvTranspose2d,)
+    torch_modules = ("torch.nn.ConvTranspose2d",)
     onnx_ops = ("ConvTranspose",)
     blob_roles = ("weight", "bias")
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.nn.functional as F
-from torch import nn
-
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, check_param, register_layer
+from surgery.lazy_torch import nn
 
 
 @register_layer
@@ -17,8 +15,8 @@ class Dropout(LayerType):
 
     name = "Dropout"
     passes_resize = True
-    torch_modules = (nn.Dropout,)
-    torch_functions = (F.dropout,)
+    torch_modules = ("torch.nn.Dropout",)
+    torch_functions = ("torch.nn.functional.dropout",)
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
         return ModuleRecipe(nn.Dropout, {"p": layer.params.get("ratio", 0.5)})

@@ -4,39 +4,46 @@ that, and has no POW)."""
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable
 from typing import Any, cast
 
-import torch
-from torch import fx
+import numpy as np
 
 from surgery.errors import ShapeError, unsupported_in_caffe
 from surgery.ir import Layer, Shape
 from surgery.layers.meta_run import NonTensor
 from surgery.layers.registry import LayerType, all_known, register_layer
+from surgery.lazy_torch import fx, resolve, torch
 
 _FUNCTIONS = {
     operator.add: "SUM",
     operator.iadd: "SUM",
-    torch.add: "SUM",
+    "torch.add": "SUM",
     "add": "SUM",
     "add_": "SUM",
     operator.sub: "SUB",
     operator.isub: "SUB",
-    torch.sub: "SUB",
+    "torch.sub": "SUB",
     "sub": "SUB",
     operator.mul: "PROD",
     operator.imul: "PROD",
-    torch.mul: "PROD",
+    "torch.mul": "PROD",
     "mul": "PROD",
     "mul_": "PROD",
-    torch.maximum: "MAX",
-    torch.max: "MAX",
+    "torch.maximum": "MAX",
+    "torch.max": "MAX",
     operator.pow: "POW",
-    torch.pow: "POW",
+    "torch.pow": "POW",
     "pow": "POW",
 }
+
+
+@functools.cache
+def _functions() -> dict[Any, str]:
+    """_FUNCTIONS keyed by the callables themselves (torch's resolved from their names)."""
+    return {resolve(call): value for call, value in _FUNCTIONS.items()}
 
 
 @register_layer
@@ -62,8 +69,8 @@ class Eltwise(LayerType):
             raise ShapeError(f"POW takes a base and an exponent, got {len(in_shapes)} inputs")
         shapes = all_known(layer, in_shapes)
         try:
-            return [tuple(torch.broadcast_shapes(*shapes))]
-        except RuntimeError:
+            return [tuple(int(d) for d in np.broadcast_shapes(*map(tuple, shapes)))]
+        except ValueError:
             raise ShapeError(
                 f"input shapes {' and '.join(str(tuple(s)) for s in shapes)} do not broadcast",
                 fix="make the inputs agree on every axis, or be 1 where they differ (a 1-channel gate)",
@@ -93,7 +100,7 @@ class Eltwise(LayerType):
     def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
         if len(args) != 2 or any(a is not None for a in args) or set(kwargs) - {"alpha"}:
             return None  # a scalar operand, or not a two-tensor call: stays an opaque call
-        operation = _FUNCTIONS[target]
+        operation = _functions()[target]
         alpha = float(kwargs.get("alpha", 1))
         if target is torch.max and kwargs:
             return None

@@ -5,12 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-from torch import fx, nn
-
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, known, register_layer
+from surgery.lazy_torch import fx, nn, torch
 
 
 @register_layer
@@ -19,8 +17,8 @@ class Flatten(LayerType):
 
     name = "Flatten"
     passes_resize = True
-    torch_modules = (nn.Flatten,)
-    torch_functions = (torch.flatten, "flatten")
+    torch_modules = ("torch.nn.Flatten",)
+    torch_functions = ("torch.flatten", "flatten")
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)

@@ -12,12 +12,11 @@ import math
 from typing import Any
 
 import numpy as np
-import torch.nn.functional as F
-from torch import nn
 
 from surgery.errors import ModelFormatError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import ActivationType, ModuleRecipe, register_layer
+from surgery.lazy_torch import nn
 
 GELU_OPSET = 20
 APPROXIMATIONS = ("none", "tanh")
@@ -39,9 +38,9 @@ class GELU(ActivationType):
     """Params: approximate ("none" = exact erf form, "tanh")."""
 
     name = "GELU"
-    module_class = nn.GELU
-    torch_modules = (nn.GELU,)
-    torch_functions = (F.gelu,)
+    module_class = "torch.nn.GELU"
+    torch_modules = ("torch.nn.GELU",)
+    torch_functions = ("torch.nn.functional.gelu",)
     onnx_ops = ("Gelu",)
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:

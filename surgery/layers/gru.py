@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
 from surgery.ir import Layer
 from surgery.layers.recurrent import RecurrentType
 from surgery.layers.registry import register_layer
@@ -28,8 +26,8 @@ class GRU(RecurrentType):
 
     name = "GRU"
     gates, states = 3, 1
-    torch_class = nn.GRU
-    torch_modules = (nn.GRU,)
+    torch_class = "torch.nn.GRU"
+    torch_modules = ("torch.nn.GRU",)
     onnx_op = "GRU"
     onnx_ops = ("GRU",)
     onnx_gate_order = ONNX_FROM_TORCH

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-from torch import nn
-
 from surgery.layers.registry import ActivationType, register_layer
 
 
 @register_layer
 class HardSigmoid(ActivationType):
     name = "HardSigmoid"
-    module_class = nn.Hardsigmoid
-    torch_modules = (nn.Hardsigmoid,)
-    torch_functions = (F.hardsigmoid,)
+    module_class = "torch.nn.Hardsigmoid"
+    torch_modules = ("torch.nn.Hardsigmoid",)
+    torch_functions = ("torch.nn.functional.hardsigmoid",)
     onnx_op = "HardSigmoid"
     onnx_ops = ("HardSigmoid",)
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-from torch import nn
-
 from surgery.layers.registry import ActivationType, register_layer
 
 
 @register_layer
 class HardSwish(ActivationType):
     name = "HardSwish"
-    module_class = nn.Hardswish
-    torch_modules = (nn.Hardswish,)
-    torch_functions = (F.hardswish,)
+    module_class = "torch.nn.Hardswish"
+    torch_modules = ("torch.nn.Hardswish",)
+    torch_functions = ("torch.nn.functional.hardswish",)
     onnx_op = "HardSwish"
     onnx_ops = ("HardSwish",)

@@ -16,11 +16,11 @@ import operator
 from typing import Any
 
 import numpy as np
-from torch import fx
 
 from surgery.errors import ShapeError, unsupported_in_caffe
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, register_layer
+from surgery.lazy_torch import fx
 
 #: ONNX Slice's "to the end" (any end past the axis is clamped to its size).
 _TO_END = np.iinfo(np.int64).max

@@ -5,13 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import fx, nn
-
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, check_param, known, register_layer
+from surgery.lazy_torch import fx, nn, torch
 
 
 @register_layer
@@ -24,7 +21,7 @@ class InnerProduct(LayerType):
 
     name = "InnerProduct"
     fresh_output = True
-    torch_modules = (nn.Linear,)
+    torch_modules = ("torch.nn.Linear",)
     blob_roles = ("weight", "bias")
 
     @staticmethod
@@ -78,7 +75,7 @@ class InnerProduct(LayerType):
     def import_torch_module(self, module: nn.Linear) -> dict[str, Any]:
         return {"num_output": module.out_features, "bias_term": module.bias is not None, "axis": -1}
 
-    torch_functionals = (F.linear,)
+    torch_functionals = ("torch.nn.functional.linear",)
 
     def import_torch_functional(
         self, target: Any, args: tuple, kwargs: dict, module: nn.Module

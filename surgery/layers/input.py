@@ -5,11 +5,10 @@ from __future__ import annotations
 import keyword
 from typing import Any
 
-from torch import fx
-
 from surgery.errors import ModelFormatError, ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, register_layer
+from surgery.lazy_torch import fx
 
 #: Names the generated model's source already uses at module level or as ``self``.
 _TAKEN_NAMES = frozenset(

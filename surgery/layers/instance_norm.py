@@ -8,14 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch.nn.functional as F
-from torch import fx, nn
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+from surgery.lazy_torch import F, fx, nn, resolve_all
 
-_MODULES = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+_MODULES = ("torch.nn.InstanceNorm1d", "torch.nn.InstanceNorm2d", "torch.nn.InstanceNorm3d")
 
 
 def known(shape: Shape | None) -> Shape:
@@ -59,7 +58,7 @@ class InstanceNorm(LayerType):
             return None  # scale and shift computed by the net: emit_fx calls the function
         shape, affine = known(in_shapes[0]), "weight" in layer.blobs
         return ModuleRecipe(
-            _MODULES[len(shape) - 3],
+            resolve_all(_MODULES)[len(shape) - 3],
             {"num_features": shape[1], "eps": float(layer.params.get("eps", 1e-5)), "affine": affine},
         )
 

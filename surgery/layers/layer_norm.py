@@ -10,12 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch.nn.functional as F
-from torch import nn
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+from surgery.lazy_torch import nn
 
 
 @register_layer
@@ -26,8 +25,8 @@ class LayerNorm(LayerType):
     name = "LayerNorm"
     caffe_syntax = False
     fresh_output = True
-    torch_modules = (nn.LayerNorm,)
-    torch_functions = (F.layer_norm,)
+    torch_modules = ("torch.nn.LayerNorm",)
+    torch_functions = ("torch.nn.functional.layer_norm",)
     blob_roles = ("weight", "bias")
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
@@ -81,7 +80,7 @@ class LayerNorm(LayerType):
             return None
         return {"normalized_shape": list(shape), "eps": float(values.get("eps", 1e-5)), "affine": False}
 
-    torch_functionals = (F.layer_norm,)
+    torch_functionals = ("torch.nn.functional.layer_norm",)
 
     def import_torch_functional(
         self, target: Any, args: tuple, kwargs: dict, module: nn.Module

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
-from surgery.layers.runtime import WithinChannelLRN
+from surgery.lazy_torch import nn
 
 
 @register_layer
@@ -19,7 +17,7 @@ class LRN(LayerType):
 
     name = "LRN"
     passes_resize = True
-    torch_modules = (nn.LocalResponseNorm,)
+    torch_modules = ("torch.nn.LocalResponseNorm",)
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)
@@ -28,6 +26,8 @@ class LRN(LayerType):
         return [in_shapes[0]]
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
+        from surgery.layers.runtime import WithinChannelLRN  # torch's modules: imported for torch work only
+
         p = layer.params
         if p.get("norm_region", "ACROSS_CHANNELS") == "WITHIN_CHANNEL":
             return ModuleRecipe(WithinChannelLRN, {"size": p["local_size"], "alpha": p["alpha"], "beta": p["beta"]})

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import nn
-
 from surgery.layers.recurrent import RecurrentType
 from surgery.layers.registry import register_layer
+from surgery.lazy_torch import torch
 
 TORCH_GATES = ("i", "f", "g", "o")
 #: ONNX's i, o, f, c as torch gate indices
@@ -33,8 +31,8 @@ class LSTM(RecurrentType):
 
     name = "LSTM"
     gates, states = 4, 2
-    torch_class = nn.LSTM
-    torch_modules = (nn.LSTM,)
+    torch_class = "torch.nn.LSTM"
+    torch_modules = ("torch.nn.LSTM",)
     onnx_op = "LSTM"
     onnx_ops = ("LSTM",)
     onnx_gate_order = ONNX_FROM_TORCH

@@ -7,12 +7,28 @@ from __future__ import annotations
 import operator
 from typing import Any
 
-import torch
-from torch import fx
+import numpy as np
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, all_known, register_layer
+from surgery.lazy_torch import fx, torch
+
+
+def matmul_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The shape of ``a @ b`` as numpy and torch define it (a 1-D operand is a row or a
+    column that the result drops; the leading axes broadcast), or None when the inner
+    sizes differ or the leading axes do not broadcast. Reads no values."""
+    if not a or not b:
+        return None
+    rows, cols = (1, *a) if len(a) == 1 else a, (*b, 1) if len(b) == 1 else b
+    if rows[-1] != cols[-2]:
+        return None
+    try:
+        batch = tuple(int(d) for d in np.broadcast_shapes(rows[:-2], cols[:-2]))
+    except ValueError:
+        return None
+    return batch + ((rows[-2],) if len(a) > 1 else ()) + ((cols[-1],) if len(b) > 1 else ())
 
 
 @register_layer
@@ -21,16 +37,15 @@ class MatMul(LayerType):
 
     name = "MatMul"
     fresh_output = True
-    torch_functions = (torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm")
+    torch_functions = ("torch.matmul", operator.matmul, "torch.bmm", "matmul", "bmm")
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 2)
         a, b = all_known(layer, in_shapes)
-        try:
-            out = torch.matmul(torch.empty(a, device="meta"), torch.empty(b, device="meta"))
-        except RuntimeError:
-            raise ShapeError(f"cannot multiply matrices shaped {list(a)} and {list(b)}", subject=layer.name) from None
-        return [tuple(out.shape)]
+        out = matmul_shape(tuple(a), tuple(b))
+        if out is None:
+            raise ShapeError(f"cannot multiply matrices shaped {list(a)} and {list(b)}", subject=layer.name)
+        return [out]
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
         return graph.call_function(torch.matmul, tuple(inputs))

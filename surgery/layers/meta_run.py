@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from surgery.errors import ShapeError
 from surgery.ir import Layer
+from surgery.ir.blob import dtype_name
+from surgery.lazy_torch import torch
 
 
 class NonTensor:
@@ -35,20 +35,27 @@ class NonTensor:
 
 class TypedShape(tuple):
     """The shape of a tensor that is not float32 (an index table read by an opaque call):
-    a tuple that also carries the dtype, so shape inference builds the right meta tensor."""
+    a tuple that also carries the element type, so shape inference builds the right meta
+    tensor. Made from a torch or numpy dtype or a name; kept by name, so an ONNX model's
+    int64 constants are planned without torch."""
 
-    dtype: torch.dtype
+    dtype_name: str
 
-    def __new__(cls, shape: Any, dtype: torch.dtype) -> TypedShape:
+    def __new__(cls, shape: Any, dtype: Any) -> TypedShape:
         made = super().__new__(cls, tuple(shape))
-        made.dtype = dtype
+        made.dtype_name = dtype_name(dtype)
         return made
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The torch dtype (imports torch)."""
+        return getattr(torch, self.dtype_name)
+
     def __getnewargs__(self) -> tuple:  # copy and pickle rebuild it with its dtype
-        return (tuple(self), self.dtype)
+        return (tuple(self), self.dtype_name)
 
     def __repr__(self) -> str:
-        return f"{tuple(self)!r}:{str(self.dtype).replace('torch.', '')}"
+        return f"{tuple(self)!r}:{self.dtype_name}"
 
 
 def shape_of(tensor: torch.Tensor) -> tuple[int, ...]:

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.nn.functional as F
-from torch import nn
-
 from surgery.ir import Layer
 from surgery.layers.registry import ActivationType, register_layer
 
@@ -20,9 +17,9 @@ MISH_OPSET = 18
 @register_layer
 class Mish(ActivationType):
     name = "Mish"
-    module_class = nn.Mish
-    torch_modules = (nn.Mish,)
-    torch_functions = (F.mish,)
+    module_class = "torch.nn.Mish"
+    torch_modules = ("torch.nn.Mish",)
+    torch_functions = ("torch.nn.functional.mish",)
     onnx_ops = ("Mish",)
 
     onnx_op = "Mish"

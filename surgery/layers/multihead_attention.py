@@ -22,13 +22,12 @@ import operator
 from typing import Any, cast
 
 import numpy as np
-import torch
-from torch import fx, nn
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.attention import write_attention
 from surgery.layers.registry import LayerType, ModuleRecipe, all_known, register_layer
+from surgery.lazy_torch import fx, nn, torch
 
 #: ``nn.MultiheadAttention.forward``'s parameters in order.
 _ARGS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
@@ -59,7 +58,7 @@ class MultiheadAttention(LayerType):
     name = "MultiheadAttention"
     caffe_syntax = False
     fresh_output = True
-    torch_modules = (nn.MultiheadAttention,)
+    torch_modules = ("torch.nn.MultiheadAttention",)
     torch_nested_blobs = True
     blob_roles = ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")
 

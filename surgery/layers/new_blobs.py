@@ -9,12 +9,11 @@ from __future__ import annotations
 import functools
 from typing import Any, cast
 
-import torch
-
 from surgery.errors import SpecError
 from surgery.ir import Layer, Net, Origin, ParamBlob
 from surgery.ir.budget import check_bytes, tensor_bytes
 from surgery.layers.registry import layer_type
+from surgery.lazy_torch import torch
 from surgery.math.fillers import Filler, blob_generator, fill
 
 
@@ -64,7 +63,7 @@ def init_new_blobs(
         # from the blob's name at creation, so the values do not depend on when.
         layer.blobs[role] = ParamBlob.lazy(
             tuple(shape),
-            torch.float32,
+            "float32",
             functools.partial(
                 _filled,
                 filler,

@@ -6,13 +6,11 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-import torch
-from torch import fx, nn
-
 from surgery.ir import Layer, Shape
 from surgery.layers.meta_run import run_on_meta
 from surgery.layers.opaque_call import substitute
 from surgery.layers.registry import LayerType, register_layer
+from surgery.lazy_torch import fx, nn, torch
 
 
 @register_layer

@@ -6,11 +6,10 @@ from __future__ import annotations
 import operator
 from typing import Any
 
-from torch import fx
-
 from surgery.ir import Layer, Shape
 from surgery.layers.meta_run import run_on_meta
 from surgery.layers.registry import LayerType, register_layer
+from surgery.lazy_torch import fx
 
 
 class InputRef:

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.nn.functional as F
-from torch import fx
-
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, known, register_layer
+from surgery.lazy_torch import F, fx
 
 
 @register_layer
@@ -23,7 +21,7 @@ class Pad(LayerType):
     caffe_syntax = False
     passes_resize = True
     onnx_ops = ("Pad",)
-    torch_functions = (F.pad,)
+    torch_functions = ("torch.nn.functional.pad",)
 
     def import_torch_call_shaped(
         self, target: Any, args: tuple, kwargs: dict, in_shapes: list[Shape | None]

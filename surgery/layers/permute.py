@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import fx
-
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, known, register_layer
+from surgery.lazy_torch import fx, resolve_all
 
-_SWAPS = (torch.transpose, "transpose", torch.swapaxes, "swapaxes")
+_SWAPS = ("torch.transpose", "transpose", "torch.swapaxes", "swapaxes")
 
 
 def axis_order(layer: Layer, rank: int) -> list[int]:
@@ -35,7 +33,7 @@ class Permute(LayerType):
 
     name = "Permute"
     caffe_syntax = False
-    torch_functions = (torch.permute, "permute", *_SWAPS)
+    torch_functions = ("torch.permute", "permute", *_SWAPS)
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)
@@ -46,7 +44,7 @@ class Permute(LayerType):
         return graph.call_method("permute", (inputs[0], *axis_order(layer, len(known(layer, in_shapes)))))
 
     def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
-        if target in _SWAPS:
+        if target in resolve_all(_SWAPS):
             names = ("input", "dim0", "dim1")
             values = dict(zip(names, args)) | kwargs
             dims = [values.get("dim0"), values.get("dim1")]

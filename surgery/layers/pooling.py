@@ -7,13 +7,12 @@ import math
 from typing import Any
 
 import numpy as np
-import torch.nn.functional as F
-from torch import nn
 
 from surgery.errors import ModelFormatError, ShapeError, unsupported_in_caffe, unsupported_in_onnx
 from surgery.ir import Layer, Shape
 from surgery.layers.convolution import spatial
 from surgery.layers.registry import LayerType, ModuleRecipe, check_param, known, register_layer
+from surgery.lazy_torch import nn, resolve_all
 
 
 def pool_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
@@ -35,16 +34,21 @@ def _real_cell_scale(size: tuple, kernel: tuple, stride: tuple, begin: list[int]
     return (kernel[0] * kernel[1] / real)[None, None].astype(np.float32)
 
 
-_MAX = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
-_AVE = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
-_MAX_CALLS = (F.max_pool1d, F.max_pool2d, F.max_pool3d)
-_AVE_CALLS = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
-_ADAPTIVE_MAX = (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-_ADAPTIVE_AVE = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+_MAX = ("torch.nn.MaxPool1d", "torch.nn.MaxPool2d", "torch.nn.MaxPool3d")
+_AVE = ("torch.nn.AvgPool1d", "torch.nn.AvgPool2d", "torch.nn.AvgPool3d")
+_MAX_CALLS = ("torch.nn.functional.max_pool1d", "torch.nn.functional.max_pool2d", "torch.nn.functional.max_pool3d")
+_AVE_CALLS = ("torch.nn.functional.avg_pool1d", "torch.nn.functional.avg_pool2d", "torch.nn.functional.avg_pool3d")
+_ADAPTIVE_MAX = ("torch.nn.AdaptiveMaxPool1d", "torch.nn.AdaptiveMaxPool2d", "torch.nn.AdaptiveMaxPool3d")
+_ADAPTIVE_AVE = ("torch.nn.AdaptiveAvgPool1d", "torch.nn.AdaptiveAvgPool2d", "torch.nn.AdaptiveAvgPool3d")
 _LAYOUTS = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, T, H, W)"}
 #: Adaptive poolings read as global ones when their output size is 1 (the 2-D ones are
 #: AdaptivePooling layers, which also take other sizes).
-_GLOBAL = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool3d)
+_GLOBAL = (
+    "torch.nn.AdaptiveAvgPool1d",
+    "torch.nn.AdaptiveAvgPool3d",
+    "torch.nn.AdaptiveMaxPool1d",
+    "torch.nn.AdaptiveMaxPool3d",
+)
 #: The positional parameters of torch's max_pool*d / avg_pool*d, in order.
 _MAX_ARGUMENTS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
 _AVE_ARGUMENTS = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
@@ -85,7 +89,7 @@ class Pooling(LayerType):
         p = layer.params
         if p.get("global_pooling"):
             rank = len(known(layer, in_shapes)) - 2
-            cls = (_ADAPTIVE_MAX if p["pool"] == "MAX" else _ADAPTIVE_AVE)[rank - 1]
+            cls = (resolve_all(_ADAPTIVE_MAX) if p["pool"] == "MAX" else resolve_all(_ADAPTIVE_AVE))[rank - 1]
             return ModuleRecipe(cls, {"output_size": 1})
         rank = len(p["kernel"])
         common = {
@@ -95,9 +99,9 @@ class Pooling(LayerType):
             "ceil_mode": p["ceil_mode"],
         }
         if p["pool"] == "MAX":
-            return ModuleRecipe(_MAX[rank - 1], common | {"dilation": tuple(p["dilation"])})
+            return ModuleRecipe(resolve_all(_MAX)[rank - 1], common | {"dilation": tuple(p["dilation"])})
         return ModuleRecipe(
-            _AVE[rank - 1],
+            resolve_all(_AVE)[rank - 1],
             common
             | {
                 "count_include_pad": p["count_include_pad"],
@@ -106,13 +110,13 @@ class Pooling(LayerType):
         )
 
     def import_torch_module(self, module: nn.Module) -> dict[str, Any] | None:
-        if isinstance(module, _GLOBAL):  # an adaptive pooling to size 1 is a global one
+        if isinstance(module, resolve_all(_GLOBAL)):  # an adaptive pooling to size 1 is a global one
             sizes = module.output_size if isinstance(module.output_size, tuple) else (module.output_size,)
             if set(sizes) != {1} or getattr(module, "return_indices", False):
                 return None
             pool = "MAX" if isinstance(module, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool3d)) else "AVE"
             return pooling_params(pool, 1, global_pooling=True)
-        if isinstance(module, _MAX):
+        if isinstance(module, resolve_all(_MAX)):
             if module.return_indices:
                 return None
             return pooling_params(
@@ -122,9 +126,9 @@ class Pooling(LayerType):
                 module.padding,
                 dilation=module.dilation,
                 ceil_mode=module.ceil_mode,
-                rank=_MAX.index(type(module)) + 1,
+                rank=resolve_all(_MAX).index(type(module)) + 1,
             )
-        if not isinstance(module, _AVE):
+        if not isinstance(module, resolve_all(_AVE)):
             return None
         return pooling_params(
             "AVE",
@@ -134,15 +138,15 @@ class Pooling(LayerType):
             ceil_mode=module.ceil_mode,
             count_include_pad=module.count_include_pad,
             divisor_override=getattr(module, "divisor_override", None),
-            rank=_AVE.index(type(module)) + 1,
+            rank=resolve_all(_AVE).index(type(module)) + 1,
         )
 
     def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
-        names = _MAX_ARGUMENTS if target in _MAX_CALLS else _AVE_ARGUMENTS
+        names = _MAX_ARGUMENTS if target in resolve_all(_MAX_CALLS) else _AVE_ARGUMENTS
         if len(args) > len(names):
             return None
         values = dict(zip(names, args)) | kwargs
-        if target in _MAX_CALLS:
+        if target in resolve_all(_MAX_CALLS):
             if values.get("return_indices"):
                 return None
             return pooling_params(
@@ -152,7 +156,7 @@ class Pooling(LayerType):
                 values.get("padding", 0),
                 dilation=values.get("dilation", 1),
                 ceil_mode=values.get("ceil_mode", False),
-                rank=_MAX_CALLS.index(target) + 1,
+                rank=resolve_all(_MAX_CALLS).index(target) + 1,
             )
         return pooling_params(
             "AVE",
@@ -162,7 +166,7 @@ class Pooling(LayerType):
             ceil_mode=values.get("ceil_mode", False),
             count_include_pad=values.get("count_include_pad", True),
             divisor_override=values.get("divisor_override"),
-            rank=_AVE_CALLS.index(target) + 1,
+            rank=resolve_all(_AVE_CALLS).index(target) + 1,
         )
 
     onnx_ops = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean")

@@ -3,33 +3,38 @@
 
 from __future__ import annotations
 
+import functools
 import operator
 from typing import Any
 
-import torch
-from torch import fx
-
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, register_layer
+from surgery.lazy_torch import fx, resolve, torch
 
 _SCALAR_OPS = {
     operator.mul: "mul",
     operator.imul: "mul",
-    torch.mul: "mul",
+    "torch.mul": "mul",
     "mul": "mul",
     operator.add: "add",
     operator.iadd: "add",
-    torch.add: "add",
+    "torch.add": "add",
     "add": "add",
     operator.sub: "sub",
     operator.isub: "sub",
-    torch.sub: "sub",
+    "torch.sub": "sub",
     "sub": "sub",
     operator.truediv: "div",
     operator.itruediv: "div",
-    torch.div: "div",
+    "torch.div": "div",
     "div": "div",
 }
+
+
+@functools.cache
+def _scalar_ops() -> dict[Any, str]:
+    """_SCALAR_OPS keyed by the callables themselves (torch's resolved from their names)."""
+    return {resolve(call): value for call, value in _SCALAR_OPS.items()}
 
 
 @register_layer
@@ -57,7 +62,7 @@ class Power(LayerType):
         number = args[1] if args[0] is None else args[0]
         if not isinstance(number, (int, float)) or isinstance(number, bool):
             return None
-        op, tensor_first = _SCALAR_OPS[target], args[0] is None
+        op, tensor_first = _scalar_ops()[target], args[0] is None
         if op == "mul":
             return power_params(scale=number)
         if op == "add":

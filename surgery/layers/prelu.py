@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, known, register_layer
+from surgery.lazy_torch import nn
 
 
 @register_layer
@@ -16,7 +15,7 @@ class PReLU(LayerType):
 
     name = "PReLU"
     passes_resize = True
-    torch_modules = (nn.PReLU,)
+    torch_modules = ("torch.nn.PReLU",)
     blob_roles = ("weight",)
 
     def param_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> dict[str, Shape]:

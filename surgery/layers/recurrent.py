@@ -35,13 +35,12 @@ import operator
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
-from torch import fx, nn
 
 from surgery.errors import ModelFormatError, ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.recurrent_onnx import OnnxWalk
 from surgery.layers.registry import LayerType, ModuleRecipe, check_param, known
+from surgery.lazy_torch import fx, nn, resolve, torch
 
 
 def recurrent_params(
@@ -88,7 +87,8 @@ class RecurrentType(LayerType):
     gates: ClassVar[int] = 1
     #: state tensors (LSTM 2: h and c; GRU/RNN 1: h)
     states: ClassVar[int] = 1
-    torch_class: ClassVar[type[nn.Module]]
+    #: The torch module class by dotted name (``"torch.nn.LSTM"``).
+    torch_class: ClassVar[str]
     onnx_op: ClassVar[str]
     #: for each ONNX gate block, the torch gate block it holds
     onnx_gate_order: ClassVar[tuple[int, ...]] = (0,)
@@ -153,7 +153,7 @@ class RecurrentType(LayerType):
 
     # -------------------------------------------------------------- torch
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
-        return ModuleRecipe(self.torch_class, self.torch_kwargs(layer, known(layer, in_shapes)[2]))
+        return ModuleRecipe(resolve(self.torch_class), self.torch_kwargs(layer, known(layer, in_shapes)[2]))
 
     def torch_kwargs(self, layer: Layer, features: int) -> dict[str, Any]:
         p = layer.params

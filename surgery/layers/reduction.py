@@ -16,12 +16,11 @@ import operator
 from typing import Any
 
 import numpy as np
-import torch
-from torch import fx
 
 from surgery.errors import ShapeError, unsupported_in_caffe
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, check_param, known, register_layer
+from surgery.lazy_torch import fx, torch
 
 #: Caffe's ReductionOp names; the ONNX operator computing each.
 ONNX_OPS = {"SUM": "ReduceSum", "ASUM": "ReduceL1", "SUMSQ": "ReduceSumSquare", "MEAN": "ReduceMean"}
@@ -75,7 +74,7 @@ class Reduction(LayerType):
     # through; over other axes the consumers' parameter shapes do not change.
     passes_resize = True
     fresh_output = True
-    torch_functions = (torch.mean, torch.sum, "mean", "sum")
+    torch_functions = ("torch.mean", "torch.sum", "mean", "sum")
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)

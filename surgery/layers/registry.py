@@ -12,12 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
-from torch import fx, nn
-
 from surgery.errors import ModelFormatError, ShapeError, unsupported_in_caffe, unsupported_in_onnx
 from surgery.ir import Layer, Shape
 from surgery.ir.kinds import add_kind, all_kinds, kind_of
+from surgery.lazy_torch import fx, nn, resolve, torch
 
 
 @dataclass(frozen=True)
@@ -41,15 +39,17 @@ class LayerType:
 
     Class attributes:
         name: the registered type name (Caffe's, e.g. ``"Convolution"``).
-        torch_modules: ``nn.Module`` classes the torch importer maps to this type.
-        torch_functions: callables / method names (``"flatten"``) it maps to this type.
+        torch_modules: ``nn.Module`` classes the torch importer maps to this type, by
+            dotted name (``"torch.nn.ReLU"``: naming them imports no torch).
+        torch_functions: callables by dotted name (``"torch.relu"``), method names
+            (``"flatten"``) and other callables it maps to this type.
         blob_roles: parameter-blob roles in storage order (``("weight", "bias")``).
         passes_resize: a channel-count change flows through (see the attribute).
         runs_in_place / fresh_output: when the torch emitter may run an activation in place.
     """
 
     name: ClassVar[str] = ""
-    torch_modules: ClassVar[tuple[type, ...]] = ()
+    torch_modules: ClassVar[tuple[str, ...]] = ()
     torch_functions: ClassVar[tuple[Any, ...]] = ()
     #: The importer traces this type's calls at two batch sizes and asks
     #: :meth:`import_torch_call_traced` (not :meth:`import_torch_call`), also for calls whose
@@ -169,9 +169,10 @@ class LayerType:
         size that follows the batch stands."""
         return None
 
-    #: Functional calls (``F.linear``) this type takes when their weights are one module's
-    #: own parameters (timm's Linear, Conv2dSame and BatchNormAct2d subclasses call them).
-    torch_functionals: ClassVar[tuple[Any, ...]] = ()
+    #: Functional calls (``"torch.nn.functional.linear"``) this type takes when their weights
+    #: are one module's own parameters (timm's Linear, Conv2dSame and BatchNormAct2d
+    #: subclasses call them).
+    torch_functionals: ClassVar[tuple[str, ...]] = ()
 
     def import_torch_functional(
         self, target: Any, args: tuple, kwargs: dict, module: nn.Module
@@ -256,7 +257,7 @@ def registered_types() -> dict[str, LayerType]:
 
 def torch_module_map() -> dict[type, LayerType]:
     """``nn.Module`` class -> layer type, for the torch importer."""
-    return {cls: kind for kind in all_kinds().values() for cls in kind.torch_modules}
+    return {resolve(cls): kind for kind in all_kinds().values() for cls in kind.torch_modules}
 
 
 def _calls_to_kinds(attribute: str) -> dict[Any, list[LayerType]]:
@@ -264,7 +265,7 @@ def _calls_to_kinds(attribute: str) -> dict[Any, list[LayerType]]:
     found: dict[Any, list[LayerType]] = {}
     for kind in all_kinds().values():
         for fn in getattr(kind, attribute):
-            found.setdefault(fn, []).append(kind)
+            found.setdefault(resolve(fn), []).append(kind)
     return found
 
 
@@ -309,7 +310,8 @@ class ActivationType(LayerType):
     """A parameter-free elementwise layer computed by one torch module class and one
     ONNX operator."""
 
-    module_class: ClassVar[type[nn.Module]]
+    #: The torch module class by dotted name (``"torch.nn.Sigmoid"``).
+    module_class: ClassVar[str]
     onnx_op: ClassVar[str]
     #: The first ONNX opset with ``onnx_op``; below it the layer is written as its
     #: formula (:meth:`to_onnx_formula`), the last node carrying the layer's name.
@@ -336,7 +338,7 @@ class ActivationType(LayerType):
         return reader.layer(node, self.name, {})
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
-        return ModuleRecipe(self.module_class, {})
+        return ModuleRecipe(resolve(self.module_class), {})
 
     def import_torch_module(self, module: Any) -> dict[str, Any]:
         return {}

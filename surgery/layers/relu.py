@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
+from surgery.lazy_torch import F, nn
 
 
 @register_layer
@@ -19,8 +16,8 @@ class ReLU(LayerType):
     name = "ReLU"
     passes_resize = True
     runs_in_place = True
-    torch_modules = (nn.ReLU, nn.LeakyReLU)
-    torch_functions = (F.relu, torch.relu, F.leaky_relu, "relu")
+    torch_modules = ("torch.nn.ReLU", "torch.nn.LeakyReLU")
+    torch_functions = ("torch.nn.functional.relu", "torch.relu", "torch.nn.functional.leaky_relu", "relu")
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
         slope = layer.params.get("negative_slope", 0.0)

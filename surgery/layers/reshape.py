@@ -5,13 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-from torch import fx
-
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.meta_run import TracedShapes
 from surgery.layers.registry import LayerType, check_param, known, register_layer
+from surgery.lazy_torch import fx
 
 
 def resolve_shape(target: list[int], shape: Shape) -> tuple[int, ...]:
@@ -73,7 +71,7 @@ class Reshape(LayerType):
 
     name = "Reshape"
     onnx_ops = ("Reshape", "Squeeze", "Unsqueeze")
-    torch_functions = (torch.reshape, "reshape", "view", torch.unsqueeze, "unsqueeze", torch.squeeze, "squeeze")
+    torch_functions = ("torch.reshape", "reshape", "view", "torch.unsqueeze", "unsqueeze", "torch.squeeze", "squeeze")
     reads_traced_shapes = True
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
 from surgery.errors import ModelFormatError
 from surgery.ir import Layer, Shape
 from surgery.layers.recurrent import RecurrentType
 from surgery.layers.registry import register_layer
+from surgery.lazy_torch import nn
 
 NONLINEARITIES = {"tanh": "Tanh", "relu": "Relu"}
 
@@ -22,8 +21,8 @@ class RNN(RecurrentType):
 
     name = "RNN"
     gates, states = 1, 1
-    torch_class = nn.RNN
-    torch_modules = (nn.RNN,)
+    torch_class = "torch.nn.RNN"
+    torch_modules = ("torch.nn.RNN",)
     onnx_op = "RNN"
     onnx_ops = ("RNN",)
 

@@ -8,7 +8,6 @@ from typing import Any
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, known, register_layer
-from surgery.layers.runtime import ChannelAffine
 
 
 def affine_shape(layer: Layer, shape: Shape) -> tuple[int, ...]:
@@ -47,6 +46,8 @@ class Scale(LayerType):
         return {"type": "constant", "value": 1.0 if role == "weight" else 0.0}  # Caffe's: the identity
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
+        from surgery.layers.runtime import ChannelAffine  # torch's modules: imported for torch work only
+
         return ModuleRecipe(
             ChannelAffine,
             {

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from surgery.layers.registry import ActivationType, register_layer
 
 
 @register_layer
 class Sigmoid(ActivationType):
     name = "Sigmoid"
-    module_class = nn.Sigmoid
-    torch_modules = (nn.Sigmoid,)
-    torch_functions = (torch.sigmoid, F.sigmoid, "sigmoid")
+    module_class = "torch.nn.Sigmoid"
+    torch_modules = ("torch.nn.Sigmoid",)
+    torch_functions = ("torch.sigmoid", "torch.nn.functional.sigmoid", "sigmoid")
     onnx_op = "Sigmoid"
     onnx_ops = ("Sigmoid",)
 

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.nn.functional as F
-from torch import nn
-
 from surgery.ir import Layer
 from surgery.layers.registry import ActivationType, register_layer
 
@@ -20,9 +17,9 @@ SWISH_OPSET = 24
 @register_layer
 class SiLU(ActivationType):
     name = "SiLU"
-    module_class = nn.SiLU
-    torch_modules = (nn.SiLU,)
-    torch_functions = (F.silu,)
+    module_class = "torch.nn.SiLU"
+    torch_modules = ("torch.nn.SiLU",)
+    torch_functions = ("torch.nn.functional.silu",)
     onnx_ops = ("Swish",)
 
     onnx_op = "Swish"

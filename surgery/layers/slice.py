@@ -10,16 +10,15 @@ import operator
 from typing import Any
 
 import numpy as np
-import torch
-from torch import fx
 
 from surgery.errors import ShapeError, unsupported_in_caffe
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, check_axis, known, register_layer
+from surgery.lazy_torch import fx, resolve_all, torch
 
-_CHUNKS = (torch.chunk, "chunk")
-_SPLITS = (torch.split, "split")
-_UNBINDS = (torch.unbind, "unbind")
+_CHUNKS = ("torch.chunk", "chunk")
+_SPLITS = ("torch.split", "split")
+_UNBINDS = ("torch.unbind", "unbind")
 
 
 def _sizes(layer: Layer, shape: Shape) -> list[int]:
@@ -42,7 +41,7 @@ def _sizes(layer: Layer, shape: Shape) -> list[int]:
 
 def _torch_dim(target: Any, args: tuple, kwargs: dict) -> Any:
     """The ``dim`` of a traced ``chunk`` / ``split`` / ``unbind`` (0 by default)."""
-    position = 1 if target in _UNBINDS else 2
+    position = 1 if target in resolve_all(_UNBINDS) else 2
     return args[position] if len(args) > position else kwargs.get("dim", 0)
 
 
@@ -59,7 +58,9 @@ def _cuts_by_count(target: Any, args: tuple, kwargs: dict) -> bool:
     """``chunk(n)`` / ``split(k)``: the parts follow the axis' size. On axis 0, which may
     be the batch, the call itself stays, as fixed sizes would hold at one batch only
     (``unbind`` and a list of sizes mean the same at any batch, typed or not)."""
-    return target in _CHUNKS or (target in _SPLITS and not isinstance(_sizes_arg(args, kwargs), (list, tuple)))
+    return target in resolve_all(_CHUNKS) or (
+        target in resolve_all(_SPLITS) and not isinstance(_sizes_arg(args, kwargs), (list, tuple))
+    )
 
 
 def _torch_parts(target: Any, args: tuple, kwargs: dict, size: int) -> list[int] | None:
@@ -67,10 +68,10 @@ def _torch_parts(target: Any, args: tuple, kwargs: dict, size: int) -> list[int]
     ``size``, exactly as torch cuts it (None: arguments this type cannot read)."""
     if size < 1:
         return None
-    if target in _UNBINDS:
+    if target in resolve_all(_UNBINDS):
         return [1] * size
     how = _sizes_arg(args, kwargs)
-    if target in _CHUNKS:
+    if target in resolve_all(_CHUNKS):
         if not isinstance(how, int) or how < 1:
             return None
         how = math.ceil(size / how)  # torch's chunk: parts of ceil(size / chunks), so maybe fewer parts
@@ -127,7 +128,7 @@ class Slice(LayerType):
             return None, None
         edges = list(np.cumsum(sizes[:-1]).tolist())
         params = {"axis": dim, "slice_point": edges}
-        if target in _UNBINDS:
+        if target in resolve_all(_UNBINDS):
             params["squeeze"] = True
         return params, tuple(range(len(sizes)))
 

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from surgery.errors import unsupported_in_caffe
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, check_axis, register_layer
+from surgery.lazy_torch import F, nn, torch
 
 
 @register_layer
@@ -20,8 +17,15 @@ class Softmax(LayerType):
 
     name = "Softmax"
     passes_resize = True
-    torch_modules = (nn.Softmax, nn.LogSoftmax)
-    torch_functions = (F.softmax, torch.softmax, "softmax", F.log_softmax, torch.log_softmax, "log_softmax")
+    torch_modules = ("torch.nn.Softmax", "torch.nn.LogSoftmax")
+    torch_functions = (
+        "torch.nn.functional.softmax",
+        "torch.softmax",
+        "softmax",
+        "torch.nn.functional.log_softmax",
+        "torch.log_softmax",
+        "log_softmax",
+    )
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)

@@ -8,7 +8,6 @@ import sys
 from typing import Any
 
 from surgery.ir import Layer, Shape
-from surgery.layers import runtime
 from surgery.layers.opaque_call import TRAINING
 from surgery.layers.registry import LayerType, ModuleRecipe, check_param, register_layer
 
@@ -47,6 +46,8 @@ class StochasticDepth(LayerType):
         return [in_shapes[0]]
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
+        from surgery.layers import runtime  # torch's modules: imported for torch work only
+
         return ModuleRecipe(runtime.StochasticDepth, {"p": layer.params["p"], "mode": layer.params["mode"]})
 
     def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from torch import fx
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, register_layer
+from surgery.lazy_torch import fx
 
 POOLS = ("MAX", "AVE")
 

@@ -7,12 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
-from torch import fx
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, register_layer
+from surgery.lazy_torch import fx
 
 
 @register_layer
@@ -22,7 +21,7 @@ class Tile(LayerType):
 
     name = "Tile"
     caffe_syntax = False
-    torch_functions = (torch.tile, "repeat", "tile")
+    torch_functions = ("torch.tile", "repeat", "tile")
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         self.expect_inputs(layer, in_shapes, 1)

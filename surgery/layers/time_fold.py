@@ -14,11 +14,11 @@ import copy
 from typing import Any
 
 import numpy as np
-from torch import fx
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Net, Shape
 from surgery.layers.registry import LayerType, all_known, register_layer
+from surgery.lazy_torch import fx
 
 
 @register_layer

@@ -5,34 +5,48 @@ Log take a base, scale and shift the schema here does not carry): refused by nam
 
 from __future__ import annotations
 
+import functools
 import operator
 from typing import Any
-
-import torch
-import torch.nn.functional as F
-from torch import fx, nn
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, register_layer
+from surgery.lazy_torch import F, fx, nn, resolve, torch
 
 #: ONNX's SELU constants (torch's F.selu uses the same two numbers).
 SELU_ALPHA, SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875
 
 #: function -> (ONNX operator, torch callables and method names that compute it)
 FUNCTIONS: dict[str, tuple[str, tuple[Any, ...]]] = {
-    "exp": ("Exp", (torch.exp, "exp")),
-    "log": ("Log", (torch.log, "log")),
-    "abs": ("Abs", (torch.abs, "abs")),
-    "sign": ("Sign", (torch.sign, "sign")),
-    "elu": ("Elu", (F.elu,)),
-    "selu": ("Selu", (F.selu,)),
-    "softplus": ("Softplus", (F.softplus,)),
-    "softsign": ("Softsign", (F.softsign,)),
+    "exp": ("Exp", ("torch.exp", "exp")),
+    "log": ("Log", ("torch.log", "log")),
+    "abs": ("Abs", ("torch.abs", "abs")),
+    "sign": ("Sign", ("torch.sign", "sign")),
+    "elu": ("Elu", ("torch.nn.functional.elu",)),
+    "selu": ("Selu", ("torch.nn.functional.selu",)),
+    "softplus": ("Softplus", ("torch.nn.functional.softplus",)),
+    "softsign": ("Softsign", ("torch.nn.functional.softsign",)),
 }
 _BY_ONNX = {onnx_op: function for function, (onnx_op, _) in FUNCTIONS.items()}
 _BY_CALL = {call: function for function, (_, calls) in FUNCTIONS.items() for call in calls}
-_MODULES = {nn.ELU: "elu", nn.SELU: "selu", nn.Softplus: "softplus", nn.Softsign: "softsign"}
+#: torch module class (by dotted name) -> function
+_MODULES = {
+    "torch.nn.ELU": "elu",
+    "torch.nn.SELU": "selu",
+    "torch.nn.Softplus": "softplus",
+    "torch.nn.Softsign": "softsign",
+}
+
+
+@functools.cache
+def _modules() -> dict[Any, str]:
+    return {resolve(name): function for name, function in _MODULES.items()}
+
+
+@functools.cache
+def _calls() -> dict[Any, str]:
+    return {resolve(call): function for call, function in _BY_CALL.items()}
 
 
 def unary_params(function: str, alpha: float = 1.0, gamma: float = 1.0) -> dict[str, Any]:
@@ -79,13 +93,13 @@ class UnaryMath(LayerType):
     def import_torch_module(self, module: nn.Module) -> dict[str, Any] | None:
         if isinstance(module, nn.Softplus) and (module.beta != 1 or module.threshold != 20):
             return None  # a scaled softplus: not ONNX's log(1 + exp(x))
-        function = _MODULES[type(module)]
+        function = _modules()[type(module)]
         if function == "selu":
             return unary_params("selu", SELU_ALPHA, SELU_GAMMA)
         return unary_params(function, getattr(module, "alpha", 1.0))
 
     def import_torch_call(self, target: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
-        function = _BY_CALL[target]
+        function = _calls()[target]
         if kwargs.get("inplace") is False:
             kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
         if function == "elu":

@@ -7,7 +7,7 @@ with ``W' = W * s`` (per output channel) and ``b' = (b - mean) * s + beta``, whe
 
 from __future__ import annotations
 
-import torch
+from surgery.lazy_torch import torch
 
 
 def fold_batchnorm(

@@ -5,8 +5,7 @@ Pure tensor functions. Shapes follow torch / Caffe: weights [O, C/groups, kh, kw
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from surgery.lazy_torch import F, torch
 
 
 def composed_geometry(k1: int, s1: int, d1: int, p1: int, k2: int, s2: int, d2: int, p2: int) -> tuple[int, int, int]:

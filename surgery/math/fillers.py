@@ -14,9 +14,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from surgery.errors import SpecError
+from surgery.lazy_torch import torch
 
 FILLER_TYPES = ("constant", "gaussian", "uniform", "xavier", "msra", "bilinear", "positive_unitball")
 VARIANCE_NORMS = ("FAN_IN", "FAN_OUT", "AVERAGE")
@@ -129,10 +128,11 @@ def _bilinear(shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def fill(
-    filler: Filler, shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype = torch.float32
+    filler: Filler, shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
-    """A new tensor of ``shape`` filled as ``filler`` says (computed in float64, then cast,
-    so values do not depend on the target dtype's random stream)."""
+    """A new tensor of ``shape`` filled as ``filler`` says (computed in float64, then cast
+    to ``dtype``, float32 by default, so values do not depend on the target dtype's random
+    stream)."""
     shape = tuple(shape)
     kind = filler.type
     if kind == "constant":
@@ -155,7 +155,7 @@ def fill(
         out = _bilinear(shape)
     else:  # from_dict validated the type
         raise SpecError(f"unknown filler type {kind!r}")
-    return out.to(dtype)
+    return out.to(torch.float32 if dtype is None else dtype)
 
 
 def blob_generator(seed: int, layer: str, role: str) -> torch.Generator:

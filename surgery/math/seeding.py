@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
-import torch
+
+from surgery.lazy_torch import torch
 
 
 @contextmanager

@@ -11,11 +11,10 @@ import dataclasses
 import functools
 from typing import Any
 
-import torch
-
 from surgery.errors import SpecError, did_you_mean
 from surgery.ir import Layer, Net, Origin, ParamBlob
 from surgery.layers.new_blobs import init_new_blobs
+from surgery.lazy_torch import torch
 from surgery.math.fillers import Filler
 from surgery.ops.base import REINITIALISED, Action, OpContext, register_op
 from surgery.ops.propagate import propagate_resize

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from surgery.errors import SpecError
 from surgery.ir import Layer, Net, Origin, ParamBlob
 from surgery.ir.budget import check_bytes
 from surgery.layers.convolution import conv_output_size, conv_params
 from surgery.layers.new_blobs import init_new_blobs
+from surgery.lazy_torch import F, torch
 from surgery.math.conv_compose import compose_weights, composed_geometry, fit_conv, relative_error
 from surgery.math.fillers import Filler
 from surgery.math.seeding import seeded

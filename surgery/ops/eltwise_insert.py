@@ -8,10 +8,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-
 from surgery.errors import ShapeError, SpecError
 from surgery.ir import Layer, Net, Origin
+from surgery.lazy_torch import torch
 from surgery.ops.base import ADDED, Action, OpContext, register_op
 from surgery.ops.newlayer import add_caffe_layers, resolve_bottom
 

@@ -9,12 +9,11 @@ layer met whose blobs no longer fit is fixed by the spec's policy, in execution 
 
 from __future__ import annotations
 
-import torch
-
 from surgery.errors import SpecError
 from surgery.ir import Layer, Net, Origin
 from surgery.layers import layer_type
 from surgery.layers.new_blobs import init_new_blobs
+from surgery.lazy_torch import torch
 from surgery.ops.base import REINITIALISED, Action, OpContext
 
 REINIT, SLICE, ERROR = 0, 1, 2

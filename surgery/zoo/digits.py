@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
-import torch
-from torch import nn
+from surgery.lazy_torch import nn, torch
 
 WEIGHTS = Path(__file__).resolve().parent / "digits_cnn.pt"
 

@@ -9,14 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import torch
-
 from surgery.errors import ModelFormatError, ShapeError
 from surgery.importers.keras.archive import Scope, Variable
 from surgery.importers.keras.layout import ir_axis, ir_shape
 from surgery.ir import Layer, Net, ParamBlob, Shape
 from surgery.layers import layer_type, registered_types
+from surgery.lazy_torch import torch
 
 
 @dataclass(frozen=True)
@@ -172,7 +170,7 @@ class Builder:
         """A lazy blob over a stored variable: read (viewed in the mapped file when it can
         be), transformed (a transpose, made contiguous) on first use."""
         out_shape = tuple(shape) if shape is not None else variable.shape
-        dtype = torch.from_numpy(np.zeros(0, variable.dtype)).dtype
+        dtype = variable.dtype
 
         def load() -> torch.Tensor:
             values = torch.from_numpy(variable.read())

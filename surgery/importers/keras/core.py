@@ -6,13 +6,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from surgery.importers.keras import activations
 from surgery.importers.keras.builder import Builder, Call, Tensor, keras_layer
 from surgery.importers.keras.layout import dense_kernel, inverse, ir_order, ir_shape, then
 from surgery.ir import ParamBlob
 from surgery.layers.convolution import conv_params
+from surgery.lazy_torch import torch
 
 
 @keras_layer("Dense")
@@ -214,8 +214,8 @@ def normalization(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
         return torch.from_numpy((-mean_of() / np.maximum(np.sqrt(var_of()), 1e-7)).astype(np.float32))
 
     blobs = {
-        "weight": ParamBlob.lazy((channels,), torch.float32, inverse_std, trainable=False),
-        "bias": ParamBlob.lazy((channels,), torch.float32, shift, trainable=False),
+        "weight": ParamBlob.lazy((channels,), "float32", inverse_std, trainable=False),
+        "bias": ParamBlob.lazy((channels,), "float32", shift, trainable=False),
     }
     out = b.add(call.name, "Scale", [x.blob], {"axis": 1, "num_axes": 1, "bias_term": True}, blobs)
     return b.tensor(out, x.shape, x.channel_at, x.flattened)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
+
+from surgery.lazy_torch import torch
 
 
 def ir_shape(shape: tuple[int, ...], channel_at: int | None) -> tuple[int, ...]:

@@ -9,12 +9,11 @@ applies the reset gate before the recurrent product, which torch's GRU cannot.
 
 from __future__ import annotations
 
-import torch
-
 from surgery.importers.keras.activations import activation_name
 from surgery.importers.keras.builder import Builder, Call, Tensor, keras_layer
 from surgery.ir import ParamBlob
 from surgery.layers.recurrent import recurrent_params
+from surgery.lazy_torch import torch
 
 #: torch's gate blocks as Keras gate blocks, per type
 _TORCH_FROM_KERAS = {"LSTM": (0, 1, 2, 3), "GRU": (1, 0, 2)}
