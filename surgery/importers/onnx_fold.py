@@ -13,13 +13,15 @@ size is estimated first and refused past the memory budget.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import helper
 
 from surgery.errors import ModelFormatError
 from surgery.ir.budget import check_bytes
+
+if TYPE_CHECKING:
+    import onnx
 
 #: Operators whose outputs are not a function of their inputs: a fresh draw on each run.
 _RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
@@ -55,6 +57,8 @@ def fold(node: onnx.NodeProto, values: dict[str, np.ndarray], opset: int) -> dic
         _estimate_bytes(node, values),
         fix="export the model with its constants folded (e.g. onnxsim), or raise SURGERY_MEMORY_BUDGET",
     )
+    import onnx  # only a model with constant computations pays for importing onnx
+    from onnx import helper
     from onnx.reference import ReferenceEvaluator
 
     inputs = [

@@ -10,25 +10,26 @@ from __future__ import annotations
 
 import collections
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
-import torch
-from onnx import helper, numpy_helper
 
 from surgery.errors import ModelFormatError, ShapeError
 from surgery.importers import wire
 from surgery.importers.onnx_fold import constant_nodes, fold
+from surgery.importers.onnx_proto import attribute_value, messages, np_dtype, to_array
 from surgery.ir import Layer, Net, ParamBlob, Shape
 from surgery.layers import layer_type, registered_types
+from surgery.lazy_torch import torch
+
+if TYPE_CHECKING:
+    import onnx
 
 _PASS_THROUGH = {"Identity"}
 
 
-_GRAPH = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
-_INITIALIZER = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
-_RAW_DATA = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
+def _field_number(message: str, field: str) -> int:
+    return int(getattr(messages(), message).DESCRIPTOR.fields_by_name[field].number)
 
 
 class Weights:
@@ -44,23 +45,23 @@ class Weights:
 
     def array(self, tensor: onnx.TensorProto) -> np.ndarray:
         """The initializer's values (a view into the mapped file when aligned)."""
-        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        dtype = np_dtype(tensor.data_type)
         dims = tuple(int(d) for d in tensor.dims)
         if tensor.name in self.raw and dtype.kind in "fiub":
             offset, length = self.raw[tensor.name]
             return self._view(self.buffer, dtype, offset, length, dims, "the model file")
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        if tensor.data_location == messages().TensorProto.EXTERNAL:
             info = {entry.key: entry.value for entry in tensor.external_data}
             buffer = self._mapped(info["location"])
             length = int(info.get("length", int(np.prod(dims)) * dtype.itemsize))
             return self._view(buffer, dtype, int(info.get("offset", 0)), length, dims, info["location"])
         if tensor.name in self.raw:  # strings and other exotic types: let onnx decode them
-            full = onnx.TensorProto()
+            full = messages().TensorProto()
             full.CopyFrom(tensor)
             offset, length = self.raw[tensor.name]
             full.raw_data = bytes(self.buffer[offset : offset + length])
-            return numpy_helper.to_array(full)
-        return numpy_helper.to_array(tensor)
+            return to_array(full)
+        return to_array(tensor)
 
     def _mapped(self, location: str) -> Any:
         if location not in self._external:
@@ -82,14 +83,17 @@ class Weights:
 def _skim(buffer: Any, size: int) -> tuple[onnx.ModelProto, dict[str, tuple[int, int]]]:
     """The model with its initializers' ``raw_data`` left in the file: protobuf parses
     the rest; each raw_data's (offset, length) is returned by initializer name."""
-    head, graphs = wire.split(buffer, 0, size, {_GRAPH})
-    model = onnx.ModelProto.FromString(head)
+    graph_field = _field_number("ModelProto", "graph")
+    initializer_field = _field_number("GraphProto", "initializer")
+    raw_data_field = _field_number("TensorProto", "raw_data")
+    head, graphs = wire.split(buffer, 0, size, {graph_field})
+    model = messages().ModelProto.FromString(head)
     raw: dict[str, tuple[int, int]] = {}
     for graph in graphs:  # a message field written twice merges, as protobuf does
-        graph_head, initializers = wire.split(buffer, graph.value_start, graph.end, {_INITIALIZER})
+        graph_head, initializers = wire.split(buffer, graph.value_start, graph.end, {initializer_field})
         model.graph.MergeFromString(graph_head)
         for item in initializers:
-            tensor_head, data = wire.split(buffer, item.value_start, item.end, {_RAW_DATA})
+            tensor_head, data = wire.split(buffer, item.value_start, item.end, {raw_data_field})
             tensor = model.graph.initializer.add()
             tensor.MergeFromString(tensor_head)
             if data:
@@ -141,7 +145,7 @@ def _check_initializers(model: onnx.ModelProto, raw: dict[str, tuple[int, int]],
     checked against the header before anything is mapped or read."""
     for tensor in model.graph.initializer:
         try:
-            dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            dtype = np_dtype(tensor.data_type)
         except (KeyError, ValueError):
             dtype = None
         if dtype is None or dtype.kind not in "fiubc":
@@ -174,7 +178,7 @@ def external_data_files(path: str | Path) -> list[Path]:
     locations = {
         next((e.value for e in t.external_data if e.key == "location"), "")
         for t in model.graph.initializer
-        if t.data_location == onnx.TensorProto.EXTERNAL
+        if t.data_location == messages().TensorProto.EXTERNAL
     }
     return [folder / location for location in sorted(locations)]
 
@@ -182,7 +186,7 @@ def external_data_files(path: str | Path) -> list[Path]:
 def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
     folder = path.resolve().parent
     for tensor in model.graph.initializer:
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        if tensor.data_location != messages().TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
         target = (folder / location).resolve()
@@ -212,7 +216,7 @@ class OnnxReader:
 
     # ----------------------------------------------------------- values
     def attrs(self, node: onnx.NodeProto) -> dict[str, Any]:
-        return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        return {a.name: attribute_value(a) for a in node.attribute}
 
     def const(self, name: str | None) -> np.ndarray | None:
         """The value of an initializer or Constant output, else None."""
@@ -263,11 +267,16 @@ class OnnxReader:
         name = self.alias.get(name, name)
         tensor = self.initializers.get(name)
         if tensor is None or name in self.constants:
-            return self.param_from(torch.from_numpy(np.array(self.const(name))), trainable)
+            value = np.array(self.const(name))
+            if value.dtype.kind not in "fiubc":
+                raise ModelFormatError(
+                    f"constant {name!r} holds {value.dtype} values where a layer needs numbers", fix=_CORRUPT
+                )
+            return ParamBlob.lazy(value.shape, value.dtype, lambda: torch.from_numpy(value), trainable=trainable)
         weights = self.weights
         return ParamBlob.lazy(
             tuple(int(d) for d in tensor.dims),
-            self._torch_dtype(name),
+            self._dtype(name),
             lambda: torch.from_numpy(weights.array(tensor)),
             trainable=trainable,
         )
@@ -277,19 +286,15 @@ class OnnxReader:
         transpose, a scale), computed only when its data is first used."""
         return ParamBlob.lazy(
             tuple(shape),
-            self._torch_dtype(name),
+            self._dtype(name),
             lambda: torch.from_numpy(np.ascontiguousarray(compute(self.const(name)))),
             trainable=trainable,
         )
 
-    def _torch_dtype(self, name: str) -> torch.dtype:
+    def _dtype(self, name: str) -> np.dtype:
         name = self.alias.get(name, name)
         tensor = self.initializers.get(name)
-        np_dtype = self.constants[name].dtype if tensor is None else helper.tensor_dtype_to_np_dtype(tensor.data_type)
-        return torch.from_numpy(np.zeros(0, np_dtype)).dtype
-
-    def param_from(self, tensor: torch.Tensor, trainable: bool = True) -> ParamBlob:
-        return ParamBlob.from_tensor(tensor.contiguous(), trainable=trainable)
+        return self.constants[name].dtype if tensor is None else np_dtype(tensor.data_type)
 
     # ----------------------------------------------------------- layers
     def unique(self, name: str) -> str:
@@ -333,8 +338,9 @@ class OnnxReader:
 
     def constant_layer(self, node: onnx.NodeProto, value: np.ndarray, suffix: str) -> str:
         name = self.unique(f"{node_name(node)}/{suffix}")
-        tensor = torch.from_numpy(np.array(value, dtype=np.float32))
-        layer = Layer(name, "Constant", outputs=[name], blobs={"value": ParamBlob.from_tensor(tensor, trainable=False)})
+        array = np.array(value, dtype=np.float32)
+        blob = ParamBlob.lazy(array.shape, array.dtype, lambda: torch.from_numpy(array), trainable=False)
+        layer = Layer(name, "Constant", outputs=[name], blobs={"value": blob})
         self.add(layer)
         return name
 
@@ -461,7 +467,7 @@ def _import_node(node: onnx.NodeProto, reader: OnnxReader, table: dict) -> None:
         value = reader.attrs(node).get("value")
         if value is None:
             raise ModelFormatError(f"Constant node {node.name!r} has no tensor value")
-        reader.constants[node.output[0]] = numpy_helper.to_array(value)
+        reader.constants[node.output[0]] = to_array(value)
         return
     if node.op_type in _PASS_THROUGH:
         reader.alias[node.output[0]] = reader.alias.get(node.input[0], node.input[0])
