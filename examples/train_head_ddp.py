@@ -1,5 +1,6 @@
 """Train a clip model's head on cached features with DistributedDataParallel, one
-process per GPU (or CPU worker), started by torchrun.
+process per GPU (or CPU worker), started by torchrun. More processes than GPUs share them
+(over gloo: NCCL refuses two ranks on one GPU).
 
 The head is the spec's, emitted by surgery (its param groups honour lr_mult); the
 features are `surgery features` output, one ``<label>/<clip>.npy`` per clip (the first
@@ -37,10 +38,20 @@ def load_features(folder: Path, classes: list[str] | None = None) -> tuple[torch
     return features, labels, classes
 
 
+def device_and_backend() -> tuple[torch.device, str]:
+    """This rank's device and the process group's backend: NCCL with a GPU per rank; gloo
+    where the ranks on a machine outnumber its GPUs (they share them) or on CPUs."""
+    gpus = torch.cuda.device_count()
+    if not gpus:
+        return torch.device("cpu"), "gloo"
+    local, per_machine = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return torch.device(f"cuda:{local % gpus}"), "nccl" if per_machine <= gpus else "gloo"
+
+
 def train(spec: str, train_dir: Path, *, epochs: int, batch: int, lr: float, seed: int) -> tuple[torch.nn.Module, list]:
     """The DDP-wrapped head after ``epochs`` over ``train_dir``, and the class names."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    device, _ = device_and_backend()
     _, head_net = surgery.split(surgery.plan(spec, shapes_only=False).net)
     head = surgery.to_torch(head_net).to(device)
     model = DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None)
@@ -62,7 +73,7 @@ def train(spec: str, train_dir: Path, *, epochs: int, batch: int, lr: float, see
 
 def ranks_agree(model: torch.nn.Module) -> float:
     """The largest difference between any rank's weights and rank 0's."""
-    # on the parameters' own device: NCCL gathers GPU tensors only (gloo takes CPU ones)
+    # on the parameters' own device: NCCL gathers GPU tensors only (gloo takes both)
     flat = torch.cat([p.detach().float().flatten() for p in model.parameters()])
     gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, flat)
@@ -80,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", type=Path, help="rank 0 saves the trained head's state_dict here")
     args = parser.parse_args(argv)
-    if torch.cuda.is_available():  # NCCL's collectives run on each rank's own GPU
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device, backend = device_and_backend()
+    if device.type == "cuda":  # NCCL's collectives run on each rank's own GPU
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend)
     try:
         head, classes = train(args.spec, args.train, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed)
         difference = ranks_agree(head)

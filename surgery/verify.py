@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from surgery.emitters.onnx_model import emit_onnx
 from surgery.emitters.step import emit_step_onnx, step_net
 from surgery.errors import SurgeryError
 from surgery.ir import Net
 from surgery.layers.time_fold import clip_input, has_time_axis, without_time
+from surgery.lazy_torch import torch
 from surgery.probe import blob_values
 
 
@@ -126,8 +126,9 @@ def provider_label(session, tf32: bool = False) -> str:
     return f"{provider} (fp32)"
 
 
-def torch_device(name: str) -> torch.device:
-    """The torch device verify runs on; a clear error when CUDA is asked for and absent."""
+def torch_device(name: str, command: str = "verify") -> torch.device:
+    """The torch device ``command`` (verify, features, stream) runs on: a clear error for
+    an unknown device, or when CUDA is asked for and absent."""
     from surgery.errors import SpecError
 
     try:
@@ -135,13 +136,15 @@ def torch_device(name: str) -> torch.device:
     except (RuntimeError, ValueError):
         raise SpecError(f"unknown device {name!r}", fix="use --device cpu or --device cuda (cuda:1, ...)") from None
     if device.type not in ("cpu", "cuda"):
-        raise SpecError(f"verify runs on the CPU or a CUDA GPU, not {name!r}", fix="use --device cpu or --device cuda")
+        raise SpecError(
+            f"{command} runs on the CPU or a CUDA GPU, not {name!r}", fix="use --device cpu or --device cuda"
+        )
     if device.type == "cuda":
         if not torch.cuda.is_available():
             built = torch.version.cuda
             raise SpecError(
                 f"--device {name} asks for a CUDA GPU, and torch {torch.__version__} sees none",
-                fix="run verify on the CPU (leave out --device); "
+                fix=f"run {command} on the CPU (--device cpu); "
                 + (
                     f"this torch is built for CUDA {built}: check the driver and CUDA_VISIBLE_DEVICES"
                     if built

@@ -165,6 +165,20 @@ def test_bad_options_fail_before_any_work(tmp_path: Path, clips: Path, args: lis
     assert message in capsys.readouterr().err and not out.exists()
 
 
+@pytest.mark.parametrize("device", ["cuda:99", "tpu"])
+def test_a_device_that_is_not_there_is_refused_by_features_and_stream(
+    tmp_path: Path, clips: Path, device: str, capsys
+) -> None:
+    out = tmp_path / "feats"
+    assert main(["features", str(_spec(tmp_path)), str(clips), "-o", str(out), "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert device in err and "Traceback" not in err and not list(out.rglob("*.npy"))
+    video = write_video(tmp_path / "six.mp4", _frames(6, 9))
+    assert main(["stream", str(_spec(tmp_path, frames=6)), str(video), "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert device in err and "Traceback" not in err
+
+
 def test_an_empty_folder_is_an_error(tmp_path: Path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no videos")

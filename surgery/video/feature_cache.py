@@ -4,7 +4,8 @@ Each clip's features ``(T, F)`` go to ``OUT/<clip name>.npy``, written atomicall
 crash leaves whole files or none and a rerun skips what is done (resume) and redoes only
 missing or unreadable outputs. The work splits over workers by the sorted clip list
 (worker K of N takes clips K, K+N, ...): under ``torchrun`` (its RANK / WORLD_SIZE, a
-gloo or NCCL group for the barrier) or by ``--shard K/N`` on separate machines. Each
+gloo group for the barrier; worker K's backbone on GPU LOCAL_RANK modulo the GPUs there
+are, so several workers may share one) or by ``--shard K/N`` on separate machines. Each
 worker appends what it did to ``OUT/.surgery-features/part-K-of-N.jsonl``; once every clip
 has a record, ``OUT/manifest.json`` lists them all (clip, frames read, shape, sha256).
 """
@@ -216,11 +217,14 @@ def _runner(backbone: Net, device: str | None, torchrun: Shard | None) -> tuple[
     import torch
 
     from surgery.emitters.torch_module import emit_torch
+    from surgery.verify import torch_device
 
     if device is None:
         local = int(os.environ.get("LOCAL_RANK", 0)) if torchrun is not None else 0
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    where = torch.device(device)
+        # more workers than GPUs share them: decoding is the CPU's work, and a worker per
+        # core keeps a GPU busier than one worker can
+        device = f"cuda:{local % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+    where = torch_device(device, "features")
     return emit_torch(backbone, copy_weights=False).eval().to(where), where
 
 
@@ -386,13 +390,12 @@ class _Group:
 
     @classmethod
     def start(cls, out: Path, shard: Shard) -> _Group:
-        import torch
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            if torch.cuda.is_available():  # NCCL's collectives run on the rank's own GPU
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+            # gloo, also on GPUs: the group only waits at a barrier, and NCCL refuses two
+            # ranks on one GPU (more workers than GPUs)
+            dist.init_process_group(backend="gloo")
         group = cls(dist)
         token = secrets.token_hex(8)
         marks = out / STATE_DIR / "ranks"

@@ -49,9 +49,10 @@ class _TorchStep:
         import torch
 
         from surgery.emitters.torch_module import emit_torch
+        from surgery.verify import torch_device
 
         self.torch = torch
-        self.device = torch.device(device)
+        self.device = torch_device(device, "stream")
         self.module = emit_torch(step).eval().to(self.device)
         self.outputs = list(step.outputs)
         self.label = f"PyTorch on {self.device}"
