@@ -75,7 +75,7 @@ class Einsum(LayerType):
 
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape | None]) -> list[Shape | None]:
         equation = layer.params.get("equation")
-        if not _explicit(equation):
+        if not isinstance(equation, str) or not _explicit(equation):
             raise ShapeError(f"equation {equation!r} must name its output with '->'", subject=layer.name)
         if not layer.inputs:
             raise ShapeError("needs at least one input", subject=layer.name)
