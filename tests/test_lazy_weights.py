@@ -8,7 +8,10 @@ source format, the blobs a plan copied from the source are still unread afterwar
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -139,3 +142,67 @@ def _blob(array: np.ndarray):
     proto.shape.dim.extend(array.shape)
     proto.data.extend(array.reshape(-1).tolist())
     return proto
+
+
+#: One spec per operation that computes new weights from old ones (on the digits CNN's
+#: layer names): plan sets up each computation and runs none of them.
+COMPUTING_EDITS = {
+    "fold_batchnorm": "edit { fold_batchnorm { } }",
+    "keep_classes": 'edit { classifier { layer: "classifier.fc2" num_output: 4 keep_classes: "3" keep_classes: "5" } }',
+    "propagate_slice": 'edit { classifier { layer: "features.conv2" num_output: 24 propagate: SLICE } }',
+    "replace_slice": 'edit { replace { layer: "features.conv3" propagate: SLICE by { name: "features.conv3" '
+    'type: "Convolution" convolution_param { num_output: 48 kernel_size: 3 pad: 1 } } } }',
+    "gate": 'edit { eltwise { name: "gate" operation: PROD bottom: "features.pool1" near_identity: true '
+    'layer { name: "gate_conv" type: "Convolution" convolution_param { num_output: 1 kernel_size: 1 } } } }',
+    "collapse_fit": 'edit { collapse { first: "features.conv1" second: "features.conv2" name: "c12" mode: FIT } }',
+    "collapse_exact": 'edit { fold_batchnorm { } } edit { remove { layer: "features.relu1" } } '
+    'edit { collapse { first: "features.conv1" second: "features.conv2" name: "c12" accept_border: true } }',
+    "fc_to_conv": 'edit { remove { layer: "flatten" } } edit { fc_to_conv { layer: "classifier.fc1" } }',
+}
+
+
+@pytest.fixture(scope="module")
+def digits_external(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from surgery.zoo import digits_cnn
+
+    folder = tmp_path_factory.mktemp("computing")
+    emit_onnx(surgery.load(digits_cnn(), (1, 1, 8, 8)), folder / "digits.onnx", external_data=True)
+    for name, edits in COMPUTING_EDITS.items():
+        (folder / f"{name}.prototxt").write_text(f'source {{ onnx {{ path: "digits.onnx" }} }}\nseed: 3\n{edits}\n')
+    return folder
+
+
+@pytest.mark.parametrize("name", sorted(COMPUTING_EDITS))
+def test_plan_of_an_edit_computing_from_weights_reads_none(name: str, digits_external: Path, tmp_path: Path) -> None:
+    spec = digits_external / f"{name}.prototxt"
+    applied = surgery.apply(spec, tmp_path / "out")  # the computations run at apply, and write
+    planned = surgery.plan(spec)
+    assert not any(blob.is_loaded for layer in planned.net.layers() for blob in layer.blobs.values())
+
+    def rows(report: Any) -> list:  # a planned fit says its error comes at apply: the origin's kind
+        return [(r["name"], r["output_shape"], str(r["origin"]).split(":")[0]) for r in report.rows]
+
+    assert rows(planned.report) == rows(applied.report)
+
+
+def test_plans_of_edits_computing_from_weights_run_without_torch(digits_external: Path) -> None:
+    # torch made unimportable, and the weights file emptied: every plan still runs
+    data = digits_external / "digits.onnx.data"
+    saved = data.read_bytes()
+    code = (
+        "import importlib.abc, sys\n"
+        "class NoTorch(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] == 'torch':\n"
+        "            raise ImportError('torch imported')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "import surgery\n"
+        f"for name in {sorted(COMPUTING_EDITS)!r}:\n"
+        f"    surgery.plan({str(digits_external)!r} + '/' + name + '.prototxt')\n"
+    )
+    try:
+        data.write_bytes(b"")
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    finally:
+        data.write_bytes(saved)
+    assert run.returncode == 0, run.stderr[-3000:]

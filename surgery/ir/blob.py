@@ -8,6 +8,7 @@ output without a copy.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,6 +135,19 @@ class ParamBlob:
         self.shape = tuple(tensor.shape)
         self.dtype_name = dtype_name(tensor.dtype)
         self.origin = origin
+
+    def derive(self, compute: Callable[[], torch.Tensor], origin: Origin, shape: tuple[int, ...] | None = None) -> None:
+        """Replace the values with ``compute()``, run when the data is first used (``plan``
+        never uses it: an op computing from weights stays a plan that reads none).
+        ``compute`` reads its inputs from :meth:`snapshot` copies, never from this blob."""
+        self._data = None
+        self._loader = compute
+        self.shape = tuple(shape) if shape is not None else self.shape
+        self.origin = origin
+
+    def snapshot(self) -> ParamBlob:
+        """A copy holding these values as they are now (shared, not copied; read on use)."""
+        return dataclasses.replace(self)
 
     @property
     def numel(self) -> int:

@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -221,20 +223,12 @@ def collapse(net: Net, op: Any, ctx: OpContext) -> list[Action]:
                 subject=first.name,
                 fix="use mode: FIT (least squares) or FRESH, or fold/remove that layer first",
             )
-        p1, p2 = first.params, second.params
-        weight, bias = compose_weights(
-            first.blobs["weight"].data,
-            first.blobs["bias"].data if "bias" in first.blobs else None,
-            second.blobs["weight"].data,
-            second.blobs["bias"].data if "bias" in second.blobs else None,
-            p1["stride"],
-            p1["dilation"],
-            p2["dilation"],
-        )
+        p2 = second.params
+        composed = _composed(first, second)
         if any(p2["pad"]) and ctx.shapes_only:  # measuring needs weights: apply does it
             border = float("nan") if op.accept_border else 0.0
         else:
-            border = _border_error(net, first, second, weight, bias, stride, pad, ctx) if any(p2["pad"]) else 0.0
+            border = _border_error(net, first, second, *composed(), stride, pad, ctx) if any(p2["pad"]) else 0.0
         if border and not op.accept_border:
             raise SpecError(
                 f"{second.name!r} pads its input, so the composite differs at the borders (interior exact, max "
@@ -249,25 +243,28 @@ def collapse(net: Net, op: Any, ctx: OpContext) -> list[Action]:
     elif mode == "FIT":
         _check_fit(net, op, first, second, kernel, stride, pad)
         if ctx.shapes_only:  # plan reads no weights: the fit itself runs at apply
-            weight, bias = _shapes_only(second.params["num_output"], first.blobs["weight"].shape[1], kernel)
+            composed = _fitted_at_apply
             detail = (
                 f"least-squares fit on {_what_inputs(op)} happens at apply (plan reads no weights); "
                 "apply reports its relative error"
             )
         else:
             weight, bias, error, measured = _fit(net, op, first, second, kernel, stride, pad, ctx)
+            composed = functools.partial(_given, weight, bias)
             detail = f"least-squares fit, relative error {error:.4f} on {measured}"
         origin = Origin("derived", f"fitted to {first.name} -> {second.name} ({detail})")
     params = conv_params(second.params["num_output"], kernel, stride, pad)
+    out_channels, in_channels = second.params["num_output"], first.blobs["weight"].shape[1]
     removed = [first.name, *(c.name for c in chain), second.name]
     layer = _replace_pair(net, first, second, chain, op.name, params)
     if mode == "FRESH":
         fillers = {"weight": Filler.from_proto(op.weight_filler)} if op.HasField("weight_filler") else {}
         detail = "fresh: " + "; ".join(init_new_blobs(net, layer, ctx.seed, fillers))
     else:
+        dtype = first.blobs["weight"].dtype_name
         layer.blobs = {
-            "weight": ParamBlob.from_tensor(weight, origin=origin),
-            "bias": ParamBlob.from_tensor(bias, origin=origin),
+            "weight": ParamBlob.lazy((out_channels, in_channels, *kernel), dtype, lambda: composed()[0], origin=origin),
+            "bias": ParamBlob.lazy((out_channels,), dtype, lambda: composed()[1], origin=origin),
         }
     net.shapes()
     return [
@@ -280,9 +277,39 @@ def collapse(net: Net, op: Any, ctx: OpContext) -> list[Action]:
     ] + [Action("collapse", name, DROPPED, f"collapsed into {op.name}") for name in removed]
 
 
-def _shapes_only(out_channels: int, in_channels: int, kernel) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias with shapes and no values (plan's fitted convolution)."""
-    return (torch.empty(out_channels, in_channels, *kernel, device="meta"), torch.empty(out_channels, device="meta"))
+def _composed(first: Layer, second: Layer) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """The exact composite's (weight, bias), computed once on first use from the pair's
+    blobs as they are now (plan reads no weights)."""
+    blobs = {f"first.{r}": b.snapshot() for r, b in first.blobs.items()}
+    blobs |= {f"second.{r}": b.snapshot() for r, b in second.blobs.items()}
+    p1, p2 = dict(first.params), dict(second.params)
+
+    @functools.cache
+    def compute() -> tuple[torch.Tensor, torch.Tensor]:
+        def data(name: str) -> torch.Tensor | None:
+            return blobs[name].data if name in blobs else None
+
+        first_weight, second_weight = data("first.weight"), data("second.weight")
+        assert first_weight is not None and second_weight is not None  # convolutions have weights
+        return compose_weights(
+            first_weight,
+            data("first.bias"),
+            second_weight,
+            data("second.bias"),
+            p1["stride"],
+            p1["dilation"],
+            p2["dilation"],
+        )
+
+    return compute
+
+
+def _given(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return weight, bias
+
+
+def _fitted_at_apply() -> tuple[torch.Tensor, torch.Tensor]:
+    raise RuntimeError("a planned least-squares fit has no values: apply runs the fit")
 
 
 def _what_inputs(op: Any) -> str:

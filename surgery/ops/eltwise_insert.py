@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from surgery.errors import ShapeError, SpecError
 from surgery.ir import Layer, Net, Origin
 from surgery.lazy_torch import torch
@@ -27,9 +29,10 @@ def _near_identity(net: Net, added: list[Layer], gate_blob: str) -> tuple[Layer,
     bias = math.log(_IDENTITY_GATE / (1 - _IDENTITY_GATE))
     origin = Origin("filler", f"near-identity gate: sigmoid(bias) = {_IDENTITY_GATE}")
     # A small random weight (not zero) lets the gate learn; its effect starts tiny.
-    weight = last.blobs["weight"].data * 1e-3
-    last.blobs["weight"].set_data(weight, Origin("filler", f"{last.blobs['weight'].origin.detail} x 1e-3"))
-    last.blobs["bias"].set_data(torch.full_like(last.blobs["bias"].data, bias), origin)
+    weight, filled = last.blobs["weight"], last.blobs["weight"].snapshot()
+    weight.derive(lambda: filled.data * 1e-3, Origin("filler", f"{weight.origin.detail} x 1e-3"))
+    gate = last.blobs["bias"]
+    gate.derive(lambda: torch.full(gate.shape, bias, dtype=gate.dtype), origin)
     sigmoid = Layer(
         f"{last.name}/sigmoid",
         "Sigmoid",
@@ -112,8 +115,8 @@ def eltwise(net: Net, op: Any, ctx: OpContext) -> list[Action]:
         actions.append(Action("eltwise", sigmoid.name, ADDED, "Sigmoid: the gate starts near 1"))
     shapes = net.shapes()
     try:
-        torch.broadcast_shapes(shapes[main], shapes[other])
-    except RuntimeError:
+        np.broadcast_shapes(tuple(net.known_shape(main)), tuple(net.known_shape(other)))
+    except ValueError:
         raise ShapeError(
             f"{main!r} {shapes[main]} and {other!r} {shapes[other]} do not broadcast",
             subject=op.name,

@@ -3,11 +3,13 @@ an IP over a C x H x W input is an H x W convolution with the same weights, resh
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from surgery.errors import SpecError
-from surgery.ir import Net, Origin
+from surgery.ir import Net, Origin, ParamBlob
 from surgery.layers.convolution import conv_params
+from surgery.lazy_torch import torch
 from surgery.ops.base import DERIVED, Action, OpContext, register_op
 from surgery.ops.selectors import match_name
 
@@ -34,11 +36,13 @@ def fc_to_conv(net: Net, op: Any, ctx: OpContext) -> list[Action]:
             )
         _, channels, height, width = shape
         weight = layer.blobs["weight"]
-        reshaped = weight.data.reshape(weight.shape[0], channels, height, width)
+        kernel = (weight.shape[0], channels, height, width)
         layer.type = "Convolution"
         layer.params = conv_params(layer.params["num_output"], (height, width), bias_term=layer.params["bias_term"])
-        weight.set_data(
-            reshaped, Origin("derived", f"{name}'s InnerProduct weight reshaped to a {height}x{width} kernel")
+        weight.derive(
+            functools.partial(_reshaped, weight.snapshot(), kernel),
+            Origin("derived", f"{name}'s InnerProduct weight reshaped to a {height}x{width} kernel"),
+            shape=kernel,
         )
         actions.append(Action("fc_to_conv", name, DERIVED, f"InnerProduct -> Convolution {height}x{width}"))
         net.invalidate()
@@ -53,3 +57,7 @@ def fc_to_conv(net: Net, op: Any, ctx: OpContext) -> list[Action]:
             later.params["axis"] = 1
             net.invalidate()
     return actions
+
+
+def _reshaped(weight: ParamBlob, shape: tuple[int, ...]) -> torch.Tensor:
+    return weight.data.reshape(shape)

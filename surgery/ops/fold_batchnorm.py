@@ -3,6 +3,7 @@ layer, for deploy exports (the math is in ``surgery.math.batchnorm_fold``)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from surgery.errors import SpecError
@@ -33,31 +34,42 @@ def _fold_one(net: Net, layer: Layer, bn: Layer, scale: Layer | None) -> list[Ac
         raise SpecError(
             f"BatchNorm {bn.name!r} normalises with batch statistics; folding needs fixed ones", subject=layer.name
         )
-    gamma = bn.blobs["weight"].data if "weight" in bn.blobs else None
-    beta = bn.blobs["bias"].data if "bias" in bn.blobs else None
+    # the folded values are computed when first used (apply), from the blobs as they are
+    # now: plan reads no weights
+    inputs = {f"bn.{role}": blob.snapshot() for role, blob in bn.blobs.items()}
+    inputs |= {f"layer.{role}": blob.snapshot() for role, blob in layer.blobs.items()}
     if scale is not None:  # Caffe: BatchNorm without affine, then Scale(bias_term)
-        gamma, beta = scale.blobs["weight"].data, scale.blobs["bias"].data
-    bias = layer.blobs["bias"].data if "bias" in layer.blobs else None
-    weight, new_bias = fold(
-        layer.blobs["weight"].data,
-        bias,
-        bn.blobs["running_mean"].data,
-        bn.blobs["running_var"].data,
-        float(bn.params.get("eps", 1e-5)),
-        gamma,
-        beta,
-    )
+        inputs |= {f"scale.{role}": blob.snapshot() for role, blob in scale.blobs.items()}
+    eps = float(bn.params.get("eps", 1e-5))
+
+    @functools.cache
+    def folded_values() -> tuple[Any, Any]:
+        def data(name: str) -> Any:
+            return inputs[name].data if name in inputs else None
+
+        gamma, beta = (
+            (data("scale.weight"), data("scale.bias")) if scale is not None else (data("bn.weight"), data("bn.bias"))
+        )
+        return fold(
+            data("layer.weight"), data("layer.bias"), data("bn.running_mean"), data("bn.running_var"), eps, gamma, beta
+        )
+
     folded = [bn] + ([scale] if scale is not None else [])
     origin = Origin("derived", f"{layer.name} folded with {' + '.join(x.name for x in folded)}")
-    layer.blobs["weight"].set_data(weight, origin)
+    weight = layer.blobs["weight"]
+    weight.derive(lambda: folded_values()[0], origin)
     if "bias" in layer.blobs:
-        layer.blobs["bias"].set_data(new_bias, origin)
+        layer.blobs["bias"].derive(lambda: folded_values()[1], origin)
     else:
         from surgery.ir import ParamBlob
 
-        decay = layer.blobs["weight"].decay_mult
-        layer.blobs["bias"] = ParamBlob.from_tensor(
-            new_bias, lr_mult=layer.blobs["weight"].lr_mult, decay_mult=decay, origin=origin
+        layer.blobs["bias"] = ParamBlob.lazy(
+            (weight.shape[0],),
+            weight.dtype_name,
+            lambda: folded_values()[1],
+            lr_mult=weight.lr_mult,
+            decay_mult=weight.decay_mult,
+            origin=origin,
         )
         layer.params["bias_term"] = True
     last = folded[-1]

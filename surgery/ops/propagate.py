@@ -9,8 +9,10 @@ layer met whose blobs no longer fit is fixed by the spec's policy, in execution 
 
 from __future__ import annotations
 
+import functools
+
 from surgery.errors import SpecError
-from surgery.ir import Layer, Net, Origin
+from surgery.ir import Layer, Net, Origin, ParamBlob
 from surgery.layers import layer_type
 from surgery.layers.new_blobs import init_new_blobs
 from surgery.lazy_torch import torch
@@ -50,10 +52,16 @@ def _slice(layer: Layer, wanted: dict[str, tuple[int, ...]]) -> None:
         target = wanted.get(role, blob.shape)
         if blob.shape == target:
             continue
-        data = torch.full(target, _pad_value(layer, role), dtype=blob.dtype)
-        index = tuple(slice(0, min(a, b)) for a, b in zip(blob.shape, target))
-        data[index] = blob.data[index]
-        blob.set_data(data, Origin("resized", f"sliced/padded from {tuple(blob.shape)}"))
+        compute = functools.partial(_sliced, blob.snapshot(), tuple(target), _pad_value(layer, role))
+        blob.derive(compute, Origin("resized", f"sliced/padded from {tuple(blob.shape)}"), shape=target)
+
+
+def _sliced(blob: ParamBlob, target: tuple[int, ...], pad: float) -> torch.Tensor:
+    """``blob``'s values cut or padded (with ``pad``) to ``target``, on first use."""
+    data = torch.full(target, pad, dtype=blob.dtype)
+    index = tuple(slice(0, min(a, b)) for a, b in zip(blob.shape, target))
+    data[index] = blob.data[index]
+    return data
 
 
 def propagate_resize(net: Net, resized: Layer, policy: int, ctx: OpContext) -> list[Action]:
