@@ -9,6 +9,7 @@ output without a copy.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,6 +67,10 @@ def dtype_name(dtype: Any) -> str:
     return np.dtype(dtype).name
 
 
+def _full(shape: tuple[int, ...], value: float) -> torch.Tensor:
+    return torch.full(shape, value, dtype=torch.float32)
+
+
 @dataclass
 class ParamBlob:
     """One parameter or buffer of a layer.
@@ -100,6 +105,13 @@ class ParamBlob:
         """A blob whose data is read by ``loader`` on first use. ``dtype``: a torch or numpy
         dtype, or its name."""
         return cls(shape=tuple(shape), dtype_name=dtype_name(dtype), _loader=loader, **kwargs)
+
+    @classmethod
+    def filled(cls, shape: tuple[int, ...], value: float, **kwargs) -> ParamBlob:
+        """A float32 blob of ``value`` everywhere, made on first use (an importer's zero
+        bias or unit scale where the source stores none)."""
+        shape = tuple(shape)
+        return cls.lazy(shape, "float32", functools.partial(_full, shape, value), **kwargs)
 
     @property
     def dtype(self) -> torch.dtype:

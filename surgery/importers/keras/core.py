@@ -160,9 +160,9 @@ def batch_normalization(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
             blobs[role] = b.param(b.variable(call, index, keras_name, (channels,)))
             index += 1
     if center and not scale:
-        blobs = {"weight": ParamBlob.from_tensor(torch.ones(channels), lr_mult=0.0)} | blobs
+        blobs = {"weight": ParamBlob.filled((channels,), 1.0, lr_mult=0.0)} | blobs
     if scale and not center:
-        blobs["bias"] = ParamBlob.from_tensor(torch.zeros(channels), lr_mult=0.0)
+        blobs["bias"] = ParamBlob.filled((channels,), 0.0, lr_mult=0.0)
     for role, keras_name in (("running_mean", "moving_mean"), ("running_var", "moving_variance")):
         blobs[role] = b.param(b.variable(call, index, keras_name, (channels,)), trainable=False)
         index += 1
@@ -266,6 +266,6 @@ def layer_normalization(b: Builder, call: Call, inputs: list[Tensor]) -> Tensor:
             blobs[role] = b.param(b.variable(call, index, keras_name, normalized))
             index += 1
     if "bias" in blobs and "weight" not in blobs:
-        blobs = {"weight": ParamBlob.from_tensor(torch.ones(normalized), lr_mult=0.0)} | blobs
+        blobs = {"weight": ParamBlob.filled(tuple(normalized), 1.0, lr_mult=0.0)} | blobs
     params = {"normalized_shape": list(normalized), "eps": float(call.get("epsilon", 1e-3)), "affine": bool(blobs)}
     return b.tensor(b.add(call.name, "LayerNorm", [x.blob], params, blobs), x.shape)

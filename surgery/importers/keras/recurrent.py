@@ -64,7 +64,7 @@ def _blobs(b: Builder, call: Call, features: int, suffix: str = "") -> dict[str,
         blobs[f"bias_hh_l0{suffix}"] = b.param(bias, lambda v: _gates(v[1], order, units), (gates * units,))
     else:
         blobs[f"bias_ih_l0{suffix}"] = b.param(bias, lambda v: _gates(v, order, units), (gates * units,))
-        blobs[f"bias_hh_l0{suffix}"] = ParamBlob.from_tensor(torch.zeros(gates * units))
+        blobs[f"bias_hh_l0{suffix}"] = ParamBlob.filled((gates * units,), 0.0)
     return blobs
 
 
