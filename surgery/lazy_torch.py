@@ -65,10 +65,16 @@ def torch_imported() -> bool:
     return "torch" in sys.modules
 
 
+def is_tensor(value: Any) -> bool:
+    """Whether ``value`` is a torch tensor, answered without importing torch when nothing
+    has imported it yet."""
+    return torch_imported() and isinstance(value, torch.Tensor)
+
+
 def is_torch_module(value: Any) -> bool:
     """Whether ``value`` is an ``nn.Module``, answered without importing torch when nothing
     has imported it yet (then nothing can be one)."""
     return torch_imported() and isinstance(value, nn.Module)
 
 
-__all__ = ["F", "fx", "is_torch_module", "nn", "resolve", "resolve_all", "torch", "torch_imported"]
+__all__ = ["F", "fx", "is_tensor", "is_torch_module", "nn", "resolve", "resolve_all", "torch", "torch_imported"]

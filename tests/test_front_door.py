@@ -172,3 +172,31 @@ def test_every_onnx_backend_model_loads_without_torch() -> None:
     run = subprocess.run([sys.executable, "-c", BLOCKED], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert int(run.stdout.strip() or 0) > 100
+
+
+def test_apply_from_onnx_or_caffe_to_onnx_runs_without_torch_and_keeps_the_values(
+    digits_onnx: Path, tmp_path: Path
+) -> None:
+    # weights the edits only copy go from the source file to the ONNX file without torch
+    import numpy as np
+
+    ort = pytest.importorskip("onnxruntime")
+    onnx_spec = tmp_path / "onnx.prototxt"
+    onnx_spec.write_text(
+        f'source {{ onnx {{ path: "{digits_onnx}" }} }}\n'
+        'edit { lr { up_to: "features.conv2" lr_mult: 0 } }\noutput { onnx { path: "m.onnx" } }\n'
+    )
+    caffe_spec = tmp_path / "caffe.prototxt"
+    weights = ROOT / "examples" / "caffe" / "mini_googlenet.caffemodel"
+    caffe_spec.write_text(
+        f'source {{ caffe {{ prototxt: "{CAFFE}" weights: "{weights}" }} }}\n'
+        'edit { lr { match: "conv*" lr_mult: 0 } }\noutput { onnx { path: "m.onnx" } }\n'
+    )
+    for spec, out in ((onnx_spec, tmp_path / "onnx_out"), (caffe_spec, tmp_path / "caffe_out")):
+        status, imported = _cli(["apply", "-q", str(spec), "-o", str(out)], tmp_path)
+        assert status == 0 and "torch" not in imported, spec.name
+    x = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
+    source, written = (ort.InferenceSession(str(p)) for p in (digits_onnx, tmp_path / "onnx_out" / "m.onnx"))
+    want = source.run(None, {source.get_inputs()[0].name: x})[0]
+    got = written.run(None, {written.get_inputs()[0].name: x})[0]
+    np.testing.assert_array_equal(got, want)

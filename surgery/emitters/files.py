@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from surgery.errors import SurgeryError
-from surgery.lazy_torch import torch
+from surgery.lazy_torch import is_tensor
 
 #: Writes at least this large are hashed on a helper thread: hashing then overlaps with
 #: the writer's own work (torch's CRC of the next record, the copy into the page cache).
@@ -36,7 +36,7 @@ def memory_ranges(buffers: Iterable[Any]) -> list[tuple[int, int]]:
     :class:`HashingWriter`'s ``stable``."""
     ranges = []
     for item in buffers:
-        if isinstance(item, torch.Tensor):
+        if is_tensor(item):
             if item.device.type == "cpu":
                 storage = item.untyped_storage()
                 ranges.append((storage.data_ptr(), storage.data_ptr() + storage.nbytes()))

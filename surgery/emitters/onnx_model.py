@@ -33,15 +33,6 @@ DEFAULT_OPSET = 17
 IR_FOR_OPSET = {17: 8, 18: 8, 19: 9, 20: 9, 21: 10}
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3  # protobuf's 2 GB message limit
 
-_DTYPES = {
-    torch.float32: TensorProto.FLOAT,
-    torch.float64: TensorProto.DOUBLE,
-    torch.float16: TensorProto.FLOAT16,
-    torch.int64: TensorProto.INT64,
-    torch.int32: TensorProto.INT32,
-}
-
-
 MIN_OPSET = 17
 
 
@@ -118,8 +109,10 @@ class OnnxWriter:
         """Add one node; ``name`` should be the layer's (suffixed when a layer needs several)."""
         self.nodes.append(helper.make_node(op_type, inputs, outputs, name=name, **attrs))
 
-    def weight(self, layer: Layer, role: str, tensor: torch.Tensor | None = None) -> str:
-        """An initializer ``<layer>.<role>`` holding the blob (or ``tensor``); its name.
+    def weight(self, layer: Layer, role: str, tensor: torch.Tensor | np.ndarray | None = None) -> str:
+        """An initializer ``<layer>.<role>`` holding the blob (or ``tensor``, an array or a
+        torch tensor); its name. A blob still holding a model file's values is written from
+        them without torch.
 
         A layer calling a module another layer owns (``extra["module_path"]``) reads the
         owner's initializer, written once. A name that is also a blob of the net (a
@@ -130,8 +123,11 @@ class OnnxWriter:
             if name in self.tensors:
                 return name
             layer = self.net.layer(owner)
-        data = layer.blobs[role].data if tensor is None else tensor
-        return self.const(self._initializer_name(layer.name, role), data.detach().cpu().contiguous().numpy())
+        if tensor is None:
+            array = layer.blobs[role].array()
+        else:
+            array = tensor if isinstance(tensor, np.ndarray) else tensor.detach().cpu().contiguous().numpy()
+        return self.const(self._initializer_name(layer.name, role), array)
 
     def _initializer_name(self, layer_name: str, role: str) -> str:
         name = f"{layer_name}.{role}"

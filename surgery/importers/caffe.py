@@ -30,7 +30,6 @@ from surgery.importers.caffemodel import StoredBlob, stored_weights
 from surgery.ir import Layer, Net, Origin, ParamBlob
 from surgery.layers import layer_type, registered_types
 from surgery.layers.new_blobs import init_new_blobs
-from surgery.lazy_torch import torch
 from surgery.spec.loader import decode_text
 from surgery.spec.schema import caffe_class
 
@@ -419,11 +418,11 @@ def _fits(stored: tuple[int, ...], shape: tuple[int, ...]) -> bool:
 def _lazy(stored: StoredBlob, shape: tuple[int, ...], scale: Any = None, **kwargs: Any) -> ParamBlob:
     """A blob read from the caffemodel on first use (times ``scale()`` when given)."""
 
-    def load() -> torch.Tensor:
+    def read() -> np.ndarray:
         array = stored.array().reshape(shape)
-        return torch.from_numpy(np.ascontiguousarray(array * scale() if scale is not None else array))
+        return np.ascontiguousarray(array * scale() if scale is not None else array)
 
-    return ParamBlob.lazy(shape, "float32", load, **kwargs)
+    return ParamBlob.from_file(shape, "float32", read, **kwargs)
 
 
 def _give_blobs(

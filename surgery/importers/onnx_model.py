@@ -9,6 +9,7 @@ read from the file only when an output needs them.
 from __future__ import annotations
 
 import collections
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,6 @@ from surgery.importers.onnx_fold import constant_nodes, fold
 from surgery.importers.onnx_proto import attribute_value, messages, np_dtype, to_array
 from surgery.ir import Layer, Net, ParamBlob, Shape
 from surgery.layers import layer_type, registered_types
-from surgery.lazy_torch import torch
 
 if TYPE_CHECKING:
     import onnx
@@ -272,22 +272,21 @@ class OnnxReader:
                 raise ModelFormatError(
                     f"constant {name!r} holds {value.dtype} values where a layer needs numbers", fix=_CORRUPT
                 )
-            return ParamBlob.lazy(value.shape, value.dtype, lambda: torch.from_numpy(value), trainable=trainable)
-        weights = self.weights
-        return ParamBlob.lazy(
+            return ParamBlob.from_file(value.shape, value.dtype, lambda: value, trainable=trainable)
+        return ParamBlob.from_file(
             tuple(int(d) for d in tensor.dims),
             self._dtype(name),
-            lambda: torch.from_numpy(weights.array(tensor)),
+            functools.partial(self.weights.array, tensor),
             trainable=trainable,
         )
 
     def param_derived(self, name: str, shape: tuple[int, ...], compute: Any, trainable: bool = True) -> ParamBlob:
         """A lazy blob of ``shape`` holding ``compute(values of initializer name)`` (a
         transpose, a scale), computed only when its data is first used."""
-        return ParamBlob.lazy(
+        return ParamBlob.from_file(
             tuple(shape),
             self._dtype(name),
-            lambda: torch.from_numpy(np.ascontiguousarray(compute(self.const(name)))),
+            lambda: np.ascontiguousarray(compute(self.const(name))),
             trainable=trainable,
         )
 
@@ -339,7 +338,7 @@ class OnnxReader:
     def constant_layer(self, node: onnx.NodeProto, value: np.ndarray, suffix: str) -> str:
         name = self.unique(f"{node_name(node)}/{suffix}")
         array = np.array(value, dtype=np.float32)
-        blob = ParamBlob.lazy(array.shape, array.dtype, lambda: torch.from_numpy(array), trainable=False)
+        blob = ParamBlob.from_file(array.shape, array.dtype, lambda: array, trainable=False)
         layer = Layer(name, "Constant", outputs=[name], blobs={"value": blob})
         self.add(layer)
         return name

@@ -67,6 +67,10 @@ def dtype_name(dtype: Any) -> str:
     return np.dtype(dtype).name
 
 
+def _tensor_of(read: Callable[[], np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(read())
+
+
 def _full(shape: tuple[int, ...], value: float) -> torch.Tensor:
     return torch.full(shape, value, dtype=torch.float32)
 
@@ -94,6 +98,8 @@ class ParamBlob:
     origin: Origin = SOURCE
     _data: torch.Tensor | None = field(default=None, repr=False)
     _loader: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
+    #: Reads the values as the file stores them (a numpy array), for :meth:`array`.
+    _array_loader: Callable[[], np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def from_tensor(cls, tensor: torch.Tensor, **kwargs) -> ParamBlob:
@@ -105,6 +111,14 @@ class ParamBlob:
         """A blob whose data is read by ``loader`` on first use. ``dtype``: a torch or numpy
         dtype, or its name."""
         return cls(shape=tuple(shape), dtype_name=dtype_name(dtype), _loader=loader, **kwargs)
+
+    @classmethod
+    def from_file(cls, shape: tuple[int, ...], dtype: Any, read: Callable[[], np.ndarray], **kwargs) -> ParamBlob:
+        """A blob whose values a model file holds: ``read`` returns them as a numpy array on
+        first use. :meth:`array` hands them on without torch (an ONNX output written from
+        an ONNX, Caffe or Keras source); :attr:`data` wraps them in a tensor."""
+        loader = functools.partial(_tensor_of, read)
+        return cls(shape=tuple(shape), dtype_name=dtype_name(dtype), _loader=loader, _array_loader=read, **kwargs)
 
     @classmethod
     def filled(cls, shape: tuple[int, ...], value: float, **kwargs) -> ParamBlob:
@@ -137,13 +151,23 @@ class ParamBlob:
             if tuple(tensor.shape) != self.shape:
                 raise RuntimeError(f"blob loader returned shape {tuple(tensor.shape)}, expected {self.shape}")
             self._data = tensor
-            self._loader = None
+            self._loader = self._array_loader = None
         return self._data
+
+    def array(self) -> np.ndarray:
+        """The values as a numpy array: read from the model file without torch while they
+        are still the file's (see :meth:`from_file`), else the tensor's."""
+        if self._data is None and self._array_loader is not None:
+            values = self._array_loader()
+            if tuple(values.shape) != self.shape:
+                raise RuntimeError(f"blob reader returned shape {tuple(values.shape)}, expected {self.shape}")
+            return values
+        return self.data.detach().cpu().contiguous().numpy()
 
     def set_data(self, tensor: torch.Tensor, origin: Origin) -> None:
         """Replace the values (and shape) of this blob, recording where they came from."""
         self._data = tensor.detach()
-        self._loader = None
+        self._loader = self._array_loader = None
         self.shape = tuple(tensor.shape)
         self.dtype_name = dtype_name(tensor.dtype)
         self.origin = origin
@@ -153,7 +177,7 @@ class ParamBlob:
         never uses it: an op computing from weights stays a plan that reads none).
         ``compute`` reads its inputs from :meth:`snapshot` copies, never from this blob."""
         self._data = None
-        self._loader = compute
+        self._loader, self._array_loader = compute, None
         self.shape = tuple(shape) if shape is not None else self.shape
         self.origin = origin
 

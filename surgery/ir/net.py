@@ -355,8 +355,10 @@ class Net:
         memo: dict[int, object] = {}
         for layer in self.layers():
             for blob in layer.blobs.values():
-                if blob._data is not None:
-                    memo[id(blob._data)] = blob._data
+                # values and the readers / computations that make them are shared, not copied
+                for shared in (blob._data, blob._loader, blob._array_loader):
+                    if shared is not None:
+                        memo[id(shared)] = shared
             for value in layer.extra.values():
                 if isinstance(value, torch.nn.Module):
                     memo[id(value)] = value
@@ -368,7 +370,10 @@ class Net:
         them. Cheap for any size of net; for looking at a net as it was before edits."""
         twin = Net(self.name)
         for layer in self.layers():
-            blobs = {role: dataclasses.replace(blob, _data=None, _loader=None) for role, blob in layer.blobs.items()}
+            blobs = {
+                role: dataclasses.replace(blob, _data=None, _loader=None, _array_loader=None)
+                for role, blob in layer.blobs.items()
+            }
             twin.add_layer(
                 dataclasses.replace(
                     layer,

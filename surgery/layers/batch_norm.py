@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, known, register_layer
@@ -104,18 +106,16 @@ class BatchNorm(LayerType):
     onnx_ops = ("BatchNormalization",)
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:
-        import torch
-
         channels = layer.blobs["running_mean"].shape[0]
         scale = (
             writer.weight(layer, "weight")
             if "weight" in layer.blobs
-            else writer.weight(layer, "weight", torch.ones(channels))
+            else writer.weight(layer, "weight", np.ones(channels, np.float32))
         )
         bias = (
             writer.weight(layer, "bias")
             if "bias" in layer.blobs
-            else writer.weight(layer, "bias", torch.zeros(channels))
+            else writer.weight(layer, "bias", np.zeros(channels, np.float32))
         )
         inputs = [
             layer.inputs[0],

@@ -46,9 +46,9 @@ class Bias(LayerType):
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:
         shape = writer.in_shapes(layer)[0]
-        blob = layer.blobs["bias"].data
+        blob = layer.blobs["bias"].array()
         axis = layer.params.get("axis", 1) % len(shape)
-        view = blob.reshape(*blob.shape, *([1] * (len(shape) - axis - blob.dim())))
+        view = blob.reshape(*blob.shape, *([1] * (len(shape) - axis - blob.ndim)))
         writer.node("Add", [layer.inputs[0], writer.weight(layer, "bias", view)], list(layer.outputs), layer.name)
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:

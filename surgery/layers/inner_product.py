@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, check_param, known, register_layer
@@ -97,7 +99,7 @@ class InnerProduct(LayerType):
         axis = layer.params.get("axis", 1) % len(shape)
         source = layer.inputs[0]
         if axis == len(shape) - 1 and len(shape) > 2:  # torch Linear on (N, T, K): MatMul + Add
-            weight_t = writer.weight(layer, "weight", layer.blobs["weight"].data.t())
+            weight_t = writer.weight(layer, "weight", np.ascontiguousarray(layer.blobs["weight"].array().T))
             if not layer.params["bias_term"]:
                 writer.node("MatMul", [source, weight_t], list(layer.outputs), layer.name)
                 return

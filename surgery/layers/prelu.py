@@ -34,7 +34,7 @@ class PReLU(LayerType):
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:
         rank = len(writer.in_shapes(layer)[0])
-        weight = layer.blobs["weight"].data
+        weight = layer.blobs["weight"].array()
         slope = weight.reshape(-1, *([1] * (rank - 2))) if rank > 2 else weight
         writer.node("PRelu", [layer.inputs[0], writer.weight(layer, "weight", slope)], list(layer.outputs), layer.name)
 

@@ -64,8 +64,8 @@ class Scale(LayerType):
         current = layer.inputs[0]
         roles = [r for r in ("weight", "bias") if r in layer.blobs]
         for index, role in enumerate(roles):
-            blob = layer.blobs[role].data
-            view = blob.reshape(*blob.shape, *([1] * (len(shape) - axis - blob.dim())))
+            blob = layer.blobs[role].array()
+            view = blob.reshape(*blob.shape, *([1] * (len(shape) - axis - blob.ndim)))
             last = index == len(roles) - 1
             out = layer.outputs[0] if last else f"{layer.name}/{role}"
             writer.node(

@@ -130,6 +130,7 @@ def classifier(net: Net, op: Any, ctx: OpContext) -> list[Action]:
                 layer.blobs[role] = dataclasses.replace(
                     fresh,
                     _loader=functools.partial(_keep, old_blobs[role], fresh, rows),
+                    _array_loader=None,
                     origin=Origin("resized", f"pretrained rows {rows}, then {fresh.origin.detail}"),
                 )
             notes.append(f"kept {len(rows)} pretrained classes exactly: rows {rows}")
