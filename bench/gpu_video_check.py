@@ -120,37 +120,13 @@ def _checks(gpu: str, work: Path) -> int:
     )
     run("features_test_gpu", [*cli, "features", SPEC, str(work / "test"), "-o", str(work / "t_gpu"), "--device", gpu])
 
-    out = run(
-        "ddp_head_1_rank",
-        [
-            *tr,
-            "--nproc_per_node=1",
-            str(ROOT / "examples" / "train_head_ddp.py"),
-            SPEC,
-            str(work / "f_gpu"),
-            "--test",
-            str(work / "t_gpu"),
-            "--epochs",
-            "20",
-            "--save",
-            str(work / "head.pt"),
-        ],
-    )
+    head = [str(ROOT / "examples" / "train_head_ddp.py"), SPEC, str(work / "f_gpu")]
+    saved = ["--test", str(work / "t_gpu"), "--epochs", "20", "--save", str(work / "head.pt")]
+    out = run("ddp_head_1_rank", [*tr, "--nproc_per_node=1", *head, *saved])
     check(
         "ddp_1_rank_accuracy", "held-out accuracy" in out, (re.findall(r"held-out accuracy [^\n]*", out) or ["none"])[0]
     )
-    out = run(
-        "ddp_head_2_ranks_share_gpu",
-        [
-            *tr,
-            "--nproc_per_node=2",
-            str(ROOT / "examples" / "train_head_ddp.py"),
-            SPEC,
-            str(work / "f_gpu"),
-            "--epochs",
-            "5",
-        ],
-    )
+    out = run("ddp_head_2_ranks_share_gpu", [*tr, "--nproc_per_node=2", *head, "--epochs", "5"])
     check(
         "ddp_2_ranks_agree",
         "max |difference| 0" in out,
