@@ -195,3 +195,20 @@ class ParamBlob:
     @property
     def frozen(self) -> bool:
         return not self.trainable or self.lr_mult == 0
+
+
+class Inputs:
+    """The blobs a derived blob computes from, as they are now (``snapshot()`` copies, read
+    on first use), by ``"<owner>.<role>"``: ``Inputs(layer=conv.blobs, bn=bn.blobs)``."""
+
+    def __init__(self, **owners: dict[str, ParamBlob]) -> None:
+        self._blobs = {f"{owner}.{role}": b.snapshot() for owner, blobs in owners.items() for role, b in blobs.items()}
+
+    def data(self, name: str) -> torch.Tensor | None:
+        """The values of ``name`` (None when that blob is absent: a layer without a bias)."""
+        blob = self._blobs.get(name)
+        return blob.data if blob is not None else None
+
+    def required(self, name: str) -> torch.Tensor:
+        """The values of ``name``, a blob its layer always has (a convolution's weight)."""
+        return self._blobs[name].data

@@ -20,6 +20,7 @@ import numpy as np
 
 from surgery.errors import SpecError
 from surgery.ir import Layer, Net, Origin, ParamBlob
+from surgery.ir.blob import Inputs
 from surgery.ir.budget import check_bytes
 from surgery.layers.convolution import conv_output_size, conv_params
 from surgery.layers.new_blobs import init_new_blobs
@@ -280,22 +281,16 @@ def collapse(net: Net, op: Any, ctx: OpContext) -> list[Action]:
 def _composed(first: Layer, second: Layer) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
     """The exact composite's (weight, bias), computed once on first use from the pair's
     blobs as they are now (plan reads no weights)."""
-    blobs = {f"first.{r}": b.snapshot() for r, b in first.blobs.items()}
-    blobs |= {f"second.{r}": b.snapshot() for r, b in second.blobs.items()}
+    inputs = Inputs(first=first.blobs, second=second.blobs)
     p1, p2 = dict(first.params), dict(second.params)
 
     @functools.cache
     def compute() -> tuple[torch.Tensor, torch.Tensor]:
-        def data(name: str) -> torch.Tensor | None:
-            return blobs[name].data if name in blobs else None
-
-        first_weight, second_weight = data("first.weight"), data("second.weight")
-        assert first_weight is not None and second_weight is not None  # convolutions have weights
         return compose_weights(
-            first_weight,
-            data("first.bias"),
-            second_weight,
-            data("second.bias"),
+            inputs.required("first.weight"),
+            inputs.data("first.bias"),
+            inputs.required("second.weight"),
+            inputs.data("second.bias"),
             p1["stride"],
             p1["dilation"],
             p2["dilation"],

@@ -8,6 +8,7 @@ from typing import Any
 
 from surgery.errors import SpecError
 from surgery.ir import Layer, Net, Origin
+from surgery.ir.blob import Inputs
 from surgery.math.batchnorm_fold import fold_batchnorm as fold
 from surgery.ops.base import DERIVED, DROPPED, Action, OpContext, register_op
 from surgery.ops.selectors import match_name
@@ -36,22 +37,21 @@ def _fold_one(net: Net, layer: Layer, bn: Layer, scale: Layer | None) -> list[Ac
         )
     # the folded values are computed when first used (apply), from the blobs as they are
     # now: plan reads no weights
-    inputs = {f"bn.{role}": blob.snapshot() for role, blob in bn.blobs.items()}
-    inputs |= {f"layer.{role}": blob.snapshot() for role, blob in layer.blobs.items()}
-    if scale is not None:  # Caffe: BatchNorm without affine, then Scale(bias_term)
-        inputs |= {f"scale.{role}": blob.snapshot() for role, blob in scale.blobs.items()}
+    inputs = Inputs(layer=layer.blobs, bn=bn.blobs, scale=scale.blobs if scale is not None else {})
     eps = float(bn.params.get("eps", 1e-5))
 
     @functools.cache
     def folded_values() -> tuple[Any, Any]:
-        def data(name: str) -> Any:
-            return inputs[name].data if name in inputs else None
-
-        gamma, beta = (
-            (data("scale.weight"), data("scale.bias")) if scale is not None else (data("bn.weight"), data("bn.bias"))
-        )
+        data, required = inputs.data, inputs.required
+        affine = "scale" if scale is not None else "bn"  # Caffe: BatchNorm without affine, then Scale
         return fold(
-            data("layer.weight"), data("layer.bias"), data("bn.running_mean"), data("bn.running_var"), eps, gamma, beta
+            required("layer.weight"),
+            data("layer.bias"),
+            required("bn.running_mean"),
+            required("bn.running_var"),
+            eps,
+            data(f"{affine}.weight"),
+            data(f"{affine}.bias"),
         )
 
     folded = [bn] + ([scale] if scale is not None else [])
