@@ -95,23 +95,24 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":  # NCCL's collectives run on each rank's own GPU
         torch.cuda.set_device(device)
     dist.init_process_group(backend)
-    try:
-        head, classes = train(args.spec, args.train, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed)
-        difference = ranks_agree(head)
-        if dist.get_rank() == 0:
-            print(f"{dist.get_world_size()} ranks, weights agree: max |difference| {difference:.3g}")
-            if args.test is not None:
-                features, labels, _ = load_features(args.test, classes)
-                head.eval()
-                with torch.no_grad():
-                    device = next(head.parameters()).device
-                    accuracy = float((head(features.to(device)).argmax(1).cpu() == labels).float().mean())
-                print(f"held-out accuracy {accuracy:.1%} ({len(labels)} clips, {len(classes)} classes)")
-            if args.save is not None:
-                torch.save({k: v.cpu() for k, v in head.state_dict().items()}, args.save)
-        return 0 if difference == 0.0 else 1
-    finally:
-        dist.destroy_process_group()
+    head, classes = train(args.spec, args.train, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed)
+    difference = ranks_agree(head)
+    if dist.get_rank() == 0:
+        print(f"{dist.get_world_size()} ranks, weights agree: max |difference| {difference:.3g}")
+        if args.test is not None:
+            features, labels, _ = load_features(args.test, classes)
+            head.eval()
+            with torch.no_grad():
+                device = next(head.parameters()).device
+                accuracy = float((head(features.to(device)).argmax(1).cpu() == labels).float().mean())
+            print(f"held-out accuracy {accuracy:.1%} ({len(labels)} clips, {len(classes)} classes)")
+        if args.save is not None:
+            torch.save({k: v.cpu() for k, v in head.state_dict().items()}, args.save)
+    # every rank waits until rank 0 has saved before any tears the group down: a rank
+    # destroying its group while another still works made gloo abort now and then
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0 if difference == 0.0 else 1
 
 
 if __name__ == "__main__":

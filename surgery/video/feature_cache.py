@@ -422,7 +422,10 @@ class _Group:
         self.dist.barrier()
 
     def close(self) -> None:
+        """Tear the group down once every rank is here (rank 0 writes the manifest first):
+        a rank destroying its group while another still works can abort gloo."""
         if self.dist.is_initialized():
+            self.dist.barrier()
             self.dist.destroy_process_group()
 
 
