@@ -113,17 +113,29 @@ def input_files(loaded: LoadedSpec) -> list[Path]:
         for candidate in (value, value.rpartition(":")[0]):  # "models/net.py:build"
             if candidate and "\0" not in candidate and (base / candidate).is_file():
                 found.append(base / candidate)
-    if message.source.WhichOneof("format") == "onnx" and (base / message.source.onnx.path).is_file():
-        from surgery.importers.onnx_model import external_data_files
-
-        try:
-            found += [path for path in external_data_files(base / message.source.onnx.path) if path.is_file()]
-        except SurgeryError:
-            pass  # an unreadable file is reported, located, when the source loads
+    found += _referenced_files(message.source, base)
     unique: dict[Path, Path] = {}
     for path in found:
         unique.setdefault(path.resolve(), path)
     return list(unique.values())
+
+
+def _referenced_files(source: Any, base: Path) -> list[Path]:
+    """The files a source's model file names itself: an ONNX file's external data, a
+    Caffe prototxt's mean_file (each checked to be inside the model's folder)."""
+    kind = source.WhichOneof("format")
+    try:
+        if kind == "onnx" and (base / source.onnx.path).is_file():
+            from surgery.importers.onnx_model import external_data_files
+
+            return external_data_files(base / source.onnx.path)
+        if kind == "caffe" and (base / source.caffe.prototxt).is_file():
+            from surgery.importers.caffe import mean_files
+
+            return mean_files(base / source.caffe.prototxt)
+    except SurgeryError:
+        pass  # an unreadable file is reported, located, when the source loads
+    return []
 
 
 def _strings(message: Any) -> Iterator[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,7 +141,7 @@ class Report:
             out.append("")
             out.append("edits:")
             out += [f"  {op:<10} {what:<13} {who}: {detail}" for op, what, who, detail in _grouped(self.actions)]
-        return "\n".join(out)
+        return terminal_safe("\n".join(out))
 
 
 def format_modules(net: Net) -> str:
@@ -154,7 +155,17 @@ def format_modules(net: Net) -> str:
     out = ["modules (a spec may name one where it names a position: cut at, up_to, insert after, bottom):"]
     out += [f"  {path.ljust(width)}  -> {net.producer(net.module_outputs[path]).name}" for path in paths]
     out += [f"  {path.ljust(width)}  (not one position: {why})" for path, why in net.module_refusals.items()]
-    return "\n".join(out)
+    return terminal_safe("\n".join(out))
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control and format character but newline and tab written as
+    an escape (``\\x1b``): names come from model files, and an escape sequence in a layer
+    name must not reach the user's terminal (to move the cursor, retitle the window, or
+    hide the lines before it); bidirectional overrides (format characters) likewise."""
+    return "".join(
+        char if char in "\n\t" or unicodedata.category(char) not in ("Cc", "Cf") else ascii(char)[1:-1] for char in text
+    )
 
 
 def _strict(value: Any) -> Any:

@@ -28,10 +28,12 @@ from surgery.errors import ModelFormatError, ShapeError, did_you_mean
 from surgery.importers.caffe_layer import layer_from_caffe
 from surgery.importers.caffemodel import StoredBlob, stored_weights
 from surgery.ir import Layer, Net, Origin, ParamBlob
+from surgery.ir.budget import memory_budget
 from surgery.layers import layer_type, registered_types
 from surgery.layers.new_blobs import init_new_blobs
 from surgery.spec.loader import decode_text
 from surgery.spec.schema import caffe_class
+from surgery.untrusted import contained, read_regular
 
 DATA_TYPES = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData", "AnnotatedData"}
 LOSS_TYPES = {
@@ -120,12 +122,8 @@ class CaffeImport:
 # ------------------------------------------------------------------ reading files
 def read_prototxt(path: Path) -> Any:
     """A NetParameter from text format; syntax errors carry ``file:line:col``."""
-    if not path.exists():
-        raise ModelFormatError(f"prototxt {str(path)!r} does not exist")
-    if not path.is_file():
-        raise ModelFormatError(f"prototxt {str(path)!r} is not a file", fix="name the network's .prototxt file")
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, "prototxt", memory_budget())
     except OSError as error:
         raise ModelFormatError(f"cannot read prototxt {str(path)!r}: {error.strerror or error}") from None
     try:
@@ -230,6 +228,11 @@ class _Builder:
 
     def layer(self, message: Any) -> None:
         if message.type == "Split":  # Split tops share their bottom's data
+            if len(message.bottom) != 1 or message.bottom[0] not in self.current:
+                raise ModelFormatError(
+                    f"Split layer {message.name!r} has bottoms {list(message.bottom)}: it copies one earlier blob",
+                    fix="give the Split layer one bottom that an earlier layer writes",
+                )
             for top in message.top:
                 self.current[top] = self.current[message.bottom[0]]
             return
@@ -367,23 +370,35 @@ def _test_transform(layers: list[Any], base_dir: Path) -> Any:
 
     for message in layers:
         if message.type in DATA_TYPES and included(message, 1) and message.HasField("transform_param"):
-            return from_caffe_transform(message.transform_param, lambda name: _channel_means(base_dir / name))
+            return from_caffe_transform(message.transform_param, lambda name: _channel_means(base_dir, name))
     return None
 
 
-def _channel_means(path: Path) -> list[float]:
-    """A mean_file (a BlobProto of C x H x W): its per-channel means."""
+def mean_files(path: Path) -> list[Path]:
+    """The mean_file a prototxt's deployment data layer names (inside its folder:
+    :func:`import_caffe` refuses others), for the report's list of inputs."""
+    for message in layers_of(read_prototxt(path), str(path)):
+        if message.type in DATA_TYPES and included(message, 1) and message.transform_param.mean_file:
+            return [contained(path.parent, message.transform_param.mean_file, "transform_param's mean_file")]
+    return []
+
+
+def _channel_means(folder: Path, name: str) -> list[float]:
+    """A mean_file (a BlobProto of C x H x W) named by the prototxt in ``folder``: its
+    per-channel means. Only a regular file inside that folder, of at most the memory
+    budget's bytes, is read (:mod:`surgery.untrusted`)."""
     import numpy as np
 
+    path = contained(folder, name, "transform_param's mean_file")
     blob = caffe_class("BlobProto")()
     try:
-        blob.ParseFromString(path.read_bytes())
+        blob.ParseFromString(read_regular(path, "mean_file", memory_budget()))
     except (OSError, ValueError) as error:
         raise ModelFormatError(f"cannot read the mean_file {str(path)!r}: {error}") from None
     dims = list(blob.shape.dim) or [blob.num, blob.channels, blob.height, blob.width]
     data = np.asarray(blob.data, np.float64)
     channels = dims[-3] if len(dims) >= 3 else 1
-    if data.size == 0 or data.size % channels:
+    if data.size == 0 or channels <= 0 or data.size % channels:
         raise ModelFormatError(f"the mean_file {str(path)!r} holds {data.size} values for {channels} channels")
     return [float(v) for v in data.reshape(channels, -1).mean(axis=1)]
 

@@ -18,6 +18,7 @@ import numpy as np
 from surgery.errors import ModelFormatError
 from surgery.importers import wire
 from surgery.spec.schema import caffe_class
+from surgery.untrusted import regular_file
 
 _NET = caffe_class("NetParameter").DESCRIPTOR
 _LAYER, _V1_LAYER = _NET.fields_by_name["layer"].number, _NET.fields_by_name["layers"].number
@@ -89,10 +90,9 @@ def _layers(buffer: Any, size: int) -> list[tuple[str, list[StoredBlob]]]:
 def stored_weights(path: Path) -> dict[str, list[StoredBlob]]:
     """Source layer name -> its blobs (the first layer of each name that has blobs, as
     Caffe's CopyTrainedLayersFrom matches them). No value is read."""
-    if not path.exists():
-        raise ModelFormatError(f"caffemodel {str(path)!r} does not exist")
+    regular_file(path, "caffemodel")
     try:
-        buffer = wire.open_mapped(path)
+        buffer = wire.open_mapped(path, "caffemodel")
         layers = _layers(buffer, path.stat().st_size)
     except ModelFormatError:
         raise

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import collections
 import functools
+import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +23,7 @@ from surgery.importers.onnx_fold import constant_nodes, fold
 from surgery.importers.onnx_proto import attribute_value, messages, np_dtype, to_array
 from surgery.ir import Layer, Net, ParamBlob, Shape
 from surgery.layers import layer_type, registered_types
+from surgery.untrusted import contained, regular_file
 
 if TYPE_CHECKING:
     import onnx
@@ -44,28 +47,36 @@ class Weights:
         self._external: dict[str, Any] = {}
 
     def array(self, tensor: onnx.TensorProto) -> np.ndarray:
-        """The initializer's values (a view into the mapped file when aligned)."""
+        """An initializer's values (a view into the mapped file when aligned)."""
         dtype = np_dtype(tensor.data_type)
         dims = tuple(int(d) for d in tensor.dims)
         if tensor.name in self.raw and dtype.kind in "fiub":
             offset, length = self.raw[tensor.name]
             return self._view(self.buffer, dtype, offset, length, dims, "the model file")
-        if tensor.data_location == messages().TensorProto.EXTERNAL:
-            info = {entry.key: entry.value for entry in tensor.external_data}
-            buffer = self._mapped(info["location"])
-            length = int(info.get("length", int(np.prod(dims)) * dtype.itemsize))
-            return self._view(buffer, dtype, int(info.get("offset", 0)), length, dims, info["location"])
         if tensor.name in self.raw:  # strings and other exotic types: let onnx decode them
             full = messages().TensorProto()
             full.CopyFrom(tensor)
             offset, length = self.raw[tensor.name]
             full.raw_data = bytes(self.buffer[offset : offset + length])
             return to_array(full)
+        return self.stored(tensor)
+
+    def stored(self, tensor: onnx.TensorProto) -> np.ndarray:
+        """The values of a tensor held in its message or in an external file (a Constant's
+        value; an initializer whose raw_data is not in the mapped model file)."""
+        if tensor.data_location == messages().TensorProto.EXTERNAL:
+            dtype = np_dtype(tensor.data_type)
+            dims = tuple(int(d) for d in tensor.dims)
+            location, offset, length = external_entry(tensor, self.folder)
+            if length is None:
+                length = math.prod(dims) * dtype.itemsize
+            return self._view(self._mapped(location), dtype, offset, length, dims, location)
+        _check_inline(tensor)
         return to_array(tensor)
 
     def _mapped(self, location: str) -> Any:
         if location not in self._external:
-            self._external[location] = wire.open_mapped(self.folder / location)
+            self._external[location] = wire.open_mapped(contained(self.folder, location, "external data"))
         return self._external[location]
 
     @staticmethod
@@ -103,11 +114,12 @@ def _skim(buffer: Any, size: int) -> tuple[onnx.ModelProto, dict[str, tuple[int,
 
 def _load(path: Path) -> tuple[onnx.ModelProto, Weights]:
     """The model's structure (no weight read) and where its weights are."""
-    if not path.exists():
-        raise ModelFormatError(f"ONNX file {str(path)!r} does not exist")
+    regular_file(path, "ONNX file")
     try:
         buffer = wire.open_mapped(path)
         model, raw = _skim(buffer, path.stat().st_size)
+    except ModelFormatError:
+        raise
     except Exception as error:  # noqa: BLE001  (wire.WireError, protobuf's DecodeError and friends)
         raise ModelFormatError(
             f"{str(path)!r} is not a readable ONNX file ({type(error).__name__}: {error})",
@@ -116,6 +128,8 @@ def _load(path: Path) -> tuple[onnx.ModelProto, Weights]:
     if not model.graph.node:
         raise ModelFormatError(f"{str(path)!r} has no graph nodes (truncated or not an ONNX model)")
     _check_names(model, path)
+    _check_versions(model, path)
+    _check_single_writers(model, path)
     _check_initializers(model, raw, path)
     _check_external_data(model, path)
     return model, Weights(path, buffer, raw)
@@ -140,6 +154,49 @@ def _check_names(model: onnx.ModelProto, path: Path) -> None:
         raise ModelFormatError(f"{str(path)!r} has a name that is not UTF-8 text ({bytes(bad)[:40]!r})", fix=_CORRUPT)
 
 
+#: The highest opset every supported onnx release (>= 1.16) defines: a file at or below it
+#: is checked without importing onnx, which costs more than inspect may take.
+_OPSET_ALL_RELEASES_KNOW = 21
+
+
+def _check_versions(model: onnx.ModelProto, path: Path) -> None:
+    """The file's IR version and default-domain opset are ones the installed onnx knows:
+    a newer file may mean something else by the same operator names."""
+    known_ir = max(messages().Version.values())
+    if model.ir_version > known_ir or model.ir_version < 3:
+        raise ModelFormatError(
+            f"{str(path)!r} has ONNX IR version {model.ir_version}; the installed onnx reads 3 to {known_ir}",
+            fix="export the model with an older exporter setting, or upgrade onnx",
+        )
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx") and entry.version > _OPSET_ALL_RELEASES_KNOW:
+            from onnx.defs import onnx_opset_version
+
+            if entry.version > onnx_opset_version():
+                raise ModelFormatError(
+                    f"{str(path)!r} uses ONNX opset {entry.version}; the installed onnx knows opsets up to "
+                    f"{onnx_opset_version()}",
+                    fix="export the model at a lower opset, or upgrade onnx",
+                )
+
+
+def _check_single_writers(model: onnx.ModelProto, path: Path) -> None:
+    """Each value has one writer: a graph input, an initializer or one node's output (two
+    nodes writing one name would leave one of them unused, silently)."""
+    written = {value.name for value in model.graph.input} | {t.name for t in model.graph.initializer}
+    for node in model.graph.node:
+        for name in node.output:
+            if not name:
+                continue
+            if name in written:
+                raise ModelFormatError(
+                    f"ONNX node {node_name(node)!r} ({node.op_type}) writes {name!r}, which another node, input or "
+                    "initializer of the graph writes too",
+                    fix="each value has one writer in a valid ONNX graph (onnx.checker says so): the file is corrupt",
+                )
+            written.add(name)
+
+
 def _check_initializers(model: onnx.ModelProto, raw: dict[str, tuple[int, int]], path: Path) -> None:
     """Each initializer's type is a number type and its stored size fits its dims:
     checked against the header before anything is mapped or read."""
@@ -159,6 +216,8 @@ def _check_initializers(model: onnx.ModelProto, raw: dict[str, tuple[int, int]],
             raise ModelFormatError(
                 f"initializer {tensor.name!r} in {str(path)!r} has negative dims {dims}", fix=_CORRUPT
             )
+        if tensor.name not in raw and tensor.data_location != messages().TensorProto.EXTERNAL:
+            _check_inline(tensor)
         if tensor.name in raw:
             count = int(np.prod(dims, dtype=object)) if dims else 1
             length = raw[tensor.name][1]
@@ -170,33 +229,80 @@ def _check_initializers(model: onnx.ModelProto, raw: dict[str, tuple[int, int]],
                 )
 
 
+def _external_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:
+    """Every tensor of the file whose values are in an external file: initializers, and
+    tensor attributes (a Constant's ``value``, ConstantOfShape's) of every node, with
+    what holds it for messages."""
+    external = messages().TensorProto.EXTERNAL
+    for tensor in model.graph.initializer:
+        if tensor.data_location == external:
+            yield f"initializer {tensor.name!r}", tensor
+    for node in model.graph.node:
+        for attribute in node.attribute:
+            for tensor in (attribute.t, *attribute.tensors):
+                if tensor.data_location == external:
+                    yield f"{node.op_type} node {node_name(node)!r}", tensor
+
+
+def external_entry(tensor: onnx.TensorProto, folder: Path, what: str | None = None) -> tuple[str, int, int | None]:
+    """An external tensor's (location, offset, length), each checked: the location a
+    regular file inside ``folder`` (:func:`surgery.untrusted.contained`), the offset and
+    length non-negative whole numbers. Length None: the tensor's size."""
+    what = what or f"tensor {tensor.name!r}"
+    info: dict[str, str] = {}
+    for entry in tensor.external_data:
+        if entry.key in info:
+            raise ModelFormatError(f"{what} gives its external data {entry.key!r} twice", fix=_CORRUPT)
+        info[entry.key] = entry.value
+    location = info.get("location", "")
+    contained(folder, location, f"{what}'s external data")
+    numbers: list[int | None] = []
+    for key in ("offset", "length"):
+        text = info.get(key)
+        if text is not None and not (text.isascii() and text.isdigit() and len(text) <= 20):
+            raise ModelFormatError(
+                f"{what} has external data {key} {text[:40]!r}, not a non-negative whole number", fix=_CORRUPT
+            )
+        numbers.append(None if text is None else int(text))
+    return location, numbers[0] or 0, numbers[1]
+
+
 def external_data_files(path: str | Path) -> list[Path]:
-    """The external data files an ONNX file's initializers point to (all inside its
-    folder: :func:`import_onnx` refuses others). Reads the structure, not the weights."""
+    """The external data files an ONNX file's tensors point to (all inside its folder:
+    :func:`import_onnx` refuses others). Reads the structure, not the weights."""
     model, _ = _load(Path(path))
     folder = Path(path).resolve().parent
-    locations = {
-        next((e.value for e in t.external_data if e.key == "location"), "")
-        for t in model.graph.initializer
-        if t.data_location == messages().TensorProto.EXTERNAL
-    }
-    return [folder / location for location in sorted(locations)]
+    locations = {external_entry(tensor, folder, what)[0] for what, tensor in _external_tensors(model)}
+    return [(folder / location).resolve() for location in sorted(locations)]
 
 
 def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Every external reference names a regular file inside the model's folder, with
+    offsets and lengths that are numbers: checked before any weight is read."""
     folder = path.resolve().parent
-    for tensor in model.graph.initializer:
-        if tensor.data_location != messages().TensorProto.EXTERNAL:
-            continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        target = (folder / location).resolve()
-        if not target.is_relative_to(folder):
-            raise ModelFormatError(
-                f"initializer {tensor.name!r} points outside the model's folder ({location!r})",
-                fix="keep external data files beside the .onnx file",
-            )
-        if not target.exists():
-            raise ModelFormatError(f"external data file {location!r} of {tensor.name!r} is missing")
+    for what, tensor in _external_tensors(model):
+        external_entry(tensor, folder, what)
+
+
+def _check_inline(tensor: onnx.TensorProto) -> None:
+    """A tensor stored in the message holds as many values as its dims say (a typed
+    field shorter than the dims is a corrupt file, not a reshape error later)."""
+    dtype = np_dtype(tensor.data_type) if tensor.data_type else None
+    dims = [int(d) for d in tensor.dims]
+    if any(d < 0 for d in dims):
+        raise ModelFormatError(f"tensor {tensor.name!r} has negative dims {dims}", fix=_CORRUPT)
+    count = math.prod(dims)
+    if tensor.HasField("raw_data"):
+        stored, wanted = len(tensor.raw_data), count * (dtype.itemsize if dtype is not None else 0)
+    else:
+        fields = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+        stored = sum(len(getattr(tensor, field)) for field in fields)
+        wanted = count * (2 if dtype is not None and dtype.kind == "c" else 1)
+    if dtype is not None and dtype.kind != "O" and stored != wanted:
+        raise ModelFormatError(
+            f"tensor {tensor.name!r} stores {stored} values or bytes for shape {dims} ({wanted} expected)",
+            fix=_CORRUPT,
+        )
 
 
 class OnnxReader:
@@ -466,7 +572,7 @@ def _import_node(node: onnx.NodeProto, reader: OnnxReader, table: dict) -> None:
         value = reader.attrs(node).get("value")
         if value is None:
             raise ModelFormatError(f"Constant node {node.name!r} has no tensor value")
-        reader.constants[node.output[0]] = to_array(value)
+        reader.constants[node.output[0]] = reader.weights.stored(value)
         return
     if node.op_type in _PASS_THROUGH:
         reader.alias[node.output[0]] = reader.alias.get(node.input[0], node.input[0])

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from surgery.errors import ModelFormatError
+from surgery.untrusted import open_regular
 
 VARINT, FIXED64, LENGTH_DELIMITED, FIXED32 = 0, 1, 2, 5
 
@@ -122,10 +123,11 @@ class FileChangedError(ModelFormatError):
         super().__init__(message, fix="do not rewrite model files while surgery reads them; run it again")
 
 
-def open_mapped(path: Path) -> MappedFile | bytes:
+def open_mapped(path: Path, what: str = "model file") -> MappedFile | bytes:
     """``path`` memory-mapped copy-on-write: pages are read from disk only when touched,
-    arrays viewed in it are writable, and nothing is ever written back to the file."""
-    with open(path, "rb") as handle:
+    arrays viewed in it are writable, and nothing is ever written back to the file. Only
+    a regular file is opened (:func:`surgery.untrusted.open_regular`)."""
+    with open_regular(path, what) as handle:
         size = handle.seek(0, 2)
         if size == 0:
             return b""  # mmap refuses empty files

@@ -18,6 +18,7 @@ from google.protobuf import json_format, text_format
 
 from surgery.errors import SpecError, SurgeryError
 from surgery.spec.schema import spec_class
+from surgery.untrusted import read_regular, regular_file
 
 TEXT_SUFFIXES = {".prototxt", ".pbtxt", ".txt", ".spec"}
 YAML_SUFFIXES = {".yaml", ".yml", ".json"}
@@ -464,19 +465,15 @@ def load_spec(path: str | Path) -> LoadedSpec:
             (the message carries ``file:line:col``).
     """
     path = Path(path)
+    size = regular_file(path, "spec file", SpecError).st_size  # a FIFO or /dev/zero is never opened
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(
+            f"spec file {str(path)!r} has {size} bytes; a spec is text of at most {MAX_SPEC_BYTES}",
+            location=f"{path}:1:1",
+            fix="is this a model file? name it in the spec's source { }",
+        )
     try:
-        size = path.stat().st_size
-        if path.is_dir():
-            raise SpecError(f"spec file {str(path)!r} is a folder", fix="name a .prototxt, .yaml or .json file")
-        if size > MAX_SPEC_BYTES:
-            raise SpecError(
-                f"spec file {str(path)!r} has {size} bytes; a spec is text of at most {MAX_SPEC_BYTES}",
-                location=f"{path}:1:1",
-                fix="is this a model file? name it in the spec's source { }",
-            )
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise SpecError(f"spec file {str(path)!r} does not exist") from None
+        raw = read_regular(path, "spec file", MAX_SPEC_BYTES, SpecError)
     except OSError as error:
         raise SpecError(f"cannot read spec file {str(path)!r}: {error.strerror or error}") from None
     text = decode_text(raw, str(path), SpecError)

@@ -11,8 +11,9 @@ permuted, so the net computes the Keras model's function with channels first.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from surgery.errors import ModelFormatError
+from surgery.errors import ModelFormatError, SurgeryError
 from surgery.importers.keras import activations, conv, core, merge, recurrent  # noqa: F401  (register the mappings)
 from surgery.importers.keras.archive import open_keras
 from surgery.importers.keras.builder import Builder
@@ -46,19 +47,54 @@ def import_keras(
         'Pooling'
     """
     path = Path(path)
-    opened = open_keras(path)
-    model = opened.config
-    if model.get("class_name") not in MODEL_CLASSES:
-        raise ModelFormatError(
-            f"{str(path)!r} holds a {model.get('class_name')!r}, not a Functional or Sequential model",
-            fix="save a keras.Model or keras.Sequential",
-        )
-    refuse_unmapped(model)
-    net = Net(name or model.get("config", {}).get("name") or path.stem)
     shape = tuple(int(d) for d in input_shape) if input_shape else None
-    builder = Builder(net, batch=shape[0] if shape else 1)
-    outputs = Walker(builder, shape, nhwc_input).model(model, opened.scope, None)
-    outputs = [keras_order(builder, t, t.blob) if t.flattened else t for t in outputs]
-    net.set_outputs([t.blob for t in outputs])
-    net.shapes()
+    walker: Walker | None = None
+    try:
+        opened = open_keras(path)
+        model = opened.config
+        if model.get("class_name") not in MODEL_CLASSES:
+            raise ModelFormatError(
+                f"{str(path)!r} holds a {model.get('class_name')!r}, not a Functional or Sequential model",
+                fix="save a keras.Model or keras.Sequential",
+            )
+        refuse_unmapped(model)
+        net = Net(name or _model_name(model) or path.stem)
+        walker = Walker(Builder(net, batch=shape[0] if shape else 1), shape, nhwc_input)
+        outputs = walker.model(model, opened.scope, None)
+        outputs = [keras_order(walker.b, t, t.blob) if t.flattened else t for t in outputs]
+        net.set_outputs([t.blob for t in outputs])
+        net.shapes()
+    except SurgeryError:
+        raise
+    except _MALFORMED as error:
+        # The config is JSON from a stranger: a value of the wrong type or shape anywhere
+        # (null units, a string where a list goes, a bit flipped in the HDF5 file) ends
+        # here as one error naming the layer, never as a traceback from the mapping code.
+        where = f"layer {walker.at!r}" if walker is not None and walker.at else "the model"
+        detail = str(error).splitlines()[0][:200] if str(error) else ""
+        raise ModelFormatError(
+            f"{str(path)!r}: the Keras config of {where} cannot be read ({type(error).__name__}: {detail})",
+            fix="the file is corrupt or was not written by Keras: save the model again with model.save()",
+        ) from None
     return net
+
+
+#: What mapping code raises on a config value of the wrong type or shape, or on HDF5 data
+#: that h5py cannot read.
+_MALFORMED = (
+    KeyError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    IndexError,
+    OSError,
+    RuntimeError,
+    OverflowError,
+    ZeroDivisionError,
+)
+
+
+def _model_name(model: dict[str, Any]) -> str | None:
+    config = model.get("config")
+    name = config.get("name") if isinstance(config, dict) else None
+    return name if isinstance(name, str) else None

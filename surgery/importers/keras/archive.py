@@ -30,6 +30,8 @@ import numpy as np
 
 from surgery.errors import ModelFormatError
 from surgery.importers import wire
+from surgery.ir.budget import check_bytes, human_bytes, memory_budget, tensor_bytes
+from surgery.untrusted import regular_file
 
 try:
     import h5py
@@ -73,7 +75,19 @@ class Variable:
             buffer, base = self.mapped
             if base + offset + count * self.dtype.itemsize <= len(buffer):
                 return wire.view(buffer, self.dtype, base + offset, count).reshape(self.shape)
-        return np.asarray(dataset[()])
+        # Read by h5py: a compressed dataset inflates to its full size, whatever the file's.
+        check_bytes(
+            f"reading the Keras variable {self.where!r} ({list(self.shape)}, {self.dtype})",
+            tensor_bytes(self.shape, self.dtype.itemsize),
+            fix="is this the right file? (SURGERY_MEMORY_BUDGET raises the limit)",
+        )
+        try:
+            return np.asarray(dataset[()])
+        except (OSError, RuntimeError, ValueError, KeyError) as error:  # a corrupt chunk or filter
+            raise ModelFormatError(
+                f"the Keras variable {self.where!r} cannot be read ({type(error).__name__}: {error})",
+                fix="the file is corrupt: save the model again",
+            ) from None
 
 
 class Scope:
@@ -236,8 +250,7 @@ def open_keras(path: Path) -> KerasFile:
     """Open a ``.keras`` archive or a legacy ``.h5`` file (no weight is read)."""
     if h5py is None:
         raise ModelFormatError("reading Keras files needs h5py", fix="pip install h5py")
-    if not path.exists():
-        raise ModelFormatError(f"Keras file {str(path)!r} does not exist")
+    regular_file(path, "Keras file")
     if zipfile.is_zipfile(path):
         return _open_archive(path)
     try:
@@ -247,7 +260,36 @@ def open_keras(path: Path) -> KerasFile:
             f"{str(path)!r} is neither a .keras archive nor an HDF5 file ({error})",
             fix="save the model with model.save('model.keras')",
         ) from None
+    check_hdf5(handle, str(path))
     return _open_legacy(path, handle)
+
+
+def check_hdf5(handle: Any, where: str) -> None:
+    """Refuse an HDF5 file that makes h5py read other files: an external link (to a
+    group or dataset in another file), a dataset with external raw storage, a virtual
+    dataset (its data mapped from other files). Walks the links without following them,
+    so nothing outside the file is opened, even to look."""
+
+    links: list[tuple[str, Any]] = []
+
+    def _refuse(what: str) -> None:
+        raise ModelFormatError(
+            f"the HDF5 file {where!r} holds {what}; a model file may only hold its own data",
+            fix="save the model again with Keras (model.save()), which writes every weight inside the file",
+        )
+
+    try:  # collected first: h5py cannot unwind an exception raised inside its visit
+        handle.visititems_links(lambda name, link: links.append((name, link)))
+        for name, link in links:
+            if isinstance(link, h5py.ExternalLink):
+                _refuse(f"an external link {name!r} to {link.filename!r}")
+            item = handle.get(name) if isinstance(link, h5py.HardLink) else None
+            if isinstance(item, h5py.Dataset) and item.is_virtual:
+                _refuse(f"a virtual dataset {name!r} (its data is read from other files)")
+            if isinstance(item, h5py.Dataset) and item.id.get_create_plist().get_external_count():
+                _refuse(f"a dataset {name!r} stored in an external file")
+    except (OSError, RuntimeError, ValueError, KeyError) as error:  # a corrupt link table
+        raise ModelFormatError(f"the HDF5 file {where!r} cannot be read ({type(error).__name__}: {error})") from None
 
 
 def _open_archive(path: Path) -> KerasFile:
@@ -255,8 +297,10 @@ def _open_archive(path: Path) -> KerasFile:
         names = set(archive.namelist())
         if "config.json" not in names:
             raise ModelFormatError(f"{str(path)!r} is a zip without config.json: not a .keras model")
-        config = _json(archive.read("config.json"), path)
-        metadata = _json(archive.read("metadata.json"), path) if "metadata.json" in names else {}
+        config = _json(_member(archive, "config.json", MAX_CONFIG_BYTES, path), path)
+        metadata = (
+            _json(_member(archive, "metadata.json", MAX_CONFIG_BYTES, path), path) if "metadata.json" in names else {}
+        )
         if "model.weights.h5" not in names:
             raise ModelFormatError(
                 f"{str(path)!r} has no model.weights.h5",
@@ -270,14 +314,37 @@ def _open_archive(path: Path) -> KerasFile:
             stream: Any = _Window(buffer, start, info.file_size)
             mapped = (buffer, start)
         else:  # an archive re-zipped with compression: read the weights into memory
-            stream = io.BytesIO(archive.read("model.weights.h5"))
+            stream = io.BytesIO(_member(archive, "model.weights.h5", memory_budget(), path))
     try:
         weights = h5py.File(stream, "r")
     except OSError as error:
         raise ModelFormatError(f"model.weights.h5 in {str(path)!r} is not readable HDF5 ({error})") from None
+    check_hdf5(weights, f"{path}/model.weights.h5")
     handles = (weights, stream, buffer)
     scope = ArchiveScope(weights, "", mapped, handles)
     return KerasFile(path, config, scope, str(metadata.get("keras_version", "")), handles)
+
+
+#: The most bytes a Keras file's JSON (config.json, metadata.json) may inflate to; real
+#: configs of the largest applications models are a few MB.
+MAX_CONFIG_BYTES = 64 << 20
+
+
+def _member(archive: zipfile.ZipFile, name: str, limit: int, path: Path) -> bytes:
+    """A member's bytes, its size (from the archive's directory) checked before it is
+    inflated; zipfile stops at that size and checks the CRC, so a header that lies about
+    it cannot inflate more."""
+    size = archive.getinfo(name).file_size
+    if size > limit:
+        raise ModelFormatError(
+            f"{name} in {str(path)!r} inflates to {human_bytes(size)}, more than the {human_bytes(limit)} "
+            "surgery reads for it",
+            fix="is this a Keras file? (SURGERY_MEMORY_BUDGET raises the limit for weights)",
+        )
+    try:
+        return archive.read(name)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise ModelFormatError(f"{name} in {str(path)!r} cannot be read ({error})") from None
 
 
 def _data_offset(buffer: mmap.mmap | bytes, info: zipfile.ZipInfo) -> int:
@@ -309,7 +376,7 @@ def _open_legacy(path: Path, handle: Any) -> KerasFile:
 def _json(data: bytes, path: Path) -> dict[str, Any]:
     try:
         value = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # not JSON, not UTF-8, or nested past Python's stack
         raise ModelFormatError(f"the model config in {str(path)!r} is not valid JSON ({error})") from None
     if not isinstance(value, dict):
         raise ModelFormatError(f"the model config in {str(path)!r} is not a JSON object")

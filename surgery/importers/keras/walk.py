@@ -135,6 +135,7 @@ class Walker:
         self.b = builder
         self.input_shape = input_shape
         self.nhwc_input = nhwc_input
+        self.at: str | None = None  # the layer being mapped, for errors about its config
 
     def model(self, model: dict[str, Any], scope: Scope | None, inputs: list[Tensor] | None) -> list[Tensor]:
         """The output tensors of a Functional or Sequential model (``inputs``: the tensors
@@ -186,6 +187,7 @@ class Walker:
     def _layer(
         self, entry: dict[str, Any], name: str, scope: Scope | None, args: list[Any], kwargs: dict[str, Any]
     ) -> list[Tensor]:
+        self.at = name
         class_name = entry["class_name"]
         inputs = _tensors_in(args)
         if class_name in MODEL_CLASSES:

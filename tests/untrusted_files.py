@@ -1,0 +1,135 @@
+"""Hostile model files for the tests: each is what an attacker would hand a user, made
+small here (h5py, onnx's helpers, zipfile). Nothing of them may reach the outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+#: What a "host file" holds: if these bytes show up in an output, the file was read.
+SECRET = np.arange(12, dtype=np.float32) + 1000.0
+
+
+def write_secret(path: Path) -> Path:
+    path.write_bytes(SECRET.tobytes())
+    return path
+
+
+def _keras_layer(cls: str, name: str, config: dict, inbound: list) -> dict:
+    return {
+        "class_name": cls,
+        "config": {"name": name, "trainable": True, "dtype": "float32", **config},
+        "name": name,
+        "inbound_nodes": inbound,
+    }
+
+
+def keras_config(units: int = 3, features: int = 4) -> dict[str, Any]:
+    """A Keras 2 functional model config: an input and one Dense layer."""
+    layers = [
+        _keras_layer("InputLayer", "input_1", {"batch_input_shape": [None, features]}, []),
+        _keras_layer(
+            "Dense", "dense", {"units": units, "activation": "linear", "use_bias": True}, [[["input_1", 0, 0, {}]]]
+        ),
+    ]
+    return {
+        "class_name": "Functional",
+        "config": {
+            "name": "m",
+            "layers": layers,
+            "input_layers": [["input_1", 0, 0]],
+            "output_layers": [["dense", 0, 0]],
+        },
+    }
+
+
+def write_keras_h5(
+    path: Path, kernel: str = "plain", target: str = "", config: dict | None = None, units: int = 3, features: int = 4
+) -> Path:
+    """A legacy Keras ``.h5`` file whose Dense kernel is stored ``kernel``: ``plain``,
+    ``external`` (raw storage in the file ``target``), ``link`` (an external link to
+    dataset ``/k`` of the HDF5 file ``target``), ``vds`` (a virtual dataset mapped from
+    it) or ``gzip`` (compressed zeros: tiny on disk, ``features x units`` floats read)."""
+    import h5py
+
+    with h5py.File(path, "w") as handle:
+        handle.attrs["model_config"] = json.dumps(config or keras_config(units, features))
+        handle.attrs["keras_version"] = "2.15.0"
+        group = handle.create_group("model_weights").create_group("dense")
+        group.attrs["weight_names"] = [b"dense/kernel:0", b"dense/bias:0"]
+        inner = group.create_group("dense")
+        shape = (features, units)
+        if kernel == "external":
+            inner.create_dataset("kernel:0", shape=shape, dtype="f4", external=[(target, 0, SECRET.nbytes)])
+        elif kernel == "link":
+            inner["kernel:0"] = h5py.ExternalLink(target, "/k")
+        elif kernel == "vds":
+            layout = h5py.VirtualLayout(shape=shape, dtype="f4")
+            layout[:] = h5py.VirtualSource(target, "k", shape=shape)
+            inner.create_virtual_dataset("kernel:0", layout)
+        elif kernel == "gzip":
+            inner.create_dataset("kernel:0", shape=shape, dtype="f4", compression="gzip", fillvalue=0.0)
+        else:
+            inner["kernel:0"] = np.full(shape, 0.5, np.float32)
+        inner["bias:0"] = np.zeros(units, np.float32)
+    return path
+
+
+def write_secret_h5(path: Path) -> Path:
+    import h5py
+
+    with h5py.File(path, "w") as handle:
+        handle["k"] = SECRET.reshape(4, 3)
+    return path
+
+
+def save_onnx(model: onnx.ModelProto, path: Path) -> Path:
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def onnx_model(nodes: list, initializers: list | None = None, opset: int = 17, ir: int = 8, out: str = "y") -> Any:
+    """A model of ``nodes`` on input ``x`` (1, 12) with output ``out`` (1, 12)."""
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+        initializer=initializers or [],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir)
+
+
+def external_tensor(name: str, entries: dict[str, str]) -> TensorProto:
+    """A (12,) float tensor whose values are in an external file, with ``entries`` as its
+    external_data key/values (location, offset, length)."""
+    tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=[12])
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in entries.items():
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def constant_add(tensor: TensorProto) -> Any:
+    """``y = x + c`` where ``c`` is a Constant node holding ``tensor``."""
+    return onnx_model(
+        [
+            helper.make_node("Constant", [], ["c"], name="const", value=tensor),
+            helper.make_node("Add", ["x", "c"], ["y"], name="add"),
+        ]
+    )
+
+
+def initializer_add(tensor: TensorProto) -> Any:
+    """``y = x + w`` where ``w`` is the initializer ``tensor``."""
+    return onnx_model([helper.make_node("Add", ["x", "w"], ["y"], name="add")], [tensor])
+
+
+def plain_add() -> Any:
+    return initializer_add(numpy_helper.from_array(np.ones(12, np.float32), "w"))
