@@ -94,8 +94,10 @@ def load(
 
         return import_keras(Path(reference), input_shape=shape or None, name=name, nhwc_input=nhwc_input)
     from surgery.importers.sources import load_torch_source
+    from surgery.importers.trust import trusting_code
 
-    return load_torch_source(reference, "", str(weights or ""), shape, Path.cwd(), name, shapes_only)
+    with trusting_code():  # the caller names this factory itself: it is theirs to run
+        return load_torch_source(reference, "", str(weights or ""), shape, Path.cwd(), name, shapes_only)
 
 
 def _is_caffe_text(path: Path) -> bool:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from surgery.errors import SurgeryError, SurgeryNote
+from surgery.importers.trust import trusting_code
 from surgery.interrupts import StopOnSignal
 
 EXIT_USER_ERROR = 2
@@ -403,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--device", default="cpu", help="where the PyTorch step model runs (default cpu)")
     stream.add_argument("-q", "--quiet", action="store_true", help="print the summary only")
     stream.set_defaults(run=_cmd_stream)
+    for command in ("inspect", "plan", "apply", "draw", "fetch", "verify", "features", "stream"):
+        sub.choices[command].add_argument(
+            "--trust-code",
+            action="store_true",
+            help="let the spec's torch factory run code from any module or file (by default only torchvision, "
+            "timm, transformers, surgery and .py files under the spec's folder run)",
+        )
     return parser
 
 
@@ -446,7 +454,8 @@ def _run(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("always", SurgeryNote)
             warnings.showwarning = _show_note
-            return args.run(args)
+            with trusting_code(getattr(args, "trust_code", False)):
+                return args.run(args)
     except SurgeryError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from surgery import output_folder
 from surgery.change import report_html
 from surgery.emitters.files import FileLog, write_bytes
-from surgery.errors import SurgeryError
+from surgery.errors import ModelFormatError, SurgeryError
 from surgery.interrupts import checkpoint
 from surgery.output_folder import MARKER, check_output_path, check_output_paths
 
@@ -272,7 +272,7 @@ def write_output_folder(
         except BaseException as error:
             output_folder.remove_output(staging)
             if isinstance(error, OSError):
-                raise _write_error(error, out) from None
+                raise _write_error(error, out, staging) from None
             raise
     return [out / path.relative_to(staging) for path in log.files]
 
@@ -305,10 +305,17 @@ def check_free_space(net: Net, weight_copies: int, folder: Path) -> None:
         )
 
 
-def _write_error(error: OSError, out: Path) -> SurgeryError:
+def _write_error(error: OSError, out: Path, staging: Path | None = None) -> SurgeryError:
     """What failed and where, for an OS refusal while writing (a full disk, a read-only
-    or forbidden folder); the partial output is already gone."""
+    or forbidden folder); the partial output is already gone. A failure on a file outside
+    the output's folders is a file being read (a weight read on first use), and is said
+    to be one."""
     where = error.filename or out
+    if staging is not None and error.filename and not any(_inside(error.filename, f) for f in (out, staging)):
+        return ModelFormatError(
+            f"cannot read {str(error.filename)!r}: {error.strerror or error}; nothing was written",
+            fix="check that the model's files are all there and readable",
+        )
     fixes = {
         errno.ENOSPC: "free some space there, or write to another disk with -o",
         errno.EROFS: "choose an -o folder on a writable disk",
@@ -319,6 +326,10 @@ def _write_error(error: OSError, out: Path) -> SurgeryError:
         f"cannot write the outputs to {str(out)!r}: {error.strerror or error} ({where}); nothing was written",
         fix=fixes.get(error.errno or 0, "check the -o folder and its disk"),
     )
+
+
+def _inside(path: str | bytes | int, folder: Path) -> bool:
+    return isinstance(path, str) and Path(path).resolve().is_relative_to(folder.resolve())
 
 
 def output_fields() -> Iterable[str]:

@@ -18,6 +18,7 @@ from surgery import output_folder, outputs
 from surgery.edits import run_edit
 from surgery.errors import SpecError
 from surgery.importers.sources import load_source
+from surgery.importers.trust import trusting_code
 from surgery.interrupts import checkpoint
 from surgery.ir import Net
 from surgery.ops.base import Action, OpContext
@@ -48,16 +49,25 @@ def _step(progress: Progress | None, text: str) -> None:
 
 
 def plan(
-    spec_path: str | Path, progress: Progress | None = None, *, shapes_only: bool = True, source: Net | None = None
+    spec_path: str | Path,
+    progress: Progress | None = None,
+    *,
+    shapes_only: bool = True,
+    source: Net | None = None,
+    trust_code: bool = False,
 ) -> Plan:
     """Load the spec and its source, apply every edit in memory, build the report.
 
     Writes nothing, and with ``shapes_only`` (the default) reads no weights: the plan's
     net then has names, shapes and new-layer weights only. ``source``: edit a copy of
     this already loaded net instead of loading the spec's source. Errors carry the
-    spec's ``file:line:col``.
+    spec's ``file:line:col``. ``trust_code``: the spec's torch factory may come from any
+    module or file (by default only torchvision, timm, transformers, surgery and files
+    under the spec's folder run; see :mod:`surgery.importers.trust`); likewise for
+    :func:`apply`, :func:`verify`, :func:`draw` and :func:`fetch`.
     """
-    return _plan(load_spec(spec_path), progress, shapes_only=shapes_only, source=source)
+    with trusting_code(trust_code):
+        return _plan(load_spec(spec_path), progress, shapes_only=shapes_only, source=source)
 
 
 def _plan(loaded: LoadedSpec, progress: Progress | None, *, shapes_only: bool, source: Net | None = None) -> Plan:
@@ -92,25 +102,26 @@ def _plan(loaded: LoadedSpec, progress: Progress | None, *, shapes_only: bool, s
     return Plan(loaded, net, build_report(net, actions, spec_to_dict(message)), source=before, timings=timings)
 
 
-def fetch(spec_path: str | Path, progress: bool = True) -> str:
+def fetch(spec_path: str | Path, progress: bool = True, *, trust_code: bool = False) -> str:
     """Download the pretrained weights a spec's torch source names into the cache their
     library reads (torch's, or Hugging Face's for timm), checking their hash; what was
     done, in words. ``apply`` itself never downloads."""
     from surgery.importers.pretrained import fetch as fetch_file
     from surgery.importers.sources import torch_pretrained
 
-    loaded = load_spec(spec_path)
-    source = loaded.message.source
-    if source.WhichOneof("format") != "torch":
-        return "nothing to fetch: the spec's source is not a torch factory"
-    with loaded.located("source"):
-        t = source.torch
-        cached = torch_pretrained(t.factory, t.kwargs, t.pretrained, t.weights, loaded.base_dir)[2]
-        if cached is None:
-            return "nothing to fetch: the source names no pretrained weights"
-        if fetch_file(cached, progress=progress):
-            return f"fetched {cached.name}: {cached.path}"
-    return f"{cached.name} is in the cache already (hash checked): {cached.path}"
+    with trusting_code(trust_code):
+        loaded = load_spec(spec_path)
+        source = loaded.message.source
+        if source.WhichOneof("format") != "torch":
+            return "nothing to fetch: the spec's source is not a torch factory"
+        with loaded.located("source"):
+            t = source.torch
+            cached = torch_pretrained(t.factory, t.kwargs, t.pretrained, t.weights, loaded.base_dir)[2]
+            if cached is None:
+                return "nothing to fetch: the source names no pretrained weights"
+            if fetch_file(cached, progress=progress):
+                return f"fetched {cached.name}: {cached.path}"
+        return f"{cached.name} is in the cache already (hash checked): {cached.path}"
 
 
 def _check_output_versions(loaded: LoadedSpec) -> None:
@@ -152,6 +163,7 @@ def apply(
     scale_rtol: float = 1e-5,
     device: str = "cpu",
     tf32: bool = False,
+    trust_code: bool = False,
 ) -> ApplyResult:
     """Apply a spec and write its outputs into ``out_dir``, atomically.
 
@@ -172,43 +184,58 @@ def apply(
             ``rtol``, ``scale_rtol``, torch on ``device``, ONNX in TF32 with ``tf32``) and
             put its figures in ``report.json`` and ``report.html``; the outputs are
             written either way, and ``result.verified.ok`` says whether it passed.
+        trust_code: the spec's factory may run code from any module or file (see :func:`plan`).
 
     Example:
         >>> result = surgery.apply("specs/digits_parity.prototxt", "out/digits_parity")
         >>> print(result.report.format_table())
     """
-    out = output_folder.output_path(out_dir)
-    if verify:
-        from surgery.verify import torch_device
-
-        torch_device(device)  # a GPU asked for and absent: refused before anything else
-    output_folder.clean_stale(out)
-    loaded = load_spec(spec_path)
-    with loaded.located("output"):
-        outputs.check_paths(loaded.message)
-    inputs = output_folder.input_files(loaded)
-    target = output_folder.check_target(out, inputs, force=force, force_any=force_any)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="surgery-hash") as pool:
-        input_records = pool.submit(output_folder.file_records, inputs, loaded.base_dir)  # beside the work
-        verified = None
+    with trusting_code(trust_code):
+        out = output_folder.output_path(out_dir)
         if verify:
-            source = _load_source(loaded, progress)
-            planned = _plan(loaded, progress, shapes_only=False, source=source)
-            verified = _run_verify(
-                source, planned, seed, progress, atol=atol, rtol=rtol, scale_rtol=scale_rtol, device=device, tf32=tf32
-            )
-        else:
-            planned = _plan(loaded, progress, shapes_only=False)
-        timings = dict(planned.timings)
-        start = time.perf_counter()
-        files = outputs.write_output_folder(planned, target, input_records, progress)
-    timings["write"] = time.perf_counter() - start
-    shown = Path(out_dir)
-    return ApplyResult(shown, [shown / path.relative_to(out) for path in files], planned.report, timings, verified)
+            from surgery.verify import torch_device
+
+            torch_device(device)  # a GPU asked for and absent: refused before anything else
+        output_folder.clean_stale(out)
+        loaded = load_spec(spec_path)
+        with loaded.located("output"):
+            outputs.check_paths(loaded.message)
+        inputs = output_folder.input_files(loaded)
+        target = output_folder.check_target(out, inputs, force=force, force_any=force_any)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="surgery-hash") as pool:
+            input_records = pool.submit(output_folder.file_records, inputs, loaded.base_dir)  # beside the work
+            verified = None
+            if verify:
+                source = _load_source(loaded, progress)
+                planned = _plan(loaded, progress, shapes_only=False, source=source)
+                verified = _run_verify(
+                    source,
+                    planned,
+                    seed,
+                    progress,
+                    atol=atol,
+                    rtol=rtol,
+                    scale_rtol=scale_rtol,
+                    device=device,
+                    tf32=tf32,
+                )
+            else:
+                planned = _plan(loaded, progress, shapes_only=False)
+            timings = dict(planned.timings)
+            start = time.perf_counter()
+            files = outputs.write_output_folder(planned, target, input_records, progress)
+        timings["write"] = time.perf_counter() - start
+        shown = Path(out_dir)
+        return ApplyResult(shown, [shown / path.relative_to(out) for path in files], planned.report, timings, verified)
 
 
 def draw(
-    spec_path: str | Path, out_path: str | Path, *, show_all: bool = False, progress: Progress | None = None
+    spec_path: str | Path,
+    out_path: str | Path,
+    *,
+    show_all: bool = False,
+    progress: Progress | None = None,
+    trust_code: bool = False,
 ) -> Path:
     """Draw the change a spec makes: the source net beside the edited net, each layer
     coloured by what happened to it (kept / re-initialised / derived / added / dropped /
@@ -225,23 +252,24 @@ def draw(
     Example:
         >>> surgery.draw("specs/googlenet_flowers.prototxt", "change.svg")
     """
-    from surgery.change import change_svg
-    from surgery.emitters.picture.files import write_picture
+    with trusting_code(trust_code):
+        from surgery.change import change_svg
+        from surgery.emitters.picture.files import write_picture
 
-    out = Path(out_path)
-    kind = out.suffix.lower()
-    if kind not in (".svg", ".png", ".html"):
-        raise SpecError(
-            f"cannot draw to {str(out)!r}: unknown picture type {kind or '(none)'!r}",
-            fix="name the output .svg, .png or .html",
-        )
-    planned = plan(spec_path, progress)
-    if out.resolve() == planned.spec.path.resolve():
-        raise SpecError(f"{str(out)!r} is the spec itself", fix="choose another output file")
-    _step(progress, f"drawing {out}")
-    if kind == ".html":
-        return write_picture(out, report_page(planned))
-    return write_picture(out, change_svg(planned.source, planned.net, planned.report, show_all=show_all))
+        out = Path(out_path)
+        kind = out.suffix.lower()
+        if kind not in (".svg", ".png", ".html"):
+            raise SpecError(
+                f"cannot draw to {str(out)!r}: unknown picture type {kind or '(none)'!r}",
+                fix="name the output .svg, .png or .html",
+            )
+        planned = plan(spec_path, progress)
+        if out.resolve() == planned.spec.path.resolve():
+            raise SpecError(f"{str(out)!r} is the spec itself", fix="choose another output file")
+        _step(progress, f"drawing {out}")
+        if kind == ".html":
+            return write_picture(out, report_page(planned))
+        return write_picture(out, change_svg(planned.source, planned.net, planned.report, show_all=show_all))
 
 
 def report_page(planned: Plan, verified: Any = None, *, show_all: bool = False) -> str:
@@ -262,6 +290,7 @@ def verify(
     html: str | Path | None = None,
     device: str = "cpu",
     tf32: bool = False,
+    trust_code: bool = False,
 ):
     """Apply a spec in memory and compare emitted torch, emitted ONNX (onnxruntime) and
     the source model on the same seeded inputs. Returns a
@@ -274,22 +303,23 @@ def verify(
 
     ``html``: also write the report page, with these figures, to that ``.html`` file
     (atomically; e.g. over the ``report.html`` an earlier ``apply`` wrote)."""
-    if html is not None and Path(html).suffix.lower() != ".html":
-        raise SpecError(f"cannot write the report page to {str(html)!r}", fix="name it .html")
-    from surgery.verify import torch_device
+    with trusting_code(trust_code):
+        if html is not None and Path(html).suffix.lower() != ".html":
+            raise SpecError(f"cannot write the report page to {str(html)!r}", fix="name it .html")
+        from surgery.verify import torch_device
 
-    torch_device(device)  # a GPU asked for and absent: refused before any loading
-    source = _load_source(load_spec(spec_path), progress)
-    planned = plan(spec_path, progress, shapes_only=False, source=source)
-    result = _run_verify(
-        source, planned, seed, progress, atol=atol, rtol=rtol, scale_rtol=scale_rtol, device=device, tf32=tf32
-    )
-    if html is not None:
-        from surgery.emitters.picture.files import write_picture
+        torch_device(device)  # a GPU asked for and absent: refused before any loading
+        source = _load_source(load_spec(spec_path), progress)
+        planned = plan(spec_path, progress, shapes_only=False, source=source)
+        result = _run_verify(
+            source, planned, seed, progress, atol=atol, rtol=rtol, scale_rtol=scale_rtol, device=device, tf32=tf32
+        )
+        if html is not None:
+            from surgery.emitters.picture.files import write_picture
 
-        _step(progress, f"writing {html}")
-        write_picture(Path(html), report_page(planned, planned.report.verify))
-    return result
+            _step(progress, f"writing {html}")
+            write_picture(Path(html), report_page(planned, planned.report.verify))
+        return result
 
 
 def _load_source(loaded: LoadedSpec, progress: Progress | None) -> Net:

@@ -12,6 +12,9 @@ from pathlib import Path
 # models on the GPU, where torch runs float32 convolutions in TF32 by default.
 os.environ.setdefault("KERAS_BACKEND", "torch")
 os.environ.setdefault("KERAS_TORCH_DEVICE", "cpu")
+# Most tests' specs name factories in tests/*.py from a tmp_path spec: code the suite
+# trusts. tests/test_trust_code.py takes this away to check the refusal.
+os.environ["SURGERY_TRUST_CODE"] = "1"
 
 import numpy as np
 import pytest

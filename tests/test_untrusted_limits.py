@@ -217,3 +217,67 @@ def test_bit_flipped_keras_h5_files_end_cleanly(tmp_path: Path, capsys) -> None:
         (tmp_path / "m.h5").write_bytes(bytes(flipped))
         code, _, _ = _cli(capsys, "apply", "-q", str(spec), "-o", str(tmp_path / "out"), "--force")
         assert code in (0, 2)
+
+
+# ------------------------------------------------------------------ other tracebacks
+def test_a_caffe_split_without_a_bottom_is_named(tmp_path: Path, capsys) -> None:
+    net = tmp_path / "n.prototxt"
+    net.write_text(
+        'name: "n"\nlayer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 } } }\n'
+        'layer { name: "split" type: "Split" top: "a" top: "b" }\n'
+    )
+    code, _, err = _cli(capsys, "inspect", str(net))
+    assert code == 2 and "Split layer 'split' has bottoms []" in err, err
+
+
+def test_a_recursive_yaml_alias_is_one_located_error(tmp_path: Path, capsys) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text("a: &a [*a]\n")
+    code, _, err = _cli(capsys, "plan", "-q", str(spec))
+    assert code == 2 and f"{spec}:1:4: an alias refers to a node that contains it" in err, err
+
+
+def test_fetch_with_an_unusable_torch_home_says_so(tmp_path: Path, capsys, monkeypatch) -> None:
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "a_file"))
+    spec = tmp_path / "s.prototxt"
+    spec.write_text(
+        'source { torch { factory: "torchvision.models:resnet18" pretrained: "IMAGENET1K_V1" } '
+        "input_shape: [1, 3, 32, 32] }\n"
+    )
+    code, _, err = _cli(capsys, "fetch", str(spec))
+    assert code == 2 and "cannot make torch's cache folder" in err and "TORCH_HOME" in err, err
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_fifo_or_folder_where_a_checkpoint_goes_is_named_as_such(kind: str, tmp_path: Path, capsys) -> None:
+    import os
+
+    weights = tmp_path / "toy.pt"
+    if kind == "fifo":
+        os.mkfifo(weights)
+    else:
+        weights.mkdir()
+    spec = tmp_path / "s.prototxt"
+    spec.write_text(
+        'source { torch { factory: "surgery.zoo:DigitsCNN" weights: "toy.pt" } input_shape: [1, 1, 8, 8] }\n'
+    )
+    code, _, err = _cli(capsys, "apply", "-q", str(spec), "-o", str(tmp_path / "out"))
+    assert code == 2 and ("a FIFO" if kind == "fifo" else "a folder") in err and "does not exist" not in err, err
+    assert f"{spec}:1:" in err
+
+
+def test_an_input_file_failing_while_outputs_are_written_is_called_a_read(tmp_path: Path) -> None:
+    """An OS error on a file outside the output folders (a weight read on first use) is a
+    model-file error naming that file, not 'cannot write the outputs'."""
+    import errno
+
+    from surgery.errors import ModelFormatError
+    from surgery.outputs import _write_error
+
+    out, staging = tmp_path / "out", tmp_path / ".out.staging"
+    model = tmp_path / "models" / "m.onnx.data"
+    read = _write_error(OSError(errno.EIO, "Input/output error", str(model)), out, staging)
+    assert isinstance(read, ModelFormatError) and f"cannot read {str(model)!r}" in str(read)
+    written = _write_error(OSError(errno.ENOSPC, "No space left on device", str(staging / "x")), out, staging)
+    assert "cannot write the outputs" in str(written) and "free some space" in str(written)

@@ -185,7 +185,13 @@ def fetch(weights: Pretrained, progress: bool = True) -> bool:
         return _fetch_from_hub(weights)
     import torch.hub
 
-    weights.path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        weights.path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SpecError(
+            f"cannot make torch's cache folder {str(weights.path.parent)!r}: {error.strerror or error}",
+            fix="point TORCH_HOME at a folder you can write to (or unset it for ~/.cache/torch)",
+        ) from None
     try:
         torch.hub.download_url_to_file(weights.url, str(weights.path), weights.hash_prefix, progress=progress)
     except RuntimeError as error:  # the hash did not match: torch.hub removed the file

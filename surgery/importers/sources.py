@@ -19,9 +19,11 @@ from typing import Any
 from surgery.errors import ModelFormatError, SpecError, SurgeryNote
 from surgery.importers.pretrained import Pretrained, check_hash, require_file, resolve, split_pretrained
 from surgery.importers.pretrained_timm import is_timm, preprocess_of, resolve_timm
+from surgery.importers.trust import check_factory
 from surgery.ir import Net
 from surgery.lazy_torch import nn, torch
 from surgery.math.seeding import seeded
+from surgery.untrusted import regular_file
 
 
 def resolve_factory(reference: str, base_dir: Path) -> Callable[..., nn.Module]:
@@ -36,6 +38,7 @@ def resolve_factory(reference: str, base_dir: Path) -> Callable[..., nn.Module]:
             fix='write e.g. factory: "torchvision.models:resnet18" or "models/net.py:build"',
             subject=reference,
         )
+    check_factory(reference, module_ref, base_dir)
     if module_ref.endswith(".py"):
         path = (base_dir / module_ref).resolve()
         if not path.exists():
@@ -140,8 +143,11 @@ def _kwargs(text: str) -> dict[str, Any]:
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state_dict file, memory-mapped (no weight is read until used)."""
-    if not path.exists():
-        raise SpecError(f"weights file {str(path)!r} does not exist", subject=str(path))
+    try:
+        regular_file(path, "weights file", SpecError)  # a FIFO or a folder is named as such, never opened
+    except SpecError as error:
+        error.subject = str(path)
+        raise
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

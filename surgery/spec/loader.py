@@ -338,7 +338,15 @@ def _check_node_count(node: Any, path: str) -> None:
     them (a 'billion laughs' file is a few lines whose expansion fills memory)."""
     sizes: dict[int, int] = {}
 
+    open_nodes: set[int] = set()  # the nodes being counted: meeting one again is a cycle
+
     def size(item: Any, depth: int) -> int:
+        if id(item) in open_nodes:
+            raise SpecError(
+                "an alias refers to a node that contains it (a recursive alias): the document never ends",
+                location=f"{path}:{item.start_mark.line + 1}:{item.start_mark.column + 1}",
+                fix="write the value out instead of the alias",
+            )
         if id(item) in sizes:
             return sizes[id(item)]
         if depth > MAX_NESTING:
@@ -346,12 +354,13 @@ def _check_node_count(node: Any, path: str) -> None:
                 f"nested more than {MAX_NESTING} levels deep",
                 location=f"{path}:{item.start_mark.line + 1}:{item.start_mark.column + 1}",
             )
-        sizes[id(item)] = 1  # a cycle (a recursive alias) counts once, and is refused below
+        open_nodes.add(id(item))
         total = 1
         if isinstance(item, yaml.SequenceNode):
             total += sum(size(child, depth + 1) for child in item.value)
         elif isinstance(item, yaml.MappingNode):
             total += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in item.value)
+        open_nodes.discard(id(item))
         total = min(total, MAX_YAML_NODES + 1)
         sizes[id(item)] = total
         return total
