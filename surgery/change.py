@@ -167,6 +167,11 @@ def verify_figures(verified: Any, seed: int = 0) -> dict[str, Any]:
     }
 
 
+#: The most boxes a side of the report page's pictures may have (about a second of drawing
+#: here for both pictures); past it a picture is left out and the page says how to draw it.
+MAX_PAGE_BOXES = 2000
+
+
 def report_html(
     spec_path: Path,
     before: Net,
@@ -178,8 +183,8 @@ def report_html(
 ) -> str:
     """The self-contained report page: picture, edits, weights, verify figures, layers."""
     sides = change_sides(before, after, report)
-    folded = draw_svg(sides, min_group=0 if show_all else 3, standalone=False)
-    every = draw_svg(sides, min_group=0, standalone=False)
+    folded = draw_svg(sides, min_group=0 if show_all else 3, standalone=False, max_boxes=MAX_PAGE_BOXES)
+    every = draw_svg(sides, min_group=0, standalone=False, max_boxes=MAX_PAGE_BOXES) if folded is not None else None
     return report_page(
         after.name,
         str(spec_path),

@@ -361,3 +361,53 @@ def test_readme_pictures_are_current(spec: str, picture: str, tmp_path: Path) ->
     fresh = surgery.draw(TESTS.parent / "specs" / spec, tmp_path / picture)
     assert fresh.read_text() == committed.read_text(), "run python tools/draw_readme_pictures.py and commit docs/"
     assert committed.stat().st_size < 60_000
+
+
+def _wide_onnx(folder: Path, branches: int) -> Path:
+    """x -> ``branches`` parallel Relus -> Sum: nothing folds, every branch is a box."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["x"], [f"r{i}"], name=f"r{i}") for i in range(branches)]
+    nodes.append(helper.make_node("Sum", [f"r{i}" for i in range(branches)], ["y"], name="sum"))
+    graph = helper.make_graph(
+        nodes,
+        "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, folder / "wide.onnx")
+    spec = folder / "spec.prototxt"
+    spec.write_text('source { onnx { path: "wide.onnx" } }\noutput { onnx { } }\n')
+    return spec
+
+
+def test_a_large_graph_is_placed_by_rank_with_every_box_below_its_inputs() -> None:
+    """Past grandalf's size (its setup grows with the square of the boxes) the layout is
+    by topological generation: every box placed, below everything it reads, rows wrapped."""
+    from surgery.emitters.picture.layout import MAX_SUGIYAMA, ROW_BOXES, place
+
+    count = MAX_SUGIYAMA + 100
+    sizes = {"src": (80.0, 30.0), "sink": (80.0, 30.0)} | {f"b{i}": (60.0, 30.0) for i in range(count)}
+    edges = [("src", f"b{i}") for i in range(count)] + [(f"b{i}", "sink") for i in range(count)]
+    placed = place(sizes, edges)
+    assert set(placed.centres) == set(sizes)
+    assert all(placed.centres[a][1] < placed.centres[b][1] for a, b in edges)
+    rows = {placed.centres[f"b{i}"][1] for i in range(count)}
+    assert len(rows) == -(-count // ROW_BOXES)  # the wide rank wraps into rows
+    assert all(len(route) == 2 for route in placed.routes.values())
+
+
+def test_a_report_page_too_large_to_draw_says_so_and_apply_finishes(tmp_path: Path, capsys) -> None:
+    from surgery.change import MAX_PAGE_BOXES
+
+    spec = _wide_onnx(tmp_path, MAX_PAGE_BOXES + 10)
+    assert main(["apply", "-q", str(spec), "-o", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "The picture is left out" in page and "<svg" not in page
+    assert page.count("<tr") > MAX_PAGE_BOXES  # the layer table still lists every layer
+    (tmp_path / "small").mkdir()
+    small = _wide_onnx(tmp_path / "small", 30)
+    assert main(["apply", "-q", str(small), "-o", str(tmp_path / "out_small")]) == 0
+    assert "<svg" in (tmp_path / "out_small" / "report.html").read_text()

@@ -63,13 +63,13 @@ def group_boxes(
         key = owner.get(node.name, node.name)
         boxes.setdefault(key, Box(key, [])).members.append(node)
     box_of = {name: owner.get(name, name) for name in nodes}
-    edges = []
+    edges: dict[tuple[str, str], None] = {}  # a dict: ordered, and a lookup in constant time
     for a, b in side.edges:
         pair = (box_of[a], box_of[b])
-        if pair[0] != pair[1] and pair not in edges:
-            edges.append(pair)
+        if pair[0] != pair[1]:
+            edges.setdefault(pair)
     ordered = sorted(boxes.values(), key=lambda box: order[box.members[0].name])
-    return ordered, edges
+    return ordered, list(edges)
 
 
 def _region(

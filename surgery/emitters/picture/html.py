@@ -246,7 +246,7 @@ def report_page(
     title: str,
     spec_name: str,
     report: dict[str, Any],
-    svg_folded: str,
+    svg_folded: str | None,
     svg_all: str | None,
     spec_lines: dict[int, str],
     verified: dict[str, Any] | None,
@@ -257,7 +257,8 @@ def report_page(
         title: the page title (the net's name).
         spec_name: the spec file, as the user named it.
         report: the report as plain data (``Report.as_dict()``).
-        svg_folded: the picture, unchanged runs folded (inline SVG markup).
+        svg_folded: the picture, unchanged runs folded (inline SVG markup), or ``None``
+            when it has too many boxes to draw on a page (the page says so).
         svg_all: the picture with every layer, or ``None`` when nothing folded.
         spec_lines: the text of the spec lines the edits point at, by line number.
         verified: verify's figures (``provider``, ``ok``, ``seed``, ``comparisons``), or ``None``.
@@ -268,7 +269,12 @@ def report_page(
         for c, n in changes.items()
     )
     toggle = ""
-    pictures = f'<div class="picture" id="picture-folded">{svg_folded}</div>'
+    pictures = (
+        f'<div class="picture" id="picture-folded">{svg_folded}</div>'
+        if svg_folded is not None
+        else '<p class="note">The picture is left out: even with unchanged runs folded, the net has more boxes '
+        "than a page draws in reasonable time. <code>surgery draw SPEC -o net.svg</code> draws it whole.</p>"
+    )
     if svg_all is not None:
         toggle = '<p><label><input type="checkbox" id="show-all"> show every layer</label></p>'
         pictures += f'<div class="picture hidden" id="picture-all">{svg_all}</div>'

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import xml.etree.ElementTree as ET
 from collections import Counter
+from typing import overload
 
 from surgery.emitters.picture.groups import group_boxes, group_mark
 from surgery.emitters.picture.layout import place
@@ -247,7 +248,17 @@ def _legend(parent: ET.Element, sides: list[Side], left: float, top: float) -> f
     return 14
 
 
-def draw_svg(sides: list[Side], *, min_group: int = 3, standalone: bool = True) -> str:
+@overload
+def draw_svg(sides: list[Side], *, min_group: int = 3, standalone: bool = True, max_boxes: None = None) -> str: ...
+
+
+@overload
+def draw_svg(sides: list[Side], *, min_group: int = 3, standalone: bool = True, max_boxes: int) -> str | None: ...
+
+
+def draw_svg(
+    sides: list[Side], *, min_group: int = 3, standalone: bool = True, max_boxes: int | None = None
+) -> str | None:
     """The picture of ``sides`` (source first, then the edited net) as SVG text.
 
     Args:
@@ -256,6 +267,8 @@ def draw_svg(sides: list[Side], *, min_group: int = 3, standalone: bool = True) 
             (0: draw every layer).
         standalone: a file of its own (XML declaration, namespace) rather than markup
             to inline in an HTML page.
+        max_boxes: return ``None`` instead when a side has more boxes than this (the
+            report page of a 100,000-layer file must not take minutes to draw).
     """
     root = ET.Element("svg", {"font-family": FONT, "class": "surgery-change"})
     defs = ET.SubElement(root, "defs")
@@ -278,6 +291,10 @@ def draw_svg(sides: list[Side], *, min_group: int = 3, standalone: bool = True) 
     # The last side (the edited net) folds first; the others fold along its groups.
     grouped = {len(sides) - 1: group_boxes(sides[-1], min_group)}
     partition = {m.name: box.key for box in grouped[len(sides) - 1][0] for m in box.members}
+    for index, side in enumerate(sides[:-1]):
+        grouped[index] = group_boxes(side, min_group, partition)
+    if max_boxes is not None and any(len(boxes) > max_boxes for boxes, _ in grouped.values()):
+        return None
     left: float = MARGIN
     height = 0.0
     for index, side in enumerate(sides):
@@ -294,7 +311,7 @@ def draw_svg(sides: list[Side], *, min_group: int = 3, standalone: bool = True) 
                     "class": "divider",
                 },
             )
-        boxes, edges = grouped.get(index) or group_boxes(side, min_group, partition)
+        boxes, edges = grouped[index]
         w, h = _panel(root, side, left, top, boxes, edges)
         left += w + PANEL_GAP
         height = max(height, h)
