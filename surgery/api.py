@@ -17,6 +17,7 @@ A spec file is the same list of calls: ``surgery.apply("specs/x.prototxt", "out/
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from surgery.ops.base import Action
 from surgery.report import Report, build_report
 from surgery.runner import ApplyResult, Plan, apply, draw, fetch, plan, report_page, verify
 from surgery.spec import spec_class
+from surgery.untrusted import regular_file
 from surgery.video import features, split, stream
 
 
@@ -79,6 +81,8 @@ def load(
             f"{reference!r} is a folder, not a model file",
             fix="name the .onnx / .prototxt file, or a torch factory 'package.module:callable'",
         )
+    if os.path.exists(reference):  # a FIFO or a device is named as such, never opened
+        regular_file(reference, "model file")
     if suffix not in (".onnx", ".keras", ".h5", ".hdf5") and _is_caffe_text(Path(reference)):
         suffix = ".prototxt"
     if suffix == ".onnx":

@@ -121,5 +121,5 @@ def contained(folder: str | Path, name: str, what: str) -> Path:
         raise ModelFormatError(f"{what} names {name!r}, which is outside the model's folder {str(base)!r}", fix=fix)
     if not os.path.lexists(target):
         raise ModelFormatError(f"{what} names the file {name!r}, which is missing from {str(base)!r}", fix=fix)
-    regular_file(target, f"the file {name!r} that {what} names")
+    regular_file(target, what)
     return target

@@ -281,3 +281,32 @@ def test_an_input_file_failing_while_outputs_are_written_is_called_a_read(tmp_pa
     assert isinstance(read, ModelFormatError) and f"cannot read {str(model)!r}" in str(read)
     written = _write_error(OSError(errno.ENOSPC, "No space left on device", str(staging / "x")), out, staging)
     assert "cannot write the outputs" in str(written) and "free some space" in str(written)
+
+
+def test_sigterm_stops_the_import_of_a_huge_file(tmp_path: Path) -> None:
+    """A 60,000-node file takes seconds to import: SIGTERM during the import ends the run
+    with 143 at the next node, not after the whole file (and the report page)."""
+    import signal
+    import subprocess
+    import sys
+
+    count = 60_000
+    nodes = [helper.make_node("Relu", ["x"], [f"r{i}"], name=f"r{i}") for i in range(count)]
+    nodes.append(helper.make_node("Sum", [f"r{i}" for i in range(count)], ["y"], name="sum"))
+    save_onnx(onnx_model(nodes), tmp_path / "m.onnx")
+    spec = tmp_path / "s.prototxt"
+    spec.write_text('source { onnx { path: "m.onnx" } }\noutput { onnx { } }\n')
+    run = subprocess.Popen(
+        [sys.executable, "-m", "surgery.cli", "apply", str(spec), "-o", str(tmp_path / "out")],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert run.stderr is not None
+    line = run.stderr.readline()  # the progress line comes once the CLI handles signals
+    assert "loading the source model" in line, line
+    run.send_signal(signal.SIGTERM)
+    rest = run.stderr.read()
+    assert run.wait(timeout=120) == 143, rest
+    assert "interrupted" in rest and "Traceback" not in rest
+    assert "writing" not in rest  # stopped in the import, before any output
+    assert not (tmp_path / "out").exists()

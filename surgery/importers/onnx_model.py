@@ -21,6 +21,7 @@ from surgery.errors import ModelFormatError, ShapeError
 from surgery.importers import wire
 from surgery.importers.onnx_fold import constant_nodes, fold
 from surgery.importers.onnx_proto import attribute_value, messages, np_dtype, to_array
+from surgery.interrupts import checkpoint
 from surgery.ir import Layer, Net, ParamBlob, Shape
 from surgery.layers import layer_type, registered_types
 from surgery.untrusted import contained, regular_file
@@ -556,6 +557,7 @@ def import_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None, na
         reader.batch = shape[0]
         reader.add(Layer(reader.unique(value.name), "Input", outputs=[value.name], params={"shape": shape}))
     for index, node in enumerate(model.graph.node):
+        checkpoint()  # a 100,000-node file takes seconds: Ctrl-C / SIGTERM stop it here
         if index in folded:
             values = {name: reader.const(name) for name in node.input if name}
             reader.constants.update(fold(node, values, reader.opset))  # type: ignore[arg-type]

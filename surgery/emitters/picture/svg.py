@@ -17,6 +17,7 @@ from typing import overload
 from surgery.emitters.picture.groups import group_boxes, group_mark
 from surgery.emitters.picture.layout import place
 from surgery.emitters.picture.model import CHANGE_STYLES, Box, Side, xml_safe
+from surgery.interrupts import checkpoint
 
 FONT = "DejaVu Sans, Verdana, Helvetica, Arial, sans-serif"
 NAME_SIZE, TEXT_SIZE, TITLE_SIZE = 12.5, 11, 15
@@ -209,6 +210,7 @@ def _panel(
                 "class": "edge",
             },
         )
+    checkpoint()
     for box in boxes:
         cx, cy = placed.centres[box.key]
         _draw_box(panel, box, (cx + offset, cy + top), sizes[box.key], lines[box.key])

@@ -14,6 +14,7 @@ from surgery.importers.keras.archive import Scope
 from surgery.importers.keras.builder import MAPPINGS, Builder, Call, Tensor
 from surgery.importers.keras.core import keras_order
 from surgery.importers.keras.layout import ir_order, ir_shape
+from surgery.interrupts import checkpoint
 
 MODEL_CLASSES = {"Functional", "Sequential", "Model"}
 #: Mappings that read a flattened image map as the IR holds it (the features' order does
@@ -188,6 +189,7 @@ class Walker:
         self, entry: dict[str, Any], name: str, scope: Scope | None, args: list[Any], kwargs: dict[str, Any]
     ) -> list[Tensor]:
         self.at = name
+        checkpoint()
         class_name = entry["class_name"]
         inputs = _tensors_in(args)
         if class_name in MODEL_CLASSES:
