@@ -164,6 +164,7 @@ def verify_figures(verified: Any, seed: int = 0) -> dict[str, Any]:
         "ok": verified.ok,
         "seed": seed,
         "comparisons": comparisons,
+        "precision": getattr(verified, "precision", None),
     }
 
 

@@ -137,7 +137,16 @@ def onnx_options(onnx: Any) -> dict[str, Any]:
 
 def _write_onnx(job: Job, message: Any, prepared: Any) -> None:
     from surgery.emitters.onnx_model import emit_onnx
+    from surgery.precision import precision_name
 
+    precision = precision_name(message)
+    if precision != "FP32":
+        from surgery.precision import reduce
+
+        job.step(f"writing {message.path} ({precision}, from the float32 model)")
+        reduced = reduce(job.plan.net, message, job.plan.spec.base_dir, onnx_options(message))
+        write_bytes(job.staging / message.path, reduced.model.SerializeToString(), job.log)
+        return
     job.step(f"writing {message.path}")
     try:
         emit_onnx(job.plan.net, job.staging / message.path, log=job.log, **onnx_options(message))

@@ -99,6 +99,11 @@ def _plan(loaded: LoadedSpec, progress: Progress | None, *, shapes_only: bool, s
         actions += [dataclasses.replace(a, where=loaded.locator.find(index, a.was or a.layer)) for a in done]
     timings["edits"] = time.perf_counter() - start - timings["load"]
     net.solver = solver
+    if message.output.HasField("onnx"):
+        from surgery.precision import check_spec
+
+        with loaded.located("output"):
+            check_spec(net, message.output.onnx, loaded.base_dir)
     return Plan(loaded, net, build_report(net, actions, spec_to_dict(message)), source=before, timings=timings)
 
 
@@ -338,5 +343,20 @@ def _run_verify(source: Net, planned: Plan, seed: int, progress: Progress | None
     output = planned.spec.message.output
     opset = output.onnx.opset if output.onnx.HasField("opset") else 17
     result = run_verify(source, planned.net, seed=seed, opset=opset, **options)
+    if output.HasField("onnx") and output.onnx.precision:
+        result.precision = _check_precision(planned, seed, progress)
     planned.report.verify = verify_figures(result, seed)
     return result
+
+
+def _check_precision(planned: Plan, seed: int, progress: Progress | None) -> dict[str, Any]:
+    """The spec's reduced-precision ONNX file against the float32 model it comes from."""
+    from surgery.outputs import onnx_options
+    from surgery.precision import check_inputs, compare, reduce
+
+    message, base = planned.spec.message.output.onnx, planned.spec.base_dir
+    with planned.spec.located("output"):
+        reduced = reduce(planned.net, message, base, onnx_options(message))
+        inputs, source = check_inputs(planned.net, message, base, reduced, seed)
+    _step(progress, f"comparing the {reduced.precision} file with float32 on {len(inputs)} inputs")
+    return compare(reduced, inputs, source, message.agreement)

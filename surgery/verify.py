@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,10 +87,12 @@ class VerifyResult:
     comparisons: list[Comparison] = field(default_factory=list)
     device: str = "cpu"
     tf32: bool = False
+    #: a reduced-precision deploy file against float32 (:func:`surgery.precision.compare`)
+    precision: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
-        return all(c.ok for c in self.comparisons)
+        return all(c.ok for c in self.comparisons) and (self.precision is None or bool(self.precision["ok"]))
 
 
 #: onnxruntime's CUDA provider runs float32 convolutions and matmuls in TF32 unless told
@@ -392,6 +395,28 @@ def format_verify(result: VerifyResult) -> str:
         lines.append(
             f"  {c.what:<28} {c.blob:<{width}}  max abs {c.max_abs:.3g}  max rel {c.max_rel:.3g}  {_verdict(c)}"
         )
+    if result.precision is not None:
+        lines += format_precision(result.precision)
     ran = " (the ONNX side ran in TF32: this compares a TF32 run with fp32)" if result.tf32 else ""
     lines.append(("verified: all within tolerance" if result.ok else "verification FAILED") + ran)
     return "\n".join(lines)
+
+
+def format_precision(figures: dict[str, Any]) -> list[str]:
+    """A reduced-precision file's comparison with float32, for the terminal."""
+    agreement = figures["top1_agreement"]
+    verdict = (
+        "no class scores to agree on"
+        if agreement is None
+        else f"top-1 agreement {agreement:.4f} (bar {figures['bar']:g}): {'ok' if figures['ok'] else 'BELOW THE BAR'}"
+    )
+    lines = [
+        f"  {figures['precision']} file vs float32 on {figures['inputs']} of {figures['inputs_from']}: {verdict}",
+        f"    output max abs {figures['max_abs']:.3g}, mean abs {figures['mean_abs']:.3g}, max rel "
+        f"{figures['max_rel']:.3g}; {figures['bytes']:,} bytes, {figures['bytes'] / figures['fp32_bytes']:.2f}x "
+        "the float32 file",
+    ]
+    if figures["worst_layers"]:
+        lines.append("    furthest layers (max rel; keep_float them if the agreement falls short):")
+        lines += [f"      {row['layer'] or row['tensor']}: {row['max_rel']:.3g}" for row in figures["worst_layers"]]
+    return lines

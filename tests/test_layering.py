@@ -19,7 +19,7 @@ FLOORS = [
     {"layers", "solver"},
     {"importers", "emitters", "probe"},
     {"ops", "edits", "verify", "report", "change"},
-    {"api", "runner", "video", "outputs", "cli", "zoo", "output_folder", "__init__", "__main__"},
+    {"api", "runner", "video", "outputs", "cli", "zoo", "output_folder", "precision", "__init__", "__main__"},
 ]
 
 

@@ -161,6 +161,20 @@ class FrameConverter:
             raise ClipError(error.message) from None
 
 
+def decode_image(path: Path, convert: FrameConverter) -> tuple[np.ndarray, int]:
+    """One image file as the net's input ``(C, H, W)``, and how many colour channels the
+    file itself has (1 for a grey image, 3 for colour)."""
+    with _open(path) as container:
+        try:
+            frame = next(container.decode(_video_stream(container, path)), None)
+        except av_module().error.FFmpegError as error:
+            raise ClipError(f"image {path.name!r} cannot be decoded: {_reason(error)}") from None
+    if frame is None:
+        raise ClipError(f"image {path.name!r} holds no picture")
+    grey = frame.format.name.startswith(("gray", "ya", "mono"))
+    return convert(frame), 1 if grey else 3
+
+
 class ClipReader:
     """Reads one clip's sampled frames as preprocessed ``(B, C, H, W)`` float32 batches."""
 
@@ -219,15 +233,9 @@ class ClipReader:
         if self.clip.kind == "images":
             for index, path in enumerate(_image_files(self.clip.path)):
                 if index in wanted:
-                    with _open(path) as container:
-                        try:
-                            frame = next(container.decode(_video_stream(container, path)), None)
-                        except av_module().error.FFmpegError as error:
-                            raise ClipError(f"image {path.name!r} cannot be decoded: {_reason(error)}") from None
-                    if frame is None:
-                        raise ClipError(f"image {path.name!r} holds no picture")
+                    image = decode_image(path, self._convert)[0]
                     self.decoded = index + 1
-                    yield index, self._convert(frame)
+                    yield index, image
             return
         with _open(self.clip.path) as container:
             stream = _video_stream(container, self.clip.path)

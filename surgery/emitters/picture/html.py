@@ -239,6 +239,37 @@ def _verify_section(verified: dict[str, Any] | None) -> str:
         f'<p id="verify-verdict">{verdict}; onnxruntime ran on {escape(verified["provider"])}, '
         f"seed {escape(str(verified.get('seed', 0)))}. {rules}</p>"
         + _table(["comparison", "blob", "max abs", "max rel", "allclose ratio", ""], rows, True, "verify")
+        + _precision_section(verified.get("precision"))
+    )
+
+
+def _precision_section(figures: dict[str, Any] | None) -> str:
+    """A reduced-precision file against float32: the verdict, the output's error, the
+    file's size, and the layers furthest from float32."""
+    if not figures:
+        return ""
+    agreement = figures["top1_agreement"]
+    if agreement is None:
+        verdict = "the output holds no class scores to agree on"
+    else:
+        mark = '<span class="ok">ok</span>' if figures["ok"] else '<span class="bad">below the bar</span>'
+        verdict = f"top-1 agreement {agreement:.4f} (bar {figures['bar']:g}): {mark}"
+    rows = [
+        "<tr>"
+        + _cell(row["layer"] or row["tensor"])
+        + _cell(row["tensor"])
+        + _cell(f"{row['max_abs']:.3g}", sort=row["max_abs"], numeric=True)
+        + _cell(f"{row['max_rel']:.3g}", sort=row["max_rel"], numeric=True)
+        + "</tr>"
+        for row in figures["worst_layers"]
+    ]
+    return (
+        f'<h3 id="precision">The {escape(figures["precision"])} file against float32</h3>'
+        f"<p>On {figures['inputs']} inputs ({escape(figures['inputs_from'])}): {verdict}. Output max abs "
+        f"{figures['max_abs']:.3g}, mean abs {figures['mean_abs']:.3g}; the file is {figures['bytes']:,} bytes, "
+        f"{figures['bytes'] / figures['fp32_bytes']:.2f}x the float32 one. The layers furthest from float32 "
+        "(the first to keep in float32, with <code>keep_float</code>, if the agreement falls short):</p>"
+        + _table(["layer", "tensor", "max abs", "max rel"], rows, True, "precision-layers")
     )
 
 
