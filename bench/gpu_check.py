@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,6 +111,30 @@ def check_cuda_vs_cpu(case: Case, device: torch.device) -> tuple[bool, str]:
         for i, (g, c) in enumerate(zip(gpu, cpu))
     ]
     return all(c.ok for c in comparisons), f"{max(c.max_rel for c in comparisons):.1e}"
+
+
+#: FP16's 11 significant bits through a deep net: the output's max relative difference allowed.
+FP16_RTOL = 1e-2
+
+
+def check_fp16(case: Case, device: torch.device) -> tuple[bool, str]:
+    """The FP16 deploy file (``precision: FP16``) on onnxruntime's CUDA provider (the CPU
+    one with --device cpu) against the float32 file on the CPU, at FP16 tolerance."""
+    import onnxruntime as ort
+
+    from surgery.emitters.onnx_model import build_model
+    from surgery.emitters.onnx_precision import to_fp16
+
+    fp32 = build_model(case.edited, opset=case.opset)
+    half = to_fp16(fp32)
+    cuda = device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+    providers = ["CUDAExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+    low = ort.InferenceSession(half.SerializeToString(), providers=providers)
+    high = ort.InferenceSession(fp32.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {x.name: t.numpy() for x, t in zip(high.get_inputs(), _inputs(case.edited, 2, torch.device("cpu")))}
+    a, b = high.run(None, feed)[0], low.run(None, feed)[0].astype(np.float32)
+    rel = float(np.abs(a - b).max() / (np.abs(a).max() or 1.0))
+    return rel <= FP16_RTOL, f"{rel:.1e} {low.get_providers()[0].split('ExecutionProvider')[0]}"
 
 
 def check_sgd(case: Case, device: torch.device, batch: int) -> tuple[bool, str]:
@@ -206,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     batch, rounds, size = (4, 3, 64) if args.quick else (64, 15, 224)
     specs = sorted(p for p in (ROOT / "specs").iterdir() if p.suffix in (".prototxt", ".yaml", ".yml", ".json"))
     builders = [(p.stem, lambda p=p: spec_case(p)) for p in specs] + [("resnet50", lambda: resnet50_case(size))]
-    header = f"{'case':<28} {'verify':<18} {'cuda/cpu':<9} {'sgd':<34} {'fp32':>6} {'bf16':>6} {'ch_last':>7}"
+    header = (
+        f"{'case':<28} {'verify':<18} {'cuda/cpu':<9} {'sgd':<34} {'onnx fp16':<14} {'fp32':>6} {'bf16':>6} "
+        f"{'ch_last':>7}"
+    )
     print(
         f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
         f"torch {torch.__version__}\n{header}"
@@ -217,12 +245,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and name not in args.only:
             continue
         case = build()
-        checks = [check_verify(case, device), check_cuda_vs_cpu(case, device), check_sgd(case, device, batch)]
+        checks = [
+            check_verify(case, device),
+            check_cuda_vs_cpu(case, device),
+            check_sgd(case, device, batch),
+            check_fp16(case, device),
+        ]
         times = [time_ratio(case, device, batch, mode, rounds) for mode in ("fp32", "bf16", "channels_last")]
         marks = ["" if ok else "FAIL " for ok, _ in checks]
         print(
             f"{case.name[:28]:<28} {marks[0] + checks[0][1]:<18} {marks[1] + checks[1][1]:<9} "
-            f"{marks[2] + checks[2][1]:<34} " + " ".join(f"{t:>6.2f}x" for t in times),
+            f"{marks[2] + checks[2][1]:<34} {marks[3] + checks[3][1]:<14} " + " ".join(f"{t:>6.2f}x" for t in times),
             flush=True,
         )
         if not all(ok for ok, _ in checks):

@@ -16,6 +16,7 @@ import bench_front
 import bench_keras
 import bench_onnx
 import bench_peer
+import bench_precision
 import bench_solver
 import bench_video
 
@@ -36,3 +37,5 @@ if __name__ == "__main__":
     bench_peer.main([])
     print("== Caffe solver ==")
     bench_solver.main([])
+    print("== reduced precision (onnxruntime, CPU) ==")
+    bench_precision.main([])

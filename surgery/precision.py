@@ -10,7 +10,6 @@ Images are read through the spec's preprocessing, decoded and transformed exactl
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -196,11 +195,8 @@ def reduce(net: Net, message: Any, base_dir: Path, onnx_options: dict[str, Any])
     keep_nodes = nodes_of(fp32, kept)
     folder = _calibration_folder(message, base_dir, "images")
     if precision == "FP16":
-        with warnings.catch_warnings():  # one warning per tiny weight truncated to fp16's smallest
-            warnings.filterwarnings("ignore", module="onnxconverter_common")
-            return Reduced(
-                precision, fp32, to_fp16(fp32, keep_io_types=message.keep_io_types, keep_nodes=keep_nodes), None, kept
-            )
+        fp16 = to_fp16(fp32, keep_io_types=message.keep_io_types, keep_nodes=keep_nodes)
+        return Reduced(precision, fp32, fp16, None, kept)
     inputs = None
     if folder is not None:
         inputs = image_inputs(net, folder, message.calibration.count, "output.onnx.calibration.images")

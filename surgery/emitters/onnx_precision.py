@@ -6,7 +6,9 @@ for a net without convolutions). Nothing here rewrites a graph by hand.
 
 from __future__ import annotations
 
+import logging
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,9 +55,11 @@ def to_fp16(model: onnx.ModelProto, *, keep_io_types: bool = True, keep_nodes: I
             "precision: FP16 needs onnxconverter-common", fix='pip install "surgery-nets[deploy]"'
         ) from None
     blocked = [*float16.DEFAULT_OP_BLOCK_LIST, *FP16_FLOAT_OPS]
-    converted = float16.convert_float_to_float16(
-        model, keep_io_types=keep_io_types, op_block_list=blocked, node_block_list=list(keep_nodes)
-    )
+    with warnings.catch_warnings():  # one warning per tiny weight rounded to fp16's smallest
+        warnings.filterwarnings("ignore", module="onnxconverter_common")
+        converted = float16.convert_float_to_float16(
+            model, keep_io_types=keep_io_types, op_block_list=blocked, node_block_list=list(keep_nodes)
+        )
     if keep_io_types:
         _outputs_back_to_float32(model, converted)
     return converted
@@ -111,6 +115,16 @@ def to_int8(
         method: ``MINMAX``, ``ENTROPY`` or ``PERCENTILE``.
         keep_nodes: names of nodes left in float32.
     """
+    # The quantizer logs a warning through the root logger for each 1-D weight (a
+    # LayerNorm's) that per-channel quantization leaves per-tensor: expected, and noise.
+    logging.disable(logging.WARNING)
+    try:
+        return _quantize(model, inputs, method, list(keep_nodes))
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _quantize(model: onnx.ModelProto, inputs: np.ndarray | None, method: str, keep_nodes: list[str]) -> onnx.ModelProto:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -122,7 +136,7 @@ def to_int8(
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         if inputs is None:
             quantize_dynamic(
-                prepared, target, weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=list(keep_nodes)
+                prepared, target, weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep_nodes
             )
         else:
             quantize_static(
@@ -134,6 +148,6 @@ def to_int8(
                 weight_type=QuantType.QInt8,
                 per_channel=True,
                 calibrate_method=getattr(CalibrationMethod, METHODS[method]),
-                nodes_to_exclude=list(keep_nodes),
+                nodes_to_exclude=keep_nodes,
             )
         return onnx.load(target)
