@@ -83,6 +83,51 @@ def image_inputs(net: Net, folder: Path, count: int, field: str) -> np.ndarray:
     return np.stack(batch)
 
 
+def clip_inputs(net: Net, folder: Path, count: int, field: str) -> np.ndarray:
+    """Up to ``count`` clips of ``folder`` (sorted by name) as the clip model's input batch
+    ``(N, T, C, H, W)``: T frames sampled from each, decoded and preprocessed as
+    ``surgery features`` does (a clip shorter than T repeats its last frame)."""
+    from surgery.video.decode import ClipError, ClipReader, Sampling, find_clips
+
+    if count < 1:
+        raise SpecError(f"{field}: count {count} reads no clip", fix="give count: 1 or more (default 200)")
+    inputs = net.input_layers()
+    shape = tuple(int(d) for d in inputs[0].params["shape"]) if len(inputs) == 1 else ()
+    if len(shape) != 5 or net.preprocess is None:
+        raise SpecError(
+            f"{field}: clips calibrate a clip model (one input (N, T, C, H, W)); this net's input is {list(shape)}",
+            fix="calibrate with images: instead",
+        )
+    try:
+        clips = find_clips(folder)[:count]
+    except SurgeryError as error:
+        raise SpecError(f"{field}: {error.message}", fix=error.fix) from None
+    frames = shape[1]
+    batch = []
+    for clip in clips:
+        try:
+            if clip.kind == "npy":
+                array = np.load(regular_path(clip.path, field), mmap_mode="r", allow_pickle=False)
+            else:
+                reader = ClipReader(clip, net.preprocess, (shape[3], shape[4]))
+                indices = Sampling(frames=frames).indices(reader.count())
+                array = np.concatenate(list(reader.batches(indices, frames)))
+        except (ClipError, ValueError) as error:
+            raise SpecError(f"{field}: clip {clip.name!r}: {error}", fix="remove or replace the clip") from None
+        if tuple(array.shape) != shape[1:]:
+            raise SpecError(
+                f"{field}: clip {clip.name!r} gives {list(array.shape)}, the clip model takes {list(shape[1:])}",
+                fix="check the clip and the spec's preprocess block",
+            )
+        batch.append(np.asarray(array, np.float32))
+    return np.stack(batch)
+
+
+def regular_path(path: Path, field: str) -> Path:
+    regular_file(path, f"{field} file", SpecError)
+    return path
+
+
 def _image_input(net: Net, field: str) -> tuple[int, ...]:
     inputs = net.input_layers()
     shape = tuple(int(d) for d in inputs[0].params["shape"]) if len(inputs) == 1 else ()
@@ -157,20 +202,23 @@ def check_spec(net: Net, message: Any, base_dir: Path) -> None:
         raise SpecError(
             f"output.onnx.calibration.count {message.calibration.count} reads no image", fix="give count: 1 or more"
         )
-    for field in ("images", "check"):
-        folder = _calibration_folder(message, base_dir, field)
+    folders = {field: _calibration_folder(message, base_dir, field) for field in ("images", "clips", "check")}
+    for field, folder in folders.items():
         if folder is not None and not folder.is_dir():
             raise SpecError(
                 f"output.onnx.calibration.{field}: {str(folder)!r} is not a folder",
-                fix="name a folder of images, relative to the spec file",
+                fix=f"name a folder of {'clips' if field == 'clips' else 'images'}, relative to the spec file",
             )
-    if folder is not None or _calibration_folder(message, base_dir, "images") is not None:
-        _image_input(net, "output.onnx.calibration")
-    if precision == "INT8" and _calibration_folder(message, base_dir, "images") is None:
+    if folders["images"] is not None and folders["clips"] is not None:
+        raise SpecError("output.onnx.calibration names both images and clips", fix="keep the one the net takes")
+    if folders["images"] is not None:
+        _image_input(net, "output.onnx.calibration.images")
+    if precision == "INT8" and folders["images"] is None and folders["clips"] is None:
         if any(layer.type == "Convolution" for layer in net.layers()):
             raise SpecError(
                 "precision INT8 of a net with convolutions is static: it needs calibration images",
-                fix='add calibration { images: "calib/" } (a few hundred images like the deployment\'s)',
+                fix='add calibration { images: "calib/" } (a few hundred images like the deployment\'s; '
+                'clips: "clips/" for a clip model)',
             )
     _keep_float_layers(net, message)  # each selector must match
 
@@ -193,13 +241,10 @@ def reduce(net: Net, message: Any, base_dir: Path, onnx_options: dict[str, Any])
     fp32 = build_model(net, **options)
     kept = _keep_float_layers(net, message)
     keep_nodes = nodes_of(fp32, kept)
-    folder = _calibration_folder(message, base_dir, "images")
     if precision == "FP16":
         fp16 = to_fp16(fp32, keep_io_types=message.keep_io_types, keep_nodes=keep_nodes)
         return Reduced(precision, fp32, fp16, None, kept)
-    inputs = None
-    if folder is not None:
-        inputs = image_inputs(net, folder, message.calibration.count, "output.onnx.calibration.images")
+    inputs = calibration_inputs(net, message, base_dir)
     method = _method_name(message)
     return Reduced(precision, fp32, to_int8(fp32, inputs=inputs, method=method, keep_nodes=keep_nodes), inputs, kept)
 
@@ -211,18 +256,33 @@ def _method_name(message: Any) -> str:
     return str(enum.values_by_number[message.calibration.method].name)
 
 
+def calibration_inputs(net: Net, message: Any, base_dir: Path) -> np.ndarray | None:
+    """The calibration block's images or clips as the net's input batch; None without."""
+    images = _calibration_folder(message, base_dir, "images")
+    clips = _calibration_folder(message, base_dir, "clips")
+    if images is not None:
+        return image_inputs(net, images, message.calibration.count, "output.onnx.calibration.images")
+    if clips is not None:
+        return clip_inputs(net, clips, message.calibration.count, "output.onnx.calibration.clips")
+    return None
+
+
 def check_inputs(net: Net, message: Any, base_dir: Path, reduced: Reduced, seed: int) -> tuple[np.ndarray, str]:
     """What verify compares the reduced file with float32 on, and where it came from: the
     ``check`` folder, else the calibration images, else seeded random inputs."""
     count = message.calibration.count if message.HasField("calibration") else 200
+    clips = len(net.input_layers()[0].params["shape"]) == 5
     check = _calibration_folder(message, base_dir, "check")
     if check is not None:
-        return image_inputs(net, check, count, "output.onnx.calibration.check"), f"the check images {str(check)!r}"
+        field = "output.onnx.calibration.check"
+        if clips:
+            return clip_inputs(net, check, count, field), f"the check clips {str(check)!r}"
+        return image_inputs(net, check, count, field), f"the check images {str(check)!r}"
     if reduced.calibration is not None:
-        return reduced.calibration, "the calibration images"
-    images = _calibration_folder(message, base_dir, "images")
-    if images is not None:
-        return image_inputs(net, images, count, "output.onnx.calibration.images"), f"the images {str(images)!r}"
+        return reduced.calibration, f"the calibration {'clips' if clips else 'images'}"
+    given = calibration_inputs(net, message, base_dir)
+    if given is not None:
+        return given, f"the calibration {'clips' if clips else 'images'}"
     shape = tuple(int(d) for d in net.input_layers()[0].params["shape"])
     rng = np.random.default_rng(seed)
     return rng.standard_normal((RANDOM_CHECK_INPUTS, *shape[1:])).astype(

@@ -183,3 +183,43 @@ def test_precision_mistakes_are_one_located_error(block: str, words: str, images
     err = capsys.readouterr().err
     assert words in err and f"{spec}:" in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+def test_a_clip_model_calibrates_on_clips_sampled_as_features_samples_them(tmp_path: Path, capsys) -> None:
+    from sklearn.datasets import load_digits
+    from video_files import write_video
+
+    digits = load_digits().images
+    (tmp_path / "clips").mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(4):
+        frames = [np.kron(digits[i], np.ones((2, 2))) * 16 for i in rng.integers(0, len(digits), 12)]
+        write_video(tmp_path / "clips" / f"c{index}.mp4", np.stack(frames).clip(0, 255).astype(np.uint8))
+    spec = tmp_path / "spec.prototxt"
+    spec.write_text(
+        f'source {{ torch {{ factory: "surgery.zoo:DigitsCNN" weights: "{WEIGHTS}" }} input_shape: [1, 1, 8, 8] }}\n'
+        'edit { sequence { at: "features.pool2" frames: 8\n'
+        '  layer { name: "lstm" type: "LSTM" recurrent_param { num_output: 16 return_sequences: false } }\n'
+        '  layer { name: "scores" type: "InnerProduct" inner_product_param { num_output: 5 } } } }\n'
+        'output { onnx { precision: INT8 calibration { clips: "clips" } } }\n'
+    )
+    assert main(["apply", "-q", str(spec), "-o", str(tmp_path / "out"), "--verify"]) == 0, capsys.readouterr()
+    report = json.loads((tmp_path / "out" / "report.json").read_text())["verify"]["precision"]
+    assert report["inputs"] == 4 and report["inputs_from"] == "the calibration clips"
+    model = onnx.load(tmp_path / "out" / "model.onnx")
+    assert sum(node.op_type == "QuantizeLinear" for node in model.graph.node) >= 3
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    scores = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 8, 1, 8, 8), np.float32)})[0]
+    assert scores.shape == (1, 5)
+
+
+def test_a_precision_on_an_output_that_cannot_take_one_is_located(tmp_path: Path, capsys) -> None:
+    spec = tmp_path / "spec.prototxt"
+    spec.write_text(
+        'source { torch { factory: "surgery.zoo:DigitsCNN" } input_shape: [1, 1, 8, 8] }\n'
+        "output { caffe { precision: INT8 } }\n"
+    )
+    assert main(["apply", "-q", str(spec), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{spec}:2:" in err and "precision" in err, err
+    assert not (tmp_path / "out").exists()
