@@ -13,6 +13,7 @@ code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import time
@@ -156,7 +157,13 @@ def _cmd_solver(args: argparse.Namespace) -> int:
     for line in describe(settings):
         print(line)
     for iteration in args.at:
-        print(f"rate at iteration {iteration}: {caffe_rate(settings, iteration):.9g}")
+        rate = caffe_rate(settings, iteration)
+        why = (
+            ""
+            if math.isfinite(rate)
+            else " (Caffe's float arithmetic gives the same: an update there breaks the weights)"
+        )
+        print(f"rate at iteration {iteration}: {rate:.9g}{why}")
     return 0
 
 

@@ -448,3 +448,96 @@ def test_a_model_file_named_as_the_solver_is_refused_before_it_is_read(tmp_path:
     with pytest.raises(SpecError, match="at most") as caught:
         read_solver(path)
     assert caught.value.location == f"{path}:1:1" and "not a model file" in caught.value.fix
+
+
+@pytest.mark.parametrize("solver_type", sorted(TYPES))
+def test_save_and_resume_runs_on_exactly(solver_type: str, tmp_path: Path) -> None:
+    """N steps, torch.save of the optimizer's and scheduler's state_dicts, a fresh solver
+    loading them, N more: bitwise the 2N straight (Caffe's .solverstate keeps iter_, and
+    Adam's bias correction counts from it)."""
+    s = {**_settings(type=solver_type, lr_policy="inv", gamma=0.0625, power=0.75, base_lr=0.125), **TYPES[solver_type]}
+    rng = np.random.default_rng(3)
+    start = rng.standard_normal(6)
+    grads = [rng.standard_normal(6) for _ in range(20)]
+
+    def fresh() -> tuple[torch.nn.Parameter, CaffeSolver, CaffeRate]:
+        param = torch.nn.Parameter(torch.from_numpy(start.copy()))
+        return (param, *_solver(s, [{"params": [param], "lr_mult": 1.0, "weight_decay": 0.0}]))
+
+    def run(param, optimizer, scheduler, steps) -> None:
+        for grad in steps:
+            param.grad = torch.from_numpy(grad.copy())
+            optimizer.step()
+            scheduler.step()
+
+    straight, optimizer, scheduler = fresh()
+    run(straight, optimizer, scheduler, grads)
+    first, optimizer, scheduler = fresh()
+    run(first, optimizer, scheduler, grads[:10])
+    torch.save({"w": first.detach(), "opt": optimizer.state_dict(), "sched": scheduler.state_dict()}, tmp_path / "c")
+    saved = torch.load(tmp_path / "c", weights_only=True)
+    resumed, optimizer, scheduler = fresh()
+    with torch.no_grad():
+        resumed.copy_(saved["w"])
+    optimizer.load_state_dict(saved["opt"])
+    scheduler.load_state_dict(saved["sched"])
+    run(resumed, optimizer, scheduler, grads[10:])
+    assert torch.equal(resumed, straight)
+
+
+@pytest.mark.parametrize(
+    ("policy", "iteration", "want"),
+    [
+        ({"lr_policy": "sigmoid", "gamma": 0.1, "stepsize": 10000}, 0, 0.0),  # expf(1000) is inf in Caffe
+        ({"lr_policy": "exp", "gamma": 1.5}, 1000, math.inf),
+        ({"lr_policy": "inv", "gamma": -0.1, "power": 0.75}, 100, math.nan),  # pow(-9, -0.75)
+        ({"lr_policy": "inv", "gamma": 0.1, "power": -0.75}, 100, 0.060401052),
+        ({"lr_policy": "poly", "power": 0.5, "max_iter": 100}, 150, math.nan),  # pow(-0.5, 0.5)
+        ({"lr_policy": "step", "gamma": 1e30, "stepsize": 1}, 3, math.inf),
+    ],
+)
+def test_rates_past_floats_range_are_what_caffes_float_math_gives(policy: dict, iteration: int, want: float) -> None:
+    rate = caffe_rate(_settings(base_lr=0.01, **policy), iteration)
+    if math.isnan(want):
+        assert math.isnan(rate)
+    else:
+        assert rate == pytest.approx(want, rel=1e-7)
+
+
+def test_a_sigmoid_solver_that_overflows_trains_in_the_emitted_model(tmp_path: Path, capsys) -> None:
+    """A valid Caffe sigmoid solver whose first rates overflow exp: apply writes it, and
+    model.caffe_solver() steps (rate 0 at first, as in Caffe), no OverflowError."""
+    from surgery.cli import main
+
+    spec = tmp_path / "spec.prototxt"
+    spec.write_text(
+        'source { torch { factory: "surgery.zoo:DigitsCNN" } input_shape: [1, 1, 8, 8] }\n'
+        'solver { caffe_fields { base_lr: 0.01 lr_policy: "sigmoid" gamma: 0.1 stepsize: 10000 } }\n'
+        "output { pytorch { } }\n"
+    )
+    assert main(["apply", "-q", str(spec), "-o", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    sys.path.insert(0, str(tmp_path / "out" / "torch"))
+    try:
+        module_spec = importlib.util.spec_from_file_location("overflow_model", tmp_path / "out" / "torch" / "model.py")
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        model = module.load()
+        optimizer, scheduler = model.caffe_solver()
+        before = [p.detach().clone() for p in model.parameters()]
+        model(torch.rand(2, 1, 8, 8)).sum().backward()
+        optimizer.step()
+        scheduler.step()
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # rate 0
+    finally:
+        sys.path.remove(str(tmp_path / "out" / "torch"))
+
+
+def test_the_cli_shows_a_rate_caffe_cannot_use_with_why(tmp_path: Path, capsys) -> None:
+    from surgery.cli import main
+
+    solver = tmp_path / "poly.prototxt"
+    solver.write_text('base_lr: 0.01\nlr_policy: "poly"\npower: 0.5\nmax_iter: 100\n')
+    assert main(["solver", str(solver), "--at", "100,150"]) == 0
+    out = capsys.readouterr().out
+    assert "rate at iteration 100: 0" in out and "rate at iteration 150: nan (Caffe's float arithmetic" in out

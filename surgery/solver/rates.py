@@ -17,8 +17,32 @@ LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 
 
 def _f32(value: float) -> float:
-    """``value`` rounded to float32, as Caffe's ``Dtype = float`` holds it."""
-    return struct.unpack("f", struct.pack("f", value))[0]
+    """``value`` rounded to float32, as Caffe's ``Dtype = float`` holds it (past float32's
+    range: infinity, as a float computation gives it)."""
+    try:
+        return struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:
+        return math.copysign(math.inf, value)
+
+
+def _pow(base: float, exponent: float) -> float:
+    """C's ``pow``, which Caffe calls: an overflow is infinity and a negative base to a
+    fractional power is NaN (Python's ``math.pow`` raises for both)."""
+    try:
+        return math.pow(base, exponent)
+    except OverflowError:
+        odd = float(exponent).is_integer() and exponent % 2 == 1
+        return -math.inf if base < 0 and odd else math.inf
+    except ValueError:  # a negative base to a fractional power, or 0 to a negative one
+        return math.inf if base == 0 else math.nan
+
+
+def _exp(value: float) -> float:
+    """C's ``exp``: infinity past the range."""
+    try:
+        return math.exp(value)
+    except OverflowError:
+        return math.inf
 
 
 def caffe_rate(settings: dict, iteration: int) -> float:
@@ -28,17 +52,17 @@ def caffe_rate(settings: dict, iteration: int) -> float:
     if policy == "fixed":
         rate = base
     elif policy == "step":
-        rate = base * math.pow(gamma, iteration // settings["stepsize"])
+        rate = base * _pow(gamma, iteration // settings["stepsize"])
     elif policy == "exp":
-        rate = base * math.pow(gamma, iteration)
+        rate = base * _pow(gamma, iteration)
     elif policy == "inv":
-        rate = base * math.pow(_f32(1.0 + _f32(gamma * iteration)), -power)
+        rate = base * _pow(_f32(1.0 + _f32(gamma * iteration)), -power)
     elif policy == "multistep":
-        rate = base * math.pow(gamma, _multistep(settings["stepvalue"], iteration))
+        rate = base * _pow(gamma, _multistep(settings["stepvalue"], iteration))
     elif policy == "poly":
-        rate = base * math.pow(_f32(1.0 - _f32(_f32(iteration) / _f32(settings["max_iter"]))), power)
+        rate = base * _pow(_f32(1.0 - _f32(_f32(iteration) / _f32(settings["max_iter"]))), power)
     elif policy == "sigmoid":
-        rate = base * (1.0 / (1.0 + math.exp(-gamma * _f32(_f32(iteration) - _f32(settings["stepsize"])))))
+        rate = base * (1.0 / (1.0 + _exp(-gamma * _f32(_f32(iteration) - _f32(settings["stepsize"])))))
     else:
         raise ValueError(f"unknown lr_policy {policy!r}; Caffe knows {', '.join(LR_POLICIES)}")
     return _f32(rate)

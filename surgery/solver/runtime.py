@@ -67,6 +67,20 @@ class CaffeSolver(torch.optim.Optimizer):
         self.iter_size = iter_size
         self.iteration = 0  # Caffe's iter_: updates applied so far
 
+    def state_dict(self) -> dict:
+        """torch's optimizer state plus Caffe's ``iter_`` (Adam's bias correction counts
+        from it), as Caffe's ``.solverstate`` keeps it: save, load into a fresh solver,
+        and the run goes on exactly."""
+        state = super().state_dict()
+        state["caffe_iteration"] = self.iteration
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load what :meth:`state_dict` saved (the iteration too)."""
+        state_dict = dict(state_dict)
+        self.iteration = int(state_dict.pop("caffe_iteration", 0))
+        super().load_state_dict(state_dict)
+
     def _gradients(self) -> list[list[torch.Tensor]]:
         """Each group's gradients (zeros where a parameter has none), clipped as Caffe
         clips: on the accumulated sum, before normalisation and decay."""
