@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from surgery.errors import SurgeryError, SurgeryNote
+from surgery.errors import SurgeryError, SurgeryNote, cli_wording
 from surgery.importers.trust import trusting_code
 from surgery.interrupts import StopOnSignal
 
@@ -461,7 +461,7 @@ def _run(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("always", SurgeryNote)
             warnings.showwarning = _show_note
-            with trusting_code(getattr(args, "trust_code", False)):
+            with trusting_code(getattr(args, "trust_code", False)), cli_wording():
                 return args.run(args)
     except SurgeryError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -8,8 +8,10 @@ The CLI prints ``str(error)`` and exits with code 2; no traceback.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 
 class SurgeryError(Exception):
@@ -100,3 +102,23 @@ def unsupported_in_caffe(layer, why: str = "") -> ModelFormatError:
         fix="replace or remove it in the spec, or emit PyTorch / ONNX only",
         subject=layer.name,
     )
+
+
+_from_cli: contextvars.ContextVar[bool] = contextvars.ContextVar("surgery_from_cli", default=False)
+
+
+@contextlib.contextmanager
+def cli_wording() -> Iterator[None]:
+    """Within the block, :func:`option` names command-line options (the CLI runs each
+    command in one); elsewhere it names the Python API's arguments."""
+    token = _from_cli.set(True)
+    try:
+        yield
+    finally:
+        _from_cli.reset(token)
+
+
+def option(cli: str, api: str) -> str:
+    """How a fix names a setting to the person reading it: ``--force`` at the command
+    line, ``force=True`` to a Python caller."""
+    return cli if _from_cli.get() else api

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from surgery.emitters.files import FileLog, sha256_file
-from surgery.errors import SpecError, SurgeryError
+from surgery.errors import SpecError, SurgeryError, option
 from surgery.spec import LoadedSpec
 
 #: The file that marks a folder as surgery's output (or a staging folder of it).
@@ -55,15 +55,15 @@ def check_output_path(value: str, what: str) -> str:
     text = value.replace("\\", "/")
     if text.startswith("/") or re.match(r"^[A-Za-z]:", text) or os.path.isabs(value):
         raise SpecError(
-            f"{what} {value!r} is absolute; outputs are written inside the -o folder",
-            fix="write a path relative to the -o folder",
+            f"{what} {value!r} is absolute; outputs are written inside the output folder ({_out()})",
+            fix="write a path relative to the output folder",
             subject=value,
         )
     normal = posixpath.normpath(text)
     if normal == "." or normal == ".." or normal.startswith("../") or ".." in text.split("/"):
         raise SpecError(
-            f"{what} {value!r} leaves the -o folder",
-            fix="write a path inside the -o folder, without '..'",
+            f"{what} {value!r} leaves the output folder ({_out()})",
+            fix="write a path inside the output folder, without '..'",
             subject=value,
         )
     return normal
@@ -226,22 +226,28 @@ def check_target(out: Path, inputs: Iterable[Path], *, force: bool, force_any: b
                     raise SurgeryError(
                         f"the output folder {str(out)!r} holds an input of this run ({str(item)!r}); "
                         "replacing it would delete that input",
-                        fix="write the outputs to another folder with -o",
+                        fix=f"write the outputs to another folder ({_out()})",
                     )
     if os.path.lexists(out):
         empty = out.is_dir() and not out.is_symlink() and not any(out.iterdir())
         if not empty and not (force or force_any):
             raise SurgeryError(
                 f"output folder {str(out)!r} already exists and is not empty",
-                fix="choose another -o folder, or pass --force to replace a previous output",
+                fix=f"choose another {_out()} folder, or pass {option('--force', 'force=True')} to replace a "
+                "previous output",
             )
         if not empty and not force_any and not is_previous_output(out):
             raise SurgeryError(
                 f"{str(out)!r} is not an output of surgery (it has no {MARKER} file); "
-                "--force only replaces previous outputs",
-                fix="choose another -o folder, or pass --force-any to replace it anyway",
+                f"{option('--force', 'force=True')} only replaces previous outputs",
+                fix=f"choose another {_out()} folder, or pass {option('--force-any', 'force_any=True')} to replace "
+                "it anyway",
             )
     return Target(out, _identity(out))
+
+
+def _out() -> str:
+    return option("-o", "out_dir")
 
 
 # ------------------------------------------------------------------------ staging
@@ -361,7 +367,7 @@ def _changed(target: Target) -> SurgeryError:
     return SurgeryError(
         f"{str(target.path)!r} changed while this apply ran (another apply wrote it first); "
         "nothing of this run was kept",
-        fix="run it again (with --force to replace the other output)",
+        fix=f"run it again (with {option('--force', 'force=True')} to replace the other output)",
     )
 
 

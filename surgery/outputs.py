@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from surgery import output_folder
 from surgery.change import report_html
 from surgery.emitters.files import FileLog, write_bytes
-from surgery.errors import ModelFormatError, SurgeryError
+from surgery.errors import ModelFormatError, SurgeryError, option
 from surgery.interrupts import checkpoint
 from surgery.output_folder import MARKER, check_output_path, check_output_paths
 
@@ -310,7 +310,7 @@ def check_free_space(net: Net, weight_copies: int, folder: Path) -> None:
         raise SurgeryError(
             f"the outputs need about {human_bytes(needed)} and the disk of {str(folder)!r} has "
             f"{human_bytes(free)} free: No space left on device",
-            fix="free some space there, or write to another disk with -o",
+            fix=f"free some space there, or write to another disk ({option('-o', 'out_dir')})",
         )
 
 
@@ -326,14 +326,14 @@ def _write_error(error: OSError, out: Path, staging: Path | None = None) -> Surg
             fix="check that the model's files are all there and readable",
         )
     fixes = {
-        errno.ENOSPC: "free some space there, or write to another disk with -o",
-        errno.EROFS: "choose an -o folder on a writable disk",
-        errno.EACCES: "choose an -o folder you may write to",
-        errno.EPERM: "choose an -o folder you may write to",
+        errno.ENOSPC: f"free some space there, or write to another disk ({option('-o', 'out_dir')})",
+        errno.EROFS: f"choose an {option('-o', 'out_dir')} folder on a writable disk",
+        errno.EACCES: f"choose an {option('-o', 'out_dir')} folder you may write to",
+        errno.EPERM: f"choose an {option('-o', 'out_dir')} folder you may write to",
     }
     return SurgeryError(
         f"cannot write the outputs to {str(out)!r}: {error.strerror or error} ({where}); nothing was written",
-        fix=fixes.get(error.errno or 0, "check the -o folder and its disk"),
+        fix=fixes.get(error.errno or 0, f"check the {option('-o', 'out_dir')} folder and its disk"),
     )
 
 

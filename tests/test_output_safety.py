@@ -57,10 +57,10 @@ def _leftovers(parent: Path) -> list[str]:
 @pytest.mark.parametrize(
     "output,message",
     [
-        ('output { pytorch { path: "../escaped" } }', "leaves the -o folder"),
-        ('output { pytorch { path: "torch/../../escaped" } }', "leaves the -o folder"),
+        ('output { pytorch { path: "../escaped" } }', "leaves the output folder"),
+        ('output { pytorch { path: "torch/../../escaped" } }', "leaves the output folder"),
         ('output { onnx { path: "ABSOLUTE/x.onnx" } }', "is absolute"),
-        ('output { caffe { prototxt: "../deploy.prototxt" } }', "leaves the -o folder"),
+        ('output { caffe { prototxt: "../deploy.prototxt" } }', "leaves the output folder"),
         ('output { caffe { weights: "ABSOLUTE/w.caffemodel" } }', "is absolute"),
         ('output { onnx { path: "report.json" } }', "would replace the run's own report.json"),
         ('output { onnx { path: ".surgery-output" } }', "would replace the run's own"),
@@ -70,7 +70,7 @@ def _leftovers(parent: Path) -> list[str]:
         ('output { onnx { } caffe { weights: "model.onnx.data" } }', "collides with"),
         ('output { onnx { path: "" } }', "is empty"),
         ('output { pytorch { path: "" } }', "is empty"),
-        ('output { pytorch { path: "." } }', "leaves the -o folder"),
+        ('output { pytorch { path: "." } }', "leaves the output folder"),
     ],
 )
 def test_output_paths_stay_inside_and_apart(output: str, message: str, toy_spec, tmp_path: Path) -> None:
@@ -134,7 +134,7 @@ def test_force_replaces_only_previous_outputs(toy_spec, tmp_path: Path) -> None:
     (mine / "thesis.tex").write_text("years of work")
     with pytest.raises(SurgeryError, match="not an output of surgery") as error:
         surgery.apply(spec, mine, force=True)
-    assert "--force-any" in str(error.value) and (mine / "thesis.tex").exists()
+    assert "force_any=True" in str(error.value) and (mine / "thesis.tex").exists()
     afile = tmp_path / "afile"
     afile.write_text("a file")
     with pytest.raises(SurgeryError, match="not an output of surgery"):

@@ -49,11 +49,11 @@ def test_each_row_declares_the_paths_of_its_fields() -> None:
 
 
 HOSTILE = [
-    ("../escaped", "leaves the -o folder"),
-    ("a/../../escaped", "leaves the -o folder"),
+    ("../escaped", "leaves the output folder"),
+    ("a/../../escaped", "leaves the output folder"),
     ("ABSOLUTE/escaped", "is absolute"),
     ("", "is empty"),
-    (".", "leaves the -o folder"),
+    (".", "leaves the output folder"),
     ("report.json", "would replace the run's own"),
     ("report.html", "would replace the run's own"),
     (".surgery-output", "would replace the run's own"),
