@@ -139,15 +139,28 @@ def test_apply_reads_the_cache_checks_the_hash_and_records_the_preprocessing(tin
 
 
 def test_a_missing_file_says_where_to_put_it_and_nothing_downloads(tiny: Fixture) -> None:
+    """plan, inspect and draw read no weights: they work before the download and say which
+    file is missing and how to get it; apply is where the missing file is an error."""
+    spec = tiny.spec('pretrained: "V1"')
+    for argv in (["plan", "-q", str(spec)], ["inspect", str(spec)], ["draw", str(spec), "-o", "c.svg"]):
+        run = subprocess.run(
+            [sys.executable, "-m", "surgery.cli", *argv], capture_output=True, text=True, cwd=tiny.root
+        )
+        assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+        assert (
+            "note: pretrained weights" in run.stderr
+            and str(tiny.cached) in run.stderr
+            and "surgery fetch" in run.stderr
+        )
     run = subprocess.run(
-        [sys.executable, "-m", "surgery.cli", "plan", str(tiny.spec('pretrained: "V1"'))],
+        [sys.executable, "-m", "surgery.cli", "apply", "-q", str(spec), "-o", "out"],
         capture_output=True,
         text=True,
         cwd=tiny.root,
     )
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert str(tiny.cached) in run.stderr and tiny.remote_file.as_uri() in run.stderr and "surgery fetch" in run.stderr
-    assert not tiny.cached.exists()
+    assert not tiny.cached.exists() and not (tiny.root / "out").exists()
 
 
 def test_fetch_downloads_with_the_hash_check_then_apply_works(tiny: Fixture) -> None:

@@ -143,3 +143,19 @@ def test_fetch_checks_what_is_cached_and_offline_says_so(hub: HubCache, capsys) 
     hub.place()
     assert main(["fetch", str(spec)]) == 0
     assert "in the cache already (hash checked)" in capsys.readouterr().out
+
+
+def test_timms_own_create_model_call_is_the_short_form(tmp_path: Path, capsys) -> None:
+    from surgery.cli import main
+
+    spec = tmp_path / "spec.prototxt"
+    spec.write_text(
+        'source { torch { factory: "timm:create_model" kwargs: \'{"model_name": "resnet18", "num_classes": 7}\' } '
+        "input_shape: [1, 3, 32, 32] }\n"
+    )
+    assert main(["plan", "-q", str(spec)]) == 0, capsys.readouterr().err
+    assert "outputs: fc" in capsys.readouterr().out
+    spec.write_text('source { torch { factory: "timm:create_model" } input_shape: [1, 3, 32, 32] }\n')
+    assert main(["plan", "-q", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "needs the model's name in kwargs" in err and 'factory: "timm:resnet50"' in err

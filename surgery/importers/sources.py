@@ -169,8 +169,9 @@ def torch_pretrained(
 ) -> tuple[Callable[..., Any], dict[str, Any], Pretrained | None]:
     """The factory, its arguments (without a ``weights`` name) and the pretrained
     weights a torch source names, resolved to torch's cache (None when it names none)."""
-    build = resolve_factory(factory, base_dir)
     arguments = _kwargs(kwargs)
+    factory, arguments = timm_create_model(factory, arguments)
+    build = resolve_factory(factory, base_dir)
     if is_timm(factory):
         return build, *_timm_pretrained(factory, arguments, pretrained, weights)
     if arguments.get("pretrained") is True:
@@ -191,6 +192,23 @@ def torch_pretrained(
             subject=weights,
         )
     return build, arguments, resolve(build, name, factory)
+
+
+def timm_create_model(factory: str, arguments: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """timm's own documented call, ``factory: "timm:create_model"`` with ``kwargs:
+    '{"model_name": "vit_tiny_patch16_224"}'``, as the short form ``"timm:vit_tiny_patch16_224"``
+    (the same model, the same pretrained tags)."""
+    if factory != "timm:create_model":
+        return factory, arguments
+    rest = dict(arguments)
+    name = rest.pop("model_name", None)
+    if not isinstance(name, str) or not name:
+        raise SpecError(
+            'factory "timm:create_model" needs the model\'s name in kwargs',
+            fix='write kwargs: \'{"model_name": "resnet50"}\', or the short form factory: "timm:resnet50"',
+            subject=factory,
+        )
+    return f"timm:{name}", rest
 
 
 def _timm_pretrained(
@@ -236,7 +254,13 @@ def load_torch_source(
     if not input_shape:
         raise SpecError("a torch source needs input_shape (batch axis first)", fix="add input_shape: [1, 3, 224, 224]")
     sha256 = None
-    if cached is not None:
+    if cached is not None and shapes_only and not cached.path.is_file():
+        # inspect / plan / draw read no weights: they work before the download, and say so
+        try:
+            require_file(cached)
+        except SpecError as missing:
+            warnings.warn(f"{missing.message}; shapes only here, apply needs them ({missing.fix})", SurgeryNote, 2)
+    elif cached is not None:
         require_file(cached)
         if not shapes_only:
             sha256 = check_hash(cached)
