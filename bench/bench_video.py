@@ -149,10 +149,13 @@ def _features_rate(spec: Path, videos: Path, out: Path, workers: int) -> float:
 
 
 def _features_peak_mib(spec: Path, videos: Path, out: Path) -> float:
+    # The child's own high-water mark: VmHWM belongs to the address space exec made, while
+    # ru_maxrss survives fork and exec on Linux and gave the parent's peak (6792 vs 6792 MiB).
     code = (
-        "import resource, surgery\n"
+        "import re, surgery\n"
         f"surgery.features({str(spec)!r}, {str(videos)!r}, {str(out)!r}, stride=1)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        "status = open('/proc/self/status').read()\n"
+        "print(int(re.search(r'VmHWM:\\s+(\\d+)', status).group(1)) / 1024)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(done.stdout.split()[-1])

@@ -5,6 +5,7 @@ python bench/run.py            # 2-3 minutes on 2 cores; needs torchvision + onn
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -20,22 +21,32 @@ import bench_precision
 import bench_solver
 import bench_video
 
+#: Every section, in the order they run: (name, the module's main).
+SECTIONS = (
+    ("core (torch)", bench_core.main),
+    ("onnx", bench_onnx.main),
+    ("collapse", bench_collapse.main),
+    ("video", bench_video.main),
+    ("keras", bench_keras.main),
+    ("front door", bench_front.main),
+    ("ONNX peer", bench_peer.main),
+    ("Caffe solver", bench_solver.main),
+    ("reduced precision (onnxruntime, CPU)", bench_precision.main),
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only", action="append", metavar="SECTION", help="run only this section (a word of its name; repeatable)"
+    )
+    args = parser.parse_args(argv)
+    for name, run in SECTIONS:
+        if args.only and not any(word.lower() in name.lower() for word in args.only):
+            continue
+        print(f"== {name} ==", flush=True)
+        run([])
+
+
 if __name__ == "__main__":
-    print("== core (torch) ==")
-    bench_core.main([])
-    print("== onnx ==")
-    bench_onnx.main([])
-    print("== collapse ==")
-    bench_collapse.main([])
-    print("== video ==")
-    bench_video.main([])
-    print("== keras ==")
-    bench_keras.main([])
-    print("== front door ==")
-    bench_front.main([])
-    print("== ONNX peer ==")
-    bench_peer.main([])
-    print("== Caffe solver ==")
-    bench_solver.main([])
-    print("== reduced precision (onnxruntime, CPU) ==")
-    bench_precision.main([])
+    main()

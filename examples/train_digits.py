@@ -21,7 +21,11 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from surgery.zoo.digits import WEIGHTS, DigitsCNN
+from surgery.zoo.digits import DigitsCNN
+
+#: The checkout's copy of the shipped weights, beside this example (not the installed
+#: package's, which a plain `pip install` puts in site-packages).
+CHECKOUT_WEIGHTS = Path(__file__).resolve().parent.parent / "surgery" / "zoo" / "digits_cnn.pt"
 
 
 def digits_tensors(seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -73,7 +77,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=WEIGHTS)
+    parser.add_argument(
+        "--out", type=Path, default=CHECKOUT_WEIGHTS, help=f"where to write the state_dict (default {CHECKOUT_WEIGHTS})"
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     model, acc = train(args.epochs, args.seed)

@@ -26,7 +26,7 @@ from google.protobuf import json_format, text_format
 
 import surgery.layers  # noqa: F401  (registers the layer types)
 from surgery.edits import edit
-from surgery.errors import ModelFormatError, SpecError
+from surgery.errors import ModelFormatError, SpecError, option
 from surgery.ir import Net
 from surgery.lazy_torch import is_torch_module, nn
 from surgery.ops.base import Action
@@ -99,6 +99,15 @@ def load(
         return import_keras(Path(reference), input_shape=shape or None, name=name, nhwc_input=nhwc_input)
     from surgery.importers.sources import load_torch_source
     from surgery.importers.trust import trusting_code
+
+    if not shape:
+        raise SpecError(
+            f"building {reference!r} needs the shape of its input",
+            fix=option(
+                "give --input-shape N,C,H,W (batch first, at the size the model takes)",
+                "pass input_shape=(N, C, H, W) (batch first, at the size the model takes)",
+            ),
+        )
 
     with trusting_code():  # the caller names this factory itself: it is theirs to run
         return load_torch_source(reference, "", str(weights or ""), shape, Path.cwd(), name, shapes_only)

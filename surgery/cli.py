@@ -95,7 +95,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from surgery import api
 
     planned = api.plan(args.spec, progress=_Progress(args.quiet))
-    print(planned.report.format_table(only_params=args.params_only))
+    print(planned.report.summary() if args.quiet else planned.report.format_table(only_params=args.params_only))
     return 0
 
 
@@ -250,14 +250,16 @@ def _positive(text: str) -> int:
 
 def _verify_options(parser: argparse.ArgumentParser) -> None:
     """The options of a verify run (``verify``, and ``apply --verify``)."""
-    parser.add_argument("--seed", type=int, default=0, help="seed of verify's random inputs")
-    parser.add_argument("--atol", type=float, default=1e-5, help="allclose rule: |a-b| <= atol + rtol*|b| per element")
+    parser.add_argument("--seed", type=int, default=0, help="seed of verify's random inputs (default 0)")
+    parser.add_argument(
+        "--atol", type=float, default=1e-5, help="allclose rule: |a-b| <= atol + rtol*|b| per element (default 1e-5)"
+    )
     parser.add_argument("--rtol", type=float, default=1e-4, help="allclose rule's relative part (default 1e-4)")
     parser.add_argument(
         "--scale-rtol",
         type=float,
         default=1e-5,
-        help="scale rule: max |a-b| <= scale-rtol * max |b| (either rule passes a comparison)",
+        help="scale rule: max |a-b| <= scale-rtol * max |b| (default 1e-5; either rule passes a comparison)",
     )
     parser.add_argument(
         "--device", default="cpu", help="where the torch side runs: cpu (default) or cuda; on a GPU at fp32, TF32 off"
@@ -281,8 +283,20 @@ def _verify_args(args: argparse.Namespace) -> dict:
     }
 
 
+def _version() -> str:
+    """The installed distribution's version (``surgery-nets`` on PyPI), without importing
+    anything heavy."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("surgery-nets")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="surgery", description="Declarative model surgery.")
+    parser.add_argument("--version", action="version", version=f"surgery {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     inspect = sub.add_parser("inspect", help="list layers, shapes and params (reads no weights)")
@@ -302,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="validate a spec and print its report; writes nothing")
     plan.add_argument("spec")
-    plan.add_argument("-q", "--quiet", action="store_true")
+    plan.add_argument("-q", "--quiet", action="store_true", help="no progress, and only the one-line summary")
     plan.add_argument("--params-only", action="store_true", help="only layers with parameters")
     plan.set_defaults(run=_cmd_plan)
 

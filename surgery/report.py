@@ -95,6 +95,13 @@ class Report:
         """Strict JSON (a NaN or infinity anywhere is an error, never a bare ``NaN``)."""
         return json.dumps(_strict(self.as_dict()), indent=2, sort_keys=False, allow_nan=False) + "\n"
 
+    def summary(self) -> str:
+        """One line: layers, parameters, outputs (what ``plan -q`` prints)."""
+        return terminal_safe(
+            f"{len(self.rows)} layers, {self.total_params:,} parameters "
+            f"({self.trainable_params:,} trainable); outputs: {', '.join(self.outputs)}"
+        )
+
     def format_table(self, only_params: bool = False) -> str:
         """A fixed-width table for the terminal (``only_params``: layers with weights)."""
         headers = ["layer", "type", "output", "params", "lr", "decay", "train", "origin"]
@@ -118,10 +125,7 @@ class Report:
         out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
         out.append("  ".join("-" * w for w in widths))
         out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
-        out.append(
-            f"{len(self.rows)} layers, {self.total_params:,} parameters "
-            f"({self.trainable_params:,} trainable); outputs: {', '.join(self.outputs)}"
-        )
+        out.append(self.summary())
         if self.weight_copy is not None:
             out.append(
                 "weights by layer name: "

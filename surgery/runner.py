@@ -324,7 +324,31 @@ def verify(
 
             _step(progress, f"writing {html}")
             write_picture(Path(html), report_page(planned, planned.report.verify))
+            _record_rewrite(Path(html))
         return result
+
+
+def _record_rewrite(page: Path) -> None:
+    """A report page rewritten inside an apply's output folder: the ``report.json`` beside
+    it lists that file's sha256 and size, which are updated to the new page's (a
+    ``sha256sum`` check of the folder must still agree with its report)."""
+    import json
+
+    from surgery.emitters.files import sha256_file, write_bytes
+
+    record_file = page.parent / "report.json"
+    if not record_file.is_file():
+        return
+    try:
+        report = json.loads(record_file.read_text())
+        records = report["files"]["outputs"]
+    except (ValueError, KeyError, TypeError):
+        return  # not a report of ours: nothing to keep in step
+    entry = next((r for r in records if isinstance(r, dict) and r.get("path") == page.name), None)
+    if entry is None:
+        return
+    entry["sha256"], entry["size"] = sha256_file(page)
+    write_bytes(record_file, (json.dumps(report, indent=2) + "\n").encode())
 
 
 def _load_source(loaded: LoadedSpec, progress: Progress | None) -> Net:

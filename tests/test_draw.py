@@ -236,6 +236,13 @@ def test_verify_rewrites_a_report_page_with_its_figures(tmp_path: Path) -> None:
     assert main(["verify", str(spec), "--html", str(page), "-q"]) == 0
     rows = _tables(page.read_text())["verify"]
     assert rows and all(row[-1].startswith("ok (") for row in rows)
+    # report.json beside it keeps the page's sha256 and size in step with the new page
+    import hashlib
+    import json
+
+    record = next(r for r in json.loads((tmp_path / "out" / "report.json").read_text())["files"]["outputs"]
+                  if r["path"] == "report.html")  # fmt: skip
+    assert record["sha256"] == hashlib.sha256(page.read_bytes()).hexdigest() and record["size"] == page.stat().st_size
     assert main(["verify", str(spec), "--html", str(tmp_path / "page.txt"), "-q"]) == 2
 
 

@@ -359,26 +359,60 @@ def fuzz(
     """Run ``count`` mutants of each spec; returns the ``(mutant, command, outcome)`` failures."""
     failures = []
     for spec in specs or spec_files():
-        text = spec.read_text()
-        rng = random.Random(f"{seed}:{spec.name}")
-        for index in range(count):
-            mutant = folder / "specs" / f"m{index:04d}_{spec.name}"
-            mutant.write_text(mutate(text, rng, yaml=spec.suffix != ".prototxt"))
-            argv = ["plan", "-q", str(mutant)]
-            if apply_every and index % apply_every == 0:
-                argv = ["apply", "-q", str(mutant), "-o", str(folder / OUT / mutant.stem), "--force"]
-            outcome = run_cli(argv)
-            if not outcome.clean(str(mutant)):
-                failures.append((mutant, argv[0], outcome))
-                if log:
-                    log(mutant, argv[0], outcome)
-            shutil.rmtree(folder / OUT, ignore_errors=True)
+        failures += fuzz_spec(spec, count, seed, apply_every, folder, log)
+    return failures
+
+
+def fuzz_spec(
+    spec: Path, count: int, seed: int, apply_every: int, folder: Path, log=None
+) -> list[tuple[Path, str, Outcome]]:
+    """The mutants of one spec (the same ones, by seed and name, wherever they run)."""
+    failures = []
+    text = spec.read_text()
+    rng = random.Random(f"{seed}:{spec.name}")
+    for index in range(count):
+        mutant = folder / "specs" / f"m{index:04d}_{spec.name}"
+        mutant.write_text(mutate(text, rng, yaml=spec.suffix != ".prototxt"))
+        argv = ["plan", "-q", str(mutant)]
+        if apply_every and index % apply_every == 0:
+            argv = ["apply", "-q", str(mutant), "-o", str(folder / OUT / mutant.stem), "--force"]
+        outcome = run_cli(argv)
+        if not outcome.clean(str(mutant)):
+            failures.append((mutant, argv[0], outcome))
+            if log:
+                log(mutant, argv[0], outcome)
+        shutil.rmtree(folder / OUT, ignore_errors=True)
     return failures
 
 
 def _print_failure(mutant: Path, command: str, outcome: Outcome) -> None:
     detail = outcome.trace.strip().splitlines()[-1] if outcome.trace else outcome.stderr.strip()[-300:]
     print(f"CRASH {command} {mutant.name}: exit {outcome.code}: {detail}", flush=True)
+
+
+def _fuzz_isolated(
+    count: int, seed: int, apply_every: int, folder: Path, specs: list[Path]
+) -> list[tuple[Path, str, Outcome]]:
+    """Each spec's mutants in a fresh process (what one spec's models and caches take is
+    given back before the next: in one process the run grew to 8 GB), with a line per spec."""
+    import multiprocessing
+    import time
+
+    context = multiprocessing.get_context("spawn")
+    failures = []
+    start = time.perf_counter()
+    for number, spec in enumerate(specs, 1):
+        with context.Pool(1) as pool:
+            found = pool.apply(fuzz_spec, (spec, count, seed, apply_every, folder))
+        for mutant, command, outcome in found:
+            _print_failure(mutant, command, outcome)
+        failures += found
+        print(
+            f"[{number}/{len(specs)}] {spec.name}: {count} mutants, {len(found)} failing "
+            f"({time.perf_counter() - start:.0f} s so far)",
+            flush=True,
+        )
+    return failures
 
 
 def main() -> int:
@@ -392,7 +426,7 @@ def main() -> int:
     os.environ.setdefault("KERAS_BACKEND", "torch")
     specs = [ROOT / "specs" / name for name in args.spec] if args.spec else None
     with mirror() as folder:
-        failures = fuzz(args.count, args.seed, args.apply_every, folder, specs, log=_print_failure)
+        failures = _fuzz_isolated(args.count, args.seed, args.apply_every, folder, specs or spec_files())
         if args.keep:
             args.keep.mkdir(parents=True, exist_ok=True)
             for mutant, command, outcome in failures:

@@ -252,7 +252,10 @@ def load_torch_source(
 
     build, arguments, cached = torch_pretrained(factory, kwargs, pretrained, weights, base_dir)
     if not input_shape:
-        raise SpecError("a torch source needs input_shape (batch axis first)", fix="add input_shape: [1, 3, 224, 224]")
+        raise SpecError(
+            "a torch source needs input_shape (batch axis first)",
+            fix="add input_shape: [N, C, H, W] to the source, at the size the model takes (e.g. [1, 3, 224, 224])",
+        )
     sha256 = None
     if cached is not None and shapes_only and not cached.path.is_file():
         # inspect / plan / draw read no weights: they work before the download, and say so

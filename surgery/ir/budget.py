@@ -11,18 +11,35 @@ import functools
 import math
 import os
 
-from surgery.errors import ShapeError
+from surgery.errors import ShapeError, SpecError
 
 #: Overrides the budget (bytes); by default the machine's physical memory.
 BUDGET_ENV = "SURGERY_MEMORY_BUDGET"
 
 
 def memory_budget() -> int:
-    """The most bytes one allocation a spec asks for may take."""
-    override = os.environ.get(BUDGET_ENV)
-    if override and override.isdigit():
-        return int(override)
-    return _physical_memory()
+    """The most bytes one allocation a spec asks for may take: ``SURGERY_MEMORY_BUDGET``
+    (a whole number of bytes, or with a suffix: ``500M``, ``8G``) or the machine's memory.
+
+    Raises:
+        SpecError: the variable is set to something that is not a size (a typo must not
+            silently leave the limit at the machine's memory).
+    """
+    override = os.environ.get(BUDGET_ENV, "").strip()
+    if not override:
+        return _physical_memory()
+    number, unit = override[:-1] if override[-1:].isalpha() else override, override[-1:].upper()
+    scale = _UNITS.get(unit, 1) if override[-1:].isalpha() else 1
+    if not number.isdigit() or (override[-1:].isalpha() and unit not in _UNITS):
+        raise SpecError(
+            f"{BUDGET_ENV}={override!r} is not a number of bytes",
+            fix=f"set it to bytes (e.g. {BUDGET_ENV}=8000000000) or with K, M, G or T (8G), or unset it",
+        )
+    return int(number) * scale
+
+
+#: Suffixes of SURGERY_MEMORY_BUDGET (decimal, as the messages print sizes).
+_UNITS = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 
 @functools.cache
