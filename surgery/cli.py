@@ -194,6 +194,18 @@ def _cmd_features(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
+    finished = [0]
+
+    def step(done: int, total: int, name: str) -> None:
+        finished[0] = done
+        bar(done, total, name)
+
+    # What a Ctrl-C or SIGTERM leaves: whole feature files of the clips finished, which a
+    # rerun skips (main prints this instead of its generic line).
+    args.interrupted = lambda: (
+        f"interrupted; {args.out} keeps the whole feature files of the clips finished before the signal "
+        f"(up to {finished[0]} of this worker's), never a partial one; run the same command again to resume"
+    )
     run = api.features(
         args.spec,
         args.clips,
@@ -204,11 +216,17 @@ def _cmd_features(args: argparse.Namespace) -> int:
         shard=args.shard,
         batch_frames=args.batch_frames,
         device=args.device,
-        progress=bar,
+        progress=step,
+        force=args.force,
     )
-    for record in run.failed:
-        print(f"{prefix}failed: {record['source']}: {record['error']}", file=sys.stderr)
     print(f"{prefix}{run.summary()}")
+    for record in run.failed:  # last: what the user must act on
+        print(f"{prefix}failed: {record['source']}: {record['error']}", file=sys.stderr)
+    if run.failed and rank is not None and not args.strict:
+        # A worker exiting 1 makes torchrun print its own ChildFailedError traceback over
+        # this summary: the failures are in the manifest, and --strict makes them fatal.
+        print(f"{prefix}{len(run.failed)} clips failed (listed in manifest.json); --strict exits 1", file=sys.stderr)
+        return 0
     return 1 if run.failed else 0
 
 
@@ -234,6 +252,9 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         net, args.source, use_onnx=args.onnx, weights=args.weights, limit=args.limit, device=args.device, on_frame=show
     )
     print(run.summary())
+    if run.stopped is not None:  # the frames before it were scored and printed
+        print(f"error: {run.stopped}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -404,6 +425,17 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--batch-frames", type=_positive, default=64, help="frames per backbone call (memory bound)")
     features.add_argument("--device", help="where the backbone runs (default: the rank's GPU when there is one)")
     features.add_argument("-q", "--quiet", action="store_true")
+    features.add_argument(
+        "--force",
+        action="store_true",
+        help="-o holds features another model, preprocessing or sampling made: recompute every clip",
+    )
+    features.add_argument(
+        "--strict",
+        action="store_true",
+        help="under torchrun, exit 1 when a clip fails (by default workers exit 0 and the failures are "
+        "listed in the manifest and printed last)",
+    )
     features.set_defaults(run=_cmd_features)
 
     stream = sub.add_parser(
@@ -458,7 +490,10 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
         code = _run(args)
         stop.disarm()
     except KeyboardInterrupt:  # raised by a checkpoint, at most once
-        print("interrupted; the output folder is as it was, or complete", file=sys.stderr)
+        said = getattr(args, "interrupted", None)
+        print(
+            said() if said is not None else "interrupted; the output folder is as it was, or complete", file=sys.stderr
+        )
         code = 128 + (stop.signum or signal.SIGINT)
     finally:
         stop.close(ignore=exiting)

@@ -39,6 +39,7 @@ def features(
     batch_frames: int = 64,
     device: str | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    force: bool = False,
 ) -> FeaturesRun:
     """Run a clip model's frozen backbone over every clip under ``clips_dir`` (video
     files, folders of images, ``(T, C, H, W)`` ``.npy`` arrays) and write
@@ -54,6 +55,8 @@ def features(
         batch_frames: frames per backbone call.
         device: where the backbone runs (default: the rank's GPU when there is one).
         progress: ``progress(done, total, name)`` after each clip.
+        force: ``out_dir`` holds features another model, preprocessing or sampling made
+            (its fingerprint differs): recompute every clip instead of refusing.
 
     Returns:
         A :class:`FeaturesRun`: ``done``, ``skipped`` and ``failed`` clip records, and the
@@ -74,6 +77,7 @@ def features(
         batch_frames=batch_frames,
         device=device,
         progress=progress,
+        force=force,
     )
 
 

@@ -21,6 +21,8 @@ from surgery.preprocess import Preprocess
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+#: The state folder ``surgery features`` keeps in its output folder (see feature_cache).
+FEATURES_STATE = ".surgery-features"
 PAD_RULES = ("last", "loop", "stretch", "refuse")
 _FORMATS = {"RGB": "rgb24", "BGR": "bgr24", "GRAY": "gray"}
 _INTERPOLATION = {"BILINEAR": "BILINEAR", "NEAREST": "POINT", "BICUBIC": "BICUBIC", "AREA": "AREA"}
@@ -58,12 +60,14 @@ def find_clips(folder: str | Path, skip: Path | None = None) -> list[Clip]:
     root = Path(folder)
     if not root.is_dir():
         raise SurgeryError(f"clips folder {str(root)!r} does not exist", fix="give the folder holding the videos")
-    skipped = skip.resolve() if skip is not None else None
+    skipped = [skip.resolve()] if skip is not None else []
+    # A folder features were written to (it holds their state folder) is output, never clips.
+    skipped += [marker.parent.resolve() for marker in root.rglob(FEATURES_STATE) if marker.is_dir()]
     clips: list[Clip] = []
     for path in sorted(root.rglob("*")):
         if any(part.startswith(".") for part in path.relative_to(root).parts):
             continue
-        if skipped is not None and (path.resolve() == skipped or skipped in path.resolve().parents):
+        if any(path.resolve() == folder or folder in path.resolve().parents for folder in skipped):
             continue
         name = path.relative_to(root).with_suffix("").as_posix()
         suffix = path.suffix.lower()
@@ -168,7 +172,7 @@ def decode_image(path: Path, convert: FrameConverter) -> tuple[np.ndarray, int]:
         try:
             frame = next(container.decode(_video_stream(container, path)), None)
         except av_module().error.FFmpegError as error:
-            raise ClipError(f"image {path.name!r} cannot be decoded: {_reason(error)}") from None
+            raise ClipError(f"image {path.name!r} cannot be decoded: {ffmpeg_reason(error)}") from None
     if frame is None:
         raise ClipError(f"image {path.name!r} holds no picture")
     grey = frame.format.name.startswith(("gray", "ya", "mono"))
@@ -206,11 +210,12 @@ class ClipReader:
         """The frames at ``indices`` (in that order), preprocessed, ``batch`` at a time."""
         if indices != sorted(indices):  # loop padding: the clip is short, keep its frames
             frames = dict(self._decode(set(indices)))
-            if frames:
-                last = frames[max(frames)]
-                ordered = [frames.get(i, last) for i in indices]
-                for start in range(0, len(ordered), batch):
-                    yield np.stack(ordered[start : start + batch])
+            missing = sorted(set(indices) - set(frames))
+            if missing:
+                raise self._ended_early(missing[0])
+            ordered = [frames[i] for i in indices]
+            for start in range(0, len(ordered), batch):
+                yield np.stack(ordered[start : start + batch])
             return
         pending: list[np.ndarray] = []
         position, last = 0, np.zeros(0)
@@ -224,9 +229,18 @@ class ClipReader:
                 pending = pending[batch:]
         if not last.size:
             raise ClipError("no frame could be decoded")
-        pending += [last] * (len(indices) - position)  # the file ended before its count
+        if position < len(indices):
+            raise self._ended_early(indices[position])
         for start in range(0, len(pending), batch):
             yield np.stack(pending[start : start + batch])
+
+    def _ended_early(self, wanted: int) -> ClipError:
+        """The decoder stopped (FFmpeg's threaded decoder does so without an error on a
+        truncated file) before a frame the sampling wants: its header counted more."""
+        return ClipError(
+            f"the file ends after {self.decoded} frames, before frame {wanted + 1} of the {self.total} its header "
+            "counts: it is truncated or damaged (frames are never made up for it)"
+        )
 
     def _decode(self, wanted: set[int]) -> Iterator[tuple[int, np.ndarray]]:
         last_wanted = max(wanted) if wanted else -1
@@ -248,7 +262,7 @@ class ClipReader:
                     if index >= last_wanted:
                         break
             except av_module().error.FFmpegError as error:
-                raise ClipError(f"decoding failed after {self.decoded} frames: {_reason(error)}") from None
+                raise ClipError(f"decoding failed after {self.decoded} frames: {ffmpeg_reason(error)}") from None
 
 
 class _open:
@@ -263,7 +277,7 @@ class _open:
         try:
             self.container = av.open(str(self.path))
         except (av.error.FFmpegError, OSError, UnicodeDecodeError) as error:
-            raise ClipError(f"cannot open it: {_reason(error)}") from None
+            raise ClipError(f"cannot open it: {ffmpeg_reason(error)}") from None
         return self.container
 
     def __exit__(self, *exc: object) -> None:
@@ -287,17 +301,17 @@ def open_source(source: str) -> Any:
         try:
             return av.open(f"/dev/video{source}", format="v4l2")
         except (av.error.FFmpegError, OSError) as error:
-            raise SurgeryError(f"cannot open camera {source}: {_reason(error)}") from None
+            raise SurgeryError(f"cannot open camera {source}: {ffmpeg_reason(error)}") from None
     path = Path(source)
     if not path.is_file():
         raise SurgeryError(f"video {source!r} does not exist", fix="give a video file or a camera number")
     try:
         return av.open(str(path))
     except (av.error.FFmpegError, OSError) as error:
-        raise SurgeryError(f"cannot open video {source!r}: {_reason(error)}") from None
+        raise SurgeryError(f"cannot open video {source!r}: {ffmpeg_reason(error)}") from None
 
 
-def _reason(error: BaseException) -> str:
+def ffmpeg_reason(error: BaseException) -> str:
     """FFmpeg's words for a failure, without PyAV's errno and repeated path."""
     return getattr(error, "strerror", None) or str(error)
 

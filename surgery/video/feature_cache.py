@@ -29,9 +29,11 @@ from surgery.errors import SurgeryError
 from surgery.interrupts import checkpoint
 from surgery.ir import Net
 from surgery.preprocess import Preprocess
-from surgery.video.decode import Clip, ClipError, ClipReader, Sampling, find_clips
+from surgery.video.decode import FEATURES_STATE, Clip, ClipError, ClipReader, Sampling, find_clips
+from surgery.video.fingerprint import check as check_fingerprint
+from surgery.video.fingerprint import fingerprint
 
-STATE_DIR = ".surgery-features"
+STATE_DIR = FEATURES_STATE
 MANIFEST = "manifest.json"
 
 
@@ -117,6 +119,7 @@ def extract(
     device: str | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     on_failure: Callable[[str, str], None] | None = None,
+    force: bool = False,
 ) -> FeaturesRun:
     """Run a clip model's frozen backbone over every clip under ``clips_dir`` and write
     ``out_dir/<clip>.npy`` with its features ``(T, F)``.
@@ -130,10 +133,14 @@ def extract(
         device: where the backbone runs (default: this rank's GPU when there is one).
         progress: ``progress(done, total, name)`` after each clip of this worker.
         on_failure: ``on_failure(clip, reason)`` when a clip cannot be read.
+        force: the folder holds features made by another model, preprocessing or
+            sampling: remove them and recompute every clip (otherwise refused).
 
     Returns:
         The records of what this worker did; unreadable clips are in ``failed``, never raised.
     """
+    if batch_frames < 1:
+        raise SurgeryError(f"batch_frames must be at least 1, got {batch_frames}")
     net = clip_net(model)
     spec_name = None if isinstance(model, Net) else str(model)
     backbone = backbone_net(net)
@@ -146,6 +153,10 @@ def extract(
     from_torchrun = shard is None and torchrun_shard() is not None
     shard = shard or torchrun_shard() or Shard()
     state = out / STATE_DIR
+    prints = fingerprint(backbone, preprocess, sampling)
+    writer = not from_torchrun or shard.index == 0
+    if check_fingerprint(state, prints, has_outputs=bool(_records(state)), force=force, writer=writer) and writer:
+        _start_over(out, state, prints)
     try:
         state.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -155,8 +166,6 @@ def extract(
     part = state / f"part-{shard.label}.jsonl"
     mine = shard.take(all_clips)
     run = FeaturesRun()
-    if batch_frames < 1:
-        raise SurgeryError(f"batch_frames must be at least 1, got {batch_frames}")
     start = time.perf_counter()  # the rate counts the clips' work: decode, preprocess, backbone, write
     for done, clip in enumerate(mine, 1):
         checkpoint()
@@ -183,6 +192,18 @@ def extract(
     if group is not None:
         group.close()
     return run
+
+
+def _start_over(out: Path, state: Path, prints: dict[str, str]) -> None:
+    """Remove what earlier runs wrote (the features their records name, the manifest, the
+    records), keeping the new fingerprint: ``--force`` over features another model made."""
+    for record in _records(state).values():
+        path = Path(record.get("path", ""))
+        if path.suffix == ".npy" and path.resolve().is_relative_to(out.resolve()):
+            path.unlink(missing_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    for part in state.glob("part-*.jsonl"):
+        part.unlink()
 
 
 def _check_out(out: Path, clips: Path) -> None:
@@ -277,8 +298,6 @@ def _one_clip(
     except OSError as error:  # the disk is full, the folder not writable: this clip fails, named
         record["error"] = f"cannot write {str(target)!r}: {error.strerror or error}"
         return record
-    if reader is not None and reader.decoded < record["frames_total"] and sampling.frames is not None:
-        record["note"] = f"the file ended after {reader.decoded} of {record['frames_total']} frames"
     record.update(
         path=str(target),
         frames_read=rows,
@@ -358,7 +377,7 @@ def _write_manifest(
         elif not _complete(target, sampling, clip.kind):
             waiting += 1
         else:
-            if record.get("sha256") is None or record.get("path") != str(target):
+            if record.get("sha256") is None or Path(record.get("path", "")).resolve() != target.resolve():
                 record = {"clip": clip.name, "path": str(target), "frames_read": None}
                 record["sha256"] = sha256_file(target)[0]
                 record["shape"] = list(np.load(target, mmap_mode="r").shape)

@@ -31,6 +31,8 @@ class StreamRun:
     step_seconds: float
     scores: np.ndarray
     runtime: str
+    #: why decoding stopped before the end (a truncated or damaged file), else None
+    stopped: str | None = None
 
     @property
     def fps(self) -> float:
@@ -122,13 +124,14 @@ def stream(
     states = [np.zeros(tuple(layer.params["shape"]), np.float32) for layer in state_layers]
     state_count = len(states)
     frames, step_seconds, scores = 0, 0.0, np.zeros(0, np.float32)
+    failure: list[str] = []
     start = time.perf_counter()
     container = open_source(source)
     try:
         if not container.streams.video:
             raise SurgeryError(f"{source!r} has no video stream")
         video = container.streams.video[0]  # one decoding thread: the cores are the step model's
-        for frame in container.decode(video):
+        for frame in _frames(container, video, source, failure):
             checkpoint()
             image = np.broadcast_to(convert(frame), shape).astype(np.float32)  # batch of 1 (or the net's N)
             began = time.perf_counter()
@@ -145,8 +148,24 @@ def stream(
     finally:
         container.close()
     if frames == 0:
-        raise SurgeryError(f"no frame of {source!r} could be decoded")
-    return StreamRun(frames, time.perf_counter() - start, step_seconds, scores, run_step.label)
+        raise SurgeryError(f"no frame of {source!r} could be decoded" + (f": {failure[0]}" if failure else ""))
+    return StreamRun(
+        frames, time.perf_counter() - start, step_seconds, scores, run_step.label, failure[0] if failure else None
+    )
+
+
+def _frames(container: Any, video: Any, source: str, failure: list[str]) -> Any:
+    """The decoded frames; a decoder error (a truncated or damaged file) ends them and is
+    kept in ``failure`` with the frame it came at, instead of escaping as av's exception."""
+    from surgery.video.decode import av_module, ffmpeg_reason
+
+    count = 0
+    try:
+        for frame in container.decode(video):
+            count += 1
+            yield frame
+    except av_module().error.FFmpegError as error:
+        failure.append(f"decoding {source!r} stopped at frame {count + 1}: {ffmpeg_reason(error)}")
 
 
 def load_trained(net: Net, weights: str | Path | dict) -> int:
