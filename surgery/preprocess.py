@@ -39,6 +39,10 @@ class Preprocess:
     #: () none; (s,) square; (h, w)
     crop: tuple[int, ...] = ()
     interpolation: str = "BILINEAR"
+    #: where an odd margin of the centre crop goes: ``round``, torchvision's CenterCrop
+    #: (``int(round(margin / 2))``, which timm and transformers use too), or ``floor``,
+    #: Caffe's test-phase crop (``margin / 2`` in integers)
+    crop_offset: str = "round"
     #: field -> who said it ("caffe transform_param", "torchvision IMAGENET1K_V1", "spec", "default")
     origin: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -109,11 +113,15 @@ class Preprocess:
             return frame_hw  # crop the frame as decoded (Caffe's data layers)
         return net_hw
 
+    def crop_start(self, margin: int) -> int:
+        """The first row (or column) a centre crop keeps out of ``margin`` extra ones."""
+        return margin // 2 if self.crop_offset == "floor" else round(margin / 2.0)
+
     def finish(self, pixels: np.ndarray, net_hw: tuple[int, int]) -> np.ndarray:
         """``(..., H', W', C)`` uint8 at :meth:`output_size` -> float32 ``(..., C, H, W)``."""
         height, width = pixels.shape[-3], pixels.shape[-2]
         if (height, width) != net_hw:
-            top, left = (height - net_hw[0]) // 2, (width - net_hw[1]) // 2
+            top, left = self.crop_start(height - net_hw[0]), self.crop_start(width - net_hw[1])
             if top < 0 or left < 0:
                 raise ShapeError(f"frames of {height}x{width} are smaller than the crop {net_hw[0]}x{net_hw[1]}")
             pixels = pixels[..., top : top + net_hw[0], left : left + net_hw[1], :]
@@ -201,6 +209,7 @@ def from_caffe_transform(transform: Any, read_mean_file: Any = None) -> Preproce
         mean=mean,
         scale=float(transform.scale) if transform.HasField("scale") else 1.0,
         crop=crop,
+        crop_offset="floor",
         origin={"*": note},
     )
 

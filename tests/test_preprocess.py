@@ -41,7 +41,9 @@ def _caffe_spec(tmp_path: Path, transform: str, preprocess: str = "") -> Path:
 def test_caffe_transform_param_of_the_test_phase_is_the_preprocessing(tmp_path: Path) -> None:
     spec = _caffe_spec(tmp_path, "mean_value: 104 mean_value: 117 mean_value: 123 scale: 0.017")
     block = surgery.plan(spec).net.preprocess
-    assert block == Preprocess(channel_order="BGR", mean=(104.0, 117.0, 123.0), scale=pytest.approx(0.017), crop=(12,))
+    assert block == Preprocess(
+        channel_order="BGR", mean=(104.0, 117.0, 123.0), scale=pytest.approx(0.017), crop=(12,), crop_offset="floor"
+    )
     assert block.origin == {"*": "caffe transform_param"}
     # (pixel - mean) * scale per channel, Caffe's formula
     pixels = np.arange(12 * 12 * 3, dtype=np.uint8).reshape(12, 12, 3)

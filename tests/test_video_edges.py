@@ -227,3 +227,44 @@ def test_a_torchrun_worker_with_a_failed_clip_exits_0_unless_strict(strict: bool
     assert "bad.mp4" in done.stderr and "Traceback" not in done.stderr
     if not strict:
         assert lines[-1].endswith("clips failed (listed in manifest.json); --strict exits 1"), lines
+
+
+@pytest.mark.parametrize("content", ["smooth", "noise"])
+@pytest.mark.parametrize(
+    ("size", "resize", "crop"),
+    [((360, 640), 256, 224), ((233, 301), 96, 80), ((100, 150), 64, 63), ((60, 90), 128, 112)],
+)
+def test_frames_are_preprocessed_as_torchvision_transforms_them(size, resize, crop, content, tmp_path) -> None:
+    """A decoded frame, through the features path (a torchvision-style preprocessing), is
+    what torchvision's own Resize(antialias) + CenterCrop give the same decoded frame,
+    within 1/255 per pixel (odd margins included: the crop offset rounds as torchvision's)."""
+    import av
+
+    tv = pytest.importorskip("torchvision.transforms.v2.functional")
+    import torch
+
+    from surgery.preprocess import Preprocess
+    from surgery.video.decode import FrameConverter
+
+    rng = np.random.default_rng(0)
+    coarse = torch.from_numpy(rng.uniform(0, 255, (1, 3, 9, 12)).astype(np.float32))
+    image = torch.nn.functional.interpolate(coarse, size=size, mode="bicubic").clamp(0, 255)
+    image = image.round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    if content == "noise":  # FFmpeg's own bilinear scaler was 9/255 off here
+        image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+    decoded = frame.to_ndarray(format="rgb24")  # what PyAV hands both sides
+    identity = Preprocess(channel_order="RGB", resize=(resize,), crop=(crop,), scale=1.0)
+    ours = FrameConverter(identity, (crop, crop))(frame)
+    reference = tv.center_crop(tv.resize(torch.from_numpy(decoded).permute(2, 0, 1), [resize], antialias=True), [crop])
+    difference = np.abs(ours - reference.numpy().astype(np.float32)).max()
+    assert difference <= 1.0, difference  # 1/255 once divided by 255
+
+
+def test_caffe_crops_keep_caffes_floor() -> None:
+    from surgery.preprocess import Preprocess
+
+    pixels = np.arange(5 * 5, dtype=np.uint8).reshape(5, 5, 1)
+    floor = Preprocess(channel_order="GRAY", crop=(2,), crop_offset="floor").finish(pixels, (2, 2))
+    rounded = Preprocess(channel_order="GRAY", crop=(2,)).finish(pixels, (2, 2))
+    assert floor[0, 0, 0] == pixels[1, 1, 0] and rounded[0, 0, 0] == pixels[2, 2, 0]  # margin 3: 1 vs round(1.5)=2

@@ -150,13 +150,21 @@ class FrameConverter:
 
     def __call__(self, frame: Any) -> np.ndarray:
         height, width = self.preprocess.output_size((frame.height, frame.width), self.net_hw)
-        image = self._reformatter.reformat(
-            frame,
-            width=width,
-            height=height,
-            format=_FORMATS[self.preprocess.channel_order],
-            interpolation=_INTERPOLATION[self.preprocess.interpolation],
-        ).to_ndarray()
+        fmt = _FORMATS[self.preprocess.channel_order]
+        if (height, width) != (frame.height, frame.width) and self.preprocess.interpolation in _ANTIALIASED:
+            # Resized as torchvision resizes (antialiased bilinear / bicubic, torch's own
+            # kernel): FFmpeg's scaler filters differently (0.13 apart after normalising).
+            image = _resize(
+                self._reformatter.reformat(frame, format=fmt).to_ndarray(), (height, width), self.preprocess
+            )
+        else:
+            image = self._reformatter.reformat(
+                frame,
+                width=width,
+                height=height,
+                format=fmt,
+                interpolation=_INTERPOLATION[self.preprocess.interpolation],
+            ).to_ndarray()
         if image.ndim == 2:
             image = image[:, :, None]
         try:
@@ -177,6 +185,22 @@ def decode_image(path: Path, convert: FrameConverter) -> tuple[np.ndarray, int]:
         raise ClipError(f"image {path.name!r} holds no picture")
     grey = frame.format.name.startswith(("gray", "ya", "mono"))
     return convert(frame), 1 if grey else 3
+
+
+#: Interpolations resized as torchvision does (the others by FFmpeg's scaler, as before).
+_ANTIALIASED = ("BILINEAR", "BICUBIC")
+
+
+def _resize(image: np.ndarray, size: tuple[int, int], preprocess: Preprocess) -> np.ndarray:
+    """``(H, W[, C])`` uint8 to ``size`` with torch's antialiased interpolation, rounded back
+    to uint8: what torchvision's ``Resize(antialias=True)`` does to a uint8 image tensor."""
+    import torch
+
+    pixels = torch.from_numpy(np.ascontiguousarray(image if image.ndim == 3 else image[:, :, None]))
+    batch = pixels.permute(2, 0, 1)[None].float()
+    mode = preprocess.interpolation.lower()
+    resized = torch.nn.functional.interpolate(batch, size=size, mode=mode, align_corners=False, antialias=True)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
 
 
 class ClipReader:
