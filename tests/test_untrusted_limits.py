@@ -11,8 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-from untrusted_files import keras_config, onnx_model, plain_add, save_onnx, write_keras_h5
+from onnx import helper
+from untrusted_files import (
+    constant,
+    endless_loop,
+    keras_config,
+    onnx_model,
+    outer_product,
+    plain_add,
+    save_onnx,
+    write_keras_h5,
+)
 
 from surgery.cli import main
 
@@ -24,34 +33,9 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def _const(name: str, value: np.ndarray):
-    return helper.make_node("Constant", [], [name], name=f"make_{name}", value=numpy_helper.from_array(value, name))
-
-
 # ------------------------------------------------------------------ constant folding
 def test_a_loop_of_2_to_the_62_iterations_is_refused_at_once(tmp_path: Path, capsys) -> None:
-    body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["v_in", "one"], ["v_out"])],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [12]),
-        ],
-        [
-            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [12]),
-        ],
-        initializer=[numpy_helper.from_array(np.ones(12, np.float32), "one")],
-    )
-    nodes = [
-        _const("trips", np.array(2**62, np.int64)),
-        _const("cond", np.array(True)),
-        _const("start", np.zeros(12, np.float32)),
-        helper.make_node("Loop", ["trips", "cond", "start"], ["c"], name="loop", body=body),
-        helper.make_node("Add", ["x", "c"], ["y"], name="add"),
-    ]
-    save_onnx(onnx_model(nodes), tmp_path / "m.onnx")
+    save_onnx(endless_loop(), tmp_path / "m.onnx")
     started = time.monotonic()
     code, _, err = _cli(capsys, "inspect", str(tmp_path / "m.onnx"))
     assert time.monotonic() - started < 30
@@ -60,14 +44,7 @@ def test_a_loop_of_2_to_the_62_iterations_is_refused_at_once(tmp_path: Path, cap
 
 def test_a_broadcast_is_measured_by_its_result_not_its_inputs(tmp_path: Path, capsys, monkeypatch) -> None:
     """Two 4 kB constants whose product is 4 MB: refused under a 1 MB budget."""
-    nodes = [
-        _const("a", np.ones((1000, 1), np.float32)),
-        _const("b", np.ones((1, 1000), np.float32)),
-        helper.make_node("Mul", ["a", "b"], ["ab"], name="outer"),
-        helper.make_node("ReduceSum", ["ab"], ["s"], name="sum", keepdims=0),
-        helper.make_node("Add", ["x", "s"], ["y"], name="add"),
-    ]
-    save_onnx(onnx_model(nodes), tmp_path / "m.onnx")
+    save_onnx(outer_product(1000), tmp_path / "m.onnx")
     monkeypatch.setenv("SURGERY_MEMORY_BUDGET", "1000000")
     code, _, err = _cli(capsys, "inspect", str(tmp_path / "m.onnx"))
     assert code == 2 and "'outer' (Mul)" in err and "4 MB" in err, err
@@ -81,7 +58,7 @@ def test_folding_runs_under_a_time_limit(tmp_path: Path, capsys, monkeypatch) ->
     monkeypatch.setattr(fold, "FOLD_SECONDS", 0.1)
     image = np.random.default_rng(0).normal(size=(1, 12, 128, 128)).astype(np.float32)
     nodes = [
-        _const("image", image),
+        constant("image", image),
         helper.make_node("MaxPool", ["image"], ["pooled"], name="pool", kernel_shape=[3, 3]),
         helper.make_node("ReduceMean", ["pooled"], ["m"], name="mean", axes=[0, 2, 3], keepdims=0),
         helper.make_node("Add", ["x", "m"], ["y"], name="add"),

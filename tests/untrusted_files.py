@@ -133,3 +133,49 @@ def initializer_add(tensor: TensorProto) -> Any:
 
 def plain_add() -> Any:
     return initializer_add(numpy_helper.from_array(np.ones(12, np.float32), "w"))
+
+
+def constant(name: str, value: np.ndarray) -> Any:
+    """A Constant node named ``make_<name>`` writing ``name``."""
+    return helper.make_node("Constant", [], [name], name=f"make_{name}", value=numpy_helper.from_array(value, name))
+
+
+def endless_loop() -> Any:
+    """``y = x + c`` where ``c`` is a Loop of 2**62 iterations over constants only."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["v_in", "one"], ["v_out"])],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [12]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [12]),
+        ],
+        initializer=[numpy_helper.from_array(np.ones(12, np.float32), "one")],
+    )
+    return onnx_model(
+        [
+            constant("trips", np.array(2**62, np.int64)),
+            constant("cond", np.array(True)),
+            constant("start", np.zeros(12, np.float32)),
+            helper.make_node("Loop", ["trips", "cond", "start"], ["c"], name="loop", body=body),
+            helper.make_node("Add", ["x", "c"], ["y"], name="add"),
+        ]
+    )
+
+
+def outer_product(size: int) -> Any:
+    """``y = x + sum(a * b)`` with ``a`` (size, 1) and ``b`` (1, size) constants: small
+    inputs, a product of size**2 floats (node ``outer``)."""
+    return onnx_model(
+        [
+            constant("a", np.ones((size, 1), np.float32)),
+            constant("b", np.ones((1, size), np.float32)),
+            helper.make_node("Mul", ["a", "b"], ["ab"], name="outer"),
+            helper.make_node("ReduceSum", ["ab"], ["s"], name="sum", keepdims=0),
+            helper.make_node("Add", ["x", "s"], ["y"], name="add"),
+        ]
+    )

@@ -20,18 +20,18 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
 from untrusted_files import (  # noqa: E402
     SECRET,
     constant_add,
+    endless_loop,
     external_tensor,
     keras_config,
     onnx_model,
+    outer_product,
     save_onnx,
     write_keras_h5,
     write_secret,
@@ -96,45 +96,13 @@ def caffe_mean(name: str) -> Attack:
     return make
 
 
-def _const(name: str, value: np.ndarray):
-    return helper.make_node("Constant", [], [name], name=f"make_{name}", value=numpy_helper.from_array(value, name))
-
-
 def loop(root: Path):
-    body = helper.make_graph(
-        [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("Add", ["v_in", "one"], ["v_out"])],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [12]),
-        ],
-        [
-            helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [12]),
-        ],
-        initializer=[numpy_helper.from_array(np.ones(12, np.float32), "one")],
-    )
-    nodes = [
-        _const("trips", np.array(2**62, np.int64)),
-        _const("cond", np.array(True)),
-        _const("start", np.zeros(12, np.float32)),
-        helper.make_node("Loop", ["trips", "cond", "start"], ["c"], name="loop", body=body),
-        helper.make_node("Add", ["x", "c"], ["y"], name="add"),
-    ]
-    save_onnx(onnx_model(nodes), root / "m.onnx")
+    save_onnx(endless_loop(), root / "m.onnx")
     return ["inspect", str(root / "m.onnx")], {}
 
 
 def broadcast(root: Path):
-    nodes = [
-        _const("a", np.ones((20000, 1), np.float32)),
-        _const("b", np.ones((1, 20000), np.float32)),
-        helper.make_node("Mul", ["a", "b"], ["ab"], name="outer"),
-        helper.make_node("ReduceSum", ["ab"], ["s"], name="sum", keepdims=0),
-        helper.make_node("Add", ["x", "s"], ["y"], name="add"),
-    ]
-    save_onnx(onnx_model(nodes), root / "m.onnx")
+    save_onnx(outer_product(20000), root / "m.onnx")
     return ["inspect", str(root / "m.onnx")], {"SURGERY_MEMORY_BUDGET": "100000000"}
 
 
