@@ -154,7 +154,7 @@ def test_fit_collapse_is_refused_from_shapes(collapse: str, message: str, tmp_pa
 
 def test_plan_of_a_fit_collapse_reads_no_weights_and_says_apply_fits(tmp_path: Path, capsys) -> None:
     spec = _two_convs_spec(tmp_path, "kernel_size: 5 samples: 8")
-    assert main(["plan", "-q", str(spec)]) == 0
+    assert main(["plan", str(spec)]) == 0
     assert "least-squares fit on 8 seeded random inputs happens at apply" in capsys.readouterr().out
     import surgery
 

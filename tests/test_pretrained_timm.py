@@ -17,7 +17,7 @@ import torch
 
 import surgery
 from surgery.cli import main
-from surgery.errors import ModelFormatError, SpecError
+from surgery.errors import ModelFormatError, SpecError, SurgeryNote
 
 timm = pytest.importorskip("timm")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -110,16 +110,21 @@ def test_the_refs_and_hf_hub_cache_are_respected(hub: HubCache, monkeypatch: pyt
     plan = surgery.plan(hub.spec('pretrained: "r160_in1k"'))
     assert plan.net.pretrained["file"] == str(moved / REPO / "snapshots" / COMMIT / "model.safetensors")
     (moved / REPO / "refs" / "main").write_text("f" * 40)  # main moved on to a snapshot not in the cache
-    with pytest.raises(SpecError, match="not in the Hugging Face cache"):
+    with pytest.warns(SurgeryNote, match="not in the Hugging Face cache"):  # plan reads no weights
         surgery.plan(hub.spec('pretrained: "r160_in1k"'))
+    with pytest.raises(SpecError, match="not in the Hugging Face cache"):
+        surgery.apply(hub.spec('pretrained: "r160_in1k"'), hub.root / "out")
 
 
 def test_a_missing_file_says_how_to_get_it_and_nothing_downloads(hub: HubCache, capsys) -> None:
-    assert main(["plan", str(hub.spec('pretrained: "r160_in1k"'))]) == 2
-    err = capsys.readouterr().err
-    assert "not in the Hugging Face cache" in err and "Traceback" not in err
-    assert "https://huggingface.co/timm/test_resnet.r160_in1k/resolve/main/model.safetensors" in err
-    assert "huggingface-cli download timm/test_resnet.r160_in1k model.safetensors" in err
+    spec = str(hub.spec('pretrained: "r160_in1k"'))
+    for argv, code in ((["plan", spec], 0), (["apply", "-q", spec, "-o", str(hub.root / "out")], 2)):
+        assert main(argv) == code  # plan reads no weights: a note; apply needs them: an error
+        err = capsys.readouterr().err
+        assert "not in the Hugging Face cache" in err and "Traceback" not in err
+        assert "https://huggingface.co/timm/test_resnet.r160_in1k/resolve/main/model.safetensors" in err
+        assert "huggingface-cli download timm/test_resnet.r160_in1k model.safetensors" in err
+    assert not (hub.root / "out").exists()
 
 
 def test_an_unknown_tag_or_model_is_a_located_error(hub: HubCache) -> None:
