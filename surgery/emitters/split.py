@@ -79,9 +79,13 @@ def head_net(net: Net) -> Net:
             )
         )
     head.set_outputs(net.outputs)
-    head.loss_weights = dict(net.loss_weights)
+    head.info = net.info.for_part(_blobs(head), set(head.layer_names()), image_input=False)  # solver too
     head.shapes()
     return head
+
+
+def _blobs(net: Net) -> set[str]:
+    return {blob for layer in net.layers() for blob in layer.outputs}
 
 
 __all__ = ["backbone_net", "check_frozen", "feature_blob", "head_net"]

@@ -93,7 +93,6 @@ def step_net(net: Net) -> Net:
     clip_shape = net.known_shape(clip)
     batch = clip_shape[0]
     step = Net(f"{net.name}_step")
-    step.preprocess, step.pretrained = net.preprocess, net.pretrained  # it reads the same frames
     one_step: dict[str, str] = {}  # per-frame blob -> its (N, 1, ...) view
     states: list[str] = []
     for layer in _deploy_layers(net):
@@ -114,6 +113,9 @@ def step_net(net: Net) -> Net:
         if getattr(layer_type(layer.type), "recurrent", False):
             states += _expose_state(step, new, batch)
         step.add_layer(new)
+    # it reads the same frames, and keeps what the clip model carries about its heads
+    blobs = {blob for layer in step.layers() for blob in layer.outputs}
+    step.info = net.info.for_part(blobs, set(step.layer_names()), image_input=True)
     step.set_outputs(net.outputs_for(None) + states)
     try:
         step.shapes()

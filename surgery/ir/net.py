@@ -19,6 +19,7 @@ import networkx as nx
 
 from surgery.errors import ShapeError, SpecError, unknown_layer
 from surgery.ir.budget import check_bytes, tensor_bytes
+from surgery.ir.info import NetInfo
 from surgery.ir.kinds import kind_of
 from surgery.ir.layer import Layer
 from surgery.lazy_torch import torch
@@ -48,27 +49,82 @@ class Net:
         #: Layers added at the end since shapes were inferred: only they are inferred next
         #: time (appending n layers one by one then costs n, not n squared).
         self._pending: list[str] = []
-        #: Training metadata (e.g. Caffe loss weights per output blob).
-        self.loss_weights: dict[str, float] = {}
-        #: How an importer matched weights to layers ({"copied", "initialised", "ignored"}).
-        self.weight_copy: dict[str, list[str]] | None = None
-        #: The spec's Caffe solver settings (surgery.solver.caffe.solver_settings), or None.
-        self.solver: dict[str, Any] | None = None
-        #: Pretrained weights the source named (surgery.importers.pretrained), or None.
-        self.pretrained: dict[str, Any] | None = None
-        #: How a decoded frame becomes the input (surgery.preprocess.Preprocess), or None
-        #: for a net whose input is not an image.
-        self.preprocess: Any = None
-        #: Layer name -> what each of its outputs means, where an edit said (keep_classes);
-        #: untouched heads take the pretrained weights' categories (see the report).
-        self.class_names: dict[str, list[str | None]] = {}
-        #: A torch source's composite modules (``layer3.1``, ``blocks.5``): module path ->
-        #: the blob that is the module's output, so a spec may name the module where it
-        #: names a position in the net (see :meth:`module_output`).
-        self.module_outputs: dict[str, str] = {}
-        #: Composite modules that have no single output, with the reason (called twice,
-        #: returns two tensors), so naming one says why it cannot stand for a layer.
-        self.module_refusals: dict[str, str] = {}
+        #: Everything else the net carries, in one record (see :class:`NetInfo`); the
+        #: properties below read and write its fields.
+        self.info = NetInfo()
+
+    # ------------------------------------------------------------- net info
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        """Training metadata (e.g. Caffe loss weights per output blob)."""
+        return self.info.loss_weights
+
+    @loss_weights.setter
+    def loss_weights(self, value: dict[str, float]) -> None:
+        self.info.loss_weights = value
+
+    @property
+    def weight_copy(self) -> dict[str, list[str]] | None:
+        """How an importer matched weights to layers."""
+        return self.info.weight_copy
+
+    @weight_copy.setter
+    def weight_copy(self, value: dict[str, list[str]] | None) -> None:
+        self.info.weight_copy = value
+
+    @property
+    def solver(self) -> dict[str, Any] | None:
+        """The spec's Caffe solver settings, or None."""
+        return self.info.solver
+
+    @solver.setter
+    def solver(self, value: dict[str, Any] | None) -> None:
+        self.info.solver = value
+
+    @property
+    def pretrained(self) -> dict[str, Any] | None:
+        """Pretrained weights the source named, or None."""
+        return self.info.pretrained
+
+    @pretrained.setter
+    def pretrained(self, value: dict[str, Any] | None) -> None:
+        self.info.pretrained = value
+
+    @property
+    def preprocess(self) -> Any:
+        """How a decoded frame becomes the input, or None."""
+        return self.info.preprocess
+
+    @preprocess.setter
+    def preprocess(self, value: Any) -> None:
+        self.info.preprocess = value
+
+    @property
+    def class_names(self) -> dict[str, list[str | None]]:
+        """Layer name -> what each of its outputs means, where an edit said."""
+        return self.info.class_names
+
+    @class_names.setter
+    def class_names(self, value: dict[str, list[str | None]]) -> None:
+        self.info.class_names = value
+
+    @property
+    def module_outputs(self) -> dict[str, str]:
+        """A torch source's composite modules: module path -> its output blob."""
+        return self.info.module_outputs
+
+    @module_outputs.setter
+    def module_outputs(self, value: dict[str, str]) -> None:
+        self.info.module_outputs = value
+
+    @property
+    def module_refusals(self) -> dict[str, str]:
+        """Composite modules without a single output, with the reason."""
+        return self.info.module_refusals
+
+    @module_refusals.setter
+    def module_refusals(self, value: dict[str, str]) -> None:
+        self.info.module_refusals = value
 
     # ----------------------------------------------------------------- queries
     def __contains__(self, name: str) -> bool:
@@ -385,13 +441,7 @@ class Net:
                 )
             )
         twin._outputs = list(self._outputs) if self._outputs is not None else None
-        twin.loss_weights = dict(self.loss_weights)
-        twin.weight_copy = copy.deepcopy(self.weight_copy)
-        twin.solver = copy.deepcopy(self.solver)
-        twin.pretrained = copy.deepcopy(self.pretrained)
-        twin.preprocess = self.preprocess
-        twin.class_names = copy.deepcopy(self.class_names)
-        twin.module_outputs, twin.module_refusals = dict(self.module_outputs), dict(self.module_refusals)
+        twin.info = self.info.copy()
         if self._shapes is not None:
             twin._shapes = dict(self._shapes)
         return twin
@@ -423,17 +473,15 @@ class Net:
             self.graph.copy(),
             dict(self._producer),
             self._outputs and list(self._outputs),
-            dict(self.loss_weights),
-            dict(self.module_outputs),
+            self.info.copy(),
             layers,
         )
 
     def _restore(self, saved: tuple) -> None:
-        graph, producer, outputs, loss_weights, module_outputs, layers = saved
+        graph, producer, outputs, info, layers = saved
         for original, fields in layers.values():
             original.__dict__.update(fields)
-        self.graph, self._producer, self._outputs, self.loss_weights = graph, producer, outputs, loss_weights
-        self.module_outputs = module_outputs
+        self.graph, self._producer, self._outputs, self.info = graph, producer, outputs, info
         self.invalidate()
 
     # ---------------------------------------------------------- shape inference
