@@ -32,7 +32,7 @@ from surgery.output_folder import MARKER, check_output_path, check_output_paths
 
 if TYPE_CHECKING:
     from surgery.ir import Net
-    from surgery.runner import Plan
+    from surgery.plans import Plan
 
 Progress = Callable[[str], None]
 

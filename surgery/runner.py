@@ -10,7 +10,6 @@ import dataclasses
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +21,13 @@ from surgery.importers.trust import trusting_code
 from surgery.interrupts import checkpoint
 from surgery.ir import Net
 from surgery.ops.base import Action, OpContext
-from surgery.report import Report, build_report
+from surgery.plans import ApplyResult, Plan
+from surgery.report import build_report
 from surgery.solver.caffe import spec_solver
 from surgery.spec import LoadedSpec, load_spec
 from surgery.spec.loader import spec_to_dict
 
 Progress = Callable[[str], None]
-
-
-@dataclass
-class Plan:
-    """A validated spec applied in memory: the edited net and its report."""
-
-    spec: LoadedSpec
-    net: Net
-    report: Report
-    #: The source net as loaded, before the edits: structure only, no weights.
-    source: Net
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def _step(progress: Progress | None, text: str) -> None:
@@ -140,18 +128,6 @@ def _check_output_versions(loaded: LoadedSpec) -> None:
         check_versions(
             onnx.opset if onnx.HasField("opset") else None, onnx.ir_version if onnx.HasField("ir_version") else None
         )
-
-
-@dataclass
-class ApplyResult:
-    """What ``apply`` wrote."""
-
-    out_dir: Path
-    files: list[Path]
-    report: Report
-    timings: dict[str, float]
-    #: The verify result, when ``apply(..., verify=True)`` ran it.
-    verified: Any = None
 
 
 def apply(

@@ -19,7 +19,7 @@ FLOORS = [
     {"layers", "solver"},
     {"importers", "emitters", "probe"},
     {"ops", "edits", "verify", "report", "change"},
-    {"api", "runner", "video", "outputs", "cli", "zoo", "output_folder", "precision", "__init__", "__main__"},
+    {"api", "runner", "plans", "video", "outputs", "cli", "zoo", "output_folder", "precision", "__init__", "__main__"},
 ]
 
 
@@ -48,3 +48,35 @@ def test_imports_point_down(path: Path) -> None:
     own = _floor(path.relative_to(PACKAGE).parts[0].removesuffix(".py"))
     upward = [f"line {line}: {name}" for line, name in _imports(path) if _floor(name.split(".")[1]) > own]
     assert not upward, f"{path.relative_to(PACKAGE)} imports from a floor above its own: {upward}"
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _edges() -> list[tuple[str, str]]:
+    """Module -> module it imports (anywhere in the file: top, functions, TYPE_CHECKING);
+    ``from package import submodule`` points at the submodule, not the package."""
+    modules = {_module(path) for path in MODULES}
+    edges = []
+    for path in MODULES:
+        own = _module(path)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                subs = [f"{node.module}.{alias.name}" for alias in node.names]
+                targets = [t for t in subs if t in modules] or [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            edges += [(own, target) for target in targets if target in modules and target != own]
+    return edges
+
+
+def test_no_import_circles() -> None:
+    """No module imports, even inside a function or for type checking only, a module that
+    imports it back (directly or round a longer circle)."""
+    import networkx as nx
+
+    circles = list(nx.simple_cycles(nx.DiGraph(_edges())))
+    assert not circles, f"import circles: {circles}"

@@ -12,6 +12,7 @@ without weights (on the meta device), so it never downloads or loads anything.
 
 from __future__ import annotations
 
+import os
 import re
 import typing
 from collections.abc import Callable
@@ -175,6 +176,16 @@ def check_hash(weights: Pretrained) -> str:
     return sha256
 
 
+def hub_cache() -> Path:
+    """huggingface_hub's cache folder, by its own environment rules."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hub"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "huggingface" / "hub"
+
+
 def fetch(weights: Pretrained, progress: bool = True) -> bool:
     """Download the weights into torch's cache with the hash check; False when they were
     there already (and whole)."""
@@ -213,8 +224,6 @@ def _fetch_from_hub(weights: Pretrained) -> bool:
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise SpecError("downloading from the Hugging Face Hub needs huggingface_hub", fix="pip install timm") from None
-    from surgery.importers.pretrained_timm import hub_cache
-
     try:
         path = hf_hub_download(repo, file_name, revision=revision, cache_dir=str(hub_cache()))
     except Exception as error:  # noqa: BLE001  (offline, no such repo, a proxy: say so, with its words)

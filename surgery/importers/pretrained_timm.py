@@ -14,12 +14,11 @@ Weights at a plain URL go to torch's cache, as torchvision's.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from surgery.errors import SpecError, did_you_mean
-from surgery.importers.pretrained import Pretrained, hub_checkpoint
+from surgery.importers.pretrained import Pretrained, hub_cache, hub_checkpoint
 
 #: what timm reads from a Hub repository, in its order of preference
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -63,16 +62,6 @@ def resolve_timm(factory: str, tag: str) -> Pretrained:
                                                     "mean", "std") if k in values}  # fmt: skip
     weights.categories = _categories(values)
     return weights
-
-
-def hub_cache() -> Path:
-    """huggingface_hub's cache folder, by its own environment rules."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]) / "hub"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "huggingface" / "hub"
 
 
 def _from_hub(name: str, repo: str, filename: str | None) -> Pretrained:
