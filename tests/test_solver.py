@@ -541,3 +541,21 @@ def test_the_cli_shows_a_rate_caffe_cannot_use_with_why(tmp_path: Path, capsys) 
     assert main(["solver", str(solver), "--at", "100,150"]) == 0
     out = capsys.readouterr().out
     assert "rate at iteration 100: 0" in out and "rate at iteration 150: nan (Caffe's float arithmetic" in out
+
+
+def test_an_error_inside_the_solver_file_also_names_the_spec_line(tmp_path: Path, capsys) -> None:
+    """Found by tools/fuzz_specs.py: an error located in the solver file (a net definition
+    named as the solver) also says which line of the spec named that file."""
+    from surgery.cli import main
+
+    net = tmp_path / "net.prototxt"
+    net.write_text('name: "n"\nlayer { name: "data" type: "Input" top: "data" }\n')
+    spec = tmp_path / "spec.prototxt"
+    spec.write_text(
+        'source { torch { factory: "surgery.zoo:DigitsCNN" } input_shape: [1, 1, 8, 8] }\n'
+        'solver { caffe: "net.prototxt" }\n'
+    )
+    assert main(["plan", "-q", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert f"{net}:1:1: this is a Caffe network definition, not a solver" in err
+    assert f"(the solver named at {spec}:2:" in err, err

@@ -97,7 +97,12 @@ def spec_solver(loaded: LoadedSpec) -> dict[str, Any] | None:
                 fix='solver { caffe: "solver.prototxt" } or solver { caffe_fields { base_lr: ... } }',
             )
         if kind == "caffe":
-            parsed, text = read_solver(loaded.base_dir / message.solver.caffe)
+            try:
+                parsed, text = read_solver(loaded.base_dir / message.solver.caffe)
+            except SpecError as error:
+                if error.location is not None:  # located in the solver file: say which spec line named it
+                    error.message += f" (the solver named at {loaded.locator.section('solver', message.solver.caffe)})"
+                raise
         else:
             parsed, text = message.solver.caffe_fields, SolverText("", None)
         return solver_settings(parsed, text)
