@@ -191,7 +191,8 @@ class Outcome:
     trace: str = ""
 
     def clean(self, spec_file: str) -> bool:
-        """Exit 0, or exit 2 with one error line located at ``spec_file:line:col``."""
+        """Exit 0, or exit 2 with one error line located at ``spec_file:line:col`` (or at a
+        file the spec names, ``file:line:col``, that also gives the spec's line)."""
         if self.code == 0:
             return True
         if self.code != 2:
@@ -199,7 +200,10 @@ class Outcome:
         errors = [line for line in self.stderr.splitlines() if line.startswith("error: ")]
         if len(errors) != 1:
             return False
-        return re.match(rf"error: {re.escape(spec_file)}:\d+:\d+: ", errors[0]) is not None
+        if re.match(rf"error: {re.escape(spec_file)}:\d+:\d+: ", errors[0]):
+            return True
+        located_elsewhere = re.match(r"error: \S+:\d+:\d+: ", errors[0]) is not None
+        return located_elsewhere and re.search(rf"{re.escape(spec_file)}:\d+:\d+", errors[0]) is not None
 
 
 # ------------------------------------------------------------------ mutations
