@@ -337,11 +337,12 @@ def _load_source(loaded: LoadedSpec, progress: Progress | None) -> Net:
 def _run_verify(source: Net, planned: Plan, seed: int, progress: Progress | None, **options: Any):
     """Verify a plan made from ``source``; its figures go into the plan's report."""
     from surgery.change import verify_figures
+    from surgery.emitters.onnx_model import DEFAULT_OPSET  # verify imports onnx anyway
     from surgery.verify import verify as run_verify
 
     _step(progress, f"running torch, onnxruntime and the source on seeded inputs (seed {seed})")
     output = planned.spec.message.output
-    opset = output.onnx.opset if output.onnx.HasField("opset") else 17
+    opset = output.onnx.opset if output.onnx.HasField("opset") else DEFAULT_OPSET
     result = run_verify(source, planned.net, seed=seed, opset=opset, **options)
     if output.HasField("onnx") and output.onnx.precision:
         result.precision = _check_precision(planned, seed, progress)

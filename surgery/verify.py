@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from surgery.emitters.onnx_model import emit_onnx
+from surgery.emitters.onnx_model import DEFAULT_OPSET, emit_onnx
 from surgery.emitters.step import emit_step_onnx, step_net
 from surgery.errors import SurgeryError
 from surgery.ir import Net
@@ -255,7 +255,7 @@ def verify(
     atol: float = 1e-5,
     rtol: float = 1e-4,
     scale_rtol: float = 1e-5,
-    opset: int = 17,
+    opset: int = DEFAULT_OPSET,
     device: str = "cpu",
     tf32: bool = False,
 ) -> VerifyResult:

@@ -201,8 +201,8 @@ def build_parts(
     """The ONNX model of ``net`` without its initializers, and the initializers' values
     (deploy outputs only unless ``keep_train_branches``). ``dynamic_axes``: input name
     -> axes to leave symbolic besides the batch (see :mod:`surgery.emitters.onnx_dynamic`)."""
-    if opset < 17:
-        raise SurgeryError(f"opset {opset} is too old", fix="use opset 17 or newer")
+    if opset < MIN_OPSET:
+        raise SurgeryError(f"opset {opset} is too old", fix=f"use opset {MIN_OPSET} or newer")
     pretrained, preprocess = net.pretrained, net.preprocess
     net = lower_time(net)  # a clip model: per-frame layers on N*T frames
     axes = onnx_dynamic.resolve(net, dynamic_axes, dynamic_batch)
