@@ -24,6 +24,7 @@ from pathlib import Path
 from surgery.errors import SurgeryError, SurgeryNote, cli_wording
 from surgery.importers.trust import trusting_code
 from surgery.interrupts import StopOnSignal
+from surgery.tolerances import ATOL, RTOL, SCALE_RTOL
 
 EXIT_USER_ERROR = 2
 
@@ -273,14 +274,17 @@ def _verify_options(parser: argparse.ArgumentParser) -> None:
     """The options of a verify run (``verify``, and ``apply --verify``)."""
     parser.add_argument("--seed", type=int, default=0, help="seed of verify's random inputs (default 0)")
     parser.add_argument(
-        "--atol", type=float, default=1e-5, help="allclose rule: |a-b| <= atol + rtol*|b| per element (default 1e-5)"
+        "--atol",
+        type=float,
+        default=ATOL,
+        help=f"allclose rule: |a-b| <= atol + rtol*|b| per element (default {ATOL:g})",
     )
-    parser.add_argument("--rtol", type=float, default=1e-4, help="allclose rule's relative part (default 1e-4)")
+    parser.add_argument("--rtol", type=float, default=RTOL, help=f"allclose rule's relative part (default {RTOL:g})")
     parser.add_argument(
         "--scale-rtol",
         type=float,
-        default=1e-5,
-        help="scale rule: max |a-b| <= scale-rtol * max |b| (default 1e-5; either rule passes a comparison)",
+        default=SCALE_RTOL,
+        help=f"scale rule: max |a-b| <= scale-rtol * max |b| (default {SCALE_RTOL:g}; either rule passes a comparison)",
     )
     parser.add_argument(
         "--device", default="cpu", help="where the torch side runs: cpu (default) or cuda; on a GPU at fp32, TF32 off"

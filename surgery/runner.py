@@ -26,6 +26,7 @@ from surgery.report import build_report
 from surgery.solver.caffe import spec_solver
 from surgery.spec import LoadedSpec, load_spec
 from surgery.spec.loader import spec_to_dict
+from surgery.tolerances import ATOL, RTOL, SCALE_RTOL
 
 Progress = Callable[[str], None]
 
@@ -139,9 +140,9 @@ def apply(
     progress: Progress | None = None,
     verify: bool = False,
     seed: int = 0,
-    atol: float = 1e-5,
-    rtol: float = 1e-4,
-    scale_rtol: float = 1e-5,
+    atol: float = ATOL,
+    rtol: float = RTOL,
+    scale_rtol: float = SCALE_RTOL,
     device: str = "cpu",
     tf32: bool = False,
     trust_code: bool = False,
@@ -264,9 +265,9 @@ def verify(
     spec_path: str | Path,
     *,
     seed: int = 0,
-    atol: float = 1e-5,
-    rtol: float = 1e-4,
-    scale_rtol: float = 1e-5,
+    atol: float = ATOL,
+    rtol: float = RTOL,
+    scale_rtol: float = SCALE_RTOL,
     progress: Progress | None = None,
     html: str | Path | None = None,
     device: str = "cpu",

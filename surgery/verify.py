@@ -27,6 +27,7 @@ from surgery.ir import Net
 from surgery.layers.time_fold import clip_input, has_time_axis, without_time
 from surgery.lazy_torch import torch
 from surgery.probe import blob_values
+from surgery.tolerances import ATOL, RTOL, SCALE_RTOL
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,9 @@ class Tolerance:
       sit next to huge ones).
     """
 
-    atol: float = 1e-5
-    rtol: float = 1e-4
-    scale_rtol: float = 1e-5
+    atol: float = ATOL
+    rtol: float = RTOL
+    scale_rtol: float = SCALE_RTOL
 
 
 @dataclass
@@ -252,9 +253,9 @@ def verify(
     edited: Net,
     *,
     seed: int = 0,
-    atol: float = 1e-5,
-    rtol: float = 1e-4,
-    scale_rtol: float = 1e-5,
+    atol: float = ATOL,
+    rtol: float = RTOL,
+    scale_rtol: float = SCALE_RTOL,
     opset: int = DEFAULT_OPSET,
     device: str = "cpu",
     tf32: bool = False,
