@@ -18,6 +18,7 @@ import numpy as np
 
 from surgery.errors import SpecError, SurgeryError
 from surgery.ir import Net
+from surgery.protos import enum_name
 from surgery.untrusted import regular_file
 
 if TYPE_CHECKING:
@@ -142,14 +143,7 @@ def _image_input(net: Net, field: str) -> tuple[int, ...]:
 
 def precision_name(message: Any) -> str:
     """``FP32``, ``FP16`` or ``INT8`` for an ``output { onnx { } }`` message."""
-    from surgery.spec import spec_class
-
-    return str(
-        spec_class("OnnxOutput")
-        .DESCRIPTOR.fields_by_name["precision"]
-        .enum_type.values_by_number[message.precision]
-        .name
-    )
+    return enum_name(message, "precision")
 
 
 def _calibration_folder(message: Any, base_dir: Path, field: str) -> Path | None:
@@ -250,10 +244,7 @@ def reduce(net: Net, message: Any, base_dir: Path, onnx_options: dict[str, Any])
 
 
 def _method_name(message: Any) -> str:
-    from surgery.spec import spec_class
-
-    enum = spec_class("Calibration").DESCRIPTOR.fields_by_name["method"].enum_type
-    return str(enum.values_by_number[message.calibration.method].name)
+    return enum_name(message.calibration, "method")
 
 
 def calibration_inputs(net: Net, message: Any, base_dir: Path) -> np.ndarray | None:

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "surgery"
 
 # Lowest floor first. A module's floor is its first path part under surgery/.
 FLOORS = [
-    {"errors", "interrupts", "lazy_torch", "untrusted", "tolerances"},
+    {"errors", "interrupts", "lazy_torch", "untrusted", "tolerances", "protos"},
     {"ir", "spec", "preprocess"},
     {"math"},
     {"layers", "solver"},

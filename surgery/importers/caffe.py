@@ -31,6 +31,7 @@ from surgery.ir import Layer, Net, Origin, ParamBlob
 from surgery.ir.budget import memory_budget
 from surgery.layers import layer_type, registered_types
 from surgery.layers.new_blobs import init_new_blobs
+from surgery.protos import enum_name
 from surgery.spec.loader import decode_text
 from surgery.spec.schema import caffe_class
 from surgery.untrusted import contained, read_regular
@@ -148,7 +149,7 @@ def _upgrade_v1(v1: Any) -> Any:
     """A V1LayerParameter as a LayerParameter (upgrade_proto.cpp UpgradeV1LayerParameter)."""
     layer = caffe_class("LayerParameter")()
     layer.name = v1.name
-    enum = v1.DESCRIPTOR.fields_by_name["type"].enum_type.values_by_number[v1.type].name
+    enum = enum_name(v1, "type")
     layer.type = V1_TYPES.get(enum, enum)
     layer.bottom.extend(v1.bottom)
     layer.top.extend(v1.top)

@@ -16,6 +16,7 @@ from surgery.ir import Layer, Shape
 from surgery.layers.meta_run import NonTensor
 from surgery.layers.registry import LayerType, all_known, register_layer
 from surgery.lazy_torch import fx, resolve, torch
+from surgery.protos import enum_name
 
 _FUNCTIONS = {
     operator.add: "SUM",
@@ -176,5 +177,5 @@ class Eltwise(LayerType):
     caffe_param_field = "eltwise_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:
-        operation = param.DESCRIPTOR.fields_by_name["operation"].enum_type.values_by_number[param.operation].name
+        operation = enum_name(param, "operation")
         return {"operation": operation, "coeff": [float(c) for c in param.coeff]}

@@ -8,6 +8,7 @@ from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, ModuleRecipe, register_layer
 from surgery.lazy_torch import nn
+from surgery.protos import enum_name
 
 
 @register_layer
@@ -108,7 +109,7 @@ class LRN(LayerType):
     caffe_param_field = "lrn_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:
-        region = param.DESCRIPTOR.fields_by_name["norm_region"].enum_type.values_by_number[param.norm_region].name
+        region = enum_name(param, "norm_region")
         return {
             "local_size": param.local_size,
             "alpha": param.alpha,

@@ -13,6 +13,7 @@ from surgery.ir import Layer, Shape
 from surgery.layers.convolution import spatial
 from surgery.layers.registry import LayerType, ModuleRecipe, check_param, known, register_layer
 from surgery.lazy_torch import nn, resolve_all
+from surgery.protos import enum_name
 
 
 def pool_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
@@ -295,7 +296,7 @@ class Pooling(LayerType):
     caffe_param_field = "pooling_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:
-        pool = param.DESCRIPTOR.fields_by_name["pool"].enum_type.values_by_number[param.pool].name
+        pool = enum_name(param, "pool")
         if pool not in ("MAX", "AVE"):
             raise ShapeError(f"{pool} pooling is not supported (Caffe has no CPU implementation of it either)")
         if param.global_pooling:

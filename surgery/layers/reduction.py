@@ -21,6 +21,7 @@ from surgery.errors import ShapeError, unsupported_in_caffe
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, check_param, known, register_layer
 from surgery.lazy_torch import fx, torch
+from surgery.protos import enum_name
 
 #: Caffe's ReductionOp names; the ONNX operator computing each.
 ONNX_OPS = {"SUM": "ReduceSum", "ASUM": "ReduceL1", "SUMSQ": "ReduceSumSquare", "MEAN": "ReduceMean"}
@@ -155,7 +156,7 @@ class Reduction(LayerType):
     caffe_param_field = "reduction_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:
-        operation = param.DESCRIPTOR.fields_by_name["operation"].enum_type.values_by_number[param.operation].name
+        operation = enum_name(param, "operation")
         return reduction_params(operation, axis=param.axis, coeff=param.coeff)
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:

@@ -14,6 +14,7 @@ from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
 from surgery.layers.registry import LayerType, register_layer
 from surgery.lazy_torch import fx
+from surgery.protos import enum_name
 
 POOLS = ("MAX", "AVE")
 
@@ -53,7 +54,7 @@ class TemporalPooling(LayerType):
     caffe_param_field = "pooling_param"
 
     def from_caffe(self, param: Any) -> dict[str, Any]:
-        pool = param.DESCRIPTOR.fields_by_name["pool"].enum_type.values_by_number[param.pool].name
+        pool = enum_name(param, "pool")
         if pool not in POOLS:
             raise ShapeError(f"temporal pooling is AVE or MAX, not {pool}", fix="pool: AVE or pool: MAX")
         return {"pool": pool}

@@ -16,6 +16,7 @@ from typing import Any
 
 from surgery.errors import SpecError
 from surgery.lazy_torch import torch
+from surgery.protos import enum_name
 
 FILLER_TYPES = ("constant", "gaussian", "uniform", "xavier", "msra", "bilinear", "positive_unitball")
 VARIANCE_NORMS = ("FAN_IN", "FAN_OUT", "AVERAGE")
@@ -77,11 +78,7 @@ class Filler:
             if message.HasField(field):
                 values[field] = getattr(message, field)
         if message.HasField("variance_norm"):
-            values["variance_norm"] = (
-                message.DESCRIPTOR.fields_by_name["variance_norm"]
-                .enum_type.values_by_number[message.variance_norm]
-                .name
-            )
+            values["variance_norm"] = enum_name(message, "variance_norm")
         return cls.from_dict(values)
 
     def describe(self) -> str:

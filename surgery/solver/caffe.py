@@ -18,6 +18,7 @@ from typing import Any
 from google.protobuf import text_format
 
 from surgery.errors import SpecError, did_you_mean
+from surgery.protos import enum_name
 from surgery.solver.rates import LR_POLICIES, SOLVER_TYPES, caffe_rate
 from surgery.spec.loader import MAX_SPEC_BYTES, LoadedSpec, decode_text
 from surgery.spec.schema import caffe_class
@@ -208,7 +209,7 @@ def _solver_type(message: Any, text: SolverText) -> str:
                 fix="keep `type` only",
                 subject="solver_type",
             )
-        enum = message.DESCRIPTOR.fields_by_name["solver_type"].enum_type.values_by_number[message.solver_type].name
+        enum = enum_name(message, "solver_type")
         return {name.upper(): name for name in SOLVER_TYPES}[enum]
     if message.type not in SOLVER_TYPES:
         raise SpecError(
@@ -263,9 +264,8 @@ def _is_set(message: Any, name: str) -> bool:
 
 def _plain(message: Any, name: str) -> Any:
     value = getattr(message, name)
-    enum = message.DESCRIPTOR.fields_by_name[name].enum_type
-    if enum is not None:
-        return enum.values_by_number[value].name
+    if message.DESCRIPTOR.fields_by_name[name].enum_type is not None:
+        return enum_name(message, name)
     if hasattr(value, "ListFields"):
         return text_format.MessageToString(value, as_one_line=True)
     if not isinstance(value, (str, int, float, bool)):
