@@ -108,7 +108,8 @@ def clip_inputs(net: Net, folder: Path, count: int, field: str) -> np.ndarray:
     for clip in clips:
         try:
             if clip.kind == "npy":
-                array = np.load(regular_path(clip.path, field), mmap_mode="r", allow_pickle=False)
+                regular_file(clip.path, f"{field} file", SpecError)
+                array = np.load(clip.path, mmap_mode="r", allow_pickle=False)
             else:
                 reader = ClipReader(clip, net.preprocess, (shape[3], shape[4]))
                 indices = Sampling(frames=frames).indices(reader.count())
@@ -122,11 +123,6 @@ def clip_inputs(net: Net, folder: Path, count: int, field: str) -> np.ndarray:
             )
         batch.append(np.asarray(array, np.float32))
     return np.stack(batch)
-
-
-def regular_path(path: Path, field: str) -> Path:
-    regular_file(path, f"{field} file", SpecError)
-    return path
 
 
 def _image_input(net: Net, field: str) -> tuple[int, ...]:
@@ -261,7 +257,7 @@ def calibration_inputs(net: Net, message: Any, base_dir: Path) -> np.ndarray | N
 def check_inputs(net: Net, message: Any, base_dir: Path, reduced: Reduced, seed: int) -> tuple[np.ndarray, str]:
     """What verify compares the reduced file with float32 on, and where it came from: the
     ``check`` folder, else the calibration images, else seeded random inputs."""
-    count = message.calibration.count if message.HasField("calibration") else 200
+    count = message.calibration.count  # the schema's default (200) when there is no block
     clips = len(net.input_layers()[0].params["shape"]) == 5
     check = _calibration_folder(message, base_dir, "check")
     if check is not None:

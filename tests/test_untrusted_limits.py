@@ -19,25 +19,17 @@ from untrusted_files import (
     onnx_model,
     outer_product,
     plain_add,
+    run_cli,
     save_onnx,
     write_keras_h5,
 )
-
-from surgery.cli import main
-
-
-def _cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err, captured.err
-    return code, captured.out, captured.err
 
 
 # ------------------------------------------------------------------ constant folding
 def test_a_loop_of_2_to_the_62_iterations_is_refused_at_once(tmp_path: Path, capsys) -> None:
     save_onnx(endless_loop(), tmp_path / "m.onnx")
     started = time.monotonic()
-    code, _, err = _cli(capsys, "inspect", str(tmp_path / "m.onnx"))
+    code, _, err = run_cli(capsys, "inspect", str(tmp_path / "m.onnx"))
     assert time.monotonic() - started < 30
     assert code == 2 and "Loop x1" in err, err
 
@@ -46,7 +38,7 @@ def test_a_broadcast_is_measured_by_its_result_not_its_inputs(tmp_path: Path, ca
     """Two 4 kB constants whose product is 4 MB: refused under a 1 MB budget."""
     save_onnx(outer_product(1000), tmp_path / "m.onnx")
     monkeypatch.setenv("SURGERY_MEMORY_BUDGET", "1000000")
-    code, _, err = _cli(capsys, "inspect", str(tmp_path / "m.onnx"))
+    code, _, err = run_cli(capsys, "inspect", str(tmp_path / "m.onnx"))
     assert code == 2 and "'outer' (Mul)" in err and "4 MB" in err, err
 
 
@@ -65,7 +57,7 @@ def test_folding_runs_under_a_time_limit(tmp_path: Path, capsys, monkeypatch) ->
     ]
     save_onnx(onnx_model(nodes, opset=17), tmp_path / "m.onnx")
     started = time.monotonic()
-    code, _, err = _cli(capsys, "inspect", str(tmp_path / "m.onnx"))
+    code, _, err = run_cli(capsys, "inspect", str(tmp_path / "m.onnx"))
     assert code == 2 and "'pool' (MaxPool)" in err and "ran past 0.1 s" in err, err
     assert time.monotonic() - started < 20
 
@@ -77,7 +69,7 @@ def test_two_nodes_writing_one_value_are_refused(tmp_path: Path, capsys) -> None
         helper.make_node("Sigmoid", ["x"], ["y"], name="second"),
     ]
     save_onnx(onnx_model(nodes), tmp_path / "m.onnx")
-    code, _, err = _cli(capsys, "inspect", str(tmp_path / "m.onnx"))
+    code, _, err = run_cli(capsys, "inspect", str(tmp_path / "m.onnx"))
     assert code == 2 and "'second' (Sigmoid) writes 'y'" in err, err
 
 
@@ -87,14 +79,14 @@ def test_ir_versions_and_opsets_onnx_does_not_know_are_refused(ir, opset, words,
     model.ir_version = ir
     model.opset_import[0].version = opset
     save_onnx(model, tmp_path / "m.onnx")
-    code, _, err = _cli(capsys, "inspect", str(tmp_path / "m.onnx"))
+    code, _, err = run_cli(capsys, "inspect", str(tmp_path / "m.onnx"))
     assert code == 2 and words in err, err
 
 
 def test_names_are_printed_with_control_characters_escaped(tmp_path: Path, capsys) -> None:
     name = "evil\x1b]0;pwned\x07\x1b[2J\u202eadd"
     save_onnx(onnx_model([helper.make_node("Relu", ["x"], ["y"], name=name)]), tmp_path / "m.onnx")
-    code, out, err = _cli(capsys, "inspect", str(tmp_path / "m.onnx"))
+    code, out, err = run_cli(capsys, "inspect", str(tmp_path / "m.onnx"))
     assert code == 0, err
     assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
     assert "evil\\x1b]0;pwned\\x07\\x1b[2J\\u202eadd" in out
@@ -130,7 +122,7 @@ def test_a_keras_archive_member_is_measured_before_it_inflates(member: str, tmp_
     )
     assert path.stat().st_size < 2_000_000
     tracemalloc.start()
-    code, _, err = _cli(capsys, "inspect", str(path))
+    code, _, err = run_cli(capsys, "inspect", str(path))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert code == 2 and f"{member} in" in err and "inflates to" in err, err
@@ -139,7 +131,7 @@ def test_a_keras_archive_member_is_measured_before_it_inflates(member: str, tmp_
 
 def test_a_json_config_nested_past_pythons_stack_is_one_error(tmp_path: Path, capsys) -> None:
     path = _archive(tmp_path / "m.keras", b"[" * 200_000 + b"]" * 200_000)
-    code, _, err = _cli(capsys, "inspect", str(path))
+    code, _, err = run_cli(capsys, "inspect", str(path))
     assert code == 2 and "not valid JSON" in err, err
 
 
@@ -176,7 +168,7 @@ def test_a_keras_config_value_of_the_wrong_type_is_one_located_error(key: str, v
     spec = tmp_path / "s.prototxt"
     spec.write_text('source { keras { path: "m.h5" } }\n')
     for argv in (["inspect", str(path)], ["apply", "-q", str(spec), "-o", str(tmp_path / "out")]):
-        code, _, err = _cli(capsys, *argv)
+        code, _, err = run_cli(capsys, *argv)
         assert code == 2, (argv, err)
         assert "m.h5" in err or "dense" in err or "input_1" in err, err
     assert not (tmp_path / "out").exists()
@@ -192,7 +184,7 @@ def test_bit_flipped_keras_h5_files_end_cleanly(tmp_path: Path, capsys) -> None:
         flipped = bytearray(data)
         flipped[position // 8] ^= 1 << (position % 8)
         (tmp_path / "m.h5").write_bytes(bytes(flipped))
-        code, _, _ = _cli(capsys, "apply", "-q", str(spec), "-o", str(tmp_path / "out"), "--force")
+        code, _, _ = run_cli(capsys, "apply", "-q", str(spec), "-o", str(tmp_path / "out"), "--force")
         assert code in (0, 2)
 
 
@@ -203,14 +195,14 @@ def test_a_caffe_split_without_a_bottom_is_named(tmp_path: Path, capsys) -> None
         'name: "n"\nlayer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 } } }\n'
         'layer { name: "split" type: "Split" top: "a" top: "b" }\n'
     )
-    code, _, err = _cli(capsys, "inspect", str(net))
+    code, _, err = run_cli(capsys, "inspect", str(net))
     assert code == 2 and "Split layer 'split' has bottoms []" in err, err
 
 
 def test_a_recursive_yaml_alias_is_one_located_error(tmp_path: Path, capsys) -> None:
     spec = tmp_path / "s.yaml"
     spec.write_text("a: &a [*a]\n")
-    code, _, err = _cli(capsys, "plan", "-q", str(spec))
+    code, _, err = run_cli(capsys, "plan", "-q", str(spec))
     assert code == 2 and f"{spec}:1:4: an alias refers to a node that contains it" in err, err
 
 
@@ -222,7 +214,7 @@ def test_fetch_with_an_unusable_torch_home_says_so(tmp_path: Path, capsys, monke
         'source { torch { factory: "torchvision.models:resnet18" pretrained: "IMAGENET1K_V1" } '
         "input_shape: [1, 3, 32, 32] }\n"
     )
-    code, _, err = _cli(capsys, "fetch", str(spec))
+    code, _, err = run_cli(capsys, "fetch", str(spec))
     assert code == 2 and "cannot make torch's cache folder" in err and "TORCH_HOME" in err, err
 
 
@@ -239,7 +231,7 @@ def test_a_fifo_or_folder_where_a_checkpoint_goes_is_named_as_such(kind: str, tm
     spec.write_text(
         'source { torch { factory: "surgery.zoo:DigitsCNN" weights: "toy.pt" } input_shape: [1, 1, 8, 8] }\n'
     )
-    code, _, err = _cli(capsys, "apply", "-q", str(spec), "-o", str(tmp_path / "out"))
+    code, _, err = run_cli(capsys, "apply", "-q", str(spec), "-o", str(tmp_path / "out"))
     assert code == 2 and ("a FIFO" if kind == "fifo" else "a folder") in err and "does not exist" not in err, err
     assert f"{spec}:1:" in err
 

@@ -21,21 +21,19 @@ from untrusted_files import (
     external_tensor,
     initializer_add,
     plain_add,
+    run_cli,
     save_onnx,
     write_keras_h5,
     write_secret,
     write_secret_h5,
 )
 
-from surgery.cli import main
 from surgery.spec.schema import caffe_class
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err, captured.err
-    return code, captured.err
+    code, _, err = run_cli(capsys, *argv)
+    return code, err
 
 
 def _spec(folder: Path, source: str) -> Path:

@@ -20,7 +20,8 @@ def write_secret(path: Path) -> Path:
     return path
 
 
-def _keras_layer(cls: str, name: str, config: dict, inbound: list) -> dict:
+def keras_layer(cls: str, name: str, config: dict, inbound: list) -> dict:
+    """One layer entry of a Keras 2 functional config."""
     return {
         "class_name": cls,
         "config": {"name": name, "trainable": True, "dtype": "float32", **config},
@@ -32,8 +33,8 @@ def _keras_layer(cls: str, name: str, config: dict, inbound: list) -> dict:
 def keras_config(units: int = 3, features: int = 4) -> dict[str, Any]:
     """A Keras 2 functional model config: an input and one Dense layer."""
     layers = [
-        _keras_layer("InputLayer", "input_1", {"batch_input_shape": [None, features]}, []),
-        _keras_layer(
+        keras_layer("InputLayer", "input_1", {"batch_input_shape": [None, features]}, []),
+        keras_layer(
             "Dense", "dense", {"units": units, "activation": "linear", "use_bias": True}, [[["input_1", 0, 0, {}]]]
         ),
     ]
@@ -179,3 +180,13 @@ def outer_product(size: int) -> Any:
             helper.make_node("Add", ["x", "s"], ["y"], name="add"),
         ]
     )
+
+
+def run_cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
+    """``surgery ARGV`` in this process: exit code, stdout, stderr; never a traceback."""
+    from surgery.cli import main
+
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err, captured.err
+    return code, captured.out, captured.err
