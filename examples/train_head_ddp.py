@@ -15,6 +15,7 @@ DDP keeps equal, and rank 0 saves them (for `surgery stream --weights`).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from pathlib import Path
@@ -48,7 +49,9 @@ def device_and_backend() -> tuple[torch.device, str]:
     return torch.device(f"cuda:{local % gpus}"), "nccl" if per_machine <= gpus else "gloo"
 
 
-def train(spec: str, train_dir: Path, *, epochs: int, batch: int, lr: float, seed: int) -> tuple[torch.nn.Module, list]:
+def train(
+    spec: str, train_dir: Path, *, epochs: int, batch: int, lr: float, seed: int
+) -> tuple[DistributedDataParallel, list]:
     """The DDP-wrapped head after ``epochs`` over ``train_dir``, and the class names."""
     rank, world = dist.get_rank(), dist.get_world_size()
     device, _ = device_and_backend()
@@ -68,7 +71,7 @@ def train(spec: str, train_dir: Path, *, epochs: int, batch: int, lr: float, see
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    return head, classes
+    return model, classes
 
 
 def ranks_agree(model: torch.nn.Module) -> float:
@@ -95,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":  # NCCL's collectives run on each rank's own GPU
         torch.cuda.set_device(device)
     dist.init_process_group(backend)
-    head, classes = train(args.spec, args.train, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed)
+    model, classes = train(args.spec, args.train, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed)
+    head = model.module
     difference = ranks_agree(head)
     if dist.get_rank() == 0:
         print(f"{dist.get_world_size()} ranks, weights agree: max |difference| {difference:.3g}")
@@ -111,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     # every rank waits until rank 0 has saved before any tears the group down: a rank
     # destroying its group while another still works made gloo abort now and then
     dist.barrier()
+    # DDP's reducer holds the group; left to the interpreter's exit it was destroyed
+    # after the group, in gloo's worker threads, and aborted the rank (1 run in 24)
+    del model
+    gc.collect()
     dist.destroy_process_group()
     return 0 if difference == 0.0 else 1
 
