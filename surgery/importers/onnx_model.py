@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ import numpy as np
 from surgery.errors import ModelFormatError, ShapeError
 from surgery.importers import wire
 from surgery.importers.onnx_fold import constant_nodes, fold
+from surgery.importers.onnx_fusions import fuse_gelu
 from surgery.importers.onnx_proto import attribute_value, messages, np_dtype, to_array
 from surgery.interrupts import checkpoint
 from surgery.ir import Layer, Net, ParamBlob, Shape
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     import onnx
 
 _PASS_THROUGH = {"Identity"}
+_EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 
 
 def _field_number(message: str, field: str) -> int:
@@ -319,6 +321,9 @@ class OnnxReader:
         self.alias: dict[str, str] = {}
         self.shapes: dict[str, Shape] = {}
         self.batch = 1
+        #: the batch the file's input declares (None: symbolic); an exporter bakes it
+        #: into Reshape targets, which then follow the batch the net is built at
+        self.file_batch: int | None = None
         self._names: collections.Counter = collections.Counter()
 
     # ----------------------------------------------------------- values
@@ -513,6 +518,23 @@ def _unsupported(model: onnx.ModelProto, table: dict, folded: set[int]) -> None:
         )
 
 
+def _small_constant(graph: onnx.GraphProto) -> Callable[[str], np.ndarray | None]:
+    """A lookup of the scalar constants a fusion compares (embedded initializers and
+    Constant nodes of one element; external data is never read here)."""
+    tensors = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensors[node.output[0]] = node.attribute[0].t
+
+    def value(name: str) -> np.ndarray | None:
+        tensor = tensors.get(name)
+        if tensor is None or tensor.data_location == _EXTERNAL or int(np.prod(tensor.dims)) != 1:
+            return None
+        return to_array(tensor)
+
+    return value
+
+
 def _input_shape(value: onnx.ValueInfoProto, given: tuple[int, ...] | None) -> tuple[int, ...]:
     dims = value.type.tensor_type.shape.dim
     file_shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
@@ -545,6 +567,7 @@ def import_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None, na
     """
     path = Path(path)
     model, weights = _load(path)
+    fuse_gelu(model.graph, _small_constant(model.graph))
     table = _dispatch()
     folded = constant_nodes(model.graph)
     _unsupported(model, table, folded)
@@ -555,6 +578,8 @@ def import_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None, na
             continue  # old exporters list initializers as inputs too
         shape = _input_shape(value, input_shape)
         reader.batch = shape[0]
+        dims = value.type.tensor_type.shape.dim
+        reader.file_batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
         reader.add(Layer(reader.unique(value.name), "Input", outputs=[value.name], params={"shape": shape}))
     for index, node in enumerate(model.graph.node):
         checkpoint()  # a 100,000-node file takes seconds: Ctrl-C / SIGTERM stop it here

@@ -128,8 +128,10 @@ class Reshape(LayerType):
         source = reader.blob(node.input[0])
         target = [int(d) for d in target]
         batch = reader.shape(source)[0]
-        if target and target[0] == batch and batch == reader.batch:
-            target[0] = 0  # the exporter baked its batch size in: keep the batch axis dynamic
+        if target and batch == reader.batch and target[0] in (batch, reader.file_batch):
+            # the exporter baked its batch size in (the file's, which the net may be built
+            # at another batch than): keep the batch axis dynamic
+            target[0] = 0
         return reader.layer(node, self.name, {"shape": target}, inputs=[source])
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
