@@ -232,6 +232,48 @@ def from_torchvision(transform: dict[str, Any], name: str) -> Preprocess | None:
     )
 
 
+#: PIL's resampling codes, as Hugging Face image processors store them
+_PIL_RESAMPLE = {0: "NEAREST", 2: "BILINEAR", 3: "BICUBIC", 4: "AREA"}
+
+
+def from_hf_processor(values: dict[str, Any], name: str) -> Preprocess | None:
+    """A Hugging Face image processor's ``preprocessor_config.json``: resize (``size``'s
+    height and width, or its shortest edge, widened by ``crop_pct`` where ConvNeXt's
+    processor does), centre crop, rescale, then normalize, in pixel units. None for a
+    processor that does neither rescale nor normalize (nothing to say)."""
+    rescale = float(values.get("rescale_factor", 1 / 255)) if values.get("do_rescale", True) else 1.0
+    normalize = values.get("do_normalize", True)
+    mean = [float(m) for m in values.get("image_mean") or [0.0]] if normalize else [0.0]
+    std = [float(s) for s in values.get("image_std") or [1.0]] if normalize else [1.0]
+    if rescale == 1.0 and not normalize:
+        return None
+    size = values.get("size") or {}
+    resize: tuple[int, ...] = ()
+    crop: tuple[int, ...] = ()
+    if values.get("do_resize", True) and isinstance(size, dict):
+        if "height" in size and "width" in size:
+            resize = (int(size["height"]), int(size["width"]))
+        elif "shortest_edge" in size:
+            edge = int(size["shortest_edge"])
+            crop_pct = values.get("crop_pct")
+            if crop_pct is not None and edge < 384:  # ConvNeXt's processor: resize wider, crop the edge
+                resize, crop = (int(edge / float(crop_pct)),), (edge, edge)
+            else:
+                resize = (edge,) if crop_pct is None else (edge, edge)
+    crop_size = values.get("crop_size")
+    if values.get("do_center_crop") and isinstance(crop_size, dict) and "height" in crop_size:
+        crop = (int(crop_size["height"]), int(crop_size["width"]))
+    return Preprocess(
+        channel_order="RGB",
+        mean=tuple(round(m / rescale, 6) for m in mean),
+        std=tuple(round(s / rescale, 6) for s in std),
+        resize=resize,
+        crop=crop,
+        interpolation=_PIL_RESAMPLE.get(int(values.get("resample", 2)), "BILINEAR"),
+        origin={"*": f"Hugging Face {name} preprocessor_config.json"},
+    )
+
+
 def raw_pixels(channels: int, why: str) -> Preprocess:
     """The net takes pixels as decoded (0-255) and scales them itself (a Keras Rescaling
     or Normalization at its input)."""

@@ -97,17 +97,22 @@ def _plan(loaded: LoadedSpec, progress: Progress | None, *, shapes_only: bool, s
 
 
 def fetch(spec_path: str | Path, progress: bool = True, *, trust_code: bool = False) -> str:
-    """Download the pretrained weights a spec's torch source names into the cache their
-    library reads (torch's, or Hugging Face's for timm), checking their hash; what was
-    done, in words. ``apply`` itself never downloads."""
+    """Download the pretrained weights a spec's source names into the cache their library
+    reads (torch's; Hugging Face's for timm and for an ``hf`` source), checking their
+    hash; what was done, in words. ``apply`` itself never downloads."""
     from surgery.importers.pretrained import fetch as fetch_file
     from surgery.importers.sources import torch_pretrained
 
     with trusting_code(trust_code):
         loaded = load_spec(spec_path)
         source = loaded.message.source
+        if source.WhichOneof("format") == "hf":
+            from surgery.importers.hf import fetch as fetch_hf
+
+            with loaded.located("source"):
+                return fetch_hf(source.hf, progress=progress)
         if source.WhichOneof("format") != "torch":
-            return "nothing to fetch: the spec's source is not a torch factory"
+            return "nothing to fetch: the spec's source is not a torch factory or a Hugging Face model"
         with loaded.located("source"):
             t = source.torch
             cached = torch_pretrained(t.factory, t.kwargs, t.pretrained, t.weights, loaded.base_dir)[2]

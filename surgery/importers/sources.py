@@ -241,6 +241,7 @@ def load_torch_source(
     shapes_only: bool = False,
     seed: int = 0,
     pretrained: str = "",
+    output: str = "",
 ) -> Net:
     """Build the model (on the meta device when weights come from a file or torch's
     cache, or when only shapes are wanted) and trace it. The factory runs with torch's,
@@ -284,9 +285,9 @@ def load_torch_source(
         )
     if state is not None:
         _check_keys(model, state, weights)
-        net = import_torch(model, input_shape, state_dict=state, name=name)
+        net = import_torch(model, input_shape, state_dict=state, name=name, output=output)
     else:
-        net = import_torch(model, input_shape, name=name)
+        net = import_torch(model, input_shape, name=name, output=output)
     if cached is not None:
         from surgery.preprocess import from_torchvision
 
@@ -379,8 +380,13 @@ def _load_net(source: Any, base_dir: Path, name: str | None, shapes_only: bool, 
         if not t.factory:
             raise SpecError("source.torch needs a factory", fix='add factory: "torchvision.models:resnet18"')
         return load_torch_source(
-            t.factory, t.kwargs, t.weights, shape, base_dir, name, shapes_only, seed, pretrained=t.pretrained
-        )
+            t.factory, t.kwargs, t.weights, shape, base_dir, name, shapes_only, seed, pretrained=t.pretrained,
+            output=t.output,
+        )  # fmt: skip
+    if fmt == "hf":
+        from surgery.importers.hf import load_hf_source
+
+        return load_hf_source(source.hf, shape, base_dir, shapes_only)
     if fmt == "onnx":
         try:
             from surgery.importers.onnx_model import import_onnx
@@ -416,5 +422,5 @@ def _load_net(source: Any, base_dir: Path, name: str | None, shapes_only: bool, 
             )
         return import_keras(path, input_shape=shape or None, name=name, nhwc_input=source.keras.nhwc_input)
     raise SpecError(
-        "the spec names no source model", fix="add source { torch { factory: ... } } (or onnx / caffe / keras)"
+        "the spec names no source model", fix="add source { torch { factory: ... } } (or hf / onnx / caffe / keras)"
     )
