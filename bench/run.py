@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_collapse
 import bench_core
 import bench_front
+import bench_hf
 import bench_keras
 import bench_onnx
 import bench_peer
@@ -32,6 +33,7 @@ SECTIONS = (
     ("ONNX peer", bench_peer.main),
     ("Caffe solver", bench_solver.main),
     ("reduced precision (onnxruntime, CPU)", bench_precision.main),
+    ("Hugging Face import", bench_hf.main),
 )
 
 

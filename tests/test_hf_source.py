@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hf_models import Logits, small_configs
 from untrusted_files import run_cli
 
 import surgery
@@ -22,19 +23,7 @@ LABELS = ["cat", "dog", "fox", "owl", "yak"]
 
 
 def _configs() -> dict[str, object]:
-    t = transformers
-    small = {"num_labels": 5, "id2label": dict(enumerate(LABELS)), "label2id": {n: i for i, n in enumerate(LABELS)}}
-    vit = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
-    return {
-        "vit": t.ViTConfig(**vit, image_size=32, patch_size=8, **small),
-        "dinov2": t.Dinov2Config(**vit, image_size=32, patch_size=8, **small),
-        "convnext": t.ConvNextConfig(hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], **small),
-        "swin": t.SwinConfig(
-            image_size=32, patch_size=2, embed_dim=8, depths=[1, 1], num_heads=[2, 2], window_size=4, **small
-        ),
-        "resnet": t.ResNetConfig(hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], embedding_size=8, **small),
-        "mobilenet_v2": t.MobileNetV2Config(image_size=32, depth_multiplier=0.35, **small),
-    }
+    return small_configs(LABELS)
 
 
 FAMILIES = list(_configs())
@@ -245,15 +234,6 @@ def test_fetch_of_a_local_folder_says_there_is_nothing_to_fetch(tmp_path: Path) 
     assert "nothing to fetch" in surgery.fetch(_spec(tmp_path, 'hf { path: "model" }'))
 
 
-class _Logits(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).logits
-
-
 def test_a_dynamo_export_with_its_batch_baked_in_resizes_at_another_batch(tmp_path: Path) -> None:
     """torch's dynamo exporter writes the example's batch (2) into the classifier's Reshape
     target; read at batch 1 (and resized), the target follows the batch."""
@@ -263,7 +243,7 @@ def test_a_dynamo_export_with_its_batch_baked_in_resizes_at_another_batch(tmp_pa
 
     model = _save(tmp_path / "model", "resnet")
     path = tmp_path / "resnet.onnx"
-    torch.onnx.export(_Logits(model), (torch.zeros(2, 3, 32, 32),), path, input_names=["x"], dynamo=True, verbose=False)
+    torch.onnx.export(Logits(model), (torch.zeros(2, 3, 32, 32),), path, input_names=["x"], dynamo=True, verbose=False)
     x = np.random.default_rng(1).random((2, 3, 32, 32), dtype=np.float32)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     net = import_onnx(path, input_shape=(1, 3, 32, 32))
@@ -290,7 +270,7 @@ def test_the_torchscript_gelu_formula_reads_as_gelu(tmp_path: Path) -> None:
     model = _save(tmp_path / "model", "convnext")
     path = tmp_path / "convnext.onnx"
     torch.onnx.export(
-        _Logits(model), (torch.zeros(2, 3, 32, 32),), path, input_names=["x"], dynamo=False, opset_version=17,
+        Logits(model), (torch.zeros(2, 3, 32, 32),), path, input_names=["x"], dynamo=False, opset_version=17,
         dynamic_axes={"x": {0: "batch"}},
     )  # fmt: skip
     import onnx
