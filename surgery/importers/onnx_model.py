@@ -20,7 +20,7 @@ import numpy as np
 from surgery.errors import ModelFormatError, ShapeError
 from surgery.importers import wire
 from surgery.importers.onnx_fold import constant_nodes, fold
-from surgery.importers.onnx_fusions import fuse_gelu
+from surgery.importers.onnx_fusions import drop_nan_guards, drop_zero_masks, fuse_gelu
 from surgery.importers.onnx_proto import attribute_value, messages, np_dtype, to_array
 from surgery.interrupts import checkpoint
 from surgery.ir import Layer, Net, ParamBlob, Shape
@@ -518,17 +518,21 @@ def _unsupported(model: onnx.ModelProto, table: dict, folded: set[int]) -> None:
         )
 
 
-def _small_constant(graph: onnx.GraphProto) -> Callable[[str], np.ndarray | None]:
-    """A lookup of the scalar constants a fusion compares (embedded initializers and
-    Constant nodes of one element; external data is never read here)."""
-    tensors = {t.name: t for t in graph.initializer}
+def _small_constant(graph: onnx.GraphProto, weights: Weights, limit: int = 1) -> Callable[[str], np.ndarray | None]:
+    """A lookup of the constants a fusion compares: initializers (read as every weight is
+    read) and Constant nodes, of at most ``limit`` elements."""
+    initializers = {t.name: t for t in graph.initializer}
+    constants = {}
     for node in graph.node:
         if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            tensors[node.output[0]] = node.attribute[0].t
+            constants[node.output[0]] = node.attribute[0].t
 
     def value(name: str) -> np.ndarray | None:
-        tensor = tensors.get(name)
-        if tensor is None or tensor.data_location == _EXTERNAL or int(np.prod(tensor.dims)) != 1:
+        tensor = initializers.get(name)
+        if tensor is not None:
+            return weights.array(tensor) if int(np.prod(tensor.dims)) <= limit else None
+        tensor = constants.get(name)
+        if tensor is None or tensor.data_location == _EXTERNAL or int(np.prod(tensor.dims)) > limit:
             return None
         return to_array(tensor)
 
@@ -567,7 +571,10 @@ def import_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None, na
     """
     path = Path(path)
     model, weights = _load(path)
-    fuse_gelu(model.graph, _small_constant(model.graph))
+    fuse_gelu(model.graph, _small_constant(model.graph, weights))
+    masks = _small_constant(model.graph, weights, limit=1 << 24)
+    drop_nan_guards(model.graph, masks)  # before the zero masks go: it reads them
+    drop_zero_masks(model.graph, masks)
     table = _dispatch()
     folded = constant_nodes(model.graph)
     _unsupported(model, table, folded)

@@ -126,6 +126,25 @@ def _output_shape(layer: Layer, shape: Shape) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _gather_from_onnx(node: Any, reader: Any, kind: str) -> Layer | None:
+    """ONNX's Gather by a constant scalar index (the axis goes, as ``x[:, 0]``) or by a
+    one-element index (the axis stays, as ``x[:, 0:1]``), on an axis other than the
+    batch. A gather by a computed index (an embedding lookup) is not this layer."""
+    index = reader.const(node.input[1]) if len(node.input) > 1 else None
+    if index is None or index.size != 1:
+        return None
+    source = reader.blob_or_const(node.input[0], node)
+    rank = len(reader.shape(source))
+    axis = int(reader.attrs(node).get("axis", 0))
+    axis = axis % rank if -rank <= axis < rank else 0
+    if axis == 0:
+        return None
+    at = int(index.reshape(()))
+    item: Any = at if index.ndim == 0 else [at, None if at == -1 else at + 1, 1]
+    items: list[Any] = [list(_WHOLE) for _ in range(axis)] + [item]
+    return reader.layer(node, kind, {"index": items}, inputs=[source])
+
+
 @register_layer
 class Index(LayerType):
     """Params: index, one item per position: an int (the axis goes), ``[start, stop,
@@ -203,11 +222,14 @@ class Index(LayerType):
             writer.node(op, [current, *consts], [output], layer.name if last else f"{layer.name}/{op.lower()}")
             current = output
 
-    onnx_ops = ("Slice",)
+    onnx_ops = ("Slice", "Gather")
 
     def from_onnx(self, node: Any, reader: Any) -> Layer | None:
         """A Slice with constant starts, ends, axes and positive steps that leaves the batch
-        axis whole (the Squeeze / Unsqueeze after it are read on their own)."""
+        axis whole (the Squeeze / Unsqueeze after it are read on their own); a Gather of
+        one constant index off the batch axis (``x[:, 0]``, the class token)."""
+        if node.op_type == "Gather":
+            return _gather_from_onnx(node, reader, self.name)
         attrs = reader.attrs(node)
         if "starts" in attrs:  # before opset 10: attributes
             starts, ends, axes, steps = attrs["starts"], attrs["ends"], attrs.get("axes"), None
