@@ -194,6 +194,26 @@ def _write_split(job: Job, message: Any, parts: tuple[Net, Net]) -> None:
         emit_onnx(part, job.staging / folder / f"{PurePosixPath(folder).name}.onnx", log=job.log, **job.versions)
 
 
+def _prepare_peft(net: Net) -> None:
+    from surgery.emitters.peft import adapter_config
+
+    adapter_config(net)  # a net without adapters, or with settings one config cannot say: refused now
+
+
+def _write_peft(job: Job, message: Any, prepared: Any) -> None:
+    from surgery.emitters.peft import write_adapter
+
+    job.step(f"writing the adapters in PEFT's format to {message.path}/")
+    write_adapter(job.plan.net, job.staging / message.path, job.log)
+
+
+def _peft_folder(folder: str) -> list[OutputPath]:
+    from surgery.emitters.peft import CONFIG, WEIGHTS
+
+    check_output_path(folder, "output.peft.path")
+    return [OutputPath(f"{folder}/{name}", "output.peft.path", folder) for name in (CONFIG, WEIGHTS)]
+
+
 OUTPUT_KINDS: tuple[OutputKind, ...] = (
     OutputKind("pytorch", True, lambda m: _torch_folder(m.path, "output.pytorch.path"), 1, _write_torch),
     OutputKind("onnx", True, lambda m: _onnx_file(m.path, "output.onnx.path"), 1, _write_onnx),
@@ -223,6 +243,7 @@ OUTPUT_KINDS: tuple[OutputKind, ...] = (
         1,
         _write_caffe,
     ),
+    OutputKind("peft", False, lambda m: _peft_folder(m.path), 0, _write_peft, _prepare_peft),
 )
 
 

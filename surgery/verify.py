@@ -245,7 +245,7 @@ def _torch_blobs(
     net: Net, blobs: list[str], inputs: dict[str, torch.Tensor], device: torch.device | None = None
 ) -> dict[str, np.ndarray]:
     values = blob_values(net, blobs, list(inputs.values()), device=device)
-    return {name: value.cpu().numpy() for name, value in values.items()}
+    return {name: value.detach().cpu().numpy() for name, value in values.items()}
 
 
 def verify(

@@ -10,6 +10,7 @@ from typing import Any
 
 from surgery.errors import ModelFormatError, ShapeError, unsupported_in_caffe, unsupported_in_onnx
 from surgery.ir import Layer, Shape
+from surgery.layers import lora
 from surgery.layers.registry import LayerType, ModuleRecipe, check_param, known, pair, register_layer
 from surgery.lazy_torch import nn, resolve_all, torch
 
@@ -60,13 +61,21 @@ class Convolution(LayerType):
         shapes = {"weight": (p["num_output"], known(layer, in_shapes)[1] // p["group"], *p["kernel"])}
         if p["bias_term"]:
             shapes["bias"] = (p["num_output"],)
-        return shapes
+        return shapes | lora.shapes(layer, shapes["weight"])
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
         p = layer.params
+        cls = resolve_all(_MODULES)[len(p["kernel"]) - 1]
+        extra: dict[str, Any] = {}
+        if lora.settings(layer) is not None:
+            from surgery.layers import runtime  # torch's modules: imported for torch work only
+
+            cls = (runtime.LoRAConv1d, runtime.LoRAConv2d, runtime.LoRAConv3d)[len(p["kernel"]) - 1]
+            extra = lora.recipe_kwargs(layer)
         return ModuleRecipe(
-            resolve_all(_MODULES)[len(p["kernel"]) - 1],
-            {
+            cls,
+            extra
+            | {
                 "in_channels": known(layer, in_shapes)[1],
                 "out_channels": p["num_output"],
                 "kernel_size": tuple(p["kernel"]),
@@ -122,6 +131,7 @@ class Convolution(LayerType):
     onnx_ops = ("Conv",)
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:
+        layer = lora.merged(layer)  # a deploy file holds the adapter folded in
         p = layer.params
         if p.get("padding_mode", "zeros") != "zeros":
             raise unsupported_in_onnx(layer)
@@ -170,6 +180,7 @@ class Convolution(LayerType):
         return reader.layer(node, self.name, params, inputs=[source], blobs=blobs)
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
+        layer = lora.merged(layer)  # a deploy file holds the adapter folded in
         p = layer.params
         if len(p["kernel"]) != 2:
             raise unsupported_in_caffe(layer, f"a {len(p['kernel'])}-D convolution (surgery writes Caffe's 2-D ones)")

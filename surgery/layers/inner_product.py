@@ -9,6 +9,7 @@ import numpy as np
 
 from surgery.errors import ShapeError
 from surgery.ir import Layer, Shape
+from surgery.layers import lora
 from surgery.layers.registry import LayerType, ModuleRecipe, check_param, known, register_layer
 from surgery.lazy_torch import fx, nn, torch
 
@@ -53,18 +54,20 @@ class InnerProduct(LayerType):
         shapes: dict[str, Shape] = {"weight": (layer.params["num_output"], features)}
         if layer.params["bias_term"]:
             shapes["bias"] = (layer.params["num_output"],)
-        return shapes
+        return shapes | lora.shapes(layer, shapes["weight"])
 
     def module_recipe(self, layer: Layer, in_shapes: list[Shape | None]) -> ModuleRecipe:
         _, features = self._split(layer, known(layer, in_shapes))
-        return ModuleRecipe(
-            nn.Linear,
-            {
-                "in_features": features,
-                "out_features": layer.params["num_output"],
-                "bias": layer.params["bias_term"],
-            },
-        )
+        kwargs = {
+            "in_features": features,
+            "out_features": layer.params["num_output"],
+            "bias": layer.params["bias_term"],
+        }
+        if lora.settings(layer) is not None:
+            from surgery.layers.runtime import LoRALinear  # torch's modules: imported for torch work only
+
+            return ModuleRecipe(LoRALinear, kwargs | lora.recipe_kwargs(layer))
+        return ModuleRecipe(nn.Linear, kwargs)
 
     def emit_fx(self, layer: Layer, graph: fx.Graph, inputs: list[fx.Node], in_shapes: list[Shape | None]) -> fx.Node:
         x = inputs[0]
@@ -95,6 +98,7 @@ class InnerProduct(LayerType):
     onnx_ops = ("Gemm", "MatMul")
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:
+        layer = lora.merged(layer)  # a deploy file holds the adapter folded in
         shape = writer.in_shapes(layer)[0]
         axis = layer.params.get("axis", 1) % len(shape)
         source = layer.inputs[0]
@@ -145,6 +149,7 @@ class InnerProduct(LayerType):
         return reader.layer(node, self.name, params, inputs=source, blobs=blobs)
 
     def to_caffe(self, layer: Layer, writer: Any) -> None:
+        layer = lora.merged(layer)
         rank = len(writer.in_shapes(layer)[0])
         axis = layer.params.get("axis", 1) % rank
         message = writer.layer(layer, "InnerProduct")

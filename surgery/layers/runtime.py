@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +88,20 @@ class SurgeryModule(nn.Module):
         for name, param in self.named_parameters():
             lr_mult, _ = self.LR_MULTS.get(name, (1.0, 1.0))
             param.requires_grad_(lr_mult != 0)
+
+    def merge_adapters(self) -> nn.Module:
+        """Fold every low-rank adapter into its layer, in place: each LoRA layer becomes
+        the plain ``nn.Linear`` / ``nn.Conv*d`` it adapts, with ``W + scale * B A`` as its
+        weight (what the deploy ONNX holds). Returns the model, now dense.
+
+        Example:
+            >>> dense = model.merge_adapters()  # then torch.onnx.export(dense, ...)
+        """
+        for path, module in list(self.named_modules()):
+            if isinstance(module, _LORA_TYPES):
+                owner, _, leaf = path.rpartition(".")
+                self.get_submodule(owner).add_module(leaf, module.merged())
+        return self
 
     def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict]:
         """torch.optim parameter groups honouring each parameter's lr_mult / decay_mult.
@@ -190,3 +204,143 @@ class StochasticDepth(nn.Module):
         if survival > 0.0:
             noise.div_(survival)
         return x * noise
+
+
+def _add_adapter(
+    module: Any, weight: torch.Tensor, rank: int, a_shape: tuple[int, ...], b_tail: tuple[int, ...],
+    scale: float, dropout: float,
+) -> None:  # fmt: skip
+    """``lora_A`` (rank, *a_shape), ``lora_B`` (out, rank, *b_tail), ``scale`` and the
+    input dropout on a LoRA layer (PEFT's names and layouts)."""
+    module.lora_A = nn.Parameter(torch.zeros((rank, *a_shape), device=weight.device, dtype=weight.dtype))
+    module.lora_B = nn.Parameter(
+        torch.zeros((weight.shape[0], rank, *b_tail), device=weight.device, dtype=weight.dtype)
+    )
+    module.scale = scale
+    module.lora_dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+
+
+def _delta_weight(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale * B A`` in the weight's shape."""
+    rank = lora_a.shape[0]
+    return ((lora_b.reshape(lora_b.shape[0], rank) @ lora_a.reshape(rank, -1)) * scale).reshape(weight.shape)
+
+
+class LoRALinear(nn.Linear):
+    """``nn.Linear`` with a low-rank adapter (PEFT's LoRA):
+    ``F.linear(x, W, b) + scale * B(A(dropout(x)))``."""
+
+    lora_A: nn.Parameter
+    lora_B: nn.Parameter
+    scale: float
+    lora_dropout: nn.Module
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, rank: int, scale: float,
+                 dropout: float = 0.0, device=None, dtype=None) -> None:  # fmt: skip
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        _add_adapter(self, self.weight, rank, (in_features,), (), scale, dropout)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        adapted = F.linear(F.linear(self.lora_dropout(input), self.lora_A), self.lora_B)
+        return F.linear(input, self.weight, self.bias) + adapted * self.scale
+
+    @torch.no_grad()
+    def merged(self) -> nn.Linear:
+        """The plain ``nn.Linear`` with ``W + scale * B A`` as its weight."""
+        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None, device=self.weight.device,
+                          dtype=self.weight.dtype)  # fmt: skip
+        dense.weight.copy_(self.weight + _delta_weight(self.weight, self.lora_A, self.lora_B, self.scale))
+        if self.bias is not None and dense.bias is not None:
+            dense.bias.copy_(self.bias)
+        return dense
+
+
+_CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _conv_adapter(conv: Any, rank: int, scale: float, dropout: float) -> None:
+    """A as a convolution with the layer's kernel, stride, padding and dilation; B a 1x1
+    one (PEFT's Conv LoRA)."""
+    kernel = tuple(conv.kernel_size)
+    _add_adapter(conv, conv.weight, rank, (conv.in_channels, *kernel), (1,) * len(kernel), scale, dropout)
+
+
+def _conv_forward(conv: Any, input: torch.Tensor) -> torch.Tensor:
+    function = _CONV_FUNCTIONS[len(conv.kernel_size)]
+    base = conv._conv_forward(input, conv.weight, conv.bias)
+    hidden = function(conv.lora_dropout(input), conv.lora_A, None, conv.stride, conv.padding, conv.dilation)
+    return base + function(hidden, conv.lora_B) * conv.scale
+
+
+@torch.no_grad()
+def _merged_conv(conv: Any, cls: Any) -> nn.Module:
+    dense = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                bias=conv.bias is not None, padding_mode=conv.padding_mode, device=conv.weight.device,
+                dtype=conv.weight.dtype)  # fmt: skip
+    dense.weight.copy_(conv.weight + _delta_weight(conv.weight, conv.lora_A, conv.lora_B, conv.scale))
+    if conv.bias is not None:
+        dense.bias.copy_(conv.bias)
+    return dense
+
+
+class LoRAConv1d(nn.Conv1d):
+    """``nn.Conv1d`` with a low-rank adapter (PEFT's Conv LoRA)."""
+
+    lora_A: nn.Parameter
+    lora_B: nn.Parameter
+    scale: float
+    lora_dropout: nn.Module
+
+    def __init__(self, *args, rank: int, scale: float, dropout: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _conv_adapter(self, rank, scale, dropout)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return _conv_forward(self, input)
+
+    def merged(self) -> nn.Module:
+        """The plain convolution with ``W + scale * B A`` as its weight."""
+        return _merged_conv(self, nn.Conv1d)
+
+
+class LoRAConv2d(nn.Conv2d):
+    """``nn.Conv2d`` with a low-rank adapter (PEFT's Conv LoRA)."""
+
+    lora_A: nn.Parameter
+    lora_B: nn.Parameter
+    scale: float
+    lora_dropout: nn.Module
+
+    def __init__(self, *args, rank: int, scale: float, dropout: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _conv_adapter(self, rank, scale, dropout)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return _conv_forward(self, input)
+
+    def merged(self) -> nn.Module:
+        """The plain convolution with ``W + scale * B A`` as its weight."""
+        return _merged_conv(self, nn.Conv2d)
+
+
+class LoRAConv3d(nn.Conv3d):
+    """``nn.Conv3d`` with a low-rank adapter (PEFT's Conv LoRA)."""
+
+    lora_A: nn.Parameter
+    lora_B: nn.Parameter
+    scale: float
+    lora_dropout: nn.Module
+
+    def __init__(self, *args, rank: int, scale: float, dropout: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _conv_adapter(self, rank, scale, dropout)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return _conv_forward(self, input)
+
+    def merged(self) -> nn.Module:
+        """The plain convolution with ``W + scale * B A`` as its weight."""
+        return _merged_conv(self, nn.Conv3d)
+
+
+_LORA_TYPES = (LoRALinear, LoRAConv1d, LoRAConv2d, LoRAConv3d)

@@ -9,6 +9,7 @@ from surgery.ops import (  # noqa: F401  (importing registers the operations)
     fc_to_conv,
     fold_batchnorm,
     insert,
+    lora,
     lr,
     remove,
     replace,

@@ -1,0 +1,121 @@
+"""A net's low-rank adapters in PEFT's format, both ways.
+
+Writing: ``adapter_config.json`` (a LoRA config whose ``target_modules`` is the exact
+regular expression of the adapted layers' names, with ``rank_pattern`` / ``alpha_pattern``
+where ranks differ) and ``adapter_model.safetensors`` (``base_model.model.<layer>.lora_A.
+weight``..., and the full weights of ``modules_to_save``: the other layers that train).
+``PeftModel.from_pretrained(source_model, folder)`` loads it onto the source model: the
+layer names are the source's module paths.
+
+Reading (``lora { from_peft: "folder" }``): the same files, PEFT's key names mapped back
+to layer names; the adapters' settings come from the config.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from surgery.emitters.files import FileLog, write_bytes
+from surgery.errors import SpecError
+from surgery.ir import Net
+from surgery.layers import lora
+
+PREFIX = "base_model.model."
+CONFIG = "adapter_config.json"
+WEIGHTS = "adapter_model.safetensors"
+
+
+def _most_common(values: dict[str, Any]) -> Any:
+    return Counter(values.values()).most_common(1)[0][0]
+
+
+def _pattern(names: list[str]) -> str:
+    return "^(" + "|".join(re.escape(name) for name in names) + ")$"
+
+
+def modules_to_save(net: Net) -> list[str]:
+    """Layers without an adapter that train (a blob with lr_mult > 0): PEFT saves them
+    whole. A bare parameter that trains (a Constant layer: a class token) is refused:
+    PEFT saves modules, not parameters."""
+    found = []
+    for layer in net.layers():
+        if lora.settings(layer) is not None or not any(b.trainable and b.lr_mult > 0 for b in layer.blobs.values()):
+            continue
+        if layer.type == "Constant":
+            raise SpecError(
+                f"layer {layer.name!r} is a bare parameter that trains, which PEFT's format cannot hold (it saves "
+                "modules, not parameters)",
+                fix=f'freeze it (edit {{ lr {{ layer: "{layer.name}" lr_mult: 0 }} }}) or leave the peft output out',
+                subject=layer.name,
+            )
+        found.append(layer.name)
+    return found
+
+
+def adapter_config(net: Net) -> dict[str, Any]:
+    """PEFT's LoRA config for the net's adapters. Refuses what one config cannot say."""
+    adapted: dict[str, dict[str, Any]] = {}
+    for layer in net.layers():
+        settings = lora.settings(layer)
+        if settings is not None:
+            adapted[layer.name] = settings
+    if not adapted:
+        raise SpecError(
+            "output { peft { } } writes the net's low-rank adapters, and the spec adds none",
+            fix='add edit { lora { match: "..." } }, or remove the peft output',
+        )
+    for field in ("dropout", "use_rslora"):
+        if len({str(settings[field]) for settings in adapted.values()}) > 1:
+            raise SpecError(
+                f"the adapters differ in {field}, which PEFT's config holds once for all",
+                fix=f"give every lora edit the same {field}",
+            )
+    ranks = {name: int(settings["rank"]) for name, settings in adapted.items()}
+    alphas = {name: float(settings["alpha"]) for name, settings in adapted.items()}
+    rank, alpha = _most_common(ranks), _most_common(alphas)
+    first = next(iter(adapted.values()))
+    return {
+        "peft_type": "LORA",
+        "r": rank,
+        "lora_alpha": alpha,
+        "lora_dropout": float(first["dropout"]),
+        "use_rslora": bool(first["use_rslora"]),
+        "target_modules": _pattern(list(adapted)),
+        "rank_pattern": {re.escape(n): r for n, r in ranks.items() if r != rank},
+        "alpha_pattern": {re.escape(n): a for n, a in alphas.items() if a != alpha},
+        "modules_to_save": modules_to_save(net) or None,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "task_type": None,
+        "base_model_name_or_path": (net.pretrained or {}).get("name"),
+    }
+
+
+def adapter_tensors(net: Net) -> dict[str, Any]:
+    """PEFT's state dict of the adapters and of modules_to_save."""
+    tensors = {}
+    for layer in net.layers():
+        if lora.settings(layer) is not None:
+            for role in lora.ROLES:
+                tensors[f"{PREFIX}{layer.name}.{role}.weight"] = layer.blobs[role].data.detach().float().contiguous()
+    for name in modules_to_save(net):
+        for role, blob in net.layer(name).blobs.items():
+            tensors[f"{PREFIX}{name}.{role}"] = blob.data.detach().contiguous()
+    return tensors
+
+
+def write_adapter(net: Net, folder: Path, log: FileLog | None = None) -> None:
+    """Write ``folder/adapter_config.json`` and ``folder/adapter_model.safetensors``."""
+    from safetensors.torch import save
+
+    config = adapter_config(net)
+    write_bytes(folder / CONFIG, (json.dumps(config, indent=2) + "\n").encode(), log)
+    write_bytes(folder / WEIGHTS, save(adapter_tensors(net), metadata={"format": "pt"}), log)
+
+
+__all__ = ["CONFIG", "PREFIX", "WEIGHTS", "adapter_config", "adapter_tensors", "modules_to_save", "write_adapter"]
