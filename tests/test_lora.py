@@ -199,7 +199,7 @@ def test_adapters_on_a_transformers_vit_match_peft_on_transformers(tmp_path: Pat
         'edit { lora { match: "vit.layers.*.attention.*_proj" match: "vit.layers.*.mlp.fc*" rank: 4 alpha: 8 } }\n'
         'edit { classifier { layer: "classifier" keep_classes: ["LABEL_3", "LABEL_0"] } }\n'
     )
-    with pytest.raises(surgery.SurgeryError, match="'vit.embeddings.cls_token' is a bare parameter that trains"):
+    with pytest.raises(surgery.SurgeryError, match=r"'vit\.embeddings\.cls_token' is a bare parameter"):
         write_adapter(surgery.plan(spec, shapes_only=False).net, tmp_path / "refused")
     spec.write_text(spec.read_text() + 'edit { lr { match: "vit.embeddings.*" lr_mult: 0 } }\n')
     net = surgery.plan(spec, shapes_only=False).net
@@ -214,3 +214,68 @@ def test_adapters_on_a_transformers_vit_match_peft_on_transformers(tmp_path: Pat
         want = theirs(pixel_values=x).logits
         got = surgery.to_torch(net).eval()(x)
     assert float((got - want).abs().max()) <= 1e-6
+
+
+def _peft_trained(tmp_path: Path) -> tuple[torch.nn.Module, Path]:
+    """An adapter PEFT made and 'trained' (random A and B, a changed head), saved by PEFT."""
+    torch.manual_seed(3)
+    config = peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["conv", "fc"], modules_to_save=["head"], rank_pattern={"conv": 2}
+    )
+    model = peft.get_peft_model(_source(), config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_" in name or "modules_to_save" in name:
+                parameter.copy_(torch.randn_like(parameter) * 0.3)
+    model.save_pretrained(tmp_path / "trained")
+    return model.eval(), tmp_path / "trained"
+
+
+def test_an_adapter_peft_trained_reads_back_exactly(tmp_path: Path, capsys) -> None:
+    theirs, _ = _peft_trained(tmp_path)
+    spec = _spec(tmp_path, 'edit { lora { from_peft: "trained" } }\n')
+    net = surgery.plan(spec, shapes_only=False).net
+    assert net.layer("conv").params["lora"]["rank"] == 2 and net.layer("fc").params["lora"]["rank"] == 4
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        want, got = theirs(x), surgery.to_torch(net).eval()(x)
+    assert float((got - want).abs().max()) <= 1e-6
+    # the deploy file: merged, as PEFT's merge_and_unload() computes
+    code, _, _ = run_cli(capsys, "apply", str(spec), "-o", str(tmp_path / "out"), "--verify")
+    assert code == 0
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    merged = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        dense = theirs.merge_and_unload()(x).numpy()
+    assert float(np.abs(merged - dense).max()) <= 1e-5 * float(np.abs(dense).max())
+
+
+@pytest.mark.parametrize(
+    "how,message",
+    [
+        ("no config", "has no adapter_config.json"),
+        ("pickle", "adapter_model.bin is a pickle"),
+        ("dora", "uses DoRA"),
+        ("other layer", "names layer 'fc2', which the net does not have"),
+    ],
+)
+def test_bad_peft_folders_are_one_located_error(tmp_path: Path, capsys, how: str, message: str) -> None:
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    _, folder = _peft_trained(tmp_path)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    if how == "no config":
+        (folder / "adapter_config.json").unlink()
+    elif how == "pickle":
+        (folder / "adapter_model.safetensors").rename(folder / "adapter_model.bin")
+    elif how == "dora":
+        (folder / "adapter_config.json").write_text(json.dumps(config | {"use_dora": True}))
+    else:
+        tensors = load_file(folder / "adapter_model.safetensors")
+        save_file({k.replace(".fc.", ".fc2."): v for k, v in tensors.items()}, folder / "adapter_model.safetensors")
+    spec = _spec(tmp_path, 'edit { lora { from_peft: "trained" } }\n')
+    code, _, err = run_cli(capsys, "apply", str(spec), "-o", str(tmp_path / "out"))
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "out").exists()

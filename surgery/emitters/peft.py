@@ -118,4 +118,94 @@ def write_adapter(net: Net, folder: Path, log: FileLog | None = None) -> None:
     write_bytes(folder / WEIGHTS, save(adapter_tensors(net), metadata={"format": "pt"}), log)
 
 
-__all__ = ["CONFIG", "PREFIX", "WEIGHTS", "adapter_config", "adapter_tensors", "modules_to_save", "write_adapter"]
+# ------------------------------------------------------------------- reading
+_CONFIG_LIMIT = 16 << 20
+
+
+def read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A PEFT LoRA folder's config and tensors (by PEFT's key names). Refuses what this
+    adapter is not: another PEFT method, DoRA, a transposed (fan_in_fan_out) layout,
+    trained biases, a pickle instead of safetensors."""
+    from safetensors.torch import load
+
+    from surgery.errors import ModelFormatError
+    from surgery.untrusted import contained, read_regular
+
+    if not (folder / CONFIG).exists():
+        raise SpecError(
+            f"{str(folder)!r} is not a PEFT adapter folder: it has no {CONFIG}",
+            fix="point from_peft at the folder PeftModel.save_pretrained(...) wrote",
+        )
+    try:
+        config = json.loads(read_regular(folder / CONFIG, CONFIG, _CONFIG_LIMIT))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFormatError(f"{str(folder / CONFIG)!r} is not JSON: {error}") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        kind = config.get("peft_type") if isinstance(config, dict) else type(config).__name__
+        raise ModelFormatError(f"{str(folder / CONFIG)!r} is a {kind} adapter; surgery reads LoRA adapters")
+    for field, allowed, why in (
+        ("use_dora", (False, None), "DoRA"),
+        ("fan_in_fan_out", (False, None), "a transposed (fan_in_fan_out) layout"),
+        ("bias", ("none", None), "trained biases"),
+    ):
+        if config.get(field) not in allowed:
+            raise ModelFormatError(f"the adapter in {str(folder)!r} uses {why} ({field}: {config.get(field)!r}), "
+                                   "which surgery does not read")  # fmt: skip
+    if not (folder / WEIGHTS).exists():
+        pickled = (folder / "adapter_model.bin").exists()
+        raise ModelFormatError(
+            f"{str(folder)!r} has no {WEIGHTS}"
+            + (" (its adapter_model.bin is a pickle: code, not data)" if pickled else ""),
+            fix="save the adapter with safetensors (PEFT's save_pretrained does by default)",
+        )
+    path = contained(folder, WEIGHTS, "PEFT adapter weights")
+    try:
+        tensors = load(path.read_bytes())
+    except Exception as error:  # noqa: BLE001  (safetensors' own message, located)
+        raise ModelFormatError(f"{str(path)!r} is not a safetensors file: {error}") from None
+    return config, tensors
+
+
+def alpha_for(config: dict[str, Any], name: str) -> float:
+    """The layer's lora_alpha: the first ``alpha_pattern`` entry PEFT would match, else the config's."""
+    for pattern, alpha in (config.get("alpha_pattern") or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", name):
+            return float(alpha)
+    return float(config.get("lora_alpha", 8))
+
+
+def layer_tensors(tensors: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """PEFT's keys as (adapters: layer -> {lora_A, lora_B}, saved modules: layer -> {role: tensor})."""
+    from surgery.errors import ModelFormatError
+
+    adapters: dict[str, dict[str, Any]] = {}
+    saved: dict[str, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        if not key.startswith(PREFIX):
+            raise ModelFormatError(f"adapter key {key!r} does not start with {PREFIX!r}")
+        rest = key[len(PREFIX) :]
+        match = re.fullmatch(r"(.+)\.(lora_A|lora_B)(?:\.default)?\.weight", rest)
+        if match:
+            adapters.setdefault(match.group(1), {})[match.group(2)] = tensor
+            continue
+        name, _, role = rest.rpartition(".")
+        name = name.replace(".modules_to_save.default", "").replace(".modules_to_save", "")
+        saved.setdefault(name, {})[role] = tensor
+    for name, pair in adapters.items():
+        if set(pair) != set(lora.ROLES):
+            raise ModelFormatError(f"the adapter of {name!r} has {sorted(pair)} only; LoRA needs lora_A and lora_B")
+    return adapters, saved
+
+
+__all__ = [
+    "CONFIG",
+    "PREFIX",
+    "WEIGHTS",
+    "adapter_config",
+    "adapter_tensors",
+    "alpha_for",
+    "layer_tensors",
+    "modules_to_save",
+    "read_adapter",
+    "write_adapter",
+]

@@ -96,9 +96,78 @@ def _adapt(net: Net, layer: Layer, settings: dict[str, Any], op: Any, seed: int)
     return f"rank {settings['rank']}, scale {scale:g}: lora_A {list(a_shape)}, lora_B {list(b_shape)}{frozen}"
 
 
+def _replace(layer: Layer, role: str, tensor: torch.Tensor, detail: str) -> None:
+    """The layer's ``role`` blob, its values now ``tensor`` (its multipliers kept)."""
+    from surgery.errors import ModelFormatError
+
+    blob = layer.blobs.get(role)
+    if blob is None or tuple(tensor.shape) != tuple(blob.shape):
+        have = "no such blob" if blob is None else f"shape {list(blob.shape)}"
+        raise ModelFormatError(
+            f"the PEFT adapter holds {layer.name}.{role} of shape {list(tensor.shape)}; the net's layer has {have}",
+            fix="use the adapter trained on this model (the source the spec names)",
+        )
+    layer.blobs[role] = ParamBlob.from_tensor(
+        tensor.to(torch.float32),
+        lr_mult=blob.lr_mult,
+        decay_mult=blob.decay_mult,
+        trainable=blob.trainable,
+        origin=Origin("source", detail),
+    )
+
+
+def _from_peft(net: Net, op: Any, ctx: OpContext) -> list[Action]:
+    """The adapters (and modules_to_save) of a folder PEFT wrote, onto the layers it names."""
+    from pathlib import Path
+
+    from surgery.emitters.peft import alpha_for, layer_tensors, read_adapter
+    from surgery.errors import did_you_mean
+
+    given = [f for f in ("up_to", "rank", "alpha", "dropout", "use_rslora") if op.HasField(f)]
+    if op.layer or op.match or op.regex or given:
+        raise SpecError(
+            "lora from_peft takes its layers, rank, alpha and dropout from the adapter's config",
+            fix="remove the selectors and settings from this lora edit (lr_mult, decay_mult and train_base stay)",
+        )
+    folder = (ctx.base_dir or Path.cwd()) / op.from_peft
+    config, tensors = read_adapter(folder)
+    found, saved = layer_tensors(tensors)
+    actions = []
+    for name in [*found, *saved]:
+        if name not in net:
+            raise SpecError(
+                f"the PEFT adapter in {op.from_peft!r} names layer {name!r}, which the net does not have",
+                fix=did_you_mean(name, net.layer_names()) or "use the adapter trained on the source the spec names",
+                subject=op.from_peft,
+            )
+    for name, pair in found.items():
+        layer = net.layer(name)
+        if layer.type not in ADAPTABLE:
+            raise SpecError(f"the PEFT adapter adapts {name!r}, a {layer.type} here", subject=op.from_peft)
+        settings = {
+            "rank": int(pair["lora_A"].shape[0]),
+            "alpha": alpha_for(config, name),
+            "dropout": float(config.get("lora_dropout") or 0.0),
+            "use_rslora": bool(config.get("use_rslora")),
+        }
+        detail = _adapt(net, layer, settings, op, ctx.seed)
+        for role in adapters.ROLES:
+            _replace(layer, role, pair[role], f"PEFT adapter {op.from_peft}")
+        actions.append(Action("lora", name, DERIVED, f"{detail}; from {op.from_peft}"))
+    for name, roles in saved.items():
+        layer = net.layer(name)
+        for role, tensor in roles.items():
+            _replace(layer, role, tensor, f"PEFT adapter {op.from_peft} (modules_to_save)")
+        actions.append(Action("lora", name, DERIVED, f"weights from {op.from_peft} (modules_to_save: it trains)"))
+    return actions
+
+
 @register_op("lora")
 def lora(net: Net, op: Any, ctx: OpContext) -> list[Action]:
-    """Add a low-rank adapter to every selected InnerProduct and Convolution."""
+    """Add a low-rank adapter to every selected InnerProduct and Convolution, or read
+    the adapters a folder PEFT wrote (``from_peft``)."""
+    if op.from_peft:
+        return _from_peft(net, op, ctx)
     settings = _settings(op)
     return [
         Action("lora", name, DERIVED, _adapt(net, net.layer(name), settings, op, ctx.seed))
