@@ -1,6 +1,6 @@
 """Run every benchmark in one process and print its ratios (each measured side by side).
 
-python bench/run.py            # 2-3 minutes on 2 cores; needs torchvision + onnxruntime
+python bench/run.py            # 5-6 minutes on 2 cores; needs torchvision, onnxruntime, transformers, peft
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import bench_core
 import bench_front
 import bench_hf
 import bench_keras
+import bench_lora
 import bench_onnx
 import bench_peer
 import bench_precision
@@ -34,6 +35,7 @@ SECTIONS = (
     ("Caffe solver", bench_solver.main),
     ("reduced precision (onnxruntime, CPU)", bench_precision.main),
     ("Hugging Face import", bench_hf.main),
+    ("LoRA step vs PEFT", bench_lora.main),
 )
 
 
