@@ -29,6 +29,7 @@ from surgery.emitters.files import FileLog, write_bytes
 from surgery.errors import ModelFormatError, SurgeryError, option
 from surgery.interrupts import checkpoint
 from surgery.output_folder import MARKER, check_output_path, check_output_paths
+from surgery.protos import enum_name
 
 if TYPE_CHECKING:
     from surgery.ir import Net
@@ -125,6 +126,8 @@ def onnx_options(onnx: Any) -> dict[str, Any]:
     """The keyword arguments of :func:`surgery.emitters.onnx_model.emit_onnx` that an
     ``output { onnx { } }`` block asks for."""
     options: dict[str, Any] = {"keep_train_branches": onnx.keep_train_branches}
+    if onnx.adapters:
+        options["adapters"] = enum_name(onnx, "adapters")
     for name in ("opset", "ir_version", "external_data"):
         if onnx.HasField(name):
             options[name] = getattr(onnx, name)

@@ -279,3 +279,21 @@ def test_bad_peft_folders_are_one_located_error(tmp_path: Path, capsys, how: str
     code, _, err = run_cli(capsys, "apply", str(spec), "-o", str(tmp_path / "out"))
     assert code == 2 and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_adapters_kept_as_nodes_compute_the_same(tmp_path: Path, capsys) -> None:
+    spec = _spec(tmp_path, ADAPT, "output { pytorch { } onnx { adapters: KEEP } }\n")
+    code, out, _ = run_cli(capsys, "apply", str(spec), "-o", str(tmp_path / "out"), "--verify")
+    assert code == 0 and "verified: all within tolerance" in out
+    names = {init.name for init in onnx.load(tmp_path / "out" / "model.onnx").graph.initializer}
+    assert {"conv.lora_A", "conv.lora_B", "fc.lora_A", "fc.lora_B"} <= names
+    net = surgery.plan(spec, shapes_only=False).net
+    _trained(net)
+    kept = build_model(net, adapters="KEEP")
+    assert len(kept.graph.node) == len(build_model(net).graph.node) + 2 * 4  # A, B, scale, add per adapter
+    x = np.random.default_rng(1).random((2, 3, 8, 8), dtype=np.float32)
+    session = ort.InferenceSession(kept.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        want = surgery.to_torch(net).eval()(torch.from_numpy(x)).numpy()
+    assert float(np.abs(got - want).max()) <= 1e-5 * float(np.abs(want).max())

@@ -94,9 +94,11 @@ def check_versions(opset: int | None, ir_version: int | None) -> None:
 class OnnxWriter:
     """What a layer type's ``to_onnx`` hook writes into: nodes and initializers."""
 
-    def __init__(self, net: Net, opset: int) -> None:
+    def __init__(self, net: Net, opset: int, keep_adapters: bool = False) -> None:
         self.net = net
         self.opset = opset
+        #: write low-rank adapters as nodes beside their layers, not merged into them
+        self.keep_adapters = keep_adapters
         self.shapes = net.shapes()
         self.nodes: list[onnx.NodeProto] = []
         #: initializer name -> contiguous numpy array (weights are not copied into protobuf)
@@ -179,9 +181,11 @@ def _deploy_layers(net: Net, keep_train_branches: bool) -> tuple[list[Layer], li
     return [layer for layer in net.layers() if layer.name in needed], outputs
 
 
-def _write_layers(net: Net, opset: int, keep_train_branches: bool) -> tuple[OnnxWriter, list[Layer], list[str]]:
+def _write_layers(
+    net: Net, opset: int, keep_train_branches: bool, keep_adapters: bool = False
+) -> tuple[OnnxWriter, list[Layer], list[str]]:
     """Every deployed layer's nodes and initializers; the input layers; the outputs."""
-    writer = OnnxWriter(net, opset)
+    writer = OnnxWriter(net, opset, keep_adapters)
     layers, outputs = _deploy_layers(net, keep_train_branches)
     for layer in layers:
         if layer.type != "Input":
@@ -197,21 +201,25 @@ def build_parts(
     dynamic_batch: bool = True,
     dynamic_axes: Mapping[str, Iterable[int]] | None = None,
     keep_train_branches: bool = False,
+    adapters: str = "MERGED",
 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """The ONNX model of ``net`` without its initializers, and the initializers' values
     (deploy outputs only unless ``keep_train_branches``). ``dynamic_axes``: input name
-    -> axes to leave symbolic besides the batch (see :mod:`surgery.emitters.onnx_dynamic`)."""
+    -> axes to leave symbolic besides the batch (see :mod:`surgery.emitters.onnx_dynamic`).
+    ``adapters``: ``MERGED`` folds low-rank adapters into their layers, ``KEEP`` writes
+    them as nodes beside them."""
     if opset < MIN_OPSET:
         raise SurgeryError(f"opset {opset} is too old", fix=f"use opset {MIN_OPSET} or newer")
     pretrained, preprocess = net.pretrained, net.preprocess
     net = lower_time(net)  # a clip model: per-frame layers on N*T frames
     axes = onnx_dynamic.resolve(net, dynamic_axes, dynamic_batch)
-    writer, input_layers, outputs = _write_layers(net, opset, keep_train_branches)
+    keep = adapters == "KEEP"
+    writer, input_layers, outputs = _write_layers(net, opset, keep_train_branches, keep)
     batch = {0} if dynamic_batch else set()
     output_axes = {blob: batch for blob in outputs}
     if any(axis for wanted in axes.values() for axis in wanted):
         resized = onnx_dynamic.resized_copy(net, axes)
-        onnx_dynamic.check_same_graph(writer, _write_layers(resized, opset, keep_train_branches)[0])
+        onnx_dynamic.check_same_graph(writer, _write_layers(resized, opset, keep_train_branches, keep)[0])
         output_axes = {
             blob: varying | batch for blob, varying in onnx_dynamic.varying_axes(net, resized, outputs).items()
         }
@@ -279,6 +287,7 @@ def emit_onnx(
     dynamic_axes: Mapping[str, Iterable[int]] | None = None,
     external_data: bool | None = None,
     keep_train_branches: bool = False,
+    adapters: str = "MERGED",
     log: FileLog | None = None,
 ) -> Path:
     """Write ``net`` as an ONNX file, atomically.
@@ -294,6 +303,8 @@ def emit_onnx(
             refused, naming the node, when a layer's ONNX form depends on that size.
         external_data: store weights in ``<file>.data`` beside it; default: only past 2 GB.
         keep_train_branches: keep train-only branches (auxiliary heads).
+        adapters: ``MERGED`` (low-rank adapters folded into their layers) or ``KEEP``
+            (written as nodes beside them).
         log: records the sha256 and size of each file written.
 
     Returns:
@@ -310,6 +321,7 @@ def emit_onnx(
         dynamic_batch=dynamic_batch,
         dynamic_axes=dynamic_axes,
         keep_train_branches=keep_train_branches,
+        adapters=adapters,
     )
     size = sum(a.nbytes for a in tensors.values())
     external = external_data if external_data is not None else size > EXTERNAL_DATA_THRESHOLD

@@ -109,9 +109,19 @@ def adapter_tensors(net: Net) -> dict[str, Any]:
     return tensors
 
 
+def _safetensors() -> Any:
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise SpecError(
+            "PEFT's adapter format needs safetensors", fix="pip install 'surgery-nets[hf]' (or safetensors alone)"
+        ) from None
+    return safetensors.torch
+
+
 def write_adapter(net: Net, folder: Path, log: FileLog | None = None) -> None:
     """Write ``folder/adapter_config.json`` and ``folder/adapter_model.safetensors``."""
-    from safetensors.torch import save
+    save = _safetensors().save
 
     config = adapter_config(net)
     write_bytes(folder / CONFIG, (json.dumps(config, indent=2) + "\n").encode(), log)
@@ -126,8 +136,6 @@ def read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """A PEFT LoRA folder's config and tensors (by PEFT's key names). Refuses what this
     adapter is not: another PEFT method, DoRA, a transposed (fan_in_fan_out) layout,
     trained biases, a pickle instead of safetensors."""
-    from safetensors.torch import load
-
     from surgery.errors import ModelFormatError
     from surgery.untrusted import contained, read_regular
 
@@ -160,7 +168,7 @@ def read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         )
     path = contained(folder, WEIGHTS, "PEFT adapter weights")
     try:
-        tensors = load(path.read_bytes())
+        tensors = _safetensors().load(path.read_bytes())
     except Exception as error:  # noqa: BLE001  (safetensors' own message, located)
         raise ModelFormatError(f"{str(path)!r} is not a safetensors file: {error}") from None
     return config, tensors

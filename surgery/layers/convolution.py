@@ -131,7 +131,9 @@ class Convolution(LayerType):
     onnx_ops = ("Conv",)
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:
-        layer = lora.merged(layer)  # a deploy file holds the adapter folded in
+        lora.to_onnx(layer, writer, self._write_onnx)  # merged, or the adapter beside it (KEEP)
+
+    def _write_onnx(self, layer: Layer, writer: Any) -> None:
         p = layer.params
         if p.get("padding_mode", "zeros") != "zeros":
             raise unsupported_in_onnx(layer)

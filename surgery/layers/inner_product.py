@@ -98,7 +98,9 @@ class InnerProduct(LayerType):
     onnx_ops = ("Gemm", "MatMul")
 
     def to_onnx(self, layer: Layer, writer: Any) -> None:
-        layer = lora.merged(layer)  # a deploy file holds the adapter folded in
+        lora.to_onnx(layer, writer, self._write_onnx)  # merged, or the adapter beside it (KEEP)
+
+    def _write_onnx(self, layer: Layer, writer: Any) -> None:
         shape = writer.in_shapes(layer)[0]
         axis = layer.params.get("axis", 1) % len(shape)
         source = layer.inputs[0]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -79,6 +80,53 @@ def merged(layer: Layer) -> Layer:
     return dataclasses.replace(layer, params=params, blobs=blobs)
 
 
+def to_onnx(layer: Layer, writer: Any, write: Callable[[Layer, Any], None]) -> None:
+    """The layer's ONNX nodes through ``write`` (its type's own writer): merged by default;
+    with the writer's ``keep_adapters`` (``onnx { adapters: KEEP }``), the layer as it was
+    and the adapter beside it, ``y = layer(x) + scale * B(A(x))``."""
+    lora = settings(layer)
+    if lora is None:
+        write(layer, writer)
+        return
+    if not getattr(writer, "keep_adapters", False):
+        write(merged(layer), writer)
+        return
+    base = f"{layer.name}/base"
+    params = {key: value for key, value in layer.params.items() if key != "lora"}
+    blobs = {role: blob for role, blob in layer.blobs.items() if role not in ROLES}
+    write(dataclasses.replace(layer, params=params, blobs=blobs, outputs=[base]), writer)
+    adapted = _adapter_nodes(layer, writer)
+    factor = writer.const(f"{layer.name}.lora_scale", np.array(scale(lora), dtype=np.float32))
+    scaled = f"{layer.name}/lora_scaled"
+    writer.node("Mul", [adapted, factor], [scaled], scaled)
+    writer.node("Add", [base, scaled], list(layer.outputs), f"{layer.name}/lora_add")
+
+
+def _adapter_nodes(layer: Layer, writer: Any) -> str:
+    """``B(A(x))`` as ONNX nodes; the name of its output."""
+    a_out, b_out = f"{layer.name}/lora_A", f"{layer.name}/lora_B"
+    source = layer.inputs[0]
+    if layer.type == "Convolution":
+        p = layer.params
+        writer.node(
+            "Conv", [source, writer.weight(layer, "lora_A")], [a_out], a_out, kernel_shape=list(p["kernel"]),
+            strides=list(p["stride"]), pads=[*p["pad"], *p["pad"]], dilations=list(p["dilation"]),
+        )  # fmt: skip
+        writer.node("Conv", [a_out, writer.weight(layer, "lora_B")], [b_out], b_out)
+        return b_out
+    shape = writer.in_shapes(layer)[0]
+    axis = layer.params.get("axis", 1) % len(shape)
+    if axis != len(shape) - 1:  # Caffe flattens every axis from `axis` on
+        flat = f"{layer.name}/lora_flatten"
+        writer.node("Flatten", [source], [flat], flat, axis=axis)
+        source = flat
+    a_t = writer.weight(layer, "lora_A", np.ascontiguousarray(layer.blobs["lora_A"].array().T))
+    b_t = writer.weight(layer, "lora_B", np.ascontiguousarray(layer.blobs["lora_B"].array().T))
+    writer.node("MatMul", [source, a_t], [a_out], a_out)
+    writer.node("MatMul", [a_out, b_t], [b_out], b_out)
+    return b_out
+
+
 def recipe_kwargs(layer: Layer) -> dict[str, Any]:
     """The runtime module's extra keyword arguments."""
     lora = settings(layer)
@@ -86,4 +134,4 @@ def recipe_kwargs(layer: Layer) -> dict[str, Any]:
     return {"rank": int(lora["rank"]), "scale": scale(lora), "dropout": float(lora.get("dropout", 0.0))}
 
 
-__all__ = ["ROLES", "check", "delta", "merged", "recipe_kwargs", "scale", "settings", "shapes"]
+__all__ = ["ROLES", "check", "delta", "merged", "recipe_kwargs", "scale", "settings", "shapes", "to_onnx"]

@@ -283,16 +283,17 @@ def _merged_conv(conv: Any, cls: Any) -> nn.Module:
     return dense
 
 
-class LoRAConv1d(nn.Conv1d):
-    """``nn.Conv1d`` with a low-rank adapter (PEFT's Conv LoRA)."""
+class _LoRAConv(nn.Module):
+    """What the LoRA convolutions share (PEFT's Conv LoRA; see :func:`_conv_adapter`)."""
 
     lora_A: nn.Parameter
     lora_B: nn.Parameter
     scale: float
     lora_dropout: nn.Module
+    _dense: ClassVar[type[nn.Module]]
 
     def __init__(self, *args, rank: int, scale: float, dropout: float = 0.0, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # the nn.Conv*d this class is mixed into
         _conv_adapter(self, rank, scale, dropout)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -300,47 +301,25 @@ class LoRAConv1d(nn.Conv1d):
 
     def merged(self) -> nn.Module:
         """The plain convolution with ``W + scale * B A`` as its weight."""
-        return _merged_conv(self, nn.Conv1d)
+        return _merged_conv(self, self._dense)
 
 
-class LoRAConv2d(nn.Conv2d):
-    """``nn.Conv2d`` with a low-rank adapter (PEFT's Conv LoRA)."""
+class LoRAConv1d(_LoRAConv, nn.Conv1d):
+    """``nn.Conv1d`` with a low-rank adapter."""
 
-    lora_A: nn.Parameter
-    lora_B: nn.Parameter
-    scale: float
-    lora_dropout: nn.Module
-
-    def __init__(self, *args, rank: int, scale: float, dropout: float = 0.0, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        _conv_adapter(self, rank, scale, dropout)
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return _conv_forward(self, input)
-
-    def merged(self) -> nn.Module:
-        """The plain convolution with ``W + scale * B A`` as its weight."""
-        return _merged_conv(self, nn.Conv2d)
+    _dense = nn.Conv1d
 
 
-class LoRAConv3d(nn.Conv3d):
-    """``nn.Conv3d`` with a low-rank adapter (PEFT's Conv LoRA)."""
+class LoRAConv2d(_LoRAConv, nn.Conv2d):
+    """``nn.Conv2d`` with a low-rank adapter."""
 
-    lora_A: nn.Parameter
-    lora_B: nn.Parameter
-    scale: float
-    lora_dropout: nn.Module
+    _dense = nn.Conv2d
 
-    def __init__(self, *args, rank: int, scale: float, dropout: float = 0.0, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        _conv_adapter(self, rank, scale, dropout)
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return _conv_forward(self, input)
+class LoRAConv3d(_LoRAConv, nn.Conv3d):
+    """``nn.Conv3d`` with a low-rank adapter."""
 
-    def merged(self) -> nn.Module:
-        """The plain convolution with ``W + scale * B A`` as its weight."""
-        return _merged_conv(self, nn.Conv3d)
+    _dense = nn.Conv3d
 
 
 _LORA_TYPES = (LoRALinear, LoRAConv1d, LoRAConv2d, LoRAConv3d)
