@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import warnings
 from pathlib import Path
 
@@ -97,3 +98,32 @@ def test_the_guard_stays_where_a_mask_holds_minus_infinity(tmp_path: Path) -> No
     onnx.save(model, tmp_path / "infinite.onnx")
     with pytest.raises(ModelFormatError, match="IsNaN x1, Where x1"):
         import_onnx(tmp_path / "infinite.onnx")
+
+
+class _TanhGelu(torch.nn.Module):
+    """GELU's tanh approximation: torch's own, or written out with a power and the half first."""
+
+    def __init__(self, written_out: bool) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+        self.written_out = written_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if not self.written_out:
+            return F.gelu(h, approximate="tanh")
+        inner = math.sqrt(2 / math.pi) * (h + 0.044715 * torch.pow(h, 3))
+        return (0.5 * h) * (1 + torch.tanh(inner))
+
+
+@pytest.mark.parametrize("written_out", [False, True])
+def test_the_tanh_gelu_formula_reads_as_gelu(tmp_path: Path, written_out: bool) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "tanh.onnx"
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_TanhGelu(written_out).eval(), (torch.zeros(2, 8),), path, input_names=["x"],
+                          dynamo=False, opset_version=17)  # fmt: skip
+    assert "Tanh" in _ops(path) and ("Pow" in _ops(path)) == written_out
+    net = _same_as_onnxruntime(path, (2, 8))
+    assert [(layer.type, layer.params.get("approximate")) for layer in net.layers()][-1] == ("GELU", "tanh")

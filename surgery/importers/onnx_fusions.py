@@ -3,10 +3,11 @@ that cannot fire, dropped.
 
 The TorchScript exporter (and opsets before 20, which have no ``Gelu``) writes
 ``F.gelu(x)`` as ``x * 0.5 * (1 + erf(x / sqrt(2)))``: five nodes around an ``Erf``
-that surgery has no layer for. :func:`fuse_gelu` rewrites each such chain into one
-``Gelu`` node (exact, ``approximate="none"``), the layer it is, before the importer reads
-the graph. A chain whose constants are not those, or whose intermediate values are read
-elsewhere, is left as it is (and ``Erf`` is then refused by name).
+that surgery has no layer for; its tanh approximation as nine nodes around a ``Tanh``.
+:func:`fuse_gelu` rewrites each such chain into one ``Gelu`` node (``approximate`` "none"
+or "tanh"), the layer it is, before the importer reads the graph. A chain whose
+constants are not those, or whose intermediate values are read elsewhere, is left as it
+is (``Erf`` is then refused by name; the tanh form reads as its arithmetic).
 
 The dynamo exporter writes ``F.scaled_dot_product_attention`` as its math with a guard
 after the softmax, ``Where(IsNaN(p), 0, p)``, for rows masked out entirely (a softmax of
@@ -48,64 +49,118 @@ def _other(node: onnx.NodeProto, name: str) -> str | None:
     return inputs[1 - inputs.index(name)]
 
 
+class _Graph:
+    """Who writes and who reads each value of a graph, for pattern matching."""
+
+    def __init__(self, graph: onnx.GraphProto, constant: Callable[[str], np.ndarray | None]) -> None:
+        self.constant = constant
+        self.readers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.readers.setdefault(name, []).append(node)
+        self.outputs = {value.name for value in graph.output}
+        self.producer = {name: node for node in graph.node for name in node.output}
+
+    def only_reader(self, name: str) -> onnx.NodeProto | None:
+        """The one node reading ``name`` (None when several do, or the graph returns it)."""
+        readers = self.readers.get(name, [])
+        return readers[0] if len(readers) == 1 and name not in self.outputs else None
+
+    def times_constant(self, node: onnx.NodeProto | None, value: float) -> str | None:
+        """For ``Mul(v, c)`` (either order) with ``c`` about ``value``: ``v``."""
+        if node is None or node.op_type != "Mul" or len(node.input) != 2:
+            return None
+        for k in (0, 1):
+            if _is(self.constant(node.input[1 - k]), value) and self.constant(node.input[k]) is None:
+                return str(node.input[k])
+        return None
+
+
+def _erf_head(g: _Graph, erf: onnx.NodeProto) -> tuple[str, list[onnx.NodeProto]] | None:
+    """``x / sqrt(2)`` (or ``x * (1 / sqrt(2))``) into the Erf: ``x`` and the nodes."""
+    scaled = g.producer.get(erf.input[0])
+    if scaled is None or not g.only_reader(scaled.output[0]):
+        return None
+    if scaled.op_type == "Div" and _is(g.constant(scaled.input[1]), math.sqrt(2)):
+        return str(scaled.input[0]), [scaled, erf]
+    x = g.times_constant(scaled, 1 / math.sqrt(2))
+    return (x, [scaled, erf]) if x is not None else None
+
+
+def _tanh_head(g: _Graph, tanh: onnx.NodeProto) -> tuple[str, list[onnx.NodeProto]] | None:
+    """``sqrt(2 / pi) * (x + 0.044715 * x^3)`` into the Tanh (``x^3`` as ``x * (x * x)`` or
+    ``Pow(x, 3)``): ``x`` and the nodes."""
+    scaled = g.producer.get(tanh.input[0])
+    inner_name = g.times_constant(scaled, math.sqrt(2 / math.pi))
+    inner = g.producer.get(inner_name or "")
+    if scaled is None or inner is None or inner.op_type != "Add" or not g.only_reader(inner.output[0]):
+        return None
+    for k in (0, 1):
+        x, term = str(inner.input[k]), g.producer.get(inner.input[1 - k])
+        cube_name = g.times_constant(term, 0.044715)
+        cube = g.producer.get(cube_name or "")
+        if term is None or cube is None or not g.only_reader(term.output[0]) or not g.only_reader(cube.output[0]):
+            continue
+        if cube.op_type == "Pow" and cube.input[0] == x and _is(g.constant(cube.input[1]), 3.0):
+            return x, [cube, term, inner, scaled, tanh]
+        square = g.producer.get(_other(cube, x) or "")
+        if (
+            cube.op_type == "Mul"
+            and square is not None
+            and square.op_type == "Mul"
+            and list(square.input) == [x, x]
+            and g.only_reader(square.output[0]) is cube
+        ):
+            return x, [square, cube, term, inner, scaled, tanh]
+    return None
+
+
+def _gelu_tail(g: _Graph, x: str, last: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+    """``+ 1 -> * x -> * 0.5`` after ``last`` (the Erf or Tanh), or ``(x * 0.5) * (1 + ...)``:
+    the nodes, in order, the half first where it comes first."""
+    plus = g.only_reader(last.output[0])
+    if plus is None or plus.op_type != "Add" or not _is(g.constant(_other(plus, last.output[0]) or ""), 1.0):
+        return None
+    times = g.only_reader(plus.output[0])
+    if times is None or times.op_type != "Mul":
+        return None
+    partner = _other(times, plus.output[0])
+    if partner == x:  # (x * (1 + f)) * 0.5
+        half = g.only_reader(times.output[0])
+        return [plus, times, half] if half is not None and g.times_constant(half, 0.5) == times.output[0] else None
+    half = g.producer.get(partner or "")
+    if g.times_constant(half, 0.5) == x and half is not None and g.only_reader(half.output[0]) is times:
+        return [half, plus, times]  # (x * 0.5) * (1 + f)
+    return None
+
+
 def fuse_gelu(graph: onnx.GraphProto, constant: Callable[[str], np.ndarray | None]) -> int:
-    """Rewrite every ``x / sqrt(2) -> Erf -> + 1 -> * x -> * 0.5`` chain (either operand
-    order, ``* (1 / sqrt(2))`` for the division, ``0.5`` applied to ``x`` first) into one
-    ``Gelu`` node; returns how many. ``constant(name)`` is a value's constant or None."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs = {value.name for value in graph.output}
-
-    def only_reader(name: str) -> onnx.NodeProto | None:
-        readers = consumers.get(name, [])
-        return readers[0] if len(readers) == 1 and name not in outputs else None
-
-    producer = {name: node for node in graph.node for name in node.output}
+    """Rewrite every GELU written as its formula into one ``Gelu`` node: the exact one,
+    ``x * 0.5 * (1 + erf(x / sqrt 2))``, and the tanh one, ``x * 0.5 * (1 + tanh(sqrt(2 /
+    pi) * (x + 0.044715 x^3)))`` (``approximate="tanh"``), in either operand order and
+    with the half applied first or last; returns how many. ``constant(name)`` is a
+    value's constant or None."""
+    g = _Graph(graph, constant)
     fused: list[tuple[list[onnx.NodeProto], onnx.NodeProto]] = []
-    for erf in [n for n in graph.node if n.op_type == "Erf"]:
-        scaled = producer.get(erf.input[0])
-        if scaled is None or scaled.op_type not in ("Div", "Mul") or not only_reader(scaled.output[0]):
+    for node in graph.node:
+        if node.op_type not in ("Erf", "Tanh"):
             continue
-        x = scaled.input[0]
-        factor = constant(scaled.input[1])
-        if not (_is(factor, math.sqrt(2)) if scaled.op_type == "Div" else _is(factor, 1 / math.sqrt(2))):
+        head = _erf_head(g, node) if node.op_type == "Erf" else _tanh_head(g, node)
+        tail = _gelu_tail(g, head[0], node) if head is not None else None
+        if head is None or tail is None:
             continue
-        plus = only_reader(erf.output[0])
-        if plus is None or plus.op_type != "Add" or not _is(constant(_other(plus, erf.output[0]) or ""), 1.0):
-            continue
-        times = only_reader(plus.output[0])
-        if times is None or times.op_type != "Mul":
-            continue
-        chain = [scaled, erf, plus, times]
-        partner = _other(times, plus.output[0])
-        half = producer.get(partner or "")
-        if partner == x:  # (x * (1 + erf)) * 0.5
-            last = only_reader(times.output[0])
-            if last is None or last.op_type != "Mul" or not _is(constant(_other(last, times.output[0]) or ""), 0.5):
-                continue
-            chain.append(last)
-        elif (
-            half is not None
-            and half.op_type == "Mul"
-            and _other(half, x) is not None
-            and _is(constant(_other(half, x) or ""), 0.5)
-        ):  # (x * 0.5) * (1 + erf): the half is read by this chain alone
-            if only_reader(half.output[0]) is not times:
-                continue
-            chain.insert(0, half)
-        else:
-            continue
+        x, chain = head[0], head[1] + tail
         gelu = messages().NodeProto(
-            op_type="Gelu", input=[x], output=[chain[-1].output[0]], name=chain[-1].name or erf.name
+            op_type="Gelu", input=[x], output=[chain[-1].output[0]], name=chain[-1].name or node.name
         )
+        if node.op_type == "Tanh":
+            gelu.attribute.add(name="approximate", s=b"tanh", type=messages().AttributeProto.STRING)
         fused.append((chain, gelu))
     if not fused:
         return 0
     drop = {id(node) for chain, _ in fused for node in chain}
-    replacement = {id(chain[-1]): gelu for chain, gelu in fused}
-    kept = [replacement.get(id(node), node) for node in graph.node if id(node) not in drop or id(node) in replacement]
+    last = {id(chain[-1]): gelu for chain, gelu in fused}  # the node writing the GELU's output
+    kept = [last.get(id(node), node) for node in graph.node if id(node) not in drop or id(node) in last]
     del graph.node[:]
     graph.node.extend(kept)
     return len(fused)
