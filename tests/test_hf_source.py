@@ -197,10 +197,16 @@ def _broken(folder: Path, how: str) -> None:
         (folder / "model.safetensors").unlink()
     elif how == "pickle only":
         (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
-    elif how == "unknown architecture":
+    elif how in ("unknown architecture", "not a model class"):
         config = json.loads((folder / "config.json").read_text())
-        config["architectures"] = ["NoSuchModelForImageClassification"]
+        # a name transformers lacks, and one it has that is no model (a stranger's config names it)
+        config["architectures"] = ["NoSuchModelForImageClassification" if how == "unknown architecture" else "pipeline"]
         (folder / "config.json").write_text(json.dumps(config))
+    elif how == "damaged weights":
+        weights = folder / "model.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[8:20] = b"not a header"
+        weights.write_bytes(bytes(data))
     elif how in ("missing shard", "shard outside"):
         shard = "model-00002-of-00002.safetensors" if how == "missing shard" else "../outside.safetensors"
         (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
@@ -214,7 +220,9 @@ def _broken(folder: Path, how: str) -> None:
     [
         ("no weights", "has no model.safetensors"),
         ("pickle only", "pytorch_model.bin, which surgery does not read"),
-        ("unknown architecture", "'NoSuchModelForImageClassification', which transformers"),
+        ("unknown architecture", "'NoSuchModelForImageClassification', which is not a model class"),
+        ("not a model class", "'pipeline', which is not a model class"),
+        ("damaged weights", "cannot load model's weights: SafetensorError"),
         ("missing shard", "names the shard 'model-00002-of-00002.safetensors', which is not in"),
         ("shard outside", "outside"),
     ],
@@ -227,6 +235,20 @@ def test_bad_model_folders_are_one_located_error(tmp_path: Path, capsys, how: st
     assert code == 2 and message in err, err
     assert not (tmp_path / "out").exists()
     assert err.count("error") == 1
+
+
+def test_torch_add_and_sub_keep_their_alpha_through_torch_export() -> None:
+    """``torch.add(a, b, alpha=2)`` exports as ``aten.add.Tensor`` with alpha: it stays that."""
+    from surgery.importers.torch_export import import_exported
+
+    class Scaled(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.add(x, x * 3, alpha=2) - torch.sub(x, x * 2, alpha=0.5)
+
+    model = Scaled()
+    net = import_exported(model, [(1, 4)], None, "scaled")
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(surgery.to_torch(net)(x), model(x), rtol=0, atol=0)
 
 
 def test_fetch_of_a_local_folder_says_there_is_nothing_to_fetch(tmp_path: Path) -> None:

@@ -257,9 +257,10 @@ def test_an_adapter_peft_trained_reads_back_exactly(tmp_path: Path, capsys) -> N
         ("pickle", "adapter_model.bin is a pickle"),
         ("dora", "uses DoRA"),
         ("other layer", "names layer 'fc2', which the net does not have"),
+        ("too large", "PEFT adapter weights"),
     ],
 )
-def test_bad_peft_folders_are_one_located_error(tmp_path: Path, capsys, how: str, message: str) -> None:
+def test_bad_peft_folders_are_one_located_error(tmp_path: Path, capsys, monkeypatch, how: str, message: str) -> None:
     import json
 
     from safetensors.torch import load_file, save_file
@@ -272,6 +273,11 @@ def test_bad_peft_folders_are_one_located_error(tmp_path: Path, capsys, how: str
         (folder / "adapter_model.safetensors").rename(folder / "adapter_model.bin")
     elif how == "dora":
         (folder / "adapter_config.json").write_text(json.dumps(config | {"use_dora": True}))
+    elif how == "too large":  # its size is checked against the memory budget before it is read
+        tensors = load_file(folder / "adapter_model.safetensors")
+        tensors["base_model.model.head.padding"] = torch.zeros(1 << 20)  # 4 MiB
+        save_file(tensors, folder / "adapter_model.safetensors")
+        monkeypatch.setenv("SURGERY_MEMORY_BUDGET", "2M")
     else:
         tensors = load_file(folder / "adapter_model.safetensors")
         save_file({k.replace(".fc.", ".fc2."): v for k, v in tensors.items()}, folder / "adapter_model.safetensors")

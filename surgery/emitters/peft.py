@@ -22,6 +22,7 @@ from typing import Any
 from surgery.emitters.files import FileLog, write_bytes
 from surgery.errors import SpecError
 from surgery.ir import Net
+from surgery.ir.budget import check_bytes
 from surgery.layers import lora
 
 PREFIX = "base_model.model."
@@ -167,8 +168,9 @@ def read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             fix="save the adapter with safetensors (PEFT's save_pretrained does by default)",
         )
     path = contained(folder, WEIGHTS, "PEFT adapter weights")
+    check_bytes(f"PEFT adapter weights {str(path)!r}", path.stat().st_size, subject=str(path))
     try:
-        tensors = _safetensors().load(path.read_bytes())
+        tensors = _safetensors().load_file(str(path))  # memory-mapped, its header checked
     except Exception as error:  # noqa: BLE001  (safetensors' own message, located)
         raise ModelFormatError(f"{str(path)!r} is not a safetensors file: {error}") from None
     return config, tensors

@@ -173,11 +173,12 @@ def _architecture(config: Any, name: str) -> Any:
     architectures = list(getattr(config, "architectures", None) or [])
     if not architectures:
         return transformers.AutoModelForImageClassification
-    found = getattr(transformers, architectures[0], None)
-    if found is None:
+    found = getattr(transformers, str(architectures[0]), None)
+    # a stranger's config names the class: only a transformers model class is built from it
+    if not (isinstance(found, type) and issubclass(found, transformers.PreTrainedModel)):
         raise ModelFormatError(
-            f"{name}'s config.json names the architecture {architectures[0]!r}, which transformers "
-            f"{transformers.__version__} does not have",
+            f"{name}'s config.json names the architecture {architectures[0]!r}, which is not a model class of "
+            f"transformers {transformers.__version__}",
             fix="install a transformers release that has it; surgery never runs a model's own code",
         )
     return found
@@ -192,6 +193,8 @@ def build(folder: Path, name: str, shapes_only: bool) -> tuple[Any, Any]:
     if shapes_only:
         with torch.device("meta"):
             return cls._from_config(config), config
+    from safetensors import SafetensorError
+
     weight_files(folder)
     transformers = _transformers()
     bars = transformers.utils.logging.is_progress_bar_enabled()
@@ -201,9 +204,9 @@ def build(folder: Path, name: str, shapes_only: bool) -> tuple[Any, Any]:
             str(folder), config=config, local_files_only=True, trust_remote_code=False, use_kernels=False,
             dtype=torch.float32,
         )  # fmt: skip
-    except (OSError, ValueError, RuntimeError) as error:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise ModelFormatError(
-            f"transformers cannot load {name}'s weights: {str(error).strip().splitlines()[0]}",
+            f"transformers cannot load {name}'s weights: {type(error).__name__}: {str(error).strip().splitlines()[0]}",
             fix="download the model again (`surgery fetch SPEC` for a Hub model)",
         ) from None
     finally:

@@ -59,10 +59,13 @@ def _method(name: str) -> Callable[..., Call]:
     return lambda *args, **kwargs: ("call_method", name, args, kwargs)
 
 
-def _binary(target: Any) -> Callable[..., Call]:
+def _binary(target: Any, with_alpha: Any = None) -> Callable[..., Call]:
+    """``a <op> b``; with an ``alpha`` other than 1 (``torch.add(a, b, alpha=2)``), the
+    torch function ``with_alpha`` that takes it."""
+
     def build(a: Any, b: Any, alpha: Any = 1) -> Call:
         if alpha != 1:
-            return ("call_function", target, (a, operator.mul(b, alpha) if not isinstance(b, fx.Node) else b), {})
+            return ("call_function", with_alpha, (a, b), {"alpha": alpha})
         return ("call_function", target, (a, b), {})
 
     return build
@@ -148,9 +151,9 @@ def _translations() -> dict[Any, Callable[..., Call | None]]:
         "hardswish.default": _function(F.hardswish),
         "hardswish_.default": _function(F.hardswish),
         "hardsigmoid.default": _function(F.hardsigmoid),
-        "add.Tensor": _binary(operator.add),
-        "add_.Tensor": _binary(operator.add),
-        "sub.Tensor": _binary(operator.sub),
+        "add.Tensor": _binary(operator.add, torch.add),
+        "add_.Tensor": _binary(operator.add, torch.add),
+        "sub.Tensor": _binary(operator.sub, torch.sub),
         "mul.Tensor": _binary(operator.mul),
         "mul_.Tensor": _binary(operator.mul),
         "div.Tensor": _binary(operator.truediv),
